@@ -1,0 +1,134 @@
+# tokenbroker: tokenbrokerd (the daemon) and tokenctl (the admin CLI).
+#
+#   make                 build with -Wall -Wextra -Werror into build/
+#   make sanitize        the same with ASan+UBSan into build-asan/
+#   make deps            install the Debian packages needed to build and test
+#   make run             build and run the daemon on conf/dev (no root needed)
+#   make check           unit tests, integration tests, both builds
+#   make bench           token handout throughput against a bare MHD floor
+#   make install         PREFIX=/usr/local DESTDIR=
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DATADIR ?= $(PREFIX)/share
+DESTDIR ?=
+
+CC ?= gcc
+BUILD ?= build
+SAN ?= 0
+PKGS := libmicrohttpd libcurl sqlite3 jansson libsystemd libcrypto
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral -Wmissing-prototypes \
+	-Wstrict-prototypes -Wno-missing-field-initializers
+CFLAGS ?= -O2 -g
+ifeq ($(SAN),1)
+CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE=2 $(WARN) \
+	-I. -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
+LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c \
+	common/jsonptr.c common/jwt.c common/hashmap.c
+DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
+	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
+	daemon/timerwheel.c
+MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
+
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o
+UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/sql.c: sql/embed.sh $(MIGRATIONS)
+	@mkdir -p $(BUILD)
+	sh sql/embed.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/sql.o: $(BUILD)/sql.c
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libtokenbroker.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/tokenbrokerd: $(BUILD)/daemon/main.o $(BUILD)/libtokenbroker.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/libtokenbroker.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/unit/%.o: tests/unit/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -c $< -o $@
+
+sanitize:
+	$(MAKE) BUILD=build-asan SAN=1
+
+# ---- tests ---------------------------------------------------------------
+
+check-unit: all
+	@bash tests/run-unit.sh $(BUILD)
+
+check: all sanitize tests/node_modules/.package-lock.json
+	@bash tests/run-all.sh
+
+tests/node_modules/.package-lock.json: tests/package.json tests/package-lock.json
+	cd tests && npm ci --no-audit --no-fund
+	@touch $@
+
+bench: all tests/node_modules/.package-lock.json
+	@bash tests/bench/run.sh
+
+# ---- running and installing ------------------------------------------------
+
+deps:
+	@bash tests/install-deps.sh
+
+run: all
+	@mkdir -p .run && chmod 0700 .run
+	@test -s .run/local-client-secret || (umask 077; head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > .run/local-client-secret)
+	$(BUILD)/tokenbrokerd -c conf/dev/tokenbroker.conf
+
+install: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/tokenbroker/providers.d $(DESTDIR)$(DATADIR)/tokenbroker/providers.d
+	install -m 0755 $(BUILD)/tokenbrokerd $(DESTDIR)$(SBINDIR)/tokenbrokerd
+	install -m 0755 $(BUILD)/tokenctl $(DESTDIR)$(BINDIR)/tokenctl
+	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/tokenbrokerd.service > $(DESTDIR)$(UNITDIR)/tokenbrokerd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/tokenbrokerd.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf || \
+		install -m 0644 conf/tokenbroker.conf $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf
+	install -m 0644 conf/providers.d/*.conf $(DESTDIR)$(DATADIR)/tokenbroker/providers.d/
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/tokenbrokerd $(DESTDIR)$(BINDIR)/tokenctl \
+		$(DESTDIR)$(UNITDIR)/tokenbrokerd.service
+	rm -rf $(DESTDIR)$(DATADIR)/tokenbroker
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+.PHONY: all sanitize check check-unit bench deps run install uninstall clean
+.DELETE_ON_ERROR:
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# The local authorization server of the walk-through (npm oidc-provider).
+oidc-dev: tests/node_modules/.package-lock.json
+	@mkdir -p .run
+	node tests/lib/oidc-server.js --port 9000 --secret-file .run/local-client-secret \
+		--redirect-uri http://127.0.0.1:8421/oauth/callback --access-token-ttl 60
+
+.PHONY: oidc-dev

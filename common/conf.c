@@ -1,0 +1,879 @@
+/* SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+
+#include "common/conf.h"
+#include "common/jsonptr.h"
+#include "common/template.h"
+
+#define CONF_FILE_MAX (1024 * 1024)
+#define CONF_LINE_MAX 8192
+
+static const char *const grant_table[_GRANT_MAX] = {
+        [GRANT_AUTHORIZATION_CODE] = "authorization_code",
+        [GRANT_CLIENT_CREDENTIALS] = "client_credentials",
+        [GRANT_PASSWORD] = "password",
+        [GRANT_DEVICE_CODE] = "device_code",
+};
+static const char *const client_auth_table[_CLIENT_AUTH_MAX] = {
+        [CLIENT_AUTH_BASIC] = "basic",
+        [CLIENT_AUTH_POST] = "post",
+        [CLIENT_AUTH_NONE] = "none",
+};
+static const char *const pkce_table[_PKCE_MAX] = {
+        [PKCE_S256] = "S256",
+        [PKCE_PLAIN] = "plain",
+        [PKCE_NONE] = "none",
+};
+
+static int table_lookup(const char *const *table, size_t n, const char *s) {
+        for (size_t i = 0; i < n; i++)
+                if (table[i] && streq(table[i], s))
+                        return (int) i;
+        return -EINVAL;
+}
+
+const char *grant_to_string(Grant g) {
+        return g >= 0 && g < _GRANT_MAX ? grant_table[g] : NULL;
+}
+Grant grant_from_string(const char *s) {
+        return (Grant) table_lookup(grant_table, _GRANT_MAX, s);
+}
+const char *client_auth_to_string(ClientAuth a) {
+        return a >= 0 && a < _CLIENT_AUTH_MAX ? client_auth_table[a] : NULL;
+}
+const char *pkce_to_string(Pkce p) {
+        return p >= 0 && p < _PKCE_MAX ? pkce_table[p] : NULL;
+}
+
+void conf_error(ConfError *err, const char *path, unsigned line, const char *fmt, ...) {
+        va_list ap;
+        int n;
+
+        if (!err)
+                return;
+        if (line > 0)
+                n = snprintf(err->msg, sizeof err->msg, "%s:%u: ", path, line);
+        else
+                n = snprintf(err->msg, sizeof err->msg, "%s: ", path);
+        if (n < 0 || (size_t) n >= sizeof err->msg)
+                return;
+        va_start(ap, fmt);
+        (void) vsnprintf(err->msg + n, sizeof err->msg - (size_t) n, fmt, ap);
+        va_end(ap);
+}
+
+static char *strip(char *s) {
+        char *e;
+
+        while (*s == ' ' || *s == '\t')
+                s++;
+        e = s + strlen(s);
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+                *--e = 0;
+        return s;
+}
+
+int ini_parse_string(const char *path, const char *text, size_t len, ini_fn fn,
+                     void *userdata, ConfError *err) {
+        char section[64] = "";
+        unsigned line = 0;
+        const char *p = text, *end = text + len;
+        int r;
+
+        while (p < end) {
+                const char *nl = memchr(p, '\n', (size_t) (end - p));
+                size_t n = nl ? (size_t) (nl - p) : (size_t) (end - p);
+                char buf[CONF_LINE_MAX], *s, *eq, *key, *value;
+
+                line++;
+                if (n >= sizeof buf) {
+                        conf_error(err, path, line, "Line too long (more than %d bytes).",
+                                   CONF_LINE_MAX - 1);
+                        return -E2BIG;
+                }
+                if (memchr(p, 0, n)) {
+                        conf_error(err, path, line, "NUL byte in configuration.");
+                        return -EINVAL;
+                }
+                memcpy(buf, p, n);
+                buf[n] = 0;
+                p = nl ? nl + 1 : end;
+
+                s = strip(buf);
+                if (*s == 0 || *s == '#' || *s == ';')
+                        continue;
+                if (*s == '[') {
+                        char *close = strchr(s, ']');
+                        if (!close || *strip(close + 1) != 0 || close - s - 1 <= 0 ||
+                            (size_t) (close - s - 1) >= sizeof section) {
+                                conf_error(err, path, line, "Invalid section header: %s", s);
+                                return -EINVAL;
+                        }
+                        *close = 0;
+                        snprintf(section, sizeof section, "%s", s + 1);
+                        continue;
+                }
+                eq = strchr(s, '=');
+                if (!eq) {
+                        conf_error(err, path, line, "Expected 'key = value', got: %.64s", s);
+                        return -EINVAL;
+                }
+                *eq = 0;
+                key = strip(s);
+                value = eq + 1;
+                /* An inline comment starts with whitespace then ';' or '#'. */
+                for (char *c = value; *c; c++)
+                        if ((*c == ';' || *c == '#') && c > value && (c[-1] == ' ' || c[-1] == '\t')) {
+                                *c = 0;
+                                break;
+                        }
+                value = strip(value);
+                if (*key == 0) {
+                        conf_error(err, path, line, "Empty key.");
+                        return -EINVAL;
+                }
+                if (*section == 0) {
+                        conf_error(err, path, line, "Key '%s' outside of a section.", key);
+                        return -EINVAL;
+                }
+                r = fn(section, key, value, line, userdata, err);
+                explicit_wipe(buf, sizeof buf);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len) {
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *buf = NULL;
+        struct stat st;
+        size_t len = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EISDIR;
+        if ((size_t) st.st_size > max)
+                return -E2BIG;
+        buf = malloc(max + 1);
+        if (!buf)
+                return -ENOMEM;
+        for (;;) {
+                ssize_t k = read(fd, buf + len, max + 1 - len);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        break;
+                len += (size_t) k;
+                if (len > max)
+                        return -E2BIG;
+        }
+        buf[len] = 0;
+        *ret = TAKE_PTR(buf);
+        *ret_len = len;
+        return 0;
+}
+
+int ini_parse_file(const char *path, ini_fn fn, void *userdata, ConfError *err) {
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        int r;
+
+        r = read_file_bounded(path, CONF_FILE_MAX, &text, &len);
+        if (r < 0) {
+                conf_error(err, path, 0, "Cannot read: %s", strerror(-r));
+                return r;
+        }
+        r = ini_parse_string(path, text, len, fn, userdata, err);
+        explicit_wipe(text, len);
+        return r;
+}
+
+/* ---- typed values -------------------------------------------------- */
+
+static int parse_seconds(const char *v, usec_t max, usec_t *ret) {
+        char *end;
+        double d;
+
+        if (isempty(v))
+                return -EINVAL;
+        errno = 0;
+        d = strtod(v, &end);
+        if (errno != 0 || end == v || !isfinite(d) || d < 0)
+                return -EINVAL;
+        end = strip(end);
+        if (*end == 0 || streq(end, "s"))
+                ;
+        else if (streq(end, "ms"))
+                d /= 1000.0;
+        else if (streq(end, "min") || streq(end, "m"))
+                d *= 60.0;
+        else if (streq(end, "h"))
+                d *= 3600.0;
+        else if (streq(end, "d"))
+                d *= 86400.0;
+        else
+                return -EINVAL;
+        if (d * (double) USEC_PER_SEC > (double) max)
+                return -ERANGE;
+        *ret = (usec_t) (d * (double) USEC_PER_SEC);
+        return 0;
+}
+
+static int parse_uint(const char *v, unsigned long max, unsigned long *ret, int base) {
+        char *end;
+        unsigned long u;
+
+        if (isempty(v) || *v == '-' || *v == '+')
+                return -EINVAL;
+        errno = 0;
+        u = strtoul(v, &end, base);
+        if (errno != 0 || *end != 0)
+                return -EINVAL;
+        if (u > max)
+                return -ERANGE;
+        *ret = u;
+        return 0;
+}
+
+static bool host_is_loopback(const char *host, size_t len) {
+        char h[256];
+
+        if (len == 0 || len >= sizeof h)
+                return false;
+        memcpy(h, host, len);
+        h[len] = 0;
+        if (streq(h, "localhost") || streq(h, "[::1]"))
+                return true;
+        /* 127.0.0.0/8 */
+        if (startswith(h, "127.")) {
+                for (const char *c = h + 4; *c; c++)
+                        if (!isdigit((unsigned char) *c) && *c != '.')
+                                return false;
+                return true;
+        }
+        return false;
+}
+
+bool url_is_acceptable(const char *url) {
+        const char *rest, *end;
+
+        if ((rest = startswith(url, "https://")))
+                return *rest != 0 && *rest != '/';
+        if (!(rest = startswith(url, "http://")))
+                return false;
+        /* RFC 6749 section 3.1 and 10.9: TLS everywhere but loopback. */
+        end = rest + strcspn(rest, "/?#");
+        if (*rest == '[') {
+                const char *close = memchr(rest, ']', (size_t) (end - rest));
+                if (!close)
+                        return false;
+                return host_is_loopback(rest, (size_t) (close - rest + 1));
+        }
+        return host_is_loopback(rest, strcspn(rest, ":/?#"));
+}
+
+static bool value_has_ctl(const char *v) {
+        for (; *v; v++)
+                if ((unsigned char) *v < 0x20 || *v == 0x7f)
+                        return true;
+        return false;
+}
+
+static int set_string(char **field, const char *value) {
+        char *s = strdup(value);
+
+        if (!s)
+                return -ENOMEM;
+        free(*field);
+        *field = s;
+        return 0;
+}
+
+/* ---- provider files ------------------------------------------------ */
+
+typedef enum KeyType {
+        KEY_STRING,
+        KEY_URL,
+        KEY_SECRET,
+        KEY_SECRET_FILE,
+        KEY_SECRET_CREDENTIAL,
+        KEY_GRANT,
+        KEY_CLIENT_AUTH,
+        KEY_PKCE,
+        KEY_SECONDS,
+        KEY_TIMEOUT,
+        KEY_JSONPTR,
+        KEY_USAGE_HEADER,
+        KEY_USAGE_QUERY,
+} KeyType;
+
+typedef struct ProviderKey {
+        const char *name;
+        KeyType type;
+        size_t offset;
+} ProviderKey;
+
+#define PK(n, t, f) { n, t, offsetof(Provider, f) }
+static const ProviderKey provider_keys[] = {
+        PK("grant", KEY_GRANT, grant),
+        PK("authorize_url", KEY_URL, authorize_url),
+        PK("token_url", KEY_URL, token_url),
+        PK("revoke_url", KEY_URL, revoke_url),
+        PK("test_url", KEY_URL, test_url),
+        PK("client_id", KEY_STRING, client_id),
+        PK("client_secret", KEY_SECRET, client_secret),
+        PK("client_secret_file", KEY_SECRET_FILE, client_secret),
+        PK("client_secret_credential", KEY_SECRET_CREDENTIAL, client_secret),
+        PK("client_auth", KEY_CLIENT_AUTH, client_auth),
+        PK("pkce", KEY_PKCE, pkce),
+        PK("scopes", KEY_STRING, scopes),
+        PK("scope_separator", KEY_STRING, scope_separator),
+        PK("authorize_params", KEY_STRING, authorize_params),
+        PK("code_param", KEY_STRING, code_param),
+        PK("access_token_pointer", KEY_JSONPTR, ptr_access_token),
+        PK("refresh_token_pointer", KEY_JSONPTR, ptr_refresh_token),
+        PK("expires_in_pointer", KEY_JSONPTR, ptr_expires_in),
+        PK("token_type_pointer", KEY_JSONPTR, ptr_token_type),
+        PK("scope_pointer", KEY_JSONPTR, ptr_scope),
+        PK("id_token_pointer", KEY_JSONPTR, ptr_id_token),
+        PK("error_pointer", KEY_JSONPTR, ptr_error),
+        PK("error_description_pointer", KEY_JSONPTR, ptr_error_description),
+        PK("default_lifetime", KEY_SECONDS, default_lifetime),
+        PK("timeout", KEY_TIMEOUT, timeout),
+        PK("usage_header", KEY_USAGE_HEADER, usage_header),
+        PK("usage_query", KEY_USAGE_QUERY, usage_query),
+};
+
+static const char *const usage_placeholders[] = { "access_token", "token_type", NULL };
+
+Provider *provider_free(Provider *p) {
+        if (!p)
+                return NULL;
+        free(p->name);
+        free(p->path);
+        free(p->authorize_url);
+        free(p->token_url);
+        free(p->revoke_url);
+        free(p->test_url);
+        free(p->client_id);
+        secret_free(p->client_secret);
+        free(p->scopes);
+        free(p->scope_separator);
+        free(p->authorize_params);
+        free(p->code_param);
+        free(p->ptr_access_token);
+        free(p->ptr_refresh_token);
+        free(p->ptr_expires_in);
+        free(p->ptr_token_type);
+        free(p->ptr_scope);
+        free(p->ptr_id_token);
+        free(p->ptr_error);
+        free(p->ptr_error_description);
+        for (size_t i = 0; i < p->n_usage_header; i++)
+                free(p->usage_header[i]);
+        free(p->usage_query);
+        free(p);
+        return NULL;
+}
+
+static int read_secret_file(const char *path, char **ret) {
+        _cleanup_free_ char *text = NULL;
+        size_t len;
+        int r;
+
+        r = read_file_bounded(path, 64 * 1024, &text, &len);
+        if (r < 0)
+                return r;
+        /* One trailing newline is an editor's, not the secret's. */
+        while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+                text[--len] = 0;
+        if (len == 0 || strlen(text) != len) {
+                explicit_wipe(text, len);
+                return -EINVAL;
+        }
+        *ret = TAKE_PTR(text);
+        return 0;
+}
+
+static int provider_set(const char *section, const char *key, const char *value,
+                        unsigned line, void *userdata, ConfError *err) {
+        Provider *p = userdata;
+        const ProviderKey *k = NULL;
+        void *field;
+        int r;
+
+        if (!streq(section, "provider")) {
+                conf_error(err, p->path, line, "Unknown section [%s], expected [provider].", section);
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++)
+                if (streq(provider_keys[i].name, key)) {
+                        k = &provider_keys[i];
+                        break;
+                }
+        if (!k) {
+                conf_error(err, p->path, line, "Unknown key '%s'.", key);
+                return -EINVAL;
+        }
+        if (value_has_ctl(value)) {
+                conf_error(err, p->path, line, "Control character in value of '%s'.", key);
+                return -EINVAL;
+        }
+        field = (uint8_t *) p + k->offset;
+
+        switch (k->type) {
+        case KEY_STRING:
+                return set_string(field, value);
+        case KEY_URL:
+                if (!url_is_acceptable(value)) {
+                        conf_error(err, p->path, line,
+                                   "%s must be an https:// URL (http:// only on loopback): %.128s",
+                                   key, value);
+                        return -EINVAL;
+                }
+                return set_string(field, value);
+        case KEY_SECRET:
+                if (isempty(value)) {
+                        conf_error(err, p->path, line, "Empty %s.", key);
+                        return -EINVAL;
+                }
+                r = set_string(field, value);
+                return r;
+        case KEY_SECRET_FILE:
+        case KEY_SECRET_CREDENTIAL: {
+                _cleanup_free_ char *path = NULL;
+                char *secret = NULL;
+
+                if (k->type == KEY_SECRET_CREDENTIAL) {
+                        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+                        if (!dir) {
+                                conf_error(err, p->path, line,
+                                           "%s set but $CREDENTIALS_DIRECTORY is not (LoadCredential= missing?).",
+                                           key);
+                                return -ENOENT;
+                        }
+                        if (strchr(value, '/') || isempty(value)) {
+                                conf_error(err, p->path, line, "Invalid credential name.");
+                                return -EINVAL;
+                        }
+                        if (asprintf(&path, "%s/%s", dir, value) < 0)
+                                return -ENOMEM;
+                } else if (value[0] != '/' && strrchr(p->path, '/')) {
+                        /* relative to the provider file's folder */
+                        if (asprintf(&path, "%.*s/%s", (int) (strrchr(p->path, '/') - p->path), p->path,
+                                     value) < 0)
+                                return -ENOMEM;
+                } else if (!(path = strdup(value)))
+                        return -ENOMEM;
+                r = read_secret_file(path, &secret);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Cannot read client secret from '%s': %s",
+                                   path, r == -EINVAL ? "empty or binary" : strerror(-r));
+                        return r;
+                }
+                secret_free(p->client_secret);
+                p->client_secret = secret;
+                return 0;
+        }
+        case KEY_GRANT:
+                r = grant_from_string(value);
+                if (r < 0) {
+                        conf_error(err, p->path, line,
+                                   "Invalid grant '%s' (authorization_code, client_credentials, password, device_code).",
+                                   value);
+                        return r;
+                }
+                p->grant = (Grant) r;
+                return 0;
+        case KEY_CLIENT_AUTH:
+                r = table_lookup(client_auth_table, _CLIENT_AUTH_MAX, value);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Invalid client_auth '%s' (basic, post, none).", value);
+                        return r;
+                }
+                p->client_auth = (ClientAuth) r;
+                return 0;
+        case KEY_PKCE:
+                r = table_lookup(pkce_table, _PKCE_MAX, value);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Invalid pkce '%s' (S256, plain, none).", value);
+                        return r;
+                }
+                p->pkce = (Pkce) r;
+                return 0;
+        case KEY_SECONDS:
+                r = parse_seconds(value, 100 * 365 * USEC_PER_DAY, field);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Invalid duration for %s: %.64s", key, value);
+                        return r;
+                }
+                return 0;
+        case KEY_TIMEOUT:
+                r = parse_seconds(value, 120 * USEC_PER_SEC, field);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Invalid %s '%.64s' (0 to 120 seconds).", key, value);
+                        return r;
+                }
+                return 0;
+        case KEY_JSONPTR:
+                if (jsonptr_validate(value) < 0) {
+                        conf_error(err, p->path, line, "Invalid JSON pointer for %s: %.128s", key, value);
+                        return -EINVAL;
+                }
+                return set_string(field, value);
+        case KEY_USAGE_HEADER:
+        case KEY_USAGE_QUERY: {
+                const char *bad = NULL;
+                size_t bad_len = 0;
+
+                if (k->type == KEY_USAGE_HEADER) {
+                        const char *colon = strchr(value, ':');
+                        if (!colon || colon == value || strcspn(value, " \t") < (size_t) (colon - value)) {
+                                conf_error(err, p->path, line, "usage_header must be 'Name: value': %.128s", value);
+                                return -EINVAL;
+                        }
+                } else if (!strchr(value, '=') || *value == '=') {
+                        conf_error(err, p->path, line, "usage_query must be 'name=value': %.128s", value);
+                        return -EINVAL;
+                }
+                r = template_validate(value, usage_placeholders, &bad, &bad_len);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "%s placeholder '%.*s' in %s.",
+                                   r == -ENOKEY ? "Unknown" : "Unterminated", (int) MIN(bad_len, 64), bad, key);
+                        return r;
+                }
+                if (k->type == KEY_USAGE_QUERY)
+                        return set_string(&p->usage_query, value);
+                if (p->n_usage_header >= PROVIDER_USAGE_MAX) {
+                        conf_error(err, p->path, line, "Too many usage_header lines (at most %d).",
+                                   PROVIDER_USAGE_MAX);
+                        return -E2BIG;
+                }
+                if (!(p->usage_header[p->n_usage_header] = strdup(value)))
+                        return -ENOMEM;
+                p->n_usage_header++;
+                return 0;
+        }
+        }
+        return -EINVAL;
+}
+
+static bool provider_name_valid(const char *s, size_t n) {
+        if (n == 0 || n > PROVIDER_NAME_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char) s[i]) && !strchr("-_.", s[i]))
+                        return false;
+        return s[0] != '.';
+}
+
+int provider_load(const char *path, Provider **ret, ConfError *err) {
+        _cleanup_(provider_freep) Provider *p = NULL;
+        const char *base = strrchr(path, '/'), *dot;
+        int r;
+
+        base = base ? base + 1 : path;
+        dot = strrchr(base, '.');
+        if (!dot || !streq(dot, ".conf") || !provider_name_valid(base, (size_t) (dot - base))) {
+                conf_error(err, path, 0, "Provider file names must be NAME.conf with NAME of [A-Za-z0-9._-].");
+                return -EINVAL;
+        }
+        p = new0(Provider, 1);
+        if (!p)
+                return -ENOMEM;
+        p->grant = GRANT_AUTHORIZATION_CODE;
+        p->client_auth = CLIENT_AUTH_BASIC;
+        p->pkce = PKCE_S256;
+        p->timeout = 20 * USEC_PER_SEC;
+        p->name = strndup(base, (size_t) (dot - base));
+        p->path = strdup(path);
+        if (!p->name || !p->path)
+                return -ENOMEM;
+
+        r = ini_parse_file(path, provider_set, p, err);
+        if (r < 0)
+                return r;
+
+#define DEFAULT_STR(f, v) \
+        if (!p->f && !(p->f = strdup(v))) return -ENOMEM
+        DEFAULT_STR(scope_separator, " ");
+        DEFAULT_STR(code_param, "code");
+        DEFAULT_STR(ptr_access_token, "/access_token");
+        DEFAULT_STR(ptr_refresh_token, "/refresh_token");
+        DEFAULT_STR(ptr_expires_in, "/expires_in");
+        DEFAULT_STR(ptr_token_type, "/token_type");
+        DEFAULT_STR(ptr_scope, "/scope");
+        DEFAULT_STR(ptr_id_token, "/id_token");
+        DEFAULT_STR(ptr_error, "/error");
+        DEFAULT_STR(ptr_error_description, "/error_description");
+#undef DEFAULT_STR
+        if (p->n_usage_header == 0 && !p->usage_query) {
+                if (!(p->usage_header[0] = strdup("Authorization: Bearer ${access_token}")))
+                        return -ENOMEM;
+                p->n_usage_header = 1;
+        }
+
+        if (!p->token_url) {
+                conf_error(err, path, 0, "Missing required key token_url.");
+                return -EINVAL;
+        }
+        if (!p->client_id) {
+                conf_error(err, path, 0, "Missing required key client_id.");
+                return -EINVAL;
+        }
+        if (p->grant == GRANT_AUTHORIZATION_CODE && !p->authorize_url) {
+                conf_error(err, path, 0, "grant = authorization_code needs authorize_url.");
+                return -EINVAL;
+        }
+        if (p->grant != GRANT_AUTHORIZATION_CODE && p->grant != GRANT_CLIENT_CREDENTIALS) {
+                conf_error(err, path, 0, "grant = %s is not supported yet.", grant_to_string(p->grant));
+                return -EOPNOTSUPP;
+        }
+        if (p->client_auth != CLIENT_AUTH_NONE && !p->client_secret) {
+                conf_error(err, path, 0,
+                           "client_auth = %s needs client_secret, client_secret_file or client_secret_credential.",
+                           client_auth_to_string(p->client_auth));
+                return -EINVAL;
+        }
+        *ret = TAKE_PTR(p);
+        return 0;
+}
+
+/* ---- the broker file ----------------------------------------------- */
+
+BrokerConfig *broker_config_free(BrokerConfig *c) {
+        if (!c)
+                return NULL;
+        free(c->path);
+        free(c->state_dir);
+        free(c->socket);
+        free(c->callback_listen);
+        free(c->public_url);
+        free(c->providers_dir);
+        free(c->admin_group);
+        for (size_t i = 0; i < c->n_providers; i++)
+                provider_free(c->providers[i]);
+        free(c->providers);
+        free(c);
+        return NULL;
+}
+
+/* Relative paths in the main file are relative to the file's folder, so a
+ * config works wherever it is started from. */
+static int make_path(const BrokerConfig *c, const char *value, char **field) {
+        const char *slash;
+        char *s;
+
+        if (value[0] == '/' || !(slash = strrchr(c->path, '/')))
+                return set_string(field, value);
+        if (asprintf(&s, "%.*s/%s", (int) (slash - c->path), c->path, value) < 0)
+                return -ENOMEM;
+        free(*field);
+        *field = s;
+        return 0;
+}
+
+static int broker_set(const char *section, const char *key, const char *value,
+                      unsigned line, void *userdata, ConfError *err) {
+        BrokerConfig *c = userdata;
+        unsigned long u;
+        int r;
+
+        if (!streq(section, "broker")) {
+                conf_error(err, c->path, line, "Unknown section [%s], expected [broker].", section);
+                return -EINVAL;
+        }
+        if (value_has_ctl(value)) {
+                conf_error(err, c->path, line, "Control character in value of '%s'.", key);
+                return -EINVAL;
+        }
+        if (streq(key, "state_dir"))
+                return make_path(c, value, &c->state_dir);
+        if (streq(key, "socket"))
+                return make_path(c, value, &c->socket);
+        if (streq(key, "providers_dir"))
+                return make_path(c, value, &c->providers_dir);
+        if (streq(key, "admin_group"))
+                return set_string(&c->admin_group, value);
+        if (streq(key, "callback_listen")) {
+                const char *colon = strrchr(value, ':');
+                if (!colon || colon == value ||
+                    parse_uint(colon + 1, 65535, &u, 10) < 0) {
+                        conf_error(err, c->path, line, "callback_listen must be HOST:PORT: %.128s", value);
+                        return -EINVAL;
+                }
+                return set_string(&c->callback_listen, value);
+        }
+        if (streq(key, "public_url")) {
+                size_t n = strlen(value);
+                if (!url_is_acceptable(value) || strchr(value, '?') || strchr(value, '#')) {
+                        conf_error(err, c->path, line,
+                                   "public_url must be an https:// URL (http:// only on loopback): %.128s", value);
+                        return -EINVAL;
+                }
+                r = set_string(&c->public_url, value);
+                if (r >= 0 && n > 0 && c->public_url[n - 1] == '/')
+                        c->public_url[n - 1] = 0;
+                return r;
+        }
+        if (streq(key, "socket_mode")) {
+                if (parse_uint(value, 0777, &u, 8) < 0) {
+                        conf_error(err, c->path, line, "socket_mode must be an octal mode: %.32s", value);
+                        return -EINVAL;
+                }
+                c->socket_mode = (unsigned) u;
+                return 0;
+        }
+        if (streq(key, "refresh_margin") || streq(key, "refresh_jitter") || streq(key, "pending_ttl")) {
+                usec_t *f = streq(key, "refresh_margin") ? &c->refresh_margin :
+                            streq(key, "refresh_jitter") ? &c->refresh_jitter : &c->pending_ttl;
+                if (parse_seconds(value, 365 * USEC_PER_DAY, f) < 0) {
+                        conf_error(err, c->path, line, "Invalid duration for %s: %.64s", key, value);
+                        return -EINVAL;
+                }
+                return 0;
+        }
+        if (streq(key, "refresh_ratio")) {
+                char *end;
+                double d;
+
+                errno = 0;
+                d = strtod(value, &end);
+                if (errno || end == value || *end || !(d >= 0.0 && d < 1.0)) {
+                        conf_error(err, c->path, line, "refresh_ratio must be in [0, 1): %.64s", value);
+                        return -EINVAL;
+                }
+                c->refresh_ratio = d;
+                return 0;
+        }
+        if (streq(key, "max_parallel_refreshes") || streq(key, "max_connections")) {
+                if (parse_uint(value, 10000000, &u, 10) < 0 || u == 0) {
+                        conf_error(err, c->path, line, "%s must be a positive number: %.64s", key, value);
+                        return -EINVAL;
+                }
+                if (streq(key, "max_connections"))
+                        c->max_connections = (unsigned) u;
+                else
+                        c->max_parallel_refreshes = (unsigned) u;
+                return 0;
+        }
+        conf_error(err, c->path, line, "Unknown key '%s'.", key);
+        return -EINVAL;
+}
+
+static int provider_cmp(const void *a, const void *b) {
+        return strcmp((*(Provider *const *) a)->name, (*(Provider *const *) b)->name);
+}
+
+static int load_providers(BrokerConfig *c, ConfError *err) {
+        DIR *d;
+        struct dirent *de;
+        int r = 0;
+
+        d = opendir(c->providers_dir);
+        if (!d) {
+                if (errno == ENOENT)
+                        return 0;   /* no providers yet is fine */
+                conf_error(err, c->providers_dir, 0, "Cannot open: %s", strerror(errno));
+                return -errno;
+        }
+        while ((de = readdir(d))) {
+                _cleanup_free_ char *path = NULL;
+                const char *dot = strrchr(de->d_name, '.');
+                Provider *p, **a;
+
+                if (de->d_name[0] == '.' || !dot || !streq(dot, ".conf"))
+                        continue;
+                if (c->n_providers >= 4096) {
+                        conf_error(err, c->providers_dir, 0, "Too many provider files.");
+                        r = -E2BIG;
+                        break;
+                }
+                if (asprintf(&path, "%s/%s", c->providers_dir, de->d_name) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
+                r = provider_load(path, &p, err);
+                if (r < 0)
+                        break;
+                a = realloc(c->providers, sizeof(Provider *) * (c->n_providers + 1));
+                if (!a) {
+                        provider_free(p);
+                        r = -ENOMEM;
+                        break;
+                }
+                c->providers = a;
+                c->providers[c->n_providers++] = p;
+        }
+        closedir(d);
+        if (r < 0)
+                return r;
+        if (c->n_providers > 1)
+                qsort(c->providers, c->n_providers, sizeof(Provider *), provider_cmp);
+        return 0;
+}
+
+int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
+        _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
+        int r;
+
+        c = new0(BrokerConfig, 1);
+        if (!c)
+                return -ENOMEM;
+        c->path = strdup(path);
+        if (!c->path)
+                return -ENOMEM;
+        c->socket_mode = 0666;   /* access is checked per request by SO_PEERCRED */
+        c->refresh_margin = 60 * USEC_PER_SEC;
+        c->refresh_ratio = 0.1;
+        c->refresh_jitter = 5 * USEC_PER_SEC;
+        c->max_parallel_refreshes = 64;
+        c->pending_ttl = 10 * USEC_PER_MINUTE;
+        c->max_connections = 1000000;
+
+        r = ini_parse_file(path, broker_set, c, err);
+        if (r < 0)
+                return r;
+
+#define DEFAULT_STR(f, v) \
+        if (!c->f && !(c->f = strdup(v))) return -ENOMEM
+        DEFAULT_STR(state_dir, "/var/lib/tokenbroker");
+        DEFAULT_STR(socket, "/run/tokenbroker/tokenbroker.sock");
+        DEFAULT_STR(callback_listen, "127.0.0.1:8421");
+        DEFAULT_STR(providers_dir, "/etc/tokenbroker/providers.d");
+#undef DEFAULT_STR
+        if (!c->public_url) {
+                if (asprintf(&c->public_url, "http://%s", c->callback_listen) < 0)
+                        return -ENOMEM;
+        }
+        r = load_providers(c, err);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+Provider *broker_config_find_provider(const BrokerConfig *c, const char *name) {
+        for (size_t i = 0; i < c->n_providers; i++)
+                if (streq(c->providers[i]->name, name))
+                        return c->providers[i];
+        return NULL;
+}
+
+int broker_config_redirect_uri(const BrokerConfig *c, char **ret) {
+        return asprintf(ret, "%s/oauth/callback", c->public_url) < 0 ? -ENOMEM : 0;
+}

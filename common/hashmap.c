@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: MIT */
+
+#include <sys/random.h>
+
+#include "common/hashmap.h"
+
+#define BUCKETS_MIN ((size_t) 16)
+/* Keep n_buckets * sizeof(pointer) far from overflow. */
+#define BUCKETS_MAX ((size_t) 1 << (sizeof(size_t) * 8 - 5))
+
+struct Hashmap {
+        HashmapNode **buckets;
+        size_t n_buckets;     /* 0 or a power of two */
+        size_t size;
+        uint64_t k0, k1;      /* SipHash key */
+};
+
+/* SipHash-1-3 (Aumasson & Bernstein), 64-bit output. */
+#define ROTL(x, b) (uint64_t) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                          \
+        do {                                                              \
+                v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+                v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                    \
+                v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                    \
+                v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+        } while (0)
+
+static uint64_t load_le64(const uint8_t *p) {
+        return (uint64_t) p[0] | (uint64_t) p[1] << 8 | (uint64_t) p[2] << 16 |
+               (uint64_t) p[3] << 24 | (uint64_t) p[4] << 32 | (uint64_t) p[5] << 40 |
+               (uint64_t) p[6] << 48 | (uint64_t) p[7] << 56;
+}
+
+static uint64_t siphash13(const void *data, size_t len, uint64_t k0, uint64_t k1) {
+        const uint8_t *in = data, *end = in + (len - len % 8);
+        uint64_t v0 = UINT64_C(0x736f6d6570736575) ^ k0;
+        uint64_t v1 = UINT64_C(0x646f72616e646f6d) ^ k1;
+        uint64_t v2 = UINT64_C(0x6c7967656e657261) ^ k0;
+        uint64_t v3 = UINT64_C(0x7465646279746573) ^ k1;
+        uint64_t b = (uint64_t) len << 56;
+
+        for (; in != end; in += 8) {
+                uint64_t m = load_le64(in);
+
+                v3 ^= m;
+                SIPROUND;
+                v0 ^= m;
+        }
+
+        for (size_t i = 0; i < len % 8; i++)
+                b |= (uint64_t) in[i] << (8 * i);
+
+        v3 ^= b;
+        SIPROUND;
+        v0 ^= b;
+
+        v2 ^= 0xff;
+        SIPROUND;
+        SIPROUND;
+        SIPROUND;
+
+        return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t hash_key(const Hashmap *h, const char *key) {
+        return siphash13(key, strlen(key), h->k0, h->k1);
+}
+
+static int random_key(uint8_t *buf, size_t n) {
+        size_t done = 0;
+
+        while (done < n) {
+                ssize_t k = getrandom(buf + done, n - done, 0);
+
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                done += (size_t) k;
+        }
+        return 0;
+}
+
+int hashmap_new(Hashmap **ret) {
+        uint8_t key[16];
+        Hashmap *h;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+
+        r = random_key(key, sizeof(key));
+        if (r < 0)
+                return r;
+
+        h = new0(Hashmap, 1);
+        if (!h)
+                return -ENOMEM;
+
+        h->k0 = load_le64(key);
+        h->k1 = load_le64(key + 8);
+        explicit_wipe(key, sizeof(key));
+
+        *ret = h;
+        return 0;
+}
+
+Hashmap *hashmap_free(Hashmap *h) {
+        if (!h)
+                return NULL;
+
+        free(h->buckets);
+        explicit_wipe(h, sizeof(*h));
+        free(h);
+        return NULL;
+}
+
+size_t hashmap_size(const Hashmap *h) {
+        return h ? h->size : 0;
+}
+
+size_t hashmap_buckets(const Hashmap *h) {
+        return h ? h->n_buckets : 0;
+}
+
+static int resize(Hashmap *h, size_t n_buckets) {
+        HashmapNode **b;
+
+        assert(n_buckets > 0 && (n_buckets & (n_buckets - 1)) == 0);
+
+        b = new0(HashmapNode *, n_buckets);
+        if (!b)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < h->n_buckets; i++) {
+                HashmapNode *n = h->buckets[i];
+
+                while (n) {
+                        HashmapNode *next = n->next;
+                        size_t j = (size_t) n->hash & (n_buckets - 1);
+
+                        n->next = b[j];
+                        b[j] = n;
+                        n = next;
+                }
+        }
+
+        free(h->buckets);
+        h->buckets = b;
+        h->n_buckets = n_buckets;
+        return 0;
+}
+
+static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
+        HashmapNode **p;
+
+        if (h->n_buckets == 0)
+                return NULL;
+
+        for (p = &h->buckets[(size_t) hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
+                if ((*p)->hash == hash && streq((*p)->key, key))
+                        return p;
+
+        return NULL;
+}
+
+int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
+        uint64_t hash;
+        size_t i;
+
+        if (!h || !n || !key)
+                return -EINVAL;
+
+        hash = hash_key(h, key);
+        if (find_slot(h, key, hash))
+                return -EEXIST;
+
+        if (h->n_buckets == 0) {
+                int r = resize(h, BUCKETS_MIN);
+                if (r < 0)
+                        return r;
+        } else if (h->size + 1 > h->n_buckets && h->n_buckets < BUCKETS_MAX)
+                (void) resize(h, h->n_buckets * 2); /* on ENOMEM carry on */
+        else if (h->n_buckets > BUCKETS_MIN && (h->size + 1) < h->n_buckets / 8) {
+                /* Shrink to the smallest size with load >= 1/4. */
+                size_t m = h->n_buckets;
+
+                while (m > BUCKETS_MIN && (h->size + 1) < m / 4)
+                        m /= 2;
+                (void) resize(h, m);
+        }
+
+        n->key = key;
+        n->hash = hash;
+        i = (size_t) hash & (h->n_buckets - 1);
+        n->next = h->buckets[i];
+        h->buckets[i] = n;
+        h->size++;
+        return 0;
+}
+
+HashmapNode *hashmap_get(Hashmap *h, const char *key) {
+        HashmapNode **p;
+
+        if (!h || !key)
+                return NULL;
+
+        p = find_slot(h, key, hash_key(h, key));
+        return p ? *p : NULL;
+}
+
+HashmapNode *hashmap_remove(Hashmap *h, const char *key) {
+        HashmapNode **p, *n;
+
+        if (!h || !key)
+                return NULL;
+
+        p = find_slot(h, key, hash_key(h, key));
+        if (!p)
+                return NULL;
+
+        n = *p;
+        *p = n->next;
+        n->next = NULL;
+        h->size--;
+        return n;
+}
+
+void hashmap_remove_node(Hashmap *h, HashmapNode *n) {
+        HashmapNode **p;
+
+        if (!h || !n || h->n_buckets == 0)
+                return;
+
+        for (p = &h->buckets[(size_t) n->hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
+                if (*p == n) {
+                        *p = n->next;
+                        n->next = NULL;
+                        h->size--;
+                        return;
+                }
+}
+
+HashmapNode *hashmap_iter_next(Hashmap *h, HashmapIter *it) {
+        HashmapNode *n;
+
+        if (!h || !it)
+                return NULL;
+
+        n = it->next;
+        while (!n) {
+                if (it->bucket >= h->n_buckets)
+                        return NULL;
+                n = h->buckets[it->bucket++];
+        }
+
+        it->next = n->next;
+        return n;
+}

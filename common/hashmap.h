@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* An intrusive, string-keyed hash map.
+ *
+ * The owner embeds a HashmapNode in its struct and keeps the key string
+ * alive (and unchanged) for as long as the node is in the map; the map
+ * allocates nothing per entry. Separate chaining over a power-of-two bucket
+ * array; the hash is SipHash-1-3 keyed with 128 random bits per map
+ * (getrandom()), so peers who choose keys cannot force collisions.
+ *
+ * The bucket array grows (doubles, rehashing everything) when the load
+ * factor exceeds 1, and shrinks when it drops below 1/8; both happen only
+ * inside hashmap_put(). Removal never rehashes, so removing during
+ * iteration is safe (see hashmap_iter_next()). If growing fails for lack of
+ * memory, the put still succeeds with a higher load factor.
+ *
+ * Not thread-safe. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/macro.h"
+
+#ifndef container_of
+#define container_of(ptr, type, member)                                    \
+        ((type *) (void *) ((char *) (1 ? (ptr) : &((type *) 0)->member) - \
+                            offsetof(type, member)))
+#endif
+
+typedef struct HashmapNode {
+        struct HashmapNode *next;
+        uint64_t hash;
+        const char *key;
+} HashmapNode;
+
+typedef struct Hashmap Hashmap;
+
+/* 0, or -ENOMEM, or -errno from getrandom(). */
+int hashmap_new(Hashmap **ret);
+/* Frees the map, not the entries (iterate first to free them). NULL ok.
+ * Returns NULL. */
+Hashmap *hashmap_free(Hashmap *h);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Hashmap *, hashmap_free)
+#define _cleanup_hashmap_free_ _cleanup_(hashmap_freep)
+
+/* Insert n under key (stored as n->key, not copied). 0 on success, -EEXIST
+ * if the key is already present (n is left untouched), -EINVAL on NULL
+ * arguments, -ENOMEM only if the very first bucket array cannot be
+ * allocated. Must not be called while iterating. */
+int hashmap_put(Hashmap *h, HashmapNode *n, const char *key);
+/* NULL if absent (or h/key NULL). */
+HashmapNode *hashmap_get(Hashmap *h, const char *key);
+/* Unlink and return the node with this key, NULL if absent. */
+HashmapNode *hashmap_remove(Hashmap *h, const char *key);
+/* Unlink n if it is in h; no-op otherwise (or if h or n is NULL). */
+void hashmap_remove_node(Hashmap *h, HashmapNode *n);
+size_t hashmap_size(const Hashmap *h);
+
+/* Iteration in unspecified order:
+ *
+ *         HashmapIter it = {};
+ *         HashmapNode *n;
+ *         while ((n = hashmap_iter_next(h, &it))) ...
+ *
+ * Removing the node just returned (or any node already returned) is safe,
+ * and so is freeing it after removal. Removing other not-yet-returned nodes
+ * is NOT safe (the iterator caches the successor), nor is hashmap_put()
+ * (it may rehash). */
+typedef struct {
+        size_t bucket;
+        HashmapNode *next;
+} HashmapIter;
+HashmapNode *hashmap_iter_next(Hashmap *h, HashmapIter *it);
+
+/* Exposed for tests: the number of buckets currently allocated. */
+size_t hashmap_buckets(const Hashmap *h);

@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <sys/random.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "common/api.h"
+#include "common/b64.h"
+#include "common/util.h"
+
+int random_bytes(void *p, size_t n) {
+        uint8_t *q = p;
+
+        while (n > 0) {
+                ssize_t k = getrandom(q, n, 0);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                q += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+uint64_t random_u64(void) {
+        uint64_t u = 0;
+
+        assert(random_bytes(&u, sizeof u) == 0);
+        return u;
+}
+
+int random_token(size_t n, char **ret) {
+        uint8_t buf[128];
+        int r;
+
+        if (n > sizeof buf)
+                return -E2BIG;
+        r = random_bytes(buf, n);
+        if (r < 0)
+                return r;
+        r = b64url_encode(buf, n, ret);
+        explicit_wipe(buf, sizeof buf);
+        return r;
+}
+
+char *url_escape(const char *s) {
+        static const char hex[] = "0123456789ABCDEF";
+        size_t n = strlen(s);
+        char *out = malloc(n * 3 + 1), *o = out;
+
+        if (!out)
+                return NULL;
+        for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
+                if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+                    *p == '-' || *p == '.' || *p == '_' || *p == '~')
+                        *o++ = (char) *p;
+                else {
+                        *o++ = '%';
+                        *o++ = hex[*p >> 4];
+                        *o++ = hex[*p & 15];
+                }
+        }
+        *o = 0;
+        return out;
+}
+
+static int unhex(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+int url_unescape(const char *s, size_t n, char **ret) {
+        char *out = malloc(n + 1), *o = out;
+
+        if (!out)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] == '%') {
+                        int a, b;
+                        if (i + 2 >= n || (a = unhex(s[i + 1])) < 0 || (b = unhex(s[i + 2])) < 0 ||
+                            (a == 0 && b == 0)) {
+                                free(out);
+                                return -EINVAL;
+                        }
+                        *o++ = (char) (a << 4 | b);
+                        i += 2;
+                } else if (s[i] == '+')
+                        *o++ = ' ';
+                else if (s[i] == 0) {
+                        free(out);
+                        return -EINVAL;
+                } else
+                        *o++ = s[i];
+        }
+        *o = 0;
+        *ret = out;
+        return 0;
+}
+
+int sha256_hex(const void *p, size_t n, char ret[static 65]) {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char md[SHA256_DIGEST_LENGTH];
+
+        if (!EVP_Digest(p, n, md, NULL, EVP_sha256(), NULL))
+                return -EIO;
+        for (size_t i = 0; i < sizeof md; i++) {
+                ret[2 * i] = hex[md[i] >> 4];
+                ret[2 * i + 1] = hex[md[i] & 15];
+        }
+        ret[64] = 0;
+        return 0;
+}
+
+char *format_timestamp(char *buf, size_t n, usec_t t) {
+        time_t s = (time_t) (t / USEC_PER_SEC);
+        struct tm tm;
+
+        if (!gmtime_r(&s, &tm) || strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+                if (n > 0)
+                        buf[0] = 0;
+        }
+        return buf;
+}
+
+bool connection_name_valid(const char *s) {
+        size_t n = strlen(s);
+
+        if (n == 0 || n > CONNECTION_NAME_MAX || streq(s, ".") || streq(s, ".."))
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '.' || c == '_' || c == '-'))
+                        return false;
+        }
+        return true;
+}
+
+void strbuf_append(StrBuf *b, const char *s, size_t n) {
+        if (b->oom)
+                return;
+        if (b->len + n + 1 > b->cap) {
+                size_t cap = MAX(b->cap * 2, b->len + n + 256);
+                char *t = realloc(b->s, cap);
+                if (!t) {
+                        b->oom = true;
+                        return;
+                }
+                b->s = t;
+                b->cap = cap;
+        }
+        memcpy(b->s + b->len, s, n);
+        b->len += n;
+        b->s[b->len] = 0;
+}
+
+void strbuf_puts(StrBuf *b, const char *s) {
+        strbuf_append(b, s, strlen(s));
+}
+
+void strbuf_printf(StrBuf *b, const char *fmt, ...) {
+        va_list ap;
+        char tmp[512];
+        int k;
+
+        va_start(ap, fmt);
+        k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+                b->oom = true;
+                return;
+        }
+        if ((size_t) k < sizeof tmp) {
+                strbuf_append(b, tmp, (size_t) k);
+                return;
+        }
+        {
+                char *big = malloc((size_t) k + 1);
+                if (!big) {
+                        b->oom = true;
+                        return;
+                }
+                va_start(ap, fmt);
+                (void) vsnprintf(big, (size_t) k + 1, fmt, ap);
+                va_end(ap);
+                strbuf_append(b, big, (size_t) k);
+                free(big);
+        }
+}
+
+char *strbuf_steal(StrBuf *b) {
+        char *s;
+
+        if (b->oom) {
+                strbuf_free(b);
+                return NULL;
+        }
+        if (!b->s)
+                return strdup("");
+        s = b->s;
+        *b = (StrBuf) {};
+        return s;
+}
+
+void strbuf_free(StrBuf *b) {
+        if (b->s)
+                explicit_wipe(b->s, b->cap);
+        free(b->s);
+        *b = (StrBuf) {};
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "common/macro.h"
+
+/* Cryptographic randomness from the kernel (getrandom). */
+int random_bytes(void *p, size_t n);
+uint64_t random_u64(void);
+/* n random bytes, base64url without padding. */
+int random_token(size_t n, char **ret);
+
+/* RFC 3986 percent-encoding of everything but unreserved characters. */
+char *url_escape(const char *s);
+/* Decodes %XX and '+' (application/x-www-form-urlencoded); -EINVAL on bad
+ * escapes or an embedded NUL. */
+int url_unescape(const char *s, size_t n, char **ret);
+
+/* SHA-256 of s as lowercase hex (65 bytes with NUL). */
+int sha256_hex(const void *p, size_t n, char ret[static 65]);
+
+/* RFC 3339 UTC timestamp "2026-11-26T19:02:11Z" of a realtime usec. */
+char *format_timestamp(char *buf, size_t n, usec_t t);
+
+/* Connection names: [A-Za-z0-9._-], 1..CONNECTION_NAME_MAX, not "." or "..". */
+bool connection_name_valid(const char *s);
+
+/* A small growable string buffer. */
+typedef struct StrBuf {
+        char *s;
+        size_t len, cap;
+        bool oom;
+} StrBuf;
+void strbuf_append(StrBuf *b, const char *s, size_t n);
+void strbuf_puts(StrBuf *b, const char *s);
+void strbuf_printf(StrBuf *b, const char *fmt, ...) _printf_(2, 3);
+/* Returns the string (owned by the caller) or NULL after an allocation failure. */
+char *strbuf_steal(StrBuf *b);
+void strbuf_free(StrBuf *b);

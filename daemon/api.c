@@ -1,0 +1,851 @@
+/* SPDX-License-Identifier: MIT */
+
+/* The local API over the Unix socket: a route table, one small handler per
+ * route. Handing out a held token is answered from memory; requests that
+ * need the provider (min_ttl, invalidate, refresh, revoke) suspend their
+ * HTTP connection and resume when the single-flight refresh ends. */
+
+#include <grp.h>
+#include <jansson.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "common/api.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "daemon/acl.h"
+#include "daemon/api.h"
+#include "daemon/mhd.h"
+#include "daemon/oauth.h"
+
+#define API_BODY_MAX (64 * 1024)
+#define API_CONNECTIONS_MAX 4096
+/* A client that got 401 may ask again; more often than this it is a bug
+ * in the client, not a stale token, and the provider is spared. */
+#define INVALIDATE_MIN_INTERVAL (5 * USEC_PER_SEC)
+#define RETRY_AFTER_DEFAULT "5"
+
+typedef struct ApiRequest ApiRequest;
+
+struct Api {
+        Manager *manager;
+        MhdLoop loop;
+        int fd;
+        gid_t admin_gid;
+        bool have_admin_gid;
+        ApiRequest *suspended;     /* list, to resume them all at exit */
+};
+
+typedef enum Route {
+        ROUTE_TOKEN,
+        ROUTE_INVALIDATE,
+        ROUTE_REFRESH,
+        ROUTE_REVOKE,
+} Route;
+
+struct ApiRequest {
+        Api *api;
+        struct MHD_Connection *conn;
+        const Peer *peer;
+        char *body;
+        size_t body_len;
+        bool too_large;
+
+        /* while suspended */
+        bool suspended;
+        ApiRequest *next, *prev;
+        Waiter waiter;
+        Connection *target;
+        Route route;
+        usec_t min_ttl;
+
+        /* the answer, once known */
+        bool answered;
+        unsigned status;
+        char *response;
+        const char *extra_header;
+        char extra_value[32];
+};
+
+/* ---- JSON helpers ---------------------------------------------------- */
+
+static char *dump(json_t *j) {
+        char *s;
+
+        if (!j)
+                return NULL;
+        s = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        return s;
+}
+
+static void answer(ApiRequest *r, unsigned status, char *body) {
+        r->answered = true;
+        r->status = status;
+        free(r->response);
+        r->response = body;
+}
+
+static void answer_error(ApiRequest *r, unsigned status, const char *error, const char *desc) {
+        answer(r, status, dump(json_pack("{s:s, s:s}", "error", error, "error_description", desc)));
+}
+
+static void answer_unavailable(ApiRequest *r, const char *desc, usec_t retry) {
+        answer_error(r, 503, API_ERR_UNAVAILABLE, desc);
+        r->extra_header = "Retry-After";
+        snprintf(r->extra_value, sizeof r->extra_value, "%" PRIu64,
+                 retry > 0 ? MAX(retry / USEC_PER_SEC, (usec_t) 1) : 5);
+}
+
+static char *iso(char buf[static 32], usec_t t) {
+        if (t == 0)
+                return NULL;
+        return format_timestamp(buf, 32, t);
+}
+
+static json_t *id_array(const unsigned *ids, unsigned n) {
+        json_t *a = json_array();
+
+        for (unsigned i = 0; a && i < n; i++)
+                json_array_append_new(a, json_integer(ids[i]));
+        return a;
+}
+
+static json_t *connection_json(Manager *m, const Connection *c) {
+        char b1[32], b2[32], b3[32], b4[32], b5[32];
+        usec_t t = now(CLOCK_REALTIME);
+        json_t *j;
+
+        j = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s?, s:s?, s:b, s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:o, s:o, s:s?}",
+                      "name", c->name,
+                      "provider", c->provider,
+                      "state", conn_state_to_string(c->state),
+                      "identity", c->identity,
+                      "scope", c->scope,
+                      "requested_scope", c->requested_scope,
+                      "token_type", c->access_token ? c->token_type : NULL,
+                      "has_refresh_token", c->refresh_token != NULL,
+                      "expires_at", c->access_token ? iso(b1, c->expires_at) : NULL,
+                      "created_at", iso(b2, c->created_at),
+                      "updated_at", iso(b3, c->updated_at),
+                      "last_refresh_at", iso(b4, c->last_refresh_at),
+                      "refreshes", (json_int_t) c->refreshes,
+                      "last_error", c->last_error,
+                      "allow_users", id_array((const unsigned *) c->allow_users, c->n_allow_users),
+                      "allow_groups", id_array((const unsigned *) c->allow_groups, c->n_allow_groups),
+                      "authorization_pending_until", c->state_hash ? iso(b5, c->pending_until) : NULL);
+        if (j && c->access_token && c->expires_at > 0)
+                json_object_set_new(j, "expires_in", json_integer((json_int_t) (usec_sub(c->expires_at, t) / USEC_PER_SEC)));
+        if (j && c->inflight)
+                json_object_set_new(j, "refreshing", json_true());
+        (void) m;
+        return j;
+}
+
+/* The token answer, shaped like an RFC 6749 section 5.1 response plus the
+ * usage rule. Built per request from memory; no disk, no network. */
+static char *token_json(Manager *m, const Connection *c) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_secret_ char *query = NULL;
+        char **lines = NULL;
+        size_t n = 0;
+        char b[32];
+        json_t *j, *h;
+        char *s;
+
+        if (!p || oauth_usage_headers(p, c->access_token, c->token_type, &lines, &n, &query) < 0)
+                return NULL;
+        j = json_pack("{s:s, s:s}", "access_token", c->access_token, "token_type",
+                      c->token_type ?: "Bearer");
+        if (j && c->expires_at > 0) {
+                json_object_set_new(j, "expires_in",
+                                    json_integer((json_int_t) (usec_sub(c->expires_at, now(CLOCK_REALTIME)) /
+                                                               USEC_PER_SEC)));
+                json_object_set_new(j, "expires_at", json_string(format_timestamp(b, sizeof b, c->expires_at)));
+        }
+        if (j && c->scope)
+                json_object_set_new(j, "scope", json_string(c->scope));
+        if (j && n > 0) {
+                h = json_object();
+                for (size_t i = 0; h && i < n; i++) {
+                        char *colon = strchr(lines[i], ':'), *v;
+                        if (!colon)
+                                continue;
+                        *colon = 0;
+                        v = colon + 1;
+                        while (*v == ' ')
+                                v++;
+                        json_object_set_new(h, lines[i], json_string(v));
+                }
+                json_object_set_new(j, "headers", h);
+        }
+        if (j && query) {
+                char *eq = strchr(query, '=');
+                if (eq) {
+                        *eq = 0;
+                        json_object_set_new(j, "query", json_pack("{s:s}", query, eq + 1));
+                }
+        }
+        for (size_t i = 0; i < n; i++)
+                secret_free(lines[i]);
+        free(lines);
+        s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);   /* jansson does not wipe; tokens live in the process anyway */
+        return s;
+}
+
+/* ---- routes ---------------------------------------------------------- */
+
+static const char *arg(ApiRequest *r, const char *key) {
+        return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static int parse_seconds_arg(const char *s, usec_t *ret) {
+        char *end;
+        unsigned long u;
+
+        if (!s || !*s || *s == '-' || *s == '+')
+                return -EINVAL;
+        errno = 0;
+        u = strtoul(s, &end, 10);
+        if (errno || *end || u > 365UL * 24 * 3600)
+                return -EINVAL;
+        *ret = (usec_t) u * USEC_PER_SEC;
+        return 0;
+}
+
+static void suspend(ApiRequest *r, Connection *c) {
+        Api *a = r->api;
+
+        r->target = c;
+        MHD_suspend_connection(r->conn);
+        r->suspended = true;
+        r->next = a->suspended;
+        if (a->suspended)
+                a->suspended->prev = r;
+        a->suspended = r;
+}
+
+static void resume(ApiRequest *r) {
+        Api *a = r->api;
+
+        if (!r->suspended)
+                return;
+        if (r->prev)
+                r->prev->next = r->next;
+        else
+                a->suspended = r->next;
+        if (r->next)
+                r->next->prev = r->prev;
+        r->next = r->prev = NULL;
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+}
+
+/* Answers a token request from what the connection holds now. */
+static void answer_token(ApiRequest *r, Connection *c, usec_t min_ttl, int refresh_result) {
+        Manager *m = r->api->manager;
+        usec_t ttl = connection_ttl(c, now(CLOCK_REALTIME));
+        char *s;
+
+        if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
+                answer_error(r, 409, API_ERR_NEEDS_REAUTH, c->last_error ?: "connection needs re-authorization");
+                return;
+        }
+        if (c->state == CONN_PENDING || !c->access_token) {
+                answer_error(r, 409, API_ERR_PENDING, "authorization not completed");
+                return;
+        }
+        /* A still-valid token is served even when a refresh for min_ttl
+         * failed: the client asked for more life, not for an outage. */
+        if (ttl == 0 || (ttl < min_ttl && refresh_result == 0 && false)) {
+                usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(CLOCK_MONOTONIC)) : 0;
+                answer_unavailable(r, c->last_error ?: "no valid token; provider unreachable", retry);
+                return;
+        }
+        s = token_json(m, c);
+        if (!s) {
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                return;
+        }
+        m->tokens_served++;
+        answer(r, 200, s);
+}
+
+static void on_refreshed(Connection *c, int result, void *userdata) {
+        ApiRequest *r = userdata;
+        bool was_suspended = r->suspended;
+
+        r->target = NULL;
+        switch (r->route) {
+        case ROUTE_TOKEN:
+        case ROUTE_INVALIDATE:
+                if (result == -ECANCELED)
+                        answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
+                else
+                        answer_token(r, c, r->min_ttl, result);
+                break;
+        case ROUTE_REFRESH:
+                if (result == 0)
+                        answer(r, 200, dump(connection_json(r->api->manager, c)));
+                else if (result == -EKEYREJECTED)
+                        answer_error(r, 409, API_ERR_NEEDS_REAUTH, c->last_error ?: "refresh refused");
+                else if (result == -ECANCELED)
+                        answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
+                else
+                        answer_unavailable(r, c->last_error ?: "refresh failed",
+                                           c->retry_at ? usec_sub(c->retry_at, now(CLOCK_MONOTONIC)) : 0);
+                break;
+        case ROUTE_REVOKE: {
+                Manager *m = r->api->manager;
+                bool at_provider = result == 0;
+                int k;
+
+                if (result < 0 && result != -EOPNOTSUPP) {
+                        answer_error(r, 502, API_ERR_SERVER, c->last_error ?: "revocation at the provider failed");
+                        refresher_schedule(m, c);
+                        manager_wheel_rearm(m);
+                        break;
+                }
+                manager_event(m, c, "revoked", "connection revoked%s", at_provider ? " at the provider and deleted" : " and deleted");
+                {
+                        json_t *j = json_pack("{s:s, s:b}", "name", c->name, "revoked_at_provider",
+                                              at_provider && manager_provider(m, c) &&
+                                                      manager_provider(m, c)->revoke_url);
+                        k = manager_remove(m, c);
+                        if (k < 0) {
+                                json_decref(j);
+                                answer_error(r, 500, API_ERR_SERVER, "cannot delete the connection");
+                        } else
+                                answer(r, 200, dump(j));
+                }
+                break;
+        }
+        }
+        if (was_suspended) {
+                resume(r);
+                mhd_loop_kick(&r->api->loop);
+        }
+}
+
+static void route_token(ApiRequest *r, Connection *c, Route route) {
+        Manager *m = r->api->manager;
+        usec_t min_ttl = 0, ttl;
+        int k;
+
+        if (!peer_may_read(r->peer, c)) {
+                answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed to read this connection");
+                return;
+        }
+        if (arg(r, "min_ttl") && parse_seconds_arg(arg(r, "min_ttl"), &min_ttl) < 0) {
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, "min_ttl must be a number of seconds");
+                return;
+        }
+        if (c->state != CONN_ACTIVE) {
+                answer_token(r, c, 0, 0);
+                return;
+        }
+        ttl = connection_ttl(c, now(CLOCK_REALTIME));
+        if (route == ROUTE_TOKEN && c->access_token && ttl > 0 && ttl >= min_ttl) {
+                answer_token(r, c, 0, 0);   /* the hot path: from memory */
+                return;
+        }
+        if (route == ROUTE_INVALIDATE && c->last_refresh_at + INVALIDATE_MIN_INTERVAL > now(CLOCK_REALTIME) &&
+            !c->inflight) {
+                answer_token(r, c, 0, 0);
+                return;
+        }
+        /* During a transient outage, don't pile more requests onto the
+         * provider: serve what is still valid until the retry is due. */
+        if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC) && c->access_token && ttl > 0) {
+                answer_token(r, c, 0, 0);
+                return;
+        }
+        if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC)) {
+                answer_token(r, c, 0, 0);   /* expired: 503 with Retry-After */
+                return;
+        }
+        r->route = route;
+        r->min_ttl = min_ttl;
+        r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+        k = refresher_refresh(m, c, &r->waiter);
+        if (k < 0) {
+                answer_token(r, c, 0, k);
+                return;
+        }
+        manager_wheel_rearm(m);
+        suspend(r, c);
+}
+
+static void route_refresh(ApiRequest *r, Connection *c) {
+        Manager *m = r->api->manager;
+        int k;
+
+        if (c->state == CONN_PENDING) {
+                answer_error(r, 409, API_ERR_PENDING, "authorization not completed");
+                return;
+        }
+        r->route = ROUTE_REFRESH;
+        r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+        k = refresher_refresh(m, c, &r->waiter);
+        if (k < 0) {
+                answer_error(r, 409, k == -EBUSY ? API_ERR_CONFLICT : API_ERR_NEEDS_REAUTH,
+                             c->last_error ?: "cannot refresh this connection");
+                return;
+        }
+        manager_wheel_rearm(m);
+        suspend(r, c);
+}
+
+static void route_revoke(ApiRequest *r, Connection *c) {
+        Manager *m = r->api->manager;
+        int k;
+
+        r->route = ROUTE_REVOKE;
+        r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+        if (c->inflight) {
+                /* Let the refresh in flight land first; its tokens are then revoked too. */
+                answer_error(r, 409, API_ERR_CONFLICT, "a refresh is in flight; try again");
+                return;
+        }
+        k = refresher_revoke(m, c, &r->waiter);
+        if (k > 0) {
+                suspend(r, c);
+                return;
+        }
+        if (k < 0 && k != -EOPNOTSUPP) {
+                answer_error(r, 500, API_ERR_SERVER, "cannot start revocation");
+                return;
+        }
+        /* No revocation endpoint (or nothing to revoke): delete here. */
+        r->waiter.fn(c, -EOPNOTSUPP, r);
+}
+
+static int json_ids(json_t *a, bool groups, unsigned *ids, unsigned *n, const char **ret_error) {
+        size_t i;
+        json_t *v;
+
+        *n = 0;
+        if (!a)
+                return 0;
+        if (!json_is_array(a) || json_array_size(a) > ACL_MAX) {
+                *ret_error = "allow_users and allow_groups must be arrays (at most 32 entries)";
+                return -EINVAL;
+        }
+        json_array_foreach(a, i, v) {
+                if (json_is_integer(v) && json_integer_value(v) >= 0 &&
+                    json_integer_value(v) < (json_int_t) UINT32_MAX)
+                        ids[(*n)++] = (unsigned) json_integer_value(v);
+                else if (json_is_string(v)) {
+                        int k = groups ? acl_parse_group(json_string_value(v), (gid_t *) &ids[*n])
+                                       : acl_parse_user(json_string_value(v), (uid_t *) &ids[*n]);
+                        if (k < 0) {
+                                *ret_error = groups ? "unknown group" : "unknown user";
+                                return -EINVAL;
+                        }
+                        (*n)++;
+                } else {
+                        *ret_error = "allow_users and allow_groups take names or numbers";
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+static void route_create(ApiRequest *r) {
+        Manager *m = r->api->manager;
+        json_t *root, *scope_j;
+        json_error_t jerr;
+        const char *name = NULL, *provider = NULL, *error = NULL;
+        _cleanup_free_ char *scope = NULL, *url = NULL;
+        uid_t users[ACL_MAX];
+        gid_t groups[ACL_MAX];
+        unsigned nu = 0, ng = 0;
+        Connection *c = NULL;
+        bool existed;
+        int k;
+
+        root = r->body ? json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+        if (!root || !json_is_object(root)) {
+                json_decref(root);
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, "body must be a JSON object");
+                return;
+        }
+        if (json_unpack(root, "{s:s, s:s}", "name", &name, "provider", &provider) < 0) {
+                json_decref(root);
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, "name and provider are required strings");
+                return;
+        }
+        if (!connection_name_valid(name)) {
+                json_decref(root);
+                answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                             "invalid connection name: 1-128 characters of A-Z a-z 0-9 . _ -");
+                return;
+        }
+        scope_j = json_object_get(root, "scope");
+        if (json_is_string(scope_j))
+                scope = strdup(json_string_value(scope_j));
+        else if (json_is_array(scope_j)) {
+                StrBuf b = {};
+                size_t i;
+                json_t *v;
+                json_array_foreach(scope_j, i, v) {
+                        if (!json_is_string(v))
+                                continue;
+                        if (b.len)
+                                strbuf_puts(&b, " ");
+                        strbuf_puts(&b, json_string_value(v));
+                }
+                scope = strbuf_steal(&b);
+        }
+        if (scope && (strlen(scope) > 2048 || strpbrk(scope, "\r\n\t\"\\"))) {
+                json_decref(root);
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid scope");
+                return;
+        }
+        if (json_ids(json_object_get(root, "allow_users"), false, (unsigned *) users, &nu, &error) < 0 ||
+            json_ids(json_object_get(root, "allow_groups"), true, (unsigned *) groups, &ng, &error) < 0) {
+                json_decref(root);
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, error);
+                return;
+        }
+        existed = manager_get(m, name) != NULL;
+        {
+                AuthorizeRequest req = {
+                        .name = name, .provider = provider, .scope = isempty(scope) ? NULL : scope,
+                        .allow_users = users, .n_allow_users = nu,
+                        .allow_groups = groups, .n_allow_groups = ng,
+                };
+                k = manager_authorize(m, &req, &c, &url, &error);
+        }
+        json_decref(root);
+        if (k < 0) {
+                if (k == -ENOENT)
+                        answer_error(r, 404, API_ERR_NOT_FOUND, error ?: "unknown provider");
+                else if (k == -EEXIST)
+                        answer_error(r, 409, API_ERR_CONFLICT, error ?: "conflict");
+                else
+                        answer_error(r, k == -E2BIG ? 409 : 500, k == -E2BIG ? API_ERR_CONFLICT : API_ERR_SERVER,
+                                     error ?: "cannot start the authorization");
+                return;
+        }
+        {
+                json_t *j = connection_json(m, c);
+                if (j && url)
+                        json_object_set_new(j, "authorize_url", json_string(url));
+                answer(r, existed ? 200 : 201, dump(j));
+        }
+}
+
+static void route_list(ApiRequest *r) {
+        Manager *m = r->api->manager;
+        json_t *a = json_array();
+        HashmapIter it = {};
+        HashmapNode *n;
+
+        while (a && (n = hashmap_iter_next(m->connections, &it)))
+                json_array_append_new(a, connection_json(m, container_of(n, Connection, by_name)));
+        answer(r, 200, dump(json_pack("{s:o}", "connections", a)));
+}
+
+static void route_providers(ApiRequest *r) {
+        BrokerConfig *cfg = r->api->manager->config;
+        json_t *a = json_array();
+
+        for (size_t i = 0; a && i < cfg->n_providers; i++) {
+                const Provider *p = cfg->providers[i];
+                json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b}",
+                                                   "name", p->name,
+                                                   "grant", grant_to_string(p->grant),
+                                                   "authorize_url", p->authorize_url,
+                                                   "token_url", p->token_url,
+                                                   "revoke_url", p->revoke_url,
+                                                   "client_auth", client_auth_to_string(p->client_auth),
+                                                   "pkce", pkce_to_string(p->pkce),
+                                                   "scopes", p->scopes,
+                                                   "has_client_secret", p->client_secret != NULL));
+        }
+        answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
+}
+
+static void route_status(ApiRequest *r) {
+        Manager *m = r->api->manager;
+        usec_t next = manager_next_refresh(m), t = now(CLOCK_MONOTONIC);
+        char b[32];
+        json_t *j;
+
+        j = json_pack("{s:s, s:s, s:I, s:{s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I}",
+                      "version", TOKENBROKER_VERSION,
+                      "started_at", format_timestamp(b, sizeof b, m->started_at),
+                      "uptime", (json_int_t) (usec_sub(now(CLOCK_REALTIME), m->started_at) / USEC_PER_SEC),
+                      "connections",
+                      "active", (json_int_t) m->n_state[CONN_ACTIVE],
+                      "pending", (json_int_t) m->n_state[CONN_PENDING],
+                      "needs_reauth", (json_int_t) m->n_state[CONN_NEEDS_REAUTH],
+                      "providers", (json_int_t) m->config->n_providers,
+                      "refreshing", (json_int_t) m->refreshing,
+                      "refreshes_ok", (json_int_t) m->refresh_ok,
+                      "refreshes_failed", (json_int_t) m->refresh_failed,
+                      "tokens_served", (json_int_t) m->tokens_served);
+        if (j && next != USEC_INFINITY)
+                json_object_set_new(j, "next_wakeup_in", json_integer((json_int_t) (usec_sub(next, t) / USEC_PER_SEC)));
+        answer(r, 200, dump(j));
+}
+
+static void dispatch(ApiRequest *r, const char *method, const char *url) {
+        Manager *m = r->api->manager;
+        const char *rest;
+        char name[CONNECTION_NAME_MAX + 1];
+        const char *slash, *sub;
+        Connection *c;
+        bool get = streq(method, "GET"), post = streq(method, "POST"), del = streq(method, "DELETE");
+
+        if (r->too_large) {
+                answer_error(r, 413, API_ERR_INVALID_REQUEST, "request body too large");
+                return;
+        }
+        if (streq(url, API_PREFIX) || streq(url, API_PREFIX "/")) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+                if (get)
+                        return route_list(r);
+                if (post)
+                        return route_create(r);
+                return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+        }
+        if (streq(url, "/v1/providers") || streq(url, "/v1/status")) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+                if (!get)
+                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+                return streq(url, "/v1/status") ? route_status(r) : route_providers(r);
+        }
+        rest = startswith(url, API_PREFIX "/");
+        if (!rest)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
+
+        slash = strchr(rest, '/');
+        sub = slash ? slash + 1 : NULL;
+        if ((size_t) (slash ? slash - rest : (ptrdiff_t) strlen(rest)) > CONNECTION_NAME_MAX)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection");
+        snprintf(name, sizeof name, "%.*s", (int) (slash ? slash - rest : (ptrdiff_t) strlen(rest)), rest);
+        c = manager_get(m, name);
+
+        if (sub && (streq(sub, "token") || streq(sub, "invalidate"))) {
+                bool is_token = streq(sub, "token");
+                if ((is_token && !get) || (!is_token && !post))
+                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+                /* Unknown and forbidden look the same to a peer that may not
+                 * know which connections exist. */
+                if (!c)
+                        return answer_error(r, r->peer->admin ? 404 : 403,
+                                            r->peer->admin ? API_ERR_NOT_FOUND : API_ERR_FORBIDDEN,
+                                            r->peer->admin ? "unknown connection" : "peer not allowed");
+                return route_token(r, c, is_token ? ROUTE_TOKEN : ROUTE_INVALIDATE);
+        }
+        if (!r->peer->admin)
+                return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+        if (!c)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection");
+        if (!sub) {
+                if (get)
+                        return answer(r, 200, dump(connection_json(m, c)));
+                if (del)
+                        return route_revoke(r, c);
+                return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+        }
+        if (streq(sub, "refresh")) {
+                if (!post)
+                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+                return route_refresh(r, c);
+        }
+        answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
+}
+
+/* ---- libmicrohttpd plumbing ------------------------------------------ */
+
+static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe) {
+        Api *a = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+                Peer *p = new0(Peer, 1);
+
+                if (p && ci && peer_from_fd(ci->connect_fd, a->admin_gid, a->have_admin_gid, p) < 0)
+                        p = mfree(p);
+                *socket_context = p;
+        } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+                free(*socket_context);
+                *socket_context = NULL;
+        }
+}
+
+static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused_, void **req_cls,
+                         enum MHD_RequestTerminationCode toe _unused_) {
+        ApiRequest *r = *req_cls;
+
+        if (!r)
+                return;
+        if (r->body)
+                explicit_wipe(r->body, r->body_len);
+        free(r->body);
+        free(r->response);
+        free(r);
+        *req_cls = NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version _unused_,
+                                  const char *upload_data, size_t *upload_data_size, void **req_cls) {
+        Api *a = cls;
+        ApiRequest *r = *req_cls;
+
+        if (!r) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+                /* Answer on the second call, not the first: MHD 0.9.75
+                 * closes the connection otherwise (keep-alive lost). */
+                r = new0(ApiRequest, 1);
+                if (!r)
+                        return MHD_NO;
+                r->api = a;
+                r->conn = conn;
+                r->peer = ci ? ci->socket_context : NULL;
+                *req_cls = r;
+                return MHD_YES;
+        }
+        if (*upload_data_size > 0) {
+                if (!r->too_large) {
+                        if (r->body_len + *upload_data_size > API_BODY_MAX) {
+                                r->too_large = true;
+                        } else {
+                                char *b = realloc(r->body, r->body_len + *upload_data_size + 1);
+                                if (!b)
+                                        return MHD_NO;
+                                memcpy(b + r->body_len, upload_data, *upload_data_size);
+                                r->body = b;
+                                r->body_len += *upload_data_size;
+                                r->body[r->body_len] = 0;
+                        }
+                }
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+        if (!r->answered && !r->suspended) {
+                if (!r->peer)
+                        answer_error(r, 403, API_ERR_FORBIDDEN, "cannot identify the peer");
+                else
+                        dispatch(r, method, url);
+        }
+        if (r->suspended)
+                return MHD_YES;
+        if (!r->answered)
+                answer_error(r, 500, API_ERR_SERVER, "no answer");
+        if (!r->response)
+                return MHD_NO;
+        {
+                char *body = TAKE_PTR(r->response);
+                return mhd_respond(conn, r->status, "application/json", body, r->extra_header,
+                                   r->extra_header ? r->extra_value : NULL);
+        }
+}
+
+static int bind_socket(const char *path, unsigned mode, int *ret) {
+        _cleanup_close_ int fd = -EBADF;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        mode_t old;
+
+        if (strlen(path) >= sizeof sa.sun_path)
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        (void) unlink(path);
+        old = umask(0777 & ~mode);
+        if (bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
+                int e = -errno;
+                umask(old);
+                return e;
+        }
+        umask(old);
+        (void) chmod(path, mode);
+        if (listen(fd, 4096) < 0)
+                return -errno;
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+int api_new(Manager *m, int fd, Api **ret) {
+        Api *a;
+        struct MHD_Daemon *d;
+        int r;
+
+        a = new0(Api, 1);
+        if (!a)
+                return log_oom();
+        a->manager = m;
+        if (m->config->admin_group) {
+                r = acl_parse_group(m->config->admin_group, &a->admin_gid);
+                if (r < 0) {
+                        free(a);
+                        return log_error_errno(r, "Unknown admin_group '%s'.", m->config->admin_group);
+                }
+                a->have_admin_gid = true;
+        }
+        if (fd < 0) {
+                r = bind_socket(m->config->socket, m->config->socket_mode, &fd);
+                if (r < 0) {
+                        free(a);
+                        return log_error_errno(r, "Failed to listen on '%s': %m", m->config->socket);
+                }
+        }
+        a->fd = fd;
+        d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC, 0, NULL, NULL,
+                             on_request, a,
+                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
+                             MHD_OPTION_CONNECTION_LIMIT, (unsigned) API_CONNECTIONS_MAX,
+                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
+                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) 128 * 1024,
+                             MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, a,
+                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                             MHD_OPTION_END);
+        if (!d) {
+                safe_close(fd);
+                free(a);
+                return log_error_errno(EIO, "Failed to start the API server on '%s'.", m->config->socket);
+        }
+        r = mhd_loop_attach(&a->loop, m->event, d, "api");
+        if (r < 0) {
+                mhd_loop_detach(&a->loop);
+                safe_close(fd);
+                free(a);
+                return log_error_errno(r, "Failed to watch the API server: %m");
+        }
+        *ret = a;
+        return 0;
+}
+
+Api *api_free(Api *a) {
+        if (!a)
+                return NULL;
+        /* Suspended connections must be resumed before MHD can stop. */
+        while (a->suspended) {
+                ApiRequest *r = a->suspended;
+                if (r->target) {
+                        if (r->target->revoke_waiter == &r->waiter)
+                                r->target->revoke_waiter = NULL;
+                        refresher_detach_waiter(r->target, &r->waiter);
+                }
+                answer_error(r, 503, API_ERR_UNAVAILABLE, "shutting down");
+                resume(r);
+        }
+        mhd_loop_detach(&a->loop);
+        safe_close(a->fd);
+        free(a);
+        return NULL;
+}

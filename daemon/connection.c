@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+#include "daemon/connection.h"
+
+static const char *const conn_state_table[_CONN_STATE_MAX] = {
+        [CONN_PENDING] = "pending",
+        [CONN_ACTIVE] = "active",
+        [CONN_NEEDS_REAUTH] = "needs_reauth",
+};
+
+const char *conn_state_to_string(ConnState s) {
+        return s >= 0 && s < _CONN_STATE_MAX ? conn_state_table[s] : NULL;
+}
+
+ConnState conn_state_from_string(const char *s) {
+        for (int i = 0; i < _CONN_STATE_MAX; i++)
+                if (streq(conn_state_table[i], s))
+                        return (ConnState) i;
+        return _CONN_STATE_INVALID;
+}
+
+void connection_clear_tokens(Connection *c) {
+        c->access_token = secret_free(c->access_token);
+        c->refresh_token = secret_free(c->refresh_token);
+}
+
+Connection *connection_free(Connection *c) {
+        if (!c)
+                return NULL;
+        connection_clear_tokens(c);
+        c->code_verifier = secret_free(c->code_verifier);
+        free(c->name);
+        free(c->provider);
+        free(c->token_type);
+        free(c->scope);
+        free(c->requested_scope);
+        free(c->identity);
+        free(c->last_error);
+        free(c->state_hash);
+        free(c);
+        return NULL;
+}
+
+usec_t connection_ttl(const Connection *c, usec_t t) {
+        if (c->expires_at == 0)
+                return USEC_INFINITY;
+        return usec_sub(c->expires_at, t);
+}

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <sys/types.h>
+
+#include "common/conf.h"
+#include "common/hashmap.h"
+#include "common/macro.h"
+#include "daemon/timerwheel.h"
+
+/* One authorization of one account at one provider. Everything a token
+ * handout needs is here, in memory: serving a token touches neither the
+ * disk nor the network. */
+
+typedef enum ConnState {
+        CONN_PENDING,
+        CONN_ACTIVE,
+        CONN_NEEDS_REAUTH,
+        _CONN_STATE_MAX,
+        _CONN_STATE_INVALID = -EINVAL,
+} ConnState;
+
+const char *conn_state_to_string(ConnState s);
+ConnState conn_state_from_string(const char *s);
+
+typedef struct Waiter Waiter;
+typedef struct Manager Manager;
+
+#define ACL_MAX 32
+
+typedef struct Connection {
+        HashmapNode by_name;       /* Manager.connections, key = name */
+        HashmapNode by_state;      /* Manager.pending, key = state_hash */
+        bool pending_linked;
+        TimerEntry timer;          /* next refresh, or pending expiry */
+        struct Connection *queue_next;  /* Manager's refresh queue */
+        bool queued;
+
+        Manager *manager;
+        int64_t id;
+        char *name;
+        char *provider;            /* provider name; resolved per use */
+        ConnState state;
+
+        char *access_token;        /* secret */
+        char *refresh_token;       /* secret, never leaves the daemon */
+        char *token_type;
+        char *scope;               /* granted */
+        char *requested_scope;
+        char *identity;
+        char *last_error;
+        usec_t expires_at;         /* realtime; 0 = never */
+        usec_t obtained_at;        /* realtime */
+        usec_t created_at, updated_at, last_refresh_at;
+        uint64_t refreshes;
+
+        /* pending authorization */
+        char *state_hash;
+        char *code_verifier;       /* secret */
+        usec_t pending_until;      /* realtime */
+
+        uid_t allow_users[ACL_MAX];
+        gid_t allow_groups[ACL_MAX];
+        unsigned n_allow_users, n_allow_groups;
+
+        /* refresh bookkeeping */
+        struct HttpRequest *inflight;
+        unsigned failures;
+        usec_t retry_at;           /* monotonic; 0 none */
+        Waiter *waiters;           /* suspended API requests */
+        Waiter *revoke_waiter;     /* the DELETE that revokes it */
+} Connection;
+
+Connection *connection_free(Connection *c);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
+
+/* Drops the tokens from memory (wiped). */
+void connection_clear_tokens(Connection *c);
+/* Seconds of life left at realtime t; USEC_INFINITY when it never expires. */
+usec_t connection_ttl(const Connection *c, usec_t t);

@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: MIT */
+#include <strings.h>
+
+#include "common/util.h"
+#include "daemon/http.h"
+
+struct Http {
+        sd_event *event;
+        CURLM *multi;
+        sd_event_source *timer;
+        unsigned in_flight;
+};
+
+/* Per-socket context that curl hands back to us via curl_multi_assign. */
+typedef struct HttpSocket {
+        sd_event_source *io;
+} HttpSocket;
+
+static void http_check_done(Http *h) {
+        CURLMsg *msg;
+        int left;
+
+        while ((msg = curl_multi_info_read(h->multi, &left))) {
+                HttpRequest *r = NULL;
+
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &r) != CURLE_OK || !r)
+                        continue;
+                r->result = msg->data.result;
+                (void) curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+                (void) curl_multi_remove_handle(h->multi, r->easy);
+                r->running = false;
+                h->in_flight--;
+                r->duration = usec_sub(now(CLOCK_REALTIME), r->sent_at);
+                /* done may free r: it must be the last thing we touch */
+                r->done(r, r->userdata);
+        }
+}
+
+static int on_io(sd_event_source *s _unused_, int fd, uint32_t revents, void *userdata) {
+        Http *h = userdata;
+        int action = 0, running;
+
+        if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                action |= CURL_CSELECT_IN;
+        if (revents & EPOLLOUT)
+                action |= CURL_CSELECT_OUT;
+        if (revents & EPOLLERR)
+                action |= CURL_CSELECT_ERR;
+        (void) curl_multi_socket_action(h->multi, fd, action, &running);
+        http_check_done(h);
+        return 0;
+}
+
+static int on_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Http *h = userdata;
+        int running;
+
+        (void) curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        http_check_done(h);
+        return 0;
+}
+
+static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *userp, void *socketp) {
+        Http *h = userp;
+        HttpSocket *hs = socketp;
+        uint32_t events = 0;
+
+        if (what == CURL_POLL_REMOVE) {
+                if (hs) {
+                        sd_event_source_disable_unref(hs->io);
+                        free(hs);
+                        (void) curl_multi_assign(h->multi, fd, NULL);
+                }
+                return 0;
+        }
+        if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+                events |= EPOLLIN;
+        if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+                events |= EPOLLOUT;
+
+        if (hs) {
+                if (sd_event_source_set_io_events(hs->io, events) < 0)
+                        return -1;
+                return sd_event_source_set_enabled(hs->io, SD_EVENT_ON) < 0 ? -1 : 0;
+        }
+        hs = new0(HttpSocket, 1);
+        if (!hs)
+                return -1;
+        if (sd_event_add_io(h->event, &hs->io, fd, events, on_io, h) < 0) {
+                free(hs);
+                return -1;
+        }
+        (void) sd_event_source_set_description(hs->io, "curl-io");
+        if (curl_multi_assign(h->multi, fd, hs) != CURLM_OK) {
+                sd_event_source_disable_unref(hs->io);
+                free(hs);
+                return -1;
+        }
+        return 0;
+}
+
+static int timer_cb(CURLM *multi _unused_, long timeout_ms, void *userp) {
+        Http *h = userp;
+        usec_t when;
+
+        if (timeout_ms < 0)
+                return sd_event_source_set_enabled(h->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+        when = usec_add(now(CLOCK_MONOTONIC), (usec_t) timeout_ms * USEC_PER_MSEC);
+        if (sd_event_source_set_time(h->timer, when) < 0)
+                return -1;
+        return sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+}
+
+int http_new(sd_event *event, Http **ret) {
+        _cleanup_(http_freep) Http *h = NULL;
+        int r;
+
+        h = new0(Http, 1);
+        if (!h)
+                return -ENOMEM;
+        h->event = sd_event_ref(event);
+        h->multi = curl_multi_init();
+        if (!h->multi)
+                return -ENOMEM;
+        r = sd_event_add_time(event, &h->timer, CLOCK_MONOTONIC, USEC_INFINITY, 1, on_timer, h);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(h->timer, "curl-timer");
+
+        if (curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb) != CURLM_OK ||
+            curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
+            curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK ||
+            curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+            curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 16L) != CURLM_OK ||
+            curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 64L) != CURLM_OK)
+                return -EIO;
+        *ret = TAKE_PTR(h);
+        return 0;
+}
+
+Http *http_free(Http *h) {
+        if (!h)
+                return NULL;
+        /* Requests are owned by their callers, who free them first. */
+        if (h->multi)
+                curl_multi_cleanup(h->multi);
+        sd_event_source_disable_unref(h->timer);
+        sd_event_unref(h->event);
+        free(h);
+        return NULL;
+}
+
+unsigned http_in_flight(const Http *h) {
+        return h->in_flight;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
+        HttpRequest *r = userdata;
+        size_t n = size * nmemb;
+        char *b;
+
+        if (n > HTTP_BODY_MAX - r->body_len) {
+                r->too_large = true;
+                return 0;   /* aborts the transfer with CURLE_WRITE_ERROR */
+        }
+        b = realloc(r->body, r->body_len + n + 1);
+        if (!b)
+                return 0;
+        r->body = b;
+        memcpy(r->body + r->body_len, ptr, n);
+        r->body_len += n;
+        r->body[r->body_len] = 0;
+        return n;
+}
+
+static char *header_value(const char *line, size_t n, const char *name) {
+        size_t l = strlen(name);
+        const char *v, *end = line + n;
+
+        if (n <= l || strncasecmp(line, name, l) != 0 || line[l] != ':')
+                return NULL;
+        v = line + l + 1;
+        while (v < end && (*v == ' ' || *v == '\t'))
+                v++;
+        while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+                end--;
+        return strndup(v, (size_t) (end - v));
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata) {
+        HttpRequest *r = userdata;
+        size_t n = size * nitems;
+        char *v;
+
+        if ((v = header_value(buf, n, "Retry-After"))) {
+                free(r->retry_after);
+                r->retry_after = v;
+        } else if ((v = header_value(buf, n, "Content-Type"))) {
+                free(r->content_type);
+                r->content_type = v;
+        }
+        return n;
+}
+
+int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret) {
+        _cleanup_(http_request_freep) HttpRequest *r = NULL;
+
+        r = new0(HttpRequest, 1);
+        if (!r)
+                return -ENOMEM;
+        r->http = h;
+        r->easy = curl_easy_init();
+        if (!r->easy)
+                return -ENOMEM;
+
+        if (curl_easy_setopt(r->easy, CURLOPT_URL, url) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, write_cb) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, header_cb) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+            /* TLS verification is never turned off. */
+            curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "tokenbroker/0.1") != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK)
+                return -EINVAL;
+        if (streq(method, "GET"))
+                (void) curl_easy_setopt(r->easy, CURLOPT_HTTPGET, 1L);
+
+        if (http_request_add_header(r, "Accept: application/json") < 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(r);
+        return 0;
+}
+
+int http_request_add_header(HttpRequest *r, const char *line) {
+        struct curl_slist *l = curl_slist_append(r->headers, line);
+
+        if (!l)
+                return -ENOMEM;
+        r->headers = l;
+        return 0;
+}
+
+int http_request_set_body(HttpRequest *r, const char *content_type, char *data, size_t len) {
+        char ct[256];
+        int k;
+
+        k = snprintf(ct, sizeof ct, "Content-Type: %s", content_type);
+        if (k < 0 || (size_t) k >= sizeof ct) {
+                secret_free(data);
+                return -EINVAL;
+        }
+        if (http_request_add_header(r, ct) < 0) {
+                secret_free(data);
+                return -ENOMEM;
+        }
+        if (r->post_data)
+                explicit_wipe(r->post_data, r->post_len);
+        free(r->post_data);
+        r->post_data = data;
+        r->post_len = len;
+        if (curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->post_data) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) len) != CURLE_OK)
+                return -EINVAL;
+        return 0;
+}
+
+int http_request_start(HttpRequest *r, usec_t timeout, http_done_fn done, void *userdata) {
+        assert(!r->running);
+
+        r->done = done;
+        r->userdata = userdata;
+        if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long) (timeout / USEC_PER_MSEC)) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
+                             (long) MIN(timeout, 10 * USEC_PER_SEC) / (long) USEC_PER_MSEC) != CURLE_OK)
+                return -EINVAL;
+        r->sent_at = now(CLOCK_REALTIME);
+        if (curl_multi_add_handle(r->http->multi, r->easy) != CURLM_OK)
+                return -EIO;
+        r->running = true;
+        r->http->in_flight++;
+        return 0;
+}
+
+HttpRequest *http_request_free(HttpRequest *r) {
+        if (!r)
+                return NULL;
+        if (r->running) {
+                (void) curl_multi_remove_handle(r->http->multi, r->easy);
+                r->http->in_flight--;
+        }
+        if (r->easy)
+                curl_easy_cleanup(r->easy);
+        curl_slist_free_all(r->headers);   /* may hold an Authorization header */
+        if (r->post_data)
+                explicit_wipe(r->post_data, r->post_len);
+        free(r->post_data);
+        if (r->body)
+                explicit_wipe(r->body, r->body_len);
+        free(r->body);
+        free(r->retry_after);
+        free(r->content_type);
+        free(r);
+        return NULL;
+}
+
+const char *http_request_strerror(const HttpRequest *r) {
+        if (r->too_large)
+                return "response larger than 1 MiB";
+        if (r->result != CURLE_OK)
+                return curl_easy_strerror(r->result);
+        return "ok";
+}

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <curl/curl.h>
+#include <systemd/sd-event.h>
+
+#include "common/macro.h"
+
+/* Outgoing HTTP: one libcurl multi handle driven by the sd-event loop.
+ * Its sockets become io sources and its timeout one time source, so any
+ * number of requests run in parallel without a thread, reusing
+ * connections to the same provider. */
+
+typedef struct Http Http;
+typedef struct HttpRequest HttpRequest;
+typedef void (*http_done_fn)(HttpRequest *req, void *userdata);
+
+/* Provider answers larger than this are cut off and fail: a token
+ * response is a few KiB at most. */
+#define HTTP_BODY_MAX (1024 * 1024)
+
+struct HttpRequest {
+        Http *http;
+        CURL *easy;
+        struct curl_slist *headers;
+        char *post_data;          /* secret; wiped on free */
+        size_t post_len;
+
+        char *body;               /* response, NUL-terminated */
+        size_t body_len;
+        bool too_large;
+        long status;
+        CURLcode result;
+        char errbuf[CURL_ERROR_SIZE];
+        char *retry_after;        /* Retry-After header, if any */
+        char *content_type;
+        usec_t sent_at;           /* realtime, when the request started */
+        usec_t duration;
+
+        http_done_fn done;
+        void *userdata;
+        bool running;
+};
+
+int http_new(sd_event *event, Http **ret);
+Http *http_free(Http *h);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Http *, http_free);
+unsigned http_in_flight(const Http *h);
+
+int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret);
+int http_request_add_header(HttpRequest *r, const char *line);
+/* Takes ownership of data (a secret: wiped on free). */
+int http_request_set_body(HttpRequest *r, const char *content_type, char *data, size_t len);
+int http_request_start(HttpRequest *r, usec_t timeout, http_done_fn done, void *userdata);
+/* Aborts if running; never calls done. Accepts NULL. */
+HttpRequest *http_request_free(HttpRequest *r);
+DEFINE_TRIVIAL_CLEANUP_FUNC(HttpRequest *, http_request_free);
+
+/* A one-line description of a failed transfer (no URL parameters, no
+ * secrets), for logs and last_error. */
+const char *http_request_strerror(const HttpRequest *r);

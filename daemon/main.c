@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <curl/curl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+
+#include "common/api.h"
+#include "common/log.h"
+#include "daemon/manager.h"
+
+static const char *arg_config = DEFAULT_CONFIG_FILE;
+static bool arg_check_config = false;
+
+static void help(void) {
+        printf("Usage: tokenbrokerd [OPTIONS]\n\n"
+               "Holds OAuth 2.0 authorizations for local services, keeps their access\n"
+               "tokens fresh and hands them out over a Unix socket.\n\n"
+               "  -c, --config FILE    main configuration file (default %s)\n"
+               "      --check-config   check the configuration and provider files, then exit\n"
+               "  -h, --help           show this help\n"
+               "      --version        show the version\n\n"
+               "Signals: SIGTERM/SIGINT stop; SIGHUP reloads providers.\n"
+               "See tokenctl(1) for the admin CLI and README.md for the configuration.\n",
+               DEFAULT_CONFIG_FILE);
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        enum { ARG_CHECK = 0x100, ARG_VERSION };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "check-config", no_argument, NULL, ARG_CHECK },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {}
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "c:h", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        arg_config = optarg;
+                        break;
+                case ARG_CHECK:
+                        arg_check_config = true;
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("tokenbrokerd %s\n", TOKENBROKER_VERSION);
+                        return 0;
+                default:
+                        return -EINVAL;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "tokenbrokerd: unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+/* Sockets passed by systemd: "api" and "callback" by name; an unnamed
+ * single socket is the API. */
+static int take_listen_fds(Manager *m) {
+        char **names = NULL;
+        int n;
+
+        n = sd_listen_fds_with_names(true, &names);
+        if (n < 0)
+                return log_error_errno(n, "Failed to read passed sockets: %m");
+        for (int i = 0; i < n; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                const char *name = names ? names[i] : NULL;
+
+                if (name && streq(name, "callback"))
+                        m->callback_fd = fd;
+                else if (m->api_fd < 0)
+                        m->api_fd = fd;
+                else {
+                        log_warning("Ignoring extra passed socket '%s'.", strempty(name));
+                        safe_close(fd);
+                }
+        }
+        if (names)
+                for (int i = 0; names[i]; i++)
+                        free(names[i]);
+        free(names);
+        return 0;
+}
+
+static int run(int argc, char *argv[]) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        BrokerConfig *config = NULL;
+        ConfError err = {};
+        int r;
+
+        log_setup("tokenbrokerd", LOG_TARGET_AUTO);
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                return r < 0 ? 2 : 0;
+
+        r = broker_config_load(arg_config, &config, &err);
+        if (r < 0) {
+                if (arg_check_config)
+                        fprintf(stderr, "%s\n", err.msg);
+                return log_error_errno(r, "%s", err.msg), 1;
+        }
+        if (arg_check_config) {
+                printf("%s: OK (%zu provider%s)\n", arg_config, config->n_providers,
+                       config->n_providers == 1 ? "" : "s");
+                for (size_t i = 0; i < config->n_providers; i++)
+                        printf("  %s: %s, %s\n", config->providers[i]->path,
+                               grant_to_string(config->providers[i]->grant), config->providers[i]->token_url);
+                broker_config_free(config);
+                return 0;
+        }
+
+        /* Tokens live in this process: no core dumps of it. */
+        (void) prctl(PR_SET_DUMPABLE, 0);
+        (void) setrlimit(RLIMIT_CORE, &(struct rlimit) { 0, 0 });
+
+        r = manager_new(config, arg_config, &m);
+        if (r < 0) {
+                broker_config_free(config);
+                return log_error_errno(r, "Failed to set up: %m"), 1;
+        }
+        r = take_listen_fds(m);
+        if (r < 0)
+                return 1;
+        r = manager_startup(m);
+        if (r < 0) {
+                (void) sd_notifyf(false, "STATUS=Failed to start: %s\nERRNO=%d", strerror(-r), -r);
+                return 1;
+        }
+        r = manager_run(m);
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m"), 1;
+        log_info("Stopped.");
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        int r;
+
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                fprintf(stderr, "tokenbrokerd: curl_global_init failed\n");
+                return 1;
+        }
+        r = run(argc, argv);
+        curl_global_cleanup();
+        return r;
+}

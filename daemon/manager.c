@@ -1,0 +1,462 @@
+/* SPDX-License-Identifier: MIT */
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+
+#include "common/api.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "daemon/api.h"
+#include "daemon/callback.h"
+#include "daemon/manager.h"
+#include "daemon/oauth.h"
+
+static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
+
+int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        m = new0(Manager, 1);
+        if (!m)
+                return -ENOMEM;
+        m->api_fd = m->callback_fd = -EBADF;
+        m->config = config;
+        m->config_path = strdup(config_path);
+        if (!m->config_path)
+                return -ENOMEM;
+        r = broker_config_redirect_uri(config, &m->redirect_uri);
+        if (r < 0)
+                return r;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return r;
+        (void) sd_event_set_watchdog(m->event, true);
+
+        r = hashmap_new(&m->connections);
+        if (r < 0)
+                return r;
+        r = hashmap_new(&m->pending);
+        if (r < 0)
+                return r;
+        r = timerwheel_new(&m->wheel, WHEEL_TICK, now(CLOCK_MONOTONIC));
+        if (r < 0)
+                return r;
+        r = sd_event_add_time(m->event, &m->wheel_timer, CLOCK_MONOTONIC, USEC_INFINITY, 1, on_wheel, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(m->wheel_timer, "timer-wheel");
+        m->wheel_armed = USEC_INFINITY;
+
+        r = http_new(m->event, &m->http);
+        if (r < 0)
+                return r;
+
+        m->started_at = now(CLOCK_REALTIME);
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        HashmapIter it = {};
+        HashmapNode *n;
+
+        if (!m)
+                return NULL;
+        api_free(m->api);
+        callback_free(m->callback);
+        if (m->connections) {
+                while ((n = hashmap_iter_next(m->connections, &it))) {
+                        Connection *c = container_of(n, Connection, by_name);
+                        refresher_cancel(m, c);
+                        manager_pending_unlink(m, c);
+                        hashmap_remove_node(m->connections, n);
+                        connection_free(c);
+                }
+                hashmap_free(m->connections);
+        }
+        hashmap_free(m->pending);
+        http_free(m->http);
+        timerwheel_free(m->wheel);
+        sd_event_source_disable_unref(m->wheel_timer);
+        sd_event_source_disable_unref(m->sigterm);
+        sd_event_source_disable_unref(m->sigint);
+        sd_event_source_disable_unref(m->sighup);
+        store_close(m->store);
+        safe_close(m->api_fd);
+        safe_close(m->callback_fd);
+        sd_event_unref(m->event);
+        broker_config_free(m->config);
+        free(m->config_path);
+        free(m->redirect_uri);
+        free(m);
+        return NULL;
+}
+
+Connection *manager_get(Manager *m, const char *name) {
+        HashmapNode *n = hashmap_get(m->connections, name);
+
+        return n ? container_of(n, Connection, by_name) : NULL;
+}
+
+const Provider *manager_provider(Manager *m, const Connection *c) {
+        return broker_config_find_provider(m->config, c->provider);
+}
+
+void manager_set_state(Manager *m, Connection *c, ConnState s) {
+        if (c->state == s)
+                return;
+        m->n_state[c->state]--;
+        m->n_state[s]++;
+        c->state = s;
+}
+
+void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
+        char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64];
+        const char *fields[4] = {};
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+
+        if (c) {
+                snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
+                snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", c->provider);
+                fields[0] = f_conn;
+                fields[1] = f_prov;
+        }
+        snprintf(f_ev, sizeof f_ev, "TOKENBROKER_EVENT=%s", kind);
+        fields[c ? 2 : 0] = f_ev;
+        log_fields(LOG_INFO, fields, "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
+
+        r = store_event_add(m->store, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg);
+        if (r < 0)
+                log_warning_errno(r, "Failed to record event, ignoring: %s", store_last_error(m->store));
+}
+
+/* ---- the timer wheel as one sd-event source ------------------------- */
+
+static void on_wheel_entry(TimerEntry *e, usec_t t _unused_, void *userdata) {
+        Manager *m = userdata;
+        Connection *c = container_of(e, Connection, timer);
+
+        refresher_on_timer(m, c);
+}
+
+void manager_wheel_rearm(Manager *m) {
+        usec_t next = timerwheel_next(m->wheel);
+
+        if (next == m->wheel_armed)
+                return;
+        m->wheel_armed = next;
+        if (next == USEC_INFINITY) {
+                (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_OFF);
+                return;
+        }
+        (void) sd_event_source_set_time(m->wheel_timer, next);
+        (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_ONESHOT);
+}
+
+static int on_wheel(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Manager *m = userdata;
+
+        m->wheel_armed = USEC_INFINITY;
+        (void) timerwheel_advance(m->wheel, now(CLOCK_MONOTONIC), on_wheel_entry, m);
+        manager_wheel_rearm(m);
+        return 0;
+}
+
+usec_t manager_next_refresh(Manager *m) {
+        return timerwheel_next(m->wheel);
+}
+
+/* ---- connections ---------------------------------------------------- */
+
+int manager_pending_link(Manager *m, Connection *c) {
+        int r;
+
+        if (c->pending_linked || !c->state_hash)
+                return 0;
+        r = hashmap_put(m->pending, &c->by_state, c->state_hash);
+        if (r < 0)
+                return r;
+        c->pending_linked = true;
+        return 0;
+}
+
+void manager_pending_unlink(Manager *m, Connection *c) {
+        if (!c->pending_linked)
+                return;
+        hashmap_remove_node(m->pending, &c->by_state);
+        c->pending_linked = false;
+}
+
+static int manager_link(Manager *m, Connection *c) {
+        int r;
+
+        r = hashmap_put(m->connections, &c->by_name, c->name);
+        if (r < 0)
+                return r;
+        r = manager_pending_link(m, c);
+        if (r < 0) {
+                hashmap_remove_node(m->connections, &c->by_name);
+                return r;
+        }
+        c->manager = m;
+        m->n_state[c->state]++;
+        return 0;
+}
+
+int manager_remove(Manager *m, Connection *c) {
+        int r;
+
+        r = store_connection_delete(m->store, c->id);
+        if (r < 0)
+                return r;
+        refresher_cancel(m, c);
+        hashmap_remove_node(m->connections, &c->by_name);
+        manager_pending_unlink(m, c);
+        m->n_state[c->state]--;
+        connection_free(c);
+        manager_wheel_rearm(m);
+        return 0;
+}
+
+static int load_one(Connection *c, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        r = manager_link(m, c);
+        if (r < 0) {
+                connection_free(c);
+                return r;
+        }
+        refresher_schedule(m, c);
+        return 0;
+}
+
+int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
+                      const char **ret_error) {
+        _cleanup_(connection_freep) Connection *fresh = NULL;
+        _cleanup_secret_ char *state = NULL, *verifier = NULL;
+        _cleanup_free_ char *challenge = NULL, *url = NULL;
+        const Provider *p;
+        Connection *c;
+        char hash[65];
+        usec_t t = now(CLOCK_REALTIME);
+        int r;
+
+        *ret_error = NULL;
+        p = broker_config_find_provider(m->config, req->provider);
+        if (!p) {
+                *ret_error = "unknown provider";
+                return -ENOENT;
+        }
+        c = manager_get(m, req->name);
+        if (c && !streq(c->provider, p->name)) {
+                *ret_error = "connection exists with another provider";
+                return -EEXIST;
+        }
+        if (!c && hashmap_size(m->connections) >= m->config->max_connections) {
+                *ret_error = "too many connections";
+                return -E2BIG;
+        }
+
+        if (p->grant == GRANT_AUTHORIZATION_CODE) {
+                r = random_token(32, &state);
+                if (r < 0)
+                        return r;
+                r = sha256_hex(state, strlen(state), hash);
+                if (r < 0)
+                        return r;
+                r = pkce_new(p->pkce, &verifier, &challenge);
+                if (r < 0)
+                        return r;
+                r = oauth_authorize_url(p, m->redirect_uri, state, challenge,
+                                        req->scope ?: (c ? c->requested_scope : NULL), &url);
+                if (r < 0)
+                        return r;
+        }
+
+        if (!c) {
+                fresh = new0(Connection, 1);
+                if (!fresh)
+                        return -ENOMEM;
+                fresh->name = strdup(req->name);
+                fresh->provider = strdup(p->name);
+                if (!fresh->name || !fresh->provider)
+                        return -ENOMEM;
+                fresh->state = CONN_PENDING;
+                fresh->created_at = fresh->updated_at = t;
+                c = fresh;
+        }
+        if (req->scope) {
+                char *s = strdup(req->scope);
+                if (!s)
+                        return -ENOMEM;
+                free(c->requested_scope);
+                c->requested_scope = s;
+        }
+        if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {
+                c->n_allow_users = MIN(req->n_allow_users, ACL_MAX);
+                memcpy(c->allow_users, req->allow_users, sizeof(uid_t) * c->n_allow_users);
+                c->n_allow_groups = MIN(req->n_allow_groups, ACL_MAX);
+                memcpy(c->allow_groups, req->allow_groups, sizeof(gid_t) * c->n_allow_groups);
+        }
+
+        /* A re-authorization replaces any earlier pending one. */
+        if (!fresh) {
+                manager_pending_unlink(m, c);
+                c->state_hash = mfree(c->state_hash);
+        }
+        c->code_verifier = secret_free(c->code_verifier);
+        if (url) {
+                c->state_hash = strdup(hash);
+                if (!c->state_hash)
+                        return -ENOMEM;
+                c->code_verifier = TAKE_PTR(verifier);
+                c->pending_until = t + m->config->pending_ttl;
+        }
+        c->updated_at = t;
+
+        if (fresh) {
+                r = store_connection_insert(m->store, c);
+                if (r < 0) {
+                        *ret_error = "cannot store the connection";
+                        return r;
+                }
+                r = manager_link(m, c);
+                if (r < 0) {
+                        (void) store_connection_delete(m->store, c->id);
+                        return r;
+                }
+                TAKE_PTR(fresh);
+        } else {
+                r = store_connection_save(m->store, c);
+                if (r < 0) {
+                        *ret_error = "cannot store the connection";
+                        return r;
+                }
+                r = manager_pending_link(m, c);
+                if (r < 0)
+                        return r;
+        }
+
+        if (p->grant == GRANT_AUTHORIZATION_CODE) {
+                manager_event(m, c, "authorization-started", "authorization started at provider %s", p->name);
+                refresher_schedule(m, c);
+        } else {
+                manager_event(m, c, "grant-started", "%s grant started", grant_to_string(p->grant));
+                (void) refresher_refresh(m, c, NULL);
+        }
+        manager_wheel_rearm(m);
+
+        *ret_conn = c;
+        *ret_url = TAKE_PTR(url);
+        return 0;
+}
+
+/* ---- life cycle ----------------------------------------------------- */
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        if (si->ssi_signo == SIGHUP) {
+                log_info("SIGHUP received; configuration reload is not implemented yet, ignoring.");
+                return 0;
+        }
+        log_info("Received %s, shutting down.", strsignal((int) si->ssi_signo));
+        (void) sd_notify(false, "STOPPING=1");
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+        (void) m;
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+        _cleanup_free_ char *p = strdup(path);
+
+        if (!p)
+                return -ENOMEM;
+        for (char *s = p + 1; *s; s++) {
+                if (*s != '/')
+                        continue;
+                *s = 0;
+                if (mkdir(p, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = '/';
+        }
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+int manager_startup(Manager *m) {
+        _cleanup_free_ char *db = NULL, *sockdir = NULL;
+        sigset_t mask;
+        char *slash;
+        int r;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(errno, "Failed to block signals: %m");
+        if ((r = sd_event_add_signal(m->event, &m->sigterm, SIGTERM, on_signal, m)) < 0 ||
+            (r = sd_event_add_signal(m->event, &m->sigint, SIGINT, on_signal, m)) < 0 ||
+            (r = sd_event_add_signal(m->event, &m->sighup, SIGHUP, on_signal, m)) < 0)
+                return log_error_errno(r, "Failed to watch signals: %m");
+
+        r = mkdir_p(m->config->state_dir, 0700);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
+        if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
+                return log_oom();
+        r = store_open(db, &m->store);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open database '%s': %m", db);
+        (void) chmod(db, 0600);
+
+        r = store_load_connections(m->store, load_one, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load connections from '%s': %s", db,
+                                       store_last_error(m->store));
+        manager_wheel_rearm(m);
+        log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization).",
+                 hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],
+                 m->n_state[CONN_NEEDS_REAUTH]);
+
+        /* Sockets passed by systemd are used as they are. */
+        if (m->api_fd < 0) {
+                sockdir = strdup(m->config->socket);
+                if (!sockdir)
+                        return log_oom();
+                slash = strrchr(sockdir, '/');
+                if (slash && slash != sockdir) {
+                        *slash = 0;
+                        r = mkdir_p(sockdir, 0755);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to create '%s': %m", sockdir);
+                }
+        }
+        r = api_new(m, m->api_fd, &m->api);
+        if (r < 0)
+                return r;
+        m->api_fd = -EBADF;   /* owned by the Api now */
+        r = callback_new(m, m->callback_fd, &m->callback);
+        if (r < 0)
+                return r;
+        m->callback_fd = -EBADF;
+        return 0;
+}
+
+int manager_run(Manager *m) {
+        (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %u active connections.", m->n_state[CONN_ACTIVE]);
+        log_info("tokenbrokerd ready: API on %s, callback on %s.", m->config->socket,
+                 m->config->callback_listen);
+        return sd_event_loop(m->event);
+}

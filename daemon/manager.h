@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-event.h>
+
+#include "common/conf.h"
+#include "common/hashmap.h"
+#include "daemon/connection.h"
+#include "daemon/http.h"
+#include "daemon/store.h"
+#include "daemon/timerwheel.h"
+
+typedef struct Api Api;
+typedef struct Callback Callback;
+
+/* Deadlines are kept at this granularity: refreshes are planned minutes
+ * ahead, so a tenth of a second is plenty and keeps the wheel shallow. */
+#define WHEEL_TICK (100 * USEC_PER_MSEC)
+
+/* One Manager holds the loop and everything hanging off it. */
+struct Manager {
+        sd_event *event;
+        BrokerConfig *config;
+        char *config_path;
+        char *redirect_uri;
+        Store *store;
+        Http *http;
+
+        TimerWheel *wheel;
+        sd_event_source *wheel_timer;
+        usec_t wheel_armed;
+
+        Hashmap *connections;      /* by name */
+        Hashmap *pending;          /* by state hash */
+        unsigned n_state[_CONN_STATE_MAX];
+
+        /* refreshes waiting for a free slot, FIFO */
+        Connection *queue_head, *queue_tail;
+        unsigned refreshing;
+
+        Api *api;
+        Callback *callback;
+        int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
+
+        sd_event_source *sigterm, *sigint, *sighup;
+
+        usec_t started_at;
+        uint64_t tokens_served;
+        uint64_t refresh_ok, refresh_failed;
+        bool check_only;
+};
+
+int manager_new(BrokerConfig *config, const char *config_path, Manager **ret);
+Manager *manager_free(Manager *m);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
+
+int manager_startup(Manager *m);
+int manager_run(Manager *m);
+
+Connection *manager_get(Manager *m, const char *name);
+const Provider *manager_provider(Manager *m, const Connection *c);
+
+/* Bookkeeping when a connection changes state; keeps counters right. */
+void manager_set_state(Manager *m, Connection *c, ConnState s);
+void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...)
+        _printf_(4, 5);
+
+/* Starts an authorization: a new pending connection, or a re-authorization
+ * in place of an existing one. Returns the URL to open (NULL for grants
+ * without a browser). On failure *ret_error says why (for the client). */
+typedef struct AuthorizeRequest {
+        const char *name;
+        const char *provider;
+        const char *scope;
+        uid_t *allow_users;
+        unsigned n_allow_users;
+        gid_t *allow_groups;
+        unsigned n_allow_groups;
+} AuthorizeRequest;
+int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
+                      const char **ret_error);
+
+/* The index of pending authorizations by state hash; idempotent. */
+int manager_pending_link(Manager *m, Connection *c);
+void manager_pending_unlink(Manager *m, Connection *c);
+
+/* Removes a connection from memory and the store. */
+int manager_remove(Manager *m, Connection *c);
+
+/* refresher.c */
+typedef struct Waiter Waiter;
+typedef void (*waiter_fn)(Connection *c, int result, void *userdata);
+struct Waiter {
+        Waiter *next;
+        waiter_fn fn;
+        void *userdata;
+};
+void refresher_schedule(Manager *m, Connection *c);
+/* Starts a refresh unless one is running (single-flight). If w is given it
+ * is called when that refresh ends, with 0 or a negative errno. */
+int refresher_refresh(Manager *m, Connection *c, Waiter *w);
+void refresher_cancel(Manager *m, Connection *c);
+void refresher_on_timer(Manager *m, Connection *c);
+void refresher_detach_waiter(Connection *c, Waiter *w);
+
+/* Code exchange after the callback: calls fn when done. */
+int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w);
+
+/* Revocation at the provider, then the callback. */
+int refresher_revoke(Manager *m, Connection *c, Waiter *w);
+
+void manager_wheel_rearm(Manager *m);
+usec_t manager_next_refresh(Manager *m);

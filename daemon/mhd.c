@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+#include "daemon/mhd.h"
+
+static void mhd_rearm(MhdLoop *l) {
+        MHD_UNSIGNED_LONG_LONG ms;
+
+        if (MHD_get_timeout(l->daemon, &ms) == MHD_YES) {
+                (void) sd_event_source_set_time(l->timer, usec_add(now(CLOCK_MONOTONIC), ms * USEC_PER_MSEC));
+                (void) sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
+        } else
+                (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+}
+
+void mhd_loop_kick(MhdLoop *l) {
+        (void) MHD_run(l->daemon);
+        mhd_rearm(l);
+}
+
+static int on_io(sd_event_source *s _unused_, int fd _unused_, uint32_t revents _unused_, void *userdata) {
+        mhd_loop_kick(userdata);
+        return 0;
+}
+
+static int on_time(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        mhd_loop_kick(userdata);
+        return 0;
+}
+
+int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const char *name) {
+        const union MHD_DaemonInfo *info;
+        int r;
+
+        l->daemon = d;
+        info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+        if (!info)
+                return -EINVAL;
+        r = sd_event_add_io(event, &l->io, info->epoll_fd, EPOLLIN, on_io, l);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(l->io, name);
+        r = sd_event_add_time(event, &l->timer, CLOCK_MONOTONIC, USEC_INFINITY, 1, on_time, l);
+        if (r < 0)
+                return r;
+        mhd_rearm(l);
+        return 0;
+}
+
+void mhd_loop_detach(MhdLoop *l) {
+        l->io = sd_event_source_disable_unref(l->io);
+        l->timer = sd_event_source_disable_unref(l->timer);
+        if (l->daemon)
+                MHD_stop_daemon(l->daemon);
+        l->daemon = NULL;
+}
+
+static void wipe_free(void *p) {
+        secret_free(p);
+}
+
+enum MHD_Result mhd_respond(struct MHD_Connection *c, unsigned status, const char *content_type,
+                            char *body, const char *extra_header, const char *extra_value) {
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+
+        if (!body)
+                body = strdup("");
+        if (!body)
+                return MHD_NO;
+        resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, wipe_free);
+        if (!resp) {
+                secret_free(body);
+                return MHD_NO;
+        }
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+        if (extra_header && extra_value)
+                (void) MHD_add_response_header(resp, extra_header, extra_value);
+        ret = MHD_queue_response(c, status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <microhttpd.h>
+#include <systemd/sd-event.h>
+
+#include "common/macro.h"
+
+/* A libmicrohttpd daemon run from the sd-event loop: MHD_USE_EPOLL
+ * without an internal thread gives one epoll fd to watch, and
+ * MHD_get_timeout() the time to wake for idle connections. */
+
+typedef struct MhdLoop {
+        struct MHD_Daemon *daemon;
+        sd_event_source *io;
+        sd_event_source *timer;
+} MhdLoop;
+
+int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const char *name);
+void mhd_loop_detach(MhdLoop *l);   /* stops the daemon too */
+/* Runs MHD once and re-arms the timer: after resuming a connection. */
+void mhd_loop_kick(MhdLoop *l);
+
+/* Queue a response and drop our reference. */
+enum MHD_Result mhd_respond(struct MHD_Connection *c, unsigned status, const char *content_type,
+                            char *body /* freed, wiped */, const char *extra_header,
+                            const char *extra_value);

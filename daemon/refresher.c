@@ -1,0 +1,617 @@
+/* SPDX-License-Identifier: MIT */
+
+/* Refresh: when, single-flight, parallelism, backoff, needs_reauth.
+ *
+ * Each connection has one TimerEntry on the wheel, meaning whatever is
+ * due next for it: the refresh ahead of expiry, a retry after a
+ * transient failure, or the end of a pending authorization. Demands for a
+ * connection that is already refreshing join the request in flight as
+ * Waiters instead of making another. At most max_parallel_refreshes run
+ * at once; the rest wait in a FIFO queue. */
+
+#include "common/log.h"
+#include "common/util.h"
+#include "daemon/manager.h"
+#include "daemon/oauth.h"
+
+#define BACKOFF_BASE (1 * USEC_PER_SEC)
+#define BACKOFF_CAP (5 * USEC_PER_MINUTE)
+
+typedef enum OpKind {
+        OP_REFRESH,
+        OP_EXCHANGE,
+        OP_REVOKE,
+} OpKind;
+
+/* The userdata of a request in flight for a connection. */
+typedef struct Op {
+        Manager *manager;
+        Connection *conn;
+        OpKind kind;
+        unsigned revoke_step;
+} Op;
+
+static usec_t rt_to_mono(usec_t rt) {
+        usec_t n_rt = now(CLOCK_REALTIME), n_mono = now(CLOCK_MONOTONIC);
+
+        if (rt >= n_rt)
+                return usec_add(n_mono, rt - n_rt);
+        return usec_sub(n_mono, n_rt - rt);
+}
+
+static void wake_waiters(Connection *c, int result) {
+        /* Waiters may add new waiters or free themselves: detach first. */
+        Waiter *w = c->waiters;
+
+        c->waiters = NULL;
+        while (w) {
+                Waiter *next = w->next;
+                w->next = NULL;
+                w->fn(c, result, w->userdata);
+                w = next;
+        }
+}
+
+void refresher_detach_waiter(Connection *c, Waiter *w) {
+        for (Waiter **p = &c->waiters; *p; p = &(*p)->next)
+                if (*p == w) {
+                        *p = w->next;
+                        w->next = NULL;
+                        return;
+                }
+}
+
+static void add_waiter(Connection *c, Waiter *w) {
+        if (!w)
+                return;
+        w->next = c->waiters;
+        c->waiters = w;
+}
+
+static void queue_remove(Manager *m, Connection *c) {
+        Connection *prev = NULL;
+
+        if (!c->queued)
+                return;
+        for (Connection *q = m->queue_head; q; prev = q, q = q->queue_next)
+                if (q == c) {
+                        if (prev)
+                                prev->queue_next = c->queue_next;
+                        else
+                                m->queue_head = c->queue_next;
+                        if (m->queue_tail == c)
+                                m->queue_tail = prev;
+                        break;
+                }
+        c->queue_next = NULL;
+        c->queued = false;
+}
+
+static void op_free(Connection *c) {
+        if (!c->inflight)
+                return;
+        free(c->inflight->userdata);
+        c->inflight = http_request_free(c->inflight);
+}
+
+void refresher_cancel(Manager *m, Connection *c) {
+        if (c->inflight) {
+                op_free(c);
+                m->refreshing--;
+        }
+        queue_remove(m, c);
+        timerwheel_cancel(m->wheel, &c->timer);
+        wake_waiters(c, -ECANCELED);
+}
+
+/* When the next refresh is due, in realtime; USEC_INFINITY for never. */
+static usec_t refresh_due(Manager *m, const Connection *c) {
+        usec_t lifetime, margin, jitter;
+
+        if (c->expires_at == 0)
+                return USEC_INFINITY;
+        lifetime = c->obtained_at > 0 && c->expires_at > c->obtained_at ? c->expires_at - c->obtained_at
+                                                                          : 0;
+        margin = MAX(m->config->refresh_margin, (usec_t) (m->config->refresh_ratio * (double) lifetime));
+        /* A margin as long as the token's life would refresh in a loop. */
+        if (lifetime > 0 && margin > lifetime / 2)
+                margin = lifetime / 2;
+        jitter = MIN(m->config->refresh_jitter, lifetime / 10);
+        if (jitter > 0)
+                margin += random_u64() % jitter;
+        return usec_sub(c->expires_at, margin);
+}
+
+void refresher_schedule(Manager *m, Connection *c) {
+        usec_t due = USEC_INFINITY;
+
+        if (c->inflight || c->queued)
+                return;
+        if (c->retry_at > 0)
+                due = c->retry_at;   /* already monotonic */
+        else if (c->state_hash && c->pending_until > 0 && c->state == CONN_PENDING)
+                due = rt_to_mono(c->pending_until);
+        else if (c->state == CONN_ACTIVE) {
+                usec_t rt = refresh_due(m, c);
+                if (rt != USEC_INFINITY)
+                        due = rt_to_mono(rt);
+        }
+        /* A re-authorization's state also expires; check it with the refresh. */
+        if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
+                due = MIN(due, rt_to_mono(c->pending_until));
+
+        if (due == USEC_INFINITY)
+                timerwheel_cancel(m->wheel, &c->timer);
+        else
+                timerwheel_add(m->wheel, &c->timer, due);
+}
+
+static void clear_pending(Manager *m, Connection *c) {
+        manager_pending_unlink(m, c);
+        c->state_hash = mfree(c->state_hash);
+        c->code_verifier = secret_free(c->code_verifier);
+        c->pending_until = 0;
+}
+
+static int save(Manager *m, Connection *c) {
+        int r;
+
+        c->updated_at = now(CLOCK_REALTIME);
+        r = store_connection_save(m->store, c);
+        if (r < 0)
+                log_error_errno(r, "%s: failed to store connection: %s", c->name, store_last_error(m->store));
+        return r;
+}
+
+static void set_last_error(Connection *c, const char *e) {
+        char *s = e ? strdup(e) : NULL;
+
+        free(c->last_error);
+        c->last_error = s;
+}
+
+void refresher_on_timer(Manager *m, Connection *c) {
+        usec_t t = now(CLOCK_REALTIME);
+
+        if (c->state_hash && c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
+                if (c->state == CONN_PENDING) {
+                        manager_event(m, c, "authorization-expired",
+                                      "authorization not completed in time; connection removed");
+                        if (manager_remove(m, c) < 0)
+                                log_error("%s: failed to remove expired authorization: %s", c->name,
+                                          store_last_error(m->store));
+                        return;
+                }
+                clear_pending(m, c);
+                (void) save(m, c);
+        }
+        c->retry_at = 0;
+        if (c->state == CONN_ACTIVE && refresh_due(m, c) <= t + WHEEL_TICK)
+                (void) refresher_refresh(m, c, NULL);
+        else
+                refresher_schedule(m, c);
+}
+
+static void on_request_done(HttpRequest *req, void *userdata);
+
+static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *req) {
+        Op *op;
+        int r;
+
+        op = new0(Op, 1);
+        if (!op)
+                return -ENOMEM;
+        *op = (Op) { .manager = m, .conn = c, .kind = kind };
+        r = http_request_start(req, manager_provider(m, c)->timeout, on_request_done, op);
+        if (r < 0) {
+                free(op);
+                return r;
+        }
+        c->inflight = req;
+        m->refreshing++;
+        return 0;
+}
+
+/* Starts the provider request for one refresh (or re-run grant). */
+static int refresh_start(Manager *m, Connection *c) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Provider *p = manager_provider(m, c);
+        int r;
+
+        if (!p) {
+                set_last_error(c, "provider is no longer configured");
+                return -ENOENT;
+        }
+        if (c->refresh_token) {
+                const Param params[] = {
+                        { "grant_type", "refresh_token" },
+                        { "refresh_token", c->refresh_token },
+                };
+                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+        } else if (p->grant == GRANT_CLIENT_CREDENTIALS) {
+                _cleanup_free_ char *scope = NULL;
+                const char *s = c->requested_scope ?: p->scopes;
+                const Param params[] = {
+                        { "grant_type", "client_credentials" },
+                        { "scope", isempty(s) ? NULL : s },
+                };
+                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+        } else {
+                set_last_error(c, "no refresh token: the provider issued none");
+                return -ENOKEY;
+        }
+        if (r < 0)
+                return r;
+        r = start_request(m, c, OP_REFRESH, req);
+        if (r < 0)
+                return r;
+        TAKE_PTR(req);
+        return 0;
+}
+
+static void drain_queue(Manager *m) {
+        while (m->queue_head && m->refreshing < m->config->max_parallel_refreshes) {
+                Connection *c = m->queue_head;
+                int r;
+
+                m->queue_head = c->queue_next;
+                if (!m->queue_head)
+                        m->queue_tail = NULL;
+                c->queue_next = NULL;
+                c->queued = false;
+                r = refresh_start(m, c);
+                if (r < 0) {
+                        log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
+                        wake_waiters(c, r);
+                        refresher_schedule(m, c);
+                }
+        }
+}
+
+int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
+        int r;
+
+        if (c->revoke_waiter)
+                return -EBUSY;
+        if (c->inflight || c->queued) {
+                add_waiter(c, w);   /* single-flight: join the one running */
+                return 0;
+        }
+        if (c->state == CONN_PENDING && c->refresh_token == NULL &&
+            manager_provider(m, c) && manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE)
+                return -EAGAIN;
+        timerwheel_cancel(m->wheel, &c->timer);
+        if (m->refreshing >= m->config->max_parallel_refreshes) {
+                c->queued = true;
+                if (m->queue_tail)
+                        m->queue_tail->queue_next = c;
+                else
+                        m->queue_head = c;
+                m->queue_tail = c;
+                add_waiter(c, w);
+                return 0;
+        }
+        r = refresh_start(m, c);
+        if (r < 0) {
+                refresher_schedule(m, c);
+                return r;
+        }
+        add_waiter(c, w);
+        return 0;
+}
+
+static usec_t backoff_delay(Connection *c, const HttpRequest *req) {
+        unsigned n = MIN(c->failures, 20u);
+        usec_t ceiling = MIN(BACKOFF_CAP, BACKOFF_BASE << n), d;
+
+        /* Full jitter, with the base as a floor so a burst of failures
+         * cannot turn into a tight loop. */
+        d = BACKOFF_BASE + random_u64() % ceiling;
+        if (req && req->retry_after) {
+                char *end;
+                unsigned long s = strtoul(req->retry_after, &end, 10);
+                if (end != req->retry_after && *end == 0 && s < 3600)
+                        d = MAX(d, (usec_t) s * USEC_PER_SEC);
+        }
+        return d;
+}
+
+/* Commits new tokens: durable before any client can see them. */
+static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req) {
+        Connection old = *c;
+        int r;
+
+        c->access_token = TAKE_PTR(t->access_token);
+        /* A refresh answer without a refresh token keeps the old one. */
+        if (t->refresh_token)
+                c->refresh_token = TAKE_PTR(t->refresh_token);
+        c->token_type = TAKE_PTR(t->token_type);
+        if (t->scope)
+                c->scope = TAKE_PTR(t->scope);
+        c->expires_at = t->expires_at;
+        c->obtained_at = req->sent_at;
+        c->last_refresh_at = now(CLOCK_REALTIME);
+        c->last_error = NULL;
+        c->refreshes++;
+        c->failures = 0;
+        c->updated_at = c->last_refresh_at;
+
+        r = store_connection_save(m->store, c);
+        if (r < 0) {
+                /* Put everything back: the provider's answer is lost, and
+                 * the old refresh token may be dead if it rotated. */
+                char *new_at = c->access_token, *new_rt = c->refresh_token, *new_tt = c->token_type,
+                     *new_sc = c->scope;
+                c->access_token = old.access_token;
+                c->refresh_token = old.refresh_token;
+                c->token_type = old.token_type;
+                c->scope = old.scope;
+                c->expires_at = old.expires_at;
+                c->obtained_at = old.obtained_at;
+                c->last_refresh_at = old.last_refresh_at;
+                c->last_error = old.last_error;
+                c->refreshes = old.refreshes;
+                secret_free(new_at);
+                if (new_rt != old.refresh_token)
+                        secret_free(new_rt);
+                if (new_tt != old.token_type)
+                        free(new_tt);
+                if (new_sc != old.scope)
+                        free(new_sc);
+                return log_error_errno(r, "%s: failed to store new tokens: %s", c->name,
+                                       store_last_error(m->store));
+        }
+        secret_free(old.access_token);
+        if (old.refresh_token != c->refresh_token)
+                secret_free(old.refresh_token);
+        if (old.token_type != c->token_type)
+                free(old.token_type);
+        if (old.scope != c->scope)
+                free(old.scope);
+        free(old.last_error);
+        return 0;
+}
+
+static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *error = NULL;
+        TokenSet t = {};
+        OAuthOutcome o;
+        int r;
+
+        o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
+        if (!p)
+                error = strdup("provider is no longer configured");
+
+        if (o == OAUTH_OK) {
+                bool was = c->state != CONN_ACTIVE;
+
+                r = apply_tokens(m, c, &t, req);
+                token_set_done(&t);
+                if (r >= 0) {
+                        m->refresh_ok++;
+                        if (was) {
+                                manager_set_state(m, c, CONN_ACTIVE);
+                                (void) save(m, c);
+                                manager_event(m, c, "active", "connection is active");
+                        }
+                        log_debug("%s: refreshed, expires in %" PRIu64 " s.", c->name,
+                                  c->expires_at ? usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC
+                                                : 0);
+                        refresher_schedule(m, c);
+                        wake_waiters(c, 0);
+                        return;
+                }
+                error = strdup("cannot store the new tokens");
+                o = OAUTH_TRANSIENT;
+        }
+
+        m->refresh_failed++;
+        set_last_error(c, error);
+        if (o == OAUTH_PERMANENT) {
+                manager_set_state(m, c, CONN_NEEDS_REAUTH);
+                c->failures = 0;
+                (void) save(m, c);
+                manager_event(m, c, "needs-reauth", "refresh refused: %s", strempty(error));
+                log_warning("%s: needs re-authorization: %s", c->name, strempty(error));
+                timerwheel_cancel(m->wheel, &c->timer);
+                wake_waiters(c, -EKEYREJECTED);
+                return;
+        }
+        c->failures++;
+        c->retry_at = usec_add(now(CLOCK_MONOTONIC), backoff_delay(c, req));
+        manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): %s", c->failures,
+                      strempty(error));
+        (void) save(m, c);
+        refresher_schedule(m, c);
+        wake_waiters(c, -EAGAIN);
+}
+
+static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *error = NULL, *identity = NULL;
+        TokenSet t = {};
+        OAuthOutcome o;
+        int r;
+
+        o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_PERMANENT;
+        if (o != OAUTH_OK) {
+                set_last_error(c, error ?: "provider is no longer configured");
+                clear_pending(m, c);
+                (void) save(m, c);
+                manager_event(m, c, "authorization-failed", "code exchange failed: %s", strempty(error));
+                refresher_schedule(m, c);
+                wake_waiters(c, -EKEYREJECTED);
+                return;
+        }
+        if (t.id_token && oauth_identity_from_id_token(t.id_token, &identity) >= 0) {
+                free(c->identity);
+                c->identity = TAKE_PTR(identity);
+        }
+        /* Tokens, state and the end of the pending authorization in one
+         * write: the code is spent, so losing this would lose the grant. */
+        {
+                ConnState before = c->state;
+                char *hash = c->state_hash, *verifier = c->code_verifier;
+                usec_t until = c->pending_until;
+
+                c->state_hash = NULL;
+                c->code_verifier = NULL;
+                c->pending_until = 0;
+                manager_set_state(m, c, CONN_ACTIVE);
+                r = apply_tokens(m, c, &t, req);
+                if (r < 0) {
+                        manager_set_state(m, c, before);
+                        c->state_hash = hash;
+                        c->code_verifier = verifier;
+                        c->pending_until = until;
+                        /* the state stays spent: pending_linked is false */
+                        token_set_done(&t);
+                        set_last_error(c, "cannot store the new tokens");
+                        wake_waiters(c, r);
+                        return;
+                }
+                manager_pending_unlink(m, c);
+                free(hash);
+                secret_free(verifier);
+        }
+        token_set_done(&t);
+        m->refresh_ok++;
+        manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
+        refresher_schedule(m, c);
+        wake_waiters(c, 0);
+}
+
+static int revoke_next(Manager *m, Connection *c, unsigned step);
+
+/* The revoke waiter runs last and alone: it may free the connection. */
+static void revoke_finish(Connection *c, int result) {
+        Waiter *w = c->revoke_waiter;
+
+        c->revoke_waiter = NULL;
+        wake_waiters(c, -ECANCELED);
+        if (w)
+                w->fn(c, result, w->userdata);
+}
+
+static void revoke_done(Manager *m, Connection *c, HttpRequest *req, unsigned step) {
+        int r;
+
+        if (req->result != CURLE_OK || req->status != 200) {
+                /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike. */
+                set_last_error(c, req->result != CURLE_OK ? http_request_strerror(req)
+                                                          : "revocation endpoint refused");
+                log_warning("%s: revocation at the provider failed: %s (HTTP %ld)", c->name,
+                            http_request_strerror(req), req->status);
+                revoke_finish(c, -EPROTO);
+                return;
+        }
+        r = revoke_next(m, c, step + 1);
+        if (r <= 0)
+                revoke_finish(c, r);
+}
+
+/* Revokes the refresh token first (it is what lets anyone mint more),
+ * then the access token. Returns 0 when there is nothing left to do,
+ * 1 when a request was started. */
+static int revoke_next(Manager *m, Connection *c, unsigned step) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Provider *p = manager_provider(m, c);
+        const char *token = NULL, *hint = NULL;
+        int r;
+
+        for (; step < 2 && !token; step++) {
+                if (step == 0 && c->refresh_token) {
+                        token = c->refresh_token;
+                        hint = "refresh_token";
+                } else if (step == 1 && c->access_token) {
+                        token = c->access_token;
+                        hint = "access_token";
+                }
+        }
+        if (!token || !p || !p->revoke_url)
+                return 0;
+        r = oauth_revoke_request(m->http, p, token, hint, &req);
+        if (r < 0)
+                return r;
+        r = start_request(m, c, OP_REVOKE, req);
+        if (r < 0)
+                return r;
+        ((Op *) req->userdata)->revoke_step = step - 1;
+        TAKE_PTR(req);
+        return 1;
+}
+
+int refresher_revoke(Manager *m, Connection *c, Waiter *w) {
+        int r;
+
+        if (c->inflight || c->revoke_waiter)
+                return -EBUSY;
+        queue_remove(m, c);
+        timerwheel_cancel(m->wheel, &c->timer);
+        r = revoke_next(m, c, 0);
+        if (r <= 0)
+                return r;
+        c->revoke_waiter = w;
+        return 1;
+}
+
+int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Provider *p = manager_provider(m, c);
+        int r;
+
+        if (!p)
+                return -ENOENT;
+        if (c->inflight)
+                return -EBUSY;
+        {
+                const Param params[] = {
+                        { "grant_type", "authorization_code" },
+                        { "code", code },
+                        { "redirect_uri", m->redirect_uri },
+                        { "code_verifier", c->code_verifier },
+                };
+                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+        }
+        if (r < 0)
+                return r;
+        queue_remove(m, c);
+        timerwheel_cancel(m->wheel, &c->timer);
+        r = start_request(m, c, OP_EXCHANGE, req);
+        if (r < 0) {
+                refresher_schedule(m, c);
+                return r;
+        }
+        TAKE_PTR(req);
+        add_waiter(c, w);
+        return 0;
+}
+
+static void on_request_done(HttpRequest *req, void *userdata) {
+        Op *op = userdata;
+        Manager *m = op->manager;
+        Connection *c = op->conn;
+        OpKind kind = op->kind;
+        unsigned step = op->revoke_step;
+
+        /* The request is ours to free once its result is read. */
+        c->inflight = NULL;
+        m->refreshing--;
+        free(op);
+
+        switch (kind) {
+        case OP_REFRESH:
+                refresh_done(m, c, req);
+                break;
+        case OP_EXCHANGE:
+                exchange_done(m, c, req);
+                break;
+        case OP_REVOKE:
+                revoke_done(m, c, req, step);
+                break;
+        }
+        http_request_free(req);
+        drain_queue(m);
+        manager_wheel_rearm(m);
+}

@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: MIT */
+#include <sqlite3.h>
+
+#include "daemon/store.h"
+
+enum {
+        STMT_INSERT,
+        STMT_SAVE,
+        STMT_DELETE,
+        STMT_EVENT_ADD,
+        STMT_EVENT_TRIM,
+        _STMT_MAX,
+};
+
+static const char *const stmt_sql[_STMT_MAX] = {
+        [STMT_INSERT] =
+                "INSERT INTO connections (name, provider, state, created_at, updated_at) "
+                "VALUES (?1, ?2, ?3, ?4, ?4)",
+        [STMT_SAVE] =
+                "UPDATE connections SET provider = ?2, state = ?3, requested_scope = ?4, scope = ?5, "
+                "identity = ?6, token_type = ?7, access_token = ?8, refresh_token = ?9, "
+                "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
+                "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
+                "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20 WHERE id = ?1",
+        [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
+        [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        /* Keep the table bounded: the integer key grows by one per event. */
+        [STMT_EVENT_TRIM] = "DELETE FROM events WHERE id <= ?1",
+};
+
+struct Store {
+        sqlite3 *db;
+        sqlite3_stmt *stmt[_STMT_MAX];
+        unsigned version;
+};
+
+const char *store_last_error(Store *s) {
+        return s && s->db ? sqlite3_errmsg(s->db) : "out of memory";
+}
+
+unsigned store_schema_version(Store *s) {
+        return s->version;
+}
+
+static int sqlite_to_errno(int rc) {
+        switch (rc) {
+        case SQLITE_OK:
+        case SQLITE_DONE:
+        case SQLITE_ROW:
+                return 0;
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_CONSTRAINT:
+                return -EEXIST;
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_CANTOPEN:
+        case SQLITE_PERM:
+        case SQLITE_READONLY:
+                return -EACCES;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+                return -EBADMSG;
+        default:
+                return -EIO;
+        }
+}
+
+static int exec(Store *s, const char *sql) {
+        return sqlite_to_errno(sqlite3_exec(s->db, sql, NULL, NULL, NULL));
+}
+
+Store *store_close(Store *s) {
+        if (!s)
+                return NULL;
+        for (size_t i = 0; i < _STMT_MAX; i++)
+                sqlite3_finalize(s->stmt[i]);
+        if (s->db)
+                sqlite3_close_v2(s->db);
+        free(s);
+        return NULL;
+}
+
+static int store_get_version(Store *s, unsigned *ret) {
+        sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(s->db, "SELECT version FROM schema_version", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        rc = sqlite3_step(st);
+        *ret = rc == SQLITE_ROW ? (unsigned) sqlite3_column_int(st, 0) : 0;
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+/* Each migration and the version bump commit together: a crash mid-way
+ * leaves the previous version intact. */
+static int store_migrate(Store *s) {
+        unsigned v;
+        int r;
+
+        r = exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
+        if (r < 0)
+                return r;
+        r = store_get_version(s, &v);
+        if (r < 0)
+                return r;
+        if (v > store_migrations[store_n_migrations - 1].version)
+                return -EPROTONOSUPPORT;   /* a newer tokenbroker wrote this */
+
+        for (size_t i = 0; i < store_n_migrations; i++) {
+                const Migration *m = &store_migrations[i];
+                char bump[128];
+
+                if (m->version <= v)
+                        continue;
+                r = exec(s, "BEGIN IMMEDIATE");
+                if (r < 0)
+                        return r;
+                snprintf(bump, sizeof bump,
+                         "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%u)", m->version);
+                r = exec(s, m->sql);
+                if (r >= 0)
+                        r = exec(s, bump);
+                if (r >= 0)
+                        r = exec(s, "COMMIT");
+                if (r < 0) {
+                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                        return r;
+                }
+                v = m->version;
+        }
+        s->version = v;
+        return 0;
+}
+
+int store_open(const char *path, Store **ret) {
+        _cleanup_(store_closep) Store *s = NULL;
+        int rc, r;
+
+        s = new0(Store, 1);
+        if (!s)
+                return -ENOMEM;
+        rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
+                                     SQLITE_OPEN_EXRESCODE,
+                             NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc & 0xff);
+
+        /* WAL with synchronous=FULL: a commit is fsynced before it returns,
+         * so a token change is durable when the call that made it returns. */
+        r = exec(s, "PRAGMA journal_mode = WAL");
+        if (r >= 0)
+                r = exec(s, "PRAGMA synchronous = FULL");
+        if (r >= 0)
+                r = exec(s, "PRAGMA foreign_keys = ON");
+        if (r >= 0)
+                r = exec(s, "PRAGMA secure_delete = ON");   /* freed pages held tokens */
+        if (r < 0)
+                return r;
+        (void) sqlite3_busy_timeout(s->db, 5000);
+
+        r = store_migrate(s);
+        if (r < 0)
+                return r;
+
+        for (size_t i = 0; i < _STMT_MAX; i++) {
+                rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);
+                if (rc != SQLITE_OK)
+                        return sqlite_to_errno(rc);
+        }
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+static int step_done(sqlite3_stmt *st) {
+        int rc = sqlite3_step(st);
+
+        (void) sqlite3_reset(st);
+        (void) sqlite3_clear_bindings(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s) {
+        if (s)
+                (void) sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+        else
+                (void) sqlite3_bind_null(st, i);
+}
+
+static void bind_secret(sqlite3_stmt *st, int i, const char *s) {
+        if (s)
+                (void) sqlite3_bind_blob(st, i, s, (int) strlen(s), SQLITE_STATIC);
+        else
+                (void) sqlite3_bind_null(st, i);
+}
+
+static int id_list_format(const unsigned *ids, unsigned n, char *buf, size_t size) {
+        size_t off = 0;
+
+        buf[0] = 0;
+        for (unsigned i = 0; i < n; i++) {
+                int k = snprintf(buf + off, size - off, "%s%u", i ? "," : "", ids[i]);
+                if (k < 0 || (size_t) k >= size - off)
+                        return -E2BIG;
+                off += (size_t) k;
+        }
+        return 0;
+}
+
+static void id_list_parse(const char *s, unsigned *ids, unsigned *n) {
+        *n = 0;
+        while (s && *s && *n < ACL_MAX) {
+                char *end;
+                unsigned long u = strtoul(s, &end, 10);
+                if (end == s)
+                        break;
+                ids[(*n)++] = (unsigned) u;
+                s = *end == ',' ? end + 1 : end;
+                if (*end != ',')
+                        break;
+        }
+}
+
+int store_connection_insert(Store *s, Connection *c) {
+        sqlite3_stmt *st = s->stmt[STMT_INSERT];
+        int r;
+
+        bind_text(st, 1, c->name);
+        bind_text(st, 2, c->provider);
+        bind_text(st, 3, conn_state_to_string(c->state));
+        (void) sqlite3_bind_int64(st, 4, (sqlite3_int64) c->created_at);
+        r = step_done(st);
+        if (r < 0)
+                return r;
+        c->id = sqlite3_last_insert_rowid(s->db);
+        return store_connection_save(s, c);
+}
+
+int store_connection_save(Store *s, const Connection *c) {
+        sqlite3_stmt *st = s->stmt[STMT_SAVE];
+        char users[ACL_MAX * 12], groups[ACL_MAX * 12];
+        int r;
+
+        r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, users, sizeof users);
+        if (r >= 0)
+                r = id_list_format((const unsigned *) c->allow_groups, c->n_allow_groups, groups, sizeof groups);
+        if (r < 0)
+                return r;
+
+        (void) sqlite3_bind_int64(st, 1, c->id);
+        bind_text(st, 2, c->provider);
+        bind_text(st, 3, conn_state_to_string(c->state));
+        bind_text(st, 4, c->requested_scope);
+        bind_text(st, 5, c->scope);
+        bind_text(st, 6, c->identity);
+        bind_text(st, 7, c->token_type);
+        bind_secret(st, 8, c->access_token);
+        bind_secret(st, 9, c->refresh_token);
+        (void) sqlite3_bind_int64(st, 10, (sqlite3_int64) c->expires_at);
+        (void) sqlite3_bind_int64(st, 11, (sqlite3_int64) c->obtained_at);
+        bind_text(st, 12, c->state_hash);
+        bind_secret(st, 13, c->code_verifier);
+        (void) sqlite3_bind_int64(st, 14, (sqlite3_int64) c->pending_until);
+        bind_text(st, 15, users);
+        bind_text(st, 16, groups);
+        bind_text(st, 17, c->last_error);
+        (void) sqlite3_bind_int64(st, 18, (sqlite3_int64) c->refreshes);
+        (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) c->updated_at);
+        (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) c->last_refresh_at);
+        r = step_done(st);
+        if (r < 0)
+                return r;
+        return sqlite3_changes(s->db) == 1 ? 0 : -ENOENT;
+}
+
+int store_connection_delete(Store *s, int64_t id) {
+        sqlite3_stmt *st = s->stmt[STMT_DELETE];
+
+        (void) sqlite3_bind_int64(st, 1, id);
+        return step_done(st);
+}
+
+static int column_strdup(sqlite3_stmt *st, int i, char **ret) {
+        const unsigned char *t;
+        int n;
+
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+                *ret = NULL;
+                return 0;
+        }
+        t = sqlite3_column_blob(st, i);
+        n = sqlite3_column_bytes(st, i);
+        if (!t && n > 0)
+                return -ENOMEM;
+        *ret = strndup(t ? (const char *) t : "", (size_t) n);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
+        static const char sql[] =
+                "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
+                "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
+                "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
+                "updated_at, last_refresh_at FROM connections ORDER BY id";
+        sqlite3_stmt *st = NULL;
+        int rc, r = 0;
+
+        rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                _cleanup_(connection_freep) Connection *c = NULL;
+                ConnState state;
+
+                c = new0(Connection, 1);
+                if (!c) {
+                        r = -ENOMEM;
+                        break;
+                }
+                c->id = sqlite3_column_int64(st, 0);
+                state = conn_state_from_string((const char *) sqlite3_column_text(st, 3) ?: "");
+                if (state < 0) {
+                        r = -EBADMSG;
+                        break;
+                }
+                c->state = state;
+                if ((r = column_strdup(st, 1, &c->name)) < 0 ||
+                    (r = column_strdup(st, 2, &c->provider)) < 0 ||
+                    (r = column_strdup(st, 4, &c->requested_scope)) < 0 ||
+                    (r = column_strdup(st, 5, &c->scope)) < 0 ||
+                    (r = column_strdup(st, 6, &c->identity)) < 0 ||
+                    (r = column_strdup(st, 7, &c->token_type)) < 0 ||
+                    (r = column_strdup(st, 8, &c->access_token)) < 0 ||
+                    (r = column_strdup(st, 9, &c->refresh_token)) < 0 ||
+                    (r = column_strdup(st, 12, &c->state_hash)) < 0 ||
+                    (r = column_strdup(st, 13, &c->code_verifier)) < 0 ||
+                    (r = column_strdup(st, 17, &c->last_error)) < 0)
+                        break;
+                if (!c->name || !c->provider) {
+                        r = -EBADMSG;
+                        break;
+                }
+                c->expires_at = (usec_t) sqlite3_column_int64(st, 10);
+                c->obtained_at = (usec_t) sqlite3_column_int64(st, 11);
+                c->pending_until = (usec_t) sqlite3_column_int64(st, 14);
+                id_list_parse((const char *) sqlite3_column_text(st, 15), (unsigned *) c->allow_users,
+                              &c->n_allow_users);
+                id_list_parse((const char *) sqlite3_column_text(st, 16), (unsigned *) c->allow_groups,
+                              &c->n_allow_groups);
+                c->refreshes = (uint64_t) sqlite3_column_int64(st, 18);
+                c->created_at = (usec_t) sqlite3_column_int64(st, 19);
+                c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
+                c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
+
+                r = fn(TAKE_PTR(c), userdata);
+                if (r < 0)
+                        break;
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_to_errno(rc);
+        sqlite3_finalize(st);
+        return r;
+}
+
+int store_event_add(Store *s, usec_t at, const char *connection, const char *kind, const char *message) {
+        sqlite3_stmt *st = s->stmt[STMT_EVENT_ADD];
+        sqlite3_int64 id;
+        int r;
+
+        (void) sqlite3_bind_int64(st, 1, (sqlite3_int64) at);
+        bind_text(st, 2, connection);
+        bind_text(st, 3, kind);
+        bind_text(st, 4, message);
+        r = step_done(st);
+        if (r < 0)
+                return r;
+        id = sqlite3_last_insert_rowid(s->db);
+        if (id > STORE_EVENTS_MAX && id % 64 == 0) {
+                st = s->stmt[STMT_EVENT_TRIM];
+                (void) sqlite3_bind_int64(st, 1, id - STORE_EVENTS_MAX);
+                r = step_done(st);
+        }
+        return r;
+}

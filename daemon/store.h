@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "daemon/connection.h"
+
+/* SQLite in the state directory: WAL, synchronous=FULL, so every change is
+ * on disk when the call that made it returns. Numbered migrations from sql/
+ * are compiled in and applied at open. Library-level: returns -errno-style
+ * codes and never logs; store_last_error() says what SQLite said. */
+
+typedef struct Store Store;
+
+typedef struct Migration {
+        unsigned version;
+        const char *name;
+        const char *sql;
+} Migration;
+extern const Migration store_migrations[];
+extern const size_t store_n_migrations;
+
+int store_open(const char *path, Store **ret);
+Store *store_close(Store *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
+const char *store_last_error(Store *s);
+unsigned store_schema_version(Store *s);
+
+/* Calls fn for each stored connection; fn takes ownership of c. */
+int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata);
+
+int store_connection_insert(Store *s, Connection *c);   /* sets c->id */
+int store_connection_save(Store *s, const Connection *c);
+int store_connection_delete(Store *s, int64_t id);
+
+#define STORE_EVENTS_MAX 10000
+int store_event_add(Store *s, usec_t at, const char *connection, const char *kind, const char *message);

@@ -1,0 +1,663 @@
+/* SPDX-License-Identifier: MIT */
+
+/* tokenctl: the admin and scripting CLI. It speaks only the socket API.
+ * A verb table; each verb builds a request, calls api_call() and prints a
+ * table for people or JSON for scripts. */
+
+#include <curl/curl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+
+#include "common/api.h"
+#include "common/macro.h"
+#include "common/util.h"
+
+static const char *arg_socket = NULL;
+static bool arg_json = false;
+
+typedef struct Reply {
+        long status;
+        char *body;
+        size_t len;
+        json_t *json;
+} Reply;
+
+static void reply_done(Reply *r) {
+        if (r->body)
+                explicit_wipe(r->body, r->len);
+        free(r->body);
+        json_decref(r->json);
+        *r = (Reply) {};
+}
+
+static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
+        Reply *r = ud;
+        size_t k = size * n;
+        char *b;
+
+        if (r->len + k > 64 * 1024 * 1024)
+                return 0;
+        b = realloc(r->body, r->len + k + 1);
+        if (!b)
+                return 0;
+        memcpy(b + r->len, p, k);
+        r->body = b;
+        r->len += k;
+        r->body[r->len] = 0;
+        return k;
+}
+
+static const char *socket_path(void) {
+        return arg_socket ?: getenv(SOCKET_ENV) ?: DEFAULT_SOCKET_PATH;
+}
+
+/* One request to the daemon. Returns an exit code: EXIT_OK, or
+ * EXIT_UNREACHABLE when the socket does not answer. */
+static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
+        CURL *c = curl_easy_init();
+        struct curl_slist *h = NULL;
+        char url[1024], *data = NULL;
+        CURLcode cc;
+
+        *ret = (Reply) {};
+        if (!c)
+                return EXIT_FAILURE_GENERIC;
+        snprintf(url, sizeof url, "http://localhost%s", path);
+        curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, socket_path());
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, ret);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+        if (body) {
+                data = json_dumps(body, JSON_COMPACT);
+                h = curl_slist_append(h, "Content-Type: application/json");
+                curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+                curl_easy_setopt(c, CURLOPT_POSTFIELDS, data);
+        }
+        cc = curl_easy_perform(c);
+        if (cc == CURLE_OK)
+                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &ret->status);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+        free(data);
+        if (cc != CURLE_OK) {
+                fprintf(stderr, "tokenctl: cannot reach tokenbrokerd at %s: %s\n", socket_path(),
+                        curl_easy_strerror(cc));
+                return EXIT_UNREACHABLE;
+        }
+        if (ret->body)
+                ret->json = json_loadb(ret->body, ret->len, 0, NULL);
+        return EXIT_OK;
+}
+
+static const char *jstr(json_t *o, const char *key) {
+        json_t *v = json_object_get(o, key);
+        return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* Maps an error answer to a message on stderr and an exit code. */
+static int api_error(const Reply *r) {
+        const char *err = r->json ? jstr(r->json, "error") : NULL;
+        const char *desc = r->json ? jstr(r->json, "error_description") : NULL;
+
+        fprintf(stderr, "tokenctl: %s%s%s (HTTP %ld)\n", desc ?: err ?: "request failed",
+                desc && err ? ": " : "", desc && err ? err : "", r->status);
+        switch (r->status) {
+        case 400:
+                return EXIT_USAGE;
+        case 403:
+                return EXIT_DENIED;
+        case 404:
+                return EXIT_NOT_FOUND;
+        case 409:
+                if (err && streq(err, API_ERR_NEEDS_REAUTH))
+                        return EXIT_NEEDS_REAUTH;
+                if (err && streq(err, API_ERR_PENDING))
+                        return EXIT_PENDING;
+                return EXIT_FAILURE_GENERIC;
+        case 503:
+                return EXIT_UNAVAILABLE;
+        default:
+                return EXIT_FAILURE_GENERIC;
+        }
+}
+
+/* GET/POST/DELETE and on success hand the JSON to the caller. */
+static int call_ok(const char *method, const char *path, json_t *body, Reply *r) {
+        int k = api_call(method, path, body, r);
+
+        if (k != EXIT_OK)
+                return k;
+        if (r->status < 200 || r->status >= 300) {
+                k = api_error(r);
+                reply_done(r);
+                return k;
+        }
+        if (!r->json) {
+                fprintf(stderr, "tokenctl: the daemon sent no JSON\n");
+                reply_done(r);
+                return EXIT_FAILURE_GENERIC;
+        }
+        return EXIT_OK;
+}
+
+static void print_json(json_t *j) {
+        char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+        if (s)
+                printf("%s\n", s);
+        free(s);
+}
+
+static bool name_ok(const char *name) {
+        if (!connection_name_valid(name)) {
+                fprintf(stderr, "tokenctl: invalid connection name '%s' (1-%d of A-Z a-z 0-9 . _ -)\n", name,
+                        CONNECTION_NAME_MAX);
+                return false;
+        }
+        return true;
+}
+
+/* ---- verbs ------------------------------------------------------------ */
+
+typedef struct Verb {
+        const char *name;
+        const char *args;
+        const char *summary;
+        int min_args, max_args;
+        int (*fn)(int argc, char **argv);
+} Verb;
+
+static int do_status(int argc _unused_, char **argv _unused_) {
+        Reply r;
+        json_t *c;
+        int k = call_ok("GET", "/v1/status", NULL, &r);
+
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else {
+                c = json_object_get(r.json, "connections");
+                printf("tokenbrokerd %s, up %llds\n", jstr(r.json, "version") ?: "?",
+                       (long long) json_integer_value(json_object_get(r.json, "uptime")));
+                printf("connections: %lld active, %lld pending, %lld need re-authorization\n",
+                       (long long) json_integer_value(json_object_get(c, "active")),
+                       (long long) json_integer_value(json_object_get(c, "pending")),
+                       (long long) json_integer_value(json_object_get(c, "needs_reauth")));
+                printf("providers: %lld; refreshes: %lld ok, %lld failed; tokens served: %lld\n",
+                       (long long) json_integer_value(json_object_get(r.json, "providers")),
+                       (long long) json_integer_value(json_object_get(r.json, "refreshes_ok")),
+                       (long long) json_integer_value(json_object_get(r.json, "refreshes_failed")),
+                       (long long) json_integer_value(json_object_get(r.json, "tokens_served")));
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int do_providers(int argc _unused_, char **argv _unused_) {
+        Reply r;
+        size_t i;
+        json_t *p, *a;
+        int k = call_ok("GET", "/v1/providers", NULL, &r);
+
+        if (k)
+                return k;
+        a = json_object_get(r.json, "providers");
+        if (arg_json)
+                print_json(a);
+        else {
+                printf("%-20s %-20s %-6s %s\n", "PROVIDER", "GRANT", "AUTH", "TOKEN URL");
+                json_array_foreach(a, i, p)
+                        printf("%-20s %-20s %-6s %s\n", jstr(p, "name"), jstr(p, "grant"),
+                               jstr(p, "client_auth"), jstr(p, "token_url"));
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static void print_connection_row(json_t *c) {
+        json_t *e = json_object_get(c, "expires_in");
+        char exp[32] = "-";
+
+        if (json_is_integer(e))
+                snprintf(exp, sizeof exp, "%llds", (long long) json_integer_value(e));
+        else if (jstr(c, "token_type"))
+                snprintf(exp, sizeof exp, "never");
+        printf("%-24s %-16s %-13s %-9s %s\n", jstr(c, "name"), jstr(c, "provider"), jstr(c, "state"), exp,
+               jstr(c, "identity") ?: "-");
+}
+
+static int do_list(int argc _unused_, char **argv _unused_) {
+        Reply r;
+        size_t i;
+        json_t *c, *a;
+        int k = call_ok("GET", API_PREFIX, NULL, &r);
+
+        if (k)
+                return k;
+        a = json_object_get(r.json, "connections");
+        if (arg_json)
+                print_json(a);
+        else {
+                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
+                json_array_foreach(a, i, c)
+                        print_connection_row(c);
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static void print_kv(const char *k, const char *v) {
+        if (v)
+                printf("%-22s %s\n", k, v);
+}
+
+static void print_connection(json_t *c) {
+        json_t *e = json_object_get(c, "expires_in");
+        char buf[64];
+
+        print_kv("name:", jstr(c, "name"));
+        print_kv("provider:", jstr(c, "provider"));
+        print_kv("state:", jstr(c, "state"));
+        print_kv("identity:", jstr(c, "identity"));
+        print_kv("scope:", jstr(c, "scope"));
+        print_kv("token type:", jstr(c, "token_type"));
+        if (json_is_integer(e)) {
+                snprintf(buf, sizeof buf, "%s (in %llds)", jstr(c, "expires_at") ?: "?",
+                         (long long) json_integer_value(e));
+                print_kv("expires:", buf);
+        }
+        print_kv("refresh token:", json_is_true(json_object_get(c, "has_refresh_token")) ? "held" : "none");
+        snprintf(buf, sizeof buf, "%lld", (long long) json_integer_value(json_object_get(c, "refreshes")));
+        print_kv("refreshes:", buf);
+        print_kv("last refresh:", jstr(c, "last_refresh_at"));
+        print_kv("last error:", jstr(c, "last_error"));
+        print_kv("pending until:", jstr(c, "authorization_pending_until"));
+        print_kv("created:", jstr(c, "created_at"));
+}
+
+static int do_show(int argc _unused_, char **argv) {
+        char path[256];
+        Reply r;
+        int k;
+
+        if (!name_ok(argv[1]))
+                return EXIT_USAGE;
+        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
+        k = call_ok("GET", path, NULL, &r);
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else
+                print_connection(r.json);
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int token_reply(const char *name, const char *min_ttl, Reply *r) {
+        char path[256];
+
+        if (!name_ok(name))
+                return EXIT_USAGE;
+        if (min_ttl)
+                snprintf(path, sizeof path, API_PREFIX "/%s/token?min_ttl=%s", name, min_ttl);
+        else
+                snprintf(path, sizeof path, API_PREFIX "/%s/token", name);
+        return call_ok("GET", path, NULL, r);
+}
+
+static int do_token(int argc, char **argv) {
+        static const struct option options[] = { { "min-ttl", required_argument, NULL, 't' }, {} };
+        const char *min_ttl = NULL;
+        Reply r;
+        int c, k;
+
+        optind = 0;   /* 0: GNU getopt starts over */
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                if (c != 't')
+                        return EXIT_USAGE;
+                for (const char *p = optarg; *p; p++)
+                        if (*p < '0' || *p > '9') {
+                                fprintf(stderr, "tokenctl: --min-ttl takes a number of seconds\n");
+                                return EXIT_USAGE;
+                        }
+                min_ttl = optarg;
+        }
+        if (optind != argc - 1) {
+                fprintf(stderr, "tokenctl: usage: tokenctl token NAME [--min-ttl SECONDS]\n");
+                return EXIT_USAGE;
+        }
+        k = token_reply(argv[optind], min_ttl, &r);
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else
+                printf("%s\n", jstr(r.json, "access_token") ?: "");
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int do_header(int argc _unused_, char **argv) {
+        json_t *h, *q, *v;
+        const char *key;
+        Reply r;
+        int k = token_reply(argv[1], NULL, &r);
+
+        if (k)
+                return k;
+        h = json_object_get(r.json, "headers");
+        q = json_object_get(r.json, "query");
+        if (arg_json)
+                print_json(json_pack("{s:O?, s:O?}", "headers", h, "query", q));
+        else {
+                json_object_foreach(h, key, v)
+                        printf("%s: %s\n", key, json_string_value(v));
+                json_object_foreach(q, key, v)
+                        printf("?%s=%s\n", key, json_string_value(v));
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int do_refresh(int argc _unused_, char **argv) {
+        char path[256];
+        Reply r;
+        int k;
+
+        if (!name_ok(argv[1]))
+                return EXIT_USAGE;
+        snprintf(path, sizeof path, API_PREFIX "/%s/refresh", argv[1]);
+        k = call_ok("POST", path, NULL, &r);
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else
+                printf("%s: refreshed, expires at %s\n", argv[1], jstr(r.json, "expires_at") ?: "never");
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int do_revoke(int argc _unused_, char **argv) {
+        char path[256];
+        Reply r;
+        int k;
+
+        if (!name_ok(argv[1]))
+                return EXIT_USAGE;
+        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
+        k = call_ok("DELETE", path, NULL, &r);
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else
+                printf("%s: %s\n", argv[1],
+                       json_is_true(json_object_get(r.json, "revoked_at_provider"))
+                               ? "revoked at the provider and deleted"
+                               : "deleted (the provider has no revocation endpoint)");
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static volatile sig_atomic_t interrupted = 0;
+static void on_sigint(int sig _unused_) {
+        interrupted = 1;
+}
+
+/* Polls the connection until the authorization completes or fails. */
+static int wait_authorized(const char *name, unsigned timeout_sec) {
+        bool tty = isatty(STDERR_FILENO);
+        usec_t start = now(CLOCK_MONOTONIC);
+        char path[256];
+        int k = EXIT_TIMEOUT;
+
+        snprintf(path, sizeof path, API_PREFIX "/%s", name);
+        signal(SIGINT, on_sigint);
+        for (unsigned i = 0; !interrupted; i++) {
+                usec_t elapsed = usec_sub(now(CLOCK_MONOTONIC), start);
+                const char *state, *pending;
+                Reply r;
+
+                if (timeout_sec > 0 && elapsed >= (usec_t) timeout_sec * USEC_PER_SEC)
+                        break;
+                k = api_call("GET", path, NULL, &r);
+                if (k)
+                        break;
+                if (r.status == 404) {
+                        if (tty)
+                                fputs("\r\033[K", stderr);
+                        fprintf(stderr, "tokenctl: authorization of '%s' expired before it was completed\n", name);
+                        reply_done(&r);
+                        k = EXIT_PENDING;
+                        break;
+                }
+                if (r.status != 200 || !r.json) {
+                        k = api_error(&r);
+                        reply_done(&r);
+                        break;
+                }
+                state = jstr(r.json, "state");
+                pending = jstr(r.json, "authorization_pending_until");
+                if (state && streq(state, "active") && !pending) {
+                        if (tty)
+                                fputs("\r\033[K", stderr);
+                        if (arg_json)
+                                print_json(r.json);
+                        else
+                                printf("%s: active, authorized by %s\n", name, jstr(r.json, "identity") ?: "(unknown)");
+                        reply_done(&r);
+                        return EXIT_OK;
+                }
+                if (!pending && jstr(r.json, "last_error")) {
+                        if (tty)
+                                fputs("\r\033[K", stderr);
+                        fprintf(stderr, "tokenctl: authorization of '%s' failed: %s\n", name,
+                                jstr(r.json, "last_error"));
+                        reply_done(&r);
+                        return EXIT_FAILURE_GENERIC;
+                }
+                if (tty) {
+                        static const char spin[] = "|/-\\";
+                        fprintf(stderr, "\r\033[K%c waiting for the authorization of %s (%llus, %s)", spin[i % 4],
+                                name, (unsigned long long) (elapsed / USEC_PER_SEC), state ?: "?");
+                }
+                reply_done(&r);
+                (void) poll(NULL, 0, 250);
+        }
+        if (tty)
+                fputs("\r\033[K", stderr);
+        if (interrupted) {
+                fprintf(stderr, "tokenctl: interrupted; the authorization stays pending until it expires\n");
+                return EXIT_PENDING;
+        }
+        if (k == EXIT_TIMEOUT)
+                fprintf(stderr, "tokenctl: gave up waiting for the authorization of '%s'\n", name);
+        return k;
+}
+
+static int do_authorize(int argc, char **argv) {
+        enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE };
+        static const struct option options[] = {
+                { "provider", required_argument, NULL, O_PROVIDER },
+                { "scope", required_argument, NULL, O_SCOPE },
+                { "allow-user", required_argument, NULL, O_USER },
+                { "allow-group", required_argument, NULL, O_GROUP },
+                { "no-wait", no_argument, NULL, O_NOWAIT },
+                { "timeout", required_argument, NULL, O_TIMEOUT },
+                { "device", no_argument, NULL, O_DEVICE },
+                {}
+        };
+        json_t *body, *users = json_array(), *groups = json_array();
+        const char *provider = NULL, *name, *url;
+        StrBuf scope = {};
+        bool nowait = false;
+        unsigned timeout = 0;
+        Reply r;
+        int c, k;
+
+        optind = 0;   /* 0: GNU getopt starts over */
+        while ((c = getopt_long(argc, argv, "p:s:u:g:", options, NULL)) >= 0)
+                switch (c) {
+                case O_PROVIDER:
+                        provider = optarg;
+                        break;
+                case O_SCOPE:
+                        if (scope.len)
+                                strbuf_puts(&scope, " ");
+                        strbuf_puts(&scope, optarg);
+                        break;
+                case O_USER:
+                        json_array_append_new(users, json_string(optarg));
+                        break;
+                case O_GROUP:
+                        json_array_append_new(groups, json_string(optarg));
+                        break;
+                case O_NOWAIT:
+                        nowait = true;
+                        break;
+                case O_TIMEOUT:
+                        timeout = (unsigned) strtoul(optarg, NULL, 10);
+                        break;
+                case O_DEVICE:
+                        fprintf(stderr, "tokenctl: --device: the device flow is not implemented yet\n");
+                        return EXIT_USAGE;
+                default:
+                        return EXIT_USAGE;
+                }
+        if (optind != argc - 1 || !provider) {
+                fprintf(stderr, "tokenctl: usage: tokenctl authorize NAME --provider P [--scope S]... "
+                                "[--allow-user U]... [--allow-group G]... [--no-wait]\n");
+                strbuf_free(&scope);
+                return EXIT_USAGE;
+        }
+        name = argv[optind];
+        if (!name_ok(name)) {
+                strbuf_free(&scope);
+                return EXIT_USAGE;
+        }
+        body = json_pack("{s:s, s:s, s:o, s:o}", "name", name, "provider", provider, "allow_users", users,
+                         "allow_groups", groups);
+        if (scope.len)
+                json_object_set_new(body, "scope", json_string(scope.s));
+        strbuf_free(&scope);
+        k = call_ok("POST", API_PREFIX, body, &r);
+        json_decref(body);
+        if (k)
+                return k;
+        url = jstr(r.json, "authorize_url");
+        if (arg_json && nowait)
+                print_json(r.json);
+        else if (url) {
+                printf("Open this URL in a browser to authorize '%s' at %s:\n\n  %s\n\n", name, provider, url);
+                fflush(stdout);
+        }
+        reply_done(&r);
+        if (nowait)
+                return EXIT_OK;
+        return wait_authorized(name, timeout);
+}
+
+static const Verb verbs[] = {
+        { "status", "", "show the daemon's state", 0, 0, do_status },
+        { "providers", "", "list configured providers", 0, 0, do_providers },
+        { "list", "", "list connections", 0, 0, do_list },
+        { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
+        { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--no-wait] [--timeout S]",
+          "start (or redo) an authorization and wait for it", 1, 64, do_authorize },
+        { "token", "NAME [--min-ttl S]", "print a valid access token", 1, 3, do_token },
+        { "header", "NAME", "print the request header line(s) to send with the token", 1, 1, do_header },
+        { "refresh", "NAME", "refresh the tokens now", 1, 1, do_refresh },
+        { "revoke", "NAME", "revoke at the provider and delete", 1, 1, do_revoke },
+};
+
+static void help(FILE *f) {
+        fprintf(f, "Usage: tokenctl [--socket PATH] [--json] VERB [ARGS]\n\n"
+                   "Talks to tokenbrokerd over its Unix socket (--socket, else $" SOCKET_ENV
+                   ", else " DEFAULT_SOCKET_PATH ").\n\nVerbs:\n");
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                fprintf(f, "  %-10s %s\n  %-10s   %s\n", verbs[i].name, verbs[i].args, "", verbs[i].summary);
+        fprintf(f, "\n`tokenctl VERB --help` shows one verb.\n\nExit status:\n"
+                   "  0 success            1 other error          2 usage\n"
+                   "  3 daemon unreachable 4 unknown connection   5 needs re-authorization\n"
+                   "  6 authorization pending or expired          7 permission denied\n"
+                   "  8 provider unavailable, no valid token      9 timed out\n");
+}
+
+int main(int argc, char *argv[]) {
+        enum { O_SOCKET = 0x100, O_JSON, O_HELP, O_VERSION };
+        static const struct option options[] = {
+                { "socket", required_argument, NULL, O_SOCKET },
+                { "json", no_argument, NULL, O_JSON },
+                { "help", no_argument, NULL, O_HELP },
+                { "version", no_argument, NULL, O_VERSION },
+                {}
+        };
+        const Verb *v = NULL;
+        int c, k, n;
+
+        while ((c = getopt_long(argc, argv, "+h", options, NULL)) >= 0)
+                switch (c) {
+                case O_SOCKET:
+                        arg_socket = optarg;
+                        break;
+                case O_JSON:
+                        arg_json = true;
+                        break;
+                case 'h':
+                case O_HELP:
+                        help(stdout);
+                        return EXIT_OK;
+                case O_VERSION:
+                        printf("tokenctl %s\n", TOKENBROKER_VERSION);
+                        return EXIT_OK;
+                default:
+                        help(stderr);
+                        return EXIT_USAGE;
+                }
+        if (optind >= argc) {
+                help(stderr);
+                return EXIT_USAGE;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+                if (streq(verbs[i].name, argv[optind]))
+                        v = &verbs[i];
+        if (!v) {
+                fprintf(stderr, "tokenctl: unknown verb '%s'; see tokenctl --help\n", argv[optind]);
+                return EXIT_USAGE;
+        }
+        argc -= optind;
+        argv += optind;
+        for (int i = 1; i < argc; i++)
+                if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
+                        printf("Usage: tokenctl [--socket PATH] [--json] %s %s\n\n%s\n", v->name, v->args, v->summary);
+                        return EXIT_OK;
+                }
+        n = argc - 1;
+        if (n < v->min_args || n > v->max_args) {
+                fprintf(stderr, "tokenctl: usage: tokenctl %s %s\n", v->name, v->args);
+                return EXIT_USAGE;
+        }
+        /* A global --json after the verb is accepted too. */
+        for (int i = 1; i < argc; i++)
+                if (streq(argv[i], "--json")) {
+                        arg_json = true;
+                        memmove(&argv[i], &argv[i + 1], sizeof(char *) * (size_t) (argc - i));
+                        argc--;
+                        i--;
+                }
+        if (argc - 1 < v->min_args) {
+                fprintf(stderr, "tokenctl: usage: tokenctl %s %s\n", v->name, v->args);
+                return EXIT_USAGE;
+        }
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        k = v->fn(argc, argv);
+        curl_global_cleanup();
+        return k;
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing tokenbroker needs on Debian 12, only
+# what is missing: the -dev packages, the test tools (sqlite3 CLI, curl,
+# Debian's chromium for the headless consent step, clang for fuzzing) and
+# the pinned npm packages of tests/package.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
+      libjansson-dev libsystemd-dev libssl-dev sqlite3 curl chromium clang libclang-rt-14-dev
+      nodejs npm systemd util-linux)
+missing=()
+for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        echo "install-deps: installing ${missing[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -e tests/node_modules/.package-lock.json ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then
+        (cd tests && npm ci --no-audit --no-fund --loglevel=error)
+fi
+echo "install-deps: ok"

@@ -1,0 +1,328 @@
+/* SPDX-License-Identifier: MIT */
+
+#include "common/hashmap.h"
+#include "common/macro.h"
+
+#define TESTS_MAIN
+#include "tests.h"
+
+typedef struct Item {
+        unsigned id;
+        unsigned seen;
+        HashmapNode node;
+        char name[24];
+} Item;
+
+static Item *item_of(HashmapNode *n) {
+        return n ? container_of(n, Item, node) : NULL;
+}
+
+TEST(container_of_macro) {
+        Item it = { .id = 7 };
+
+        CHECK(container_of(&it.node, Item, node) == &it);
+        CHECK(item_of(&it.node)->id == 7);
+}
+
+TEST(put_get_remove) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item a = { .id = 1, .name = "alpha" }, b = { .id = 2, .name = "beta" };
+        char key[] = "alpha";
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!h)
+                return;
+        CHECK_EQ_INT(hashmap_size(h), 0);
+        CHECK(!hashmap_get(h, "alpha"));
+        CHECK(!hashmap_remove(h, "alpha"));
+
+        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), 0);
+        CHECK_EQ_INT(hashmap_size(h), 2);
+        CHECK(a.node.key == a.name);
+
+        /* lookup by content, not pointer */
+        CHECK(item_of(hashmap_get(h, key)) == &a);
+        CHECK(item_of(hashmap_get(h, "beta")) == &b);
+        CHECK(!hashmap_get(h, "gamma"));
+        CHECK(!hashmap_get(h, "alph"));
+        CHECK(!hashmap_get(h, "alphaa"));
+        CHECK(!hashmap_get(h, ""));
+
+        CHECK(item_of(hashmap_remove(h, "alpha")) == &a);
+        CHECK_EQ_INT(hashmap_size(h), 1);
+        CHECK(!hashmap_get(h, "alpha"));
+        CHECK(!hashmap_remove(h, "alpha"));
+
+        hashmap_remove_node(h, &b.node);
+        CHECK_EQ_INT(hashmap_size(h), 0);
+        CHECK(!hashmap_get(h, "beta"));
+        hashmap_remove_node(h, &b.node); /* not in the map: no-op */
+        CHECK_EQ_INT(hashmap_size(h), 0);
+
+        /* re-insert after removal */
+        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        CHECK(item_of(hashmap_get(h, "alpha")) == &a);
+}
+
+TEST(empty_key) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item a = { .name = "" };
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        CHECK(item_of(hashmap_get(h, "")) == &a);
+}
+
+TEST(duplicates) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item a = { .id = 1, .name = "dup" }, b = { .id = 2, .name = "dup" };
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        b.node.key = "sentinel";
+        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), -EEXIST);
+        CHECK_STREQ(b.node.key, "sentinel"); /* untouched */
+        CHECK_EQ_INT(hashmap_size(h), 1);
+        CHECK(item_of(hashmap_get(h, "dup")) == &a);
+
+        /* after removal the other one can go in */
+        CHECK(hashmap_remove(h, "dup") == &a.node);
+        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), 0);
+        CHECK(item_of(hashmap_get(h, "dup")) == &b);
+}
+
+TEST(null_args) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        HashmapIter it = {};
+        Item a = { .name = "x" };
+
+        CHECK_EQ_INT(hashmap_new(NULL), -EINVAL);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_put(NULL, &a.node, "x"), -EINVAL);
+        CHECK_EQ_INT(hashmap_put(h, NULL, "x"), -EINVAL);
+        CHECK_EQ_INT(hashmap_put(h, &a.node, NULL), -EINVAL);
+        CHECK(!hashmap_get(NULL, "x"));
+        CHECK(!hashmap_get(h, NULL));
+        CHECK(!hashmap_remove(NULL, "x"));
+        CHECK(!hashmap_remove(h, NULL));
+        hashmap_remove_node(NULL, &a.node);
+        hashmap_remove_node(h, NULL);
+        hashmap_remove_node(h, &a.node); /* empty map, never inserted */
+        CHECK_EQ_INT(hashmap_size(NULL), 0);
+        CHECK(!hashmap_iter_next(h, &it));
+        CHECK(!hashmap_iter_next(NULL, &it));
+        CHECK(!hashmap_free(NULL));
+}
+
+TEST(remove_node_every_other) {
+        /* Unlinking from the middle and the ends of chains. */
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item items[200];
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
+                items[i] = (Item) { .id = i };
+                snprintf(items[i].name, sizeof(items[i].name), "k%u", i);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        }
+        /* remove every other one via remove_node, then check the rest */
+        for (unsigned i = 0; i < ELEMENTSOF(items); i += 2)
+                hashmap_remove_node(h, &items[i].node);
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
+                Item *it = item_of(hashmap_get(h, items[i].name));
+                CHECK(i % 2 ? it == &items[i] : it == NULL);
+        }
+        CHECK_EQ_INT(hashmap_size(h), ELEMENTSOF(items) / 2);
+}
+
+#define N_BIG 1000000u
+
+TEST(one_million) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        _cleanup_free_ Item *items = new0(Item, N_BIG);
+        char key[24];
+        size_t max_buckets = 0;
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h)
+                return;
+
+        for (unsigned i = 0; i < N_BIG; i++) {
+                items[i].id = i;
+                snprintf(items[i].name, sizeof(items[i].name), "conn-%u", i);
+                if (hashmap_put(h, &items[i].node, items[i].name) != 0) {
+                        CHECK(false);
+                        break;
+                }
+                /* load factor stays <= 1 while growing */
+                if (hashmap_size(h) > hashmap_buckets(h)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        CHECK_EQ_INT(hashmap_size(h), N_BIG);
+        max_buckets = hashmap_buckets(h);
+        CHECK(max_buckets >= N_BIG);
+        CHECK(max_buckets <= 2 * (size_t) N_BIG);
+        CHECK((max_buckets & (max_buckets - 1)) == 0);
+
+        unsigned bad = 0;
+        for (unsigned i = 0; i < N_BIG; i++) {
+                snprintf(key, sizeof(key), "conn-%u", i); /* different pointer */
+                if (item_of(hashmap_get(h, key)) != &items[i])
+                        bad++;
+        }
+        CHECK_EQ_INT(bad, 0);
+        CHECK(!hashmap_get(h, "conn-1000000"));
+        CHECK_EQ_INT(hashmap_put(h, &items[0].node, "conn-999999"), -EEXIST);
+
+        /* remove 99%, by key; then a put shrinks the table */
+        for (unsigned i = 0; i < N_BIG; i++)
+                if (i % 100 != 0) {
+                        snprintf(key, sizeof(key), "conn-%u", i);
+                        if (hashmap_remove(h, key) != &items[i].node)
+                                bad++;
+                }
+        CHECK_EQ_INT(bad, 0);
+        CHECK_EQ_INT(hashmap_size(h), N_BIG / 100);
+        CHECK_EQ_INT(hashmap_buckets(h), max_buckets); /* removal never rehashes */
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK(hashmap_buckets(h) < max_buckets);
+        CHECK(hashmap_buckets(h) >= hashmap_size(h));
+        for (unsigned i = 0; i < N_BIG; i++) {
+                Item *it = item_of(hashmap_get(h, items[i].name));
+                if (it != (i % 100 == 0 || i == 1 ? &items[i] : NULL))
+                        bad++;
+        }
+        CHECK_EQ_INT(bad, 0);
+}
+
+TEST(iteration_visits_each_once) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        static Item items[5000];
+        HashmapIter it = {};
+        HashmapNode *n;
+        unsigned count = 0;
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+
+        /* empty map */
+        CHECK(!hashmap_iter_next(h, &it));
+
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
+                items[i] = (Item) { .id = i };
+                snprintf(items[i].name, sizeof(items[i].name), "i%u", i);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        }
+
+        it = (HashmapIter) {};
+        while ((n = hashmap_iter_next(h, &it))) {
+                item_of(n)->seen++;
+                count++;
+        }
+        CHECK_EQ_INT(count, ELEMENTSOF(items));
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++)
+                CHECK_EQ_INT(items[i].seen, 1);
+
+        /* exhausted iterator stays exhausted */
+        CHECK(!hashmap_iter_next(h, &it));
+        CHECK(!hashmap_iter_next(h, &it));
+}
+
+TEST(remove_during_iteration) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        enum { N = 10000 };
+        Item *items = new0(Item, N);
+        HashmapIter it = {};
+        HashmapNode *n;
+        unsigned visited = 0, removed = 0;
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h) {
+                free(items);
+                return;
+        }
+        for (unsigned i = 0; i < N; i++) {
+                items[i].id = i;
+                snprintf(items[i].name, sizeof(items[i].name), "r%u", i);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        }
+
+        /* remove the odd ones while iterating, both ways */
+        while ((n = hashmap_iter_next(h, &it))) {
+                Item *x = item_of(n);
+
+                x->seen++;
+                visited++;
+                if (x->id % 2) {
+                        if (x->id % 4 == 1)
+                                hashmap_remove_node(h, n);
+                        else
+                                CHECK(hashmap_remove(h, x->name) == n);
+                        /* scribble over the removed node: iteration must
+                         * not look at it again */
+                        n->next = (HashmapNode *) 0x1;
+                        removed++;
+                }
+        }
+        CHECK_EQ_INT(visited, N);
+        CHECK_EQ_INT(removed, N / 2);
+        CHECK_EQ_INT(hashmap_size(h), N / 2);
+        for (unsigned i = 0; i < N; i++) {
+                CHECK_EQ_INT(items[i].seen, 1);
+                CHECK((hashmap_get(h, items[i].name) != NULL) == (i % 2 == 0));
+        }
+
+        /* drain completely while iterating (the "free everything" idiom),
+         * freeing each owner as we go */
+        Hashmap *h2 = NULL;
+        CHECK_EQ_INT(hashmap_new(&h2), 0);
+        for (unsigned i = 0; i < 1000 && h2; i++) {
+                Item *x = new0(Item, 1);
+                CHECK(x);
+                if (!x)
+                        break;
+                snprintf(x->name, sizeof(x->name), "heap%u", i);
+                CHECK_EQ_INT(hashmap_put(h2, &x->node, x->name), 0);
+        }
+        it = (HashmapIter) {};
+        unsigned freed = 0;
+        while (h2 && (n = hashmap_iter_next(h2, &it))) {
+                hashmap_remove_node(h2, n);
+                free(item_of(n));
+                freed++;
+        }
+        CHECK_EQ_INT(freed, 1000);
+        CHECK_EQ_INT(hashmap_size(h2), 0);
+        CHECK(!hashmap_free(h2));
+
+        free(items);
+}
+
+TEST(seeded_per_map) {
+        /* Two maps hash differently (random key per map): the iteration
+         * order of the same key set almost surely differs. */
+        _cleanup_hashmap_free_ Hashmap *a = NULL, *b = NULL;
+        static Item ia[64], ib[64];
+        HashmapIter ita = {}, itb = {};
+        unsigned same = 0;
+
+        CHECK_EQ_INT(hashmap_new(&a), 0);
+        CHECK_EQ_INT(hashmap_new(&b), 0);
+        for (unsigned i = 0; i < 64; i++) {
+                snprintf(ia[i].name, sizeof(ia[i].name), "s%u", i);
+                snprintf(ib[i].name, sizeof(ib[i].name), "s%u", i);
+                CHECK_EQ_INT(hashmap_put(a, &ia[i].node, ia[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(b, &ib[i].node, ib[i].name), 0);
+        }
+        for (unsigned i = 0; i < 64; i++) {
+                HashmapNode *x = hashmap_iter_next(a, &ita), *y = hashmap_iter_next(b, &itb);
+                if (x && y && streq(x->key, y->key))
+                        same++;
+        }
+        CHECK(same < 64);
+        CHECK(ia[0].node.hash != ib[0].node.hash);
+}
