@@ -1,0 +1,246 @@
+'use strict';
+/*
+ * Test harness for the real daemon: writes a config into a temporary
+ * folder, starts build/tokenbrokerd on a Unix socket and a loopback
+ * callback port, runs tokenctl against it, kills it (SIGKILL too) and
+ * restarts it on the same state. Every wait is bounded.
+ *
+ *   const b = await Broker.start({ providers: { local: '...ini...' } });
+ *   const r = b.ctl(['list', '--json']);
+ *   await b.stop();
+ */
+
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const BUILD = process.env.TOKENBROKER_BUILD || path.join(ROOT, 'build');
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+/** A free TCP port on 127.0.0.1 (bound, read, released). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls fn until it returns a truthy value or the time is up. */
+async function waitFor(fn, { timeoutMs = 10000, intervalMs = 100, what = 'condition' } = {}) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) { last = e; }
+    await sleep(intervalMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+}
+
+/** One HTTP request over a Unix socket; resolves {status, headers, text, json}. */
+function unixRequest(socketPath, method, urlPath, body, { timeoutMs = 30000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+    const req = http.request({
+      socketPath, method, path: urlPath, timeout: timeoutMs,
+      headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json = null;
+        try { json = JSON.parse(text); } catch { /* not JSON */ }
+        resolve({ status: res.statusCode, headers: res.headers, text, json });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`${method} ${urlPath}: timed out`)));
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+/** GET over TCP, for the callback listener. */
+function httpGet(url, { timeoutMs = 15000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
+    req.on('error', reject);
+  });
+}
+
+function iniProvider(fields) {
+  return '[provider]\n' + Object.entries(fields)
+    .filter(([, v]) => v !== undefined && v !== null)
+    .map(([k, v]) => (Array.isArray(v) ? v.map((x) => `${k} = ${x}`).join('\n') : `${k} = ${v}`))
+    .join('\n') + '\n';
+}
+
+/** The provider file for a running oidc-server.js instance. */
+function oidcProviderConf(op, extra = {}) {
+  return iniProvider({
+    grant: 'authorization_code',
+    authorize_url: op.endpoints.authorization,
+    token_url: op.endpoints.token,
+    revoke_url: op.endpoints.revocation,
+    client_id: 'tokenbroker',
+    client_secret_file: 'local.secret',
+    client_auth: 'basic',
+    scopes: 'openid email offline_access',
+    authorize_params: 'prompt=consent',
+    ...extra,
+  });
+}
+
+class Broker {
+  constructor(dir, opts) {
+    this.dir = dir;
+    this.opts = opts;
+    this.socket = path.join(dir, 'tb.sock');
+    this.confPath = path.join(dir, 'tokenbroker.conf');
+    this.db = path.join(dir, 'state', 'tokenbroker.db');
+    this.logPath = path.join(dir, 'daemon.log');
+    this.proc = null;
+    this.exits = [];
+  }
+
+  static async start(opts = {}) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-test-'));
+    const b = new Broker(dir, opts);
+    b.port = opts.port ?? await freePort();
+    b.publicUrl = `http://127.0.0.1:${b.port}`;
+    b.redirectUri = `${b.publicUrl}/oauth/callback`;
+    b.writeConfig();
+    await b.launch();
+    return b;
+  }
+
+  /** Reserves a port and paths without starting, so the provider can know the redirect URI first. */
+  static async prepare(opts = {}) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-test-'));
+    const b = new Broker(dir, opts);
+    b.port = opts.port ?? await freePort();
+    b.publicUrl = `http://127.0.0.1:${b.port}`;
+    b.redirectUri = `${b.publicUrl}/oauth/callback`;
+    return b;
+  }
+
+  writeConfig() {
+    const o = this.opts;
+    const pdir = path.join(this.dir, 'providers.d');
+    fs.mkdirSync(pdir, { recursive: true });
+    const broker = {
+      state_dir: 'state',
+      socket: 'tb.sock',
+      callback_listen: `127.0.0.1:${this.port}`,
+      public_url: this.publicUrl,
+      providers_dir: 'providers.d',
+      refresh_margin: '2s',
+      refresh_ratio: '0.25',
+      refresh_jitter: '0.5s',
+      ...(o.broker ?? {}),
+    };
+    fs.writeFileSync(this.confPath, '[broker]\n' + Object.entries(broker).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
+    for (const [name, text] of Object.entries(o.providers ?? {})) {
+      fs.writeFileSync(path.join(pdir, `${name}.conf`), text);
+    }
+    for (const [file, text] of Object.entries(o.secrets ?? {})) {
+      fs.writeFileSync(path.join(pdir, file), `${text}\n`, { mode: 0o600 });
+    }
+  }
+
+  async launch() {
+    const log = fs.openSync(this.logPath, 'a');
+    const env = { ...process.env, TOKENBROKER_LOG_LEVEL: this.opts.logLevel ?? 'debug' };
+    delete env.NOTIFY_SOCKET;
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_PID;
+    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', this.confPath], { stdio: ['ignore', log, log], env });
+    fs.closeSync(log);
+    this.proc = p;
+    p.on('exit', (code, signal) => this.exits.push({ code, signal, pid: p.pid }));
+    await waitFor(async () => {
+      if (p.exitCode !== null || p.signalCode !== null) throw new Error(`tokenbrokerd exited early:\n${this.log()}`);
+      const r = await unixRequest(this.socket, 'GET', '/v1/status').catch(() => null);
+      return r && r.status === 200;
+    }, { timeoutMs: 15000, what: 'tokenbrokerd to answer on its socket' });
+    return p;
+  }
+
+  log() { try { return fs.readFileSync(this.logPath, 'utf8'); } catch { return ''; } }
+
+  ctl(args, { env = {}, timeoutMs = 60000, input } = {}) {
+    const r = spawnSync(path.join(BUILD, 'tokenctl'), ['--socket', this.socket, ...args], {
+      encoding: 'utf8', timeout: timeoutMs, env: { ...process.env, ...env }, input,
+    });
+    return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  /** tokenctl in the background (for authorize, which waits). */
+  ctlAsync(args) {
+    const p = spawn(path.join(BUILD, 'tokenctl'), ['--socket', this.socket, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = { stdout: '', stderr: '', code: null };
+    p.stdout.on('data', (d) => { out.stdout += d; });
+    p.stderr.on('data', (d) => { out.stderr += d; });
+    out.done = new Promise((resolve) => p.on('exit', (code, signal) => { out.code = code; out.signal = signal; resolve(out); }));
+    out.proc = p;
+    return out;
+  }
+
+  api(method, urlPath, body, o) { return unixRequest(this.socket, method, urlPath, body, o); }
+
+  /** The connections table as the SQLite file holds it (sqlite3 CLI). */
+  dumpStore() {
+    const r = spawnSync('sqlite3', ['-readonly', this.db,
+      'SELECT id,name,provider,state,scope,identity,hex(access_token),hex(refresh_token),expires_at,state_hash,last_error,updated_at FROM connections ORDER BY id;'],
+    { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`sqlite3 failed: ${r.stderr}`);
+    return r.stdout;
+  }
+
+  sql(query) {
+    const r = spawnSync('sqlite3', ['-readonly', '-json', this.db, query], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`sqlite3 failed: ${r.stderr}`);
+    return r.stdout.trim() ? JSON.parse(r.stdout) : [];
+  }
+
+  async kill(signal = 'SIGKILL') {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    process.kill(p.pid, signal);
+    await Promise.race([gone, sleep(10000)]);
+    if (p.exitCode === null && p.signalCode === null) {
+      process.kill(p.pid, 'SIGKILL');
+      await Promise.race([gone, sleep(5000)]);
+    }
+  }
+
+  async restart() { await this.kill('SIGKILL'); await this.launch(); }
+
+  /** Stops the daemon with SIGTERM; returns its exit status. */
+  async stop({ keep = false } = {}) {
+    await this.kill('SIGTERM');
+    const last = this.exits[this.exits.length - 1];
+    if (!keep && !process.env.TB_KEEP) fs.rmSync(this.dir, { recursive: true, force: true });
+    return last;
+  }
+}
+
+module.exports = { Broker, freePort, waitFor, sleep, unixRequest, httpGet, iniProvider, oidcProviderConf, BUILD, ROOT };
