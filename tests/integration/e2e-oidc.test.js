@@ -21,7 +21,12 @@ const TTL = 6;   // access token lifetime at the provider, seconds
 test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout: 180000 }, async (t) => {
   const b = await Broker.prepare();
   const op = await startOidc({ accessTokenTtl: TTL, redirectUris: [b.redirectUri], quiet: true });
-  t.after(async () => { await b.stop(); await op.close(); });
+  t.after(async () => {
+    const st = await b.stop();
+    await op.close();
+    // A clean SIGTERM shutdown exits 0 (and, under ASan, leaks nothing).
+    assert.deepEqual(st && { code: st.code, signal: st.signal }, { code: 0, signal: null });
+  });
 
   b.opts = {
     providers: { local: oidcProviderConf(op) },
@@ -47,7 +52,7 @@ test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout
   assert.match(done.stdout, /alice: active, authorized by alice@example\.com/);
 
   // 3. Active, with the identity from the id_token, and no secrets shown.
-  const show = b.ctl(['--json', 'show', 'alice']);
+  const show = await b.ctl(['--json', 'show', 'alice']);
   assert.equal(show.code, 0, show.stderr);
   const conn = JSON.parse(show.stdout);
   assert.equal(conn.state, 'active');
@@ -57,7 +62,7 @@ test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout
   assert.equal(conn.refresh_token, undefined);
 
   // 4. The token handed out is one the provider says is active.
-  const tok = b.ctl(['token', 'alice']);
+  const tok = await b.ctl(['token', 'alice']);
   assert.equal(tok.code, 0, tok.stderr);
   const first = tok.stdout.trim();
   assert.ok(first.length > 20);
@@ -84,13 +89,13 @@ test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout
     const gap = (times[i] - times[i - 1]) / 1000;
     assert.ok(gap < TTL, `refresh ${i} came ${gap}s after the previous token was issued (ttl ${TTL}s)`);
   }
-  const current = b.ctl(['token', 'alice']).stdout.trim();
+  const current = (await b.ctl(['token', 'alice'])).stdout.trim();
   assert.notEqual(current, first, 'the token handed out did not change after refreshes');
   assert.equal((await op.introspect(current)).active, true);
 
   // 6. SIGKILL, restart on the same state: still active, still refreshing.
   await b.restart();
-  const after = JSON.parse(b.ctl(['--json', 'show', 'alice']).stdout);
+  const after = JSON.parse((await b.ctl(['--json', 'show', 'alice'])).stdout);
   assert.equal(after.state, 'active');
   assert.equal(after.identity, 'alice@example.com');
   const n = op.refreshRequests().length;
@@ -99,7 +104,7 @@ test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout
     assert.equal(r.ok, true);
     assert.equal(r.refresh_token_was_current, true);
   }
-  const tok2 = b.ctl(['token', 'alice']);
+  const tok2 = await b.ctl(['token', 'alice']);
   assert.equal(tok2.code, 0, tok2.stderr);
   assert.equal((await op.introspect(tok2.stdout.trim())).active, true);
   const grant = [...op.grants.values()][0];

@@ -185,11 +185,23 @@ class Broker {
 
   log() { try { return fs.readFileSync(this.logPath, 'utf8'); } catch { return ''; } }
 
-  ctl(args, { env = {}, timeoutMs = 60000, input } = {}) {
-    const r = spawnSync(path.join(BUILD, 'tokenctl'), ['--socket', this.socket, ...args], {
-      encoding: 'utf8', timeout: timeoutMs, env: { ...process.env, ...env }, input,
+  /**
+   * Runs tokenctl and resolves {code, stdout, stderr}. Asynchronous on
+   * purpose: a test's authorization server runs in this same process and
+   * must keep answering while tokenctl waits on the daemon.
+   */
+  async ctl(args, { env = {}, timeoutMs = 60000, input } = {}) {
+    const p = spawn(path.join(BUILD, 'tokenctl'), ['--socket', this.socket, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env },
     });
-    return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+    const out = { stdout: '', stderr: '', code: null, signal: null };
+    p.stdout.on('data', (d) => { out.stdout += d; });
+    p.stderr.on('data', (d) => { out.stderr += d; });
+    p.stdin.end(input ?? '');
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    await new Promise((resolve) => p.on('close', (code, signal) => { out.code = code; out.signal = signal; resolve(); }));
+    clearTimeout(timer);
+    return out;
   }
 
   /** tokenctl in the background (for authorize, which waits). */
