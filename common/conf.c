@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -250,6 +251,7 @@ static int parse_uint(const char *v, unsigned long max, unsigned long *ret, int 
 }
 
 static bool host_is_loopback(const char *host, size_t len) {
+        struct in_addr a;
         char h[256];
 
         if (len == 0 || len >= sizeof h)
@@ -258,13 +260,10 @@ static bool host_is_loopback(const char *host, size_t len) {
         h[len] = 0;
         if (streq(h, "localhost") || streq(h, "[::1]"))
                 return true;
-        /* 127.0.0.0/8 */
-        if (startswith(h, "127.")) {
-                for (const char *c = h + 4; *c; c++)
-                        if (!isdigit((unsigned char) *c) && *c != '.')
-                                return false;
-                return true;
-        }
+        /* 127.0.0.0/8, as a dotted quad: "127.", "127.999.1.1" or
+         * "127.0.0.1." are no addresses but names a resolver looks up. */
+        if (inet_pton(AF_INET, h, &a) == 1)
+                return (ntohl(a.s_addr) >> 24) == 127;
         return false;
 }
 
@@ -277,6 +276,9 @@ bool url_is_acceptable(const char *url) {
                 return false;
         /* RFC 6749 section 3.1 and 10.9: TLS everywhere but loopback. */
         end = rest + strcspn(rest, "/?#");
+        /* Userinfo: in "http://127.0.0.1:80@evil.com/" the host is evil.com. */
+        if (memchr(rest, '@', (size_t) (end - rest)))
+                return false;
         if (*rest == '[') {
                 const char *close = memchr(rest, ']', (size_t) (end - rest));
                 if (!close)

@@ -69,7 +69,7 @@ static void append_param(StrBuf *b, const char *key, const char *value) {
                 b->oom = true;
                 return;
         }
-        if (b->len > 0 && b->s[b->len - 1] != '?')
+        if (b->len > 0 && b->s[b->len - 1] != '?' && b->s[b->len - 1] != '&')
                 strbuf_puts(b, "&");
         strbuf_puts(b, k);
         strbuf_puts(b, "=");
@@ -109,7 +109,9 @@ int oauth_authorize_url(const Provider *p, const char *redirect_uri, const char 
         if (!p->authorize_url)
                 return -EINVAL;
         strbuf_puts(&b, p->authorize_url);
-        strbuf_puts(&b, strchr(p->authorize_url, '?') ? "&" : "?");
+        /* append_param() adds the '&' after an existing query. */
+        if (!strchr(p->authorize_url, '?'))
+                strbuf_puts(&b, "?");
         append_param(&b, "response_type", "code");
         append_param(&b, "client_id", p->client_id);
         append_param(&b, "redirect_uri", redirect_uri);

@@ -43,7 +43,9 @@ unsigned store_schema_version(Store *s) {
 }
 
 static int sqlite_to_errno(int rc) {
-        switch (rc) {
+        /* The connection is opened with SQLITE_OPEN_EXRESCODE: map the
+         * extended codes (SQLITE_CONSTRAINT_UNIQUE, ...) by their primary. */
+        switch (rc & 0xff) {
         case SQLITE_OK:
         case SQLITE_DONE:
         case SQLITE_ROW:
@@ -239,7 +241,13 @@ int store_connection_insert(Store *s, Connection *c) {
         if (r < 0)
                 return r;
         c->id = sqlite3_last_insert_rowid(s->db);
-        return store_connection_save(s, c);
+        r = store_connection_save(s, c);
+        if (r < 0) {
+                /* Leave no half-written row behind to hold the name. */
+                (void) store_connection_delete(s, c->id);
+                c->id = 0;
+        }
+        return r;
 }
 
 int store_connection_save(Store *s, const Connection *c) {

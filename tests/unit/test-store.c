@@ -1,0 +1,742 @@
+/* SPDX-License-Identifier: MIT */
+
+/* Unit tests for daemon/store.c: each test opens a fresh SQLite file in its
+ * own mkdtemp() folder; checks that look beneath the API use sqlite3 on the
+ * same file. */
+
+#include <ftw.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include "common/macro.h"
+#include "daemon/store.h"
+
+#define TESTS_MAIN
+#include "tests.h"
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static char *tmpdir_new(void) {
+        const char *base = getenv("TMPDIR");
+        char *d = NULL;
+
+        if (asprintf(&d, "%s/tb-test-store-XXXXXX", isempty(base) ? "/tmp" : base) < 0)
+                return NULL;
+        if (!mkdtemp(d)) {
+                free(d);
+                return NULL;
+        }
+        return d;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) st;
+        (void) ftw;
+        return flag == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+static void tmpdir_free(char **d) {
+        if (*d) {
+                (void) nftw(*d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+                free(*d);
+                *d = NULL;
+        }
+}
+#define _cleanup_tmpdir_ _cleanup_(tmpdir_free)
+
+static char *db_path(const char *dir) {
+        char *p = NULL;
+
+        return asprintf(&p, "%s/tokenbroker.db", dir) < 0 ? NULL : p;
+}
+
+static unsigned last_migration(void) {
+        return store_migrations[store_n_migrations - 1].version;
+}
+
+/* A second, independent connection to the same file. */
+static sqlite3 *db_open(const char *path) {
+        sqlite3 *db = NULL;
+
+        if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+                fprintf(stderr, "  cannot open %s: %s\n", path, db ? sqlite3_errmsg(db) : "?");
+                sqlite3_close(db);
+                return NULL;
+        }
+        (void) sqlite3_busy_timeout(db, 5000);
+        return db;
+}
+
+static void db_closep(sqlite3 **db) {
+        if (*db)
+                sqlite3_close(*db);
+}
+#define _cleanup_db_ _cleanup_(db_closep)
+
+/* The first column of the first row of sql as an integer; LLONG_MIN on error. */
+static long long db_int(sqlite3 *db, const char *sql) {
+        sqlite3_stmt *st = NULL;
+        long long v = LLONG_MIN;
+
+        if (!db || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+                fprintf(stderr, "  %s: %s\n", sql, db ? sqlite3_errmsg(db) : "no db");
+                return v;
+        }
+        if (sqlite3_step(st) == SQLITE_ROW)
+                v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        return v;
+}
+
+/* Same, as a string (owned by the caller); NULL on error. */
+static char *db_text(sqlite3 *db, const char *sql) {
+        sqlite3_stmt *st = NULL;
+        char *v = NULL;
+
+        if (!db || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+                return NULL;
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+                v = strdup((const char *) sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+        return v;
+}
+
+/* The Store's own connection. struct Store is private to store.c; its first
+ * member is the sqlite3 handle. Per-connection settings (synchronous) can
+ * only be seen there. store_db() checks that the handle really is the
+ * connection to path before anyone trusts it. */
+static sqlite3 *store_db(Store *s, const char *path) {
+        sqlite3 *db = *(sqlite3 **) s;
+        const char *f = db ? sqlite3_db_filename(db, "main") : NULL;
+        _cleanup_free_ char *want = realpath(path, NULL);
+
+        if (!f || !want || !streq(f, want)) {
+                fprintf(stderr, "  struct Store layout changed: update store_db()\n");
+                return NULL;
+        }
+        return db;
+}
+
+/* Collects loaded connections. */
+typedef struct Loaded {
+        Connection *c[64];
+        size_t n;
+} Loaded;
+
+static int collect(Connection *c, void *userdata) {
+        Loaded *l = userdata;
+
+        if (l->n >= ELEMENTSOF(l->c)) {
+                connection_free(c);
+                return -E2BIG;
+        }
+        l->c[l->n++] = c;
+        return 0;
+}
+
+static void loaded_done(Loaded *l) {
+        for (size_t i = 0; i < l->n; i++)
+                connection_free(l->c[i]);
+        l->n = 0;
+}
+
+static int load_all(Store *s, Loaded *l) {
+        loaded_done(l);
+        return store_load_connections(s, collect, l);
+}
+
+static Connection *conn_new(const char *name, const char *provider, ConnState state) {
+        Connection *c = new0(Connection, 1);
+
+        if (!c)
+                return NULL;
+        c->name = strdup(name);
+        c->provider = strdup(provider);
+        c->state = state;
+        c->created_at = c->updated_at = UINT64_C(1700000000) * USEC_PER_SEC;
+        if (!c->name || !c->provider)
+                return connection_free(c);
+        return c;
+}
+
+/* Every persistent field set to a distinctive value. */
+static Connection *conn_full(void) {
+        Connection *c = conn_new("full-conn_1.x", "github", CONN_ACTIVE);
+
+        if (!c)
+                return NULL;
+        c->access_token = strdup("gho_AccessToken'\"; DROP TABLE connections;--");
+        c->refresh_token = strdup("ghr_Refresh\xc3\xa9token");
+        c->token_type = strdup("Bearer");
+        c->scope = strdup("repo read:org");
+        c->requested_scope = strdup("repo read:org user");
+        c->identity = strdup("alice@example.com");
+        c->last_error = strdup("HTTP 503: temporarily_unavailable");
+        c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
+        c->obtained_at = UINT64_C(1893452400) * USEC_PER_SEC + 1;
+        c->created_at = UINT64_C(1700000000) * USEC_PER_SEC + 7;
+        c->updated_at = UINT64_C(1893452400) * USEC_PER_SEC + 2;
+        c->last_refresh_at = UINT64_C(1893452400) * USEC_PER_SEC + 3;
+        c->refreshes = UINT64_C(123456789012);
+        c->state_hash = strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        c->code_verifier = strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+        c->pending_until = UINT64_C(1893453000) * USEC_PER_SEC;
+        c->allow_users[0] = 0;
+        c->allow_users[1] = 1000;
+        c->allow_users[2] = 4294967294U;
+        c->n_allow_users = 3;
+        c->allow_groups[0] = 27;
+        c->n_allow_groups = 1;
+        if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
+            !c->identity || !c->last_error || !c->state_hash || !c->code_verifier)
+                return connection_free(c);
+        return c;
+}
+
+static void check_same(const Connection *a, const Connection *b) {
+        CHECK(a && b);
+        if (!a || !b)
+                return;
+        CHECK_EQ_INT(a->id, b->id);
+        CHECK_STREQ(a->name, b->name);
+        CHECK_STREQ(a->provider, b->provider);
+        CHECK_EQ_INT(a->state, b->state);
+        CHECK(streq_ptr(a->access_token, b->access_token));
+        CHECK(streq_ptr(a->refresh_token, b->refresh_token));
+        CHECK(streq_ptr(a->token_type, b->token_type));
+        CHECK(streq_ptr(a->scope, b->scope));
+        CHECK(streq_ptr(a->requested_scope, b->requested_scope));
+        CHECK(streq_ptr(a->identity, b->identity));
+        CHECK(streq_ptr(a->last_error, b->last_error));
+        CHECK(streq_ptr(a->state_hash, b->state_hash));
+        CHECK(streq_ptr(a->code_verifier, b->code_verifier));
+        CHECK(a->expires_at == b->expires_at);
+        CHECK(a->obtained_at == b->obtained_at);
+        CHECK(a->created_at == b->created_at);
+        CHECK(a->updated_at == b->updated_at);
+        CHECK(a->last_refresh_at == b->last_refresh_at);
+        CHECK(a->refreshes == b->refreshes);
+        CHECK(a->pending_until == b->pending_until);
+        CHECK_EQ_INT(a->n_allow_users, b->n_allow_users);
+        for (unsigned i = 0; i < a->n_allow_users && i < b->n_allow_users; i++)
+                CHECK_EQ_INT(a->allow_users[i], b->allow_users[i]);
+        CHECK_EQ_INT(a->n_allow_groups, b->n_allow_groups);
+        for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
+                CHECK_EQ_INT(a->allow_groups[i], b->allow_groups[i]);
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+TEST(migrations_table_sane) {
+        CHECK(store_n_migrations >= 1);
+        for (size_t i = 0; i < store_n_migrations; i++) {
+                CHECK(store_migrations[i].version > 0);
+                CHECK(store_migrations[i].name && store_migrations[i].sql);
+                CHECK(!isempty(store_migrations[i].sql));
+                if (i > 0)
+                        CHECK(store_migrations[i].version > store_migrations[i - 1].version);
+        }
+        CHECK_EQ_INT(store_migrations[0].version, 1);
+        CHECK_STREQ(store_migrations[0].name, "0001-initial.sql");
+}
+
+TEST(open_fresh_applies_migrations) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        struct stat st;
+
+        CHECK(dir && path);
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK(s);
+        if (!s)
+                return;
+        CHECK_EQ_INT(stat(path, &st), 0);
+        CHECK_EQ_INT(store_schema_version(s), last_migration());
+
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"),
+                     1);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM schema_version"), 1);
+        CHECK_EQ_INT(db_int(db, "SELECT version FROM schema_version"), last_migration());
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'connections'"),
+                     1);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"), 1);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 0);
+}
+
+TEST(reopen_idempotent) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(connection_freep) Connection *c = conn_new("keep", "p", CONN_PENDING);
+        Loaded l = {};
+        Store *s = NULL;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        s = store_close(s);
+        CHECK(!s);
+
+        for (int i = 0; i < 3; i++) {
+                _cleanup_db_ sqlite3 *db = NULL;
+
+                CHECK_EQ_INT(store_open(path, &s), 0);
+                if (!s)
+                        return;
+                CHECK_EQ_INT(store_schema_version(s), last_migration());
+                db = db_open(path);
+                CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM schema_version"), 1);
+                CHECK_EQ_INT(db_int(db, "SELECT version FROM schema_version"), last_migration());
+                /* nothing re-created, nothing lost */
+                CHECK_EQ_INT(load_all(s, &l), 0);
+                CHECK_EQ_INT(l.n, 1);
+                if (l.n == 1)
+                        CHECK_STREQ(l.c[0]->name, "keep");
+                s = store_close(s);
+        }
+        loaded_done(&l);
+}
+
+TEST(wal_and_synchronous_full) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *mode = NULL, *wal = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        sqlite3 *own;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+
+        /* journal_mode=WAL is a property of the file: any connection sees it */
+        db = db_open(path);
+        mode = db_text(db, "PRAGMA journal_mode");
+        CHECK_STREQ(mode, "wal");
+        CHECK(asprintf(&wal, "%s-wal", path) >= 0);
+        CHECK_EQ_INT(access(wal, F_OK), 0);
+
+        /* synchronous is per connection: ask the store's own */
+        own = store_db(s, path);
+        CHECK(own);
+        if (!own)
+                return;
+        CHECK_EQ_INT(db_int(own, "PRAGMA synchronous"), 2);   /* 2 = FULL */
+        mode = mfree(mode);
+        mode = db_text(own, "PRAGMA journal_mode");
+        CHECK_STREQ(mode, "wal");
+        CHECK_EQ_INT(db_int(own, "PRAGMA foreign_keys"), 1);
+        CHECK_EQ_INT(db_int(own, "PRAGMA secure_delete"), 1);
+}
+
+TEST(changes_committed_on_return) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *tok = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *c = conn_new("now", "p", CONN_ACTIVE);
+        _cleanup_db_ sqlite3 *db = NULL;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s || !c)
+                return;
+        db = db_open(path);
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        /* another connection sees it at once: no transaction left open */
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections WHERE name = 'now'"), 1);
+
+        c->access_token = strdup("at-1");
+        CHECK_EQ_INT(store_connection_save(s, c), 0);
+        tok = db_text(db, "SELECT access_token FROM connections WHERE name = 'now'");
+        CHECK_STREQ(tok, "at-1");
+
+        CHECK_EQ_INT(store_event_add(s, 1, "now", "refresh", "ok"), 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events"), 1);
+
+        CHECK_EQ_INT(store_connection_delete(s, c->id), 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 0);
+}
+
+TEST(round_trip_every_field) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(connection_freep) Connection *c = conn_full();
+        Loaded l = {};
+        Store *s = NULL;
+
+        CHECK(c);
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s || !c)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        CHECK(c->id > 0);
+
+        /* loaded back in the same process */
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+
+        /* and after a restart */
+        s = store_close(s);
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                goto out;
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+out:
+        loaded_done(&l);
+        store_close(s);
+}
+
+TEST(save_changes_every_field) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(connection_freep) Connection *c = conn_new("conn", "google", CONN_PENDING);
+        _cleanup_(store_closep) Store *s = NULL;
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s || !c)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+
+        /* a bare pending connection: NULLs stay NULL, zeros stay zero */
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1) {
+                check_same(c, l.c[0]);
+                CHECK(!l.c[0]->access_token);
+                CHECK(!l.c[0]->refresh_token);
+                CHECK(!l.c[0]->state_hash);
+                CHECK_EQ_INT(l.c[0]->n_allow_users, 0);
+                CHECK(l.c[0]->expires_at == 0);
+        }
+
+        /* pending with a state */
+        c->state_hash = strdup("aaaa");
+        c->code_verifier = strdup("verifier");
+        c->pending_until = 42;
+        c->requested_scope = strdup("openid email");
+        CHECK_EQ_INT(store_connection_save(s, c), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+
+        /* authorized: tokens in, pending state out; every ACL slot used */
+        c->state = CONN_ACTIVE;
+        c->state_hash = mfree(c->state_hash);
+        c->code_verifier = secret_free(c->code_verifier);
+        c->pending_until = 0;
+        c->provider = mfree(c->provider);
+        c->provider = strdup("google2");
+        c->access_token = strdup("ya29.token");
+        c->refresh_token = strdup("1//refresh");
+        c->token_type = strdup("Bearer");
+        c->scope = strdup("openid email");
+        c->identity = strdup("bob@example.com");
+        c->expires_at = UINT64_C(2000000000) * USEC_PER_SEC;
+        c->obtained_at = UINT64_C(1999996400) * USEC_PER_SEC;
+        c->updated_at = UINT64_C(1999996400) * USEC_PER_SEC;
+        c->last_refresh_at = UINT64_C(1999996400) * USEC_PER_SEC;
+        c->refreshes = 3;
+        for (unsigned i = 0; i < ACL_MAX; i++) {
+                c->allow_users[i] = 4294967295U - i;
+                c->allow_groups[i] = i;
+        }
+        c->n_allow_users = c->n_allow_groups = ACL_MAX;
+        CHECK_EQ_INT(store_connection_save(s, c), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+
+        /* needs re-authorization: tokens dropped, an error kept */
+        c->state = CONN_NEEDS_REAUTH;
+        connection_clear_tokens(c);
+        c->last_error = strdup("HTTP 400: invalid_grant");
+        c->n_allow_groups = 0;
+        CHECK_EQ_INT(store_connection_save(s, c), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        if (l.n == 1) {
+                check_same(c, l.c[0]);
+                CHECK(!l.c[0]->access_token);
+                CHECK(!l.c[0]->refresh_token);
+                CHECK_EQ_INT(l.c[0]->state, CONN_NEEDS_REAUTH);
+        }
+        loaded_done(&l);
+}
+
+TEST(several_in_id_order) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        static const char *const names[] = { "c", "a", "b", "z", "m" };
+        Connection *c[ELEMENTSOF(names)] = {};
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                c[i] = conn_new(names[i], "p", CONN_ACTIVE);
+                CHECK_EQ_INT(store_connection_insert(s, c[i]), 0);
+                if (i > 0)
+                        CHECK(c[i]->id > c[i - 1]->id);
+        }
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, ELEMENTSOF(names));
+        for (size_t i = 0; i < l.n && i < ELEMENTSOF(names); i++)
+                check_same(c[i], l.c[i]);
+        loaded_done(&l);
+        for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                connection_free(c[i]);
+}
+
+TEST(delete) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("a", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *again = conn_new("a", "p", CONN_PENDING);
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, a), 0);
+        CHECK_EQ_INT(store_connection_insert(s, b), 0);
+        CHECK_EQ_INT(store_connection_delete(s, a->id), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                CHECK_STREQ(l.c[0]->name, "b");
+
+        /* deleting what is gone is not an error */
+        CHECK_EQ_INT(store_connection_delete(s, a->id), 0);
+        CHECK_EQ_INT(store_connection_delete(s, 987654), 0);
+        /* saving it is */
+        CHECK_EQ_INT(store_connection_save(s, a), -ENOENT);
+
+        /* the name is free again */
+        CHECK_EQ_INT(store_connection_insert(s, again), 0);
+        CHECK(again->id != b->id);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 2);
+        loaded_done(&l);
+}
+
+TEST(name_unique) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("same", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *b = conn_new("same", "q", CONN_PENDING);
+        _cleanup_(connection_freep) Connection *c = conn_new("other", "q", CONN_PENDING);
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, a), 0);
+        CHECK_EQ_INT(store_connection_insert(s, b), -EEXIST);
+        /* the store is still usable after the failure */
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 2);
+        if (l.n == 2) {
+                CHECK_STREQ(l.c[0]->name, "same");
+                CHECK_STREQ(l.c[0]->provider, "p");
+                CHECK_STREQ(l.c[1]->name, "other");
+        }
+        loaded_done(&l);
+}
+
+TEST(state_hash_unique) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("a", "p", CONN_PENDING);
+        _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_PENDING);
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        a->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(store_connection_insert(s, a), 0);
+        CHECK_EQ_INT(store_connection_insert(s, b), 0);
+        b->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(store_connection_save(s, b), -EEXIST);
+        b->state_hash = mfree(b->state_hash);
+        CHECK_EQ_INT(store_connection_save(s, b), 0);   /* NULLs do not collide */
+}
+
+TEST(failed_insert_leaves_nothing) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("a", "p", CONN_PENDING);
+        _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_PENDING);
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        a->state_hash = strdup("0123abcd");
+        b->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(store_connection_insert(s, a), 0);
+        /* The insert of b fails at its second step (the state's hash is
+         * taken): no half-written row may stay behind under b's name. */
+        CHECK_EQ_INT(store_connection_insert(s, b), -EEXIST);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                CHECK_STREQ(l.c[0]->name, "a");
+        /* and the name is still free */
+        b->state_hash = mfree(b->state_hash);
+        CHECK_EQ_INT(store_connection_insert(s, b), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 2);
+        loaded_done(&l);
+}
+
+TEST(events_bounded) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        const long long total = STORE_EVENTS_MAX + 500;
+        long long n;
+        sqlite3 *own;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        /* One transaction around the lot, or 10500 fsyncs make this slow;
+         * store_event_add()'s own logic is the same inside it. */
+        own = store_db(s, path);
+        CHECK(own);
+        if (own)
+                CHECK_EQ_INT(sqlite3_exec(own, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+        for (long long i = 1; i <= total; i++) {
+                char msg[64];
+
+                snprintf(msg, sizeof msg, "event %lld", i);
+                if (store_event_add(s, (usec_t) i * USEC_PER_SEC, i % 3 ? "conn" : NULL, "refresh", msg) < 0) {
+                        CHECK(!"store_event_add failed");
+                        break;
+                }
+        }
+        if (own)
+                CHECK_EQ_INT(sqlite3_exec(own, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+
+        db = db_open(path);
+        n = db_int(db, "SELECT count(*) FROM events");
+        CHECK(n <= STORE_EVENTS_MAX + 64);
+        CHECK(n >= STORE_EVENTS_MAX);           /* trimmed, not emptied */
+        /* the newest are kept, the oldest went */
+        CHECK_EQ_INT(db_int(db, "SELECT max(id) FROM events"), total);
+        CHECK(db_int(db, "SELECT min(id) FROM events") > total - STORE_EVENTS_MAX - 64);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE message = 'event 10500'"), 1);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE message = 'event 1'"), 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE connection IS NULL AND id = 10500"), 1);
+}
+
+TEST(events_bounded_autocommit) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        sqlite3 *own;
+
+        /* The same without a surrounding transaction, on a table already
+         * at its bound (filled directly), so few real commits are needed. */
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (!s)
+                return;
+        own = store_db(s, path);
+        if (!own)
+                return;
+        CHECK_EQ_INT(sqlite3_exec(own,
+                                  "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10050) "
+                                  "INSERT INTO events (id, at, connection, kind, message) "
+                                  "SELECT i, i, 'c', 'k', 'm' FROM n",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+        for (int i = 0; i < 100; i++)
+                CHECK_EQ_INT(store_event_add(s, 1, "c", "k", "m"), 0);
+        db = db_open(path);
+        CHECK(db_int(db, "SELECT count(*) FROM events") <= STORE_EVENTS_MAX + 64);
+        CHECK_EQ_INT(db_int(db, "SELECT max(id) FROM events"), 10150);
+}
+
+TEST(newer_schema_refused) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *sql = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL, *sentinel = (Store *) (uintptr_t) 1;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        s = store_close(s);
+
+        db = db_open(path);
+        CHECK(asprintf(&sql, "UPDATE schema_version SET version = %u", last_migration() + 1) >= 0);
+        CHECK_EQ_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        db = NULL;
+
+        s = sentinel;
+        CHECK_EQ_INT(store_open(path, &s), -EPROTONOSUPPORT);
+        CHECK(s == sentinel);   /* untouched on failure */
+
+        /* and nothing was changed by the attempt */
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT version FROM schema_version"), last_migration() + 1);
+}
+
+TEST(older_schema_migrated) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL;
+
+        /* A file from before any migration ran: an empty database. */
+        CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(db, "CREATE TABLE unrelated (x INTEGER)", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        db = NULL;
+
+        CHECK_EQ_INT(store_open(path, &s), 0);
+        if (s)
+                CHECK_EQ_INT(store_schema_version(s), last_migration());
+        store_close(s);
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'unrelated'"), 1);
+}
+
+TEST(not_a_database) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *missing = NULL;
+        char junk[4096];
+        Store *s = NULL;
+        FILE *f;
+
+        memset(junk, 'x', sizeof junk);
+        f = fopen(path, "we");
+        CHECK(f);
+        if (!f)
+                return;
+        CHECK_EQ_INT(fwrite(junk, 1, sizeof junk, f), sizeof junk);
+        fclose(f);
+        CHECK_EQ_INT(store_open(path, &s), -EBADMSG);
+        CHECK(!s);
+
+        /* a folder that does not exist */
+        CHECK(asprintf(&missing, "%s/no/such/dir/db", dir) >= 0);
+        CHECK_EQ_INT(store_open(missing, &s), -EACCES);
+        CHECK(!s);
+}

@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: MIT */
+
+#include "common/api.h"
+#include "common/macro.h"
+#include "common/util.h"
+
+#define TESTS_MAIN
+#include "tests.h"
+
+static bool is_b64url_char(char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+               c == '_';
+}
+
+TEST(url_escape_unreserved_kept) {
+        _cleanup_free_ char *e = url_escape("AZaz09-._~");
+
+        CHECK_STREQ(e, "AZaz09-._~");
+}
+
+TEST(url_escape_reserved_encoded) {
+        static const struct { const char *in, *out; } v[] = {
+                { "", "" },
+                { " ", "%20" },
+                { "a b", "a%20b" },
+                { "a+b", "a%2Bb" },
+                { "k=v&x=y", "k%3Dv%26x%3Dy" },
+                { "http://127.0.0.1:8421/oauth/callback?x=1#f",
+                  "http%3A%2F%2F127.0.0.1%3A8421%2Foauth%2Fcallback%3Fx%3D1%23f" },
+                { "100%", "100%25" },
+                { "\xc3\xa9", "%C3%A9" },            /* UTF-8 e-acute, upper-case hex */
+                { "\x01\x7f\xff", "%01%7F%FF" },
+                { "!*'();:@$,/?[]", "%21%2A%27%28%29%3B%3A%40%24%2C%2F%3F%5B%5D" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                _cleanup_free_ char *e = url_escape(v[i].in);
+                CHECK_STREQ(e, v[i].out);
+        }
+}
+
+TEST(url_unescape_basic) {
+        static const struct { const char *in, *out; } v[] = {
+                { "", "" },
+                { "abc", "abc" },
+                { "a+b", "a b" },              /* form encoding: '+' is a space */
+                { "a%20b", "a b" },
+                { "%2B", "+" },
+                { "%2b%2F%2f", "+//" },        /* either hex case */
+                { "%C3%A9", "\xc3\xa9" },
+                { "100%25", "100%" },
+                { "%25%32%30", "%20" },        /* decoded once, not twice */
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                _cleanup_free_ char *u = NULL;
+                CHECK_EQ_INT(url_unescape(v[i].in, strlen(v[i].in), &u), 0);
+                CHECK_STREQ(u, v[i].out);
+        }
+}
+
+TEST(url_unescape_length_bounded) {
+        _cleanup_free_ char *u = NULL;
+
+        /* Only n bytes are looked at: the rest of the string is ignored. */
+        CHECK_EQ_INT(url_unescape("ab%41zzz", 5, &u), 0);
+        CHECK_STREQ(u, "abA");
+}
+
+TEST(url_unescape_rejects_bad_escapes) {
+        static const char *const bad[] = {
+                "%", "%4", "a%", "a%4", "%G0", "%0G", "%%", "%-1", "% 1", "%zz",
+                "%00", "a%00b",          /* an encoded NUL would truncate the value */
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                char *u = (char *) "untouched";
+                int r = url_unescape(bad[i], strlen(bad[i]), &u);
+                if (r != -EINVAL)
+                        fprintf(stderr, "  url_unescape(\"%s\") = %d\n", bad[i], r);
+                CHECK_EQ_INT(r, -EINVAL);
+                CHECK_STREQ(u, "untouched");
+        }
+}
+
+TEST(url_unescape_rejects_raw_nul) {
+        static const char in[] = { 'a', 0, 'b' };
+        char *u = NULL;
+
+        CHECK_EQ_INT(url_unescape(in, sizeof in, &u), -EINVAL);
+        CHECK(!u);
+}
+
+TEST(url_escape_round_trip) {
+        char all[256];
+        _cleanup_free_ char *e = NULL, *u = NULL;
+
+        /* Every byte but NUL, in order. */
+        for (int i = 1; i < 256; i++)
+                all[i - 1] = (char) i;
+        all[255] = 0;
+        e = url_escape(all);
+        CHECK(e);
+        if (!e)
+                return;
+        /* only unreserved characters and escapes remain: no '+' to misread */
+        for (const char *p = e; *p; p++)
+                CHECK(is_b64url_char(*p) || *p == '.' || *p == '~' || *p == '%');
+        CHECK_EQ_INT(url_unescape(e, strlen(e), &u), 0);
+        CHECK_STREQ(u, all);
+
+        {
+                static const char *const v[] = { "a b+c", "k=v&k2=v 2", "ü/ö?#", "~-._" };
+                for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                        _cleanup_free_ char *e2 = url_escape(v[i]), *u2 = NULL;
+                        CHECK_EQ_INT(url_unescape(e2, strlen(e2), &u2), 0);
+                        CHECK_STREQ(u2, v[i]);
+                }
+        }
+}
+
+TEST(sha256_known_vectors) {
+        char h[65];
+
+        /* FIPS 180-2 appendix B.1 and the empty string. */
+        CHECK_EQ_INT(sha256_hex("abc", 3, h), 0);
+        CHECK_STREQ(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        CHECK_EQ_INT(sha256_hex("", 0, h), 0);
+        CHECK_STREQ(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        CHECK_EQ_INT(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, h), 0);
+        CHECK_STREQ(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+        CHECK_EQ_INT(strlen(h), 64);
+}
+
+TEST(format_timestamp_values) {
+        char buf[64];
+
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, 0), "1970-01-01T00:00:00Z");
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, UINT64_C(1700000000) * USEC_PER_SEC),
+                    "2023-11-14T22:13:20Z");
+        /* sub-second part is dropped, not rounded */
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, UINT64_C(1700000000) * USEC_PER_SEC + 999999),
+                    "2023-11-14T22:13:20Z");
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, UINT64_C(951782400) * USEC_PER_SEC),
+                    "2000-02-29T00:00:00Z");
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, UINT64_C(253402300799) * USEC_PER_SEC),
+                    "9999-12-31T23:59:59Z");
+}
+
+TEST(format_timestamp_small_buffer) {
+        char buf[21], tiny[8] = "garbage";
+
+        /* exactly fits: 20 characters and the NUL */
+        CHECK_STREQ(format_timestamp(buf, sizeof buf, 0), "1970-01-01T00:00:00Z");
+        /* too small: an empty string, never a truncated time */
+        CHECK(format_timestamp(tiny, sizeof tiny, 0) == tiny);
+        CHECK_STREQ(tiny, "");
+}
+
+TEST(connection_name_table) {
+        char max[CONNECTION_NAME_MAX + 2];
+        static const struct { const char *name; bool ok; } v[] = {
+                { "a", true },
+                { "github", true },
+                { "My-Conn_1.prod", true },
+                { "...", true },
+                { ".hidden", true },
+                { "a..b", true },
+                { "0", true },
+                { "", false },
+                { ".", false },
+                { "..", false },
+                { "a/b", false },
+                { "/", false },
+                { "a b", false },
+                { "a%20b", false },
+                { "a+b", false },
+                { "a:b", false },
+                { "a\\b", false },
+                { "a\nb", false },
+                { "\xc3\xa9", false },
+                { "a?b", false },
+                { "a#b", false },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                if (connection_name_valid(v[i].name) != v[i].ok)
+                        fprintf(stderr, "  connection_name_valid(\"%s\") != %d\n", v[i].name, v[i].ok);
+                CHECK(connection_name_valid(v[i].name) == v[i].ok);
+        }
+
+        memset(max, 'x', CONNECTION_NAME_MAX);
+        max[CONNECTION_NAME_MAX] = 0;
+        CHECK(connection_name_valid(max));
+        max[CONNECTION_NAME_MAX] = 'x';
+        max[CONNECTION_NAME_MAX + 1] = 0;
+        CHECK(!connection_name_valid(max));
+}
+
+TEST(random_token_length_and_charset) {
+        static const struct { size_t n, len; } v[] = {
+                { 0, 0 }, { 1, 2 }, { 2, 3 }, { 3, 4 }, { 16, 22 }, { 32, 43 }, { 128, 171 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                _cleanup_free_ char *t = NULL;
+
+                CHECK_EQ_INT(random_token(v[i].n, &t), 0);
+                CHECK(t);
+                if (!t)
+                        continue;
+                CHECK_EQ_INT(strlen(t), v[i].len);
+                for (const char *p = t; *p; p++)
+                        CHECK(is_b64url_char(*p));
+        }
+}
+
+TEST(random_token_too_big) {
+        char *t = NULL;
+
+        CHECK_EQ_INT(random_token(129, &t), -E2BIG);
+        CHECK(!t);
+}
+
+TEST(random_token_unique) {
+        enum { N = 256 };
+        char *t[N] = {};
+
+        for (size_t i = 0; i < N; i++)
+                CHECK_EQ_INT(random_token(16, &t[i]), 0);
+        for (size_t i = 0; i < N; i++)
+                for (size_t j = i + 1; j < N; j++)
+                        CHECK(t[i] && t[j] && !streq(t[i], t[j]));
+        for (size_t i = 0; i < N; i++)
+                free(t[i]);
+}
+
+TEST(random_bytes_fill) {
+        uint8_t a[64] = {}, b[64] = {};
+
+        CHECK_EQ_INT(random_bytes(a, sizeof a), 0);
+        CHECK_EQ_INT(random_bytes(b, sizeof b), 0);
+        CHECK(memcmp(a, b, sizeof a) != 0);
+        CHECK(random_u64() != random_u64());
+}
+
+TEST(strbuf_basic) {
+        StrBuf b = {};
+        _cleanup_free_ char *s = NULL;
+
+        strbuf_puts(&b, "hello");
+        strbuf_append(&b, ", world!!!", 7);
+        strbuf_printf(&b, " %d-%s", 42, "x");
+        CHECK_EQ_INT(b.len, strlen("hello, world 42-x"));
+        CHECK_STREQ(b.s, "hello, world 42-x");
+        CHECK(!b.oom);
+        s = strbuf_steal(&b);
+        CHECK_STREQ(s, "hello, world 42-x");
+        /* stolen: the buffer is empty and reusable */
+        CHECK(!b.s);
+        CHECK_EQ_INT(b.len, 0);
+        CHECK_EQ_INT(b.cap, 0);
+}
+
+TEST(strbuf_empty_steal) {
+        StrBuf b = {};
+        _cleanup_free_ char *s = strbuf_steal(&b);
+
+        CHECK_STREQ(s, "");
+}
+
+TEST(strbuf_grows) {
+        StrBuf b = {};
+        _cleanup_free_ char *s = NULL;
+        char big[2000];
+
+        /* many small appends */
+        for (int i = 0; i < 1000; i++)
+                strbuf_append(&b, "ab", 2);
+        CHECK_EQ_INT(b.len, 2000);
+        CHECK(b.cap > b.len);
+        CHECK_EQ_INT(strlen(b.s), 2000);
+
+        /* a printf larger than its stack buffer */
+        memset(big, 'z', sizeof big - 1);
+        big[sizeof big - 1] = 0;
+        strbuf_printf(&b, "[%s]", big);
+        CHECK_EQ_INT(b.len, 2000 + 2 + 1999);
+        CHECK(b.s[2000] == '[');
+        CHECK(b.s[b.len - 1] == ']');
+        CHECK(b.s[b.len] == 0);
+        s = strbuf_steal(&b);
+        CHECK_EQ_INT(strlen(s), 4001);
+}
+
+TEST(strbuf_oom_sticky) {
+        StrBuf b = {};
+
+        strbuf_puts(&b, "abc");
+        b.oom = true;          /* as after a failed allocation */
+        strbuf_puts(&b, "def");
+        CHECK_EQ_INT(b.len, 3);
+        CHECK(!strbuf_steal(&b));
+        /* steal after OOM freed the buffer */
+        CHECK(!b.s);
+        CHECK(!b.oom);
+}
+
+TEST(strbuf_free_resets) {
+        StrBuf b = {};
+
+        strbuf_puts(&b, "secret");
+        strbuf_free(&b);
+        CHECK(!b.s);
+        CHECK_EQ_INT(b.len, 0);
+        strbuf_free(&b);       /* twice is fine */
+        strbuf_puts(&b, "x");
+        CHECK_STREQ(b.s, "x");
+        strbuf_free(&b);
+}
