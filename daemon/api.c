@@ -58,7 +58,6 @@ struct ApiRequest {
         Waiter waiter;
         Connection *target;
         Route route;
-        usec_t min_ttl;
 
         /* the answer, once known */
         bool answered;
@@ -244,7 +243,7 @@ static void resume(ApiRequest *r) {
 }
 
 /* Answers a token request from what the connection holds now. */
-static void answer_token(ApiRequest *r, Connection *c, usec_t min_ttl, int refresh_result) {
+static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
         Manager *m = r->api->manager;
         usec_t ttl = connection_ttl(c, now(CLOCK_REALTIME));
         char *s;
@@ -259,7 +258,7 @@ static void answer_token(ApiRequest *r, Connection *c, usec_t min_ttl, int refre
         }
         /* A still-valid token is served even when a refresh for min_ttl
          * failed: the client asked for more life, not for an outage. */
-        if (ttl == 0 || (ttl < min_ttl && refresh_result == 0 && false)) {
+        if (ttl == 0) {
                 usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(CLOCK_MONOTONIC)) : 0;
                 answer_unavailable(r, c->last_error ?: "no valid token; provider unreachable", retry);
                 return;
@@ -284,7 +283,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                 if (result == -ECANCELED)
                         answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
                 else
-                        answer_token(r, c, r->min_ttl, result);
+                        answer_token(r, c, result);
                 break;
         case ROUTE_REFRESH:
                 if (result == 0)
@@ -343,35 +342,34 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 return;
         }
         if (c->state != CONN_ACTIVE) {
-                answer_token(r, c, 0, 0);
+                answer_token(r, c, 0);
                 return;
         }
         ttl = connection_ttl(c, now(CLOCK_REALTIME));
         if (route == ROUTE_TOKEN && c->access_token && ttl > 0 && ttl >= min_ttl) {
-                answer_token(r, c, 0, 0);   /* the hot path: from memory */
+                answer_token(r, c, 0);   /* the hot path: from memory */
                 return;
         }
         if (route == ROUTE_INVALIDATE && c->last_refresh_at + INVALIDATE_MIN_INTERVAL > now(CLOCK_REALTIME) &&
             !c->inflight) {
-                answer_token(r, c, 0, 0);
+                answer_token(r, c, 0);
                 return;
         }
         /* During a transient outage, don't pile more requests onto the
          * provider: serve what is still valid until the retry is due. */
         if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC) && c->access_token && ttl > 0) {
-                answer_token(r, c, 0, 0);
+                answer_token(r, c, 0);
                 return;
         }
         if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC)) {
-                answer_token(r, c, 0, 0);   /* expired: 503 with Retry-After */
+                answer_token(r, c, 0);   /* expired: 503 with Retry-After */
                 return;
         }
         r->route = route;
-        r->min_ttl = min_ttl;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         k = refresher_refresh(m, c, &r->waiter);
         if (k < 0) {
-                answer_token(r, c, 0, k);
+                answer_token(r, c, k);
                 return;
         }
         manager_wheel_rearm(m);
