@@ -304,9 +304,11 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         }
         if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {
                 c->n_allow_users = MIN(req->n_allow_users, ACL_MAX);
-                memcpy(c->allow_users, req->allow_users, sizeof(uid_t) * c->n_allow_users);
+                if (c->n_allow_users > 0)
+                        memcpy(c->allow_users, req->allow_users, sizeof(uid_t) * c->n_allow_users);
                 c->n_allow_groups = MIN(req->n_allow_groups, ACL_MAX);
-                memcpy(c->allow_groups, req->allow_groups, sizeof(gid_t) * c->n_allow_groups);
+                if (c->n_allow_groups > 0)
+                        memcpy(c->allow_groups, req->allow_groups, sizeof(gid_t) * c->n_allow_groups);
         }
 
         /* A re-authorization replaces any earlier pending one. */
