@@ -110,11 +110,16 @@ install: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl
 	chmod 0644 $(DESTDIR)$(UNITDIR)/tokenbrokerd.service
 	test -e $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf || \
 		install -m 0644 conf/tokenbroker.conf $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf
-	install -m 0644 conf/providers.d/*.conf $(DESTDIR)$(DATADIR)/tokenbroker/providers.d/
+	install -d $(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
+	install -m 0644 systemd/tokenbroker.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/tokenbroker.conf
+	install -m 0644 systemd/tokenbroker.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/tokenbroker.conf
+	for f in conf/providers.d/*.conf; do [ -e "$$f" ] || continue; \
+		install -m 0644 "$$f" $(DESTDIR)$(DATADIR)/tokenbroker/providers.d/; done
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/tokenbrokerd $(DESTDIR)$(BINDIR)/tokenctl \
-		$(DESTDIR)$(UNITDIR)/tokenbrokerd.service
+		$(DESTDIR)$(UNITDIR)/tokenbrokerd.service \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d/tokenbroker.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/tokenbroker.conf
 	rm -rf $(DESTDIR)$(DATADIR)/tokenbroker
 
 clean:
