@@ -8,11 +8,15 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
       libjansson-dev libsystemd-dev libssl-dev sqlite3 curl chromium clang libclang-rt-14-dev
-      nodejs npm systemd util-linux)
+      systemd util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node may come from elsewhere than Debian (the machine's own build):
+# only ask apt for it when there is none.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
         sudo=""
         [ "$(id -u)" = 0 ] || sudo="sudo"
