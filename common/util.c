@@ -195,6 +195,37 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...) {
         }
 }
 
+void strbuf_json_string(StrBuf *b, const char *s) {
+        static const char hex[] = "0123456789abcdef";
+        const char *run = s;
+
+        strbuf_append(b, "\"", 1);
+        for (; *s; s++) {
+                unsigned char ch = (unsigned char) *s;
+                const char *esc = NULL;
+                char u[7];
+
+                if (ch >= 0x20 && ch != '"' && ch != '\\')
+                        continue;
+                strbuf_append(b, run, (size_t) (s - run));
+                run = s + 1;
+                switch (ch) {
+                case '"': esc = "\\\""; break;
+                case '\\': esc = "\\\\"; break;
+                case '\n': esc = "\\n"; break;
+                case '\r': esc = "\\r"; break;
+                case '\t': esc = "\\t"; break;
+                default:
+                        u[0] = '\\'; u[1] = 'u'; u[2] = '0'; u[3] = '0';
+                        u[4] = hex[ch >> 4]; u[5] = hex[ch & 15]; u[6] = 0;
+                        esc = u;
+                }
+                strbuf_puts(b, esc);
+        }
+        strbuf_append(b, run, (size_t) (s - run));
+        strbuf_append(b, "\"", 1);
+}
+
 char *strbuf_steal(StrBuf *b) {
         char *s;
 

@@ -33,6 +33,8 @@ typedef struct StrBuf {
 void strbuf_append(StrBuf *b, const char *s, size_t n);
 void strbuf_puts(StrBuf *b, const char *s);
 void strbuf_printf(StrBuf *b, const char *fmt, ...) _printf_(2, 3);
+/* Appends s as a JSON string literal, quotes included (RFC 8259 escapes). */
+void strbuf_json_string(StrBuf *b, const char *s);
 /* Returns the string (owned by the caller) or NULL after an allocation failure. */
 char *strbuf_steal(StrBuf *b);
 void strbuf_free(StrBuf *b);

@@ -21,6 +21,9 @@
 
 #define API_BODY_MAX (64 * 1024)
 #define API_CONNECTIONS_MAX 4096
+/* MHD clears a connection's memory pool on every request: keep it small
+ * (headers only; bodies are copied out as they arrive). */
+#define API_CONNECTION_MEMORY (16 * 1024)
 /* A client that got 401 may ask again; more often than this it is a bug
  * in the client, not a stale token, and the provider is spared. */
 #define INVALIDATE_MIN_INTERVAL (5 * USEC_PER_SEC)
@@ -143,55 +146,64 @@ static json_t *connection_json(Manager *m, const Connection *c) {
 }
 
 /* The token answer, shaped like an RFC 6749 section 5.1 response plus the
- * usage rule. Built per request from memory; no disk, no network. */
+ * usage rule. This is the hot path: rendered straight into one buffer from
+ * memory, no disk, no network, no JSON tree. */
 static char *token_json(Manager *m, const Connection *c) {
         const Provider *p = manager_provider(m, c);
         _cleanup_secret_ char *query = NULL;
         char **lines = NULL;
         size_t n = 0;
-        char b[32];
-        json_t *j, *h;
-        char *s;
+        StrBuf b = {};
+        char ts[32];
 
         if (!p || oauth_usage_headers(p, c->access_token, c->token_type, &lines, &n, &query) < 0)
                 return NULL;
-        j = json_pack("{s:s, s:s}", "access_token", c->access_token, "token_type",
-                      c->token_type ?: "Bearer");
-        if (j && c->expires_at > 0) {
-                json_object_set_new(j, "expires_in",
-                                    json_integer((json_int_t) (usec_sub(c->expires_at, now(CLOCK_REALTIME)) /
-                                                               USEC_PER_SEC)));
-                json_object_set_new(j, "expires_at", json_string(format_timestamp(b, sizeof b, c->expires_at)));
+        strbuf_puts(&b, "{\"access_token\":");
+        strbuf_json_string(&b, c->access_token);
+        strbuf_puts(&b, ",\"token_type\":");
+        strbuf_json_string(&b, c->token_type ?: "Bearer");
+        if (c->expires_at > 0)
+                strbuf_printf(&b, ",\"expires_in\":%" PRIu64 ",\"expires_at\":\"%s\"",
+                              usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC,
+                              format_timestamp(ts, sizeof ts, c->expires_at));
+        if (c->scope) {
+                strbuf_puts(&b, ",\"scope\":");
+                strbuf_json_string(&b, c->scope);
         }
-        if (j && c->scope)
-                json_object_set_new(j, "scope", json_string(c->scope));
-        if (j && n > 0) {
-                h = json_object();
-                for (size_t i = 0; h && i < n; i++) {
+        if (n > 0) {
+                strbuf_puts(&b, ",\"headers\":{");
+                for (size_t i = 0; i < n; i++) {
                         char *colon = strchr(lines[i], ':'), *v;
+
                         if (!colon)
                                 continue;
                         *colon = 0;
-                        v = colon + 1;
-                        while (*v == ' ')
-                                v++;
-                        json_object_set_new(h, lines[i], json_string(v));
+                        for (v = colon + 1; *v == ' '; v++)
+                                ;
+                        if (i > 0)
+                                strbuf_puts(&b, ",");
+                        strbuf_json_string(&b, lines[i]);
+                        strbuf_puts(&b, ":");
+                        strbuf_json_string(&b, v);
                 }
-                json_object_set_new(j, "headers", h);
+                strbuf_puts(&b, "}");
         }
-        if (j && query) {
+        if (query) {
                 char *eq = strchr(query, '=');
                 if (eq) {
                         *eq = 0;
-                        json_object_set_new(j, "query", json_pack("{s:s}", query, eq + 1));
+                        strbuf_puts(&b, ",\"query\":{");
+                        strbuf_json_string(&b, query);
+                        strbuf_puts(&b, ":");
+                        strbuf_json_string(&b, eq + 1);
+                        strbuf_puts(&b, "}");
                 }
         }
+        strbuf_puts(&b, "}");
         for (size_t i = 0; i < n; i++)
                 secret_free(lines[i]);
         free(lines);
-        s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        json_decref(j);   /* jansson does not wipe; tokens live in the process anyway */
-        return s;
+        return strbuf_steal(&b);
 }
 
 /* ---- routes ---------------------------------------------------------- */
@@ -808,7 +820,7 @@ int api_new(Manager *m, int fd, Api **ret) {
                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned) API_CONNECTIONS_MAX,
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
-                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) 128 * 1024,
+                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) API_CONNECTION_MEMORY,
                              MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, a,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                              MHD_OPTION_END);

@@ -229,22 +229,28 @@ static void id_list_parse(const char *s, unsigned *ids, unsigned *n) {
         }
 }
 
+/* Insert and the first save are one transaction: one fsync, and no
+ * half-written row can hold the name after a failure or a crash. */
 int store_connection_insert(Store *s, Connection *c) {
         sqlite3_stmt *st = s->stmt[STMT_INSERT];
         int r;
 
+        r = exec(s, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
         bind_text(st, 1, c->name);
         bind_text(st, 2, c->provider);
         bind_text(st, 3, conn_state_to_string(c->state));
         (void) sqlite3_bind_int64(st, 4, (sqlite3_int64) c->created_at);
         r = step_done(st);
-        if (r < 0)
-                return r;
-        c->id = sqlite3_last_insert_rowid(s->db);
-        r = store_connection_save(s, c);
+        if (r >= 0) {
+                c->id = sqlite3_last_insert_rowid(s->db);
+                r = store_connection_save(s, c);
+        }
+        if (r >= 0)
+                r = exec(s, "COMMIT");
         if (r < 0) {
-                /* Leave no half-written row behind to hold the name. */
-                (void) store_connection_delete(s, c->id);
+                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
                 c->id = 0;
         }
         return r;
