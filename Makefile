@@ -88,8 +88,16 @@ tests/node_modules/.package-lock.json: tests/package.json tests/package-lock.jso
 	cd tests && npm ci --no-audit --no-fund
 	@touch $@
 
-bench: all tests/node_modules/.package-lock.json
-	@bash tests/bench/run.sh
+$(BUILD)/bench/floor: tests/bench/floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(shell pkg-config --libs libmicrohttpd)
+
+$(BUILD)/bench/loadgen: tests/bench/loadgen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
+bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
+	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
 
 # ---- running and installing ------------------------------------------------
 
