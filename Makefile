@@ -43,7 +43,11 @@ LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql
 UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN)
+all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen
+
+$(BUILD)/tools/%: tests/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $<
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

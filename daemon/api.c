@@ -68,6 +68,7 @@ struct ApiRequest {
         char *response;
         const char *extra_header;
         char extra_value[32];
+        const char *content_type;   /* default application/json */
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -603,6 +604,111 @@ static void route_status(ApiRequest *r) {
         answer(r, 200, dump(j));
 }
 
+static int event_json(const StoreEvent *e, void *userdata) {
+        char b[32];
+
+        return json_array_append_new(userdata, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
+                                                         "at", format_timestamp(b, sizeof b, e->at),
+                                                         "connection", e->connection, "kind", e->kind ?: "",
+                                                         "message", e->message ?: "")) < 0
+                       ? -ENOMEM
+                       : 0;
+}
+
+static void route_events(ApiRequest *r) {
+        const char *conn = arg(r, "connection"), *lim = arg(r, "limit"), *before = arg(r, "before");
+        unsigned long limit = 100;
+        long long before_id = 0;
+        json_t *a = json_array();
+        int k;
+
+        if (conn && !connection_name_valid(conn))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid connection name");
+        if (lim) {
+                char *end;
+                limit = strtoul(lim, &end, 10);
+                if (*end || limit == 0 || limit > STORE_EVENTS_MAX)
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
+        }
+        if (before) {
+                char *end;
+                before_id = strtoll(before, &end, 10);
+                if (*end || before_id < 0)
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
+        }
+        if (!a)
+                return answer_error(r, 500, API_ERR_SERVER, "out of memory");
+        k = store_events_list(r->api->manager->store, conn, before_id, (unsigned) limit, event_json, a);
+        if (k < 0) {
+                json_decref(a);
+                return answer_error(r, 500, API_ERR_SERVER, "cannot read events");
+        }
+        answer(r, 200, dump(json_pack("{s:o}", "events", a)));
+}
+
+/* Prometheus text format 0.0.4. Every figure is a counter kept as things
+ * happen: a scrape never walks the connections. */
+static void route_metrics(ApiRequest *r) {
+        static const double bounds[] = LATENCY_BOUNDS;
+        Manager *m = r->api->manager;
+        StrBuf b = {};
+        usec_t earliest = manager_earliest_expiry(m);
+
+        strbuf_puts(&b, "# HELP tokenbroker_connections Connections by provider and state.\n"
+                        "# TYPE tokenbroker_connections gauge\n");
+        for (size_t i = 0; i < m->n_stats; i++)
+                for (int s = 0; s < _CONN_STATE_MAX; s++)
+                        strbuf_printf(&b, "tokenbroker_connections{provider=\"%s\",state=\"%s\"} %" PRIu64 "\n",
+                                      m->stats[i].name, conn_state_to_string(s), m->stats[i].n_state[s]);
+        strbuf_puts(&b, "# HELP tokenbroker_refreshes_total Refreshes by provider and outcome.\n"
+                        "# TYPE tokenbroker_refreshes_total counter\n");
+        for (size_t i = 0; i < m->n_stats; i++) {
+                const ProviderStats *ps = &m->stats[i];
+                strbuf_printf(&b, "tokenbroker_refreshes_total{provider=\"%s\",outcome=\"ok\"} %" PRIu64 "\n",
+                              ps->name, ps->refresh_ok);
+                strbuf_printf(&b, "tokenbroker_refreshes_total{provider=\"%s\",outcome=\"transient_error\"} %" PRIu64 "\n",
+                              ps->name, ps->refresh_transient);
+                strbuf_printf(&b, "tokenbroker_refreshes_total{provider=\"%s\",outcome=\"permanent_error\"} %" PRIu64 "\n",
+                              ps->name, ps->refresh_permanent);
+        }
+        strbuf_puts(&b, "# HELP tokenbroker_provider_request_duration_seconds Provider request latency.\n"
+                        "# TYPE tokenbroker_provider_request_duration_seconds histogram\n");
+        for (size_t i = 0; i < m->n_stats; i++) {
+                const ProviderStats *ps = &m->stats[i];
+                uint64_t cum = 0;
+                for (size_t k = 0; k < N_LATENCY_BOUNDS; k++) {
+                        cum += ps->latency_buckets[k];
+                        strbuf_printf(&b, "tokenbroker_provider_request_duration_seconds_bucket{provider=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+                                      ps->name, bounds[k], cum);
+                }
+                cum += ps->latency_buckets[N_LATENCY_BOUNDS];
+                strbuf_printf(&b, "tokenbroker_provider_request_duration_seconds_bucket{provider=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+                              ps->name, cum);
+                strbuf_printf(&b, "tokenbroker_provider_request_duration_seconds_sum{provider=\"%s\"} %.6f\n",
+                              ps->name, ps->latency_sum);
+                strbuf_printf(&b, "tokenbroker_provider_request_duration_seconds_count{provider=\"%s\"} %" PRIu64 "\n",
+                              ps->name, ps->latency_count);
+        }
+        strbuf_puts(&b, "# HELP tokenbroker_provider_requests_in_flight Provider requests in flight.\n"
+                        "# TYPE tokenbroker_provider_requests_in_flight gauge\n");
+        for (size_t i = 0; i < m->n_stats; i++)
+                strbuf_printf(&b, "tokenbroker_provider_requests_in_flight{provider=\"%s\"} %u\n", m->stats[i].name,
+                              m->stats[i].in_flight);
+        strbuf_printf(&b, "# HELP tokenbroker_tokens_served_total Tokens handed out.\n"
+                          "# TYPE tokenbroker_tokens_served_total counter\n"
+                          "tokenbroker_tokens_served_total %" PRIu64 "\n", m->tokens_served);
+        strbuf_puts(&b, "# HELP tokenbroker_earliest_expiry_seconds Seconds until the earliest access token expires.\n"
+                        "# TYPE tokenbroker_earliest_expiry_seconds gauge\n");
+        if (earliest > 0)
+                strbuf_printf(&b, "tokenbroker_earliest_expiry_seconds %.3f\n",
+                              ((double) earliest - (double) now(CLOCK_REALTIME)) / (double) USEC_PER_SEC);
+        strbuf_printf(&b, "# HELP tokenbroker_start_time_seconds Start time of the daemon since the epoch.\n"
+                          "# TYPE tokenbroker_start_time_seconds gauge\n"
+                          "tokenbroker_start_time_seconds %" PRIu64 "\n", m->started_at / USEC_PER_SEC);
+        r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+        answer(r, 200, strbuf_steal(&b));
+}
+
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
         const char *rest;
@@ -623,6 +729,18 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                 if (post)
                         return route_create(r);
                 return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+        }
+        if (streq(url, "/metrics")) {
+                if (!get)
+                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+                return route_metrics(r);
+        }
+        if (streq(url, "/v1/events")) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+                if (!get)
+                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+                return route_events(r);
         }
         if (streq(url, "/v1/providers") || streq(url, "/v1/status")) {
                 if (!r->peer->admin)
@@ -759,7 +877,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_NO;
         {
                 char *body = TAKE_PTR(r->response);
-                return mhd_respond(conn, r->status, "application/json", body, r->extra_header,
+                return mhd_respond(conn, r->status, r->content_type ?: "application/json", body, r->extra_header,
                                    r->extra_header ? r->extra_value : NULL);
         }
 }

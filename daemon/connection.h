@@ -32,6 +32,7 @@ typedef struct Connection {
         HashmapNode by_name;       /* Manager.connections, key = name */
         HashmapNode by_state;      /* Manager.pending, key = state_hash */
         bool pending_linked;
+        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         TimerEntry timer;          /* next refresh, or pending expiry */
         struct Connection *queue_next;  /* Manager's refresh queue */
         bool queued;

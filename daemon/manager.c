@@ -13,6 +13,7 @@
 #include "daemon/oauth.h"
 
 static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
+static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
 int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
@@ -54,6 +55,11 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         r = http_new(m->event, &m->http);
         if (r < 0)
                 return r;
+        r = sd_event_add_time(m->event, &m->status_timer, CLOCK_MONOTONIC, USEC_INFINITY, USEC_PER_SEC / 4,
+                              on_status, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_OFF);
 
         m->started_at = now(CLOCK_REALTIME);
         *ret = TAKE_PTR(m);
@@ -79,6 +85,12 @@ Manager *manager_free(Manager *m) {
                 hashmap_free(m->connections);
         }
         hashmap_free(m->pending);
+        free(m->expiry);
+        for (size_t i = 0; i < m->n_stats; i++)
+                free(m->stats[i].name);
+        free(m->stats);
+        sd_event_source_disable_unref(m->status_timer);
+        sd_event_source_disable_unref(m->stop_timer);
         http_free(m->http);
         timerwheel_free(m->wheel);
         sd_event_source_disable_unref(m->wheel_timer);
@@ -106,17 +118,173 @@ const Provider *manager_provider(Manager *m, const Connection *c) {
         return broker_config_find_provider(m->config, c->provider);
 }
 
+ProviderStats *manager_stats(Manager *m, const char *provider) {
+        ProviderStats *a;
+
+        /* A handful of providers: a linear search beats hashing. */
+        for (size_t i = 0; i < m->n_stats; i++)
+                if (streq(m->stats[i].name, provider))
+                        return &m->stats[i];
+        a = realloc(m->stats, sizeof(ProviderStats) * (m->n_stats + 1));
+        if (!a)
+                return NULL;
+        m->stats = a;
+        a = &m->stats[m->n_stats];
+        *a = (ProviderStats) { .name = strdup(provider) };
+        if (!a->name)
+                return NULL;
+        m->n_stats++;
+        return a;
+}
+
+static void count_state(Manager *m, const Connection *c, int delta) {
+        ProviderStats *ps = manager_stats(m, c->provider);
+
+        m->n_state[c->state] += (unsigned) delta;
+        if (ps)
+                ps->n_state[c->state] += (uint64_t) (int64_t) delta;
+        manager_status_changed(m);
+}
+
 void manager_set_state(Manager *m, Connection *c, ConnState s) {
         if (c->state == s)
                 return;
-        m->n_state[c->state]--;
-        m->n_state[s]++;
+        count_state(m, c, -1);
         c->state = s;
+        count_state(m, c, +1);
 }
 
+/* ---- expiry heap: the earliest expiry without a scan ----------------- */
+
+static usec_t expiry_key(const Connection *c) {
+        return c->expires_at;
+}
+
+static void heap_set(Manager *m, size_t i, Connection *c) {
+        m->expiry[i] = c;
+        c->expiry_idx = i;
+}
+
+static void heap_up(Manager *m, size_t i) {
+        Connection *c = m->expiry[i];
+
+        while (i > 0) {
+                size_t parent = (i - 1) / 2;
+                if (expiry_key(m->expiry[parent]) <= expiry_key(c))
+                        break;
+                heap_set(m, i, m->expiry[parent]);
+                i = parent;
+        }
+        heap_set(m, i, c);
+}
+
+static void heap_down(Manager *m, size_t i) {
+        Connection *c = m->expiry[i];
+
+        for (;;) {
+                size_t l = 2 * i + 1, r = l + 1, min = l;
+                if (l >= m->n_expiry)
+                        break;
+                if (r < m->n_expiry && expiry_key(m->expiry[r]) < expiry_key(m->expiry[l]))
+                        min = r;
+                if (expiry_key(m->expiry[min]) >= expiry_key(c))
+                        break;
+                heap_set(m, i, m->expiry[min]);
+                i = min;
+        }
+        heap_set(m, i, c);
+}
+
+static void heap_remove(Manager *m, Connection *c) {
+        size_t i = c->expiry_idx;
+        Connection *last;
+
+        if (i == SIZE_MAX || i >= m->n_expiry || m->expiry[i] != c)
+                return;
+        c->expiry_idx = SIZE_MAX;
+        last = m->expiry[--m->n_expiry];
+        if (i == m->n_expiry)
+                return;
+        heap_set(m, i, last);
+        heap_up(m, i);
+        heap_down(m, last->expiry_idx);
+}
+
+void manager_expiry_update(Manager *m, Connection *c) {
+        bool want = c->access_token && c->expires_at > 0;
+        bool have = c->expiry_idx != SIZE_MAX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
+
+        if (!want) {
+                if (have)
+                        heap_remove(m, c);
+                return;
+        }
+        if (have) {
+                heap_up(m, c->expiry_idx);
+                heap_down(m, c->expiry_idx);
+                return;
+        }
+        if (m->n_expiry == m->expiry_cap) {
+                size_t cap = MAX(m->expiry_cap * 2, (size_t) 64);
+                Connection **a = realloc(m->expiry, sizeof(Connection *) * cap);
+                if (!a)
+                        return;   /* metrics only: degrade, don't fail */
+                m->expiry = a;
+                m->expiry_cap = cap;
+        }
+        m->expiry[m->n_expiry] = c;
+        c->expiry_idx = m->n_expiry++;
+        heap_up(m, c->expiry_idx);
+}
+
+usec_t manager_earliest_expiry(Manager *m) {
+        return m->n_expiry > 0 ? m->expiry[0]->expires_at : 0;
+}
+
+/* ---- sd_notify STATUS=, at most once a second ------------------------- */
+
+static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Manager *m = userdata;
+        usec_t next = timerwheel_next(m->wheel), t = now(CLOCK_MONOTONIC);
+        char when[64] = "none";
+
+        if (next != USEC_INFINITY)
+                snprintf(when, sizeof when, "in %" PRIu64 "s", usec_sub(next, t) / USEC_PER_SEC);
+        (void) sd_notifyf(false, "STATUS=%u active, %u pending, %u need re-authorization; next wake-up %s",
+                          m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING], m->n_state[CONN_NEEDS_REAUTH],
+                          when);
+        return 0;
+}
+
+void manager_status_changed(Manager *m) {
+        int enabled = SD_EVENT_OFF;
+
+        if (!m->status_timer || !getenv("NOTIFY_SOCKET"))
+                return;
+        if (sd_event_source_get_enabled(m->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
+                return;   /* already due */
+        (void) sd_event_source_set_time(m->status_timer, usec_add(now(CLOCK_MONOTONIC), USEC_PER_SEC));
+        (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ONESHOT);
+}
+
+/* journalctl MESSAGE_ID=… finds every event of one kind. */
+static const struct {
+        const char *kind;
+        const char *id;
+} message_ids[] = {
+        { "authorized", "a57a4b2153f547a8a43544b2ef5c816d" },
+        { "refresh-failed", "ae4abddc67354c62b6d1b2c7d44fcdd6" },
+        { "needs-reauth", "39f4619f01e445cf94817fd72466c228" },
+        { "recovered", "c0a8ef0aeccc410dbb5e6817228e9666" },
+        { "revoked", "0a8c1ce3453c48c78dd239e1269d4ef8" },
+        { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
+        { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
+};
+
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
-        char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64];
-        const char *fields[4] = {};
+        char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
+        const char *fields[5] = {};
+        size_t n = 0;
         va_list ap;
         int r;
 
@@ -127,12 +295,18 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
         if (c) {
                 snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
                 snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", c->provider);
-                fields[0] = f_conn;
-                fields[1] = f_prov;
+                fields[n++] = f_conn;
+                fields[n++] = f_prov;
         }
         snprintf(f_ev, sizeof f_ev, "TOKENBROKER_EVENT=%s", kind);
-        fields[c ? 2 : 0] = f_ev;
-        log_fields(LOG_INFO, fields, "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
+        fields[n++] = f_ev;
+        for (size_t i = 0; i < ELEMENTSOF(message_ids); i++)
+                if (streq(message_ids[i].kind, kind)) {
+                        snprintf(f_id, sizeof f_id, "MESSAGE_ID=%s", message_ids[i].id);
+                        fields[n++] = f_id;
+                }
+        log_fields(streq(kind, "needs-reauth") || streq(kind, "refresh-failed") ? LOG_WARNING : LOG_INFO, fields,
+                   "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
 
         r = store_event_add(m->store, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg);
         if (r < 0)
@@ -208,7 +382,9 @@ static int manager_link(Manager *m, Connection *c) {
                 return r;
         }
         c->manager = m;
-        m->n_state[c->state]++;
+        c->expiry_idx = SIZE_MAX;
+        count_state(m, c, +1);
+        manager_expiry_update(m, c);
         return 0;
 }
 
@@ -221,7 +397,8 @@ int manager_remove(Manager *m, Connection *c) {
         refresher_cancel(m, c);
         hashmap_remove_node(m->connections, &c->by_name);
         manager_pending_unlink(m, c);
-        m->n_state[c->state]--;
+        count_state(m, c, -1);
+        heap_remove(m, c);
         connection_free(c);
         manager_wheel_rearm(m);
         return 0;
@@ -365,17 +542,87 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
 
 /* ---- life cycle ----------------------------------------------------- */
 
-static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+/* Stops once no provider request is in flight, or after a bound: an
+ * answer already on its way may carry a rotated refresh token. */
+#define STOP_GRACE (10 * USEC_PER_SEC)
+
+void manager_maybe_exit(Manager *m) {
+        if (m->stopping && m->refreshing == 0)
+                (void) sd_event_exit(m->event, 0);
+}
+
+static int on_stop_timeout(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Manager *m = userdata;
+
+        log_warning("%u provider requests still in flight after %" PRIu64 " s, abandoning them.",
+                    m->refreshing, STOP_GRACE / USEC_PER_SEC);
+        return sd_event_exit(m->event, 0);
+}
+
+int manager_reload(Manager *m) {
+        BrokerConfig *fresh = NULL;
+        ConfError err = {};
+        int r;
+
+        (void) sd_notifyf(false, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now(CLOCK_MONOTONIC));
+        r = broker_config_load(m->config_path, &fresh, &err);
+        if (r < 0) {
+                log_error("Reload failed, keeping the running configuration: %s", err.msg);
+                (void) sd_notify(false, "READY=1\nSTATUS=Reload failed; running configuration kept.");
+                manager_status_changed(m);
+                return r;
+        }
+        if (!streq(fresh->socket, m->config->socket) || !streq(fresh->callback_listen, m->config->callback_listen) ||
+            !streq(fresh->state_dir, m->config->state_dir))
+                log_notice("socket, callback_listen and state_dir take effect at the next restart.");
+        /* Everything that holds a provider looks it up by name when it
+         * needs it, so the old configuration can go at once. */
+        free(fresh->socket);
+        fresh->socket = strdup(m->config->socket);
+        free(fresh->callback_listen);
+        fresh->callback_listen = strdup(m->config->callback_listen);
+        free(fresh->state_dir);
+        fresh->state_dir = strdup(m->config->state_dir);
+        if (!fresh->socket || !fresh->callback_listen || !fresh->state_dir) {
+                broker_config_free(fresh);
+                (void) sd_notify(false, "READY=1");
+                return log_oom();
+        }
+        broker_config_free(m->config);
+        m->config = fresh;
+        {
+                char *redirect = NULL;
+                if (broker_config_redirect_uri(fresh, &redirect) >= 0) {
+                        free(m->redirect_uri);
+                        m->redirect_uri = redirect;
+                }
+        }
+        log_info("Reloaded %s: %zu providers.", m->config_path, fresh->n_providers);
+        (void) sd_notify(false, "READY=1");
+        manager_status_changed(m);
+        return 0;
+}
+
+static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
 
         if (si->ssi_signo == SIGHUP) {
-                log_info("SIGHUP received; configuration reload is not implemented yet, ignoring.");
+                (void) manager_reload(m);
                 return 0;
         }
+        if (m->stopping)
+                return 0;
         log_info("Received %s, shutting down.", strsignal((int) si->ssi_signo));
         (void) sd_notify(false, "STOPPING=1");
-        return sd_event_exit(sd_event_source_get_event(s), 0);
-        (void) m;
+        m->stopping = true;
+        if (m->refreshing > 0) {
+                log_info("Waiting up to %" PRIu64 " s for %u provider requests in flight.",
+                         STOP_GRACE / USEC_PER_SEC, m->refreshing);
+                (void) sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC, STOP_GRACE, 0,
+                                                  on_stop_timeout, m);
+        }
+        manager_maybe_exit(m);
+        return 0;
 }
 
 static int mkdir_p(const char *path, mode_t mode) {

@@ -13,6 +13,22 @@
 typedef struct Api Api;
 typedef struct Callback Callback;
 
+/* Prometheus histogram bounds for provider request latency, seconds. */
+#define LATENCY_BOUNDS { 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
+#define N_LATENCY_BOUNDS 10
+
+/* Per-provider counters, kept up to date as things happen so that
+ * /metrics never walks the connections. */
+typedef struct ProviderStats {
+        char *name;
+        uint64_t n_state[_CONN_STATE_MAX];
+        uint64_t refresh_ok, refresh_transient, refresh_permanent;
+        uint64_t latency_buckets[N_LATENCY_BOUNDS + 1];
+        double latency_sum;
+        uint64_t latency_count;
+        unsigned in_flight;
+} ProviderStats;
+
 /* Deadlines are kept at this granularity: refreshes are planned minutes
  * ahead, so a tenth of a second is plenty and keeps the wheel shallow. */
 #define WHEEL_TICK (100 * USEC_PER_MSEC)
@@ -44,6 +60,17 @@ struct Manager {
 
         sd_event_source *sigterm, *sigint, *sighup;
 
+        /* min-heap of connections by access token expiry (for metrics) */
+        Connection **expiry;
+        size_t n_expiry, expiry_cap;
+
+        ProviderStats *stats;
+        size_t n_stats;
+
+        sd_event_source *status_timer;
+        sd_event_source *stop_timer;
+        bool stopping;
+
         usec_t started_at;
         uint64_t tokens_served;
         uint64_t refresh_ok, refresh_failed;
@@ -58,6 +85,15 @@ int manager_startup(Manager *m);
 int manager_run(Manager *m);
 
 Connection *manager_get(Manager *m, const char *name);
+ProviderStats *manager_stats(Manager *m, const char *provider);
+/* Keeps the expiry heap in step with c->expires_at / c->access_token. */
+void manager_expiry_update(Manager *m, Connection *c);
+usec_t manager_earliest_expiry(Manager *m);
+/* Marks the sd_notify STATUS= line stale; sent at most once a second. */
+void manager_status_changed(Manager *m);
+int manager_reload(Manager *m);
+/* Called when a provider request finishes; may end a graceful stop. */
+void manager_maybe_exit(Manager *m);
 const Provider *manager_provider(Manager *m, const Connection *c);
 
 /* Bookkeeping when a connection changes state; keeps counters right. */

@@ -96,8 +96,11 @@ static void op_free(Connection *c) {
 
 void refresher_cancel(Manager *m, Connection *c) {
         if (c->inflight) {
+                ProviderStats *ps = manager_stats(m, c->provider);
                 op_free(c);
                 m->refreshing--;
+                if (ps)
+                        ps->in_flight--;
         }
         queue_remove(m, c);
         timerwheel_cancel(m->wheel, &c->timer);
@@ -209,6 +212,11 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
         }
         c->inflight = req;
         m->refreshing++;
+        {
+                ProviderStats *ps = manager_stats(m, c->provider);
+                if (ps)
+                        ps->in_flight++;
+        }
         return 0;
 }
 
@@ -273,6 +281,8 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
 
         if (c->revoke_waiter)
                 return -EBUSY;
+        if (m->stopping)
+                return -ESHUTDOWN;
         if (c->inflight || c->queued) {
                 add_waiter(c, w);   /* single-flight: join the one running */
                 return 0;
@@ -361,6 +371,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 return log_error_errno(r, "%s: failed to store new tokens: %s", c->name,
                                        store_last_error(m->store));
         }
+        manager_expiry_update(m, c);
         secret_free(old.access_token);
         if (old.refresh_token != c->refresh_token)
                 secret_free(old.refresh_token);
@@ -379,22 +390,31 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
         OAuthOutcome o;
         int r;
 
+        ProviderStats *ps = manager_stats(m, c->provider);
+
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
         if (!p)
                 error = strdup("provider is no longer configured");
 
         if (o == OAUTH_OK) {
-                bool was = c->state != CONN_ACTIVE;
+                ConnState before = c->state;
+                unsigned failures = c->failures;
 
                 r = apply_tokens(m, c, &t, req);
                 token_set_done(&t);
                 if (r >= 0) {
                         m->refresh_ok++;
-                        if (was) {
+                        if (ps)
+                                ps->refresh_ok++;
+                        if (before != CONN_ACTIVE) {
                                 manager_set_state(m, c, CONN_ACTIVE);
                                 (void) save(m, c);
-                                manager_event(m, c, "active", "connection is active");
-                        }
+                                if (before == CONN_NEEDS_REAUTH)
+                                        manager_event(m, c, "recovered", "connection works again");
+                                else
+                                        manager_event(m, c, "active", "connection is active");
+                        } else if (failures > 0)
+                                manager_event(m, c, "recovered", "refresh works again after %u failures", failures);
                         log_debug("%s: refreshed, expires in %" PRIu64 " s.", c->name,
                                   c->expires_at ? usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC
                                                 : 0);
@@ -407,6 +427,12 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
         }
 
         m->refresh_failed++;
+        if (ps) {
+                if (o == OAUTH_PERMANENT)
+                        ps->refresh_permanent++;
+                else
+                        ps->refresh_transient++;
+        }
         set_last_error(c, error);
         if (o == OAUTH_PERMANENT) {
                 manager_set_state(m, c, CONN_NEEDS_REAUTH);
@@ -599,6 +625,21 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         c->inflight = NULL;
         m->refreshing--;
         free(op);
+        {
+                static const double bounds[] = LATENCY_BOUNDS;
+                ProviderStats *ps = manager_stats(m, c->provider);
+                double secs = (double) req->duration / (double) USEC_PER_SEC;
+                size_t b = 0;
+
+                if (ps) {
+                        ps->in_flight--;
+                        while (b < N_LATENCY_BOUNDS && secs > bounds[b])
+                                b++;
+                        ps->latency_buckets[b]++;
+                        ps->latency_sum += secs;
+                        ps->latency_count++;
+                }
+        }
 
         switch (kind) {
         case OP_REFRESH:
@@ -614,4 +655,5 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         http_request_free(req);
         drain_queue(m);
         manager_wheel_rearm(m);
+        manager_maybe_exit(m);
 }

@@ -403,3 +403,36 @@ int store_event_add(Store *s, usec_t at, const char *connection, const char *kin
         }
         return r;
 }
+
+int store_events_list(Store *s, const char *connection, int64_t before_id, unsigned limit,
+                      int (*fn)(const StoreEvent *e, void *userdata), void *userdata) {
+        static const char sql[] =
+                "SELECT id, at, connection, kind, message FROM events "
+                "WHERE (?1 IS NULL OR connection = ?1) AND (?2 <= 0 OR id < ?2) "
+                "ORDER BY id DESC LIMIT ?3";
+        sqlite3_stmt *st = NULL;
+        int rc, r = 0;
+
+        rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        bind_text(st, 1, connection);
+        (void) sqlite3_bind_int64(st, 2, before_id);
+        (void) sqlite3_bind_int64(st, 3, limit);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                StoreEvent e = {
+                        .id = sqlite3_column_int64(st, 0),
+                        .at = (usec_t) sqlite3_column_int64(st, 1),
+                        .connection = (const char *) sqlite3_column_text(st, 2),
+                        .kind = (const char *) sqlite3_column_text(st, 3),
+                        .message = (const char *) sqlite3_column_text(st, 4),
+                };
+                r = fn(&e, userdata);
+                if (r < 0)
+                        break;
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_to_errno(rc);
+        sqlite3_finalize(st);
+        return r;
+}

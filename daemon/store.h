@@ -33,3 +33,15 @@ int store_connection_delete(Store *s, int64_t id);
 
 #define STORE_EVENTS_MAX 10000
 int store_event_add(Store *s, usec_t at, const char *connection, const char *kind, const char *message);
+
+typedef struct StoreEvent {
+        int64_t id;
+        usec_t at;
+        const char *connection;   /* NULL for broker-wide events */
+        const char *kind;
+        const char *message;
+} StoreEvent;
+
+/* Newest first; before_id > 0 pages back from there. */
+int store_events_list(Store *s, const char *connection, int64_t before_id, unsigned limit,
+                      int (*fn)(const StoreEvent *e, void *userdata), void *userdata);

@@ -406,6 +406,58 @@ static int do_revoke(int argc _unused_, char **argv) {
         return EXIT_OK;
 }
 
+static int do_events(int argc, char **argv) {
+        static const struct option options[] = { { "limit", required_argument, NULL, 'l' }, {} };
+        const char *limit = "50", *name = NULL;
+        char path[256];
+        json_t *a, *e;
+        size_t i;
+        Reply r;
+        int c, k;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                if (c != 'l')
+                        return EXIT_USAGE;
+                limit = optarg;
+        }
+        if (optind < argc - 1) {
+                fprintf(stderr, "tokenctl: usage: tokenctl events [NAME] [--limit N]\n");
+                return EXIT_USAGE;
+        }
+        if (optind == argc - 1) {
+                name = argv[optind];
+                if (!name_ok(name))
+                        return EXIT_USAGE;
+        }
+        for (const char *p = limit; *p; p++)
+                if (*p < '0' || *p > '9') {
+                        fprintf(stderr, "tokenctl: --limit takes a number\n");
+                        return EXIT_USAGE;
+                }
+        if (name)
+                snprintf(path, sizeof path, "/v1/events?connection=%s&limit=%s", name, limit);
+        else
+                snprintf(path, sizeof path, "/v1/events?limit=%s", limit);
+        k = call_ok("GET", path, NULL, &r);
+        if (k)
+                return k;
+        a = json_object_get(r.json, "events");
+        if (arg_json)
+                print_json(a);
+        else {
+                /* oldest first, like a log */
+                printf("%-20s %-24s %-22s %s\n", "TIME", "CONNECTION", "EVENT", "MESSAGE");
+                for (i = json_array_size(a); i > 0; i--) {
+                        e = json_array_get(a, i - 1);
+                        printf("%-20s %-24s %-22s %s\n", jstr(e, "at") ?: "", jstr(e, "connection") ?: "-",
+                               jstr(e, "kind") ?: "", jstr(e, "message") ?: "");
+                }
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
 static volatile sig_atomic_t interrupted = 0;
 static void on_sigint(int sig _unused_) {
         interrupted = 1;
@@ -575,6 +627,7 @@ static const Verb verbs[] = {
         { "header", "NAME", "print the request header line(s) to send with the token", 1, 1, do_header },
         { "refresh", "NAME", "refresh the tokens now", 1, 1, do_refresh },
         { "revoke", "NAME", "revoke at the provider and delete", 1, 1, do_revoke },
+        { "events", "[NAME] [--limit N]", "recent events, of one connection or all", 0, 3, do_events },
 };
 
 static void help(FILE *f) {

@@ -171,6 +171,8 @@ class Broker {
     delete env.NOTIFY_SOCKET;
     delete env.LISTEN_FDS;
     delete env.LISTEN_PID;
+    delete env.WATCHDOG_USEC;
+    Object.assign(env, this.opts.env ?? {});
     const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', this.confPath], { stdio: ['ignore', log, log], env });
     fs.closeSync(log);
     this.proc = p;
