@@ -117,7 +117,6 @@ static json_t *id_array(const unsigned *ids, unsigned n) {
 
 static json_t *connection_json(Manager *m, const Connection *c) {
         char b1[32], b2[32], b3[32], b4[32], b5[32];
-        usec_t t = now(CLOCK_REALTIME);
         json_t *j;
 
         j = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s?, s:s?, s:b, s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:o, s:o, s:s?}",
@@ -139,7 +138,7 @@ static json_t *connection_json(Manager *m, const Connection *c) {
                       "allow_groups", id_array((const unsigned *) c->allow_groups, c->n_allow_groups),
                       "authorization_pending_until", c->state_hash ? iso(b5, c->pending_until) : NULL);
         if (j && c->access_token && c->expires_at > 0)
-                json_object_set_new(j, "expires_in", json_integer((json_int_t) (usec_sub(c->expires_at, t) / USEC_PER_SEC)));
+                json_object_set_new(j, "expires_in", json_integer((json_int_t) (connection_ttl(c) / USEC_PER_SEC)));
         if (j && c->inflight)
                 json_object_set_new(j, "refreshing", json_true());
         (void) m;
@@ -165,7 +164,7 @@ static char *token_json(Manager *m, const Connection *c) {
         strbuf_json_string(&b, c->token_type ?: "Bearer");
         if (c->expires_at > 0)
                 strbuf_printf(&b, ",\"expires_in\":%" PRIu64 ",\"expires_at\":\"%s\"",
-                              usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC,
+                              connection_ttl(c) / USEC_PER_SEC,
                               format_timestamp(ts, sizeof ts, c->expires_at));
         if (c->scope) {
                 strbuf_puts(&b, ",\"scope\":");
@@ -258,7 +257,7 @@ static void resume(ApiRequest *r) {
 /* Answers a token request from what the connection holds now. */
 static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
         Manager *m = r->api->manager;
-        usec_t ttl = connection_ttl(c, now(CLOCK_REALTIME));
+        usec_t ttl = connection_ttl(c);
         char *s;
 
         if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
@@ -272,7 +271,7 @@ static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
         /* A still-valid token is served even when a refresh for min_ttl
          * failed: the client asked for more life, not for an outage. */
         if (ttl == 0) {
-                usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(CLOCK_MONOTONIC)) : 0;
+                usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0;
                 answer_unavailable(r, c->last_error ?: "no valid token; provider unreachable", retry);
                 return;
         }
@@ -307,7 +306,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                         answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
                 else
                         answer_unavailable(r, c->last_error ?: "refresh failed",
-                                           c->retry_at ? usec_sub(c->retry_at, now(CLOCK_MONOTONIC)) : 0);
+                                           c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0);
                 break;
         case ROUTE_REVOKE: {
                 Manager *m = r->api->manager;
@@ -358,7 +357,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 answer_token(r, c, 0);
                 return;
         }
-        ttl = connection_ttl(c, now(CLOCK_REALTIME));
+        ttl = connection_ttl(c);
         if (route == ROUTE_TOKEN && c->access_token && ttl > 0 && ttl >= min_ttl) {
                 answer_token(r, c, 0);   /* the hot path: from memory */
                 return;
@@ -370,11 +369,11 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         }
         /* During a transient outage, don't pile more requests onto the
          * provider: serve what is still valid until the retry is due. */
-        if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC) && c->access_token && ttl > 0) {
+        if (route == ROUTE_TOKEN && c->retry_at > now(DEADLINE_CLOCK) && c->access_token && ttl > 0) {
                 answer_token(r, c, 0);
                 return;
         }
-        if (route == ROUTE_TOKEN && c->retry_at > now(CLOCK_MONOTONIC)) {
+        if (route == ROUTE_TOKEN && c->retry_at > now(DEADLINE_CLOCK)) {
                 answer_token(r, c, 0);   /* expired: 503 with Retry-After */
                 return;
         }
@@ -582,7 +581,7 @@ static void route_providers(ApiRequest *r) {
 
 static void route_status(ApiRequest *r) {
         Manager *m = r->api->manager;
-        usec_t next = manager_next_refresh(m), t = now(CLOCK_MONOTONIC);
+        usec_t next = manager_next_refresh(m), t = now(DEADLINE_CLOCK);
         char b[32];
         json_t *j;
 

@@ -40,8 +40,16 @@ Connection *connection_free(Connection *c) {
         return NULL;
 }
 
-usec_t connection_ttl(const Connection *c, usec_t t) {
+usec_t deadline_from_realtime(usec_t rt) {
+        usec_t n_rt = now(CLOCK_REALTIME), n = now(DEADLINE_CLOCK);
+
+        if (rt >= n_rt)
+                return usec_add(n, rt - n_rt);
+        return usec_sub(n, n_rt - rt);
+}
+
+usec_t connection_ttl(const Connection *c) {
         if (c->expires_at == 0)
                 return USEC_INFINITY;
-        return usec_sub(c->expires_at, t);
+        return usec_sub(c->expires_deadline, now(DEADLINE_CLOCK));
 }

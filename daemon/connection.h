@@ -51,6 +51,7 @@ typedef struct Connection {
         char *identity;
         char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
+        usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
         uint64_t refreshes;
@@ -77,5 +78,13 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);
-/* Seconds of life left at realtime t; USEC_INFINITY when it never expires. */
-usec_t connection_ttl(const Connection *c, usec_t t);
+/* Deadlines (refresh, retry, expiry) run on CLOCK_BOOTTIME: it neither
+ * jumps with the wall clock nor stops during a suspend, so neither can make
+ * the broker hand out an expired token or stampede the provider. */
+#define DEADLINE_CLOCK CLOCK_BOOTTIME
+
+/* A realtime instant as seen on DEADLINE_CLOCK now. */
+usec_t deadline_from_realtime(usec_t rt);
+
+/* Life left now; USEC_INFINITY when it never expires, 0 when expired. */
+usec_t connection_ttl(const Connection *c);

@@ -42,10 +42,10 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         r = hashmap_new(&m->pending);
         if (r < 0)
                 return r;
-        r = timerwheel_new(&m->wheel, WHEEL_TICK, now(CLOCK_MONOTONIC));
+        r = timerwheel_new(&m->wheel, WHEEL_TICK, now(DEADLINE_CLOCK));
         if (r < 0)
                 return r;
-        r = sd_event_add_time(m->event, &m->wheel_timer, CLOCK_MONOTONIC, USEC_INFINITY, 1, on_wheel, m);
+        r = sd_event_add_time(m->event, &m->wheel_timer, DEADLINE_CLOCK, USEC_INFINITY, 1, on_wheel, m);
         if (r < 0)
                 return r;
         (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_OFF);
@@ -245,7 +245,7 @@ usec_t manager_earliest_expiry(Manager *m) {
 
 static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
         Manager *m = userdata;
-        usec_t next = timerwheel_next(m->wheel), t = now(CLOCK_MONOTONIC);
+        usec_t next = timerwheel_next(m->wheel), t = now(DEADLINE_CLOCK);
         char when[64] = "none";
 
         if (next != USEC_INFINITY)
@@ -340,7 +340,7 @@ static int on_wheel(sd_event_source *s _unused_, uint64_t usec _unused_, void *u
         Manager *m = userdata;
 
         m->wheel_armed = USEC_INFINITY;
-        (void) timerwheel_advance(m->wheel, now(CLOCK_MONOTONIC), on_wheel_entry, m);
+        (void) timerwheel_advance(m->wheel, now(DEADLINE_CLOCK), on_wheel_entry, m);
         manager_wheel_rearm(m);
         return 0;
 }
@@ -408,6 +408,7 @@ static int load_one(Connection *c, void *userdata) {
         Manager *m = userdata;
         int r;
 
+        c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
         r = manager_link(m, c);
         if (r < 0) {
                 connection_free(c);
@@ -643,6 +644,54 @@ static int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
+/* The key first (a credential, else the key file, created on first start),
+ * then the database, which checks it before any row is read. */
+static int manager_open_store(Manager *m, const char *db) {
+        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
+        _cleanup_free_ char *path = NULL;
+        bool credential = false, created = false;
+        const char *what;
+        int r;
+
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the encryption key: %m");
+        what = credential ? "credential" : "key file";
+        r = crypt_key_load(path, !credential, &key, &created);
+        if (r == -EPERM)
+                return log_error_errno(r, "Encryption key %s '%s' is accessible by group or others: "
+                                       "refusing to use it (chmod 0600).", what, path);
+        if (r == -EBADMSG)
+                return log_error_errno(r, "Encryption key %s '%s' is not %d bytes long: refusing to use it.",
+                                       what, path, CRYPT_KEY_SIZE);
+        if (r == -EBADF)
+                return log_error_errno(r, "Encryption key %s '%s' is not a regular file: refusing to use it.",
+                                       what, path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load encryption key %s '%s': %m", what, path);
+
+        r = store_open(db, key, &m->store);
+        if (r == -EKEYREJECTED) {
+                /* A key made just now cannot be the right one: do not leave
+                 * it behind to be mistaken for it. */
+                if (created)
+                        (void) unlink(path);
+                return log_error_errno(r, "%s was sealed with another key (%s %s%s): refusing to start.", db,
+                                       what, path, created ? ", which was missing" : "");
+        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to open database '%s': %m", db);
+        if (created)
+                log_notice("Created encryption key file '%s'. Keep a copy: the tokens in '%s' cannot be read "
+                           "without it.", path, db);
+        else
+                log_debug("Encryption key from %s '%s'.", what, path);
+        if (r > 0)
+                log_notice("Sealed the secrets of %d connection%s in '%s' (encryption at rest).", r,
+                           r == 1 ? "" : "s", db);
+        return 0;
+}
+
 int manager_startup(Manager *m) {
         _cleanup_free_ char *db = NULL, *sockdir = NULL;
         sigset_t mask;
@@ -665,9 +714,9 @@ int manager_startup(Manager *m) {
                 return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
         if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
                 return log_oom();
-        r = store_open(db, &m->store);
+        r = manager_open_store(m, db);
         if (r < 0)
-                return log_error_errno(r, "Failed to open database '%s': %m", db);
+                return r;
         (void) chmod(db, 0600);
 
         r = store_load_connections(m->store, load_one, m);

@@ -31,13 +31,6 @@ typedef struct Op {
         unsigned revoke_step;
 } Op;
 
-static usec_t rt_to_mono(usec_t rt) {
-        usec_t n_rt = now(CLOCK_REALTIME), n_mono = now(CLOCK_MONOTONIC);
-
-        if (rt >= n_rt)
-                return usec_add(n_mono, rt - n_rt);
-        return usec_sub(n_mono, n_rt - rt);
-}
 
 static void wake_waiters(Connection *c, int result) {
         /* Waiters may add new waiters or free themselves: detach first. */
@@ -107,7 +100,7 @@ void refresher_cancel(Manager *m, Connection *c) {
         wake_waiters(c, -ECANCELED);
 }
 
-/* When the next refresh is due, in realtime; USEC_INFINITY for never. */
+/* When the next refresh is due, on DEADLINE_CLOCK; USEC_INFINITY for never. */
 static usec_t refresh_due(Manager *m, const Connection *c) {
         usec_t lifetime, margin, jitter;
 
@@ -122,7 +115,7 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
         jitter = MIN(m->config->refresh_jitter, lifetime / 10);
         if (jitter > 0)
                 margin += random_u64() % jitter;
-        return usec_sub(c->expires_at, margin);
+        return usec_sub(c->expires_deadline, margin);
 }
 
 void refresher_schedule(Manager *m, Connection *c) {
@@ -133,15 +126,12 @@ void refresher_schedule(Manager *m, Connection *c) {
         if (c->retry_at > 0)
                 due = c->retry_at;   /* already monotonic */
         else if (c->state_hash && c->pending_until > 0 && c->state == CONN_PENDING)
-                due = rt_to_mono(c->pending_until);
-        else if (c->state == CONN_ACTIVE) {
-                usec_t rt = refresh_due(m, c);
-                if (rt != USEC_INFINITY)
-                        due = rt_to_mono(rt);
-        }
+                due = deadline_from_realtime(c->pending_until);
+        else if (c->state == CONN_ACTIVE)
+                due = refresh_due(m, c);
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
-                due = MIN(due, rt_to_mono(c->pending_until));
+                due = MIN(due, deadline_from_realtime(c->pending_until));
 
         if (due == USEC_INFINITY)
                 timerwheel_cancel(m->wheel, &c->timer);
@@ -189,7 +179,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
                 (void) save(m, c);
         }
         c->retry_at = 0;
-        if (c->state == CONN_ACTIVE && refresh_due(m, c) <= t + WHEEL_TICK)
+        if (c->state == CONN_ACTIVE && refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);
@@ -339,6 +329,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
         if (t->scope)
                 c->scope = TAKE_PTR(t->scope);
         c->expires_at = t->expires_at;
+        c->expires_deadline = t->expires_at ? deadline_from_realtime(t->expires_at) : 0;
         c->obtained_at = req->sent_at;
         c->last_refresh_at = now(CLOCK_REALTIME);
         c->last_error = NULL;
@@ -357,6 +348,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 c->token_type = old.token_type;
                 c->scope = old.scope;
                 c->expires_at = old.expires_at;
+                c->expires_deadline = old.expires_deadline;
                 c->obtained_at = old.obtained_at;
                 c->last_refresh_at = old.last_refresh_at;
                 c->last_error = old.last_error;
@@ -445,7 +437,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         c->failures++;
-        c->retry_at = usec_add(now(CLOCK_MONOTONIC), backoff_delay(c, req));
+        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(c, req));
         manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): %s", c->failures,
                       strempty(error));
         (void) save(m, c);

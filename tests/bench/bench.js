@@ -83,7 +83,7 @@ async function main() {
 
     // 3. The floor: same body size, same MHD mode.
     const floorSock = path.join(tmp, 'floor.sock');
-    floor = spawn(path.join(BUILD, 'bench', 'floor'), [floorSock, String(bodyBytes)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    floor = spawn(path.join(BUILD, 'bench', 'floor'), [floorSock, String(bodyBytes)], { stdio: ['ignore', 'ignore', 'ignore'] });
     await waitFor(() => fs.existsSync(floorSock), { timeoutMs: 5000, what: 'the floor socket' });
 
     const results = {};

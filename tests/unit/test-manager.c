@@ -164,7 +164,7 @@ TEST(refresh_is_scheduled_ahead_of_expiry) {
         Manager *m = manager_setup();
         _cleanup_free_ char *url = NULL;
         Connection *c = authorize(m, "alice", &url);
-        usec_t rt = now(CLOCK_REALTIME), mono = now(CLOCK_MONOTONIC), expected;
+        usec_t rt = now(CLOCK_REALTIME), mono = now(DEADLINE_CLOCK), expected;
 
         manager_pending_unlink(m, c);
         c->state_hash = mfree(c->state_hash);
@@ -173,6 +173,7 @@ TEST(refresh_is_scheduled_ahead_of_expiry) {
         c->refresh_token = strdup("rt");
         c->obtained_at = rt;
         c->expires_at = rt + 3600 * USEC_PER_SEC;
+        c->expires_deadline = deadline_from_realtime(c->expires_at);
         refresher_schedule(m, c);
         CHECK(timerwheel_entry_armed(&c->timer));
         /* max(60 s, 0.1 x 3600 s) = 360 s before expiry, minus up to 5 s jitter */
@@ -182,9 +183,13 @@ TEST(refresh_is_scheduled_ahead_of_expiry) {
 
         /* a margin longer than half the lifetime is capped at half */
         c->expires_at = rt + 30 * USEC_PER_SEC;
+        c->expires_deadline = deadline_from_realtime(c->expires_at);
         refresher_schedule(m, c);
         CHECK(c->timer.deadline <= mono + 16 * USEC_PER_SEC);
         CHECK(c->timer.deadline >= mono + 11 * USEC_PER_SEC);
+
+        /* the deadline clock, not the wall clock, decides */
+        CHECK(c->timer.deadline > now(DEADLINE_CLOCK));
 
         /* never expires: nothing scheduled */
         c->expires_at = 0;
