@@ -60,6 +60,7 @@ struct ApiRequest {
         ApiRequest *next, *prev;
         Waiter waiter;
         Connection *target;
+        sd_event_source *wait_timer;   /* ?wait=: the longest we hold the answer */
         Route route;
 
         /* the answer, once known */
@@ -254,6 +255,9 @@ static void resume(ApiRequest *r) {
         MHD_resume_connection(r->conn);
 }
 
+/* The longest a client may ask to wait for a usable token. */
+#define WAIT_MAX (5 * USEC_PER_MINUTE)
+
 /* Answers a token request from what the connection holds now. */
 static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
         Manager *m = r->api->manager;
@@ -289,6 +293,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
         bool was_suspended = r->suspended;
 
         r->target = NULL;
+        r->wait_timer = sd_event_source_disable_unref(r->wait_timer);
         switch (r->route) {
         case ROUTE_TOKEN:
         case ROUTE_INVALIDATE:
@@ -340,9 +345,24 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
         }
 }
 
+static int on_wait_timeout(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        ApiRequest *r = userdata;
+        Connection *c = r->target;
+
+        r->wait_timer = sd_event_source_disable_unref(r->wait_timer);
+        if (!c)
+                return 0;
+        refresher_detach_waiter(c, &r->waiter);
+        r->target = NULL;
+        answer_token(r, c, 0);   /* what there is now: 409 pending, 503, or a token */
+        resume(r);
+        mhd_loop_kick(&r->api->loop);
+        return 0;
+}
+
 static void route_token(ApiRequest *r, Connection *c, Route route) {
         Manager *m = r->api->manager;
-        usec_t min_ttl = 0, ttl;
+        usec_t min_ttl = 0, wait = 0, ttl;
         int k;
 
         if (!peer_may_read(r->peer, c)) {
@@ -351,6 +371,25 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         }
         if (arg(r, "min_ttl") && parse_seconds_arg(arg(r, "min_ttl"), &min_ttl) < 0) {
                 answer_error(r, 400, API_ERR_INVALID_REQUEST, "min_ttl must be a number of seconds");
+                return;
+        }
+        if (arg(r, "wait") && (parse_seconds_arg(arg(r, "wait"), &wait) < 0 || wait > WAIT_MAX)) {
+                answer_error(r, 400, API_ERR_INVALID_REQUEST, "wait must be 0 to 300 seconds");
+                return;
+        }
+        /* ?wait= on a pending connection, or one with no valid token while
+         * a refresh is in flight: hold the answer until it changes. */
+        if (wait > 0 && route == ROUTE_TOKEN &&
+            (c->state == CONN_PENDING || (connection_ttl(c) == 0 && (c->inflight || c->queued)))) {
+                r->route = route;
+                r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+                if (sd_event_add_time_relative(m->event, &r->wait_timer, DEADLINE_CLOCK, wait, 0, on_wait_timeout,
+                                               r) < 0) {
+                        answer_error(r, 500, API_ERR_SERVER, "out of resources");
+                        return;
+                }
+                refresher_add_waiter(c, &r->waiter);
+                suspend(r, c);
                 return;
         }
         if (c->state != CONN_ACTIVE) {
@@ -818,6 +857,7 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused
                 return;
         if (r->body)
                 explicit_wipe(r->body, r->body_len);
+        sd_event_source_disable_unref(r->wait_timer);
         free(r->body);
         free(r->response);
         free(r);
@@ -968,6 +1008,7 @@ Api *api_free(Api *a) {
                                 r->target->revoke_waiter = NULL;
                         refresher_detach_waiter(r->target, &r->waiter);
                 }
+                r->wait_timer = sd_event_source_disable_unref(r->wait_timer);
                 answer_error(r, 503, API_ERR_UNAVAILABLE, "shutting down");
                 resume(r);
         }

@@ -138,6 +138,8 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w);
 void refresher_cancel(Manager *m, Connection *c);
 void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
+/* Waits for whatever the connection does next (exchange, refresh). */
+void refresher_add_waiter(Connection *c, Waiter *w);
 
 /* Code exchange after the callback: calls fn when done. */
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w);

@@ -54,7 +54,7 @@ void refresher_detach_waiter(Connection *c, Waiter *w) {
                 }
 }
 
-static void add_waiter(Connection *c, Waiter *w) {
+void refresher_add_waiter(Connection *c, Waiter *w) {
         if (!w)
                 return;
         w->next = c->waiters;
@@ -165,6 +165,7 @@ static void set_last_error(Connection *c, const char *e) {
 
 void refresher_on_timer(Manager *m, Connection *c) {
         usec_t t = now(CLOCK_REALTIME);
+        bool retry;
 
         if (c->state_hash && c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
                 if (c->state == CONN_PENDING) {
@@ -178,8 +179,12 @@ void refresher_on_timer(Manager *m, Connection *c) {
                 clear_pending(m, c);
                 (void) save(m, c);
         }
-        c->retry_at = 0;
-        if (c->state == CONN_ACTIVE && refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)
+        /* A retry after a transient failure is due even when the token
+         * itself is not: the failed refresh was wanted. */
+        retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
+        if (retry)
+                c->retry_at = 0;
+        if (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK))
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);
@@ -274,7 +279,7 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
         if (m->stopping)
                 return -ESHUTDOWN;
         if (c->inflight || c->queued) {
-                add_waiter(c, w);   /* single-flight: join the one running */
+                refresher_add_waiter(c, w);   /* single-flight: join the one running */
                 return 0;
         }
         if (c->state == CONN_PENDING && c->refresh_token == NULL &&
@@ -288,7 +293,7 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 else
                         m->queue_head = c;
                 m->queue_tail = c;
-                add_waiter(c, w);
+                refresher_add_waiter(c, w);
                 return 0;
         }
         r = refresh_start(m, c);
@@ -296,7 +301,7 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 refresher_schedule(m, c);
                 return r;
         }
-        add_waiter(c, w);
+        refresher_add_waiter(c, w);
         return 0;
 }
 
@@ -602,7 +607,7 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
                 return r;
         }
         TAKE_PTR(req);
-        add_waiter(c, w);
+        refresher_add_waiter(c, w);
         return 0;
 }
 
