@@ -115,3 +115,34 @@ int template_validate(const char *tmpl, const char *const *known,
                       const char **ret_bad, size_t *ret_bad_len) {
         return template_walk(tmpl, check_known, NULL, (void *) known, ret_bad, ret_bad_len);
 }
+
+typedef struct Render {
+        template_lookup_fn lookup;
+        void *lookup_data;
+        template_emit_fn emit;
+        void *emit_data;
+} Render;
+
+static int render_literal(const char *s, size_t n, void *ud) {
+        Render *x = ud;
+
+        x->emit(s, n, x->emit_data);
+        return 0;
+}
+
+static int render_placeholder(const char *name, size_t len, void *ud) {
+        Render *x = ud;
+        const char *v = x->lookup(name, len, x->lookup_data);
+
+        if (!v)
+                return -ENOKEY;
+        x->emit(v, strlen(v), x->emit_data);
+        return 0;
+}
+
+int template_render(const char *tmpl, template_lookup_fn lookup, void *lookup_data, template_emit_fn emit,
+                    void *emit_data) {
+        Render x = { lookup, lookup_data, emit, emit_data };
+
+        return template_walk(tmpl, render_placeholder, render_literal, &x, NULL, NULL);
+}

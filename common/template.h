@@ -14,6 +14,13 @@ typedef const char *(*template_lookup_fn)(const char *name, size_t len, void *us
 int template_expand(const char *tmpl, template_lookup_fn lookup, void *userdata,
                     char **ret, const char **ret_bad, size_t *ret_bad_len);
 
+/* The same without building a string: literal text and placeholder values
+ * are handed to emit in order. For hot paths that write straight into an
+ * output buffer. -ENOKEY as above. */
+typedef void (*template_emit_fn)(const char *s, size_t n, void *userdata);
+int template_render(const char *tmpl, template_lookup_fn lookup, void *lookup_data, template_emit_fn emit,
+                    void *emit_data);
+
 /* Checks every placeholder of tmpl against a NULL-terminated list of
  * known names. Returns 0, or -ENOKEY (unknown name), -EINVAL (unclosed
  * "${"), with the offending text in *ret_bad and *ret_bad_len. */

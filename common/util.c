@@ -118,14 +118,43 @@ int sha256_hex(const void *p, size_t n, char ret[static 65]) {
         return 0;
 }
 
+/* UTC only, so no gmtime_r: its time zone lock showed in the token path's
+ * profile. Days to civil date after Howard Hinnant's algorithm. */
 char *format_timestamp(char *buf, size_t n, usec_t t) {
-        time_t s = (time_t) (t / USEC_PER_SEC);
-        struct tm tm;
+        int64_t secs = (int64_t) (t / USEC_PER_SEC), days = secs / 86400, sod = secs % 86400;
+        int64_t z = days + 719468, era = z / 146097, doe = z - era * 146097;
+        int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        int64_t y = yoe + era * 400, doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+        int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
 
-        if (!gmtime_r(&s, &tm) || strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+        if (m <= 2)
+                y++;
+        if (n < 21 || y > 9999) {
                 if (n > 0)
                         buf[0] = 0;
+                return buf;
         }
+        buf[0] = (char) ('0' + y / 1000);
+        buf[1] = (char) ('0' + y / 100 % 10);
+        buf[2] = (char) ('0' + y / 10 % 10);
+        buf[3] = (char) ('0' + y % 10);
+        buf[4] = '-';
+        buf[5] = (char) ('0' + m / 10);
+        buf[6] = (char) ('0' + m % 10);
+        buf[7] = '-';
+        buf[8] = (char) ('0' + d / 10);
+        buf[9] = (char) ('0' + d % 10);
+        buf[10] = 'T';
+        buf[11] = (char) ('0' + sod / 36000);
+        buf[12] = (char) ('0' + sod / 3600 % 10);
+        buf[13] = ':';
+        buf[14] = (char) ('0' + sod % 3600 / 600);
+        buf[15] = (char) ('0' + sod % 3600 / 60 % 10);
+        buf[16] = ':';
+        buf[17] = (char) ('0' + sod % 60 / 10);
+        buf[18] = (char) ('0' + sod % 10);
+        buf[19] = 'Z';
+        buf[20] = 0;
         return buf;
 }
 
@@ -195,12 +224,11 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...) {
         }
 }
 
-void strbuf_json_string(StrBuf *b, const char *s) {
+void strbuf_json_escape(StrBuf *b, const char *s, size_t n) {
         static const char hex[] = "0123456789abcdef";
-        const char *run = s;
+        const char *run = s, *end = s + n;
 
-        strbuf_append(b, "\"", 1);
-        for (; *s; s++) {
+        for (; s < end; s++) {
                 unsigned char ch = (unsigned char) *s;
                 const char *esc = NULL;
                 char u[7];
@@ -223,7 +251,22 @@ void strbuf_json_string(StrBuf *b, const char *s) {
                 strbuf_puts(b, esc);
         }
         strbuf_append(b, run, (size_t) (s - run));
+}
+
+void strbuf_json_string(StrBuf *b, const char *s) {
         strbuf_append(b, "\"", 1);
+        strbuf_json_escape(b, s, strlen(s));
+        strbuf_append(b, "\"", 1);
+}
+
+void strbuf_u64(StrBuf *b, uint64_t u) {
+        char buf[24], *p = buf + sizeof buf;
+
+        do {
+                *--p = (char) ('0' + u % 10);
+                u /= 10;
+        } while (u > 0);
+        strbuf_append(b, p, (size_t) (buf + sizeof buf - p));
 }
 
 char *strbuf_steal(StrBuf *b) {

@@ -35,6 +35,9 @@ void strbuf_puts(StrBuf *b, const char *s);
 void strbuf_printf(StrBuf *b, const char *fmt, ...) _printf_(2, 3);
 /* Appends s as a JSON string literal, quotes included (RFC 8259 escapes). */
 void strbuf_json_string(StrBuf *b, const char *s);
+/* Appends n bytes of s JSON-escaped, without quotes. */
+void strbuf_json_escape(StrBuf *b, const char *s, size_t n);
+void strbuf_u64(StrBuf *b, uint64_t u);
 /* Returns the string (owned by the caller) or NULL after an allocation failure. */
 char *strbuf_steal(StrBuf *b);
 void strbuf_free(StrBuf *b);

@@ -17,6 +17,7 @@
 #include "daemon/acl.h"
 #include "daemon/api.h"
 #include "daemon/mhd.h"
+#include "common/template.h"
 #include "daemon/oauth.h"
 
 #define API_BODY_MAX (64 * 1024)
@@ -146,64 +147,80 @@ static json_t *connection_json(Manager *m, const Connection *c) {
         return j;
 }
 
+typedef struct UsageVars {
+        const Connection *conn;
+} UsageVars;
+
+static const char *usage_lookup(const char *name, size_t len, void *userdata) {
+        const Connection *c = ((UsageVars *) userdata)->conn;
+
+        if (len == 12 && memcmp(name, "access_token", 12) == 0)
+                return c->access_token;
+        if (len == 10 && memcmp(name, "token_type", 10) == 0)
+                return c->token_type ?: "Bearer";
+        return NULL;
+}
+
+static void emit_json_escaped(const char *s, size_t n, void *userdata) {
+        strbuf_json_escape(userdata, s, n);
+}
+
+/* "Name: value template" as "Name":"value", rendered straight into b. */
+static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
+        const char *colon = strchr(tmpl, sep), *val;
+
+        if (!colon)
+                return;
+        strbuf_puts(b, "\"");
+        strbuf_json_escape(b, tmpl, (size_t) (colon - tmpl));
+        strbuf_puts(b, "\":\"");
+        for (val = colon + 1; sep == ':' && *val == ' '; val++)
+                ;
+        (void) template_render(val, usage_lookup, v, emit_json_escaped, b);
+        strbuf_puts(b, "\"");
+}
+
 /* The token answer, shaped like an RFC 6749 section 5.1 response plus the
  * usage rule. This is the hot path: rendered straight into one buffer from
- * memory, no disk, no network, no JSON tree. */
+ * memory; no disk, no network, no JSON tree, no per-field allocation. */
 static char *token_json(Manager *m, const Connection *c) {
         const Provider *p = manager_provider(m, c);
-        _cleanup_secret_ char *query = NULL;
-        char **lines = NULL;
-        size_t n = 0;
+        UsageVars v = { c };
         StrBuf b = {};
         char ts[32];
 
-        if (!p || oauth_usage_headers(p, c->access_token, c->token_type, &lines, &n, &query) < 0)
+        if (!p)
                 return NULL;
         strbuf_puts(&b, "{\"access_token\":");
         strbuf_json_string(&b, c->access_token);
         strbuf_puts(&b, ",\"token_type\":");
         strbuf_json_string(&b, c->token_type ?: "Bearer");
-        if (c->expires_at > 0)
-                strbuf_printf(&b, ",\"expires_in\":%" PRIu64 ",\"expires_at\":\"%s\"",
-                              connection_ttl(c) / USEC_PER_SEC,
-                              format_timestamp(ts, sizeof ts, c->expires_at));
+        if (c->expires_at > 0) {
+                strbuf_puts(&b, ",\"expires_in\":");
+                strbuf_u64(&b, connection_ttl(c) / USEC_PER_SEC);
+                strbuf_puts(&b, ",\"expires_at\":\"");
+                strbuf_puts(&b, format_timestamp(ts, sizeof ts, c->expires_at));
+                strbuf_puts(&b, "\"");
+        }
         if (c->scope) {
                 strbuf_puts(&b, ",\"scope\":");
                 strbuf_json_string(&b, c->scope);
         }
-        if (n > 0) {
+        if (p->n_usage_header > 0) {
                 strbuf_puts(&b, ",\"headers\":{");
-                for (size_t i = 0; i < n; i++) {
-                        char *colon = strchr(lines[i], ':'), *v;
-
-                        if (!colon)
-                                continue;
-                        *colon = 0;
-                        for (v = colon + 1; *v == ' '; v++)
-                                ;
+                for (size_t i = 0; i < p->n_usage_header; i++) {
                         if (i > 0)
                                 strbuf_puts(&b, ",");
-                        strbuf_json_string(&b, lines[i]);
-                        strbuf_puts(&b, ":");
-                        strbuf_json_string(&b, v);
+                        usage_pair(&b, p->usage_header[i], ':', &v);
                 }
                 strbuf_puts(&b, "}");
         }
-        if (query) {
-                char *eq = strchr(query, '=');
-                if (eq) {
-                        *eq = 0;
-                        strbuf_puts(&b, ",\"query\":{");
-                        strbuf_json_string(&b, query);
-                        strbuf_puts(&b, ":");
-                        strbuf_json_string(&b, eq + 1);
-                        strbuf_puts(&b, "}");
-                }
+        if (p->usage_query) {
+                strbuf_puts(&b, ",\"query\":{");
+                usage_pair(&b, p->usage_query, '=', &v);
+                strbuf_puts(&b, "}");
         }
         strbuf_puts(&b, "}");
-        for (size_t i = 0; i < n; i++)
-                secret_free(lines[i]);
-        free(lines);
         return strbuf_steal(&b);
 }
 

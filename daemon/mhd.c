@@ -1,14 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 #include "daemon/mhd.h"
 
+/* MHD's timeout moves with every request (idle connections time out
+ * from their last activity); moving our timer each time costs more than
+ * waking early now and then. So only ever move it earlier, and re-arm from
+ * scratch when it fires. */
 static void mhd_rearm(MhdLoop *l) {
         MHD_UNSIGNED_LONG_LONG ms;
+        usec_t when;
 
-        if (MHD_get_timeout(l->daemon, &ms) == MHD_YES) {
-                (void) sd_event_source_set_time(l->timer, usec_add(now(CLOCK_MONOTONIC), ms * USEC_PER_MSEC));
-                (void) sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
-        } else
-                (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+        if (MHD_get_timeout(l->daemon, &ms) != MHD_YES) {
+                if (l->armed != USEC_INFINITY) {
+                        (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+                        l->armed = USEC_INFINITY;
+                }
+                return;
+        }
+        when = usec_add(now(CLOCK_MONOTONIC), ms * USEC_PER_MSEC);
+        if (l->armed != USEC_INFINITY && l->armed <= when)
+                return;
+        l->armed = when;
+        (void) sd_event_source_set_time(l->timer, when);
+        (void) sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
 }
 
 void mhd_loop_kick(MhdLoop *l) {
@@ -22,7 +35,10 @@ static int on_io(sd_event_source *s _unused_, int fd _unused_, uint32_t revents 
 }
 
 static int on_time(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
-        mhd_loop_kick(userdata);
+        MhdLoop *l = userdata;
+
+        l->armed = USEC_INFINITY;
+        mhd_loop_kick(l);
         return 0;
 }
 
@@ -41,6 +57,8 @@ int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const cha
         r = sd_event_add_time(event, &l->timer, CLOCK_MONOTONIC, USEC_INFINITY, 1, on_time, l);
         if (r < 0)
                 return r;
+        (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
+        l->armed = USEC_INFINITY;
         mhd_rearm(l);
         return 0;
 }

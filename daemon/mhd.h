@@ -14,6 +14,7 @@ typedef struct MhdLoop {
         struct MHD_Daemon *daemon;
         sd_event_source *io;
         sd_event_source *timer;
+        usec_t armed;             /* when the timer fires; USEC_INFINITY: off */
 } MhdLoop;
 
 int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const char *name);

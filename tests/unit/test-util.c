@@ -318,3 +318,42 @@ TEST(strbuf_free_resets) {
         CHECK_STREQ(b.s, "x");
         strbuf_free(&b);
 }
+
+/* The lock-free formatter against gmtime_r + strftime. */
+TEST(format_timestamp_matches_gmtime) {
+        uint64_t x = 88172645463325252ULL;
+        unsigned bad = 0;
+
+        for (unsigned i = 0; i < 200000; i++) {
+                char mine[32], ref[32];
+                struct tm tm;
+                time_t s;
+
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s = (time_t) (x % 253402300800ULL);   /* 1970 .. 9999 */
+                if (i < 4)
+                        s = (time_t[]) { 0, 951782400, 4107542399, 253402300799 }[i];
+                gmtime_r(&s, &tm);
+                strftime(ref, sizeof ref, "%Y-%m-%dT%H:%M:%SZ", &tm);
+                format_timestamp(mine, sizeof mine, (usec_t) s * USEC_PER_SEC);
+                if (strcmp(mine, ref) != 0 && bad++ < 5)
+                        fprintf(stderr, "  %lld: %s != %s\n", (long long) s, mine, ref);
+        }
+        CHECK_EQ_INT(bad, 0);
+}
+
+TEST(strbuf_u64_and_json_escape) {
+        StrBuf b = {};
+        char *s;
+
+        strbuf_u64(&b, 0);
+        strbuf_puts(&b, " ");
+        strbuf_u64(&b, UINT64_MAX);
+        strbuf_puts(&b, " ");
+        strbuf_json_escape(&b, "a\"b\\c\n\x01", 7);
+        s = strbuf_steal(&b);
+        CHECK_STREQ(s, "0 18446744073709551615 a\\\"b\\\\c\\n\\u0001");
+        free(s);
+}
