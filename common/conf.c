@@ -662,6 +662,8 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
                 return NULL;
         free(c->path);
         free(c->state_dir);
+        free(c->key_file);
+        free(c->key_credential);
         free(c->socket);
         free(c->callback_listen);
         free(c->public_url);
@@ -705,6 +707,20 @@ static int broker_set(const char *section, const char *key, const char *value,
         }
         if (streq(key, "state_dir"))
                 return make_path(c, value, &c->state_dir);
+        if (streq(key, "key_file")) {
+                if (isempty(value)) {
+                        conf_error(err, c->path, line, "key_file must not be empty.");
+                        return -EINVAL;
+                }
+                return make_path(c, value, &c->key_file);
+        }
+        if (streq(key, "key_credential")) {
+                if (isempty(value) || strchr(value, '/') || streq(value, ".") || streq(value, "..")) {
+                        conf_error(err, c->path, line, "Invalid credential name for key_credential: %.64s", value);
+                        return -EINVAL;
+                }
+                return set_string(&c->key_credential, value);
+        }
         if (streq(key, "socket"))
                 return make_path(c, value, &c->socket);
         if (streq(key, "providers_dir"))
@@ -857,7 +873,15 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         DEFAULT_STR(socket, "/run/tokenbroker/tokenbroker.sock");
         DEFAULT_STR(callback_listen, "127.0.0.1:8421");
         DEFAULT_STR(providers_dir, "/etc/tokenbroker/providers.d");
+        DEFAULT_STR(key_credential, "tokenbroker.key");
 #undef DEFAULT_STR
+        if (!c->key_file) {
+                char *k;
+
+                if (asprintf(&k, "%s/tokenbroker.key", c->state_dir) < 0)
+                        return -ENOMEM;
+                c->key_file = k;
+        }
         if (!c->public_url) {
                 if (asprintf(&c->public_url, "http://%s", c->callback_listen) < 0)
                         return -ENOMEM;

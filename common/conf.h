@@ -93,6 +93,8 @@ int provider_load(const char *path, Provider **ret, ConfError *err);
 typedef struct BrokerConfig {
         char *path;
         char *state_dir;
+        char *key_file;           /* default state_dir/tokenbroker.key */
+        char *key_credential;     /* name in $CREDENTIALS_DIRECTORY, preferred */
         char *socket;
         unsigned socket_mode;
         char *callback_listen;    /* host:port */

@@ -659,16 +659,17 @@ static int manager_open_store(Manager *m, const char *db) {
         what = credential ? "credential" : "key file";
         r = crypt_key_load(path, !credential, &key, &created);
         if (r == -EPERM)
-                return log_error_errno(r, "Encryption key %s '%s' is accessible by group or others: "
+                return log_error_errno(r, "Encryption key (%s %s) is accessible by group or others: "
                                        "refusing to use it (chmod 0600).", what, path);
         if (r == -EBADMSG)
-                return log_error_errno(r, "Encryption key %s '%s' is not %d bytes long: refusing to use it.",
+                return log_error_errno(r, "Encryption key (%s %s) is not %d bytes long: refusing to use it.",
                                        what, path, CRYPT_KEY_SIZE);
         if (r == -EBADF)
-                return log_error_errno(r, "Encryption key %s '%s' is not a regular file: refusing to use it.",
+                return log_error_errno(r, "Encryption key (%s %s) is not a regular file: refusing to use it.",
                                        what, path);
         if (r < 0)
-                return log_error_errno(r, "Failed to load encryption key %s '%s': %m", what, path);
+                return log_error_errno(r, "Failed to %s encryption key (%s %s): %m",
+                                       credential ? "read" : "read or create", what, path);
 
         r = store_open(db, key, &m->store);
         if (r == -EKEYREJECTED) {

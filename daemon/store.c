@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <sqlite3.h>
 
+#include "daemon/crypt.h"
 #include "daemon/store.h"
 
 enum {
@@ -29,13 +30,33 @@ static const char *const stmt_sql[_STMT_MAX] = {
 };
 
 struct Store {
-        sqlite3 *db;
+        sqlite3 *db;               /* first: the unit tests peek at it */
         sqlite3_stmt *stmt[_STMT_MAX];
         unsigned version;
+        CryptKey *key;             /* seals the secret columns; wiped on close */
+        char error[256];           /* what went wrong beyond SQLite, if anything */
 };
 
+/* The secret columns, sealed with the row's id and the column's name as
+ * associated data (see seal_aad()). */
+static const char *const sealed_columns[] = { "access_token", "refresh_token", "code_verifier" };
+
+/* The key check: this constant, sealed under the key, in key_check. */
+#define KEY_CHECK_AAD "tokenbroker key_check"
+#define KEY_CHECK_TEXT "tokenbroker: the key that sealed this database"
+
 const char *store_last_error(Store *s) {
-        return s && s->db ? sqlite3_errmsg(s->db) : "out of memory";
+        if (!s || !s->db)
+                return "out of memory";
+        return s->error[0] ? s->error : sqlite3_errmsg(s->db);
+}
+
+_printf_(2, 3) static void store_set_error(Store *s, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(s->error, sizeof s->error, fmt, ap);
+        va_end(ap);
 }
 
 unsigned store_schema_version(Store *s) {
@@ -82,6 +103,7 @@ Store *store_close(Store *s) {
                 sqlite3_finalize(s->stmt[i]);
         if (s->db)
                 sqlite3_close_v2(s->db);
+        crypt_key_free(s->key);
         free(s);
         return NULL;
 }
@@ -140,9 +162,181 @@ static int store_migrate(Store *s) {
         return 0;
 }
 
-int store_open(const char *path, Store **ret) {
-        _cleanup_(store_closep) Store *s = NULL;
+static int step_done(sqlite3_stmt *st) {
+        int rc = sqlite3_step(st);
+
+        (void) sqlite3_reset(st);
+        (void) sqlite3_clear_bindings(st);
+        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+/* ---- sealing ---------------------------------------------------------- */
+
+/* Where a sealed value belongs: "connections.<column>:<id>". Column names
+ * hold no ':' and the id is in decimal, so no two places share their
+ * associated data and a value copied elsewhere fails to open. */
+#define SEAL_AAD_MAX 64
+static size_t seal_aad(char buf[static SEAL_AAD_MAX], int64_t id, const char *column) {
+        int k = snprintf(buf, SEAL_AAD_MAX, "connections.%s:%" PRId64, column, id);
+
+        assert(k > 0 && k < SEAL_AAD_MAX);
+        return (size_t) k;
+}
+
+static int seal_value(Store *s, int64_t id, const char *column, const void *p, size_t n, uint8_t **ret,
+                      size_t *ret_size) {
+        char aad[SEAL_AAD_MAX];
+
+        return crypt_seal(s->key, aad, seal_aad(aad, id, column), p, n, ret, ret_size);
+}
+
+static int open_value(Store *s, int64_t id, const char *column, const void *p, size_t n, char **ret) {
+        char aad[SEAL_AAD_MAX];
+
+        return crypt_open(s->key, aad, seal_aad(aad, id, column), p, n, ret, NULL);
+}
+
+/* 1 when key_check holds the constant sealed under our key, 0 when there is
+ * no check yet (nothing sealed), -EKEYREJECTED when it was sealed under
+ * another key. Reads one row and nothing else. */
+static int store_check_key(Store *s) {
+        sqlite3_stmt *st = NULL;
+        _cleanup_secret_ char *text = NULL;
+        size_t n = 0;
         int rc, r;
+
+        rc = sqlite3_prepare_v2(s->db, "SELECT value FROM key_check WHERE id = 1", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) {
+                sqlite3_finalize(st);
+                return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+        }
+        r = crypt_open(s->key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), sqlite3_column_blob(st, 0),
+                       (size_t) sqlite3_column_bytes(st, 0), &text, &n);
+        sqlite3_finalize(st);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0 || n != strlen(KEY_CHECK_TEXT) || memcmp(text, KEY_CHECK_TEXT, n) != 0) {
+                store_set_error(s, "the database was sealed with another key");
+                return -EKEYREJECTED;
+        }
+        return 1;
+}
+
+/* First start with a key on a file of schema version 1: seal the plain
+ * secrets of every row and write the key check, all in one transaction, so
+ * a crash leaves either the plain file or the sealed one. "No key check"
+ * is therefore the same as "nothing sealed yet". Returns how many rows
+ * held secrets. */
+static int store_seal_plain(Store *s) {
+        static const char sel_sql[] =
+                "SELECT id, access_token, refresh_token, code_verifier FROM connections "
+                "WHERE id > ?1 ORDER BY id LIMIT 1";
+        static const char upd_sql[] =
+                "UPDATE connections SET access_token = ?2, refresh_token = ?3, code_verifier = ?4 WHERE id = ?1";
+        sqlite3_stmt *sel = NULL, *upd = NULL, *ins = NULL;
+        _cleanup_free_ uint8_t *check = NULL;
+        size_t check_size;
+        int64_t last = 0;
+        int rc, r, n = 0;
+
+        r = exec(s, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        /* Another broker on the same file may have been first. */
+        r = store_check_key(s);
+        if (r != 0) {
+                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                return r < 0 ? r : 0;
+        }
+
+        rc = sqlite3_prepare_v2(s->db, sel_sql, -1, &sel, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(s->db, upd_sql, -1, &upd, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(s->db, "INSERT INTO key_check (id, value) VALUES (1, ?1)", -1, &ins,
+                                        NULL);
+        r = sqlite_to_errno(rc);
+
+        /* One row at a time by id: the scan never meets a row it changed. */
+        while (r >= 0) {
+                uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
+                size_t size[ELEMENTSOF(sealed_columns)] = {};
+                bool any = false;
+                int64_t id;
+
+                (void) sqlite3_bind_int64(sel, 1, last);
+                rc = sqlite3_step(sel);
+                if (rc != SQLITE_ROW) {
+                        r = rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+                        (void) sqlite3_reset(sel);
+                        break;
+                }
+                id = sqlite3_column_int64(sel, 0);
+                for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++) {
+                        const void *p;
+                        int m;
+
+                        if (sqlite3_column_type(sel, (int) j + 1) == SQLITE_NULL)
+                                continue;
+                        p = sqlite3_column_blob(sel, (int) j + 1);
+                        m = sqlite3_column_bytes(sel, (int) j + 1);
+                        if (!p && m > 0)
+                                r = -ENOMEM;
+                        else
+                                r = seal_value(s, id, sealed_columns[j], p ?: "", (size_t) m, &sealed[j],
+                                               &size[j]);
+                        any = true;
+                }
+                (void) sqlite3_reset(sel);
+                if (r >= 0 && any) {
+                        (void) sqlite3_bind_int64(upd, 1, id);
+                        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                                if (sealed[j])
+                                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j],
+                                                                 SQLITE_STATIC);
+                                else
+                                        (void) sqlite3_bind_null(upd, (int) j + 2);
+                        r = step_done(upd);
+                        if (r >= 0)
+                                n++;
+                }
+                for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                        free(sealed[j]);
+                last = id;
+        }
+
+        if (r >= 0)
+                r = crypt_seal(s->key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), KEY_CHECK_TEXT,
+                               strlen(KEY_CHECK_TEXT), &check, &check_size);
+        if (r >= 0) {
+                (void) sqlite3_bind_blob(ins, 1, check, (int) check_size, SQLITE_STATIC);
+                r = step_done(ins);
+        }
+        sqlite3_finalize(sel);
+        sqlite3_finalize(upd);
+        sqlite3_finalize(ins);
+        if (r >= 0)
+                r = exec(s, "COMMIT");
+        if (r < 0) {
+                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                return r;
+        }
+        /* The old pages with the plain values are zeroed in the file
+         * (secure_delete), but older copies may sit in the WAL: fold it in
+         * and cut it to nothing. Best effort: a reader may hold it open. */
+        if (n > 0)
+                (void) sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        return n;
+}
+
+int store_open(const char *path, const CryptKey *key, Store **ret) {
+        _cleanup_(store_closep) Store *s = NULL;
+        int rc, r, sealed;
+
+        assert(key);
 
         s = new0(Store, 1);
         if (!s)
@@ -171,21 +365,26 @@ int store_open(const char *path, Store **ret) {
         if (r < 0)
                 return r;
 
+        /* The key is checked before any row is read or written. */
+        r = crypt_key_dup(key, &s->key);
+        if (r < 0)
+                return r;
+        r = store_check_key(s);
+        if (r == 0)
+                r = store_seal_plain(s);
+        else if (r > 0)
+                r = 0;
+        if (r < 0)
+                return r;
+        sealed = r;
+
         for (size_t i = 0; i < _STMT_MAX; i++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);
                 if (rc != SQLITE_OK)
                         return sqlite_to_errno(rc);
         }
         *ret = TAKE_PTR(s);
-        return 0;
-}
-
-static int step_done(sqlite3_stmt *st) {
-        int rc = sqlite3_step(st);
-
-        (void) sqlite3_reset(st);
-        (void) sqlite3_clear_bindings(st);
-        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+        return sealed;
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s) {
@@ -195,9 +394,9 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
                 (void) sqlite3_bind_null(st, i);
 }
 
-static void bind_secret(sqlite3_stmt *st, int i, const char *s) {
-        if (s)
-                (void) sqlite3_bind_blob(st, i, s, (int) strlen(s), SQLITE_STATIC);
+static void bind_sealed(sqlite3_stmt *st, int i, const uint8_t *p, size_t n) {
+        if (p)
+                (void) sqlite3_bind_blob(st, i, p, (int) n, SQLITE_STATIC);
         else
                 (void) sqlite3_bind_null(st, i);
 }
@@ -235,6 +434,7 @@ int store_connection_insert(Store *s, Connection *c) {
         sqlite3_stmt *st = s->stmt[STMT_INSERT];
         int r;
 
+        s->error[0] = 0;
         r = exec(s, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
@@ -256,16 +456,26 @@ int store_connection_insert(Store *s, Connection *c) {
         return r;
 }
 
+/* Seals every secret again, each with a fresh nonce: this runs on writes
+ * only (a grant, a refresh, a new authorization), never on a handout. */
 int store_connection_save(Store *s, const Connection *c) {
         sqlite3_stmt *st = s->stmt[STMT_SAVE];
         char users[ACL_MAX * 12], groups[ACL_MAX * 12];
+        const char *secret[ELEMENTSOF(sealed_columns)] = { c->access_token, c->refresh_token, c->code_verifier };
+        uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
+        size_t size[ELEMENTSOF(sealed_columns)] = {};
         int r;
 
+        s->error[0] = 0;
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, users, sizeof users);
         if (r >= 0)
                 r = id_list_format((const unsigned *) c->allow_groups, c->n_allow_groups, groups, sizeof groups);
+        for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++)
+                if (secret[j])
+                        r = seal_value(s, c->id, sealed_columns[j], secret[j], strlen(secret[j]), &sealed[j],
+                                       &size[j]);
         if (r < 0)
-                return r;
+                goto finish;
 
         (void) sqlite3_bind_int64(st, 1, c->id);
         bind_text(st, 2, c->provider);
@@ -274,12 +484,12 @@ int store_connection_save(Store *s, const Connection *c) {
         bind_text(st, 5, c->scope);
         bind_text(st, 6, c->identity);
         bind_text(st, 7, c->token_type);
-        bind_secret(st, 8, c->access_token);
-        bind_secret(st, 9, c->refresh_token);
+        bind_sealed(st, 8, sealed[0], size[0]);
+        bind_sealed(st, 9, sealed[1], size[1]);
         (void) sqlite3_bind_int64(st, 10, (sqlite3_int64) c->expires_at);
         (void) sqlite3_bind_int64(st, 11, (sqlite3_int64) c->obtained_at);
         bind_text(st, 12, c->state_hash);
-        bind_secret(st, 13, c->code_verifier);
+        bind_sealed(st, 13, sealed[2], size[2]);
         (void) sqlite3_bind_int64(st, 14, (sqlite3_int64) c->pending_until);
         bind_text(st, 15, users);
         bind_text(st, 16, groups);
@@ -288,14 +498,18 @@ int store_connection_save(Store *s, const Connection *c) {
         (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) c->updated_at);
         (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) c->last_refresh_at);
         r = step_done(st);
-        if (r < 0)
-                return r;
-        return sqlite3_changes(s->db) == 1 ? 0 : -ENOENT;
+        if (r >= 0 && sqlite3_changes(s->db) != 1)
+                r = -ENOENT;
+finish:
+        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                free(sealed[j]);
+        return r;
 }
 
 int store_connection_delete(Store *s, int64_t id) {
         sqlite3_stmt *st = s->stmt[STMT_DELETE];
 
+        s->error[0] = 0;
         (void) sqlite3_bind_int64(st, 1, id);
         return step_done(st);
 }
@@ -316,6 +530,33 @@ static int column_strdup(sqlite3_stmt *st, int i, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
+/* A secret column: opened under the key, bound to this row and column. A
+ * value that does not open stops the load: it was modified, copied from
+ * another row or column, or sealed under another key. */
+static int column_unseal(Store *s, sqlite3_stmt *st, int i, const Connection *c, const char *column,
+                         char **ret) {
+        const void *p;
+        int n, r;
+
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+                *ret = NULL;
+                return 0;
+        }
+        p = sqlite3_column_blob(st, i);
+        n = sqlite3_column_bytes(st, i);
+        if (!p && n > 0)
+                return -ENOMEM;
+        r = open_value(s, c->id, column, p ?: "", (size_t) n, ret);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                store_set_error(s, "connection %" PRId64 " ('%.64s'): %s does not open under this key "
+                                "(modified, or copied from elsewhere)", c->id, c->name, column);
+                return -EBADMSG;
+        }
+        return 0;
+}
+
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
         static const char sql[] =
                 "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
@@ -325,6 +566,7 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
         sqlite3_stmt *st = NULL;
         int rc, r = 0;
 
+        s->error[0] = 0;
         rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -341,6 +583,7 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->id = sqlite3_column_int64(st, 0);
                 state = conn_state_from_string((const char *) sqlite3_column_text(st, 3) ?: "");
                 if (state < 0) {
+                        store_set_error(s, "connection %" PRId64 ": invalid state", c->id);
                         r = -EBADMSG;
                         break;
                 }
@@ -351,16 +594,18 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                     (r = column_strdup(st, 5, &c->scope)) < 0 ||
                     (r = column_strdup(st, 6, &c->identity)) < 0 ||
                     (r = column_strdup(st, 7, &c->token_type)) < 0 ||
-                    (r = column_strdup(st, 8, &c->access_token)) < 0 ||
-                    (r = column_strdup(st, 9, &c->refresh_token)) < 0 ||
                     (r = column_strdup(st, 12, &c->state_hash)) < 0 ||
-                    (r = column_strdup(st, 13, &c->code_verifier)) < 0 ||
                     (r = column_strdup(st, 17, &c->last_error)) < 0)
                         break;
                 if (!c->name || !c->provider) {
+                        store_set_error(s, "connection %" PRId64 ": no name or provider", c->id);
                         r = -EBADMSG;
                         break;
                 }
+                if ((r = column_unseal(s, st, 8, c, "access_token", &c->access_token)) < 0 ||
+                    (r = column_unseal(s, st, 9, c, "refresh_token", &c->refresh_token)) < 0 ||
+                    (r = column_unseal(s, st, 13, c, "code_verifier", &c->code_verifier)) < 0)
+                        break;
                 c->expires_at = (usec_t) sqlite3_column_int64(st, 10);
                 c->obtained_at = (usec_t) sqlite3_column_int64(st, 11);
                 c->pending_until = (usec_t) sqlite3_column_int64(st, 14);
@@ -388,6 +633,7 @@ int store_event_add(Store *s, usec_t at, const char *connection, const char *kin
         sqlite3_int64 id;
         int r;
 
+        s->error[0] = 0;
         (void) sqlite3_bind_int64(st, 1, (sqlite3_int64) at);
         bind_text(st, 2, connection);
         bind_text(st, 3, kind);

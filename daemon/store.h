@@ -2,11 +2,17 @@
 #pragma once
 
 #include "daemon/connection.h"
+#include "daemon/crypt.h"
 
 /* SQLite in the state directory: WAL, synchronous=FULL, so every change is
  * on disk when the call that made it returns. Numbered migrations from sql/
  * are compiled in and applied at open. Library-level: returns -errno-style
- * codes and never logs; store_last_error() says what SQLite said. */
+ * codes and never logs; store_last_error() says what went wrong.
+ *
+ * The secrets of a connection (access_token, refresh_token, code_verifier)
+ * are sealed with AES-256-GCM under the store's key (daemon/crypt.h), bound
+ * to the row's id and the column's name: sealed on every save, opened on
+ * load, so a token handout never meets the cipher. */
 
 typedef struct Store Store;
 
@@ -18,7 +24,14 @@ typedef struct Migration {
 extern const Migration store_migrations[];
 extern const size_t store_n_migrations;
 
-int store_open(const char *path, Store **ret);
+/* Opens (creating if needed) and migrates the file, then checks the key
+ * against the key check kept in it, before any row is read or written:
+ * -EKEYREJECTED when the file was sealed under another key. On the first
+ * open with a key, the plain secrets a file from before encryption holds
+ * are sealed, with the key check written, in one transaction. Returns how
+ * many connections that sealed (0 on every later open). The store keeps
+ * its own copy of key. */
+int store_open(const char *path, const CryptKey *key, Store **ret);
 Store *store_close(Store *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 const char *store_last_error(Store *s);

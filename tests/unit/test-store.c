@@ -51,6 +51,9 @@ static char *db_path(const char *dir) {
         return asprintf(&p, "%s/tokenbroker.db", dir) < 0 ? NULL : p;
 }
 
+/* Every store here is sealed under this key. */
+static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
+
 static unsigned last_migration(void) {
         return store_migrations[store_n_migrations - 1].version;
 }
@@ -249,7 +252,7 @@ TEST(open_fresh_applies_migrations) {
         struct stat st;
 
         CHECK(dir && path);
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         CHECK(s);
         if (!s)
                 return;
@@ -274,7 +277,7 @@ TEST(reopen_idempotent) {
         Loaded l = {};
         Store *s = NULL;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         CHECK_EQ_INT(store_connection_insert(s, c), 0);
@@ -284,7 +287,7 @@ TEST(reopen_idempotent) {
         for (int i = 0; i < 3; i++) {
                 _cleanup_db_ sqlite3 *db = NULL;
 
-                CHECK_EQ_INT(store_open(path, &s), 0);
+                CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
                 if (!s)
                         return;
                 CHECK_EQ_INT(store_schema_version(s), last_migration());
@@ -308,7 +311,7 @@ TEST(wal_and_synchronous_full) {
         _cleanup_db_ sqlite3 *db = NULL;
         sqlite3 *own;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
 
@@ -339,7 +342,7 @@ TEST(changes_committed_on_return) {
         _cleanup_(connection_freep) Connection *c = conn_new("now", "p", CONN_ACTIVE);
         _cleanup_db_ sqlite3 *db = NULL;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s || !c)
                 return;
         db = db_open(path);
@@ -349,8 +352,12 @@ TEST(changes_committed_on_return) {
 
         c->access_token = strdup("at-1");
         CHECK_EQ_INT(store_connection_save(s, c), 0);
-        tok = db_text(db, "SELECT access_token FROM connections WHERE name = 'now'");
-        CHECK_STREQ(tok, "at-1");
+        /* committed, and sealed: version byte, nonce, 4 bytes, tag */
+        CHECK_EQ_INT(db_int(db, "SELECT length(access_token) FROM connections WHERE name = 'now'"),
+                     CRYPT_OVERHEAD + 4);
+        tok = db_text(db, "SELECT hex(substr(access_token, 1, 1)) FROM connections WHERE name = 'now'");
+        CHECK_STREQ(tok, "01");
+        CHECK_EQ_INT(db_int(db, "SELECT instr(access_token, CAST('at-1' AS BLOB)) FROM connections WHERE name = 'now'"), 0);
 
         CHECK_EQ_INT(store_event_add(s, 1, "now", "refresh", "ok"), 0);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events"), 1);
@@ -367,7 +374,7 @@ TEST(round_trip_every_field) {
         Store *s = NULL;
 
         CHECK(c);
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s || !c)
                 return;
         CHECK_EQ_INT(store_connection_insert(s, c), 0);
@@ -381,7 +388,7 @@ TEST(round_trip_every_field) {
 
         /* and after a restart */
         s = store_close(s);
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 goto out;
         CHECK_EQ_INT(load_all(s, &l), 0);
@@ -400,7 +407,7 @@ TEST(save_changes_every_field) {
         _cleanup_(store_closep) Store *s = NULL;
         Loaded l = {};
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s || !c)
                 return;
         CHECK_EQ_INT(store_connection_insert(s, c), 0);
@@ -478,7 +485,7 @@ TEST(several_in_id_order) {
         Connection *c[ELEMENTSOF(names)] = {};
         Loaded l = {};
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         for (size_t i = 0; i < ELEMENTSOF(names); i++) {
@@ -505,7 +512,7 @@ TEST(delete) {
         _cleanup_(connection_freep) Connection *again = conn_new("a", "p", CONN_PENDING);
         Loaded l = {};
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
@@ -539,7 +546,7 @@ TEST(name_unique) {
         _cleanup_(connection_freep) Connection *c = conn_new("other", "q", CONN_PENDING);
         Loaded l = {};
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
@@ -563,7 +570,7 @@ TEST(state_hash_unique) {
         _cleanup_(connection_freep) Connection *a = conn_new("a", "p", CONN_PENDING);
         _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_PENDING);
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         a->state_hash = strdup("0123abcd");
@@ -583,7 +590,7 @@ TEST(failed_insert_leaves_nothing) {
         _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_PENDING);
         Loaded l = {};
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         a->state_hash = strdup("0123abcd");
@@ -613,7 +620,7 @@ TEST(events_bounded) {
         long long n;
         sqlite3 *own;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         /* One transaction around the lot, or 10500 fsyncs make this slow;
@@ -655,7 +662,7 @@ TEST(events_bounded_autocommit) {
 
         /* The same without a surrounding transaction, on a table already
          * at its bound (filled directly), so few real commits are needed. */
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
         own = store_db(s, path);
@@ -680,7 +687,7 @@ TEST(newer_schema_refused) {
         _cleanup_db_ sqlite3 *db = NULL;
         Store *s = NULL, *sentinel = (Store *) (uintptr_t) 1;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         s = store_close(s);
 
         db = db_open(path);
@@ -690,7 +697,7 @@ TEST(newer_schema_refused) {
         db = NULL;
 
         s = sentinel;
-        CHECK_EQ_INT(store_open(path, &s), -EPROTONOSUPPORT);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), -EPROTONOSUPPORT);
         CHECK(s == sentinel);   /* untouched on failure */
 
         /* and nothing was changed by the attempt */
@@ -710,7 +717,7 @@ TEST(older_schema_migrated) {
         sqlite3_close(db);
         db = NULL;
 
-        CHECK_EQ_INT(store_open(path, &s), 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (s)
                 CHECK_EQ_INT(store_schema_version(s), last_migration());
         store_close(s);
@@ -732,11 +739,345 @@ TEST(not_a_database) {
                 return;
         CHECK_EQ_INT(fwrite(junk, 1, sizeof junk, f), sizeof junk);
         fclose(f);
-        CHECK_EQ_INT(store_open(path, &s), -EBADMSG);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), -EBADMSG);
         CHECK(!s);
 
         /* a folder that does not exist */
         CHECK(asprintf(&missing, "%s/no/such/dir/db", dir) >= 0);
-        CHECK_EQ_INT(store_open(missing, &s), -EACCES);
+        CHECK_EQ_INT(store_open(missing, &test_key, &s), -EACCES);
         CHECK(!s);
+}
+
+/* ---- sealing ---------------------------------------------------------- */
+
+/* The whole file as bytes (NULL when missing); size in *n. */
+static uint8_t *file_bytes(const char *path, size_t *n) {
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        uint8_t *p = NULL;
+        long l;
+
+        *n = 0;
+        if (!f || fseek(f, 0, SEEK_END) < 0 || (l = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0)
+                return NULL;
+        p = malloc((size_t) l + 1);
+        if (p && fread(p, 1, (size_t) l, f) != (size_t) l)
+                p = mfree(p);
+        if (p)
+                *n = (size_t) l;
+        return p;
+}
+
+/* Whether s occurs in the database file or its WAL. */
+static bool db_files_contain(const char *path, const char *s) {
+        static const char *const suffix[] = { "", "-wal", "-journal" };
+
+        for (size_t i = 0; i < ELEMENTSOF(suffix); i++) {
+                _cleanup_free_ char *p = NULL;
+                _cleanup_free_ uint8_t *b = NULL;
+                size_t n;
+
+                if (asprintf(&p, "%s%s", path, suffix[i]) < 0)
+                        abort();
+                b = file_bytes(p, &n);
+                if (b && memmem(b, n, s, strlen(s)))
+                        return true;
+        }
+        return false;
+}
+
+static const CryptKey other_key = { .bytes = "fedcba9876543210fedcba9876543210" };
+
+TEST(sealed_at_rest) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *c = conn_full();
+        _cleanup_db_ sqlite3 *db = NULL;
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !c)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+        loaded_done(&l);
+
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT length(access_token) FROM connections"),
+                     CRYPT_OVERHEAD + strlen(c->access_token));
+        CHECK_EQ_INT(db_int(db, "SELECT length(refresh_token) FROM connections"),
+                     CRYPT_OVERHEAD + strlen(c->refresh_token));
+        CHECK_EQ_INT(db_int(db, "SELECT length(code_verifier) FROM connections"),
+                     CRYPT_OVERHEAD + strlen(c->code_verifier));
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 1);
+        /* not a byte of them in the file or the WAL, before or after a checkpoint */
+        CHECK(!db_files_contain(path, c->access_token));
+        CHECK(!db_files_contain(path, c->refresh_token));
+        CHECK(!db_files_contain(path, c->code_verifier));
+        CHECK(db_files_contain(path, c->identity));   /* the search works */
+        CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL), SQLITE_OK);
+        CHECK(!db_files_contain(path, c->access_token));
+        CHECK(!db_files_contain(path, c->refresh_token));
+        CHECK(!db_files_contain(path, c->code_verifier));
+}
+
+TEST(fresh_nonce_per_save) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *a = NULL, *b = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *c = conn_full();
+        _cleanup_db_ sqlite3 *db = NULL;
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !c)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        db = db_open(path);
+        a = db_text(db, "SELECT hex(access_token) FROM connections");
+        CHECK_EQ_INT(store_connection_save(s, c), 0);
+        b = db_text(db, "SELECT hex(access_token) FROM connections");
+        CHECK(a && b && !streq(a, b));
+}
+
+TEST(wrong_key_refused_before_any_row) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *before = NULL, *after = NULL;
+        _cleanup_(connection_freep) Connection *c = conn_full();
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL, *sentinel = (Store *) (uintptr_t) 1;
+        static const char dump[] =
+                "SELECT group_concat(id || hex(access_token) || hex(refresh_token) || hex(code_verifier) || "
+                "updated_at, ',') FROM connections";
+        Loaded l = {};
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !c)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        s = store_close(s);
+        db = db_open(path);
+        before = db_text(db, dump);
+        CHECK(before);
+
+        s = sentinel;
+        CHECK_EQ_INT(store_open(path, &other_key, &s), -EKEYREJECTED);
+        CHECK(s == sentinel);
+        after = db_text(db, dump);
+        CHECK_STREQ(after, before);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 1);
+
+        /* the right key still opens it, with everything in it */
+        s = NULL;
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 1);
+        if (l.n == 1)
+                check_same(c, l.c[0]);
+        loaded_done(&l);
+        store_close(s);
+}
+
+/* Flips one bit of a blob in the connections table. */
+static void flip_bit(sqlite3 *db, const char *column, const char *name, size_t bit) {
+        _cleanup_free_ char *sel = NULL, *upd = NULL;
+        _cleanup_free_ uint8_t *b = NULL;
+        sqlite3_stmt *st = NULL;
+        int n = 0;
+
+        CHECK(asprintf(&sel, "SELECT %s FROM connections WHERE name = ?1", column) >= 0);
+        CHECK(asprintf(&upd, "UPDATE connections SET %s = ?2 WHERE name = ?1", column) >= 0);
+        CHECK_EQ_INT(sqlite3_prepare_v2(db, sel, -1, &st, NULL), SQLITE_OK);
+        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+                n = sqlite3_column_bytes(st, 0);
+                b = malloc((size_t) n + 1);
+                if (b)
+                        memcpy(b, sqlite3_column_blob(st, 0), (size_t) n);
+        }
+        sqlite3_finalize(st);
+        CHECK(b && bit / 8 < (size_t) n);
+        if (!b || bit / 8 >= (size_t) n)
+                return;
+        b[bit / 8] ^= (uint8_t) (1u << (bit % 8));
+        CHECK_EQ_INT(sqlite3_prepare_v2(db, upd, -1, &st, NULL), SQLITE_OK);
+        (void) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_blob(st, 2, b, n, SQLITE_STATIC);
+        CHECK_EQ_INT(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
+}
+
+TEST(value_moved_or_modified_fails_to_load) {
+        static const char *const attacks[] = {
+                /* b's token replaced by a's: another row */
+                "UPDATE connections SET access_token = (SELECT access_token FROM connections WHERE name = 'a') "
+                "WHERE name = 'b'",
+                /* a's refresh token replaced by its access token: another column */
+                "UPDATE connections SET refresh_token = access_token WHERE name = 'a'",
+                /* one bit of the ciphertext flipped (see flip_bit()) */
+                NULL,
+                /* cut short */
+                "UPDATE connections SET access_token = substr(access_token, 1, length(access_token) - 1) "
+                "WHERE name = 'a'",
+                /* plain text where a sealed value belongs */
+                "UPDATE connections SET access_token = CAST('plain' AS BLOB) WHERE name = 'b'",
+        };
+        static const char *const column[] = {
+                "access_token", "refresh_token", "code_verifier", "access_token", "access_token",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(attacks); i++) {
+                _cleanup_tmpdir_ char *dir = tmpdir_new();
+                _cleanup_free_ char *path = db_path(dir);
+                _cleanup_(store_closep) Store *s = NULL;
+                _cleanup_(connection_freep) Connection *a = conn_new("a", "p", CONN_ACTIVE);
+                _cleanup_(connection_freep) Connection *b = conn_new("b", "p", CONN_PENDING);
+                _cleanup_db_ sqlite3 *db = NULL;
+                Loaded l = {};
+                int r;
+
+                CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+                if (!s || !a || !b)
+                        return;
+                a->access_token = strdup("at-aaaaaaaaaaaaaaaaaaaa");
+                a->refresh_token = strdup("rt-aaaaaaaaaaaaaaaaaaaa");
+                b->access_token = strdup("at-bbbbbbbbbbbbbbbbbbbb");
+                b->code_verifier = strdup("verifier-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+                CHECK_EQ_INT(store_connection_insert(s, a), 0);
+                CHECK_EQ_INT(store_connection_insert(s, b), 0);
+                CHECK_EQ_INT(load_all(s, &l), 0);
+                CHECK_EQ_INT(l.n, 2);
+
+                db = db_open(path);
+                if (attacks[i])
+                        CHECK_EQ_INT(sqlite3_exec(db, attacks[i], NULL, NULL, NULL), SQLITE_OK);
+                else
+                        flip_bit(db, "code_verifier", "b", 20 * 8 + 3);
+                CHECK_EQ_INT(sqlite3_changes(db), 1);
+                r = load_all(s, &l);
+                if (r != -EBADMSG)
+                        fprintf(stderr, "  attack %zu: load gave %d\n", i, r);
+                CHECK_EQ_INT(r, -EBADMSG);
+                CHECK(strstr(store_last_error(s), column[i]));
+                /* the message names the place, never the secret */
+                CHECK(!strstr(store_last_error(s), "aaaa"));
+                CHECK(!strstr(store_last_error(s), "bbbb"));
+                loaded_done(&l);
+        }
+}
+
+/* Writes a file of schema version 1 holding plain secrets, as tokenbroker
+ * did before encryption at rest. */
+static void write_v1_file(const char *path) {
+        _cleanup_db_ sqlite3 *db = NULL;
+
+        CHECK_EQ_INT(sqlite3_open(path, &db), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(db, store_migrations[0].sql, NULL, NULL, NULL), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(db,
+                                  "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                                  "INSERT INTO schema_version VALUES (1);"
+                                  "INSERT INTO connections (id, name, provider, state, access_token, refresh_token, "
+                                  "  created_at, updated_at) VALUES (3, 'active1', 'p', 'active', "
+                                  "  CAST('plain-access-one' AS BLOB), CAST('plain-refresh-one' AS BLOB), 1, 1);"
+                                  "INSERT INTO connections (id, name, provider, state, state_hash, code_verifier, "
+                                  "  created_at, updated_at) VALUES (7, 'pending1', 'p', 'pending', 'abcd', "
+                                  "  CAST('plain-verifier-two' AS BLOB), 1, 1);"
+                                  "INSERT INTO connections (id, name, provider, state, created_at, updated_at) "
+                                  "  VALUES (9, 'bare', 'p', 'needs_reauth', 1, 1);"
+                                  "INSERT INTO connections (id, name, provider, state, access_token, "
+                                  "  created_at, updated_at) VALUES (12, 'empty', 'p', 'active', "
+                                  "  CAST('' AS BLOB), 1, 1);",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+}
+
+TEST(plain_file_sealed_on_first_open) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL;
+        Loaded l = {};
+
+        write_v1_file(path);
+        CHECK(db_files_contain(path, "plain-access-one"));
+
+        /* three rows held secrets (the empty one counts); the bare one not */
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 3);
+        if (!s)
+                return;
+        CHECK_EQ_INT(store_schema_version(s), last_migration());
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 4);
+        if (l.n == 4) {
+                CHECK_STREQ(l.c[0]->access_token, "plain-access-one");
+                CHECK_STREQ(l.c[0]->refresh_token, "plain-refresh-one");
+                CHECK(!l.c[0]->code_verifier);
+                CHECK_STREQ(l.c[1]->code_verifier, "plain-verifier-two");
+                CHECK(!l.c[1]->access_token);
+                CHECK(!l.c[2]->access_token && !l.c[2]->refresh_token && !l.c[2]->code_verifier);
+                CHECK_STREQ(l.c[3]->access_token, "");
+        }
+        loaded_done(&l);
+        s = store_close(s);
+
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 1);
+        CHECK_EQ_INT(db_int(db, "SELECT length(access_token) FROM connections WHERE id = 3"),
+                     CRYPT_OVERHEAD + strlen("plain-access-one"));
+        CHECK_EQ_INT(db_int(db, "SELECT length(access_token) FROM connections WHERE id = 12"), CRYPT_OVERHEAD);
+        CHECK(!db_files_contain(path, "plain-access-one"));
+        CHECK(!db_files_contain(path, "plain-refresh-one"));
+        CHECK(!db_files_contain(path, "plain-verifier-two"));
+
+        /* once only: a second open seals nothing again */
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        if (l.n == 4)
+                CHECK_STREQ(l.c[0]->access_token, "plain-access-one");
+        loaded_done(&l);
+        s = store_close(s);
+
+        /* and now the key is bound to it */
+        CHECK_EQ_INT(store_open(path, &other_key, &s), -EKEYREJECTED);
+}
+
+TEST(plain_file_untouched_when_sealing_fails) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *before = NULL, *after = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL;
+
+        /* A crash between the schema's migration to version 2 and the
+         * sealing: the file is at version 2 and holds plain values still. */
+        write_v1_file(path);
+        db = db_open(path);
+        CHECK(store_n_migrations >= 2 && store_migrations[1].version == 2);
+        CHECK_EQ_INT(sqlite3_exec(db, store_migrations[1].sql, NULL, NULL, NULL), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(db, "UPDATE schema_version SET version = 2", NULL, NULL, NULL), SQLITE_OK);
+        before = db_text(db, "SELECT group_concat(hex(access_token) || hex(code_verifier), ',') FROM connections");
+        /* The last step, writing the key check, fails: every row was
+         * sealed by then, and all of it must roll back. */
+        CHECK_EQ_INT(sqlite3_exec(db, "CREATE TRIGGER refuse BEFORE INSERT ON key_check "
+                                      "BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+        CHECK(store_open(path, &test_key, &s) < 0);
+        CHECK(!s);
+        CHECK_EQ_INT(sqlite3_exec(db, "DROP TRIGGER refuse", NULL, NULL, NULL), SQLITE_OK);
+        after = db_text(db, "SELECT group_concat(hex(access_token) || hex(code_verifier), ',') FROM connections");
+        CHECK_STREQ(after, before);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 0);
+
+        /* free again: sealed now, all of it */
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 3);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 1);
+        CHECK(!db_files_contain(path, "plain-access-one"));
+        store_close(s);
 }
