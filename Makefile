@@ -149,3 +149,5 @@ oidc-dev: tests/node_modules/.package-lock.json
 		--redirect-uri http://127.0.0.1:8421/oauth/callback --access-token-ttl 60
 
 .PHONY: oidc-dev
+
+include mk/fuzz.mk

@@ -232,7 +232,6 @@ static int refresh_start(Manager *m, Connection *c) {
                 };
                 r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
         } else if (p->grant == GRANT_CLIENT_CREDENTIALS) {
-                _cleanup_free_ char *scope = NULL;
                 const char *s = c->requested_scope ?: p->scopes;
                 const Param params[] = {
                         { "grant_type", "client_credentials" },

@@ -25,6 +25,10 @@ for b in build build-asan; do
         count "$log"
 done
 
+# Fuzzing: a short run of every libFuzzer target, plus its regression inputs.
+make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
+count "$log"
+
 if [ -d tests/integration ] && ls tests/integration/*.test.js >/dev/null 2>&1; then
         for b in build build-asan; do
                 echo "== integration tests against $b"
