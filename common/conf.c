@@ -317,6 +317,7 @@ typedef enum KeyType {
         KEY_CLIENT_AUTH,
         KEY_PKCE,
         KEY_SECONDS,
+        KEY_UINT,
         KEY_TIMEOUT,
         KEY_JSONPTR,
         KEY_USAGE_HEADER,
@@ -355,6 +356,8 @@ static const ProviderKey provider_keys[] = {
         PK("error_pointer", KEY_JSONPTR, ptr_error),
         PK("error_description_pointer", KEY_JSONPTR, ptr_error_description),
         PK("default_lifetime", KEY_SECONDS, default_lifetime),
+        PK("refresh_at_least", KEY_SECONDS, refresh_at_least),
+        PK("max_in_flight", KEY_UINT, max_in_flight),
         PK("timeout", KEY_TIMEOUT, timeout),
         PK("usage_header", KEY_USAGE_HEADER, usage_header),
         PK("usage_query", KEY_USAGE_QUERY, usage_query),
@@ -524,6 +527,16 @@ static int provider_set(const char *section, const char *key, const char *value,
                         return r;
                 }
                 return 0;
+        case KEY_UINT: {
+                unsigned long u;
+
+                if (parse_uint(value, 100000, &u, 10) < 0) {
+                        conf_error(err, p->path, line, "Invalid number for %s: %.64s", key, value);
+                        return -EINVAL;
+                }
+                *(unsigned *) field = (unsigned) u;
+                return 0;
+        }
         case KEY_TIMEOUT:
                 r = parse_seconds(value, 120 * USEC_PER_SEC, field);
                 if (r < 0) {
@@ -669,6 +682,8 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
         free(c->public_url);
         free(c->providers_dir);
         free(c->admin_group);
+        free(c->socket_group);
+        free(c->notify_command);
         for (size_t i = 0; i < c->n_providers; i++)
                 provider_free(c->providers[i]);
         free(c->providers);
@@ -727,6 +742,15 @@ static int broker_set(const char *section, const char *key, const char *value,
                 return make_path(c, value, &c->providers_dir);
         if (streq(key, "admin_group"))
                 return set_string(&c->admin_group, value);
+        if (streq(key, "socket_group"))
+                return set_string(&c->socket_group, value);
+        if (streq(key, "notify_command")) {
+                if (value[0] != '/') {
+                        conf_error(err, c->path, line, "notify_command must be an absolute path: %.128s", value);
+                        return -EINVAL;
+                }
+                return set_string(&c->notify_command, value);
+        }
         if (streq(key, "callback_listen")) {
                 const char *colon = strrchr(value, ':');
                 if (!colon || colon == value ||
@@ -756,9 +780,12 @@ static int broker_set(const char *section, const char *key, const char *value,
                 c->socket_mode = (unsigned) u;
                 return 0;
         }
-        if (streq(key, "refresh_margin") || streq(key, "refresh_jitter") || streq(key, "pending_ttl")) {
+        if (streq(key, "refresh_margin") || streq(key, "refresh_jitter") || streq(key, "pending_ttl") ||
+            streq(key, "notify_interval") || streq(key, "backoff_max")) {
                 usec_t *f = streq(key, "refresh_margin") ? &c->refresh_margin :
-                            streq(key, "refresh_jitter") ? &c->refresh_jitter : &c->pending_ttl;
+                            streq(key, "refresh_jitter") ? &c->refresh_jitter :
+                            streq(key, "notify_interval") ? &c->notify_interval :
+                            streq(key, "backoff_max") ? &c->backoff_max : &c->pending_ttl;
                 if (parse_seconds(value, 365 * USEC_PER_DAY, f) < 0) {
                         conf_error(err, c->path, line, "Invalid duration for %s: %.64s", key, value);
                         return -EINVAL;
@@ -860,6 +887,8 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         c->refresh_ratio = 0.1;
         c->refresh_jitter = 5 * USEC_PER_SEC;
         c->max_parallel_refreshes = 64;
+        c->notify_interval = USEC_PER_HOUR;
+        c->backoff_max = 5 * USEC_PER_MINUTE;
         c->pending_ttl = 10 * USEC_PER_MINUTE;
         c->max_connections = 1000000;
 

@@ -75,6 +75,8 @@ typedef struct Provider {
         char *ptr_error_description;
 
         usec_t default_lifetime;  /* 0: none */
+        usec_t refresh_at_least;  /* refresh at least this often (idle refresh tokens); 0: off */
+        unsigned max_in_flight;   /* requests to this provider at once; 0: only the global cap */
         usec_t timeout;           /* per request */
 
         /* How clients present the token: header templates and/or a query
@@ -101,6 +103,10 @@ typedef struct BrokerConfig {
         char *public_url;
         char *providers_dir;
         char *admin_group;
+        char *socket_group;       /* group of the API socket; NULL: unchanged */
+        char *notify_command;     /* run on needs_reauth and recovery */
+        usec_t notify_interval;   /* at most one notification per connection per this */
+        usec_t backoff_max;       /* cap of the retry backoff */
 
         usec_t refresh_margin;
         double refresh_ratio;

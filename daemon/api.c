@@ -938,7 +938,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
 }
 
-static int bind_socket(const char *path, unsigned mode, int *ret) {
+static int bind_socket(const char *path, unsigned mode, const char *group, int *ret) {
         _cleanup_close_ int fd = -EBADF;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         mode_t old;
@@ -958,6 +958,14 @@ static int bind_socket(const char *path, unsigned mode, int *ret) {
         }
         umask(old);
         (void) chmod(path, mode);
+        if (group) {
+                gid_t gid;
+                int r = acl_parse_group(group, &gid);
+                if (r < 0)
+                        return r;
+                if (chown(path, (uid_t) -1, gid) < 0)
+                        return -errno;
+        }
         if (listen(fd, 4096) < 0)
                 return -errno;
         *ret = TAKE_FD(fd);
@@ -982,7 +990,7 @@ int api_new(Manager *m, int fd, Api **ret) {
                 a->have_admin_gid = true;
         }
         if (fd < 0) {
-                r = bind_socket(m->config->socket, m->config->socket_mode, &fd);
+                r = bind_socket(m->config->socket, m->config->socket_mode, m->config->socket_group, &fd);
                 if (r < 0) {
                         free(a);
                         return log_error_errno(r, "Failed to listen on '%s': %m", m->config->socket);

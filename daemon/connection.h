@@ -34,8 +34,9 @@ typedef struct Connection {
         bool pending_linked;
         size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         TimerEntry timer;          /* next refresh, or pending expiry */
-        struct Connection *queue_next;  /* Manager's refresh queue */
+        struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
         bool queued;
+        usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
         Manager *manager;
         int64_t id;

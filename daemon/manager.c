@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <stdarg.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
@@ -311,6 +314,88 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
         r = store_event_add(m->store, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg);
         if (r < 0)
                 log_warning_errno(r, "Failed to record event, ignoring: %s", store_last_error(m->store));
+}
+
+/* ---- notify_command ---------------------------------------------------- */
+
+#define NOTIFY_RUNNING_MAX 16
+
+extern char **environ;
+
+static int on_notify_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
+        Manager *m = userdata;
+
+        if (si->si_code != CLD_EXITED || si->si_status != 0)
+                log_warning("notify_command (pid %d) %s %d.", (int) si->si_pid,
+                            si->si_code == CLD_EXITED ? "exited with status" : "was killed by signal",
+                            si->si_status);
+        m->notify_running--;
+        sd_event_source_disable_unref(s);
+        return 0;
+}
+
+/* Reasons come from providers: keep them printable and short. */
+static void env_clean(char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        *s = '?';
+}
+
+void manager_notify(Manager *m, Connection *c, const char *event) {
+        char e_conn[CONNECTION_NAME_MAX + 32], e_prov[PROVIDER_NAME_MAX + 32], e_event[64], e_reason[400],
+                e_state[64];
+        char *const argv[] = { m->config->notify_command, (char *) event, c->name, NULL };
+        char *envp[8];
+        posix_spawn_file_actions_t fa;
+        sd_event_source *src = NULL;
+        usec_t t = now(DEADLINE_CLOCK);
+        bool recovery = streq(event, "recovered");
+        pid_t pid;
+        size_t n = 0;
+        int r;
+
+        if (!m->config->notify_command)
+                return;
+        /* A recovery is told only to whoever heard of the trouble. */
+        if (recovery && c->notified_at == 0)
+                return;
+        if (!recovery && c->notified_at > 0 && t < c->notified_at + m->config->notify_interval)
+                return;
+        if (m->notify_running >= NOTIFY_RUNNING_MAX) {
+                log_warning("%s: %u notify commands still running, not starting another.", c->name,
+                            m->notify_running);
+                return;
+        }
+        snprintf(e_conn, sizeof e_conn, "TOKENBROKER_CONNECTION=%s", c->name);
+        snprintf(e_prov, sizeof e_prov, "TOKENBROKER_PROVIDER=%s", c->provider);
+        snprintf(e_event, sizeof e_event, "TOKENBROKER_EVENT=%s", event);
+        snprintf(e_state, sizeof e_state, "TOKENBROKER_STATE=%s", conn_state_to_string(c->state));
+        snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%.300s", c->last_error ?: "");
+        env_clean(e_reason);
+        envp[n++] = e_conn;
+        envp[n++] = e_prov;
+        envp[n++] = e_event;
+        envp[n++] = e_state;
+        envp[n++] = e_reason;
+        envp[n++] = (char *) "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        envp[n] = NULL;
+
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+        r = posix_spawn(&pid, m->config->notify_command, &fa, NULL, argv, envp);
+        posix_spawn_file_actions_destroy(&fa);
+        if (r != 0) {
+                log_warning_errno(r, "%s: cannot run notify_command '%s': %m", c->name, m->config->notify_command);
+                return;
+        }
+        r = sd_event_add_child(m->event, &src, pid, WEXITED, on_notify_exit, m);
+        if (r < 0) {
+                log_warning_errno(r, "Cannot watch notify_command (pid %d), it will linger: %m", (int) pid);
+                return;
+        }
+        (void) sd_event_source_set_description(src, "notify-command");
+        m->notify_running++;
+        c->notified_at = recovery ? 0 : t;
 }
 
 /* ---- the timer wheel as one sd-event source ------------------------- */
@@ -703,6 +788,7 @@ int manager_startup(Manager *m) {
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
         sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGCHLD);   /* sd_event_add_child() for notify_command */
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals: %m");
         if ((r = sd_event_add_signal(m->event, &m->sigterm, SIGTERM, on_signal, m)) < 0 ||

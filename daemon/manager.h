@@ -27,6 +27,8 @@ typedef struct ProviderStats {
         double latency_sum;
         uint64_t latency_count;
         unsigned in_flight;
+        /* refreshes waiting for a slot, FIFO, doubly linked */
+        Connection *queue_head, *queue_tail;
 } ProviderStats;
 
 /* Deadlines are kept at this granularity: refreshes are planned minutes
@@ -50,9 +52,9 @@ struct Manager {
         Hashmap *pending;          /* by state hash */
         unsigned n_state[_CONN_STATE_MAX];
 
-        /* refreshes waiting for a free slot, FIFO */
-        Connection *queue_head, *queue_tail;
         unsigned refreshing;
+        size_t queue_cursor;       /* round robin over providers' queues */
+        unsigned notify_running;
 
         Api *api;
         Callback *callback;
@@ -92,6 +94,9 @@ usec_t manager_earliest_expiry(Manager *m);
 /* Marks the sd_notify STATUS= line stale; sent at most once a second. */
 void manager_status_changed(Manager *m);
 int manager_reload(Manager *m);
+/* Runs notify_command for a connection event ("needs-reauth",
+ * "recovered"), rate limited per connection; never with a secret. */
+void manager_notify(Manager *m, Connection *c, const char *event);
 /* Called when a provider request finishes; may end a graceful stop. */
 void manager_maybe_exit(Manager *m);
 const Provider *manager_provider(Manager *m, const Connection *c);

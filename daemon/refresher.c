@@ -15,7 +15,6 @@
 #include "daemon/oauth.h"
 
 #define BACKOFF_BASE (1 * USEC_PER_SEC)
-#define BACKOFF_CAP (5 * USEC_PER_MINUTE)
 
 typedef enum OpKind {
         OP_REFRESH,
@@ -61,23 +60,46 @@ void refresher_add_waiter(Connection *c, Waiter *w) {
         c->waiters = w;
 }
 
+/* Refreshes waiting for a slot queue per provider, so that one slow
+ * provider at its max_in_flight cannot hold up the others. O(1) in and out. */
 static void queue_remove(Manager *m, Connection *c) {
-        Connection *prev = NULL;
+        ProviderStats *ps;
 
         if (!c->queued)
                 return;
-        for (Connection *q = m->queue_head; q; prev = q, q = q->queue_next)
-                if (q == c) {
-                        if (prev)
-                                prev->queue_next = c->queue_next;
-                        else
-                                m->queue_head = c->queue_next;
-                        if (m->queue_tail == c)
-                                m->queue_tail = prev;
-                        break;
-                }
-        c->queue_next = NULL;
+        ps = manager_stats(m, c->provider);
+        if (c->queue_prev)
+                c->queue_prev->queue_next = c->queue_next;
+        else if (ps)
+                ps->queue_head = c->queue_next;
+        if (c->queue_next)
+                c->queue_next->queue_prev = c->queue_prev;
+        else if (ps)
+                ps->queue_tail = c->queue_prev;
+        c->queue_next = c->queue_prev = NULL;
         c->queued = false;
+}
+
+static void queue_append(Manager *m, Connection *c) {
+        ProviderStats *ps = manager_stats(m, c->provider);
+
+        if (!ps || c->queued)
+                return;
+        c->queue_prev = ps->queue_tail;
+        c->queue_next = NULL;
+        if (ps->queue_tail)
+                ps->queue_tail->queue_next = c;
+        else
+                ps->queue_head = c;
+        ps->queue_tail = c;
+        c->queued = true;
+}
+
+static bool provider_has_slot(Manager *m, const Connection *c) {
+        const Provider *p = manager_provider(m, c);
+        ProviderStats *ps = manager_stats(m, c->provider);
+
+        return !p || p->max_in_flight == 0 || !ps || ps->in_flight < p->max_in_flight;
 }
 
 static void op_free(Connection *c) {
@@ -102,20 +124,27 @@ void refresher_cancel(Manager *m, Connection *c) {
 
 /* When the next refresh is due, on DEADLINE_CLOCK; USEC_INFINITY for never. */
 static usec_t refresh_due(Manager *m, const Connection *c) {
-        usec_t lifetime, margin, jitter;
+        const Provider *p = manager_provider(m, c);
+        usec_t lifetime, margin, jitter, due = USEC_INFINITY;
 
-        if (c->expires_at == 0)
-                return USEC_INFINITY;
-        lifetime = c->obtained_at > 0 && c->expires_at > c->obtained_at ? c->expires_at - c->obtained_at
-                                                                          : 0;
-        margin = MAX(m->config->refresh_margin, (usec_t) (m->config->refresh_ratio * (double) lifetime));
-        /* A margin as long as the token's life would refresh in a loop. */
-        if (lifetime > 0 && margin > lifetime / 2)
-                margin = lifetime / 2;
-        jitter = MIN(m->config->refresh_jitter, lifetime / 10);
-        if (jitter > 0)
-                margin += random_u64() % jitter;
-        return usec_sub(c->expires_deadline, margin);
+        if (c->expires_at > 0) {
+                lifetime = c->obtained_at > 0 && c->expires_at > c->obtained_at ? c->expires_at - c->obtained_at : 0;
+                margin = MAX(m->config->refresh_margin, (usec_t) (m->config->refresh_ratio * (double) lifetime));
+                /* A margin as long as the token's life would refresh in a loop. */
+                if (lifetime > 0 && margin > lifetime / 2)
+                        margin = lifetime / 2;
+                jitter = MIN(m->config->refresh_jitter, lifetime / 10);
+                if (jitter > 0)
+                        margin += random_u64() % jitter;
+                due = usec_sub(c->expires_deadline, margin);
+        }
+        /* Some providers expire refresh tokens that go unused (Microsoft
+         * after 90 days): refresh at least this often, whatever the expiry. */
+        if (p && p->refresh_at_least > 0 && (c->refresh_token || p->grant == GRANT_CLIENT_CREDENTIALS)) {
+                usec_t last = c->last_refresh_at ?: c->created_at;
+                due = MIN(due, deadline_from_realtime(usec_add(last, p->refresh_at_least)));
+        }
+        return due;
 }
 
 void refresher_schedule(Manager *m, Connection *c) {
@@ -252,21 +281,29 @@ static int refresh_start(Manager *m, Connection *c) {
 }
 
 static void drain_queue(Manager *m) {
-        while (m->queue_head && m->refreshing < m->config->max_parallel_refreshes) {
-                Connection *c = m->queue_head;
-                int r;
+        /* Round robin over the providers' queues, one at a time, while
+         * the global cap allows: O(providers) per pass. */
+        for (bool progress = true; progress && m->refreshing < m->config->max_parallel_refreshes;) {
+                progress = false;
+                for (size_t k = 0; k < m->n_stats && m->refreshing < m->config->max_parallel_refreshes; k++) {
+                        ProviderStats *ps = &m->stats[(m->queue_cursor + k) % m->n_stats];
+                        Connection *c = ps->queue_head;
+                        int r;
 
-                m->queue_head = c->queue_next;
-                if (!m->queue_head)
-                        m->queue_tail = NULL;
-                c->queue_next = NULL;
-                c->queued = false;
-                r = refresh_start(m, c);
-                if (r < 0) {
-                        log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
-                        wake_waiters(c, r);
-                        refresher_schedule(m, c);
+                        if (!c || !provider_has_slot(m, c))
+                                continue;
+                        queue_remove(m, c);
+                        progress = true;
+                        r = refresh_start(m, c);
+                        if (r < 0) {
+                                log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
+                                wake_waiters(c, r);
+                                refresher_schedule(m, c);
+                        }
+                        /* refresh_start may grow m->stats: ps is not used after this */
                 }
+                if (m->n_stats > 0)
+                        m->queue_cursor = (m->queue_cursor + 1) % m->n_stats;
         }
 }
 
@@ -285,13 +322,8 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
             manager_provider(m, c) && manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE)
                 return -EAGAIN;
         timerwheel_cancel(m->wheel, &c->timer);
-        if (m->refreshing >= m->config->max_parallel_refreshes) {
-                c->queued = true;
-                if (m->queue_tail)
-                        m->queue_tail->queue_next = c;
-                else
-                        m->queue_head = c;
-                m->queue_tail = c;
+        if (m->refreshing >= m->config->max_parallel_refreshes || !provider_has_slot(m, c)) {
+                queue_append(m, c);
                 refresher_add_waiter(c, w);
                 return 0;
         }
@@ -304,9 +336,9 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
         return 0;
 }
 
-static usec_t backoff_delay(Connection *c, const HttpRequest *req) {
+static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
         unsigned n = MIN(c->failures, 20u);
-        usec_t ceiling = MIN(BACKOFF_CAP, BACKOFF_BASE << n), d;
+        usec_t ceiling = MAX(MIN(m->config->backoff_max, BACKOFF_BASE << n), (usec_t) 1), d;
 
         /* Full jitter, with the base as a floor so a burst of failures
          * cannot turn into a tight loop. */
@@ -405,8 +437,10 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
                         if (before != CONN_ACTIVE) {
                                 manager_set_state(m, c, CONN_ACTIVE);
                                 (void) save(m, c);
-                                if (before == CONN_NEEDS_REAUTH)
+                                if (before == CONN_NEEDS_REAUTH) {
                                         manager_event(m, c, "recovered", "connection works again");
+                                        manager_notify(m, c, "recovered");
+                                }
                                 else
                                         manager_event(m, c, "active", "connection is active");
                         } else if (failures > 0)
@@ -435,13 +469,14 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
                 c->failures = 0;
                 (void) save(m, c);
                 manager_event(m, c, "needs-reauth", "refresh refused: %s", strempty(error));
+                manager_notify(m, c, "needs-reauth");
                 log_warning("%s: needs re-authorization: %s", c->name, strempty(error));
                 timerwheel_cancel(m->wheel, &c->timer);
                 wake_waiters(c, -EKEYREJECTED);
                 return;
         }
         c->failures++;
-        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(c, req));
+        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(m, c, req));
         manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): %s", c->failures,
                       strempty(error));
         (void) save(m, c);
@@ -499,6 +534,8 @@ static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
         }
         token_set_done(&t);
         m->refresh_ok++;
+        if (c->notified_at > 0)
+                manager_notify(m, c, "recovered");
         manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
         refresher_schedule(m, c);
         wake_waiters(c, 0);
