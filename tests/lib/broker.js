@@ -42,7 +42,10 @@ async function waitFor(fn, { timeoutMs = 10000, intervalMs = 100, what = 'condit
     try {
       last = await fn();
       if (last) return last;
-    } catch (e) { last = e; }
+    } catch (e) {
+      if (e && e.fatal) throw e;   // no point in waiting any longer
+      last = e;
+    }
     await sleep(intervalMs);
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
@@ -178,7 +181,9 @@ class Broker {
     this.proc = p;
     p.on('exit', (code, signal) => this.exits.push({ code, signal, pid: p.pid }));
     await waitFor(async () => {
-      if (p.exitCode !== null || p.signalCode !== null) throw new Error(`tokenbrokerd exited early:\n${this.log()}`);
+      if (p.exitCode !== null || p.signalCode !== null) {
+        throw Object.assign(new Error(`tokenbrokerd exited early:\n${this.log()}`), { fatal: true });
+      }
       const r = await unixRequest(this.socket, 'GET', '/v1/status').catch(() => null);
       return r && r.status === 200;
     }, { timeoutMs: 15000, what: 'tokenbrokerd to answer on its socket' });
@@ -238,11 +243,15 @@ class Broker {
     const p = this.proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
+    const within = (ms) => {
+      let timer;
+      return Promise.race([gone, new Promise((r) => { timer = setTimeout(r, ms); })]).finally(() => clearTimeout(timer));
+    };
     process.kill(p.pid, signal);
-    await Promise.race([gone, sleep(10000)]);
+    await within(15000);
     if (p.exitCode === null && p.signalCode === null) {
       process.kill(p.pid, 'SIGKILL');
-      await Promise.race([gone, sleep(5000)]);
+      await within(5000);
     }
   }
 

@@ -11,6 +11,42 @@
  * POST /revoke     RFC 7009: 200
  * Every request is recorded (method, path, headers, raw body, parsed params).
  * `respond` may override any token answer: return {status, headers, body}.
+ *
+ * Options (all optional; the defaults are what they always were):
+ *   expiresIn     seconds, or a function (grantId) => seconds     (3600)
+ *   rotate        issue a new refresh token on every refresh and delete
+ *                 the used one at once: no reuse at all           (true)
+ *   graceReuse    the rotation model of real providers (Okta's grace
+ *                 period, Auth0's reuse interval, Microsoft): see below
+ *                 (false). Implies rotation.
+ *   revokeOnReuse with graceReuse: a refused reuse revokes the whole grant,
+ *                 as breach detection does                         (true)
+ *   tokenDelayMs  ms, or a function (rec) => ms: the token endpoint holds
+ *                 its answer this long AFTER it has changed its state, so
+ *                 a client killed meanwhile loses the answer       (0)
+ *   record        push every request onto fp.requests              (true)
+ *
+ * graceReuse: per grant the provider keeps {current, previous}.
+ *  - presenting `current` is a normal refresh: previous := current,
+ *    current := a new token (the new one is unused);
+ *  - presenting `previous` is accepted only while `current` was never used
+ *    (always true by the rule above, since using current moves previous
+ *    on): the client crashed between our 200 and its own commit. It gets
+ *    a fresh pair; the unused `current` is invalidated and replaced,
+ *    `previous` stays as it is;
+ *  - presenting any older token of the grant is taken for theft:
+ *    invalid_grant, and with revokeOnReuse the grant dies (every token).
+ * So a correct client never sees invalid_grant if it never presents a
+ * token it has not committed, never loses a committed one and never goes
+ * back to an older one. fp.stats counts the outcomes; fp.grants holds the
+ * per-grant state; fp.tokens maps every issued token to its issuance
+ * {grant, gen, at, refresh_token, access_token, seen}.
+ * fp.newGeneration() marks a client restart: a grace reuse of a `current`
+ * issued in the same generation means a live client went backwards
+ * (stats.graceSameGeneration). fp.markSeen(access_token) records that a
+ * client of the broker was handed this access token; a grace reuse that
+ * drops a `current` whose access token was seen means the broker served a
+ * token before committing its refresh token (stats.graceAfterSeen).
  */
 const crypto = require('node:crypto');
 const http = require('node:http');
@@ -25,7 +61,85 @@ async function startFakeProvider(opts = {}) {
     respond: opts.respond ?? null,
     refreshTokens: new Map(),   // current refresh token -> grant id
     issued: [],                 // {grant, access_token, refresh_token}
+    graceReuse: opts.graceReuse ?? false,
+    revokeOnReuse: opts.revokeOnReuse ?? true,
+    tokenDelayMs: opts.tokenDelayMs ?? 0,
+    record: opts.record ?? true,
+    grants: new Map(),          // graceReuse: grant id -> {current, previous, revoked, ...}
+    tokens: new Map(),          // every issued token (access and refresh) -> its issuance
+    generation: 0,
+    stats: {
+      authorized: 0, refreshed: 0, graceAccepted: 0, graceSameGeneration: 0, graceAfterSeen: 0,
+      invalidGrant: 0, reuseRefused: 0, unknownToken: 0, revokedGrant: 0, servedSeen: 0,
+    },
+    rejections: [],             // {time, grant, reason}
   };
+  fp.newGeneration = () => ++fp.generation;
+  fp.markSeen = (accessToken) => {
+    const iss = fp.tokens.get(accessToken);
+    if (!iss) return null;
+    if (!iss.seen) { iss.seen = true; fp.stats.servedSeen++; }
+    return iss;
+  };
+  const lifetime = (grant) => (typeof fp.expiresIn === 'function' ? fp.expiresIn(grant) : fp.expiresIn);
+
+  function invalidGrant(res, grant, reason, description) {
+    const g = grant ? fp.grants.get(grant) : null;
+    fp.stats.invalidGrant++;
+    if (g) g.invalidGrant++;
+    fp.rejections.push({ time: Date.now(), grant, reason });
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: 'invalid_grant', error_description: description }));
+  }
+
+  /* The graceReuse token endpoint: returns the answer, or null after
+   * answering invalid_grant itself. */
+  function graceToken(res, gt, params) {
+    let grant, g, presented = null;
+    if (gt === 'authorization_code') {
+      grant = rnd(6);
+      g = { id: grant, current: null, previous: null, revoked: false, refreshes: 0, graces: 0, lastOk: null, invalidGrant: 0 };
+      fp.grants.set(grant, g);
+      fp.stats.authorized++;
+    } else {
+      const iss = fp.tokens.get(params.refresh_token);
+      const rt = params.refresh_token;
+      if (!iss || iss.kind !== 'refresh') { fp.stats.unknownToken++; invalidGrant(res, null, 'unknown', 'unknown refresh token'); return null; }
+      grant = iss.grant;
+      g = fp.grants.get(grant);
+      if (g.revoked) { fp.stats.revokedGrant++; invalidGrant(res, grant, 'revoked', 'grant revoked'); return null; }
+      if (rt === g.current) {
+        presented = 'current';
+        g.previous = g.current;
+      } else if (rt === g.previous) {
+        // The client crashed between our answer and its commit: the unused
+        // current dies, previous stays valid until the new one is used.
+        presented = 'previous';
+        const dropped = fp.tokens.get(g.current);
+        fp.stats.graceAccepted++;
+        g.graces++;
+        if (dropped && dropped.gen === fp.generation) fp.stats.graceSameGeneration++;
+        if (dropped && dropped.pair && dropped.pair.seen) fp.stats.graceAfterSeen++;
+      } else {
+        fp.stats.reuseRefused++;
+        if (fp.revokeOnReuse) g.revoked = true;
+        invalidGrant(res, grant, 'reuse', 'refresh token reuse detected');
+        return null;
+      }
+      g.refreshes++;
+      fp.stats.refreshed++;
+    }
+    const now = Date.now();
+    const body = { access_token: `at-${rnd(24)}`, token_type: 'Bearer', expires_in: lifetime(grant), refresh_token: `rt-${rnd(24)}` };
+    const at = { kind: 'access', grant, gen: fp.generation, at: now, access_token: body.access_token, refresh_token: body.refresh_token, seen: false };
+    const rtIss = { kind: 'refresh', grant, gen: fp.generation, at: now, access_token: body.access_token, refresh_token: body.refresh_token, pair: at };
+    fp.tokens.set(body.access_token, at);
+    fp.tokens.set(body.refresh_token, rtIss);
+    g.current = body.refresh_token;
+    g.lastOk = { time: now, presented, gen: fp.generation };
+    fp.issued.push({ grant, access_token: body.access_token, refresh_token: body.refresh_token });
+    return body;
+  }
 
   const server = http.createServer((req, res) => {
     const chunks = [];
@@ -40,7 +154,7 @@ async function startFakeProvider(opts = {}) {
         params = Object.fromEntries(new URLSearchParams(raw));
       }
       const rec = { time: Date.now(), method: req.method, path: u.pathname, query: Object.fromEntries(u.searchParams), headers: req.headers, raw, params };
-      fp.requests.push(rec);
+      if (fp.record) fp.requests.push(rec);
 
       if (fp.respond) {
         const o = await fp.respond(rec);
@@ -60,6 +174,17 @@ async function startFakeProvider(opts = {}) {
         res.end();
         return;
       }
+      if (u.pathname === '/token' && req.method === 'POST' && fp.graceReuse &&
+          (params.grant_type === 'authorization_code' || params.grant_type === 'refresh_token')) {
+        const body = graceToken(res, params.grant_type, params);
+        if (!body) return;
+        const delay = typeof fp.tokenDelayMs === 'function' ? fp.tokenDelayMs(rec) : fp.tokenDelayMs;
+        if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+        if (res.destroyed || req.socket.destroyed) return;   // the client died meanwhile
+        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+        res.end(JSON.stringify(body));
+        return;
+      }
       if (u.pathname === '/token' && req.method === 'POST') {
         const gt = params.grant_type;
         let grant;
@@ -67,8 +192,7 @@ async function startFakeProvider(opts = {}) {
         else if (gt === 'refresh_token') {
           grant = fp.refreshTokens.get(params.refresh_token);
           if (!grant) {
-            res.writeHead(400, { 'content-type': 'application/json' });
-            res.end(JSON.stringify({ error: 'invalid_grant', error_description: 'unknown refresh token' }));
+            invalidGrant(res, null, 'unknown', 'unknown refresh token');
             return;
           }
           if (fp.rotate) fp.refreshTokens.delete(params.refresh_token);
@@ -77,7 +201,7 @@ async function startFakeProvider(opts = {}) {
           res.end(JSON.stringify({ error: 'unsupported_grant_type' }));
           return;
         }
-        const body = { access_token: `at-${rnd(24)}`, token_type: 'Bearer', expires_in: fp.expiresIn };
+        const body = { access_token: `at-${rnd(24)}`, token_type: 'Bearer', expires_in: lifetime(grant) };
         if (gt !== 'client_credentials' && (fp.rotate || gt === 'authorization_code')) {
           body.refresh_token = `rt-${rnd(24)}`;
           fp.refreshTokens.set(body.refresh_token, grant);
@@ -89,6 +213,8 @@ async function startFakeProvider(opts = {}) {
       }
       if (u.pathname === '/revoke' && req.method === 'POST') {
         fp.refreshTokens.delete(params.token);
+        const iss = fp.graceReuse ? fp.tokens.get(params.token) : null;
+        if (iss && iss.kind === 'refresh') fp.grants.get(iss.grant).revoked = true;
         res.writeHead(200);
         res.end();
         return;
