@@ -383,7 +383,8 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         int k;
 
         if (!peer_may_read(r->peer, c)) {
-                answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed to read this connection");
+                /* the same answer as for an unknown name: no probing */
+                answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed");
                 return;
         }
         if (arg(r, "min_ttl") && parse_seconds_arg(arg(r, "min_ttl"), &min_ttl) < 0) {
@@ -786,6 +787,8 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                 return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
         }
         if (streq(url, "/metrics")) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
                 if (!get)
                         return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
                 return route_metrics(r);
