@@ -113,25 +113,35 @@ run: all
 	@test -s .run/local-client-secret || (umask 077; head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > .run/local-client-secret)
 	$(BUILD)/tokenbrokerd -c conf/dev/tokenbroker.conf
 
+# Units land in $(UNITDIR); sysusers.d and tmpfiles.d snippets in
+# $(PREFIX)/lib (systemd reads /usr/local/lib and /usr/lib). The main
+# config is installed only if absent; uninstall leaves /etc and
+# /var/lib/tokenbroker alone.
+UNITS := tokenbrokerd.service tokenbrokerd.socket tokenbrokerd-callback.socket
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+
 install: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
 		$(DESTDIR)$(SYSCONFDIR)/tokenbroker/providers.d $(DESTDIR)$(DATADIR)/tokenbroker/providers.d
 	install -m 0755 $(BUILD)/tokenbrokerd $(DESTDIR)$(SBINDIR)/tokenbrokerd
 	install -m 0755 $(BUILD)/tokenctl $(DESTDIR)$(BINDIR)/tokenctl
-	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/tokenbrokerd.service > $(DESTDIR)$(UNITDIR)/tokenbrokerd.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/tokenbrokerd.service
+	for u in $(UNITS); do \
+		sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -m 0644 systemd/tokenbroker.sysusers $(DESTDIR)$(SYSUSERSDIR)/tokenbroker.conf
+	install -m 0644 systemd/tokenbroker.tmpfiles $(DESTDIR)$(TMPFILESDIR)/tokenbroker.conf
 	test -e $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf || \
 		install -m 0644 conf/tokenbroker.conf $(DESTDIR)$(SYSCONFDIR)/tokenbroker/tokenbroker.conf
-	install -d $(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
-	install -m 0644 systemd/tokenbroker.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/tokenbroker.conf
-	install -m 0644 systemd/tokenbroker.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/tokenbroker.conf
 	for f in conf/providers.d/*.conf; do [ -e "$$f" ] || continue; \
-		install -m 0644 "$$f" $(DESTDIR)$(DATADIR)/tokenbroker/providers.d/; done
+		install -m 0644 "$$f" $(DESTDIR)$(DATADIR)/tokenbroker/providers.d/ || exit 1; done
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/tokenbrokerd $(DESTDIR)$(BINDIR)/tokenctl \
-		$(DESTDIR)$(UNITDIR)/tokenbrokerd.service \
-		$(DESTDIR)$(PREFIX)/lib/sysusers.d/tokenbroker.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/tokenbroker.conf
+		$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
+		$(DESTDIR)$(SYSUSERSDIR)/tokenbroker.conf $(DESTDIR)$(TMPFILESDIR)/tokenbroker.conf
 	rm -rf $(DESTDIR)$(DATADIR)/tokenbroker
 
 clean:
@@ -149,5 +159,4 @@ oidc-dev: tests/node_modules/.package-lock.json
 		--redirect-uri http://127.0.0.1:8421/oauth/callback --access-token-ttl 60
 
 .PHONY: oidc-dev
-
 include mk/fuzz.mk
