@@ -60,11 +60,12 @@ static int parse_argv(int argc, char *argv[]) {
         return 1;
 }
 
-/* Sockets passed by systemd: "api" and "callback" by name; an unnamed
- * single socket is the API. */
+/* Sockets passed by systemd, taken by name: "api" and "callback". An
+ * unnamed (or otherwise named) socket is the API only when it is the one
+ * socket passed; anything else is closed with a warning. */
 static int take_listen_fds(Manager *m) {
         char **names = NULL;
-        int n;
+        int n, other = -EBADF;
 
         n = sd_listen_fds_with_names(true, &names);
         if (n < 0)
@@ -73,15 +74,20 @@ static int take_listen_fds(Manager *m) {
                 int fd = SD_LISTEN_FDS_START + i;
                 const char *name = names ? names[i] : NULL;
 
-                if (name && streq(name, "callback"))
-                        m->callback_fd = fd;
-                else if (m->api_fd < 0)
+                if (name && streq(name, "api") && m->api_fd < 0)
                         m->api_fd = fd;
+                else if (name && streq(name, "callback") && m->callback_fd < 0)
+                        m->callback_fd = fd;
+                else if (n == 1)
+                        other = fd;
                 else {
-                        log_warning("Ignoring extra passed socket '%s'.", strempty(name));
+                        log_warning("Ignoring passed socket '%s': expected the names api and callback.",
+                                    strempty(name));
                         safe_close(fd);
                 }
         }
+        if (m->api_fd < 0 && other >= 0)
+                m->api_fd = other;
         if (names)
                 for (int i = 0; names[i]; i++)
                         free(names[i]);

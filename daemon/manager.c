@@ -828,6 +828,8 @@ int manager_startup(Manager *m) {
                                 return log_error_errno(r, "Failed to create '%s': %m", sockdir);
                 }
         }
+        m->api_passed = m->api_fd >= 0;
+        m->callback_passed = m->callback_fd >= 0;
         r = api_new(m, m->api_fd, &m->api);
         if (r < 0)
                 return r;
@@ -841,7 +843,8 @@ int manager_startup(Manager *m) {
 
 int manager_run(Manager *m) {
         (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %u active connections.", m->n_state[CONN_ACTIVE]);
-        log_info("tokenbrokerd ready: API on %s, callback on %s.", m->config->socket,
-                 m->config->callback_listen);
+        log_info("tokenbrokerd ready: API on %s, callback on %s.",
+                 m->api_passed ? "the socket passed by systemd" : m->config->socket,
+                 m->callback_passed ? "the socket passed by systemd" : m->config->callback_listen);
         return sd_event_loop(m->event);
 }

@@ -59,6 +59,7 @@ struct Manager {
         Api *api;
         Callback *callback;
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
+        bool api_passed, callback_passed;
 
         sd_event_source *sigterm, *sigint, *sighup;
 

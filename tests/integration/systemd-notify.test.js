@@ -126,3 +126,20 @@ test('socket activation: named sockets passed by systemd-socket-activate, nothin
   });
   assert.equal(refused, true, 'the daemon bound its own callback listener');
 });
+
+test('passed sockets are taken by name, not by position', { timeout: 60000 }, async (t) => {
+  const b = await Broker.prepare();
+  b.opts = { providers: {}, broker: { socket: 'own.sock', callback_listen: `127.0.0.1:${await freePort()}` } };
+  b.writeConfig();
+  const extra = path.join(b.dir, 'extra.sock'), api = path.join(b.dir, 'api.sock');
+  const log = fs.openSync(b.logPath, 'a');
+  const p = spawn('systemd-socket-activate', ['-l', extra, '-l', api, '--fdname=extra:api',
+    path.join(BUILD, 'tokenbrokerd'), '-c', b.confPath], { stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  t.after(async () => { p.kill('SIGTERM'); await sleep(200); fs.rmSync(b.dir, { recursive: true, force: true }); });
+  await waitFor(() => fs.existsSync(api), { what: 'the activated socket' });
+  const r = await unixRequest(api, 'GET', '/v1/status', undefined, { timeoutMs: 15000 });
+  assert.equal(r.status, 200, b.log());
+  await waitFor(() => /Ignoring passed socket 'extra'/.test(b.log()), { timeoutMs: 5000, what: 'the warning about extra' });
+  assert.match(b.log(), /API on the socket passed by systemd/);
+});
