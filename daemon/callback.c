@@ -11,17 +11,33 @@
 
 #define CALLBACK_CONNECTIONS_MAX 256
 #define CALLBACK_PER_IP_MAX 32
+/* MHD's timeout is one of inactivity: a client sending a byte now and
+ * then would hold its connection for ever (slowloris). The whole request
+ * must therefore also arrive within CALLBACK_TIMEOUT_SEC of the connection
+ * (or of the previous answer on a kept-alive one), else the connection is
+ * shut down. */
 #define CALLBACK_TIMEOUT_SEC 15
 #define CALLBACK_MEMORY_LIMIT (32 * 1024)
 /* A code or state longer than this is not one. */
 #define CALLBACK_VALUE_MAX 4096
 
 typedef struct CbRequest CbRequest;
+typedef struct CbConn CbConn;
 
 struct Callback {
         Manager *manager;
         MhdLoop loop;
         CbRequest *suspended;
+        CbConn *conns;             /* every open TCP connection */
+        sd_event_source *reaper;   /* fires at the earliest CbConn deadline */
+};
+
+/* One TCP connection, for its request deadline. */
+struct CbConn {
+        Callback *cb;
+        int fd;
+        usec_t deadline;           /* CLOCK_MONOTONIC; USEC_INFINITY while answering */
+        CbConn *next, *prev;
 };
 
 struct CbRequest {
@@ -54,6 +70,101 @@ char *html_escape(const char *s) {
         }
         return strbuf_steal(&b);
 }
+
+/* ---- request deadlines ------------------------------------------------ */
+
+static void reaper_rearm(Callback *cb) {
+        usec_t next = USEC_INFINITY;
+
+        if (!cb->reaper)
+                return;
+        for (CbConn *c = cb->conns; c; c = c->next)
+                next = MIN(next, c->deadline);
+        if (next == USEC_INFINITY) {
+                (void) sd_event_source_set_enabled(cb->reaper, SD_EVENT_OFF);
+                return;
+        }
+        (void) sd_event_source_set_time(cb->reaper, next);
+        (void) sd_event_source_set_enabled(cb->reaper, SD_EVENT_ONESHOT);
+}
+
+static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Callback *cb = userdata;
+        usec_t t = now(CLOCK_MONOTONIC);
+        unsigned n = 0;
+
+        for (CbConn *c = cb->conns; c; c = c->next)
+                if (c->deadline <= t) {
+                        /* MHD sees end of file and closes the connection
+                         * itself; the fd stays MHD's until then. */
+                        (void) shutdown(c->fd, SHUT_RDWR);
+                        c->deadline = USEC_INFINITY;
+                        n++;
+                }
+        if (n > 0) {
+                log_debug("callback: closed %u connection(s) that sent no complete request within %us.", n,
+                          (unsigned) CALLBACK_TIMEOUT_SEC);
+                mhd_loop_kick(&cb->loop);
+        }
+        reaper_rearm(cb);
+        return 0;
+}
+
+static CbConn *cb_conn(struct MHD_Connection *conn) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+        return ci ? ci->socket_context : NULL;
+}
+
+/* Starts (timeout > 0) or stops (0) the wait for a complete request. */
+static void cb_conn_deadline(struct MHD_Connection *conn, usec_t timeout) {
+        CbConn *c = cb_conn(conn);
+
+        if (!c)
+                return;
+        c->deadline = timeout > 0 ? usec_add(now(CLOCK_MONOTONIC), timeout) : USEC_INFINITY;
+        reaper_rearm(c->cb);
+}
+
+static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe) {
+        Callback *cb = cls;
+        CbConn *c;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+                c = ci ? new0(CbConn, 1) : NULL;
+                if (!c) {
+                        *socket_context = NULL;
+                        return;
+                }
+                c->cb = cb;
+                c->fd = ci->connect_fd;
+                c->deadline = usec_add(now(CLOCK_MONOTONIC), CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
+                c->next = cb->conns;
+                if (cb->conns)
+                        cb->conns->prev = c;
+                cb->conns = c;
+                *socket_context = c;
+                reaper_rearm(cb);
+        } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+                c = *socket_context;
+                if (!c)
+                        return;
+                if (c->prev)
+                        c->prev->next = c->next;
+                else
+                        cb->conns = c->next;
+                if (c->next)
+                        c->next->prev = c->prev;
+                free(c);
+                *socket_context = NULL;
+        }
+}
+
+/* ---- pages ------------------------------------------------------------- */
 
 static char *page(const char *title, const char *message) {
         _cleanup_free_ char *t = html_escape(title), *msg = html_escape(message);
@@ -110,6 +221,19 @@ static void on_exchanged(Connection *c, int result, void *userdata) {
         mhd_loop_kick(&r->cb->loop);
 }
 
+/* A query parameter that is present, not empty, at most
+ * CALLBACK_VALUE_MAX bytes, and without a NUL byte (%00): a C string
+ * would be cut short at it, and "state%00junk" must not pass for state. */
+static const char *callback_arg(struct MHD_Connection *conn, const char *key) {
+        const char *v = NULL;
+        size_t n = 0;
+
+        if (MHD_lookup_connection_value_n(conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES ||
+            !v || n == 0 || n > CALLBACK_VALUE_MAX || strlen(v) != n)
+                return NULL;
+        return v;
+}
+
 static void handle_callback(CbRequest *r) {
         Manager *m = r->cb->manager;
         const char *state, *code, *error, *desc;
@@ -119,8 +243,8 @@ static void handle_callback(CbRequest *r) {
         char hash[65];
         int k;
 
-        state = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "state");
-        if (isempty(state) || strlen(state) > CALLBACK_VALUE_MAX)
+        state = callback_arg(r->conn, "state");
+        if (!state)
                 return answer(r, 400, "Authorization failed", "The request has no valid state parameter.");
         if (sha256_hex(state, strlen(state), hash) < 0)
                 return answer(r, 500, "Authorization failed", "Internal error.");
@@ -141,8 +265,8 @@ static void handle_callback(CbRequest *r) {
                 return answer(r, 400, "Authorization failed", msg);
         }
         p = manager_provider(m, c);
-        code = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, p ? p->code_param : "code");
-        if (isempty(code) || strlen(code) > CALLBACK_VALUE_MAX)
+        code = callback_arg(r->conn, p ? p->code_param : "code");
+        if (!code)
                 return answer(r, 400, "Authorization failed", "The request has no authorization code.");
 
         /* The state is spent from here on, whatever the exchange says. */
@@ -159,6 +283,8 @@ static void handle_callback(CbRequest *r) {
         r->target = c;
         manager_wheel_rearm(m);
 
+        /* Waiting for the provider is not the client's slowness. */
+        cb_conn_deadline(r->conn, 0);
         MHD_suspend_connection(r->conn);
         r->suspended = true;
         r->next = r->cb->suspended;
@@ -167,15 +293,25 @@ static void handle_callback(CbRequest *r) {
         r->cb->suspended = r;
 }
 
-static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused_, void **req_cls,
+static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe _unused_) {
         CbRequest *r = *req_cls;
 
+        /* A kept-alive connection has as long again for its next request. */
+        cb_conn_deadline(conn, CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
         if (!r)
                 return;
         free(r->page);
         free(r);
         *req_cls = NULL;
+}
+
+static bool has_body(struct MHD_Connection *conn) {
+        const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+        if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+                return true;
+        return len && strspn(len, "0") != strlen(len);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -192,10 +328,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 r->cb = cb;
                 r->conn = conn;
                 *req_cls = r;
-                return MHD_YES;
+                /* No route takes a body: refuse at once rather than read
+                 * it (MHD then closes the connection after the answer). */
+                if (!streq(method, "GET") && !streq(method, "HEAD"))
+                        answer(r, 405, "Method not allowed", "Only GET is served here.");
+                else if (has_body(conn))
+                        answer(r, 413, "Request too large", "A request here has no body.");
+                else
+                        return MHD_YES;
+                cb_conn_deadline(conn, 0);
+                return mhd_respond(conn, r->status, "text/html; charset=utf-8", TAKE_PTR(r->page),
+                                   "Content-Security-Policy", "default-src 'none'");
         }
         if (*upload_data_size > 0) {
-                *upload_data_size = 0;   /* no route takes a body */
+                *upload_data_size = 0;   /* no route takes a body (see above) */
                 return MHD_YES;
         }
         if (!r->answered && !r->suspended) {
@@ -205,6 +351,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                         r->answered = true;
                         r->status = 200;
                         r->page = strdup("ok\n");
+                        cb_conn_deadline(conn, 0);
                         return mhd_respond(conn, 200, "text/plain", TAKE_PTR(r->page), NULL, NULL);
                 } else if (streq(url, CALLBACK_PATH))
                         handle_callback(r);
@@ -213,6 +360,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (r->suspended)
                 return MHD_YES;
+        cb_conn_deadline(conn, 0);
         return mhd_respond(conn, r->status, "text/html; charset=utf-8", TAKE_PTR(r->page),
                            "Content-Security-Policy", "default-src 'none'");
 }
@@ -281,6 +429,7 @@ int callback_new(Manager *m, int fd, Callback **ret) {
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) CALLBACK_TIMEOUT_SEC,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CALLBACK_MEMORY_LIMIT,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, cb,
+                             MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, cb,
                              MHD_OPTION_END);
         if (!d) {
                 safe_close(fd);
@@ -288,11 +437,17 @@ int callback_new(Manager *m, int fd, Callback **ret) {
                 return log_error_errno(EIO, "Failed to start the callback listener.");
         }
         r = mhd_loop_attach(&cb->loop, m->event, d, "callback");
+        if (r >= 0)
+                r = sd_event_add_time(m->event, &cb->reaper, CLOCK_MONOTONIC, USEC_INFINITY,
+                                      USEC_PER_SEC / 10, on_reap, cb);
         if (r < 0) {
                 mhd_loop_detach(&cb->loop);
+                cb->reaper = sd_event_source_disable_unref(cb->reaper);
                 free(cb);
                 return log_error_errno(r, "Failed to watch the callback listener: %m");
         }
+        (void) sd_event_source_set_description(cb->reaper, "callback-deadlines");
+        reaper_rearm(cb);
         *ret = cb;
         return 0;
 }
@@ -307,7 +462,9 @@ Callback *callback_free(Callback *cb) {
                 answer(r, 503, "Shutting down", "The broker is shutting down; authorize again.");
                 cb_resume(r);
         }
+        /* Stopping MHD closes the connections (NOTIFY_CLOSED frees them). */
         mhd_loop_detach(&cb->loop);
+        cb->reaper = sd_event_source_disable_unref(cb->reaper);
         free(cb);
         return NULL;
 }
