@@ -24,7 +24,7 @@
 #define API_CONNECTIONS_MAX 4096
 /* MHD clears a connection's memory pool on every request: keep it small
  * (headers only; bodies are copied out as they arrive). */
-#define API_CONNECTION_MEMORY (16 * 1024)
+#define API_CONNECTION_MEMORY (8 * 1024)
 /* A client that got 401 may ask again; more often than this it is a bug
  * in the client, not a stale token, and the provider is spared. */
 #define INVALIDATE_MIN_INTERVAL (5 * USEC_PER_SEC)
