@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 
@@ -25,7 +26,30 @@ static const char *const client_auth_table[_CLIENT_AUTH_MAX] = {
         [CLIENT_AUTH_BASIC] = "basic",
         [CLIENT_AUTH_POST] = "post",
         [CLIENT_AUTH_NONE] = "none",
+        [CLIENT_AUTH_HEADERS] = "headers",
 };
+static const char *const body_table[_BODY_MAX] = {
+        [BODY_FORM] = "form",
+        [BODY_JSON] = "json",
+        [BODY_QUERY] = "query",
+};
+static const char *const error_class_table[_ERROR_CLASS_MAX] = {
+        [ERROR_CLASS_RETRY] = "retry",
+        [ERROR_CLASS_REAUTH] = "reauth",
+        [ERROR_CLASS_CONFIG] = "config",
+};
+
+/* Placeholders every provider request may use. The authorize URL goes to
+ * a browser: no client secret, no password there. */
+#define PLACEHOLDERS_COMMON                                                                            \
+        "client_id", "redirect_uri", "scope", "username", "uuid", "random_string", "random_base64",   \
+                "random_int", "timestamp_unix", "utc", "token_url"
+const char *const placeholders_authorize[] = { PLACEHOLDERS_COMMON, "state", NULL };
+const char *const placeholders_token[] = {
+        PLACEHOLDERS_COMMON, "client_secret", "password", "code", "code_verifier", "state", "device_code", NULL,
+};
+const char *const placeholders_refresh[] = { PLACEHOLDERS_COMMON, "client_secret", "password", "refresh_token",
+                                             NULL };
 static const char *const pkce_table[_PKCE_MAX] = {
         [PKCE_S256] = "S256",
         [PKCE_PLAIN] = "plain",
@@ -50,6 +74,18 @@ const char *client_auth_to_string(ClientAuth a) {
 }
 const char *pkce_to_string(Pkce p) {
         return p >= 0 && p < _PKCE_MAX ? pkce_table[p] : NULL;
+}
+const char *body_type_to_string(BodyType b) {
+        return b >= 0 && b < _BODY_MAX ? body_table[b] : NULL;
+}
+const char *error_class_to_string(ErrorClass c) {
+        return c >= 0 && c < _ERROR_CLASS_MAX ? error_class_table[c] : NULL;
+}
+
+static provider_discover_fn discover_hook = NULL;
+
+void conf_set_discovery(provider_discover_fn fn) {
+        discover_hook = fn;
 }
 
 void conf_error(ConfError *err, const char *path, unsigned line, const char *fmt, ...) {
@@ -322,19 +358,29 @@ typedef enum KeyType {
         KEY_JSONPTR,
         KEY_USAGE_HEADER,
         KEY_USAGE_QUERY,
+        KEY_URL_TEMPLATE,         /* an endpoint that may hold placeholders in its path and query */
+        KEY_METHOD,
+        KEY_BODY,
+        KEY_HEADER_TEMPLATE,      /* repeatable "Name: template" */
+        KEY_PARAM_TEMPLATE,       /* repeatable "name=template" */
+        KEY_BOOL,
+        KEY_ERROR_MAP,
+        KEY_ISSUER,
 } KeyType;
 
 typedef struct ProviderKey {
         const char *name;
         KeyType type;
         size_t offset;
+        const char *const *known; /* placeholders of a template key */
 } ProviderKey;
 
-#define PK(n, t, f) { n, t, offsetof(Provider, f) }
+#define PK(n, t, f) { n, t, offsetof(Provider, f), NULL }
+#define PT(n, t, f, k) { n, t, offsetof(Provider, f), k }
 static const ProviderKey provider_keys[] = {
         PK("grant", KEY_GRANT, grant),
         PK("authorize_url", KEY_URL, authorize_url),
-        PK("token_url", KEY_URL, token_url),
+        PT("token_url", KEY_URL_TEMPLATE, token_url, placeholders_token),
         PK("revoke_url", KEY_URL, revoke_url),
         PK("test_url", KEY_URL, test_url),
         PK("client_id", KEY_STRING, client_id),
@@ -361,9 +407,37 @@ static const ProviderKey provider_keys[] = {
         PK("timeout", KEY_TIMEOUT, timeout),
         PK("usage_header", KEY_USAGE_HEADER, usage_header),
         PK("usage_query", KEY_USAGE_QUERY, usage_query),
+        PT("refresh_url", KEY_URL_TEMPLATE, refresh_url, placeholders_refresh),
+        PK("device_authorization_url", KEY_URL, device_authorization_url),
+        PK("userinfo_url", KEY_URL, userinfo_url),
+        PK("issuer", KEY_ISSUER, issuer),
+        PK("token_method", KEY_METHOD, token_method),
+        PK("token_body", KEY_BODY, token_body),
+        PT("token_header", KEY_HEADER_TEMPLATE, token_header, placeholders_token),
+        PT("token_param", KEY_PARAM_TEMPLATE, token_param, placeholders_token),
+        PK("refresh_method", KEY_METHOD, refresh_method),
+        PK("refresh_body", KEY_BODY, refresh_body),
+        PT("refresh_header", KEY_HEADER_TEMPLATE, refresh_header, placeholders_refresh),
+        PT("refresh_param", KEY_PARAM_TEMPLATE, refresh_param, placeholders_refresh),
+        PT("authorize_param", KEY_PARAM_TEMPLATE, authorize_param, placeholders_authorize),
+        PK("username", KEY_STRING, username),
+        PK("password", KEY_SECRET, password),
+        PK("password_file", KEY_SECRET_FILE, password),
+        PK("password_credential", KEY_SECRET_CREDENTIAL, password),
+        PK("identity_pointer", KEY_JSONPTR, identity_pointer),
+        PK("expires_at_pointer", KEY_JSONPTR, ptr_expires_at),
+        PK("never_expires", KEY_BOOL, never_expires),
+        PK("error_map", KEY_ERROR_MAP, error_rules),
 };
 
 static const char *const usage_placeholders[] = { "access_token", "token_type", NULL };
+
+static void template_list_done(TemplateList *l) {
+        for (size_t i = 0; i < l->n; i++)
+                secret_free(l->items[i]);   /* may hold a literal secret */
+        free(l->items);
+        *l = (TemplateList) {};
+}
 
 Provider *provider_free(Provider *p) {
         if (!p)
@@ -374,6 +448,29 @@ Provider *provider_free(Provider *p) {
         free(p->token_url);
         free(p->revoke_url);
         free(p->test_url);
+        free(p->refresh_url);
+        free(p->device_authorization_url);
+        free(p->userinfo_url);
+        free(p->issuer);
+        free(p->token_method);
+        free(p->refresh_method);
+        template_list_done(&p->token_header);
+        template_list_done(&p->token_param);
+        template_list_done(&p->refresh_header);
+        template_list_done(&p->refresh_param);
+        template_list_done(&p->authorize_param);
+        free(p->username);
+        secret_free(p->password);
+        free(p->identity_pointer);
+        free(p->ptr_expires_at);
+        for (size_t i = 0; i < p->n_error_rules; i++) {
+                free(p->error_rules[i].pattern);
+                free(p->error_rules[i].hint);
+                if (p->error_rules[i].regex) {
+                        regfree(p->error_rules[i].regex);
+                        free(p->error_rules[i].regex);
+                }
+        }
         free(p->client_id);
         secret_free(p->client_secret);
         free(p->scopes);
@@ -414,6 +511,129 @@ static int read_secret_file(const char *path, char **ret) {
         return 0;
 }
 
+static int check_template(Provider *p, unsigned line, const char *key, const char *value,
+                          const char *const *known, ConfError *err) {
+        const char *bad = NULL;
+        size_t bad_len = 0;
+        int r;
+
+        r = template_validate(value, known, &bad, &bad_len);
+        if (r < 0)
+                conf_error(err, p->path, line, "%s placeholder '%.*s' in %s.",
+                           r == -ENOKEY ? "Unknown" : "Unterminated", (int) MIN(bad_len, 64), bad, key);
+        return r;
+}
+
+/* "pattern -> retry|reauth|config [: hint]" */
+static int parse_error_rule(Provider *p, unsigned line, const char *value, ConfError *err) {
+        const char *arrow = strstr(value, "->"), *cls, *colon;
+        _cleanup_free_ char *pattern = NULL, *class_name = NULL, *hint = NULL;
+        ErrorRule *rule;
+        size_t n;
+        int r;
+
+        if (!arrow) {
+                conf_error(err, p->path, line, "error_map must be 'pattern -> retry|reauth|config [: hint]': %.128s",
+                           value);
+                return -EINVAL;
+        }
+        n = (size_t) (arrow - value);
+        while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t'))
+                n--;
+        if (n == 0) {
+                conf_error(err, p->path, line, "error_map: empty pattern.");
+                return -EINVAL;
+        }
+        pattern = strndup(value, n);
+        cls = arrow + 2;
+        cls += strspn(cls, " \t");
+        colon = strchr(cls, ':');
+        class_name = strndup(cls, colon ? (size_t) (colon - cls) : strlen(cls));
+        if (!pattern || !class_name)
+                return -ENOMEM;
+        for (char *e = class_name + strlen(class_name); e > class_name && (e[-1] == ' ' || e[-1] == '\t');)
+                *--e = 0;
+        r = table_lookup(error_class_table, _ERROR_CLASS_MAX, class_name);
+        if (r < 0) {
+                conf_error(err, p->path, line, "error_map: invalid class '%.32s' (retry, reauth, config).", class_name);
+                return -EINVAL;
+        }
+        if (colon) {
+                const char *h = colon + 1 + strspn(colon + 1, " \t");
+                if (*h && !(hint = strdup(h)))
+                        return -ENOMEM;
+        }
+        if (p->n_error_rules >= PROVIDER_ERROR_RULES_MAX) {
+                conf_error(err, p->path, line, "Too many error_map lines (at most %d).", PROVIDER_ERROR_RULES_MAX);
+                return -E2BIG;
+        }
+        rule = &p->error_rules[p->n_error_rules];
+        *rule = (ErrorRule) { .class = (ErrorClass) r };
+        if (n >= 2 && pattern[0] == '/' && pattern[n - 1] == '/') {
+                regex_t *re = new0(regex_t, 1);
+                char *body;
+                int k;
+
+                if (!re)
+                        return -ENOMEM;
+                body = strndup(pattern + 1, n - 2);
+                if (!body) {
+                        free(re);
+                        return -ENOMEM;
+                }
+                k = regcomp(re, body, REG_EXTENDED | REG_NOSUB);
+                free(body);
+                if (k != 0) {
+                        char msg[128];
+                        (void) regerror(k, re, msg, sizeof msg);
+                        free(re);
+                        conf_error(err, p->path, line, "error_map: invalid regular expression %.64s: %s", pattern, msg);
+                        return -EINVAL;
+                }
+                rule->regex = re;
+                rule->is_regex = true;
+        }
+        rule->pattern = TAKE_PTR(pattern);
+        rule->hint = TAKE_PTR(hint);
+        p->n_error_rules++;
+        return 0;
+}
+
+ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
+                                   const char **ret_hint) {
+        /* RFC 6749 section 5.2: the grant is no good, or the client is not. */
+        static const char *const reauth[] = { "invalid_grant", "access_denied" };
+        static const char *const config[] = { "invalid_client", "unauthorized_client", "unsupported_grant_type",
+                                              "invalid_scope" };
+
+        *ret_hint = NULL;
+        for (size_t i = 0; p && i < p->n_error_rules; i++) {
+                const ErrorRule *rule = &p->error_rules[i];
+                bool match;
+
+                if (rule->is_regex) {
+                        _cleanup_free_ char *text = NULL;
+                        if (asprintf(&text, "%s: %s", code ?: "", desc ?: "") < 0)
+                                continue;
+                        match = regexec(rule->regex, text, 0, NULL, 0) == 0;
+                } else
+                        match = (code && streq(code, rule->pattern)) || (desc && strstr(desc, rule->pattern));
+                if (match) {
+                        *ret_hint = rule->hint;
+                        return rule->class;
+                }
+        }
+        if (status == 429 || status == 408 || status >= 500)
+                return ERROR_CLASS_RETRY;
+        for (size_t i = 0; code && i < ELEMENTSOF(reauth); i++)
+                if (streq(code, reauth[i]))
+                        return ERROR_CLASS_REAUTH;
+        for (size_t i = 0; code && i < ELEMENTSOF(config); i++)
+                if (streq(code, config[i]))
+                        return ERROR_CLASS_CONFIG;
+        return ERROR_CLASS_RETRY;
+}
+
 static int provider_set(const char *section, const char *key, const char *value,
                         unsigned line, void *userdata, ConfError *err) {
         Provider *p = userdata;
@@ -439,8 +659,110 @@ static int provider_set(const char *section, const char *key, const char *value,
                 return -EINVAL;
         }
         field = (uint8_t *) p + k->offset;
+        if (p->first_line == 0)
+                p->first_line = line;
 
         switch (k->type) {
+        case KEY_URL_TEMPLATE:
+        case KEY_ISSUER: {
+                const char *host = strstr(value, "://"), *path;
+
+                if (!url_is_acceptable(value)) {
+                        conf_error(err, p->path, line,
+                                   "%s must be an https:// URL (http:// only on loopback): %.128s",
+                                   key, value);
+                        return -EINVAL;
+                }
+                path = host ? host + 3 + strcspn(host + 3, "/?#") : value;
+                if (memchr(value, '$', (size_t) (path - value))) {
+                        conf_error(err, p->path, line, "%s: no placeholders before the path: %.128s", key, value);
+                        return -EINVAL;
+                }
+                if (k->type == KEY_ISSUER) {
+                        size_t n = strlen(value);
+                        if (strpbrk(value, "?#$")) {
+                                conf_error(err, p->path, line, "issuer must be a URL without query or placeholders: %.128s",
+                                           value);
+                                return -EINVAL;
+                        }
+                        r = set_string(field, value);
+                        if (r >= 0 && n > 0 && p->issuer[n - 1] == '/')
+                                p->issuer[n - 1] = 0;
+                        p->issuer_line = line;
+                        return r;
+                }
+                r = check_template(p, line, key, value, k->known, err);
+                if (r < 0)
+                        return r;
+                return set_string(field, value);
+        }
+        case KEY_METHOD: {
+                static const char *const methods[] = { "GET", "POST", "PUT", "PATCH" };
+                char up[8] = "";
+
+                for (size_t i = 0; i < sizeof up - 1 && value[i]; i++)
+                        up[i] = (char) toupper((unsigned char) value[i]);
+                if (strlen(value) >= sizeof up ||
+                    table_lookup(methods, ELEMENTSOF(methods), up) < 0) {
+                        conf_error(err, p->path, line, "Invalid %s '%.32s' (GET, POST, PUT, PATCH).", key, value);
+                        return -EINVAL;
+                }
+                return set_string(field, up);
+        }
+        case KEY_BODY:
+                r = table_lookup(body_table, _BODY_MAX, value);
+                if (r < 0) {
+                        conf_error(err, p->path, line, "Invalid %s '%.32s' (form, json, query).", key, value);
+                        return r;
+                }
+                *(BodyType *) field = (BodyType) r;
+                if (streq(key, "refresh_body"))
+                        p->refresh_body_set = true;
+                return 0;
+        case KEY_BOOL:
+                if (streq(value, "yes") || streq(value, "true") || streq(value, "on") || streq(value, "1"))
+                        *(bool *) field = true;
+                else if (streq(value, "no") || streq(value, "false") || streq(value, "off") || streq(value, "0"))
+                        *(bool *) field = false;
+                else {
+                        conf_error(err, p->path, line, "Invalid boolean for %s: %.32s (yes or no)", key, value);
+                        return -EINVAL;
+                }
+                return 0;
+        case KEY_HEADER_TEMPLATE:
+        case KEY_PARAM_TEMPLATE: {
+                TemplateList *l = field;
+                char **a;
+
+                if (k->type == KEY_HEADER_TEMPLATE) {
+                        size_t name_len = strcspn(value, ":");
+                        if (value[name_len] != ':' || name_len == 0 ||
+                            strcspn(value, " \t()<>@,;\\\"/[]?={}$") < name_len) {
+                                conf_error(err, p->path, line, "%s must be 'Name: value': %.128s", key, value);
+                                return -EINVAL;
+                        }
+                } else if (!strchr(value, '=') || *value == '=') {
+                        conf_error(err, p->path, line, "%s must be 'name=value': %.128s", key, value);
+                        return -EINVAL;
+                }
+                r = check_template(p, line, key, value, k->known, err);
+                if (r < 0)
+                        return r;
+                if (l->n >= PROVIDER_TEMPLATES_MAX) {
+                        conf_error(err, p->path, line, "Too many %s lines (at most %d).", key, PROVIDER_TEMPLATES_MAX);
+                        return -E2BIG;
+                }
+                a = realloc(l->items, sizeof(char *) * (l->n + 1));
+                if (!a)
+                        return -ENOMEM;
+                l->items = a;
+                if (!(l->items[l->n] = strdup(value)))
+                        return -ENOMEM;
+                l->n++;
+                return 0;
+        }
+        case KEY_ERROR_MAP:
+                return parse_error_rule(p, line, value, err);
         case KEY_STRING:
                 return set_string(field, value);
         case KEY_URL:
@@ -456,6 +778,8 @@ static int provider_set(const char *section, const char *key, const char *value,
                         conf_error(err, p->path, line, "Empty %s.", key);
                         return -EINVAL;
                 }
+                secret_free(*(char **) field);
+                *(char **) field = NULL;
                 r = set_string(field, value);
                 return r;
         case KEY_SECRET_FILE:
@@ -486,12 +810,13 @@ static int provider_set(const char *section, const char *key, const char *value,
                         return -ENOMEM;
                 r = read_secret_file(path, &secret);
                 if (r < 0) {
-                        conf_error(err, p->path, line, "Cannot read client secret from '%s': %s",
+                        conf_error(err, p->path, line, "Cannot read %s from '%s': %s",
+                                   startswith(key, "password") ? "password" : "client secret",
                                    path, r == -EINVAL ? "empty or binary" : strerror(-r));
                         return r;
                 }
-                secret_free(p->client_secret);
-                p->client_secret = secret;
+                secret_free(*(char **) field);
+                *(char **) field = secret;
                 return 0;
         }
         case KEY_GRANT:
@@ -503,11 +828,13 @@ static int provider_set(const char *section, const char *key, const char *value,
                         return r;
                 }
                 p->grant = (Grant) r;
+                p->grant_line = line;
                 return 0;
         case KEY_CLIENT_AUTH:
                 r = table_lookup(client_auth_table, _CLIENT_AUTH_MAX, value);
                 if (r < 0) {
-                        conf_error(err, p->path, line, "Invalid client_auth '%s' (basic, post, none).", value);
+                        conf_error(err, p->path, line, "Invalid client_auth '%s' (basic, post, none, headers).",
+                                   value);
                         return r;
                 }
                 p->client_auth = (ClientAuth) r;
@@ -599,6 +926,7 @@ static bool provider_name_valid(const char *s, size_t n) {
 int provider_load(const char *path, Provider **ret, ConfError *err) {
         _cleanup_(provider_freep) Provider *p = NULL;
         const char *base = strrchr(path, '/'), *dot;
+        unsigned line;
         int r;
 
         base = base ? base + 1 : path;
@@ -642,26 +970,69 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
                 p->n_usage_header = 1;
         }
 
-        if (!p->token_url) {
-                conf_error(err, path, 0, "Missing required key token_url.");
+        if (!p->refresh_body_set)
+                p->refresh_body = p->token_body;
+
+        /* Whole-file checks point at the grant line, else the first key. */
+        line = p->grant_line ?: p->first_line ?: 1;
+        if (!p->client_id) {
+                conf_error(err, path, line, "Missing required key client_id.");
                 return -EINVAL;
         }
-        if (!p->client_id) {
-                conf_error(err, path, 0, "Missing required key client_id.");
+        if (p->never_expires && p->default_lifetime > 0) {
+                conf_error(err, path, line, "never_expires and default_lifetime exclude each other.");
+                return -EINVAL;
+        }
+        if (p->client_auth == CLIENT_AUTH_BASIC || p->client_auth == CLIENT_AUTH_POST) {
+                if (!p->client_secret) {
+                        conf_error(err, path, line,
+                                   "client_auth = %s needs client_secret, client_secret_file or client_secret_credential.",
+                                   client_auth_to_string(p->client_auth));
+                        return -EINVAL;
+                }
+        } else if (!p->client_secret) {
+                const TemplateList *lists[] = { &p->token_header, &p->token_param, &p->refresh_header,
+                                                &p->refresh_param };
+                for (size_t i = 0; i < ELEMENTSOF(lists); i++)
+                        for (size_t j = 0; j < lists[i]->n; j++)
+                                if (strstr(lists[i]->items[j], "${client_secret}")) {
+                                        conf_error(err, path, line,
+                                                   "${client_secret} is used but no client_secret, client_secret_file "
+                                                   "or client_secret_credential is set.");
+                                        return -EINVAL;
+                                }
+        }
+        if (p->client_auth == CLIENT_AUTH_HEADERS && p->token_header.n == 0) {
+                conf_error(err, path, line, "client_auth = headers needs at least one token_header.");
+                return -EINVAL;
+        }
+
+        /* OIDC discovery fills what the file leaves out; explicit keys win. */
+        if (p->issuer && discover_hook &&
+            (!p->token_url || (p->grant == GRANT_AUTHORIZATION_CODE && !p->authorize_url) ||
+             !p->revoke_url || !p->userinfo_url || !p->device_authorization_url)) {
+                _cleanup_free_ char *reason = NULL;
+
+                r = discover_hook(p, &reason);
+                if (r < 0 && (!p->token_url || (p->grant == GRANT_AUTHORIZATION_CODE && !p->authorize_url) ||
+                              (p->grant == GRANT_DEVICE_CODE && !p->device_authorization_url))) {
+                        conf_error(err, path, p->issuer_line, "Discovery at %s failed and required endpoints are missing: %s",
+                                   p->issuer, strempty(reason));
+                        return r;
+                }
+        }
+        if (p->issuer)
+                line = p->issuer_line;
+        if (!p->token_url) {
+                conf_error(err, path, line, "Missing required key token_url%s.", p->issuer ? " (not discovered)" : "");
                 return -EINVAL;
         }
         if (p->grant == GRANT_AUTHORIZATION_CODE && !p->authorize_url) {
-                conf_error(err, path, 0, "grant = authorization_code needs authorize_url.");
+                conf_error(err, path, line, "grant = authorization_code needs authorize_url.");
                 return -EINVAL;
         }
-        if (p->grant != GRANT_AUTHORIZATION_CODE && p->grant != GRANT_CLIENT_CREDENTIALS) {
-                conf_error(err, path, 0, "grant = %s is not supported yet.", grant_to_string(p->grant));
-                return -EOPNOTSUPP;
-        }
-        if (p->client_auth != CLIENT_AUTH_NONE && !p->client_secret) {
-                conf_error(err, path, 0,
-                           "client_auth = %s needs client_secret, client_secret_file or client_secret_credential.",
-                           client_auth_to_string(p->client_auth));
+        if (p->grant == GRANT_DEVICE_CODE && !p->device_authorization_url) {
+                conf_error(err, path, line, "grant = device_code needs device_authorization_url.");
                 return -EINVAL;
         }
         *ret = TAKE_PTR(p);

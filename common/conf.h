@@ -24,6 +24,7 @@ typedef enum ClientAuth {
         CLIENT_AUTH_BASIC,   /* RFC 6749 section 2.3.1, preferred */
         CLIENT_AUTH_POST,    /* client_id and client_secret in the body */
         CLIENT_AUTH_NONE,    /* public client: client_id only */
+        CLIENT_AUTH_HEADERS, /* only where token_header / refresh_header put them */
         _CLIENT_AUTH_MAX,
         _CLIENT_AUTH_INVALID = -EINVAL,
 } ClientAuth;
@@ -36,13 +37,57 @@ typedef enum Pkce {
         _PKCE_INVALID = -EINVAL,
 } Pkce;
 
+typedef enum BodyType {
+        BODY_FORM,           /* application/x-www-form-urlencoded */
+        BODY_JSON,           /* a JSON object of strings */
+        BODY_QUERY,          /* no body: the parameters go in the URL's query */
+        _BODY_MAX,
+        _BODY_INVALID = -EINVAL,
+} BodyType;
+
+/* What a provider's error_map line makes of an error answer. */
+typedef enum ErrorClass {
+        ERROR_CLASS_RETRY,   /* transient: back off and try again */
+        ERROR_CLASS_REAUTH,  /* the grant is dead: needs_reauth */
+        ERROR_CLASS_CONFIG,  /* the client or its configuration is wrong: needs_reauth, said so */
+        _ERROR_CLASS_MAX,
+        _ERROR_CLASS_INVALID = -EINVAL,
+} ErrorClass;
+
 const char *grant_to_string(Grant g);
 Grant grant_from_string(const char *s);
 const char *client_auth_to_string(ClientAuth a);
 const char *pkce_to_string(Pkce p);
+const char *body_type_to_string(BodyType b);
+const char *error_class_to_string(ErrorClass c);
+
+/* One error_map line: "pattern -> class [: hint]". A pattern in slashes is
+ * an extended regular expression matched against "error: description";
+ * otherwise it matches the error code exactly or a substring of the
+ * description. */
+typedef struct ErrorRule {
+        char *pattern;
+        bool is_regex;
+        void *regex;              /* regex_t, compiled at load */
+        ErrorClass class;
+        char *hint;               /* NULL or text appended to the error */
+} ErrorRule;
+
+/* A list of templates ("Name: value" headers or "name=value" params). */
+typedef struct TemplateList {
+        char **items;
+        size_t n;
+} TemplateList;
+
+/* The placeholders allowed in each kind of template (NULL-terminated). */
+extern const char *const placeholders_authorize[];
+extern const char *const placeholders_token[];
+extern const char *const placeholders_refresh[];
 
 #define PROVIDER_NAME_MAX 64
 #define PROVIDER_USAGE_MAX 8
+#define PROVIDER_TEMPLATES_MAX 32
+#define PROVIDER_ERROR_RULES_MAX 64
 
 typedef struct Provider {
         char *name;               /* the file's base name */
@@ -53,6 +98,38 @@ typedef struct Provider {
         char *token_url;
         char *revoke_url;
         char *test_url;
+        char *refresh_url;        /* NULL: token_url; may hold placeholders, as token_url */
+        char *device_authorization_url;  /* RFC 8628 */
+        char *userinfo_url;
+        char *issuer;             /* OIDC discovery fills the endpoints not given */
+        unsigned issuer_line;
+
+        /* The token request (code exchange, client_credentials, password,
+         * device polling) and the refresh request. A given param list
+         * replaces the RFC defaults; refresh headers default to the token
+         * headers; refresh method and body to the token ones. */
+        char *token_method;       /* NULL: POST */
+        BodyType token_body;
+        TemplateList token_header, token_param;
+        char *refresh_method;     /* NULL: token_method */
+        BodyType refresh_body;
+        bool refresh_body_set;
+        TemplateList refresh_header, refresh_param;
+        TemplateList authorize_param; /* name=template, on top of (or replacing) the defaults */
+
+        /* password grant: provider-wide account (a connection may bring its own) */
+        char *username;
+        char *password;           /* secret */
+
+        char *identity_pointer;   /* on the userinfo JSON or the id_token claims */
+        char *ptr_expires_at;     /* absolute expiry: epoch seconds or RFC 3339 */
+        bool never_expires;
+
+        ErrorRule error_rules[PROVIDER_ERROR_RULES_MAX];
+        size_t n_error_rules;
+
+        unsigned first_line;      /* of the first key: where whole-file errors point */
+        unsigned grant_line;
 
         char *client_id;
         char *client_secret;      /* wiped on free */
@@ -91,6 +168,18 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Provider *, provider_free);
 
 /* Parses providers.d/NAME.conf; the name comes from the file name. */
 int provider_load(const char *path, Provider **ret, ConfError *err);
+
+/* OIDC discovery, done by the daemon (common/ never touches the network):
+ * fills the endpoints the file does not set from ISSUER/.well-known/
+ * openid-configuration. Returns 0, or a negative errno with a reason in
+ * *ret_reason (owned by the caller). When unset, no discovery happens. */
+typedef int (*provider_discover_fn)(Provider *p, char **ret_reason);
+void conf_set_discovery(provider_discover_fn fn);
+
+/* The error class and hint an error answer gets from the provider's
+ * error_map, else RFC 6749 section 5.2's defaults; *ret_hint is borrowed. */
+ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
+                                   const char **ret_hint);
 
 typedef struct BrokerConfig {
         char *path;

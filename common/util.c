@@ -118,6 +118,96 @@ int sha256_hex(const void *p, size_t n, char ret[static 65]) {
         return 0;
 }
 
+static int digits(const char *s, size_t n, int *ret) {
+        int v = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] < '0' || s[i] > '9')
+                        return -EINVAL;
+                v = v * 10 + (s[i] - '0');
+        }
+        *ret = v;
+        return 0;
+}
+
+int parse_timestamp(const char *s, usec_t *ret) {
+        int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+        int64_t days, t;
+        usec_t frac = 0;
+        const char *p;
+
+        if (strlen(s) < 20 || digits(s, 4, &y) < 0 || s[4] != '-' || digits(s + 5, 2, &mo) < 0 || s[7] != '-' ||
+            digits(s + 8, 2, &d) < 0 || !strchr("Tt ", s[10]) || s[10] == 0 || digits(s + 11, 2, &h) < 0 ||
+            s[13] != ':' || digits(s + 14, 2, &mi) < 0 || s[16] != ':' || digits(s + 17, 2, &sec) < 0)
+                return -EINVAL;
+        if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+                return -EINVAL;
+        p = s + 19;
+        if (*p == '.') {
+                usec_t scale = USEC_PER_SEC / 10;
+                p++;
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        frac += (usec_t) (*p - '0') * scale;
+                        scale /= 10;
+                }
+        }
+        if (*p == 'Z' || *p == 'z')
+                p++;
+        else if (*p == '+' || *p == '-') {
+                sign = *p == '-' ? -1 : 1;
+                if (digits(p + 1, 2, &oh) < 0 || p[3] != ':' || digits(p + 4, 2, &om) < 0 || oh > 23 || om > 59)
+                        return -EINVAL;
+                p += 6;
+        } else
+                return -EINVAL;
+        if (*p)
+                return -EINVAL;
+        /* civil date to days, after Howard Hinnant */
+        {
+                int64_t yy = mo <= 2 ? y - 1 : y, era = yy / 400, yoe = yy - era * 400;
+                int64_t doy = (153 * (mo > 2 ? mo - 3 : mo + 9) + 2) / 5 + d - 1;
+                int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+                days = era * 146097 + doe - 719468;
+        }
+        t = days * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+        if (t < 0)
+                return -EINVAL;
+        *ret = (usec_t) t * USEC_PER_SEC + frac;
+        return 0;
+}
+
+int random_uuid(char ret[static 37]) {
+        static const char hex[] = "0123456789abcdef";
+        uint8_t b[16];
+        size_t o = 0;
+        int r;
+
+        r = random_bytes(b, sizeof b);
+        if (r < 0)
+                return r;
+        b[6] = (uint8_t) ((b[6] & 0x0f) | 0x40);   /* version 4 */
+        b[8] = (uint8_t) ((b[8] & 0x3f) | 0x80);   /* variant 10 */
+        for (size_t i = 0; i < 16; i++) {
+                if (i == 4 || i == 6 || i == 8 || i == 10)
+                        ret[o++] = '-';
+                ret[o++] = hex[b[i] >> 4];
+                ret[o++] = hex[b[i] & 15];
+        }
+        ret[o] = 0;
+        return 0;
+}
+
+int random_lower(char *buf, size_t n) {
+        static const char chars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+
+        for (size_t i = 0; i < n; i++)
+                buf[i] = chars[random_u64() % (sizeof chars - 1)];
+        buf[n] = 0;
+        return 0;
+}
+
 /* UTC only, so no gmtime_r: its time zone lock showed in the token path's
  * profile. Days to civil date after Howard Hinnant's algorithm. */
 char *format_timestamp(char *buf, size_t n, usec_t t) {

@@ -20,6 +20,14 @@ int sha256_hex(const void *p, size_t n, char ret[static 65]);
 
 /* RFC 3339 UTC timestamp "2026-11-26T19:02:11Z" of a realtime usec. */
 char *format_timestamp(char *buf, size_t n, usec_t t);
+/* Parses an RFC 3339 date-time ("2026-11-26T19:02:11Z", "…T19:02:11.5+01:00";
+ * 't' and 'z' and a space for 'T' accepted); -EINVAL otherwise. */
+int parse_timestamp(const char *s, usec_t *ret);
+
+/* A random UUID, version 4 (RFC 9562), 36 characters plus NUL. */
+int random_uuid(char ret[static 37]);
+/* n random characters of [a-z0-9], NUL-terminated (buf holds n + 1). */
+int random_lower(char *buf, size_t n);
 
 /* Connection names: [A-Za-z0-9._-], 1..CONNECTION_NAME_MAX, not "." or "..". */
 bool connection_name_valid(const char *s);

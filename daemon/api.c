@@ -46,6 +46,7 @@ typedef enum Route {
         ROUTE_INVALIDATE,
         ROUTE_REFRESH,
         ROUTE_REVOKE,
+        ROUTE_CREATE,              /* a device authorization: waits for the user code */
 } Route;
 
 struct ApiRequest {
@@ -71,6 +72,7 @@ struct ApiRequest {
         const char *extra_header;
         char extra_value[32];
         const char *content_type;   /* default application/json */
+        bool status_created;        /* ROUTE_CREATE: 201, not 200 */
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -138,7 +140,17 @@ static json_t *connection_json(Manager *m, const Connection *c) {
                       "last_error", c->last_error,
                       "allow_users", id_array((const unsigned *) c->allow_users, c->n_allow_users),
                       "allow_groups", id_array((const unsigned *) c->allow_groups, c->n_allow_groups),
-                      "authorization_pending_until", c->state_hash ? iso(b5, c->pending_until) : NULL);
+                      "authorization_pending_until",
+                      c->state_hash || connection_device_pending(c) ? iso(b5, c->pending_until) : NULL);
+        if (j && connection_device_pending(c) && c->user_code) {
+                json_object_set_new(j, "user_code", json_string(c->user_code));
+                json_object_set_new(j, "verification_uri", json_string(c->verification_uri));
+                if (c->verification_uri_complete)
+                        json_object_set_new(j, "verification_uri_complete", json_string(c->verification_uri_complete));
+                json_object_set_new(j, "device_interval", json_integer((json_int_t) (c->device_interval / USEC_PER_SEC)));
+        }
+        if (j && c->username)
+                json_object_set_new(j, "username", json_string(c->username));
         if (j && c->access_token && c->expires_at > 0)
                 json_object_set_new(j, "expires_in", json_integer((json_int_t) (connection_ttl(c) / USEC_PER_SEC)));
         if (j && c->inflight)
@@ -330,6 +342,14 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                         answer_unavailable(r, c->last_error ?: "refresh failed",
                                            c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0);
                 break;
+        case ROUTE_CREATE:
+                if (result == 0)
+                        answer(r, r->status_created ? 201 : 200, dump(connection_json(r->api->manager, c)));
+                else {
+                        /* the description is ours or the provider's, sanitized; never a secret */
+                        answer_error(r, 502, API_ERR_SERVER, c->last_error ?: "device authorization failed");
+                }
+                break;
         case ROUTE_REVOKE: {
                 Manager *m = r->api->manager;
                 bool at_provider = result == 0;
@@ -520,6 +540,17 @@ static int json_ids(json_t *a, bool groups, unsigned *ids, unsigned *n, const ch
         return 0;
 }
 
+/* The request tree holds copies of a password or refresh token. */
+static void wipe_json_secrets(json_t *root) {
+        static const char *const keys[] = { "password", "refresh_token" };
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                json_t *v = json_object_get(root, keys[i]);
+                if (json_is_string(v))
+                        explicit_wipe((char *) json_string_value(v), json_string_length(v));
+        }
+}
+
 static void route_create(ApiRequest *r) {
         Manager *m = r->api->manager;
         json_t *root, *scope_j;
@@ -579,19 +610,70 @@ static void route_create(ApiRequest *r) {
         }
         existed = manager_get(m, name) != NULL;
         {
+                const char *username = NULL, *password = NULL, *refresh_token = NULL;
+                json_t *dev = json_object_get(root, "device");
                 AuthorizeRequest req = {
                         .name = name, .provider = provider, .scope = isempty(scope) ? NULL : scope,
                         .allow_users = users, .n_allow_users = nu,
                         .allow_groups = groups, .n_allow_groups = ng,
                 };
+
+                if ((json_object_get(root, "username") && !json_is_string(json_object_get(root, "username"))) ||
+                    (json_object_get(root, "password") && !json_is_string(json_object_get(root, "password"))) ||
+                    (json_object_get(root, "refresh_token") && !json_is_string(json_object_get(root, "refresh_token"))) ||
+                    (dev && !json_is_boolean(dev))) {
+                        wipe_json_secrets(root);
+                        json_decref(root);
+                        answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                     "username, password and refresh_token are strings, device a boolean");
+                        return;
+                }
+                username = json_string_value(json_object_get(root, "username"));
+                password = json_string_value(json_object_get(root, "password"));
+                refresh_token = json_string_value(json_object_get(root, "refresh_token"));
+                if ((username && (strlen(username) > 512 || strpbrk(username, "\r\n"))) ||
+                    (password && strlen(password) > 4096) || (refresh_token && (strlen(refresh_token) > 16384 ||
+                                                                                isempty(refresh_token)))) {
+                        wipe_json_secrets(root);
+                        json_decref(root);
+                        answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid username, password or refresh_token");
+                        return;
+                }
+                req.username = username;
+                req.password = password;
+                req.refresh_token = refresh_token;
+                req.device = json_is_true(dev);
                 k = manager_authorize(m, &req, &c, &url, &error);
+                if (k >= 0) {
+                        const Provider *p = broker_config_find_provider(m->config, provider);
+                        if (p && manager_wants_device(p, &req)) {
+                                r->route = ROUTE_CREATE;
+                                r->status_created = !existed;
+                                r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+                                k = refresher_device_start(m, c, &r->waiter);
+                                if (k < 0) {
+                                        error = "cannot start the device authorization";
+                                        if (!existed)
+                                                (void) manager_remove(m, c);
+                                } else {
+                                        wipe_json_secrets(root);
+                                        json_decref(root);
+                                        manager_wheel_rearm(m);
+                                        suspend(r, c);
+                                        return;
+                                }
+                        }
+                }
         }
+        wipe_json_secrets(root);
         json_decref(root);
         if (k < 0) {
                 if (k == -ENOENT)
                         answer_error(r, 404, API_ERR_NOT_FOUND, error ?: "unknown provider");
-                else if (k == -EEXIST)
+                else if (k == -EEXIST || k == -EBUSY)
                         answer_error(r, 409, API_ERR_CONFLICT, error ?: "conflict");
+                else if (k == -EINVAL || k == -EOPNOTSUPP)
+                        answer_error(r, 400, API_ERR_INVALID_REQUEST, error ?: "invalid request");
                 else
                         answer_error(r, k == -E2BIG ? 409 : 500, k == -E2BIG ? API_ERR_CONFLICT : API_ERR_SERVER,
                                      error ?: "cannot start the authorization");
@@ -622,7 +704,8 @@ static void route_providers(ApiRequest *r) {
 
         for (size_t i = 0; a && i < cfg->n_providers; i++) {
                 const Provider *p = cfg->providers[i];
-                json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b}",
+                json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b, s:s?, s:s?, "
+                                                   "s:s?, s:s?, s:s?}",
                                                    "name", p->name,
                                                    "grant", grant_to_string(p->grant),
                                                    "authorize_url", p->authorize_url,
@@ -631,7 +714,12 @@ static void route_providers(ApiRequest *r) {
                                                    "client_auth", client_auth_to_string(p->client_auth),
                                                    "pkce", pkce_to_string(p->pkce),
                                                    "scopes", p->scopes,
-                                                   "has_client_secret", p->client_secret != NULL));
+                                                   "has_client_secret", p->client_secret != NULL,
+                                                   "refresh_url", p->refresh_url,
+                                                   "device_authorization_url", p->device_authorization_url,
+                                                   "userinfo_url", p->userinfo_url,
+                                                   "test_url", p->test_url,
+                                                   "issuer", p->issuer));
         }
         answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
 }

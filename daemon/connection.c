@@ -23,11 +23,22 @@ void connection_clear_tokens(Connection *c) {
         c->refresh_token = secret_free(c->refresh_token);
 }
 
+void connection_clear_device(Connection *c) {
+        c->user_code = mfree(c->user_code);
+        c->verification_uri = mfree(c->verification_uri);
+        c->verification_uri_complete = mfree(c->verification_uri_complete);
+        c->device_interval = 0;
+        c->device_next_poll = 0;
+}
+
 Connection *connection_free(Connection *c) {
         if (!c)
                 return NULL;
         connection_clear_tokens(c);
         c->code_verifier = secret_free(c->code_verifier);
+        c->auth_state = secret_free(c->auth_state);
+        free(c->username);
+        connection_clear_device(c);
         free(c->name);
         free(c->provider);
         free(c->token_type);

@@ -59,8 +59,19 @@ typedef struct Connection {
 
         /* pending authorization */
         char *state_hash;
-        char *code_verifier;       /* secret */
+        /* secret: the PKCE verifier of a pending code flow, the device_code
+         * of a pending device flow, the password of a password grant */
+        char *code_verifier;
         usec_t pending_until;      /* realtime */
+        char *auth_state;          /* secret: the plain state, for ${state}; memory only */
+        char *username;            /* password grant */
+
+        /* pending device authorization (RFC 8628) */
+        usec_t device_interval;    /* > 0 while pending */
+        usec_t device_next_poll;   /* DEADLINE_CLOCK; 0: one interval from now */
+        char *user_code;           /* memory only: shown once */
+        char *verification_uri;
+        char *verification_uri_complete;
 
         uid_t allow_users[ACL_MAX];
         gid_t allow_groups[ACL_MAX];
@@ -76,6 +87,12 @@ typedef struct Connection {
 
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
+
+/* Forgets a pending device authorization (not its device_code). */
+void connection_clear_device(Connection *c);
+static inline bool connection_device_pending(const Connection *c) {
+        return c->device_interval > 0;
+}
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);

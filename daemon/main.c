@@ -8,6 +8,7 @@
 #include "common/api.h"
 #include "common/log.h"
 #include "daemon/manager.h"
+#include "daemon/oauth.h"
 
 static const char *arg_config = DEFAULT_CONFIG_FILE;
 static bool arg_check_config = false;
@@ -95,6 +96,17 @@ static int take_listen_fds(Manager *m) {
         return 0;
 }
 
+static int discover_logged(Provider *p, char **ret_reason) {
+        int r = oauth_discover(p, ret_reason);
+
+        if (r < 0)
+                log_warning("%s:%u: discovery at %s failed: %s", p->path, p->issuer_line, p->issuer,
+                            strempty(*ret_reason));
+        else
+                log_debug("%s: endpoints discovered at %s.", p->path, p->issuer);
+        return r;
+}
+
 static int run(int argc, char *argv[]) {
         _cleanup_(manager_freep) Manager *m = NULL;
         BrokerConfig *config = NULL;
@@ -106,6 +118,9 @@ static int run(int argc, char *argv[]) {
         if (r <= 0)
                 return r < 0 ? 2 : 0;
 
+        /* Discovery at load (and at SIGHUP): failures are warnings unless
+         * a required endpoint stays missing. */
+        conf_set_discovery(discover_logged);
         r = broker_config_load(arg_config, &config, &err);
         if (r < 0) {
                 if (arg_check_config)

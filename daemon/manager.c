@@ -503,6 +503,10 @@ static int load_one(Connection *c, void *userdata) {
         return 0;
 }
 
+bool manager_wants_device(const Provider *p, const AuthorizeRequest *req) {
+        return !req->refresh_token && (p->grant == GRANT_DEVICE_CODE || (req->device && p->device_authorization_url));
+}
+
 int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
                       const char **ret_error) {
         _cleanup_(connection_freep) Connection *fresh = NULL;
@@ -529,8 +533,24 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 *ret_error = "too many connections";
                 return -E2BIG;
         }
+        if (req->device && !p->device_authorization_url) {
+                *ret_error = "the provider has no device_authorization_url";
+                return -EOPNOTSUPP;
+        }
+        if (p->grant == GRANT_PASSWORD && !req->refresh_token && !(req->username ?: p->username)) {
+                *ret_error = "the password grant needs a username";
+                return -EINVAL;
+        }
+        if (p->grant == GRANT_PASSWORD && !req->refresh_token && !req->password && !p->password) {
+                *ret_error = "the password grant needs a password (on stdin, or the provider's password_file)";
+                return -EINVAL;
+        }
+        if (c && (c->inflight || c->revoke_waiter)) {
+                *ret_error = "a request for this connection is in flight; try again";
+                return -EBUSY;
+        }
 
-        if (p->grant == GRANT_AUTHORIZATION_CODE) {
+        if (p->grant == GRANT_AUTHORIZATION_CODE && !req->refresh_token && !manager_wants_device(p, req)) {
                 r = random_token(32, &state);
                 if (r < 0)
                         return r;
@@ -578,14 +598,34 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         if (!fresh) {
                 manager_pending_unlink(m, c);
                 c->state_hash = mfree(c->state_hash);
+                connection_clear_device(c);
+                c->pending_until = 0;
         }
         c->code_verifier = secret_free(c->code_verifier);
+        c->auth_state = secret_free(c->auth_state);
         if (url) {
                 c->state_hash = strdup(hash);
                 if (!c->state_hash)
                         return -ENOMEM;
                 c->code_verifier = TAKE_PTR(verifier);
+                c->auth_state = TAKE_PTR(state);
                 c->pending_until = t + m->config->pending_ttl;
+        }
+        if (p->grant == GRANT_PASSWORD && !req->refresh_token) {
+                char *u = strdup(req->username ?: p->username);
+                if (!u)
+                        return -ENOMEM;
+                free(c->username);
+                c->username = u;
+                if (req->password && !(c->code_verifier = strdup(req->password)))
+                        return -ENOMEM;
+        }
+        if (req->refresh_token) {
+                char *rt = strdup(req->refresh_token);
+                if (!rt)
+                        return -ENOMEM;
+                secret_free(c->refresh_token);
+                c->refresh_token = rt;
         }
         c->updated_at = t;
 
@@ -612,7 +652,12 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                         return r;
         }
 
-        if (p->grant == GRANT_AUTHORIZATION_CODE) {
+        if (req->refresh_token) {
+                manager_event(m, c, "imported", "refresh token imported; proving it with a refresh");
+                (void) refresher_refresh(m, c, NULL);
+        } else if (manager_wants_device(p, req))
+                ;   /* the caller starts the device request and waits for it */
+        else if (p->grant == GRANT_AUTHORIZATION_CODE) {
                 manager_event(m, c, "authorization-started", "authorization started at provider %s", p->name);
                 refresher_schedule(m, c);
         } else {

@@ -118,9 +118,15 @@ typedef struct AuthorizeRequest {
         unsigned n_allow_users;
         gid_t *allow_groups;
         unsigned n_allow_groups;
+        bool device;               /* RFC 8628 even if the provider's grant is the code flow */
+        const char *username;      /* password grant */
+        const char *password;      /* secret; NULL: the provider's password_file */
+        const char *refresh_token; /* secret: adopt one obtained elsewhere (import) */
 } AuthorizeRequest;
 int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
                       const char **ret_error);
+/* Whether an authorization request runs the device flow. */
+bool manager_wants_device(const Provider *p, const AuthorizeRequest *req);
 
 /* The index of pending authorizations by state hash; idempotent. */
 int manager_pending_link(Manager *m, Connection *c);
@@ -149,6 +155,10 @@ void refresher_add_waiter(Connection *c, Waiter *w);
 
 /* Code exchange after the callback: calls fn when done. */
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w);
+
+/* RFC 8628: asks for a device code; w is called when the answer (user
+ * code, verification URI) is in, then polling runs on the timer wheel. */
+int refresher_device_start(Manager *m, Connection *c, Waiter *w);
 
 /* Revocation at the provider, then the callback. */
 int refresher_revoke(Manager *m, Connection *c, Waiter *w);

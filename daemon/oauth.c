@@ -100,57 +100,268 @@ static char *join_scope(const Provider *p, const char *scope) {
         return strbuf_steal(&b);
 }
 
+/* ---- templates ------------------------------------------------------ */
+
+#define SCRATCH_MAX 64
+
+typedef struct Expand {
+        const Provider *p;
+        const RequestVars *v;
+        bool escape;              /* percent-encode placeholder values (URLs) */
+        char *scratch[SCRATCH_MAX];
+        size_t n_scratch;
+        bool generated;           /* one set of random values per request */
+        char uuid[37], rstr[13], rint[16], ts[24], utc[32];
+        char *rb64;
+} Expand;
+
+static void expand_done(Expand *x) {
+        for (size_t i = 0; i < x->n_scratch; i++)
+                secret_free(x->scratch[i]);
+        free(x->rb64);
+        x->n_scratch = 0;
+}
+
+static int expand_generate(Expand *x) {
+        uint8_t b[16];
+        int r;
+
+        if (x->generated)
+                return 0;
+        r = random_uuid(x->uuid);
+        if (r >= 0)
+                r = random_lower(x->rstr, 12);
+        if (r >= 0)
+                r = random_bytes(b, sizeof b);
+        if (r >= 0)
+                r = b64_encode(b, sizeof b, &x->rb64);
+        if (r < 0)
+                return r;
+        snprintf(x->rint, sizeof x->rint, "%" PRIu32, (uint32_t) random_u64());
+        snprintf(x->ts, sizeof x->ts, "%" PRIu64, now(CLOCK_REALTIME) / USEC_PER_SEC);
+        format_timestamp(x->utc, sizeof x->utc, now(CLOCK_REALTIME));
+        x->generated = true;
+        return 0;
+}
+
+static const char *expand_raw(Expand *x, const char *name, size_t len) {
+        const RequestVars *v = x->v;
+        static const RequestVars none = {};
+#define IS(s) (len == strlen(s) && memcmp(name, s, len) == 0)
+        if (!v)
+                v = &none;
+        if (IS("client_id"))
+                return x->p->client_id;
+        if (IS("client_secret"))
+                return x->p->client_secret;
+        if (IS("redirect_uri"))
+                return v->redirect_uri;
+        if (IS("scope"))
+                return v->scope;
+        if (IS("username"))
+                return v->username ?: x->p->username;
+        if (IS("password"))
+                return v->password ?: x->p->password;
+        if (IS("code"))
+                return v->code;
+        if (IS("code_verifier"))
+                return v->code_verifier;
+        if (IS("state"))
+                return v->state;
+        if (IS("refresh_token"))
+                return v->refresh_token;
+        if (IS("device_code"))
+                return v->device_code;
+        if (IS("token_url"))
+                return x->p->token_url;
+        if (expand_generate(x) < 0)
+                return NULL;
+        if (IS("uuid"))
+                return x->uuid;
+        if (IS("random_string"))
+                return x->rstr;
+        if (IS("random_base64"))
+                return x->rb64;
+        if (IS("random_int"))
+                return x->rint;
+        if (IS("timestamp_unix"))
+                return x->ts;
+        if (IS("utc"))
+                return x->utc;
+#undef IS
+        return NULL;
+}
+
+/* Every known placeholder has a value ("" when unset); NULL only for an
+ * unknown name or an allocation failure. */
+static const char *expand_lookup(const char *name, size_t len, void *userdata) {
+        Expand *x = userdata;
+        const char *v;
+        char *e;
+
+        v = expand_raw(x, name, len);
+        if (!v) {
+                /* known but unset? */
+                const char *const *known = placeholders_token;
+                for (size_t k = 0; k < 2; k++, known = placeholders_refresh)
+                        for (size_t i = 0; known[i]; i++)
+                                if (strlen(known[i]) == len && memcmp(known[i], name, len) == 0)
+                                        return "";
+                return NULL;
+        }
+        if (!x->escape || x->n_scratch >= SCRATCH_MAX)
+                return x->escape ? NULL : v;
+        e = url_escape(v);
+        if (!e)
+                return NULL;
+        x->scratch[x->n_scratch++] = e;
+        return e;
+}
+
+static int expand(Expand *x, const char *tmpl, bool escape, char **ret) {
+        x->escape = escape;
+        return template_expand(tmpl, expand_lookup, x, ret, NULL, NULL);
+}
+
+/* ---- requests ------------------------------------------------------- */
+
+typedef struct KV {
+        char *key;
+        char *value;              /* secret */
+} KV;
+
+typedef struct KVList {
+        KV items[PROVIDER_TEMPLATES_MAX + 16];
+        size_t n;
+} KVList;
+
+static void kvlist_done(KVList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->items[i].key);
+                secret_free(l->items[i].value);
+        }
+        l->n = 0;
+}
+
+static bool kvlist_has(const KVList *l, const char *key) {
+        for (size_t i = 0; i < l->n; i++)
+                if (streq(l->items[i].key, key))
+                        return true;
+        return false;
+}
+
+/* Adds or (replace) overrides a pair; the strings are copied. */
+static int kvlist_put(KVList *l, const char *key, size_t key_len, const char *value, bool replace) {
+        char *k, *v;
+
+        if (replace)
+                for (size_t i = 0; i < l->n; i++)
+                        if (strlen(l->items[i].key) == key_len && memcmp(l->items[i].key, key, key_len) == 0) {
+                                v = strdup(value);
+                                if (!v)
+                                        return -ENOMEM;
+                                secret_free(l->items[i].value);
+                                l->items[i].value = v;
+                                return 0;
+                        }
+        if (l->n >= ELEMENTSOF(l->items))
+                return -E2BIG;
+        k = strndup(key, key_len);
+        v = strdup(value);
+        if (!k || !v) {
+                free(k);
+                free(v);
+                return -ENOMEM;
+        }
+        l->items[l->n++] = (KV) { k, v };
+        return 0;
+}
+
+/* "name=template" lines, expanded, into l. */
+static int kvlist_templates(KVList *l, const TemplateList *t, Expand *x, bool replace) {
+        int r;
+
+        for (size_t i = 0; i < t->n; i++) {
+                const char *eq = strchr(t->items[i], '=');
+                _cleanup_secret_ char *v = NULL;
+
+                if (!eq)
+                        return -EINVAL;
+                r = expand(x, eq + 1, false, &v);
+                if (r < 0)
+                        return r;
+                r = kvlist_put(l, t->items[i], (size_t) (eq - t->items[i]), v, replace);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int oauth_authorize_url(const Provider *p, const char *redirect_uri, const char *state,
                         const char *challenge, const char *scope, char **ret) {
         _cleanup_free_ char *sc = NULL;
+        RequestVars vars = { .redirect_uri = redirect_uri, .state = state };
+        Expand x = { .p = p, .v = &vars };
+        KVList kv = {};
         StrBuf b = {};
         char *url;
+        int r = 0;
 
         if (!p->authorize_url)
                 return -EINVAL;
-        strbuf_puts(&b, p->authorize_url);
-        /* append_param() adds the '&' after an existing query. */
-        if (!strchr(p->authorize_url, '?'))
-                strbuf_puts(&b, "?");
-        append_param(&b, "response_type", "code");
-        append_param(&b, "client_id", p->client_id);
-        append_param(&b, "redirect_uri", redirect_uri);
         sc = join_scope(p, scope ?: p->scopes);
-        if (!isempty(sc))
-                append_param(&b, "scope", sc);
-        append_param(&b, "state", state);
-        if (challenge) {
-                append_param(&b, "code_challenge", challenge);
-                append_param(&b, "code_challenge_method", p->pkce == PKCE_S256 ? "S256" : "plain");
-        }
+        if (!sc)
+                return -ENOMEM;
+        vars.scope = isempty(sc) ? NULL : sc;
+#define PUT(k, v) if (r >= 0 && (v)) r = kvlist_put(&kv, k, strlen(k), v, true)
+        PUT("response_type", "code");
+        PUT("client_id", p->client_id);
+        PUT("redirect_uri", redirect_uri);
+        PUT("scope", vars.scope);
+        PUT("state", state);
+        PUT("code_challenge", challenge);
+        PUT("code_challenge_method", challenge ? (p->pkce == PKCE_S256 ? "S256" : "plain") : NULL);
+#undef PUT
         /* Extra parameters, "k=v k=v" (access_type=offline, prompt=consent). */
-        for (const char *s = p->authorize_params; s && *s;) {
-                _cleanup_free_ char *item = NULL;
-                size_t n;
-                char *eq;
+        for (const char *s = p->authorize_params; r >= 0 && s && *s;) {
+                size_t n, klen;
+                const char *eq;
+                _cleanup_free_ char *val = NULL;
 
                 s += strspn(s, " ");
                 n = strcspn(s, " ");
                 if (n == 0)
                         break;
-                item = strndup(s, n);
-                if (!item) {
-                        strbuf_free(&b);
-                        return -ENOMEM;
-                }
-                eq = strchr(item, '=');
-                if (eq) {
-                        *eq = 0;
-                        append_param(&b, item, eq + 1);
-                } else
-                        append_param(&b, item, "");
+                eq = memchr(s, '=', n);
+                klen = eq ? (size_t) (eq - s) : n;
+                val = eq ? strndup(eq + 1, n - klen - 1) : strdup("");
+                if (!val)
+                        r = -ENOMEM;
+                else
+                        r = kvlist_put(&kv, s, klen, val, false);
                 s += n;
         }
+        /* authorize_param templates override a default of the same name */
+        if (r >= 0)
+                r = kvlist_templates(&kv, &p->authorize_param, &x, true);
+        if (r < 0)
+                goto finish;
+        strbuf_puts(&b, p->authorize_url);
+        /* append_param() adds the '&' after an existing query. */
+        if (!strchr(p->authorize_url, '?'))
+                strbuf_puts(&b, "?");
+        for (size_t i = 0; i < kv.n; i++)
+                append_param(&b, kv.items[i].key, kv.items[i].value);
         url = strbuf_steal(&b);
-        if (!url)
-                return -ENOMEM;
+        if (!url) {
+                r = -ENOMEM;
+                goto finish;
+        }
         *ret = url;
-        return 0;
+finish:
+        kvlist_done(&kv);
+        expand_done(&x);
+        return r;
 }
 
 static int basic_auth_header(const Provider *p, char **ret) {
@@ -172,55 +383,170 @@ static int basic_auth_header(const Provider *p, char **ret) {
         return 0;
 }
 
-static int post_form(Http *h, const Provider *p, const char *url, const Param *params, size_t n,
-                     HttpRequest **ret) {
+static void append_query(StrBuf *b, const KVList *l) {
+        for (size_t i = 0; i < l->n; i++)
+                append_param(b, l->items[i].key, l->items[i].value);
+}
+
+int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const Param *defaults, size_t n,
+                           const RequestVars *v, HttpRequest **ret) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        _cleanup_secret_ char *url = NULL, *body = NULL;
+        _cleanup_free_ char *sc = NULL;
+        const TemplateList *headers, *params;
+        const char *url_tmpl, *method;
+        RequestVars vars = v ? *v : (RequestVars) {};
+        Expand x = { .p = p, .v = &vars };
+        KVList kv = {};
+        BodyType bt;
         StrBuf b = {};
-        char *body;
         int r;
 
-        for (size_t i = 0; i < n; i++)
-                if (params[i].value)
-                        append_param(&b, params[i].key, params[i].value);
-        switch (p->client_auth) {
-        case CLIENT_AUTH_POST:
-                append_param(&b, "client_id", p->client_id);
-                append_param(&b, "client_secret", p->client_secret);
+        switch (kind) {
+        case REQUEST_REFRESH:
+                url_tmpl = p->refresh_url ?: p->token_url;
+                method = p->refresh_method ?: p->token_method ?: "POST";
+                bt = p->refresh_body;
+                headers = p->refresh_header.n > 0 ? &p->refresh_header : &p->token_header;
+                params = &p->refresh_param;
                 break;
-        case CLIENT_AUTH_NONE:
-                append_param(&b, "client_id", p->client_id);
+        case REQUEST_DEVICE:
+        case REQUEST_REVOKE:
+                url_tmpl = kind == REQUEST_DEVICE ? p->device_authorization_url : p->revoke_url;
+                method = "POST";
+                bt = BODY_FORM;
+                headers = &p->token_header;
+                params = NULL;
                 break;
         default:
+                url_tmpl = p->token_url;
+                method = p->token_method ?: "POST";
+                bt = p->token_body;
+                headers = &p->token_header;
+                params = &p->token_param;
                 break;
         }
-        body = strbuf_steal(&b);
-        if (!body)
-                return -ENOMEM;
-
-        r = http_request_new(h, "POST", url, &req);
-        if (r < 0) {
-                secret_free(body);
-                return r;
+        if (!url_tmpl)
+                return -EOPNOTSUPP;
+        if (vars.scope) {
+                sc = join_scope(p, vars.scope);
+                if (!sc)
+                        return -ENOMEM;
+                vars.scope = isempty(sc) ? NULL : sc;
         }
-        r = http_request_set_body(req, "application/x-www-form-urlencoded", body, strlen(body));
+
+        /* the parameters: the provider's list replaces the RFC defaults */
+        if (params && params->n > 0)
+                r = kvlist_templates(&kv, params, &x, false);
+        else {
+                r = 0;
+                for (size_t i = 0; i < n && r >= 0; i++)
+                        if (defaults[i].value)
+                                r = kvlist_put(&kv, defaults[i].key, strlen(defaults[i].key), defaults[i].value,
+                                               false);
+        }
+        if (r >= 0 && (p->client_auth == CLIENT_AUTH_POST || p->client_auth == CLIENT_AUTH_NONE) &&
+            !kvlist_has(&kv, "client_id"))
+                r = kvlist_put(&kv, "client_id", 9, p->client_id, false);
+        if (r >= 0 && p->client_auth == CLIENT_AUTH_POST && !kvlist_has(&kv, "client_secret"))
+                r = kvlist_put(&kv, "client_secret", 13, p->client_secret ?: "", false);
         if (r < 0)
-                return r;
+                goto finish;
+
+        /* the URL, its placeholders percent-encoded */
+        r = expand(&x, url_tmpl, true, &url);
+        if (r < 0)
+                goto finish;
+        if (bt == BODY_QUERY || streq(method, "GET")) {
+                strbuf_puts(&b, url);
+                if (kv.n > 0 && !strchr(url, '?'))
+                        strbuf_puts(&b, "?");
+                append_query(&b, &kv);
+                secret_free(url);
+                url = strbuf_steal(&b);
+                if (!url) {
+                        r = -ENOMEM;
+                        goto finish;
+                }
+        }
+        r = http_request_new(h, method, url, &req);
+        if (r < 0)
+                goto finish;
+
+        if (streq(method, "GET"))
+                ;
+        else if (bt == BODY_JSON) {
+                json_t *o = json_object();
+                for (size_t i = 0; o && i < kv.n; i++)
+                        if (json_object_set_new(o, kv.items[i].key, json_string(kv.items[i].value)) < 0)
+                                break;
+                body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+                if (o) {
+                        /* the tree holds copies of the secrets too */
+                        const char *key;
+                        json_t *val;
+                        json_object_foreach(o, key, val)
+                                if (json_is_string(val))
+                                        explicit_wipe((char *) json_string_value(val), json_string_length(val));
+                        json_decref(o);
+                }
+                if (!body) {
+                        r = -ENOMEM;
+                        goto finish;
+                }
+                {
+                        size_t blen = strlen(body);
+                        r = http_request_set_body(req, "application/json", TAKE_PTR(body), blen);
+                }
+        } else {
+                if (bt == BODY_FORM)
+                        append_query(&b, &kv);
+                body = strbuf_steal(&b);
+                if (!body && !(body = strdup(""))) {
+                        r = -ENOMEM;
+                        goto finish;
+                }
+                r = http_request_set_body(req, "application/x-www-form-urlencoded", body, strlen(body));
+                body = NULL;
+        }
+        if (r < 0)
+                goto finish;
+
+        /* headers: the client authentication, then the provider's */
         if (p->client_auth == CLIENT_AUTH_BASIC) {
                 _cleanup_secret_ char *hdr = NULL;
 
                 r = basic_auth_header(p, &hdr);
+                if (r >= 0)
+                        r = http_request_add_header(req, hdr);
                 if (r < 0)
-                        return r;
-                r = http_request_add_header(req, hdr);
+                        goto finish;
+        }
+        for (size_t i = 0; i < headers->n; i++) {
+                _cleanup_secret_ char *line = NULL;
+
+                r = expand(&x, headers->items[i], false, &line);
                 if (r < 0)
-                        return r;
+                        goto finish;
+                if (strpbrk(line, "\r\n")) {
+                        r = -EINVAL;   /* a value must not start another header */
+                        goto finish;
+                }
+                r = http_request_add_header(req, line);
+                if (r < 0)
+                        goto finish;
         }
         *ret = TAKE_PTR(req);
-        return 0;
+        r = 0;
+finish:
+        strbuf_free(&b);
+        kvlist_done(&kv);
+        expand_done(&x);
+        return r;
 }
 
 int oauth_token_request(Http *h, const Provider *p, const Param *params, size_t n, HttpRequest **ret) {
-        return post_form(h, p, p->token_url, params, n, ret);
+        return oauth_provider_request(h, p, REQUEST_TOKEN, params, n, NULL, ret);
 }
 
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
@@ -232,7 +558,7 @@ int oauth_revoke_request(Http *h, const Provider *p, const char *token, const ch
 
         if (!p->revoke_url)
                 return -EOPNOTSUPP;
-        return post_form(h, p, p->revoke_url, params, ELEMENTSOF(params), ret);
+        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), NULL, ret);
 }
 
 static int dup_string_at(json_t *root, const char *ptr, char **ret) {
@@ -259,20 +585,30 @@ static char *sanitize(const char *s, size_t max) {
         return out;
 }
 
-static OAuthOutcome classify_error(long status, const char *code) {
-        /* RFC 6749 section 5.2: these mean the grant or the client is no
-         * good, and retrying the same request cannot help. */
-        static const char *const permanent[] = {
-                "invalid_grant", "invalid_client", "unauthorized_client",
-                "unsupported_grant_type", "invalid_scope", "access_denied",
-        };
+/* An error answer: the error and its description at the provider's
+ * pointers, classified by its error_map, else RFC 6749 section 5.2. */
+static OAuthOutcome error_answer(const Provider *p, long status, json_t *root, char **ret_error) {
+        const char *code = NULL, *desc = NULL, *hint = NULL;
+        _cleanup_free_ char *c = NULL, *d = NULL;
+        ErrorClass class;
 
-        if (status == 429 || status == 408 || status >= 500)
-                return OAUTH_TRANSIENT;
-        for (size_t i = 0; code && i < ELEMENTSOF(permanent); i++)
-                if (streq(code, permanent[i]))
-                        return OAUTH_PERMANENT;
-        return OAUTH_TRANSIENT;
+        if (root && json_is_object(root)) {
+                (void) jsonptr_get_string(root, p->ptr_error, &code);
+                (void) jsonptr_get_string(root, p->ptr_error_description, &desc);
+        }
+        class = provider_classify_error(p, status, code, desc, &hint);
+        c = code ? sanitize(code, 64) : NULL;
+        d = desc ? sanitize(desc, 200) : NULL;
+        if (asprintf(ret_error, "%sHTTP %ld%s%s%s%s%s%s%s", class == ERROR_CLASS_CONFIG ? "configuration error: " : "",
+                     status, c ? ": " : "", c ?: "", d ? ": " : "", d ?: "", hint ? " (hint: " : "", hint ?: "",
+                     hint ? ")" : "") < 0)
+                *ret_error = NULL;
+        return class == ERROR_CLASS_RETRY ? OAUTH_TRANSIENT : OAUTH_PERMANENT;
+}
+
+static bool looks_like_jwt(const char *s) {
+        /* base64url of '{"' and at least one dot: a JWS compact serialization */
+        return startswith(s, "eyJ") && strchr(s, '.');
 }
 
 OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const char *body, size_t len,
@@ -289,27 +625,22 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
                 root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 
         if (status < 200 || status >= 300) {
-                const char *code = NULL, *desc = NULL;
-                _cleanup_free_ char *c = NULL, *d = NULL;
-
-                if (root && json_is_object(root)) {
-                        (void) jsonptr_get_string(root, p->ptr_error, &code);
-                        (void) jsonptr_get_string(root, p->ptr_error_description, &desc);
-                }
-                o = classify_error(status, code);
-                c = code ? sanitize(code, 64) : NULL;
-                d = desc ? sanitize(desc, 200) : NULL;
-                if (asprintf(ret_error, "HTTP %ld%s%s%s%s", status, c ? ": " : "", c ?: "",
-                             d ? ": " : "", d ?: "") < 0)
-                        *ret_error = NULL;
+                o = error_answer(p, status, root, ret_error);
                 goto out;
         }
         if (!root || !json_is_object(root)) {
-                *ret_error = strdup("token response is not a JSON object");
+                *ret_error = strdup(body && len > 0 && memchr(body, '<', MIN(len, (size_t) 256))
+                                            ? "token response is not JSON (an HTML page?)"
+                                            : "token response is not a JSON object");
                 goto out;
         }
         r = dup_string_at(root, p->ptr_access_token, &t.access_token);
         if (r < 0 || isempty(t.access_token)) {
+                /* Some providers (GitHub, Slack) answer errors with 200. */
+                if (jsonptr_get(root, p->ptr_error, NULL) >= 0) {
+                        o = error_answer(p, status, root, ret_error);
+                        goto out;
+                }
                 *ret_error = strdup("token response has no access_token");
                 goto out;
         }
@@ -325,7 +656,9 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
                 /* RFC 6749 section 5.1: the type is case-insensitive. */
                 memcpy(t.token_type, "Bearer", 6);
 
-        r = jsonptr_get_number(root, p->ptr_expires_in, &expires_in);
+        /* Expiry: expires_in, an absolute expiry, the JWT's exp, the
+         * default lifetime; else never. */
+        r = p->never_expires ? -ENOENT : jsonptr_get_number(root, p->ptr_expires_in, &expires_in);
         if (r >= 0) {
                 if (!(expires_in > 0 && expires_in <= EXPIRES_IN_MAX)) {
                         *ret_error = strdup("token response has an invalid expires_in");
@@ -336,13 +669,38 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         } else if (r != -ENOENT) {
                 *ret_error = strdup("token response has an invalid expires_in");
                 goto out;
-        } else {
+        } else if (!p->never_expires) {
+                json_t *v = NULL;
                 usec_t exp;
 
-                if (jwt_get_exp(t.access_token, &exp) >= 0)
+                if (p->ptr_expires_at && jsonptr_get(root, p->ptr_expires_at, &v) >= 0) {
+                        double d;
+
+                        if (json_is_string(v) && parse_timestamp(json_string_value(v), &exp) >= 0)
+                                ;
+                        else if (jsonptr_get_number(root, p->ptr_expires_at, &d) >= 0 && d > 0 &&
+                                 d < 253402300800.0)
+                                /* epoch seconds; milliseconds when absurdly large */
+                                exp = (usec_t) ((d > 1e11 ? d / 1000.0 : d) * (double) USEC_PER_SEC);
+                        else {
+                                *ret_error = strdup("token response has an invalid absolute expiry");
+                                goto out;
+                        }
+                        if (exp <= sent_at || exp - sent_at > (usec_t) (EXPIRES_IN_MAX * (double) USEC_PER_SEC)) {
+                                *ret_error = strdup("token response has an absolute expiry in the past or too far ahead");
+                                goto out;
+                        }
+                        t.expires_at = exp;
+                } else if (jwt_get_exp(t.access_token, &exp) >= 0)
                         t.expires_at = exp;
                 else if (p->default_lifetime > 0)
                         t.expires_at = sent_at + p->default_lifetime;
+                else if (looks_like_jwt(t.access_token)) {
+                        /* Its expiry can only be in there: a JWT that does
+                         * not decode was cut or mangled on the way. */
+                        *ret_error = strdup("access token looks like a JWT but does not decode (truncated?)");
+                        goto out;
+                }
         }
         if (!t.token_type) {
                 *ret_error = strdup("out of memory");
@@ -378,6 +736,144 @@ int oauth_identity_from_id_token(const char *id_token, char **ret) {
                 return r;
         r = jwt_claims_identity(claims, ret);
         json_decref(claims);
+        return r;
+}
+
+/* A claim as text: strings as they are, integers in decimal (GitHub's id). */
+static int identity_at(json_t *root, const char *ptr, char **ret) {
+        json_t *v;
+        int r;
+
+        r = jsonptr_get(root, ptr, &v);
+        if (r < 0)
+                return r;
+        if (json_is_string(v) && json_string_length(v) > 0)
+                *ret = sanitize(json_string_value(v), 256);
+        else if (json_is_integer(v))
+                r = asprintf(ret, "%" JSON_INTEGER_FORMAT, json_integer_value(v)) < 0 ? -ENOMEM : 0;
+        else
+                return -EMEDIUMTYPE;
+        if (r < 0)
+                return r;
+        return *ret ? 0 : -ENOMEM;
+}
+
+int oauth_identity_from_claims(const Provider *p, const char *id_token, char **ret) {
+        json_t *claims = NULL;
+        int r;
+
+        if (!p->identity_pointer)
+                return oauth_identity_from_id_token(id_token, ret);
+        r = jwt_decode_payload(id_token, &claims);
+        if (r < 0)
+                return r;
+        r = identity_at(claims, p->identity_pointer, ret);
+        json_decref(claims);
+        return r;
+}
+
+int oauth_identity_from_userinfo(const Provider *p, const char *body, size_t len, char **ret) {
+        json_t *root;
+        int r;
+
+        root = body && len > 0 ? json_loadb(body, len, 0, NULL) : NULL;
+        if (!root || !json_is_object(root)) {
+                json_decref(root);
+                return -EBADMSG;
+        }
+        if (p->identity_pointer)
+                r = identity_at(root, p->identity_pointer, ret);
+        else {
+                r = identity_at(root, "/email", ret);
+                if (r < 0)
+                        r = identity_at(root, "/preferred_username", ret);
+                if (r < 0)
+                        r = identity_at(root, "/sub", ret);
+        }
+        json_decref(root);
+        return r;
+}
+
+char *oauth_error_code(const Provider *p, const HttpRequest *req) {
+        json_t *root;
+        const char *code = NULL;
+        char *s = NULL;
+
+        if (req->result != CURLE_OK || !req->body || req->body_len == 0)
+                return NULL;
+        root = json_loadb(req->body, req->body_len, 0, NULL);
+        if (root && json_is_object(root) && jsonptr_get_string(root, p->ptr_error, &code) >= 0)
+                s = sanitize(code, 64);
+        json_decref(root);
+        return s;
+}
+
+void device_auth_done(DeviceAuth *d) {
+        secret_free(d->device_code);
+        free(d->user_code);
+        free(d->verification_uri);
+        free(d->verification_uri_complete);
+        *d = (DeviceAuth) {};
+}
+
+int oauth_parse_device_response(long status, const char *body, size_t len, DeviceAuth *ret, char **ret_error) {
+        DeviceAuth d = {};
+        json_t *root;
+        double num;
+        int r = -EBADMSG;
+
+        *ret_error = NULL;
+        root = body && len > 0 ? json_loadb(body, len, 0, NULL) : NULL;
+        if (status < 200 || status >= 300) {
+                const char *code = NULL, *desc = NULL;
+                _cleanup_free_ char *c = NULL, *dd = NULL;
+
+                if (root && json_is_object(root)) {
+                        (void) jsonptr_get_string(root, "/error", &code);
+                        (void) jsonptr_get_string(root, "/error_description", &desc);
+                }
+                c = code ? sanitize(code, 64) : NULL;
+                dd = desc ? sanitize(desc, 200) : NULL;
+                if (asprintf(ret_error, "device authorization refused: HTTP %ld%s%s%s%s", status, c ? ": " : "",
+                             c ?: "", dd ? ": " : "", dd ?: "") < 0)
+                        *ret_error = NULL;
+                r = -EPROTO;
+                goto out;
+        }
+        if (!root || !json_is_object(root)) {
+                *ret_error = strdup("device authorization response is not a JSON object");
+                goto out;
+        }
+        if (dup_string_at(root, "/device_code", &d.device_code) < 0 || isempty(d.device_code) ||
+            dup_string_at(root, "/user_code", &d.user_code) < 0 || isempty(d.user_code)) {
+                *ret_error = strdup("device authorization response lacks device_code or user_code");
+                goto out;
+        }
+        /* Google says verification_url. */
+        if (dup_string_at(root, "/verification_uri", &d.verification_uri) < 0 &&
+            dup_string_at(root, "/verification_url", &d.verification_uri) < 0) {
+                *ret_error = strdup("device authorization response lacks verification_uri");
+                goto out;
+        }
+        (void) dup_string_at(root, "/verification_uri_complete", &d.verification_uri_complete);
+        if (jsonptr_get_number(root, "/expires_in", &num) < 0 || !(num > 0 && num <= 86400)) {
+                *ret_error = strdup("device authorization response has no valid expires_in");
+                goto out;
+        }
+        d.expires_in = (usec_t) (num * (double) USEC_PER_SEC);
+        /* RFC 8628 section 3.2: 5 seconds when absent. */
+        if (jsonptr_get_number(root, "/interval", &num) >= 0 && num >= 1 && num <= 600)
+                d.interval = (usec_t) (num * (double) USEC_PER_SEC);
+        else
+                d.interval = 5 * USEC_PER_SEC;
+        *ret = d;
+        d = (DeviceAuth) {};
+        r = 0;
+out:
+        device_auth_done(&d);
+        json_decref(root);
+        if (r < 0 && !*ret_error)
+                *ret_error = strdup("invalid device authorization response");
         return r;
 }
 
@@ -425,5 +921,121 @@ fail:
         for (size_t i = 0; i < n; i++)
                 secret_free(lines[i]);
         free(lines);
+        return r;
+}
+
+/* ---- OIDC discovery ---------------------------------------------------- */
+
+typedef struct Body {
+        char *s;
+        size_t len;
+} Body;
+
+static size_t discovery_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
+        Body *b = userdata;
+        size_t n = size * nmemb;
+        char *t;
+
+        if (n > DISCOVERY_BODY_MAX - b->len)
+                return 0;
+        t = realloc(b->s, b->len + n + 1);
+        if (!t)
+                return 0;
+        memcpy(t + b->len, ptr, n);
+        b->s = t;
+        b->len += n;
+        b->s[b->len] = 0;
+        return n;
+}
+
+/* Sets *field from the document's key unless the file set it. */
+static int discovered(json_t *doc, const char *key, char **field) {
+        json_t *v = json_object_get(doc, key);
+
+        if (*field || !json_is_string(v))
+                return 0;
+        if (!url_is_acceptable(json_string_value(v)))
+                return -EPROTO;
+        *field = strdup(json_string_value(v));
+        return *field ? 1 : -ENOMEM;
+}
+
+int oauth_discover(Provider *p, char **ret_reason) {
+        _cleanup_free_ char *url = NULL;
+        char errbuf[CURL_ERROR_SIZE] = "";
+        Body b = {};
+        json_t *doc = NULL;
+        CURL *c;
+        CURLcode cc;
+        long status = 0;
+        int r;
+
+        *ret_reason = NULL;
+        /* OpenID Connect Discovery 1.0 section 4 */
+        if (asprintf(&url, "%s/.well-known/openid-configuration", p->issuer) < 0)
+                return -ENOMEM;
+        c = curl_easy_init();
+        if (!c)
+                return -ENOMEM;
+        /* Blocking, at load: bounded by the provider's timeout, at most 10 s. */
+        (void) curl_easy_setopt(c, CURLOPT_URL, url);
+        (void) curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        (void) curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+        (void) curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+        (void) curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        (void) curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        (void) curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long) (MIN(p->timeout ?: 10 * USEC_PER_SEC, 10 * USEC_PER_SEC) / USEC_PER_MSEC));
+        (void) curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+        (void) curl_easy_setopt(c, CURLOPT_USERAGENT, "tokenbroker/0.1");
+        (void) curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discovery_write);
+        (void) curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+        (void) curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+        cc = curl_easy_perform(c);
+        if (cc == CURLE_OK)
+                (void) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_cleanup(c);
+        if (cc != CURLE_OK) {
+                *ret_reason = strdup(errbuf[0] ? errbuf : curl_easy_strerror(cc));
+                r = -EHOSTUNREACH;
+                goto out;
+        }
+        if (status != 200) {
+                if (asprintf(ret_reason, "HTTP %ld from %s", status, url) < 0)
+                        *ret_reason = NULL;
+                r = -EPROTO;
+                goto out;
+        }
+        doc = b.s ? json_loadb(b.s, b.len, 0, NULL) : NULL;
+        if (!doc || !json_is_object(doc)) {
+                *ret_reason = strdup("the discovery document is not a JSON object");
+                r = -EBADMSG;
+                goto out;
+        }
+        /* section 4.3: the issuer must be the one asked for */
+        {
+                const char *iss = json_string_value(json_object_get(doc, "issuer"));
+                size_t n = iss ? strlen(iss) : 0;
+                if (!iss || strncmp(iss, p->issuer, n - (n > 0 && iss[n - 1] == '/')) != 0 ||
+                    strlen(p->issuer) != n - (n > 0 && iss[n - 1] == '/')) {
+                        if (asprintf(ret_reason, "the discovery document names another issuer (%.128s)",
+                                     iss ?: "none") < 0)
+                                *ret_reason = NULL;
+                        r = -EPROTO;
+                        goto out;
+                }
+        }
+        if ((r = discovered(doc, "authorization_endpoint", &p->authorize_url)) < 0 ||
+            (r = discovered(doc, "token_endpoint", &p->token_url)) < 0 ||
+            (r = discovered(doc, "revocation_endpoint", &p->revoke_url)) < 0 ||
+            (r = discovered(doc, "device_authorization_endpoint", &p->device_authorization_url)) < 0 ||
+            (r = discovered(doc, "userinfo_endpoint", &p->userinfo_url)) < 0) {
+                if (r == -EPROTO)
+                        *ret_reason = strdup("the discovery document holds a plain http:// endpoint off loopback");
+                goto out;
+        }
+        r = 0;
+out:
+        json_decref(doc);
+        free(b.s);
         return r;
 }

@@ -41,6 +41,35 @@ typedef struct Param {
 /* A POST to the token endpoint with the given grant parameters and the
  * provider's client authentication. */
 int oauth_token_request(Http *h, const Provider *p, const Param *params, size_t n, HttpRequest **ret);
+
+typedef enum RequestKind {
+        REQUEST_TOKEN,            /* token_url: code exchange, client_credentials, password, device polling */
+        REQUEST_REFRESH,          /* refresh_url (else token_url) */
+        REQUEST_DEVICE,           /* device_authorization_url (RFC 8628 section 3.1) */
+        REQUEST_REVOKE,           /* revoke_url (RFC 7009) */
+} RequestKind;
+
+/* What the templates of a request may refer to; NULL expands to "". */
+typedef struct RequestVars {
+        const char *redirect_uri;
+        const char *scope;
+        const char *username;
+        const char *password;     /* secret */
+        const char *code;         /* secret */
+        const char *code_verifier;/* secret */
+        const char *state;        /* secret */
+        const char *refresh_token;/* secret */
+        const char *device_code;  /* secret */
+} RequestVars;
+
+/* Builds a provider request from its templates: the URL (placeholders in
+ * its path and query are percent-encoded), the method, the headers, and
+ * the parameters (the provider's list for this kind when it has one, else
+ * `defaults`) as a form, a JSON object or the query; then the client
+ * authentication. Templates were validated at load; -EINVAL if an
+ * expanded header value holds a line break. */
+int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const Param *defaults, size_t n,
+                           const RequestVars *v, HttpRequest **ret);
 /* RFC 7009 revocation of one token. */
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
                          HttpRequest **ret);
@@ -53,10 +82,35 @@ OAuthOutcome oauth_token_response(const Provider *p, const HttpRequest *req, Tok
 OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const char *body, size_t len,
                                         usec_t sent_at, TokenSet *ret, char **ret_error);
 
-/* Who authorized: email, else preferred_username, else sub of the id_token. */
+/* Who authorized: email, else preferred_username, else sub of the id_token;
+ * or what the provider's identity_pointer names in its claims. */
 int oauth_identity_from_id_token(const char *id_token, char **ret);
+int oauth_identity_from_claims(const Provider *p, const char *id_token, char **ret);
+/* The same on a userinfo answer (a JSON object). */
+int oauth_identity_from_userinfo(const Provider *p, const char *body, size_t len, char **ret);
+
+/* The error code of an error answer ("authorization_pending"), or NULL. */
+char *oauth_error_code(const Provider *p, const HttpRequest *req);
+
+/* RFC 8628 section 3.2: the device authorization response. */
+typedef struct DeviceAuth {
+        char *device_code;        /* secret */
+        char *user_code;
+        char *verification_uri;
+        char *verification_uri_complete;
+        usec_t expires_in;
+        usec_t interval;
+} DeviceAuth;
+void device_auth_done(DeviceAuth *d);
+int oauth_parse_device_response(long status, const char *body, size_t len, DeviceAuth *ret, char **ret_error);
 
 /* Renders the usage rule: header lines (Name: value) and the query
  * parameter, with ${access_token} and ${token_type} filled in. */
 int oauth_usage_headers(const Provider *p, const char *access_token, const char *token_type,
                         char ***ret_lines, size_t *ret_n, char **ret_query);
+
+/* OIDC discovery (a provider_discover_fn): fills the endpoints the file
+ * leaves out from ISSUER/.well-known/openid-configuration. Blocking,
+ * bounded by the provider's timeout (at most 10 s). */
+#define DISCOVERY_BODY_MAX (256 * 1024)
+int oauth_discover(Provider *p, char **ret_reason);

@@ -20,6 +20,9 @@ typedef enum OpKind {
         OP_REFRESH,
         OP_EXCHANGE,
         OP_REVOKE,
+        OP_DEVICE_AUTH,           /* RFC 8628 section 3.1 */
+        OP_DEVICE_POLL,           /* section 3.4 */
+        OP_USERINFO,              /* who authorized, after the tokens are committed */
 } OpKind;
 
 /* The userdata of a request in flight for a connection. */
@@ -28,7 +31,13 @@ typedef struct Op {
         Connection *conn;
         OpKind kind;
         unsigned revoke_step;
+        bool used_refresh_token;
 } Op;
+
+#define DEVICE_GRANT_TYPE "urn:ietf:params:oauth:grant-type:device_code"
+/* RFC 8628 section 3.5: slow_down adds 5 seconds to the interval. */
+#define DEVICE_SLOW_DOWN (5 * USEC_PER_SEC)
+#define DEVICE_INTERVAL_MAX (10 * USEC_PER_MINUTE)
 
 
 static void wake_waiters(Connection *c, int result) {
@@ -161,6 +170,14 @@ void refresher_schedule(Manager *m, Connection *c) {
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
                 due = MIN(due, deadline_from_realtime(c->pending_until));
+        /* A device authorization: the next poll, and its end. */
+        if (connection_device_pending(c)) {
+                if (c->device_next_poll == 0)
+                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                due = MIN(due, c->device_next_poll);
+                if (c->pending_until > 0)
+                        due = MIN(due, deadline_from_realtime(c->pending_until));
+        }
 
         if (due == USEC_INFINITY)
                 timerwheel_cancel(m->wheel, &c->timer);
@@ -172,7 +189,9 @@ static void clear_pending(Manager *m, Connection *c) {
         manager_pending_unlink(m, c);
         c->state_hash = mfree(c->state_hash);
         c->code_verifier = secret_free(c->code_verifier);
+        c->auth_state = secret_free(c->auth_state);
         c->pending_until = 0;
+        connection_clear_device(c);
 }
 
 static int save(Manager *m, Connection *c) {
@@ -192,9 +211,35 @@ static void set_last_error(Connection *c, const char *e) {
         c->last_error = s;
 }
 
+static int device_poll(Manager *m, Connection *c);
+
 void refresher_on_timer(Manager *m, Connection *c) {
         usec_t t = now(CLOCK_REALTIME);
         bool retry;
+
+        if (connection_device_pending(c) && !c->inflight) {
+                if (c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
+                        /* RFC 8628 section 3.5: stop polling at the code's expiry. */
+                        if (c->state == CONN_PENDING) {
+                                manager_event(m, c, "authorization-expired",
+                                              "device code expired before the user approved; connection removed");
+                                wake_waiters(c, -ETIMEDOUT);
+                                if (manager_remove(m, c) < 0)
+                                        log_error("%s: failed to remove expired authorization: %s", c->name,
+                                                  store_last_error(m->store));
+                                return;
+                        }
+                        manager_event(m, c, "authorization-expired", "device code expired before the user approved");
+                        clear_pending(m, c);
+                        (void) save(m, c);
+                } else if (c->device_next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
+                        int r = device_poll(m, c);
+                        if (r >= 0)
+                                return;
+                        log_warning_errno(r, "%s: cannot poll the token endpoint: %m", c->name);
+                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                }
+        }
 
         if (c->state_hash && c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
                 if (c->state == CONN_PENDING) {
@@ -228,7 +273,7 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
         op = new0(Op, 1);
         if (!op)
                 return -ENOMEM;
-        *op = (Op) { .manager = m, .conn = c, .kind = kind };
+        *op = (Op) { .manager = m, .conn = c, .kind = kind, .used_refresh_token = kind == OP_REFRESH && c->refresh_token };
         r = http_request_start(req, manager_provider(m, c)->timeout, on_request_done, op);
         if (r < 0) {
                 free(op);
@@ -244,29 +289,57 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
         return 0;
 }
 
+static RequestVars request_vars(Manager *m, const Connection *c, const Provider *p) {
+        return (RequestVars) {
+                .redirect_uri = m->redirect_uri,
+                .scope = c->requested_scope ?: p->scopes,
+                .username = c->username,
+                /* a password grant keeps the connection's password there */
+                .password = p->grant == GRANT_PASSWORD ? c->code_verifier : NULL,
+                .refresh_token = c->refresh_token,
+                .state = c->auth_state,
+        };
+}
+
 /* Starts the provider request for one refresh (or re-run grant). */
 static int refresh_start(Manager *m, Connection *c) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
+        RequestVars v;
         int r;
 
         if (!p) {
                 set_last_error(c, "provider is no longer configured");
                 return -ENOENT;
         }
+        v = request_vars(m, c, p);
         if (c->refresh_token) {
                 const Param params[] = {
                         { "grant_type", "refresh_token" },
                         { "refresh_token", c->refresh_token },
                 };
-                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+                r = oauth_provider_request(m->http, p, REQUEST_REFRESH, params, ELEMENTSOF(params), &v, &req);
         } else if (p->grant == GRANT_CLIENT_CREDENTIALS) {
                 const char *s = c->requested_scope ?: p->scopes;
                 const Param params[] = {
                         { "grant_type", "client_credentials" },
                         { "scope", isempty(s) ? NULL : s },
                 };
-                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
+        } else if (p->grant == GRANT_PASSWORD) {
+                /* RFC 6749 section 4.3.2 */
+                const char *s = c->requested_scope ?: p->scopes;
+                const Param params[] = {
+                        { "grant_type", "password" },
+                        { "username", c->username ?: p->username },
+                        { "password", c->code_verifier ?: p->password },
+                        { "scope", isempty(s) ? NULL : s },
+                };
+                if (!params[1].value || !params[2].value) {
+                        set_last_error(c, "password grant without a username or password");
+                        return -ENOKEY;
+                }
+                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
         } else {
                 set_last_error(c, "no refresh token: the provider issued none");
                 return -ENOKEY;
@@ -318,8 +391,9 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 refresher_add_waiter(c, w);   /* single-flight: join the one running */
                 return 0;
         }
-        if (c->state == CONN_PENDING && c->refresh_token == NULL &&
-            manager_provider(m, c) && manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE)
+        if (c->state == CONN_PENDING && c->refresh_token == NULL && manager_provider(m, c) &&
+            (manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE ||
+             manager_provider(m, c)->grant == GRANT_DEVICE_CODE || connection_device_pending(c)))
                 return -EAGAIN;
         timerwheel_cancel(m->wheel, &c->timer);
         if (m->refreshing >= m->config->max_parallel_refreshes || !provider_has_slot(m, c)) {
@@ -411,7 +485,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
         return 0;
 }
 
-static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
+static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
         TokenSet t = {};
@@ -424,9 +498,29 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
         if (!p)
                 error = strdup("provider is no longer configured");
 
+        /* Grants that need no user can mint a new grant when the refresh
+         * token they were handed dies: drop it and run the grant again. */
+        if (o == OAUTH_PERMANENT && used_refresh_token && p &&
+            (p->grant == GRANT_CLIENT_CREDENTIALS || p->grant == GRANT_PASSWORD)) {
+                log_info("%s: refresh token refused (%s); running the %s grant again.", c->name, strempty(error),
+                         grant_to_string(p->grant));
+                c->refresh_token = secret_free(c->refresh_token);
+                (void) save(m, c);
+                if (refresh_start(m, c) >= 0)
+                        return;
+        }
+
         if (o == OAUTH_OK) {
                 ConnState before = c->state;
                 unsigned failures = c->failures;
+
+                if (!c->identity && t.id_token) {
+                        char *id = NULL;
+                        if (oauth_identity_from_claims(p, t.id_token, &id) >= 0) {
+                                free(c->identity);
+                                c->identity = id;
+                        }
+                }
 
                 r = apply_tokens(m, c, &t, req);
                 token_set_done(&t);
@@ -456,6 +550,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
                 o = OAUTH_TRANSIENT;
         }
 
+        log_warning("%s: refresh failed: %s", c->name, strempty(error));
         m->refresh_failed++;
         if (ps) {
                 if (o == OAUTH_PERMANENT)
@@ -484,15 +579,121 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req) {
         wake_waiters(c, -EAGAIN);
 }
 
+static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        _cleanup_free_ char *query = NULL;
+        _cleanup_secret_ char *url = NULL;
+        char **lines = NULL;
+        size_t n = 0;
+        int r;
+
+        r = oauth_usage_headers(p, c->access_token, c->token_type, &lines, &n, &query);
+        if (r < 0)
+                return r;
+        if (query && asprintf(&url, "%s%c%s", p->userinfo_url, strchr(p->userinfo_url, '?') ? '&' : '?', query) < 0)
+                r = -ENOMEM;
+        if (r >= 0)
+                r = http_request_new(m->http, "GET", url ?: p->userinfo_url, &req);
+        for (size_t i = 0; i < n; i++) {
+                if (r >= 0)
+                        r = http_request_add_header(req, lines[i]);
+                secret_free(lines[i]);
+        }
+        free(lines);
+        if (query)
+                explicit_wipe(query, strlen(query));
+        if (r < 0)
+                return r;
+        r = start_request(m, c, OP_USERINFO, req);
+        if (r < 0)
+                return r;
+        TAKE_PTR(req);
+        return 0;
+}
+
+static void authorized_finish(Manager *m, Connection *c) {
+        if (c->notified_at > 0)
+                manager_notify(m, c, "recovered");
+        manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
+        refresher_schedule(m, c);
+        wake_waiters(c, 0);
+}
+
+static void userinfo_done(Manager *m, Connection *c, HttpRequest *req) {
+        const Provider *p = manager_provider(m, c);
+        char *identity = NULL;
+        int r = -EPROTO;
+
+        if (p && req->result == CURLE_OK && req->status == 200)
+                r = oauth_identity_from_userinfo(p, req->body, req->body_len, &identity);
+        if (r >= 0) {
+                free(c->identity);
+                c->identity = identity;
+                (void) save(m, c);
+        } else
+                log_warning("%s: no identity from the userinfo endpoint (%s, HTTP %ld)", c->name,
+                            http_request_strerror(req), req->status);
+        authorized_finish(m, c);
+}
+
+/* A grant completed (code exchange, device approval): tokens, state and
+ * the end of the pending authorization in one write. The code is spent,
+ * so losing this would lose the grant. */
+static void grant_completed(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *identity = NULL;
+        ConnState before = c->state;
+        char *hash = c->state_hash, *verifier = c->code_verifier;
+        usec_t until = c->pending_until, interval = c->device_interval;
+        int r;
+
+        if (t->id_token && oauth_identity_from_claims(p, t->id_token, &identity) >= 0) {
+                free(c->identity);
+                c->identity = TAKE_PTR(identity);
+        }
+        c->state_hash = NULL;
+        c->code_verifier = NULL;
+        c->pending_until = 0;
+        c->device_interval = 0;
+        manager_set_state(m, c, CONN_ACTIVE);
+        r = apply_tokens(m, c, t, req);
+        if (r < 0) {
+                manager_set_state(m, c, before);
+                c->state_hash = hash;
+                c->code_verifier = verifier;
+                c->pending_until = until;
+                c->device_interval = interval;
+                /* the state stays spent: pending_linked is false */
+                token_set_done(t);
+                set_last_error(c, "cannot store the new tokens");
+                wake_waiters(c, r);
+                return;
+        }
+        manager_pending_unlink(m, c);
+        free(hash);
+        secret_free(verifier);
+        c->auth_state = secret_free(c->auth_state);
+        connection_clear_device(c);
+        token_set_done(t);
+        m->refresh_ok++;
+        if (p && p->userinfo_url) {
+                r = userinfo_start(m, c, p);
+                if (r >= 0)
+                        return;   /* authorized_finish() when it lands */
+                log_warning_errno(r, "%s: cannot ask the userinfo endpoint: %m", c->name);
+        }
+        authorized_finish(m, c);
+}
+
 static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
         const Provider *p = manager_provider(m, c);
-        _cleanup_free_ char *error = NULL, *identity = NULL;
+        _cleanup_free_ char *error = NULL;
         TokenSet t = {};
         OAuthOutcome o;
-        int r;
 
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_PERMANENT;
         if (o != OAUTH_OK) {
+                log_warning("%s: code exchange failed: %s", c->name, strempty(error));
                 set_last_error(c, error ?: "provider is no longer configured");
                 clear_pending(m, c);
                 (void) save(m, c);
@@ -501,44 +702,158 @@ static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
                 wake_waiters(c, -EKEYREJECTED);
                 return;
         }
-        if (t.id_token && oauth_identity_from_id_token(t.id_token, &identity) >= 0) {
-                free(c->identity);
-                c->identity = TAKE_PTR(identity);
-        }
-        /* Tokens, state and the end of the pending authorization in one
-         * write: the code is spent, so losing this would lose the grant. */
-        {
-                ConnState before = c->state;
-                char *hash = c->state_hash, *verifier = c->code_verifier;
-                usec_t until = c->pending_until;
+        grant_completed(m, c, &t, req);
+}
 
-                c->state_hash = NULL;
-                c->code_verifier = NULL;
-                c->pending_until = 0;
-                manager_set_state(m, c, CONN_ACTIVE);
-                r = apply_tokens(m, c, &t, req);
-                if (r < 0) {
-                        manager_set_state(m, c, before);
-                        c->state_hash = hash;
-                        c->code_verifier = verifier;
-                        c->pending_until = until;
-                        /* the state stays spent: pending_linked is false */
-                        token_set_done(&t);
-                        set_last_error(c, "cannot store the new tokens");
-                        wake_waiters(c, r);
-                        return;
-                }
-                manager_pending_unlink(m, c);
-                free(hash);
-                secret_free(verifier);
+/* ---- the device flow (RFC 8628) -------------------------------------- */
+
+static Param device_client_id(const Provider *p) {
+        /* Section 3.1 and 3.4: client_id unless the client authenticates;
+         * basic and post say who it is, "none" adds it anyway. */
+        return (Param) { "client_id", p->client_auth == CLIENT_AUTH_HEADERS ? p->client_id : NULL };
+}
+
+int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Provider *p = manager_provider(m, c);
+        RequestVars v;
+        const char *s;
+        int r;
+
+        if (!p)
+                return -ENOENT;
+        if (!p->device_authorization_url)
+                return -EOPNOTSUPP;
+        if (c->inflight || c->revoke_waiter)
+                return -EBUSY;
+        v = request_vars(m, c, p);
+        s = c->requested_scope ?: p->scopes;
+        {
+                const Param params[] = { device_client_id(p), { "scope", isempty(s) ? NULL : s } };
+
+                r = oauth_provider_request(m->http, p, REQUEST_DEVICE, params, ELEMENTSOF(params), &v, &req);
         }
-        token_set_done(&t);
-        m->refresh_ok++;
-        if (c->notified_at > 0)
-                manager_notify(m, c, "recovered");
-        manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
+        if (r < 0)
+                return r;
+        queue_remove(m, c);
+        timerwheel_cancel(m->wheel, &c->timer);
+        r = start_request(m, c, OP_DEVICE_AUTH, req);
+        if (r < 0) {
+                refresher_schedule(m, c);
+                return r;
+        }
+        TAKE_PTR(req);
+        refresher_add_waiter(c, w);
+        return 0;
+}
+
+/* With remove, a pending connection that never held a token goes: its
+ * device authorization never started. */
+static void device_failed(Manager *m, Connection *c, const char *kind, const char *error, int result, bool remove) {
+        set_last_error(c, error);
+        clear_pending(m, c);
+        (void) save(m, c);
+        manager_event(m, c, kind, "device authorization failed: %s", strempty(error));
+        log_warning("%s: device authorization failed: %s", c->name, strempty(error));
+        refresher_schedule(m, c);
+        wake_waiters(c, result);
+        if (remove && c->state == CONN_PENDING && !c->access_token && !c->refresh_token && !c->waiters &&
+            manager_remove(m, c) < 0)
+                log_error("%s: failed to remove the connection: %s", c->name, store_last_error(m->store));
+}
+
+static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
+        _cleanup_free_ char *error = NULL;
+        DeviceAuth d = {};
+        int r;
+
+        if (req->result != CURLE_OK || req->too_large)
+                r = -EIO, error = strdup(http_request_strerror(req));
+        else
+                r = oauth_parse_device_response(req->status, req->body, req->body_len, &d, &error);
+        if (r < 0) {
+                device_failed(m, c, "authorization-failed", error ?: "device authorization failed", -EPROTO, true);
+                return;
+        }
+        clear_pending(m, c);
+        c->code_verifier = TAKE_PTR(d.device_code);
+        c->user_code = TAKE_PTR(d.user_code);
+        c->verification_uri = TAKE_PTR(d.verification_uri);
+        c->verification_uri_complete = TAKE_PTR(d.verification_uri_complete);
+        c->device_interval = d.interval;
+        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
+        c->pending_until = now(CLOCK_REALTIME) + d.expires_in;
+        c->last_error = mfree(c->last_error);
+        device_auth_done(&d);
+        if (save(m, c) < 0) {
+                device_failed(m, c, "authorization-failed", "cannot store the device authorization", -EIO, true);
+                return;
+        }
+        manager_event(m, c, "authorization-started", "device authorization started: user code %s at %s",
+                      c->user_code, c->verification_uri);
         refresher_schedule(m, c);
         wake_waiters(c, 0);
+}
+
+static int device_poll(Manager *m, Connection *c) {
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Provider *p = manager_provider(m, c);
+        RequestVars v;
+        int r;
+
+        if (!p)
+                return -ENOENT;
+        v = request_vars(m, c, p);
+        v.device_code = c->code_verifier;
+        {
+                const Param params[] = {
+                        { "grant_type", DEVICE_GRANT_TYPE },
+                        { "device_code", c->code_verifier },
+                        device_client_id(p),
+                };
+                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
+        }
+        if (r < 0)
+                return r;
+        timerwheel_cancel(m->wheel, &c->timer);
+        r = start_request(m, c, OP_DEVICE_POLL, req);
+        if (r < 0)
+                return r;
+        TAKE_PTR(req);
+        return 0;
+}
+
+static void device_poll_done(Manager *m, Connection *c, HttpRequest *req) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *error = NULL, *code = NULL;
+        TokenSet t = {};
+        OAuthOutcome o;
+
+        if (!connection_device_pending(c))
+                return;   /* re-authorized or expired meanwhile */
+        o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
+        if (o == OAUTH_OK) {
+                grant_completed(m, c, &t, req);
+                return;
+        }
+        code = p ? oauth_error_code(p, req) : NULL;
+        if (code && streq(code, "slow_down"))
+                c->device_interval = MIN(c->device_interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
+        if (code && streq(code, "expired_token")) {
+                c->pending_until = now(CLOCK_REALTIME);   /* the timer removes it */
+                c->device_next_poll = now(DEADLINE_CLOCK);
+        } else if (o == OAUTH_PERMANENT && !(code && (streq(code, "authorization_pending") || streq(code, "slow_down")))) {
+                device_failed(m, c, "authorization-failed", error, -EKEYREJECTED, false);
+                return;
+        } else if (code && (streq(code, "authorization_pending") || streq(code, "slow_down")))
+                log_debug("%s: device authorization %s; next poll in %" PRIu64 " s.", c->name, code,
+                          c->device_interval / USEC_PER_SEC);
+        else
+                log_warning("%s: device polling failed, trying again: %s", c->name, strempty(error));
+        if (!(code && streq(code, "expired_token")))
+                c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+        (void) save(m, c);   /* a slowed interval survives a restart */
+        refresher_schedule(m, c);
 }
 
 static int revoke_next(Manager *m, Connection *c, unsigned step);
@@ -631,7 +946,12 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
                         { "redirect_uri", m->redirect_uri },
                         { "code_verifier", c->code_verifier },
                 };
-                r = oauth_token_request(m->http, p, params, ELEMENTSOF(params), &req);
+                RequestVars v = request_vars(m, c, p);
+
+                v.code = code;
+                v.code_verifier = c->code_verifier;
+                v.password = NULL;
+                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
         }
         if (r < 0)
                 return r;
@@ -653,6 +973,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         Connection *c = op->conn;
         OpKind kind = op->kind;
         unsigned step = op->revoke_step;
+        bool used_refresh_token = op->used_refresh_token;
 
         /* The request is ours to free once its result is read. */
         c->inflight = NULL;
@@ -676,10 +997,19 @@ static void on_request_done(HttpRequest *req, void *userdata) {
 
         switch (kind) {
         case OP_REFRESH:
-                refresh_done(m, c, req);
+                refresh_done(m, c, req, used_refresh_token);
                 break;
         case OP_EXCHANGE:
                 exchange_done(m, c, req);
+                break;
+        case OP_DEVICE_AUTH:
+                device_auth_finished(m, c, req);
+                break;
+        case OP_DEVICE_POLL:
+                device_poll_done(m, c, req);
+                break;
+        case OP_USERINFO:
+                userinfo_done(m, c, req);
                 break;
         case OP_REVOKE:
                 revoke_done(m, c, req, step);

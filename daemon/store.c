@@ -22,7 +22,8 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 "identity = ?6, token_type = ?7, access_token = ?8, refresh_token = ?9, "
                 "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
                 "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
-                "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20 WHERE id = ?1",
+                "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20, username = ?21, "
+                "device_interval = ?22 WHERE id = ?1",
         [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
         [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
         /* Keep the table bounded: the integer key grows by one per event. */
@@ -497,6 +498,8 @@ int store_connection_save(Store *s, const Connection *c) {
         (void) sqlite3_bind_int64(st, 18, (sqlite3_int64) c->refreshes);
         (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) c->updated_at);
         (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) c->last_refresh_at);
+        bind_text(st, 21, c->username);
+        (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) c->device_interval);
         r = step_done(st);
         if (r >= 0 && sqlite3_changes(s->db) != 1)
                 r = -ENOENT;
@@ -562,7 +565,7 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
                 "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                 "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
-                "updated_at, last_refresh_at FROM connections ORDER BY id";
+                "updated_at, last_refresh_at, username, device_interval FROM connections ORDER BY id";
         sqlite3_stmt *st = NULL;
         int rc, r = 0;
 
@@ -595,7 +598,8 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                     (r = column_strdup(st, 6, &c->identity)) < 0 ||
                     (r = column_strdup(st, 7, &c->token_type)) < 0 ||
                     (r = column_strdup(st, 12, &c->state_hash)) < 0 ||
-                    (r = column_strdup(st, 17, &c->last_error)) < 0)
+                    (r = column_strdup(st, 17, &c->last_error)) < 0 ||
+                    (r = column_strdup(st, 22, &c->username)) < 0)
                         break;
                 if (!c->name || !c->provider) {
                         store_set_error(s, "connection %" PRId64 ": no name or provider", c->id);
@@ -617,6 +621,7 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->created_at = (usec_t) sqlite3_column_int64(st, 19);
                 c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
                 c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
+                c->device_interval = (usec_t) sqlite3_column_int64(st, 23);
 
                 r = fn(TAKE_PTR(c), userdata);
                 if (r < 0)

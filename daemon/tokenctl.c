@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <poll.h>
 #include <signal.h>
+#include <termios.h>
 
 #include "common/api.h"
 #include "common/macro.h"
@@ -497,7 +498,9 @@ static int wait_authorized(const char *name, unsigned timeout_sec) {
                 }
                 state = jstr(r.json, "state");
                 pending = jstr(r.json, "authorization_pending_until");
-                if (state && streq(state, "active") && !pending) {
+                /* still refreshing: the userinfo request after a grant, or an import's proof */
+                if (state && streq(state, "active") && !pending &&
+                    !json_is_true(json_object_get(r.json, "refreshing"))) {
                         if (tty)
                                 fputs("\r\033[K", stderr);
                         if (arg_json)
@@ -507,7 +510,7 @@ static int wait_authorized(const char *name, unsigned timeout_sec) {
                         reply_done(&r);
                         return EXIT_OK;
                 }
-                if (!pending && jstr(r.json, "last_error")) {
+                if (!pending && jstr(r.json, "last_error") && !json_is_true(json_object_get(r.json, "refreshing"))) {
                         if (tty)
                                 fputs("\r\033[K", stderr);
                         fprintf(stderr, "tokenctl: authorization of '%s' failed: %s\n", name,
@@ -534,9 +537,56 @@ static int wait_authorized(const char *name, unsigned timeout_sec) {
         return k;
 }
 
+/* One line from stdin, never from argv: without echo on a terminal.
+ * Returns NULL at end of input with nothing read. */
+static char *read_secret_line(const char *prompt) {
+        struct termios old, quiet;
+        bool tty = isatty(STDIN_FILENO);
+        char *line = NULL;
+        size_t cap = 0;
+        ssize_t n;
+
+        if (tty) {
+                fprintf(stderr, "%s", prompt);
+                fflush(stderr);
+                if (tcgetattr(STDIN_FILENO, &old) == 0) {
+                        quiet = old;
+                        quiet.c_lflag &= ~(tcflag_t) ECHO;
+                        (void) tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+                } else
+                        tty = false;
+        }
+        n = getline(&line, &cap, stdin);
+        if (tty) {
+                (void) tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+                fputc('\n', stderr);
+        }
+        if (n <= 0) {
+                if (line)
+                        explicit_wipe(line, cap);
+                free(line);
+                return NULL;
+        }
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+                line[--n] = 0;
+        return line;
+}
+
+static void print_device(const char *name, const char *provider, json_t *j) {
+        const char *uri = jstr(j, "verification_uri"), *complete = jstr(j, "verification_uri_complete");
+
+        printf("To authorize '%s' at %s, open\n\n  %s\n\nand enter the code\n\n  %s\n\n", name, provider,
+               uri ?: "?", jstr(j, "user_code") ?: "?");
+        if (complete)
+                printf("(or open %s directly)\n\n", complete);
+        fflush(stdout);
+}
+
 static int do_authorize(int argc, char **argv) {
-        enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE };
+        enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE,
+               O_USERNAME };
         static const struct option options[] = {
+                { "username", required_argument, NULL, O_USERNAME },
                 { "provider", required_argument, NULL, O_PROVIDER },
                 { "scope", required_argument, NULL, O_SCOPE },
                 { "allow-user", required_argument, NULL, O_USER },
@@ -547,7 +597,9 @@ static int do_authorize(int argc, char **argv) {
                 {}
         };
         json_t *body, *users = json_array(), *groups = json_array();
-        const char *provider = NULL, *name, *url;
+        const char *provider = NULL, *name, *url, *username = NULL;
+        bool import = streq(argv[0], "import"), device = false;
+        _cleanup_secret_ char *secret = NULL;
         StrBuf scope = {};
         bool nowait = false;
         unsigned timeout = 0;
@@ -578,14 +630,18 @@ static int do_authorize(int argc, char **argv) {
                         timeout = (unsigned) strtoul(optarg, NULL, 10);
                         break;
                 case O_DEVICE:
-                        fprintf(stderr, "tokenctl: --device: the device flow is not implemented yet\n");
-                        return EXIT_USAGE;
+                        device = true;
+                        break;
+                case O_USERNAME:
+                        username = optarg;
+                        break;
                 default:
                         return EXIT_USAGE;
                 }
-        if (optind != argc - 1 || !provider) {
-                fprintf(stderr, "tokenctl: usage: tokenctl authorize NAME --provider P [--scope S]... "
-                                "[--allow-user U]... [--allow-group G]... [--no-wait]\n");
+        if (optind != argc - 1 || !provider || (import && (device || username))) {
+                fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--scope S]... "
+                                "[--allow-user U]... [--allow-group G]... [--no-wait]%s\n",
+                        argv[0], import ? " < refresh-token" : " [--device] [--username U]");
                 strbuf_free(&scope);
                 return EXIT_USAGE;
         }
@@ -599,13 +655,39 @@ static int do_authorize(int argc, char **argv) {
         if (scope.len)
                 json_object_set_new(body, "scope", json_string(scope.s));
         strbuf_free(&scope);
+        if (device)
+                json_object_set_new(body, "device", json_true());
+        if (import) {
+                /* A refresh token is a secret: stdin only, never argv. */
+                secret = read_secret_line("Refresh token: ");
+                if (isempty(secret)) {
+                        fprintf(stderr, "tokenctl: import reads the refresh token from stdin; got none\n");
+                        json_decref(body);
+                        return EXIT_USAGE;
+                }
+                json_object_set_new(body, "refresh_token", json_string(secret));
+        } else if (username) {
+                json_object_set_new(body, "username", json_string(username));
+                /* the password from stdin; none: the provider's password_file */
+                secret = read_secret_line("Password: ");
+                if (!isempty(secret))
+                        json_object_set_new(body, "password", json_string(secret));
+        }
         k = call_ok("POST", API_PREFIX, body, &r);
+        {
+                /* the request tree held the secret too */
+                json_t *v = json_object_get(body, import ? "refresh_token" : "password");
+                if (json_is_string(v))
+                        explicit_wipe((char *) json_string_value(v), json_string_length(v));
+        }
         json_decref(body);
         if (k)
                 return k;
         url = jstr(r.json, "authorize_url");
         if (arg_json && nowait)
                 print_json(r.json);
+        else if (jstr(r.json, "user_code"))
+                print_device(name, provider, r.json);
         else if (url) {
                 printf("Open this URL in a browser to authorize '%s' at %s:\n\n  %s\n\n", name, provider, url);
                 fflush(stdout);
@@ -616,13 +698,127 @@ static int do_authorize(int argc, char **argv) {
         return wait_authorized(name, timeout);
 }
 
+static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
+        *(size_t *) ud += size * n;
+        return size * n;
+}
+
+/* GET the provider's test_url with the token as its usage rule says. */
+static int do_test(int argc _unused_, char **argv) {
+        char path[256];
+        const char *provider, *test_url = NULL, *key;
+        json_t *a, *p, *v;
+        Reply conn, provs, tok;
+        StrBuf url = {};
+        struct curl_slist *h = NULL;
+        CURL *c;
+        CURLcode cc;
+        long status = 0;
+        size_t bytes = 0, i;
+        double secs = 0;
+        int k;
+
+        if (!name_ok(argv[1]))
+                return EXIT_USAGE;
+        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
+        k = call_ok("GET", path, NULL, &conn);
+        if (k)
+                return k;
+        provider = jstr(conn.json, "provider");
+        k = call_ok("GET", "/v1/providers", NULL, &provs);
+        if (k) {
+                reply_done(&conn);
+                return k;
+        }
+        a = json_object_get(provs.json, "providers");
+        json_array_foreach(a, i, p)
+                if (provider && jstr(p, "name") && streq(jstr(p, "name"), provider))
+                        test_url = jstr(p, "test_url");
+        if (!test_url) {
+                fprintf(stderr, "tokenctl: provider %s has no test_url\n", provider ?: "?");
+                reply_done(&conn);
+                reply_done(&provs);
+                return EXIT_FAILURE_GENERIC;
+        }
+        k = token_reply(argv[1], NULL, &tok);
+        if (k) {
+                reply_done(&conn);
+                reply_done(&provs);
+                return k;
+        }
+        strbuf_puts(&url, test_url);
+        json_object_foreach(json_object_get(tok.json, "query"), key, v) {
+                char *ek = curl_easy_escape(NULL, key, 0), *ev = curl_easy_escape(NULL, json_string_value(v) ?: "", 0);
+                strbuf_puts(&url, strchr(url.s, '?') ? "&" : "?");
+                strbuf_puts(&url, ek ?: "");
+                strbuf_puts(&url, "=");
+                strbuf_puts(&url, ev ?: "");
+                curl_free(ek);
+                if (ev)
+                        explicit_wipe(ev, strlen(ev));
+                curl_free(ev);
+        }
+        json_object_foreach(json_object_get(tok.json, "headers"), key, v) {
+                StrBuf line = {};
+                strbuf_printf(&line, "%s: %s", key, json_string_value(v) ?: "");
+                if (line.s)
+                        h = curl_slist_append(h, line.s);
+                strbuf_free(&line);
+        }
+        c = curl_easy_init();
+        if (!c || !url.s) {
+                k = EXIT_FAILURE_GENERIC;
+                goto out;
+        }
+        curl_easy_setopt(c, CURLOPT_URL, url.s);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(c, CURLOPT_USERAGENT, "tokenctl/" TOKENBROKER_VERSION);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_cb);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &bytes);
+        cc = curl_easy_perform(c);
+        if (cc == CURLE_OK) {
+                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+                curl_easy_getinfo(c, CURLINFO_TOTAL_TIME, &secs);
+        }
+        curl_easy_cleanup(c);
+        if (cc != CURLE_OK) {
+                fprintf(stderr, "tokenctl: GET %s failed: %s\n", test_url, curl_easy_strerror(cc));
+                k = EXIT_FAILURE_GENERIC;
+                goto out;
+        }
+        if (arg_json) {
+                json_t *j = json_pack("{s:s, s:s, s:I, s:f, s:I}", "name", argv[1], "test_url", test_url,
+                                      "status", (json_int_t) status, "seconds", secs, "bytes", (json_int_t) bytes);
+                print_json(j);
+                json_decref(j);
+        } else
+                printf("%s: GET %s -> HTTP %ld in %.0f ms (%zu bytes)\n", argv[1], test_url, status, secs * 1000.0,
+                       bytes);
+        k = status >= 200 && status < 300 ? EXIT_OK : EXIT_FAILURE_GENERIC;
+out:
+        curl_slist_free_all(h);
+        strbuf_free(&url);
+        reply_done(&tok);
+        reply_done(&conn);
+        reply_done(&provs);
+        return k;
+}
+
 static const Verb verbs[] = {
         { "status", "", "show the daemon's state", 0, 0, do_status },
         { "providers", "", "list configured providers", 0, 0, do_providers },
         { "list", "", "list connections", 0, 0, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
-        { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--no-wait] [--timeout S]",
-          "start (or redo) an authorization and wait for it", 1, 64, do_authorize },
+        { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
+                       "[--username U] [--no-wait] [--timeout S]",
+          "start (or redo) an authorization and wait for it; --username reads the password from stdin", 1, 64,
+          do_authorize },
+        { "import", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
+          "adopt a refresh token obtained elsewhere (read from stdin), prove it with a refresh", 1, 64, do_authorize },
+        { "test", "NAME", "GET the provider's test_url with the token; print the status and time", 1, 1, do_test },
         { "token", "NAME [--min-ttl S]", "print a valid access token", 1, 3, do_token },
         { "header", "NAME", "print the request header line(s) to send with the token", 1, 1, do_header },
         { "refresh", "NAME", "refresh the tokens now", 1, 1, do_refresh },

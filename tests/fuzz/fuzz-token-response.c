@@ -15,7 +15,9 @@
  *     same error text. (A plain "does the error contain the token" test
  *     would trip on tokens like "response" or "400" that happen to occur in
  *     the fixed messages; this one cannot, and still catches any path that
- *     copies the token, or text around it, into the error.)
+ *     copies the token, or text around it, into the error.) A token shaped
+ *     like a JWT ("eyJ…" with a dot) is exempt: whether it decodes decides
+ *     the outcome when the expiry can only come from it.
  *   - Everything is freed (LeakSanitizer). */
 
 #include <jansson.h>
@@ -137,7 +139,8 @@ static char *body_with_other_token(const Provider *p, const char *body, size_t l
         if (!root)
                 return NULL;
         if (json_is_object(root) && jsonptr_get(root, p->ptr_access_token, &v) >= 0 &&
-            json_is_string(v) && (l = json_string_length(v)) > 0) {
+            json_is_string(v) && (l = json_string_length(v)) > 0 &&
+            !(startswith(json_string_value(v), "eyJ") && strchr(json_string_value(v), '.'))) {
                 const char *s = json_string_value(v);
 
                 other = malloc(l);

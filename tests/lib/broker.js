@@ -204,6 +204,7 @@ class Broker {
     const out = { stdout: '', stderr: '', code: null, signal: null };
     p.stdout.on('data', (d) => { out.stdout += d; });
     p.stderr.on('data', (d) => { out.stderr += d; });
+    p.stdin.on('error', () => {});   // tokenctl may exit before reading stdin (EPIPE)
     p.stdin.end(input ?? '');
     const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
     await new Promise((resolve) => p.on('close', (code, signal) => { out.code = code; out.signal = signal; resolve(); }));

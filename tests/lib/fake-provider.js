@@ -25,6 +25,13 @@
  *                 its answer this long AFTER it has changed its state, so
  *                 a client killed meanwhile loses the answer       (0)
  *   record        push every request onto fp.requests              (true)
+ *   codeParam     the callback parameter /authorize puts the code in ('code')
+ *
+ * A respond() answer may also be {streamBytes: N}: a 200 whose body is N
+ * bytes of JSON-looking filler sent in chunks, stopped when the client
+ * goes away (a body far too large for any token response).
+ * grant_type=password is answered like client_credentials; every code
+ * /authorize issued is in fp.codes.
  *
  * graceReuse: per grant the provider keeps {current, previous}.
  *  - presenting `current` is a normal refresh: previous := current,
@@ -65,6 +72,8 @@ async function startFakeProvider(opts = {}) {
     revokeOnReuse: opts.revokeOnReuse ?? true,
     tokenDelayMs: opts.tokenDelayMs ?? 0,
     record: opts.record ?? true,
+    codeParam: opts.codeParam ?? 'code',
+    codes: [],
     grants: new Map(),          // graceReuse: grant id -> {current, previous, revoked, ...}
     tokens: new Map(),          // every issued token (access and refresh) -> its issuance
     generation: 0,
@@ -161,6 +170,21 @@ async function startFakeProvider(opts = {}) {
         if (o) {
           if (o.delayMs) await new Promise((r) => setTimeout(r, o.delayMs));
           if (o.destroy) { req.socket.destroy(); return; }
+          if (o.streamBytes) {
+            res.writeHead(200, { 'content-type': 'application/json' });
+            const chunk = Buffer.alloc(64 * 1024, 'a');
+            let sent = 0;
+            const more = () => {
+              while (sent < o.streamBytes && !res.destroyed) {
+                sent += chunk.length;
+                if (!res.write(chunk)) { res.once('drain', more); return; }
+              }
+              res.end();
+            };
+            res.on('error', () => {});
+            more();
+            return;
+          }
           res.writeHead(o.status ?? 200, { 'content-type': 'application/json', ...(o.headers ?? {}) });
           res.end(typeof o.body === 'string' ? o.body : JSON.stringify(o.body ?? {}));
           return;
@@ -168,7 +192,9 @@ async function startFakeProvider(opts = {}) {
       }
       if (u.pathname === '/authorize') {
         const to = new URL(u.searchParams.get('redirect_uri'));
-        to.searchParams.set('code', `code-${rnd()}`);
+        const code = `code-${rnd()}`;
+        fp.codes.push(code);
+        to.searchParams.set(fp.codeParam, code);
         to.searchParams.set('state', u.searchParams.get('state'));
         res.writeHead(302, { location: to.toString() });
         res.end();
@@ -188,7 +214,8 @@ async function startFakeProvider(opts = {}) {
       if (u.pathname === '/token' && req.method === 'POST') {
         const gt = params.grant_type;
         let grant;
-        if (gt === 'authorization_code' || gt === 'client_credentials') grant = rnd(6);
+        if (gt === 'authorization_code' || gt === 'client_credentials' || gt === 'password' ||
+            gt === 'urn:ietf:params:oauth:grant-type:device_code') grant = rnd(6);
         else if (gt === 'refresh_token') {
           grant = fp.refreshTokens.get(params.refresh_token);
           if (!grant) {
@@ -202,7 +229,7 @@ async function startFakeProvider(opts = {}) {
           return;
         }
         const body = { access_token: `at-${rnd(24)}`, token_type: 'Bearer', expires_in: lifetime(grant) };
-        if (gt !== 'client_credentials' && (fp.rotate || gt === 'authorization_code')) {
+        if (gt !== 'client_credentials' && gt !== 'password' && (fp.rotate || gt !== 'refresh_token')) {
           body.refresh_token = `rt-${rnd(24)}`;
           fp.refreshTokens.set(body.refresh_token, grant);
         }

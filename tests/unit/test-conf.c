@@ -423,7 +423,7 @@ TEST(provider_errors) {
                 { "[provider]\n\ngrant = implicit\n", -EINVAL, 3,
                   "Invalid grant 'implicit' (authorization_code, client_credentials, password, device_code)." },
                 { "[provider]\nclient_auth = private_key_jwt\n", -EINVAL, 2,
-                  "Invalid client_auth 'private_key_jwt' (basic, post, none)." },
+                  "Invalid client_auth 'private_key_jwt' (basic, post, none, headers)." },
                 { "[provider]\npkce = s256\n", -EINVAL, 2, "Invalid pkce 's256' (S256, plain, none)." },
                 { "[provider]\ndefault_lifetime = 5 weeks\n", -EINVAL, 2,
                   "Invalid duration for default_lifetime: 5 weeks" },
@@ -452,25 +452,25 @@ TEST(provider_errors) {
                   "usage_query must be 'name=value': ${access_token}" },
                 { "[provider]\nclient_secret =\n", -EINVAL, 2, "Empty client_secret." },
                 { "[provider]\nclient_id = a\tb\n", -EINVAL, 2, "Control character in value of 'client_id'." },
-                /* whole-file checks: no line */
+                /* whole-file checks: at the grant line, else the first key */
                 { "[provider]\nauthorize_url = https://a.example/a\nclient_id = x\nclient_secret = y\n", -EINVAL,
-                  0, "Missing required key token_url." },
+                  2, "Missing required key token_url." },
                 { "[provider]\nauthorize_url = https://a.example/a\ntoken_url = https://a.example/t\n"
                   "client_secret = y\n",
-                  -EINVAL, 0, "Missing required key client_id." },
-                { "[provider]\ntoken_url = https://a.example/t\nclient_id = x\nclient_secret = y\n", -EINVAL, 0,
+                  -EINVAL, 2, "Missing required key client_id." },
+                { "[provider]\ntoken_url = https://a.example/t\nclient_id = x\nclient_secret = y\n", -EINVAL, 2,
                   "grant = authorization_code needs authorize_url." },
                 { "[provider]\nauthorize_url = https://a.example/a\ntoken_url = https://a.example/t\n"
                   "client_id = x\n",
-                  -EINVAL, 0,
+                  -EINVAL, 2,
                   "client_auth = basic needs client_secret, client_secret_file or client_secret_credential." },
                 { "[provider]\ngrant = client_credentials\ntoken_url = https://a.example/t\nclient_id = x\n"
                   "client_auth = post\n",
-                  -EINVAL, 0,
+                  -EINVAL, 2,
                   "client_auth = post needs client_secret, client_secret_file or client_secret_credential." },
-                { "[provider]\ngrant = password\ntoken_url = https://a.example/t\nclient_id = x\n"
+                { "[provider]\n# device\ngrant = device_code\ntoken_url = https://a.example/t\nclient_id = x\n"
                   "client_secret = y\n",
-                  -EOPNOTSUPP, 0, "grant = password is not supported yet." },
+                  -EINVAL, 3, "grant = device_code needs device_authorization_url." },
         };
         _cleanup_tmpdir_ char *dir = tmpdir_new();
 
@@ -1025,4 +1025,79 @@ TEST(broker_bad_provider_fails_load) {
         CHECK(asprintf(&want, "%s:2: token_url must be an https:// URL (http:// only on loopback): "
                               "http://evil.example.com/token", bad) >= 0);
         CHECK_STREQ(err.msg, want);
+}
+
+TEST(provider_error_map) {
+        static const char text[] =
+                "[provider]\n"
+                "grant = client_credentials\n"
+                "token_url = https://a.example/t\n"
+                "client_id = x\n"
+                "client_secret = y\n"
+                "error_map = AADSTS70000 -> retry\n"
+                "error_map = AADSTS700082 -> reauth : expired after 90 days\n"
+                "error_map = /has been expired or revoked/ -> reauth : testing mode\n"
+                "error_map = invalid_client -> retry\n";
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_(provider_freep) Provider *p = NULL;
+        const char *hint = NULL;
+        ConfError err;
+
+        CHECK(dir);
+        CHECK_EQ_INT(load_provider_text(dir, text, strlen(text), &p, &err, NULL), 0);
+        if (!p)
+                return;
+        CHECK_EQ_INT(p->n_error_rules, 4);
+        CHECK_EQ_INT(provider_classify_error(p, 400, "invalid_grant", "AADSTS70000: burst", &hint), ERROR_CLASS_RETRY);
+        CHECK(!hint);
+        CHECK_EQ_INT(provider_classify_error(p, 400, "invalid_grant", "AADSTS700082: gone", &hint), ERROR_CLASS_REAUTH);
+        CHECK_STREQ(hint, "expired after 90 days");
+        CHECK_EQ_INT(provider_classify_error(p, 400, "invalid_grant", "Token has been expired or revoked.", &hint),
+                     ERROR_CLASS_REAUTH);
+        CHECK_STREQ(hint, "testing mode");
+        CHECK_EQ_INT(provider_classify_error(p, 401, "invalid_client", NULL, &hint), ERROR_CLASS_RETRY);
+        /* the defaults of RFC 6749 section 5.2 */
+        CHECK_EQ_INT(provider_classify_error(NULL, 400, "invalid_grant", NULL, &hint), ERROR_CLASS_REAUTH);
+        CHECK_EQ_INT(provider_classify_error(NULL, 400, "invalid_scope", NULL, &hint), ERROR_CLASS_CONFIG);
+        CHECK_EQ_INT(provider_classify_error(NULL, 503, "invalid_grant", NULL, &hint), ERROR_CLASS_RETRY);
+        CHECK_EQ_INT(provider_classify_error(NULL, 400, "invalid_request", NULL, &hint), ERROR_CLASS_RETRY);
+}
+
+TEST(provider_request_keys) {
+        static const char text[] =
+                "[provider]\n"
+                "grant = password\n"
+                "token_url = https://a.example/t?c=${client_id}\n"
+                "refresh_url = https://a.example/r\n"
+                "client_id = x\n"
+                "client_auth = headers\n"
+                "client_secret = y\n"
+                "token_method = put\n"
+                "token_body = json\n"
+                "token_header = X-Auth: ${client_id}:${client_secret}\n"
+                "token_param = u=${username}\n"
+                "token_param = p=${password}\n"
+                "refresh_param = rt=${refresh_token}\n"
+                "username = svc\n"
+                "password = pw\n"
+                "never_expires = yes\n"
+                "expires_at_pointer = /exp\n";
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_(provider_freep) Provider *p = NULL;
+        ConfError err;
+
+        CHECK(dir);
+        CHECK_EQ_INT(load_provider_text(dir, text, strlen(text), &p, &err, NULL), 0);
+        if (!p)
+                return;
+        CHECK_EQ_INT(p->grant, GRANT_PASSWORD);
+        CHECK_STREQ(p->token_method, "PUT");
+        CHECK_EQ_INT(p->token_body, BODY_JSON);
+        CHECK_EQ_INT(p->refresh_body, BODY_JSON);   /* defaults to the token body */
+        CHECK_EQ_INT(p->token_header.n, 1);
+        CHECK_EQ_INT(p->token_param.n, 2);
+        CHECK_EQ_INT(p->refresh_param.n, 1);
+        CHECK_STREQ(p->password, "pw");
+        CHECK(p->never_expires);
+        CHECK_STREQ(p->ptr_expires_at, "/exp");
 }

@@ -638,7 +638,7 @@ TEST(response_custom_pointers_from_file) {
         token_set_done(&t);
 
         CHECK_EQ_INT(parse(p, 401, "{\"status\":\"invalid_client\"}", &t, &err), OAUTH_PERMANENT);
-        CHECK_STREQ(err, "HTTP 401: invalid_client");
+        CHECK_STREQ(err, "configuration error: HTTP 401: invalid_client");
 }
 
 /* ---- token responses: failures ---------------------------------------- */
@@ -652,12 +652,12 @@ TEST(response_error_classes) {
         } v[] = {
                 { 400, "{\"error\":\"invalid_grant\",\"error_description\":\"Token has been expired or revoked.\"}",
                   OAUTH_PERMANENT, "HTTP 400: invalid_grant: Token has been expired or revoked." },
-                { 401, "{\"error\":\"invalid_client\"}", OAUTH_PERMANENT, "HTTP 401: invalid_client" },
-                { 400, "{\"error\":\"invalid_client\"}", OAUTH_PERMANENT, "HTTP 400: invalid_client" },
-                { 400, "{\"error\":\"unauthorized_client\"}", OAUTH_PERMANENT, "HTTP 400: unauthorized_client" },
+                { 401, "{\"error\":\"invalid_client\"}", OAUTH_PERMANENT, "configuration error: HTTP 401: invalid_client" },
+                { 400, "{\"error\":\"invalid_client\"}", OAUTH_PERMANENT, "configuration error: HTTP 400: invalid_client" },
+                { 400, "{\"error\":\"unauthorized_client\"}", OAUTH_PERMANENT, "configuration error: HTTP 400: unauthorized_client" },
                 { 400, "{\"error\":\"unsupported_grant_type\"}", OAUTH_PERMANENT,
-                  "HTTP 400: unsupported_grant_type" },
-                { 400, "{\"error\":\"invalid_scope\"}", OAUTH_PERMANENT, "HTTP 400: invalid_scope" },
+                  "configuration error: HTTP 400: unsupported_grant_type" },
+                { 400, "{\"error\":\"invalid_scope\"}", OAUTH_PERMANENT, "configuration error: HTTP 400: invalid_scope" },
                 { 403, "{\"error\":\"access_denied\"}", OAUTH_PERMANENT, "HTTP 403: access_denied" },
                 /* not about the grant: try again later */
                 { 400, "{\"error\":\"invalid_request\"}", OAUTH_TRANSIENT, "HTTP 400: invalid_request" },
@@ -698,7 +698,7 @@ TEST(response_error_classes) {
 
 TEST(response_bad_success_bodies) {
         static const struct { const char *body, *err; } v[] = {
-                { "<!DOCTYPE html><html><body>Login</body></html>", "token response is not a JSON object" },
+                { "<!DOCTYPE html><html><body>Login</body></html>", "token response is not JSON (an HTML page?)" },
                 { "", "token response is not a JSON object" },
                 { "[]", "token response is not a JSON object" },
                 { "[{\"access_token\":\"a\"}]", "token response is not a JSON object" },
@@ -707,7 +707,6 @@ TEST(response_bad_success_bodies) {
                 { "{\"access_token\":\"a\",\"access_token\":\"b\"}", "token response is not a JSON object" },
                 { "access_token=a&token_type=bearer", "token response is not a JSON object" }, /* form */
                 { "{}", "token response has no access_token" },
-                { "{\"error\":\"invalid_grant\"}", "token response has no access_token" },
                 { "{\"access_token\":\"\"}", "token response has no access_token" },
                 { "{\"access_token\":null}", "token response has no access_token" },
                 { "{\"access_token\":12345}", "token response has no access_token" },
@@ -942,4 +941,139 @@ TEST(usage_unknown_placeholder) {
         p->n_usage_header = 2;
         CHECK_EQ_INT(oauth_usage_headers(p, "t", "Bearer", &lines, &n, &query), -ENOKEY);
         CHECK(!lines);
+}
+
+/* ---- request templates -------------------------------------------------- */
+
+static int add_template(TemplateList *l, const char *s) {
+        char **a = realloc(l->items, sizeof(char *) * (l->n + 1));
+
+        if (!a)
+                return -ENOMEM;
+        l->items = a;
+        l->items[l->n] = strdup(s);
+        return l->items[l->n++] ? 0 : -ENOMEM;
+}
+
+TEST(provider_request_json_custom) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Param defaults[] = { { "grant_type", "authorization_code" }, { "code", "c0de" } };
+        const RequestVars v = { .code = "c0de", .redirect_uri = "https://tb.example.com/cb", .code_verifier = "vv" };
+
+        p->client_auth = CLIENT_AUTH_HEADERS;
+        p->token_body = BODY_JSON;
+        CHECK_EQ_INT(add_template(&p->token_header, "X-Key: ${client_id}:${client_secret}"), 0);
+        CHECK_EQ_INT(add_template(&p->token_param, "type=authorization_code"), 0);
+        CHECK_EQ_INT(add_template(&p->token_param, "auth_code=${code}"), 0);
+        CHECK_EQ_INT(add_template(&p->token_param, "cb=${redirect_uri}"), 0);
+        CHECK_EQ_INT(add_template(&p->token_param, "unset=${refresh_token}"), 0);
+        CHECK_EQ_INT(oauth_provider_request(NULL, p, REQUEST_TOKEN, defaults, ELEMENTSOF(defaults), &v, &req), 0);
+        if (!req)
+                return;
+        /* the list replaces the defaults; no client auth beyond the header */
+        CHECK_STREQ(req->post_data,
+                    "{\"type\":\"authorization_code\",\"auth_code\":\"c0de\",\"cb\":\"https://tb.example.com/cb\",\"unset\":\"\"}");
+        CHECK(has_header(req, "Content-Type: application/json"));
+        CHECK(has_header(req, "X-Key: tb-client:tb-secret"));
+        CHECK(!has_header_prefix(req, "Authorization:"));
+}
+
+TEST(provider_request_refresh_query_put) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const Param defaults[] = { { "grant_type", "refresh_token" }, { "refresh_token", "r t/1" } };
+        char *url = NULL;
+
+        set_str(&p->refresh_url, "https://auth.example.com/refresh/${client_id}?x=1");
+        set_str(&p->refresh_method, "PUT");
+        p->refresh_body = BODY_QUERY;
+        p->client_auth = CLIENT_AUTH_POST;
+        CHECK_EQ_INT(oauth_provider_request(NULL, p, REQUEST_REFRESH, defaults, ELEMENTSOF(defaults), NULL, &req), 0);
+        if (!req)
+                return;
+        CHECK(curl_easy_getinfo(req->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK);
+        CHECK_STREQ(url, "https://auth.example.com/refresh/tb-client?x=1&grant_type=refresh_token"
+                         "&refresh_token=r%20t%2F1&client_id=tb-client&client_secret=tb-secret");
+        CHECK_STREQ(req->post_data, "");
+}
+
+TEST(provider_request_header_injection_refused) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        HttpRequest *req = NULL;
+        const RequestVars v = { .username = "bob\r\nX-Evil: 1" };
+
+        CHECK_EQ_INT(add_template(&p->token_header, "X-User: ${username}"), 0);
+        CHECK_EQ_INT(oauth_provider_request(NULL, p, REQUEST_TOKEN, NULL, 0, &v, &req), -EINVAL);
+        CHECK(!req);
+}
+
+TEST(authorize_param_templates_override) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_free_ char *url = NULL;
+
+        CHECK_EQ_INT(add_template(&p->authorize_param, "response_type=code id_token"), 0);
+        CHECK_EQ_INT(add_template(&p->authorize_param, "app=${client_id}"), 0);
+        CHECK_EQ_INT(oauth_authorize_url(p, "https://tb.example.com/cb", "st", NULL, NULL, &url), 0);
+        CHECK_STREQ(url, "https://auth.example.com/authorize?response_type=code%20id_token&client_id=tb-client"
+                         "&redirect_uri=https%3A%2F%2Ftb.example.com%2Fcb&state=st&app=tb-client");
+}
+
+TEST(response_expires_at_and_never) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_free_ char *err = NULL, *err2 = NULL, *err3 = NULL, *err4 = NULL;
+        TokenSet t;
+
+        set_str(&p->ptr_expires_at, "/exp");
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a\",\"exp\":\"2026-11-26T19:02:11Z\"}", &t, &err), OAUTH_OK);
+        CHECK(t.expires_at == 1795719731ULL * USEC_PER_SEC);
+        token_set_done(&t);
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a\",\"exp\":\"1795719731\"}", &t, &err2), OAUTH_OK);
+        CHECK(t.expires_at == 1795719731ULL * USEC_PER_SEC);
+        token_set_done(&t);
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a\",\"exp\":\"yesterday\"}", &t, &err3), OAUTH_TRANSIENT);
+        CHECK_STREQ(err3, "token response has an invalid absolute expiry");
+        p->never_expires = true;
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a\",\"expires_in\":60}", &t, &err4), OAUTH_OK);
+        CHECK(t.expires_at == 0);
+        token_set_done(&t);
+}
+
+TEST(response_truncated_jwt) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_free_ char *err = NULL, *err2 = NULL;
+        TokenSet t;
+
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"eyJhbGciOiJub25lIn0.eyJleHAiOjE3\"}", &t, &err), OAUTH_TRANSIENT);
+        CHECK_STREQ(err, "access token looks like a JWT but does not decode (truncated?)");
+        /* with a default lifetime the expiry does not depend on it */
+        p->default_lifetime = USEC_PER_HOUR;
+        CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"eyJhbGciOiJub25lIn0.eyJleHAiOjE3\"}", &t, &err2), OAUTH_OK);
+        token_set_done(&t);
+}
+
+TEST(response_error_in_200) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        _cleanup_free_ char *err = NULL;
+        TokenSet t;
+
+        CHECK_EQ_INT(parse(p, 200, "{\"error\":\"bad_verification_code\",\"error_description\":\"gone\"}", &t, &err),
+                     OAUTH_TRANSIENT);
+        CHECK_STREQ(err, "HTTP 200: bad_verification_code: gone");
+}
+
+TEST(device_response) {
+        DeviceAuth d = {};
+        _cleanup_free_ char *err = NULL, *err2 = NULL, *err3 = NULL;
+        static const char ok[] = "{\"device_code\":\"dc\",\"user_code\":\"AB-CD\",\"verification_url\":"
+                                 "\"https://x.example/d\",\"expires_in\":\"1800\"}";
+
+        CHECK_EQ_INT(oauth_parse_device_response(200, ok, strlen(ok), &d, &err), 0);
+        CHECK_STREQ(d.device_code, "dc");
+        CHECK_STREQ(d.verification_uri, "https://x.example/d");
+        CHECK(d.expires_in == 1800 * USEC_PER_SEC && d.interval == 5 * USEC_PER_SEC);
+        device_auth_done(&d);
+        CHECK_EQ_INT(oauth_parse_device_response(200, "{}", 2, &d, &err2), -EBADMSG);
+        CHECK_EQ_INT(oauth_parse_device_response(400, "{\"error\":\"invalid_client\"}", 26, &d, &err3), -EPROTO);
+        CHECK_STREQ(err3, "device authorization refused: HTTP 400: invalid_client");
 }

@@ -357,3 +357,49 @@ TEST(strbuf_u64_and_json_escape) {
         CHECK_STREQ(s, "0 18446744073709551615 a\\\"b\\\\c\\n\\u0001");
         free(s);
 }
+
+TEST(parse_timestamp_forms) {
+        static const struct {
+                const char *s;
+                int r;
+                usec_t t;
+        } v[] = {
+                { "1970-01-01T00:00:00Z", 0, 0 },
+                { "2026-11-26T19:02:11Z", 0, 1795719731ULL * USEC_PER_SEC },
+                { "2026-11-26t19:02:11z", 0, 1795719731ULL * USEC_PER_SEC },
+                { "2026-11-26 19:02:11Z", 0, 1795719731ULL * USEC_PER_SEC },
+                { "2026-11-26T20:02:11+01:00", 0, 1795719731ULL * USEC_PER_SEC },
+                { "2026-11-26T18:02:11-01:00", 0, 1795719731ULL * USEC_PER_SEC },
+                { "2026-11-26T19:02:11.5Z", 0, 1795719731ULL * USEC_PER_SEC + 500000 },
+                { "2000-02-29T00:00:00Z", 0, 951782400ULL * USEC_PER_SEC },
+                { "2026-11-26T19:02:11", -EINVAL, 0 },
+                { "2026-11-26", -EINVAL, 0 },
+                { "2026-13-01T00:00:00Z", -EINVAL, 0 },
+                { "2026-11-26T19:02:11.Z", -EINVAL, 0 },
+                { "2026-11-26T19:02:11Zjunk", -EINVAL, 0 },
+                { "1969-12-31T23:59:59Z", -EINVAL, 0 },
+                { "", -EINVAL, 0 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                usec_t t = 0;
+                int r = parse_timestamp(v[i].s, &t);
+                if (r != v[i].r || (r == 0 && t != v[i].t))
+                        fprintf(stderr, "  %s -> %d %" PRIu64 "\n", v[i].s, r, t);
+                CHECK_EQ_INT(r, v[i].r);
+                if (r == 0)
+                        CHECK(t == v[i].t);
+        }
+}
+
+TEST(random_uuid_v4) {
+        char a[37], b[37], s[13];
+
+        CHECK_EQ_INT(random_uuid(a), 0);
+        CHECK_EQ_INT(random_uuid(b), 0);
+        CHECK(strlen(a) == 36 && a[8] == '-' && a[13] == '-' && a[14] == '4' && a[18] == '-' && a[23] == '-');
+        CHECK(strchr("89ab", a[19]));
+        CHECK(!streq(a, b));
+        CHECK_EQ_INT(random_lower(s, 12), 0);
+        CHECK(strlen(s) == 12 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789") == 12);
+}
