@@ -717,14 +717,140 @@ out:
         return o;
 }
 
+/* Values shorter than this are not worth hiding (and would blank out
+ * ordinary words of an error text). */
+#define REDACT_MIN 6
+#define REDACT_MAX 64
+
+typedef struct Secrets {
+        char *v[REDACT_MAX];
+        size_t n;
+} Secrets;
+
+static void secrets_add(Secrets *s, const char *v, size_t len) {
+        if (len < REDACT_MIN || s->n >= REDACT_MAX)
+                return;
+        s->v[s->n] = strndup(v, len);
+        if (s->v[s->n])
+                s->n++;
+}
+
+static void secrets_add_form(Secrets *s, const char *body, size_t len) {
+        const char *p = body, *end = body + len;
+
+        while (p < end) {
+                const char *amp = memchr(p, '&', (size_t) (end - p)), *stop = amp ?: end;
+                const char *eq = memchr(p, '=', (size_t) (stop - p));
+                char *v = NULL;
+
+                if (eq && url_unescape(eq + 1, (size_t) (stop - eq - 1), &v) >= 0) {
+                        secrets_add(s, v, strlen(v));
+                        secret_free(v);
+                }
+                p = stop + 1;
+        }
+}
+
+static void secrets_add_json(Secrets *s, json_t *j) {
+        const char *k;
+        json_t *v;
+        size_t i;
+
+        if (json_is_string(j))
+                secrets_add(s, json_string_value(j), json_string_length(j));
+        else if (json_is_object(j)) {
+                json_object_foreach(j, k, v)
+                        secrets_add_json(s, v);
+        } else if (json_is_array(j))
+                json_array_foreach(j, i, v)
+                        secrets_add_json(s, v);
+}
+
+/* A provider may quote the request in its error text ("refresh token
+ * rt-123 is not valid for client_secret=..."): every value the broker sent
+ * (body parameters, header values, the client secret, both halves of a
+ * Basic header) is cut out of the text before it reaches last_error, the
+ * log or an event. */
+static void redact_request(const Provider *p, const HttpRequest *req, char **text) {
+        Secrets s = {};
+
+        if (!*text)
+                return;
+        if (p->client_secret)
+                secrets_add(&s, p->client_secret, strlen(p->client_secret));
+        if (req->post_data && req->post_len > 0) {
+                json_t *j = json_loadb(req->post_data, req->post_len, 0, NULL);
+                if (j) {
+                        secrets_add_json(&s, j);
+                        json_decref(j);
+                } else
+                        secrets_add_form(&s, req->post_data, req->post_len);
+        }
+        for (const struct curl_slist *h = req->headers; h; h = h->next) {
+                const char *colon = strchr(h->data, ':'), *v;
+                void *dec = NULL;
+                size_t dlen = 0;
+
+                if (!colon)
+                        continue;
+                for (v = colon + 1; *v == ' '; v++)
+                        ;
+                secrets_add(&s, v, strlen(v));
+                if (strncasecmp(v, "Basic ", 6) == 0) {
+                        /* standard base64: map to the URL alphabet the decoder takes */
+                        char *b = strdup(v + 6);
+
+                        for (char *q = b; q && *q; q++)
+                                *q = *q == '+' ? '-' : *q == '/' ? '_' : *q;
+                        if (b && b64url_decode(b, strlen(b), &dec, &dlen) >= 0) {
+                                const char *sep = memchr(dec, ':', dlen);
+                                char *id = NULL, *sec = NULL;
+
+                                if (sep && url_unescape(dec, (size_t) (sep - (char *) dec), &id) >= 0) {
+                                        secrets_add(&s, id, strlen(id));
+                                        secret_free(id);
+                                }
+                                if (sep && url_unescape(sep + 1, dlen - (size_t) (sep + 1 - (char *) dec), &sec) >= 0) {
+                                        secrets_add(&s, sec, strlen(sec));
+                                        secret_free(sec);
+                                }
+                                explicit_wipe(dec, dlen);
+                                free(dec);
+                        }
+                        secret_free(b);
+                }
+        }
+        for (size_t i = 0; i < s.n; i++) {
+                char *hit;
+
+                /* bounded: every pass shortens or keeps the text, and a
+                 * secret of at least REDACT_MIN bytes becomes 10 bytes of
+                 * "[redacted]" that cannot contain it again */
+                for (unsigned k = 0; k < 64 && (hit = strstr(*text, s.v[i])); k++) {
+                        size_t before = (size_t) (hit - *text), len = strlen(s.v[i]);
+                        char *t;
+
+                        if (asprintf(&t, "%.*s[redacted]%s", (int) before, *text, hit + len) < 0)
+                                break;
+                        secret_free(*text);
+                        *text = t;
+                }
+                secret_free(s.v[i]);
+        }
+}
+
 OAuthOutcome oauth_token_response(const Provider *p, const HttpRequest *req, TokenSet *ret,
                                   char **ret_error) {
+        OAuthOutcome o;
+
         if (req->result != CURLE_OK || req->too_large) {
                 *ret_error = strdup(http_request_strerror(req));
                 return OAUTH_TRANSIENT;
         }
-        return oauth_parse_token_response(p, req->status, req->body, req->body_len, req->sent_at, ret,
-                                          ret_error);
+        o = oauth_parse_token_response(p, req->status, req->body, req->body_len, req->sent_at, ret, ret_error);
+        if (o != OAUTH_OK)
+                redact_request(p, req, ret_error);
+        return o;
 }
 
 int oauth_identity_from_id_token(const char *id_token, char **ret) {
