@@ -29,6 +29,13 @@ done
 make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
 count "$log"
 
+# Every secret a test uses and every daemon log and events table are kept
+# here for the leak scan after the whole suite (tests/lib/suite.js).
+export TB_SUITE_DIR
+TB_SUITE_DIR=$(mktemp -d)
+chmod 0700 "$TB_SUITE_DIR"
+trap 'rm -f "$log"; rm -rf "$TB_SUITE_DIR"' EXIT
+
 if [ -d tests/integration ] && ls tests/integration/*.test.js >/dev/null 2>&1; then
         for b in build build-asan; do
                 echo "== integration tests against $b"
@@ -39,6 +46,10 @@ if [ -d tests/integration ] && ls tests/integration/*.test.js >/dev/null 2>&1; t
                 total_fail=$((total_fail + ${f:-1}))
         done
 fi
+
+echo "== leak scan over the whole suite"
+node tests/lib/suite.js "$TB_SUITE_DIR" 2>&1 | tee "$log"
+count "$log"
 
 echo "all tests: $total_pass passed, $total_fail failed"
 [ "$total_fail" = 0 ]

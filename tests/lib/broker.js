@@ -17,6 +17,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
+const { recordSecret, archive } = require('./suite.js');
+
 const ROOT = path.resolve(__dirname, '..', '..');
 const BUILD = process.env.TOKENBROKER_BUILD || path.join(ROOT, 'build');
 
@@ -164,6 +166,7 @@ class Broker {
       fs.writeFileSync(path.join(pdir, `${name}.conf`), text);
     }
     for (const [file, text] of Object.entries(o.secrets ?? {})) {
+      recordSecret(text);
       fs.writeFileSync(path.join(pdir, file), `${text}\n`, { mode: 0o600 });
     }
   }
@@ -262,6 +265,7 @@ class Broker {
   async stop({ keep = false } = {}) {
     await this.kill('SIGTERM');
     const last = this.exits[this.exits.length - 1];
+    archive(this.dir, this.logPath, this.db);
     if (!keep && !process.env.TB_KEEP) fs.rmSync(this.dir, { recursive: true, force: true });
     return last;
   }

@@ -57,6 +57,7 @@
  */
 const crypto = require('node:crypto');
 const http = require('node:http');
+const { recordSecret } = require('./suite.js');
 
 function rnd(n = 16) { return crypto.randomBytes(n).toString('base64url'); }
 
@@ -83,6 +84,18 @@ async function startFakeProvider(opts = {}) {
     },
     rejections: [],             // {time, grant, reason}
   };
+  // Everything this provider hands out is a secret of the suite (tests/lib/suite.js).
+  for (const key of ['issued', 'codes']) {
+    const arr = fp[key];
+    const push = arr.push.bind(arr);
+    arr.push = (...xs) => {
+      for (const x of xs) {
+        if (typeof x === 'string') recordSecret(x);
+        else if (x) { recordSecret(x.access_token); recordSecret(x.refresh_token); }
+      }
+      return push(...xs);
+    };
+  }
   fp.newGeneration = () => ++fp.generation;
   fp.markSeen = (accessToken) => {
     const iss = fp.tokens.get(accessToken);
