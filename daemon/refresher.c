@@ -301,6 +301,24 @@ static RequestVars request_vars(Manager *m, const Connection *c, const Provider 
         };
 }
 
+/* Starts req at once, outside the refresh queue (a code exchange, a device
+ * authorization: a person is waiting on them), taking ownership of req;
+ * w, if given, is woken when it ends. */
+static int start_now(Manager *m, Connection *c, OpKind kind, HttpRequest *req, Waiter *w) {
+        int r;
+
+        queue_remove(m, c);
+        timerwheel_cancel(m->wheel, &c->timer);
+        r = start_request(m, c, kind, req);
+        if (r < 0) {
+                http_request_free(req);
+                refresher_schedule(m, c);
+                return r;
+        }
+        refresher_add_waiter(c, w);
+        return 0;
+}
+
 /* Starts the provider request for one refresh (or re-run grant). */
 static int refresh_start(Manager *m, Connection *c) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
@@ -735,16 +753,7 @@ int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
         }
         if (r < 0)
                 return r;
-        queue_remove(m, c);
-        timerwheel_cancel(m->wheel, &c->timer);
-        r = start_request(m, c, OP_DEVICE_AUTH, req);
-        if (r < 0) {
-                refresher_schedule(m, c);
-                return r;
-        }
-        TAKE_PTR(req);
-        refresher_add_waiter(c, w);
-        return 0;
+        return start_now(m, c, OP_DEVICE_AUTH, TAKE_PTR(req), w);
 }
 
 /* With remove, a pending connection that never held a token goes: its
@@ -955,16 +964,7 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
         }
         if (r < 0)
                 return r;
-        queue_remove(m, c);
-        timerwheel_cancel(m->wheel, &c->timer);
-        r = start_request(m, c, OP_EXCHANGE, req);
-        if (r < 0) {
-                refresher_schedule(m, c);
-                return r;
-        }
-        TAKE_PTR(req);
-        refresher_add_waiter(c, w);
-        return 0;
+        return start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
 }
 
 static void on_request_done(HttpRequest *req, void *userdata) {
