@@ -162,6 +162,17 @@ static bool name_ok(const char *name) {
         return true;
 }
 
+/* METHOD /v1/connections/NAME[/SUFFIX] after checking NAME; like call_ok(). */
+static int connection_call(const char *method, const char *name, const char *suffix, Reply *r) {
+        char path[256];
+
+        if (!name_ok(name))
+                return EXIT_USAGE;
+        snprintf(path, sizeof path, API_PREFIX "/%s%s%s", name, suffix ? "/" : "", strempty(suffix));
+        return call_ok(method, path, NULL, r);
+}
+
+
 /* ---- verbs ------------------------------------------------------------ */
 
 typedef struct Verb {
@@ -282,14 +293,10 @@ static void print_connection(json_t *c) {
 }
 
 static int do_show(int argc _unused_, char **argv) {
-        char path[256];
         Reply r;
         int k;
 
-        if (!name_ok(argv[1]))
-                return EXIT_USAGE;
-        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
-        k = call_ok("GET", path, NULL, &r);
+        k = connection_call("GET", argv[1], NULL, &r);
         if (k)
                 return k;
         if (arg_json)
@@ -367,14 +374,10 @@ static int do_header(int argc _unused_, char **argv) {
 }
 
 static int do_refresh(int argc _unused_, char **argv) {
-        char path[256];
         Reply r;
         int k;
 
-        if (!name_ok(argv[1]))
-                return EXIT_USAGE;
-        snprintf(path, sizeof path, API_PREFIX "/%s/refresh", argv[1]);
-        k = call_ok("POST", path, NULL, &r);
+        k = connection_call("POST", argv[1], "refresh", &r);
         if (k)
                 return k;
         if (arg_json)
@@ -386,14 +389,10 @@ static int do_refresh(int argc _unused_, char **argv) {
 }
 
 static int do_revoke(int argc _unused_, char **argv) {
-        char path[256];
         Reply r;
         int k;
 
-        if (!name_ok(argv[1]))
-                return EXIT_USAGE;
-        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
-        k = call_ok("DELETE", path, NULL, &r);
+        k = connection_call("DELETE", argv[1], NULL, &r);
         if (k)
                 return k;
         if (arg_json)
@@ -705,7 +704,6 @@ static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
 
 /* GET the provider's test_url with the token as its usage rule says. */
 static int do_test(int argc _unused_, char **argv) {
-        char path[256];
         const char *provider, *test_url = NULL, *key;
         json_t *a, *p, *v;
         Reply conn, provs, tok;
@@ -718,10 +716,7 @@ static int do_test(int argc _unused_, char **argv) {
         double secs = 0;
         int k;
 
-        if (!name_ok(argv[1]))
-                return EXIT_USAGE;
-        snprintf(path, sizeof path, API_PREFIX "/%s", argv[1]);
-        k = call_ok("GET", path, NULL, &conn);
+        k = connection_call("GET", argv[1], NULL, &conn);
         if (k)
                 return k;
         provider = jstr(conn.json, "provider");
