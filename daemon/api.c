@@ -19,6 +19,7 @@
 #include "daemon/mhd.h"
 #include "common/template.h"
 #include "daemon/oauth.h"
+#include "daemon/route.h"
 
 #define API_BODY_MAX (64 * 1024)
 #define API_CONNECTIONS_MAX 4096
@@ -855,60 +856,24 @@ static void route_metrics(ApiRequest *r) {
 
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
-        const char *rest;
-        char name[CONNECTION_NAME_MAX + 1];
-        const char *slash, *sub;
         Connection *c;
-        bool get = streq(method, "GET"), post = streq(method, "POST"), del = streq(method, "DELETE");
+        ApiRoute rt;
+        int k;
 
         if (r->too_large) {
                 answer_error(r, 413, API_ERR_INVALID_REQUEST, "request body too large");
                 return;
         }
-        if (streq(url, API_PREFIX) || streq(url, API_PREFIX "/")) {
-                if (!r->peer->admin)
-                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
-                if (get)
-                        return route_list(r);
-                if (post)
-                        return route_create(r);
-                return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
-        }
-        if (streq(url, "/metrics")) {
-                if (!r->peer->admin)
-                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
-                if (!get)
-                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
-                return route_metrics(r);
-        }
-        if (streq(url, "/v1/events")) {
-                if (!r->peer->admin)
-                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
-                if (!get)
-                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
-                return route_events(r);
-        }
-        if (streq(url, "/v1/providers") || streq(url, "/v1/status")) {
-                if (!r->peer->admin)
-                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
-                if (!get)
-                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
-                return streq(url, "/v1/status") ? route_status(r) : route_providers(r);
-        }
-        rest = startswith(url, API_PREFIX "/");
-        if (!rest)
-                return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
-
-        slash = strchr(rest, '/');
-        sub = slash ? slash + 1 : NULL;
-        if ((size_t) (slash ? slash - rest : (ptrdiff_t) strlen(rest)) > CONNECTION_NAME_MAX)
+        k = api_route_match(method, url, &rt);
+        if (k == -ENAMETOOLONG)
                 return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection");
-        snprintf(name, sizeof name, "%.*s", (int) (slash ? slash - rest : (ptrdiff_t) strlen(rest)), rest);
-        c = manager_get(m, name);
+        if (k == -ENOENT && !rt.connection)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
+        /* A name no connection can have comes back empty. */
+        c = rt.name[0] ? manager_get(m, rt.name) : NULL;
 
-        if (sub && (streq(sub, "token") || streq(sub, "invalidate"))) {
-                bool is_token = streq(sub, "token");
-                if ((is_token && !get) || (!is_token && !post))
+        if (rt.id == API_ROUTE_TOKEN || rt.id == API_ROUTE_INVALIDATE) {
+                if (k == -EOPNOTSUPP)
                         return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
                 /* Unknown and forbidden look the same to a peer that may not
                  * know which connections exist. */
@@ -916,25 +881,36 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                         return answer_error(r, r->peer->admin ? 404 : 403,
                                             r->peer->admin ? API_ERR_NOT_FOUND : API_ERR_FORBIDDEN,
                                             r->peer->admin ? "unknown connection" : "peer not allowed");
-                return route_token(r, c, is_token ? ROUTE_TOKEN : ROUTE_INVALIDATE);
+                return route_token(r, c, rt.id == API_ROUTE_TOKEN ? ROUTE_TOKEN : ROUTE_INVALIDATE);
         }
         if (!r->peer->admin)
                 return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
-        if (!c)
+        if (rt.connection && !c)
                 return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection");
-        if (!sub) {
-                if (get)
-                        return answer(r, 200, dump(connection_json(m, c)));
-                if (del)
-                        return route_revoke(r, c);
+        if (k == -EOPNOTSUPP)
                 return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
-        }
-        if (streq(sub, "refresh")) {
-                if (!post)
-                        return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
+        switch (k) {
+        case API_ROUTE_LIST:
+                return route_list(r);
+        case API_ROUTE_CREATE:
+                return route_create(r);
+        case API_ROUTE_SHOW:
+                return answer(r, 200, dump(connection_json(m, c)));
+        case API_ROUTE_REVOKE:
+                return route_revoke(r, c);
+        case API_ROUTE_REFRESH:
                 return route_refresh(r, c);
+        case API_ROUTE_PROVIDERS:
+                return route_providers(r);
+        case API_ROUTE_STATUS:
+                return route_status(r);
+        case API_ROUTE_EVENTS:
+                return route_events(r);
+        case API_ROUTE_METRICS:
+                return route_metrics(r);
+        default:   /* below a connection, but no such route */
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
         }
-        answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
 }
 
 /* ---- libmicrohttpd plumbing ------------------------------------------ */

@@ -8,6 +8,7 @@
 #include "common/util.h"
 #include "daemon/callback.h"
 #include "daemon/mhd.h"
+#include "daemon/route.h"
 
 #define CALLBACK_CONNECTIONS_MAX 256
 #define CALLBACK_PER_IP_MAX 32
@@ -18,8 +19,6 @@
  * shut down. */
 #define CALLBACK_TIMEOUT_SEC 15
 #define CALLBACK_MEMORY_LIMIT (32 * 1024)
-/* A code or state longer than this is not one. */
-#define CALLBACK_VALUE_MAX 4096
 
 typedef struct CbRequest CbRequest;
 typedef struct CbConn CbConn;
@@ -43,8 +42,13 @@ struct CbConn {
 struct CbRequest {
         Callback *cb;
         struct MHD_Connection *conn;
+        /* The query string as sent, at most CALLBACK_QUERY_MAX + 1 bytes
+         * (enough for the parser to refuse it); NULL if there is none. */
+        char *query;
+        size_t query_len;
         Waiter waiter;
         Connection *target;
+        bool started;              /* on_request() has seen it */
         bool suspended, answered;
         CbRequest *next, *prev;
         unsigned status;
@@ -221,32 +225,22 @@ static void on_exchanged(Connection *c, int result, void *userdata) {
         mhd_loop_kick(&r->cb->loop);
 }
 
-/* A query parameter that is present, not empty, at most
- * CALLBACK_VALUE_MAX bytes, and without a NUL byte (%00): a C string
- * would be cut short at it, and "state%00junk" must not pass for state. */
-static const char *callback_arg(struct MHD_Connection *conn, const char *key) {
-        const char *v = NULL;
-        size_t n = 0;
-
-        if (MHD_lookup_connection_value_n(conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES ||
-            !v || n == 0 || n > CALLBACK_VALUE_MAX || strlen(v) != n)
-                return NULL;
-        return v;
-}
-
 static void handle_callback(CbRequest *r) {
+        _cleanup_(callback_query_done) CallbackQuery q = {}, qc = {};
         Manager *m = r->cb->manager;
-        const char *state, *code, *error, *desc;
         const Provider *p;
         HashmapNode *n;
         Connection *c;
         char hash[65];
         int k;
 
-        state = callback_arg(r->conn, "state");
-        if (!state)
+        /* Parsed for the state first: it names the connection, whose
+         * provider names the parameter that carries the code. An empty
+         * value is as good as none; %00 is refused, so "state%00junk"
+         * cannot pass for state. */
+        if (callback_query_parse(r->query, r->query_len, NULL, &q) < 0 || isempty(q.state))
                 return answer(r, 400, "Authorization failed", "The request has no valid state parameter.");
-        if (sha256_hex(state, strlen(state), hash) < 0)
+        if (sha256_hex(q.state, strlen(q.state), hash) < 0)
                 return answer(r, 500, "Authorization failed", "Internal error.");
         n = hashmap_get(m->pending, hash);
         c = n ? container_of(n, Connection, by_state) : NULL;
@@ -255,23 +249,21 @@ static void handle_callback(CbRequest *r) {
                               "Unknown or expired authorization request. Start it again with tokenctl authorize.");
 
         /* RFC 6749 section 4.1.2.1: the provider reports refusals here. */
-        error = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "error");
-        if (error) {
+        if (q.error) {
                 char msg[700];
-                desc = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "error_description");
-                snprintf(msg, sizeof msg, "The provider answered: %.100s%s%.300s", error, desc ? ": " : "",
-                         desc ?: "");
-                log_warning("%s: provider refused the authorization: %.100s", c->name, error);
+                snprintf(msg, sizeof msg, "The provider answered: %.100s%s%.300s", q.error,
+                         q.error_description ? ": " : "", strempty(q.error_description));
+                log_warning("%s: provider refused the authorization: %.100s", c->name, q.error);
                 return answer(r, 400, "Authorization failed", msg);
         }
         p = manager_provider(m, c);
-        code = callback_arg(r->conn, p ? p->code_param : "code");
-        if (!code)
+        if (callback_query_parse(r->query, r->query_len, p ? p->code_param : "code", &qc) < 0 ||
+            isempty(qc.code))
                 return answer(r, 400, "Authorization failed", "The request has no authorization code.");
 
         /* The state is spent from here on, whatever the exchange says. */
         r->waiter = (Waiter) { .fn = on_exchanged, .userdata = r };
-        k = refresher_exchange_code(m, c, code, &r->waiter);
+        k = refresher_exchange_code(m, c, qc.code, &r->waiter);
         if (k == -EBUSY)
                 return answer(r, 409, "Authorization in progress",
                               "This authorization is already being completed.");
@@ -301,9 +293,34 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void *
         cb_conn_deadline(conn, CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
         if (!r)
                 return;
+        explicit_wipe(r->query, r->query_len);   /* it holds the code */
+        free(r->query);
         free(r->page);
         free(r);
         *req_cls = NULL;
+}
+
+/* MHD's URI log callback: called with the request-target as sent, before
+ * MHD splits off and decodes the query its own way (callback_query_parse()
+ * does it here). What it returns is the request's *req_cls; MHD then calls
+ * on_completed() for it whatever happens to the request. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+        CbRequest *r;
+        const char *q;
+
+        r = new0(CbRequest, 1);
+        if (!r)
+                return NULL;
+        r->cb = cls;
+        r->conn = conn;
+        q = strchr(uri, '?');
+        if (q) {
+                r->query_len = strnlen(q + 1, CALLBACK_QUERY_MAX + 1);
+                r->query = strndup(q + 1, r->query_len);
+                if (!r->query)
+                        return mfree(r);
+        }
+        return r;
 }
 
 static bool has_body(struct MHD_Connection *conn) {
@@ -314,20 +331,16 @@ static bool has_body(struct MHD_Connection *conn) {
         return len && strspn(len, "0") != strlen(len);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version _unused_,
                                   const char *upload_data _unused_, size_t *upload_data_size,
                                   void **req_cls) {
-        Callback *cb = cls;
         CbRequest *r = *req_cls;
 
-        if (!r) {
-                r = new0(CbRequest, 1);
-                if (!r)
-                        return MHD_NO;
-                r->cb = cb;
-                r->conn = conn;
-                *req_cls = r;
+        if (!r)
+                return MHD_NO;   /* on_uri() found no memory */
+        if (!r->started) {
+                r->started = true;
                 /* No route takes a body: refuse at once rather than read
                  * it (MHD then closes the connection after the answer). */
                 if (!streq(method, "GET") && !streq(method, "HEAD"))
@@ -428,6 +441,7 @@ int callback_new(Manager *m, int fd, Callback **ret) {
                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned) CALLBACK_PER_IP_MAX,
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) CALLBACK_TIMEOUT_SEC,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CALLBACK_MEMORY_LIMIT,
+                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, cb,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, cb,
                              MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, cb,
                              MHD_OPTION_END);
