@@ -28,9 +28,13 @@ ifeq ($(SAN),1)
 CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
-ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE=2 $(WARN) \
-	-I. -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
-LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+# pkg-config is asked when a rule first needs it, not when make reads this
+# file: `make deps check` on a fresh machine installs the packages first.
+PKG_CFLAGS = $(eval PKG_CFLAGS := $$(shell pkg-config --cflags $$(PKGS) 2>/dev/null))$(PKG_CFLAGS)
+PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $$(PKGS) 2>/dev/null))$(PKG_LIBS)
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE=2 $(WARN) \
+	-I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
+LIBS = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c \
 	common/jsonptr.c common/jwt.c common/hashmap.c

@@ -18,9 +18,11 @@ FUZZ_NAMES := token-response jwt conf jsonptr template url callback-query api-ro
 FUZZ_PKGS := $(or $(PKGS),libmicrohttpd libcurl sqlite3 jansson libsystemd libcrypto)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS ?= -O1 -g
-FUZZ_ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -I. -MMD -MP -Wall -Wextra -Wno-missing-field-initializers \
-	$(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null) $(FUZZ_SAN) $(FUZZ_CFLAGS)
-FUZZ_LIBS := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lm
+FUZZ_PKG_CFLAGS = $(eval FUZZ_PKG_CFLAGS := $$(shell pkg-config --cflags $$(FUZZ_PKGS) 2>/dev/null))$(FUZZ_PKG_CFLAGS)
+FUZZ_PKG_LIBS = $(eval FUZZ_PKG_LIBS := $$(shell pkg-config --libs $$(FUZZ_PKGS) 2>/dev/null))$(FUZZ_PKG_LIBS)
+FUZZ_ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -I. -MMD -MP -Wall -Wextra -Wno-missing-field-initializers \
+	$(FUZZ_PKG_CFLAGS) $(FUZZ_SAN) $(FUZZ_CFLAGS)
+FUZZ_LIBS = $(FUZZ_PKG_LIBS) -lm
 
 # The library sources (all but main), in an archive: each target pulls in
 # only the objects it uses (today common/ and daemon/{oauth,http}.c).
