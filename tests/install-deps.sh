@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
       libjansson-dev libsystemd-dev libssl-dev sqlite3 curl chromium clang libclang-rt-14-dev
-      systemd util-linux prometheus debootstrap systemd-container)
+      systemd util-linux prometheus debootstrap systemd-container libfaketime)
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -91,7 +91,11 @@ async function startFakeProvider(opts = {}) {
     arr.push = (...xs) => {
       for (const x of xs) {
         if (typeof x === 'string') recordSecret(x);
-        else if (x) { recordSecret(x.access_token); recordSecret(x.refresh_token); }
+        else if (x) {
+          recordSecret(x.access_token);
+          recordSecret(x.refresh_token);
+          if (x.at === undefined) x.at = Date.now();   // when it was issued, for expiry checks
+        }
       }
       return push(...xs);
     };
