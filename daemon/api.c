@@ -401,6 +401,7 @@ static int on_wait_timeout(sd_event_source *s _unused_, uint64_t usec _unused_, 
 static void route_token(ApiRequest *r, Connection *c, Route route) {
         Manager *m = r->api->manager;
         usec_t min_ttl = 0, wait = 0, ttl;
+        const char *min_ttl_arg, *wait_arg;
         int k;
 
         if (!peer_may_read(r->peer, c)) {
@@ -408,11 +409,13 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed");
                 return;
         }
-        if (arg(r, "min_ttl") && parse_seconds_arg(arg(r, "min_ttl"), &min_ttl) < 0) {
+        min_ttl_arg = arg(r, "min_ttl");
+        wait_arg = arg(r, "wait");
+        if (min_ttl_arg && parse_seconds_arg(min_ttl_arg, &min_ttl) < 0) {
                 answer_error(r, 400, API_ERR_INVALID_REQUEST, "min_ttl must be a number of seconds");
                 return;
         }
-        if (arg(r, "wait") && (parse_seconds_arg(arg(r, "wait"), &wait) < 0 || wait > WAIT_MAX)) {
+        if (wait_arg && (parse_seconds_arg(wait_arg, &wait) < 0 || wait > WAIT_MAX)) {
                 answer_error(r, 400, API_ERR_INVALID_REQUEST, "wait must be 0 to 300 seconds");
                 return;
         }
