@@ -17,7 +17,7 @@ const os = require('node:os');
 const path = require('node:path');
 const http = require('node:http');
 
-const { Broker, waitFor, httpGet, iniProvider } = require('../lib/broker.js');
+const { Broker, waitFor, followAuthorize, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 const BUILD = process.env.TOKENBROKER_BUILD || path.join(__dirname, '..', '..', 'build');
@@ -67,10 +67,7 @@ async function main() {
     await pool(names, 16, async (name) => {
       const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
       if (r.status !== 201) throw new Error(`create ${name}: ${r.status} ${r.text}`);
-      const loc = await new Promise((resolve, reject) => {
-        http.get(r.json.authorize_url, { agent }, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-      });
-      const cb = await httpGet(loc);
+      const cb = await followAuthorize(r.json.authorize_url, { agent });
       if (cb.status !== 200) throw new Error(`callback ${name}: ${cb.status}`);
     });
     agent.destroy();

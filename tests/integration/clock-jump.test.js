@@ -8,10 +8,9 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const http = require('node:http');
 const path = require('node:path');
 
-const { Broker, sleep, httpGet, iniProvider } = require('../lib/broker.js');
+const { Broker, followAuthorize, sleep, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
@@ -40,10 +39,7 @@ test('a wall clock set back or forward changes neither expiry nor the refresh ra
   t.after(async () => { await b.stop(); await fp.close(); });
 
   const r = await b.api('POST', '/v1/connections', { name: 'cj', provider: 'fake' });
-  const loc = await new Promise((resolve, reject) => {
-    http.get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
   const issuedAt = (tok) => (fp.issued.find((x) => x.access_token === tok) || {}).at;
   const refreshes = () => fp.requests.filter((x) => x.path === '/token' && x.params.grant_type === 'refresh_token').length;
 

@@ -6,18 +6,14 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
 
-const { Broker, waitFor, sleep, httpGet, iniProvider, freePort } = require('../lib/broker.js');
+const { Broker, followAuthorize, waitFor, sleep, iniProvider, freePort } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 async function activate(b, name) {
   const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
   assert.ok(r.status === 201 || r.status === 200, r.text);
-  const loc = await new Promise((resolve, reject) => {
-    http.get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
 }
 
 async function setup(t, { expiresIn = 3600, provider = {}, broker = {} } = {}) {
@@ -154,10 +150,7 @@ test('wait= on a pending connection returns the token once authorized, or 409 at
   t0 = Date.now();
   const waiting = b.api('GET', '/v1/connections/p/token?wait=20');
   await sleep(1000);
-  const loc = await new Promise((resolve, reject) => {
-    http.get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
   const got = await waiting;
   assert.equal(got.status, 200, got.text);
   assert.ok(got.json.access_token.startsWith('at-'));

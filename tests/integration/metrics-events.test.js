@@ -5,7 +5,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { spawnSync } = require('node:child_process');
 
-const { Broker, waitFor, httpGet, iniProvider } = require('../lib/broker.js');
+const { Broker, followAuthorize, waitFor, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 function metric(text, name, labels = {}) {
@@ -23,10 +23,7 @@ function metric(text, name, labels = {}) {
 async function activate(b, name) {
   const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
   assert.equal(r.status, 201);
-  const loc = await new Promise((resolve, reject) => {
-    require('node:http').get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
 }
 
 test('metrics are valid Prometheus text and move with refreshes; events per connection', { timeout: 60000 }, async (t) => {

@@ -5,19 +5,15 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const http = require('node:http');
 const path = require('node:path');
 
-const { Broker, waitFor, sleep, httpGet, iniProvider } = require('../lib/broker.js');
+const { Broker, followAuthorize, waitFor, sleep, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 async function activate(b, name) {
   const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
   assert.ok(r.status === 201 || r.status === 200, r.text);
-  const loc = await new Promise((resolve, reject) => {
-    http.get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
 }
 
 const refreshes = (fp, since = 0) => fp.requests.filter((r) => r.path === '/token' && r.params.grant_type === 'refresh_token' && r.time >= since);

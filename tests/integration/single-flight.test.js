@@ -3,9 +3,8 @@
  * make one provider request; invalidate is rate limited per connection. */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
 
-const { Broker, sleep, httpGet, iniProvider } = require('../lib/broker.js');
+const { Broker, followAuthorize, sleep, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 test('single-flight: 100 concurrent demands, one provider request; invalidate rate limited', { timeout: 60000 }, async (t) => {
@@ -16,10 +15,7 @@ test('single-flight: 100 concurrent demands, one provider request; invalidate ra
   });
   t.after(async () => { await b.stop(); await fp.close(); });
   const r = await b.api('POST', '/v1/connections', { name: 'sf', provider: 'fake' });
-  const loc = await new Promise((resolve, reject) => {
-    http.get(r.json.authorize_url, (res) => { res.resume(); resolve(res.headers.location); }).on('error', reject);
-  });
-  assert.equal((await httpGet(loc)).status, 200);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
   const refreshes = () => fp.requests.filter((x) => x.path === '/token' && x.params.grant_type === 'refresh_token').length;
 
   // Slow the provider so that all demands overlap one request in flight.

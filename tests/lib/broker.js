@@ -90,6 +90,22 @@ function httpGet(url, { timeoutMs = 15000 } = {}) {
   });
 }
 
+/**
+ * Follows an auto-approving provider's authorize URL: GET it (a 302 to the
+ * broker's callback), then GET the callback. Resolves the callback answer,
+ * with `location` the redirect that was followed.
+ */
+function followAuthorize(url, { agent, timeoutMs = 15000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent, timeout: timeoutMs }, (res) => { res.resume(); resolve(res.headers.location); });
+    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
+    req.on('error', reject);
+  }).then(async (location) => {
+    if (!location) throw new Error(`no redirect from ${url}`);
+    return { location, ...(await httpGet(location, { timeoutMs })) };
+  });
+}
+
 function iniProvider(fields) {
   return '[provider]\n' + Object.entries(fields)
     .filter(([, v]) => v !== undefined && v !== null)
@@ -271,4 +287,4 @@ class Broker {
   }
 }
 
-module.exports = { Broker, freePort, waitFor, sleep, unixRequest, httpGet, iniProvider, oidcProviderConf, BUILD, ROOT };
+module.exports = { Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, BUILD, ROOT };
