@@ -160,20 +160,6 @@ static json_t *connection_json(Manager *m, const Connection *c) {
         return j;
 }
 
-typedef struct UsageVars {
-        const Connection *conn;
-} UsageVars;
-
-static const char *usage_lookup(const char *name, size_t len, void *userdata) {
-        const Connection *c = ((UsageVars *) userdata)->conn;
-
-        if (len == 12 && memcmp(name, "access_token", 12) == 0)
-                return c->access_token;
-        if (len == 10 && memcmp(name, "token_type", 10) == 0)
-                return c->token_type ?: "Bearer";
-        return NULL;
-}
-
 static void emit_json_escaped(const char *s, size_t n, void *userdata) {
         strbuf_json_escape(userdata, s, n);
 }
@@ -189,7 +175,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
         strbuf_puts(b, "\":\"");
         for (val = colon + 1; sep == ':' && *val == ' '; val++)
                 ;
-        (void) template_render(val, usage_lookup, v, emit_json_escaped, b);
+        (void) template_render(val, oauth_usage_lookup, v, emit_json_escaped, b);
         strbuf_puts(b, "\"");
 }
 
@@ -198,7 +184,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
 static char *token_json(Manager *m, const Connection *c) {
         const Provider *p = manager_provider(m, c);
-        UsageVars v = { c };
+        UsageVars v = { c->access_token, c->token_type ?: "Bearer" };
         StrBuf b = {};
         char ts[32];
 

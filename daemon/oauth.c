@@ -1003,12 +1003,7 @@ out:
         return r;
 }
 
-typedef struct UsageVars {
-        const char *access_token;
-        const char *token_type;
-} UsageVars;
-
-static const char *usage_lookup(const char *name, size_t len, void *userdata) {
+const char *oauth_usage_lookup(const char *name, size_t len, void *userdata) {
         UsageVars *v = userdata;
 
         if (len == 12 && memcmp(name, "access_token", 12) == 0)
@@ -1029,14 +1024,14 @@ int oauth_usage_headers(const Provider *p, const char *access_token, const char 
         if (!lines)
                 return -ENOMEM;
         for (size_t i = 0; i < p->n_usage_header; i++) {
-                r = template_expand(p->usage_header[i], usage_lookup, &v, &lines[n], NULL, NULL);
+                r = template_expand(p->usage_header[i], oauth_usage_lookup, &v, &lines[n], NULL, NULL);
                 if (r < 0)
                         goto fail;
                 n++;
         }
         *ret_query = NULL;
         if (p->usage_query) {
-                r = template_expand(p->usage_query, usage_lookup, &v, ret_query, NULL, NULL);
+                r = template_expand(p->usage_query, oauth_usage_lookup, &v, ret_query, NULL, NULL);
                 if (r < 0)
                         goto fail;
         }

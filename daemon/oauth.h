@@ -106,6 +106,14 @@ int oauth_parse_device_response(long status, const char *body, size_t len, Devic
 
 /* Renders the usage rule: header lines (Name: value) and the query
  * parameter, with ${access_token} and ${token_type} filled in. */
+/* The placeholders of a usage rule, ${access_token} and ${token_type}, for
+ * template_expand()/template_render() with a UsageVars as userdata. */
+typedef struct UsageVars {
+        const char *access_token;
+        const char *token_type;
+} UsageVars;
+const char *oauth_usage_lookup(const char *name, size_t len, void *userdata);
+
 int oauth_usage_headers(const Provider *p, const char *access_token, const char *token_type,
                         char ***ret_lines, size_t *ret_n, char **ret_query);
 
