@@ -88,6 +88,90 @@ void conf_set_discovery(provider_discover_fn fn) {
         discover_hook = fn;
 }
 
+static conf_warning_fn warning_hook = NULL;
+
+void conf_set_warning(conf_warning_fn fn) {
+        warning_hook = fn;
+}
+
+/* A warning never fails a load: it is formatted as "file:line: warning:
+ * text" and handed to the caller's hook (printed by --check-config, logged
+ * at start and at reload), or dropped when no hook is set. */
+_printf_(3, 4)
+static void conf_warn(const char *path, unsigned line, const char *fmt, ...) {
+        char msg[1024];
+        va_list ap;
+        int n;
+
+        if (!warning_hook)
+                return;
+        if (line > 0)
+                n = snprintf(msg, sizeof msg, "%s:%u: warning: ", path, line);
+        else
+                n = snprintf(msg, sizeof msg, "%s: warning: ", path);
+        if (n < 0 || (size_t) n >= sizeof msg)
+                return;
+        va_start(ap, fmt);
+        (void) vsnprintf(msg + n, sizeof msg - (size_t) n, fmt, ap);
+        va_end(ap);
+        warning_hook(msg);
+}
+
+int conf_path_join(const char *dir, const char *value, char **ret) {
+        _cleanup_free_ char *s = NULL, *out = NULL;
+        size_t *stack = NULL, depth = 0, len = 0;
+        bool absolute;
+        char *save = NULL;
+
+        if (value[0] == '/' || isempty(dir))
+                s = strdup(value);
+        else if (asprintf(&s, "%s/%s", dir, value) < 0)
+                s = NULL;
+        if (!s)
+                return -ENOMEM;
+        absolute = s[0] == '/';
+        out = malloc(strlen(s) + 2);
+        /* one start offset per component kept: at most one per two bytes */
+        stack = malloc(sizeof(size_t) * (strlen(s) / 2 + 2));
+        if (!out || !stack) {
+                free(stack);
+                return -ENOMEM;
+        }
+        out[0] = 0;
+        for (char *c = strtok_r(s, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+                if (streq(c, "."))
+                        continue;
+                if (streq(c, "..")) {
+                        struct stat st;
+
+                        if (depth == 0 && absolute)
+                                continue;   /* "/.." is "/" */
+                        /* Drop the component before only where the kernel
+                         * would: not after another "..", not across a
+                         * symlink (whose ".." is somewhere else). */
+                        if (depth > 0 && !streq(out + stack[depth - 1], "..") &&
+                            !(lstat(out, &st) >= 0 && S_ISLNK(st.st_mode))) {
+                                len = stack[--depth];
+                                if (len > 0)
+                                        len--;   /* the '/' before it */
+                                out[len] = 0;
+                                continue;
+                        }
+                }
+                if (absolute || depth > 0)
+                        out[len++] = '/';
+                stack[depth++] = len;
+                len += (size_t) sprintf(out + len, "%s", c);
+        }
+        free(stack);
+        if (len == 0) {
+                out[0] = absolute ? '/' : '.';
+                out[1] = 0;
+        }
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
 void conf_error(ConfError *err, const char *path, unsigned line, const char *fmt, ...) {
         va_list ap;
         int n;
@@ -634,10 +718,56 @@ ErrorClass provider_classify_error(const Provider *p, long status, const char *c
         return ERROR_CLASS_RETRY;
 }
 
+static bool key_repeatable(KeyType t) {
+        return t == KEY_HEADER_TEMPLATE || t == KEY_PARAM_TEMPLATE || t == KEY_USAGE_HEADER || t == KEY_ERROR_MAP;
+}
+
+/* What one provider file's parse remembers: the line that last set each
+ * key, to warn about a key set twice (the last one wins). */
+typedef struct ProviderParse {
+        Provider *p;
+        unsigned seen[ELEMENTSOF(provider_keys)];
+} ProviderParse;
+
+static int provider_set_one(Provider *p, const ProviderKey *k, const char *section, const char *key,
+                            const char *value, unsigned line, ConfError *err);
+
 static int provider_set(const char *section, const char *key, const char *value,
                         unsigned line, void *userdata, ConfError *err) {
-        Provider *p = userdata;
+        ProviderParse *pp = userdata;
+        Provider *p = pp->p;
         const ProviderKey *k = NULL;
+        size_t idx = 0;
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++)
+                if (streq(provider_keys[i].name, key)) {
+                        k = &provider_keys[i];
+                        idx = i;
+                        break;
+                }
+        r = provider_set_one(p, k, section, key, value, line, err);
+        if (r < 0 || !k || key_repeatable(k->type))
+                return r;
+        /* The same key twice, or two keys for one field (client_secret and
+         * client_secret_file): the earlier one is silently lost otherwise. */
+        for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++) {
+                if (pp->seen[i] == 0 || provider_keys[i].offset != k->offset)
+                        continue;
+                if (i == idx)
+                        conf_warn(p->path, line, "duplicate key '%s' (also set at line %u), the last one wins.",
+                                  key, pp->seen[i]);
+                else
+                        conf_warn(p->path, line, "'%s' overrides '%s' at line %u, the last one wins.", key,
+                                  provider_keys[i].name, pp->seen[i]);
+                pp->seen[i] = 0;
+        }
+        pp->seen[idx] = line;
+        return 0;
+}
+
+static int provider_set_one(Provider *p, const ProviderKey *k, const char *section, const char *key,
+                            const char *value, unsigned line, ConfError *err) {
         void *field;
         int r;
 
@@ -645,11 +775,6 @@ static int provider_set(const char *section, const char *key, const char *value,
                 conf_error(err, p->path, line, "Unknown section [%s], expected [provider].", section);
                 return -EINVAL;
         }
-        for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++)
-                if (streq(provider_keys[i].name, key)) {
-                        k = &provider_keys[i];
-                        break;
-                }
         if (!k) {
                 conf_error(err, p->path, line, "Unknown key '%s'.", key);
                 return -EINVAL;
@@ -801,13 +926,18 @@ static int provider_set(const char *section, const char *key, const char *value,
                         }
                         if (asprintf(&path, "%s/%s", dir, value) < 0)
                                 return -ENOMEM;
-                } else if (value[0] != '/' && strrchr(p->path, '/')) {
+                } else {
                         /* relative to the provider file's folder */
-                        if (asprintf(&path, "%.*s/%s", (int) (strrchr(p->path, '/') - p->path), p->path,
-                                     value) < 0)
+                        const char *slash = strrchr(p->path, '/');
+                        _cleanup_free_ char *folder = slash ? strndup(p->path, (size_t) (slash - p->path)) :
+                                                              strdup("");
+
+                        if (!folder)
                                 return -ENOMEM;
-                } else if (!(path = strdup(value)))
-                        return -ENOMEM;
+                        r = conf_path_join(slash == p->path ? "/" : folder, value, &path);
+                        if (r < 0)
+                                return r;
+                }
                 r = read_secret_file(path, &secret);
                 if (r < 0) {
                         conf_error(err, p->path, line, "Cannot read %s from '%s': %s",
@@ -947,7 +1077,7 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
         if (!p->name || !p->path)
                 return -ENOMEM;
 
-        r = ini_parse_file(path, provider_set, p, err);
+        r = ini_parse_file(path, provider_set, &(ProviderParse) { .p = p }, err);
         if (r < 0)
                 return r;
 
@@ -1063,23 +1193,61 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
 }
 
 /* Relative paths in the main file are relative to the file's folder, so a
- * config works wherever it is started from. */
+ * config works wherever it is started from; "conf/dev/../../.run/state"
+ * is kept (and logged) as ".run/state". */
 static int make_path(const BrokerConfig *c, const char *value, char **field) {
-        const char *slash;
+        const char *slash = strrchr(c->path, '/');
+        _cleanup_free_ char *folder = NULL;
         char *s;
+        int r;
 
-        if (value[0] == '/' || !(slash = strrchr(c->path, '/')))
-                return set_string(field, value);
-        if (asprintf(&s, "%.*s/%s", (int) (slash - c->path), c->path, value) < 0)
+        folder = slash ? strndup(c->path, (size_t) (slash - c->path)) : strdup("");
+        if (!folder)
                 return -ENOMEM;
+        r = conf_path_join(slash == c->path ? "/" : folder, value, &s);
+        if (r < 0)
+                return r;
         free(*field);
         *field = s;
         return 0;
 }
 
+/* The main file's keys, to warn about one set twice. */
+static const char *const broker_keys[] = {
+        "state_dir", "key_file", "key_credential", "socket", "providers_dir", "admin_group", "socket_group",
+        "notify_command", "callback_listen", "public_url", "socket_mode", "refresh_margin", "refresh_jitter",
+        "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
+        "max_connections",
+};
+
+typedef struct BrokerParse {
+        BrokerConfig *c;
+        unsigned seen[ELEMENTSOF(broker_keys)];
+} BrokerParse;
+
+static int broker_set_one(const char *section, const char *key, const char *value,
+                          unsigned line, BrokerConfig *c, ConfError *err);
+
 static int broker_set(const char *section, const char *key, const char *value,
                       unsigned line, void *userdata, ConfError *err) {
-        BrokerConfig *c = userdata;
+        BrokerParse *bp = userdata;
+        int r, i;
+
+        r = broker_set_one(section, key, value, line, bp->c, err);
+        if (r < 0)
+                return r;
+        i = table_lookup(broker_keys, ELEMENTSOF(broker_keys), key);
+        if (i < 0)
+                return 0;
+        if (bp->seen[i] > 0)
+                conf_warn(bp->c->path, line, "duplicate key '%s' (also set at line %u), the last one wins.", key,
+                          bp->seen[i]);
+        bp->seen[i] = line;
+        return 0;
+}
+
+static int broker_set_one(const char *section, const char *key, const char *value,
+                          unsigned line, BrokerConfig *c, ConfError *err) {
         unsigned long u;
         int r;
 
@@ -1195,49 +1363,62 @@ static int provider_cmp(const void *a, const void *b) {
         return strcmp((*(Provider *const *) a)->name, (*(Provider *const *) b)->name);
 }
 
-static int load_providers(BrokerConfig *c, ConfError *err) {
-        DIR *d;
-        struct dirent *de;
-        int r = 0;
+static int load_providers(BrokerConfig *c, unsigned line, ConfError *err) {
+        struct dirent **de = NULL;
+        int n, r = 0;
 
-        d = opendir(c->providers_dir);
-        if (!d) {
-                if (errno == ENOENT)
-                        return 0;   /* no providers yet is fine */
-                conf_error(err, c->providers_dir, 0, "Cannot open: %s", strerror(errno));
-                return -errno;
+        /* A missing folder is a typo or a missed install step, not "no
+         * providers yet": say which path was looked at. */
+        n = scandir(c->providers_dir, &de, NULL, alphasort);
+        if (n < 0) {
+                r = -errno;
+                if (r == -ENOENT)
+                        conf_error(err, c->path, line, "providers_dir '%s'%s does not exist.", c->providers_dir,
+                                   line == 0 ? " (the default)" : "");
+                else
+                        conf_error(err, c->path, line, "Cannot open providers_dir '%s': %s", c->providers_dir,
+                                   strerror(-r));
+                return r;
         }
-        while ((de = readdir(d))) {
+        for (int i = 0; i < n; i++) {
                 _cleanup_free_ char *path = NULL;
-                const char *dot = strrchr(de->d_name, '.');
+                const char *name = de[i]->d_name, *dot = strrchr(name, '.');
                 Provider *p, **a;
 
-                if (de->d_name[0] == '.' || !dot || !streq(dot, ".conf"))
+                if (r < 0 || name[0] == '.')
+                        continue;   /* ".", "..", and hidden files (editors' swap files) */
+                if (asprintf(&path, "%s/%s", c->providers_dir, name) < 0) {
+                        r = -ENOMEM;
                         continue;
+                }
+                if (!dot || !streq(dot, ".conf")) {
+                        conf_warn(path, 0, "ignored: provider files are named NAME.conf.");
+                        continue;
+                }
                 if (c->n_providers >= 4096) {
                         conf_error(err, c->providers_dir, 0, "Too many provider files.");
                         r = -E2BIG;
-                        break;
-                }
-                if (asprintf(&path, "%s/%s", c->providers_dir, de->d_name) < 0) {
-                        r = -ENOMEM;
-                        break;
+                        continue;
                 }
                 r = provider_load(path, &p, err);
                 if (r < 0)
-                        break;
+                        continue;
                 a = realloc(c->providers, sizeof(Provider *) * (c->n_providers + 1));
                 if (!a) {
                         provider_free(p);
                         r = -ENOMEM;
-                        break;
+                        continue;
                 }
                 c->providers = a;
                 c->providers[c->n_providers++] = p;
         }
-        closedir(d);
+        for (int i = 0; i < n; i++)
+                free(de[i]);
+        free(de);
         if (r < 0)
                 return r;
+        if (c->n_providers == 0)
+                conf_warn(c->path, line, "providers_dir '%s' holds no provider files (NAME.conf).", c->providers_dir);
         if (c->n_providers > 1)
                 qsort(c->providers, c->n_providers, sizeof(Provider *), provider_cmp);
         return 0;
@@ -1245,6 +1426,7 @@ static int load_providers(BrokerConfig *c, ConfError *err) {
 
 int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
+        BrokerParse bp = {};
         int r;
 
         c = new0(BrokerConfig, 1);
@@ -1262,8 +1444,9 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         c->backoff_max = 5 * USEC_PER_MINUTE;
         c->pending_ttl = 10 * USEC_PER_MINUTE;
         c->max_connections = 1000000;
+        bp.c = c;
 
-        r = ini_parse_file(path, broker_set, c, err);
+        r = ini_parse_file(path, broker_set, &bp, err);
         if (r < 0)
                 return r;
 
@@ -1286,7 +1469,7 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
                 if (asprintf(&c->public_url, "http://%s", c->callback_listen) < 0)
                         return -ENOMEM;
         }
-        r = load_providers(c, err);
+        r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")], err);
         if (r < 0)
                 return r;
         *ret = TAKE_PTR(c);

@@ -176,6 +176,18 @@ int provider_load(const char *path, Provider **ret, ConfError *err);
 typedef int (*provider_discover_fn)(Provider *p, char **ret_reason);
 void conf_set_discovery(provider_discover_fn fn);
 
+/* Warnings (a key set twice, a file in providers_dir that is not
+ * NAME.conf, an empty providers_dir) never fail a load: each comes as one
+ * "file:line: warning: text" (or "file: warning: text") to this hook, for
+ * the caller to print or log. When unset, warnings are dropped. */
+typedef void (*conf_warning_fn)(const char *msg);
+void conf_set_warning(conf_warning_fn fn);
+
+/* DIR/VALUE (VALUE alone when absolute or DIR empty) with "//", "." and
+ * ".." collapsed lexically; a ".." after a symlink is kept, as the kernel
+ * would follow the link. "conf/dev" + "../../.run/state" is ".run/state". */
+int conf_path_join(const char *dir, const char *value, char **ret);
+
 /* The error class and hint an error answer gets from the provider's
  * error_map, else RFC 6749 section 5.2's defaults; *ret_hint is borrowed. */
 ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
@@ -211,7 +223,8 @@ typedef struct BrokerConfig {
 BrokerConfig *broker_config_free(BrokerConfig *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(BrokerConfig *, broker_config_free);
 
-/* Loads the main file and every *.conf in its providers_dir. */
+/* Loads the main file and every NAME.conf in its providers_dir; a missing
+ * providers_dir is an error (-ENOENT), an empty one a warning. */
 int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err);
 Provider *broker_config_find_provider(const BrokerConfig *c, const char *name);
 

@@ -107,6 +107,17 @@ static int discover_logged(Provider *p, char **ret_reason) {
         return r;
 }
 
+static unsigned n_config_warnings = 0;
+
+/* Each configuration warning once: printed by --check-config, logged at start. */
+static void config_warning(const char *msg) {
+        n_config_warnings++;
+        if (arg_check_config)
+                fprintf(stderr, "%s\n", msg);
+        else
+                log_warning("%s", msg);
+}
+
 static int run(int argc, char *argv[]) {
         _cleanup_(manager_freep) Manager *m = NULL;
         BrokerConfig *config = NULL;
@@ -121,15 +132,23 @@ static int run(int argc, char *argv[]) {
         /* Discovery at load (and at SIGHUP): failures are warnings unless
          * a required endpoint stays missing. */
         conf_set_discovery(discover_logged);
+        conf_set_warning(config_warning);
         r = broker_config_load(arg_config, &config, &err);
         if (r < 0) {
-                if (arg_check_config)
+                if (!err.msg[0])
+                        snprintf(err.msg, sizeof err.msg, "%s: %s", arg_config, strerror(-r));
+                /* Once: --check-config prints the message as is, a start logs it. */
+                if (arg_check_config) {
                         fprintf(stderr, "%s\n", err.msg);
+                        return 1;
+                }
                 return log_error_errno(r, "%s", err.msg), 1;
         }
         if (arg_check_config) {
-                printf("%s: OK (%zu provider%s)\n", arg_config, config->n_providers,
-                       config->n_providers == 1 ? "" : "s");
+                printf("%s: OK (%zu provider%s", arg_config, config->n_providers, config->n_providers == 1 ? "" : "s");
+                if (n_config_warnings > 0)
+                        printf(", %u warning%s", n_config_warnings, n_config_warnings == 1 ? "" : "s");
+                printf(")\n");
                 for (size_t i = 0; i < config->n_providers; i++)
                         printf("  %s: %s, %s\n", config->providers[i]->path,
                                grant_to_string(config->providers[i]->grant), config->providers[i]->token_url);

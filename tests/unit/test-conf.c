@@ -867,19 +867,21 @@ TEST(broker_good) {
 
 TEST(broker_defaults) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
-        _cleanup_free_ char *path = NULL, *redirect = NULL;
+        _cleanup_free_ char *path = NULL, *redirect = NULL, *pd = NULL, *text = NULL;
         _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
         ConfError err = {};
 
-        /* an absent providers_dir is no error: no providers yet */
-        path = write_file(dir, "tb.conf", "[broker]\nproviders_dir = /nonexistent/tokenbroker-test/providers.d\n");
+        /* an empty providers_dir is no error (a warning): no providers yet */
+        pd = subdir(dir, "providers.d");
+        CHECK(asprintf(&text, "[broker]\nproviders_dir = %s\n", pd) >= 0);
+        path = write_file(dir, "tb.conf", text);
         CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
         if (!c)
                 return;
         CHECK_STREQ(c->state_dir, "/var/lib/tokenbroker");
         CHECK_STREQ(c->socket, "/run/tokenbroker/tokenbroker.sock");
         CHECK_STREQ(c->callback_listen, "127.0.0.1:8421");
-        CHECK_STREQ(c->providers_dir, "/nonexistent/tokenbroker-test/providers.d");
+        CHECK_STREQ(c->providers_dir, pd);
         CHECK(!c->admin_group);
         CHECK_EQ_INT(c->socket_mode, 0666);
         CHECK_EQ_INT(c->refresh_margin, 60 * USEC_PER_SEC);
@@ -901,11 +903,12 @@ TEST(broker_absolute_paths_and_listen) {
         _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
         ConfError err = {};
 
+        free(subdir(dir, "empty.d"));
         path = write_file(dir, "tb.conf",
                           "[broker]\n"
                           "state_dir = /var/lib/tb-test\n"
                           "socket = /run/tb-test.sock\n"
-                          "providers_dir = absent.d\n"
+                          "providers_dir = empty.d\n"
                           "callback_listen = [::1]:8080\n");
         CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
         if (!c)
@@ -932,7 +935,8 @@ TEST(broker_public_url_loopback) {
                 _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
                 ConfError err = {};
 
-                CHECK(asprintf(&text, "[broker]\nproviders_dir = absent.d\npublic_url = %s\n", ok[i]) >= 0);
+                free(subdir(dir, "empty.d"));
+                CHECK(asprintf(&text, "[broker]\nproviders_dir = empty.d\npublic_url = %s\n", ok[i]) >= 0);
                 path = write_file(dir, "tb.conf", text);
                 CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
                 if (!c)
@@ -1100,4 +1104,143 @@ TEST(provider_request_keys) {
         CHECK_STREQ(p->password, "pw");
         CHECK(p->never_expires);
         CHECK_STREQ(p->ptr_expires_at, "/exp");
+}
+
+/* ---- paths and warnings ------------------------------------------------ */
+
+TEST(path_join_normalizes) {
+        static const struct {
+                const char *dir, *value, *want;
+        } v[] = {
+                { "conf/dev", "../../.run/state", ".run/state" },
+                { "conf/dev", "./providers.d/", "conf/dev/providers.d" },
+                { "conf//dev/", "a//b/./c", "conf/dev/a/b/c" },
+                { "/etc/tokenbroker", "../../var/lib/tb", "/var/lib/tb" },
+                { "/etc", "../../../x", "/x" },
+                { "conf", "../../up", "../up" },
+                { "..", "../x", "../../x" },
+                { "conf", "/abs//./y/../z", "/abs/z" },
+                { "", "rel/./x", "rel/x" },
+                { "a", "..", "." },
+                { "/", "state", "/state" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(v); i++) {
+                _cleanup_free_ char *s = NULL;
+
+                CHECK_EQ_INT(conf_path_join(v[i].dir, v[i].value, &s), 0);
+                if (s)
+                        CHECK_STREQ(s, v[i].want);
+        }
+}
+
+TEST(path_join_keeps_dotdot_after_symlink) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *link = NULL, *s = NULL, *want = NULL, *target = NULL;
+
+        CHECK(dir);
+        target = subdir(dir, "real");
+        CHECK(asprintf(&link, "%s/link", dir) >= 0);
+        CHECK(symlink("/", link) == 0);
+        /* link/.. is "/"'s parent for the kernel, not dir: keep it */
+        CHECK_EQ_INT(conf_path_join(link, "../x", &s), 0);
+        CHECK(asprintf(&want, "%s/../x", link) >= 0);
+        CHECK_STREQ(s, want);
+}
+
+static char warnings[4096];
+static unsigned n_warnings;
+
+static void collect_warning(const char *msg) {
+        size_t n = strlen(warnings);
+
+        n_warnings++;
+        snprintf(warnings + n, sizeof warnings - n, "%s\n", msg);
+}
+
+TEST(broker_warnings) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = NULL, *pd = NULL, *want = NULL, *p1 = NULL;
+        _cleanup_(broker_config_freep) BrokerConfig *c = NULL;
+        ConfError err = {};
+
+        CHECK(dir);
+        pd = subdir(dir, "providers.d");
+        path = write_file(dir, "tb.conf",
+                          "[broker]\nproviders_dir = providers.d\nstate_dir = a\n\nstate_dir = b\nrefresh_margin = 1s\n");
+        p1 = write_file(pd, "one.conf", "[provider]\nauthorize_url = https://a.example/a\n"
+                                        "token_url = https://a.example/t\nclient_id = x\nclient_secret = s\n"
+                                        "scopes = a\nscopes = b\nclient_secret_file = ../secret\n"
+                                        "token_param = a=b\ntoken_param = c=d\nclient_secret = s2\n");
+        free(write_file(pd, "one.conf.bak", "[garbage"));
+        free(write_file(pd, "two.ini", "[garbage"));
+        free(write_file(pd, ".one.conf.swp", "[garbage"));
+        free(write_file(pd, "two.conf", good_provider));
+        free(write_file(dir, "secret", "from-file\n"));
+
+        warnings[0] = 0;
+        n_warnings = 0;
+        conf_set_warning(collect_warning);
+        CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
+        conf_set_warning(NULL);
+        CHECK(c && c->n_providers == 2);
+        /* in file order, provider files sorted by name; hidden files and
+         * repeatable keys (token_param) are no warning */
+        CHECK(asprintf(&want,
+                       "%1$s:5: warning: duplicate key 'state_dir' (also set at line 3), the last one wins.\n"
+                       "%2$s:7: warning: duplicate key 'scopes' (also set at line 6), the last one wins.\n"
+                       "%2$s:8: warning: 'client_secret_file' overrides 'client_secret' at line 5, the last one wins.\n"
+                       "%2$s:11: warning: 'client_secret' overrides 'client_secret_file' at line 8, the last one wins.\n"
+                       "%3$s/one.conf.bak: warning: ignored: provider files are named NAME.conf.\n"
+                       "%3$s/two.ini: warning: ignored: provider files are named NAME.conf.\n",
+                       path, p1, pd) >= 0);
+        CHECK_EQ_INT(n_warnings, 6);
+        CHECK_STREQ(warnings, want);
+        if (c && c->n_providers == 2) {
+                CHECK_STREQ(c->providers[0]->scopes, "b");
+                CHECK_STREQ(c->providers[0]->client_secret, "s2");
+        }
+}
+
+TEST(broker_providers_dir_missing_or_empty) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = NULL, *want = NULL, *pd = NULL;
+        BrokerConfig *c = NULL;
+        ConfError err = {};
+
+        CHECK(dir);
+        /* missing: an error naming the (normalized) path and the line */
+        path = write_file(dir, "tb.conf", "[broker]\nstate_dir = s\nproviders_dir = ./sub/../providers.d/\n");
+        warnings[0] = 0;
+        n_warnings = 0;
+        conf_set_warning(collect_warning);
+        CHECK_EQ_INT(broker_config_load(path, &c, &err), -ENOENT);
+        CHECK(!c);
+        CHECK(asprintf(&want, "%s:3: providers_dir '%s/providers.d' does not exist.", path, dir) >= 0);
+        CHECK_STREQ(err.msg, want);
+        CHECK_EQ_INT(n_warnings, 0);
+
+        /* the default, unset: said so */
+        want = mfree(want);
+        free(path);
+        path = write_file(dir, "tb.conf", "[broker]\nstate_dir = s\n");
+        if (access("/etc/tokenbroker/providers.d", F_OK) < 0) {
+                CHECK_EQ_INT(broker_config_load(path, &c, &err), -ENOENT);
+                CHECK(asprintf(&want, "%s: providers_dir '/etc/tokenbroker/providers.d' (the default) does not exist.",
+                               path) >= 0);
+                CHECK_STREQ(err.msg, want);
+        }
+
+        /* empty: a warning at the providers_dir line */
+        want = mfree(want);
+        free(path);
+        path = write_file(dir, "tb.conf", "[broker]\nstate_dir = s\nproviders_dir = ./sub/../providers.d/\n");
+        pd = subdir(dir, "providers.d");
+        err = (ConfError) {};
+        CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
+        conf_set_warning(NULL);
+        CHECK(c && c->n_providers == 0);
+        CHECK(asprintf(&want, "%s:3: warning: providers_dir '%s' holds no provider files (NAME.conf).\n", path, pd) >= 0);
+        CHECK_STREQ(warnings, want);
+        broker_config_free(c);
 }
