@@ -47,11 +47,18 @@ LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql
 UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen
+all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen \
+	$(BUILD)/tools/realtime-shift.so
 
 $(BUILD)/tools/%: tests/tools/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $<
+
+# LD_PRELOAD shims for tests: never sanitized (they load before the ASan
+# runtime), so plain flags rather than $(CFLAGS).
+$(BUILD)/tools/%.so: tests/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -D_GNU_SOURCE $(WARN) -O2 -g -fPIC -shared -o $@ $< -ldl
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
