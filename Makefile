@@ -111,6 +111,16 @@ $(BUILD)/bench/loadgen: tests/bench/loadgen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+# issue 9's scale benchmark: the seeder (through the store code) and a fast
+# local token endpoint. Not installed.
+$(BUILD)/bench/seed: $(BUILD)/tests/bench/seed.o $(BUILD)/libtokenbroker.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/bench/fastprovider: tests/bench/fastprovider.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(shell pkg-config --libs libmicrohttpd) -lpthread
+
 bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
 
