@@ -2,32 +2,73 @@
 # The whole test suite: unit tests of the normal and the sanitizer build,
 # then the integration tests (real daemon, real oidc-provider, real
 # chromium) against both builds. Ends with one "N passed, N failed" line.
+#
+# A step counts as failed when it says so, when its exit status is not 0
+# (taken from PIPESTATUS, not from tee), when node reports a test as
+# cancelled (past its timeout) or as a failed todo, or when a step prints
+# no summary at all.
+#   TB_BUILDS="build-x build-x-asan"   the two build folders (default: build build-asan)
+#   TB_TESTS="tests/integration/a.test.js ..."   the integration files (default: all)
+#   TB_SKIP_FUZZ=1                     skip the fuzz smoke run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 total_pass=0 total_fail=0
+read -r -a builds <<< "${TB_BUILDS:-build build-asan}"
 
-count() {   # adds up the last "N passed, M failed" in file $1
-        local line
+count() {   # adds up the last "N passed, M failed" in file $1; $2 is the step's exit status
+        local line rc=${2:-0}
         line=$(grep -oE '[0-9]+ passed, [0-9]+ failed' "$1" | tail -n 1)
         if [ -z "$line" ]; then
+                echo "!! no summary line: counted as a failure"
                 total_fail=$((total_fail + 1))
                 return
         fi
-        total_pass=$((total_pass + $(echo "$line" | awk '{print $1}')))
-        total_fail=$((total_fail + $(echo "$line" | awk '{print $3}')))
+        local p f
+        p=$(echo "$line" | awk '{print $1}')
+        f=$(echo "$line" | awk '{print $3}')
+        if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+                echo "!! exit status $rc with 0 failures reported: counted as a failure"
+                f=1
+        fi
+        total_pass=$((total_pass + p))
+        total_fail=$((total_fail + f))
+}
+
+# node --test, TAP reporter, output in $log; adds pass and fail + cancelled
+# + failed todos (+1 for a non-zero exit that no count explains).
+node_tests() {
+        node --test --test-reporter=tap --test-concurrency=1 "$@" 2>&1 | tee "$log"
+        local rc=${PIPESTATUS[0]}
+        local p f c todo
+        p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -n 1)
+        f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -n 1)
+        c=$(sed -n 's/^# cancelled \([0-9]*\)$/\1/p' "$log" | tail -n 1)
+        todo=$(grep -cE '^ *not ok [0-9]+ .*# TODO' "$log")
+        if [ -z "$p" ] || [ -z "$f" ]; then
+                echo "!! node printed no summary (exit status $rc): counted as a failure"
+                total_fail=$((total_fail + 1))
+                return
+        fi
+        local bad=$((f + ${c:-0} + todo))
+        if [ "$rc" != 0 ] && [ "$bad" = 0 ]; then bad=1; fi
+        echo "== node: $p passed, $f failed, ${c:-0} cancelled (timed out), $todo failed todo, exit status $rc"
+        total_pass=$((total_pass + p))
+        total_fail=$((total_fail + bad))
 }
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-for b in build build-asan; do
-        bash tests/run-unit.sh "$b" | tee "$log"
-        count "$log"
+for b in "${builds[@]}"; do
+        bash tests/run-unit.sh "$b" 2>&1 | tee "$log"
+        count "$log" "${PIPESTATUS[0]}"
 done
 
 # Fuzzing: a short run of every libFuzzer target, plus its regression inputs.
-make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
-count "$log"
+if [ "${TB_SKIP_FUZZ:-0}" != 1 ]; then
+        make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
+        count "$log" "${PIPESTATUS[0]}"
+fi
 
 # Every secret a test uses and every daemon log and events table are kept
 # here for the leak scan after the whole suite (tests/lib/suite.js).
@@ -36,20 +77,29 @@ TB_SUITE_DIR=$(mktemp -d)
 chmod 0700 "$TB_SUITE_DIR"
 trap 'rm -f "$log"; rm -rf "$TB_SUITE_DIR"' EXIT
 
-if [ -d tests/integration ] && ls tests/integration/*.test.js >/dev/null 2>&1; then
-        for b in build build-asan; do
+# The harness's own self-tests (oidc-provider and its records, the leak scan).
+echo "== test harness self-tests"
+node_tests tests/lib/selftest-*.test.js
+
+# Files, not a folder: `node --test DIR` means something else on node 21+.
+if [ -n "${TB_TESTS:-}" ]; then
+        read -r -a files <<< "$TB_TESTS"
+else
+        files=(tests/integration/*.test.js)
+fi
+if [ ! -e "${files[0]}" ]; then
+        echo "!! no integration test files: counted as a failure"
+        total_fail=$((total_fail + 1))
+else
+        for b in "${builds[@]}"; do
                 echo "== integration tests against $b"
-                TOKENBROKER_BUILD="$PWD/$b" node --test --test-concurrency=1 tests/integration/ 2>&1 | tee "$log"
-                p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -n 1)
-                f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -n 1)
-                total_pass=$((total_pass + ${p:-0}))
-                total_fail=$((total_fail + ${f:-1}))
+                TOKENBROKER_BUILD="$PWD/$b" node_tests "${files[@]}"
         done
 fi
 
 echo "== leak scan over the whole suite"
 node tests/lib/suite.js "$TB_SUITE_DIR" 2>&1 | tee "$log"
-count "$log"
+count "$log" "${PIPESTATUS[0]}"
 
 echo "all tests: $total_pass passed, $total_fail failed"
 [ "$total_fail" = 0 ]

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every unit-test binary of one build folder; prints one summary line.
+# A folder without unit-test binaries is a failure (a build that produced
+# nothing must not pass as "0 passed, 0 failed").
 set -uo pipefail
 build=${1:-build}
-pass=0 fail=0
+pass=0 fail=0 ran=0
 for t in "$build"/tests/test-*; do
         [ -x "$t" ] || continue
+        ran=$((ran + 1))
         out=$("$t" 2>&1)
         rc=$?
         line=$(printf '%s\n' "$out" | tail -n 1)
@@ -19,5 +22,9 @@ for t in "$build"/tests/test-*; do
         pass=$((pass + p))
         fail=$((fail + f))
 done
+if [ "$ran" = 0 ]; then
+        echo "unit tests ($build): no unit-test binaries in $build/tests/ (not built?)" >&2
+        fail=$((fail + 1))
+fi
 echo "unit tests ($build): $pass passed, $fail failed"
 [ "$fail" = 0 ]
