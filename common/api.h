@@ -33,6 +33,13 @@
 #define API_ERR_UNAVAILABLE "temporarily_unavailable"
 #define API_ERR_SERVER "server_error"
 #define API_ERR_METHOD "method_not_allowed"
+/* HTTP 422: the request is well-formed, but the provider's configuration
+ * cannot do it (--device without a device_authorization_url, a username
+ * for a grant that takes none). */
+#define API_ERR_UNSUPPORTED "unsupported_by_provider"
+
+/* The longest min_ttl a token request may ask for: 365 days. */
+#define MIN_TTL_MAX_SEC (365UL * 24 * 3600)
 
 /* tokenctl exit codes (documented in the README and `tokenctl --help`). */
 enum {
@@ -46,4 +53,5 @@ enum {
         EXIT_DENIED = 7,           /* the daemon refused: peer not allowed */
         EXIT_UNAVAILABLE = 8,      /* provider unreachable, no valid token */
         EXIT_TIMEOUT = 9,          /* gave up waiting */
+        EXIT_UNSUPPORTED = 10,     /* the provider's configuration cannot do what was asked */
 };

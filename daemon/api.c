@@ -237,7 +237,7 @@ static int parse_seconds_arg(const char *s, usec_t *ret) {
                 return -EINVAL;
         errno = 0;
         u = strtoul(s, &end, 10);
-        if (errno || *end || u > 365UL * 24 * 3600)
+        if (errno || *end || u > MIN_TTL_MAX_SEC)
                 return -EINVAL;
         *ret = (usec_t) u * USEC_PER_SEC;
         return 0;
@@ -348,11 +348,21 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                         manager_wheel_rearm(m);
                         break;
                 }
-                manager_event(m, c, "revoked", "connection revoked%s", at_provider ? " at the provider and deleted" : " and deleted");
+                /* Say what really happened: revoked there, nothing to
+                 * revoke (a pending authorization holds no tokens), or no
+                 * endpoint to revoke them at. */
+                bool has_endpoint = manager_provider(m, c) && manager_provider(m, c)->revoke_url;
+                bool has_tokens = c->access_token || c->refresh_token;
+                const char *how = !has_tokens ? "no_tokens" : !has_endpoint ? "no_endpoint" : "provider";
+
+                at_provider = at_provider && has_endpoint && has_tokens;
+                manager_event(m, c, "revoked", "connection %s",
+                              at_provider ? "revoked at the provider and deleted"
+                              : !has_tokens ? "deleted; it held no tokens to revoke at the provider"
+                                            : "deleted; the provider has no revocation endpoint");
                 {
-                        json_t *j = json_pack("{s:s, s:b}", "name", c->name, "revoked_at_provider",
-                                              at_provider && manager_provider(m, c) &&
-                                                      manager_provider(m, c)->revoke_url);
+                        json_t *j = json_pack("{s:s, s:b, s:s}", "name", c->name, "revoked_at_provider", at_provider,
+                                              "revocation", how);
                         k = manager_remove(m, c);
                         if (k < 0) {
                                 json_decref(j);
@@ -398,7 +408,8 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         min_ttl_arg = arg(r, "min_ttl");
         wait_arg = arg(r, "wait");
         if (min_ttl_arg && parse_seconds_arg(min_ttl_arg, &min_ttl) < 0) {
-                answer_error(r, 400, API_ERR_INVALID_REQUEST, "min_ttl must be a number of seconds");
+                answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                             "min_ttl must be whole seconds from 0 to 31536000 (365 days)");
                 return;
         }
         if (wait_arg && (parse_seconds_arg(wait_arg, &wait) < 0 || wait > WAIT_MAX)) {
@@ -541,6 +552,40 @@ static void wipe_json_secrets(json_t *root) {
         }
 }
 
+/* What the named provider cannot do, answered before anything is
+ * created: an unknown provider (404, naming the configured ones), or a
+ * request its configuration does not allow (422). Returns true when it
+ * answered. */
+static bool provider_refused(ApiRequest *r, json_t *root, const char *name) {
+        const BrokerConfig *cfg = r->api->manager->config;
+        const Provider *p = broker_config_find_provider(cfg, name);
+        bool import = json_is_string(json_object_get(root, "refresh_token"));
+        StrBuf b = {};
+
+        if (!p) {
+                strbuf_printf(&b, "unknown provider '%s'; configured providers: ", name);
+                for (size_t i = 0; i < cfg->n_providers && b.len < 1024; i++)
+                        strbuf_printf(&b, "%s%s", i ? ", " : "", cfg->providers[i]->name);
+                if (cfg->n_providers == 0)
+                        strbuf_puts(&b, "none");
+        } else if (!import && json_is_true(json_object_get(root, "device")) && !p->device_authorization_url)
+                strbuf_printf(&b, "provider '%s' has no device_authorization_url: set one in its provider file "
+                                  "to use the device flow, or authorize in a browser without --device", p->name);
+        else if (!import && json_is_string(json_object_get(root, "username")) && p->grant != GRANT_PASSWORD)
+                strbuf_printf(&b, "provider '%s' uses the %s grant, which takes no username: --username is for "
+                                  "providers with grant = password", p->name, grant_to_string(p->grant));
+        else
+                return false;
+        wipe_json_secrets(root);
+        json_decref(root);
+        if (!b.s)
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+        else
+                answer_error(r, p ? 422 : 404, p ? API_ERR_UNSUPPORTED : API_ERR_NOT_FOUND, b.s);
+        strbuf_free(&b);
+        return true;
+}
+
 static void route_create(ApiRequest *r) {
         Manager *m = r->api->manager;
         json_t *root, *scope_j;
@@ -599,6 +644,8 @@ static void route_create(ApiRequest *r) {
                 return;
         }
         existed = manager_get(m, name) != NULL;
+        if (provider_refused(r, root, provider))
+                return;
         {
                 const char *username = NULL, *password = NULL, *refresh_token = NULL;
                 json_t *dev = json_object_get(root, "device");
@@ -662,7 +709,9 @@ static void route_create(ApiRequest *r) {
                         answer_error(r, 404, API_ERR_NOT_FOUND, error ?: "unknown provider");
                 else if (k == -EEXIST || k == -EBUSY)
                         answer_error(r, 409, API_ERR_CONFLICT, error ?: "conflict");
-                else if (k == -EINVAL || k == -EOPNOTSUPP)
+                else if (k == -EOPNOTSUPP)
+                        answer_error(r, 422, API_ERR_UNSUPPORTED, error ?: "not supported by the provider");
+                else if (k == -EINVAL)
                         answer_error(r, 400, API_ERR_INVALID_REQUEST, error ?: "invalid request");
                 else
                         answer_error(r, k == -E2BIG ? 409 : 500, k == -E2BIG ? API_ERR_CONFLICT : API_ERR_SERVER,

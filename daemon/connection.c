@@ -45,6 +45,7 @@ Connection *connection_free(Connection *c) {
         free(c->scope);
         free(c->requested_scope);
         free(c->identity);
+        free(c->previous_identity);
         free(c->last_error);
         free(c->state_hash);
         free(c);

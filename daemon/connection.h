@@ -50,6 +50,7 @@ typedef struct Connection {
         char *scope;               /* granted */
         char *requested_scope;
         char *identity;
+        char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
         char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */

@@ -444,8 +444,9 @@ static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
         return d;
 }
 
-/* Commits new tokens: durable before any client can see them. */
-static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req) {
+/* Commits new tokens: durable before any client can see them. A grant
+ * (code exchange, device approval) is not a refresh: count says which. */
+static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool count) {
         Connection old = *c;
         int r;
 
@@ -461,7 +462,8 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
         c->obtained_at = req->sent_at;
         c->last_refresh_at = now(CLOCK_REALTIME);
         c->last_error = NULL;
-        c->refreshes++;
+        if (count)
+                c->refreshes++;
         c->failures = 0;
         c->updated_at = c->last_refresh_at;
 
@@ -540,7 +542,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         }
                 }
 
-                r = apply_tokens(m, c, &t, req);
+                r = apply_tokens(m, c, &t, req, true);
                 token_set_done(&t);
                 if (r >= 0) {
                         m->refresh_ok++;
@@ -577,6 +579,20 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         ps->refresh_transient++;
         }
         set_last_error(c, error);
+        if (o == OAUTH_PERMANENT && used_refresh_token && c->state == CONN_PENDING && !c->access_token) {
+                /* An import's proof refused: the refresh token was never
+                 * good. Keep nothing of it, as a failed first
+                 * authorization keeps nothing. */
+                manager_event(m, c, "authorization-failed",
+                              "import failed: the provider refused the refresh token: %s; connection removed",
+                              strempty(error));
+                log_warning("%s: import failed, connection removed: %s", c->name, strempty(error));
+                timerwheel_cancel(m->wheel, &c->timer);
+                wake_waiters(c, -EKEYREJECTED);
+                if (manager_remove(m, c) < 0)
+                        log_error("%s: failed to remove the connection: %s", c->name, store_last_error(m->store));
+                return;
+        }
         if (o == OAUTH_PERMANENT) {
                 manager_set_state(m, c, CONN_NEEDS_REAUTH);
                 c->failures = 0;
@@ -630,6 +646,18 @@ static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
 }
 
 static void authorized_finish(Manager *m, Connection *c) {
+        _cleanup_free_ char *before = TAKE_PTR(c->previous_identity);
+
+        /* Re-authorized as another account: the tokens now act for
+         * someone else. Identities (an email, a subject) are no secret. */
+        if (before && c->identity && !streq(before, c->identity)) {
+                manager_event(m, c, "identity-changed", "identity changed from %s to %s", before, c->identity);
+                log_warning("%s: re-authorized as %s, no longer as %s.", c->name, c->identity, before);
+        } else if (before && !c->identity) {
+                /* no word on who it is now: keep the last known one */
+                c->identity = TAKE_PTR(before);
+                (void) save(m, c);
+        }
         if (c->notified_at > 0)
                 manager_notify(m, c, "recovered");
         manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
@@ -665,16 +693,14 @@ static void grant_completed(Manager *m, Connection *c, TokenSet *t, const HttpRe
         usec_t until = c->pending_until, interval = c->device_interval;
         int r;
 
-        if (t->id_token && oauth_identity_from_claims(p, t->id_token, &identity) >= 0) {
-                free(c->identity);
-                c->identity = TAKE_PTR(identity);
-        }
+        if (t->id_token)
+                (void) oauth_identity_from_claims(p, t->id_token, &identity);
         c->state_hash = NULL;
         c->code_verifier = NULL;
         c->pending_until = 0;
         c->device_interval = 0;
         manager_set_state(m, c, CONN_ACTIVE);
-        r = apply_tokens(m, c, t, req);
+        r = apply_tokens(m, c, t, req, false);
         if (r < 0) {
                 manager_set_state(m, c, before);
                 c->state_hash = hash;
@@ -693,7 +719,14 @@ static void grant_completed(Manager *m, Connection *c, TokenSet *t, const HttpRe
         c->auth_state = secret_free(c->auth_state);
         connection_clear_device(c);
         token_set_done(t);
-        m->refresh_ok++;
+        /* The new grant says who authorized it (its ID token, else the
+         * userinfo answer below); the old identity is kept aside so that
+         * authorized_finish() can tell a change of account. */
+        free(c->previous_identity);
+        c->previous_identity = TAKE_PTR(c->identity);
+        c->identity = TAKE_PTR(identity);
+        if (c->identity)
+                (void) save(m, c);
         if (p && p->userinfo_url) {
                 r = userinfo_start(m, c, p);
                 if (r >= 0)

@@ -6,9 +6,14 @@
 
 #include <curl/curl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <jansson.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <termios.h>
 
 #include "common/api.h"
@@ -54,6 +59,62 @@ static const char *socket_path(void) {
         return arg_socket ?: getenv(SOCKET_ENV) ?: DEFAULT_SOCKET_PATH;
 }
 
+/* curl says only "Couldn't connect to server": look at the socket path
+ * ourselves and say which of the usual causes it is, and what to do. */
+static void explain_unreachable(const char *path, CURLcode cc) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int fd, e;
+
+        if (stat(path, &st) < 0) {
+                e = errno;
+                if (e == ENOENT)
+                        fprintf(stderr, "tokenctl: no socket at %s: tokenbrokerd is not running, or it listens "
+                                        "elsewhere. Start it (systemctl start tokenbrokerd), or point tokenctl "
+                                        "at its socket with --socket PATH or $" SOCKET_ENV ".\n", path);
+                else if (e == EACCES)
+                        fprintf(stderr, "tokenctl: permission denied reaching %s: a directory on the way is "
+                                        "closed to you. Run tokenctl as root or as a member of the daemon's "
+                                        "socket_group or admin_group.\n", path);
+                else
+                        fprintf(stderr, "tokenctl: cannot use the socket path %s: %s\n", path, strerror(e));
+                return;
+        }
+        if (!S_ISSOCK(st.st_mode)) {
+                fprintf(stderr, "tokenctl: %s is not a socket but a %s: check --socket, $" SOCKET_ENV
+                                " and the socket setting in tokenbroker.conf.\n", path,
+                        S_ISDIR(st.st_mode) ? "directory" : S_ISREG(st.st_mode) ? "regular file" : "special file");
+                return;
+        }
+        e = 0;
+        if (strlen(path) >= sizeof sa.sun_path)
+                e = ENAMETOOLONG;
+        else {
+                strcpy(sa.sun_path, path);
+                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        e = errno;
+                else {
+                        if (connect(fd, (struct sockaddr *) &sa, sizeof sa) < 0)
+                                e = errno;
+                        (void) close(fd);
+                }
+        }
+        if (e == ECONNREFUSED)
+                fprintf(stderr, "tokenctl: nothing listens on %s: a stale socket left by a tokenbrokerd that is "
+                                "no longer running. Start the daemon (systemctl start tokenbrokerd); it replaces "
+                                "the stale socket.\n", path);
+        else if (e == EACCES || e == EPERM)
+                fprintf(stderr, "tokenctl: permission denied on %s: run tokenctl as root or as a member of the "
+                                "daemon's socket_group or admin_group (ls -l %s shows who may connect).\n", path,
+                        path);
+        else if (e != 0)
+                fprintf(stderr, "tokenctl: cannot connect to tokenbrokerd at %s: %s\n", path, strerror(e));
+        else
+                fprintf(stderr, "tokenctl: tokenbrokerd at %s accepted the connection but the request failed: "
+                                "%s\n", path, curl_easy_strerror(cc));
+}
+
 /* One request to the daemon. Returns an exit code: EXIT_OK, or
  * EXIT_UNREACHABLE when the socket does not answer. */
 static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
@@ -86,8 +147,7 @@ static int api_call(const char *method, const char *path, json_t *body, Reply *r
         curl_easy_cleanup(c);
         free(data);
         if (cc != CURLE_OK) {
-                fprintf(stderr, "tokenctl: cannot reach tokenbrokerd at %s: %s\n", socket_path(),
-                        curl_easy_strerror(cc));
+                explain_unreachable(socket_path(), cc);
                 return EXIT_UNREACHABLE;
         }
         if (ret->body)
@@ -100,11 +160,109 @@ static const char *jstr(json_t *o, const char *key) {
         return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* The connection or provider the verb names, for "no such ..." messages. */
+static const char *target_name = NULL, *target_provider = NULL;
+
+/* Optimal string alignment distance: Levenshtein plus swaps of adjacent
+ * characters, the typos people make. Three rows; names are short. */
+static size_t edit_distance(const char *a, const char *b) {
+        size_t n = strlen(a), m = strlen(b), r0[257], r1[257], r2[257], *pp = r0, *p = r1, *cur = r2, *t;
+
+        if (n > 256 || m > 256)
+                return SIZE_MAX;
+        for (size_t j = 0; j <= m; j++)
+                p[j] = j;
+        for (size_t i = 1; i <= n; i++) {
+                cur[0] = i;
+                for (size_t j = 1; j <= m; j++) {
+                        size_t v = MIN(MIN(p[j] + 1, cur[j - 1] + 1), p[j - 1] + (a[i - 1] != b[j - 1]));
+                        if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                                v = MIN(v, pp[j - 2] + 1);
+                        cur[j] = v;
+                }
+                t = pp, pp = p, p = cur, cur = t;
+        }
+        return p[m];
+}
+
+/* The "name" in items closest to name, if it looks like a typo of it:
+ * at most two edits, and fewer than the name is long. */
+static const char *closest_name(const char *name, json_t *items) {
+        const char *best = NULL;
+        size_t best_d = SIZE_MAX, i;
+        json_t *o;
+
+        json_array_foreach(items, i, o) {
+                const char *s = jstr(o, "name");
+                size_t d;
+
+                if (!s)
+                        continue;
+                d = edit_distance(name, s);
+                if (d < best_d || (d == best_d && strcmp(s, best) < 0)) {
+                        best = s;
+                        best_d = d;
+                }
+        }
+        if (!best || best_d == 0 || best_d > 2 || best_d >= strlen(name))
+                return NULL;
+        return best;
+}
+
+static int no_such_connection(const char *name) {
+        const char *hint = NULL;
+        Reply r;
+
+        /* best effort: without the list, the plain message */
+        if (api_call("GET", API_PREFIX, NULL, &r) == EXIT_OK && r.status == 200 && r.json)
+                hint = closest_name(name, json_object_get(r.json, "connections"));
+        if (hint)
+                fprintf(stderr, "tokenctl: no connection named '%s' (did you mean '%s'?)\n", name, hint);
+        else
+                fprintf(stderr, "tokenctl: no connection named '%s' (tokenctl list shows them all)\n", name);
+        reply_done(&r);
+        return EXIT_NOT_FOUND;
+}
+
+static int no_such_provider(const char *name) {
+        const char *hint = NULL;
+        StrBuf list = {};
+        json_t *a = NULL, *p;
+        size_t i;
+        Reply r;
+
+        if (api_call("GET", "/v1/providers", NULL, &r) == EXIT_OK && r.status == 200 && r.json)
+                a = json_object_get(r.json, "providers");
+        hint = a ? closest_name(name, a) : NULL;
+        json_array_foreach(a, i, p) {
+                if (list.len)
+                        strbuf_puts(&list, ", ");
+                strbuf_puts(&list, jstr(p, "name") ?: "?");
+        }
+        fprintf(stderr, "tokenctl: no provider named '%s'%s%s%s; configured providers: %s\n", name,
+                hint ? " (did you mean '" : "", strempty(hint), hint ? "'?)" : "",
+                list.len ? list.s : "none (add a provider file to providers_dir)");
+        strbuf_free(&list);
+        reply_done(&r);
+        return EXIT_NOT_FOUND;
+}
+
 /* Maps an error answer to a message on stderr and an exit code. */
 static int api_error(const Reply *r) {
         const char *err = r->json ? jstr(r->json, "error") : NULL;
         const char *desc = r->json ? jstr(r->json, "error_description") : NULL;
 
+        if (r->status == 404 && err && streq(err, API_ERR_NOT_FOUND) && desc) {
+                if (target_provider && strncmp(desc, "unknown provider", 16) == 0)
+                        return no_such_provider(target_provider);
+                if (target_name && streq(desc, "unknown connection"))
+                        return no_such_connection(target_name);
+        }
+        if (r->status == 422) {
+                /* the provider's configuration cannot do what was asked */
+                fprintf(stderr, "tokenctl: %s\n", desc ?: err ?: "not supported by the provider");
+                return EXIT_UNSUPPORTED;
+        }
         fprintf(stderr, "tokenctl: %s%s%s (HTTP %ld)\n", desc ?: err ?: "request failed",
                 desc && err ? ": " : "", desc && err ? err : "", r->status);
         switch (r->status) {
@@ -146,6 +304,14 @@ static int call_ok(const char *method, const char *path, json_t *body, Reply *r)
         return EXIT_OK;
 }
 
+/* API_PREFIX/NAME, in a static buffer. */
+static const char *path_of(const char *name) {
+        static char path[256];
+
+        snprintf(path, sizeof path, API_PREFIX "/%s", name);
+        return path;
+}
+
 static void print_json(json_t *j) {
         char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
         if (s)
@@ -168,6 +334,7 @@ static int connection_call(const char *method, const char *name, const char *suf
 
         if (!name_ok(name))
                 return EXIT_USAGE;
+        target_name = name;
         snprintf(path, sizeof path, API_PREFIX "/%s%s%s", name, suffix ? "/" : "", strempty(suffix));
         return call_ok(method, path, NULL, r);
 }
@@ -243,22 +410,78 @@ static void print_connection_row(json_t *c) {
                jstr(c, "identity") ?: "-");
 }
 
+static int cmp_by_name(const void *a, const void *b) {
+        const char *x = jstr(*(json_t *const *) a, "name"), *y = jstr(*(json_t *const *) b, "name");
+
+        return strcmp(strempty(x), strempty(y));
+}
+
+/* The array sorted by "name" (a new reference), or NULL. */
+static json_t *sorted_by_name(json_t *a) {
+        size_t n = json_array_size(a), i;
+        _cleanup_free_ json_t **v = NULL;
+        json_t *out;
+
+        v = new0(json_t *, n + 1);
+        out = json_array();
+        if (!v || !out) {
+                json_decref(out);
+                return NULL;
+        }
+        for (i = 0; i < n; i++)
+                v[i] = json_array_get(a, i);
+        qsort(v, n, sizeof *v, cmp_by_name);
+        for (i = 0; i < n; i++)
+                json_array_append(out, v[i]);
+        return out;
+}
+
 static int do_list(int argc _unused_, char **argv _unused_) {
-        Reply r;
-        size_t i;
+        static const char *const states[] = { "active", "pending", "needs_reauth" };
+        size_t counts[ELEMENTSOF(states)] = {}, other = 0, i;
         json_t *c, *a;
+        Reply r;
         int k = call_ok("GET", API_PREFIX, NULL, &r);
 
         if (k)
                 return k;
-        a = json_object_get(r.json, "connections");
+        a = sorted_by_name(json_object_get(r.json, "connections"));
+        if (!a) {
+                reply_done(&r);
+                fprintf(stderr, "tokenctl: out of memory\n");
+                return EXIT_FAILURE_GENERIC;
+        }
         if (arg_json)
                 print_json(a);
         else {
+                bool first = true;
+
                 printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
-                json_array_foreach(a, i, c)
+                json_array_foreach(a, i, c) {
+                        const char *st = jstr(c, "state");
+                        size_t j;
+
                         print_connection_row(c);
+                        for (j = 0; j < ELEMENTSOF(states); j++)
+                                if (st && streq(st, states[j])) {
+                                        counts[j]++;
+                                        break;
+                                }
+                        if (j == ELEMENTSOF(states))
+                                other++;
+                }
+                /* "3 connections: 2 active, 1 needs_reauth" */
+                printf("%zu connection%s", json_array_size(a), json_array_size(a) == 1 ? "" : "s");
+                for (size_t j = 0; j < ELEMENTSOF(states); j++)
+                        if (counts[j] > 0) {
+                                printf("%s%zu %s", first ? ": " : ", ", counts[j], states[j]);
+                                first = false;
+                        }
+                if (other > 0)
+                        printf("%s%zu other", first ? ": " : ", ", other);
+                printf("\n");
         }
+        json_decref(a);
         reply_done(&r);
         return EXIT_OK;
 }
@@ -266,6 +489,46 @@ static int do_list(int argc _unused_, char **argv _unused_) {
 static void print_kv(const char *k, const char *v) {
         if (v)
                 printf("%-22s %s\n", k, v);
+}
+
+/* "alice (1000), 4242": names from this machine's passwd and group
+ * databases, the number alone when it has no name here. */
+static void print_ids(const char *key, json_t *ids, bool groups) {
+        StrBuf b = {};
+        json_t *v;
+        size_t i;
+
+        json_array_foreach(ids, i, v) {
+                json_int_t id = json_integer_value(v);
+                const char *name = NULL;
+
+                if (groups) {
+                        struct group *g = getgrgid((gid_t) id);
+                        name = g ? g->gr_name : NULL;
+                } else {
+                        struct passwd *pw = getpwuid((uid_t) id);
+                        name = pw ? pw->pw_name : NULL;
+                }
+                if (b.len)
+                        strbuf_puts(&b, ", ");
+                if (name)
+                        strbuf_printf(&b, "%s (%lld)", name, (long long) id);
+                else
+                        strbuf_printf(&b, "%lld", (long long) id);
+        }
+        print_kv(key, b.len ? b.s : "none");
+        strbuf_free(&b);
+}
+
+static void print_acl(json_t *c) {
+        json_t *u = json_object_get(c, "allow_users"), *g = json_object_get(c, "allow_groups");
+
+        if (json_array_size(u) == 0 && json_array_size(g) == 0) {
+                print_kv("readable by:", "admins only");
+                return;
+        }
+        print_ids("allowed users:", u, false);
+        print_ids("allowed groups:", g, true);
 }
 
 static void print_connection(json_t *c) {
@@ -276,7 +539,10 @@ static void print_connection(json_t *c) {
         print_kv("provider:", jstr(c, "provider"));
         print_kv("state:", jstr(c, "state"));
         print_kv("identity:", jstr(c, "identity"));
+        print_kv("username:", jstr(c, "username"));
         print_kv("scope:", jstr(c, "scope"));
+        print_kv("requested scope:", jstr(c, "requested_scope"));
+        print_acl(c);
         print_kv("token type:", jstr(c, "token_type"));
         if (json_is_integer(e)) {
                 snprintf(buf, sizeof buf, "%s (in %llds)", jstr(c, "expires_at") ?: "?",
@@ -312,6 +578,7 @@ static int token_reply(const char *name, const char *min_ttl, Reply *r) {
 
         if (!name_ok(name))
                 return EXIT_USAGE;
+        target_name = name;
         if (min_ttl)
                 snprintf(path, sizeof path, API_PREFIX "/%s/token?min_ttl=%s", name, min_ttl);
         else
@@ -322,18 +589,24 @@ static int token_reply(const char *name, const char *min_ttl, Reply *r) {
 static int do_token(int argc, char **argv) {
         static const struct option options[] = { { "min-ttl", required_argument, NULL, 't' }, {} };
         const char *min_ttl = NULL;
+        unsigned long want = 0;
+        json_t *e;
         Reply r;
         int c, k;
 
         optind = 0;   /* 0: GNU getopt starts over */
         while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                char *end;
+
                 if (c != 't')
                         return EXIT_USAGE;
-                for (const char *p = optarg; *p; p++)
-                        if (*p < '0' || *p > '9') {
-                                fprintf(stderr, "tokenctl: --min-ttl takes a number of seconds\n");
-                                return EXIT_USAGE;
-                        }
+                errno = 0;
+                want = strtoul(optarg, &end, 10);
+                if (!*optarg || *optarg < '0' || *optarg > '9' || *end || errno || want > MIN_TTL_MAX_SEC) {
+                        fprintf(stderr, "tokenctl: --min-ttl takes whole seconds from 0 to %lu (365 days); "
+                                        "got '%s'\n", MIN_TTL_MAX_SEC, optarg);
+                        return EXIT_USAGE;
+                }
                 min_ttl = optarg;
         }
         if (optind != argc - 1) {
@@ -343,6 +616,21 @@ static int do_token(int argc, char **argv) {
         k = token_reply(argv[optind], min_ttl, &r);
         if (k)
                 return k;
+        /* The daemon refreshed for min_ttl and hands out what the provider
+         * gave: a token that lives shorter than asked is still a token,
+         * but the caller must know. */
+        e = json_object_get(r.json, "expires_in");
+        if (min_ttl && json_is_integer(e) && json_integer_value(e) < (json_int_t) want) {
+                char msg[256];
+
+                snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: the provider "
+                         "issues shorter-lived tokens, or the refresh failed (see tokenctl show %s)",
+                         (long long) json_integer_value(e), want, argv[optind]);
+                fprintf(stderr, "tokenctl: warning: %s\n", msg);
+                json_object_set_new(r.json, "min_ttl_met", json_false());
+                json_object_set_new(r.json, "warning", json_string(msg));
+        } else if (min_ttl)
+                json_object_set_new(r.json, "min_ttl_met", json_true());
         if (arg_json)
                 print_json(r.json);
         else
@@ -397,11 +685,17 @@ static int do_revoke(int argc _unused_, char **argv) {
                 return k;
         if (arg_json)
                 print_json(r.json);
-        else
-                printf("%s: %s\n", argv[1],
-                       json_is_true(json_object_get(r.json, "revoked_at_provider"))
-                               ? "revoked at the provider and deleted"
-                               : "deleted (the provider has no revocation endpoint)");
+        else {
+                const char *why = jstr(r.json, "revocation");
+
+                if (json_is_true(json_object_get(r.json, "revoked_at_provider")))
+                        printf("%s: revoked at the provider and deleted\n", argv[1]);
+                else if (why && streq(why, "no_tokens"))
+                        printf("%s: deleted (it held no tokens to revoke at the provider: the authorization "
+                               "was never completed)\n", argv[1]);
+                else
+                        printf("%s: deleted (the provider has no revocation endpoint)\n", argv[1]);
+        }
         reply_done(&r);
         return EXIT_OK;
 }
@@ -443,6 +737,21 @@ static int do_events(int argc, char **argv) {
         if (k)
                 return k;
         a = json_object_get(r.json, "events");
+        if (name) {
+                /* Events outlive their connection (a revoke, a failed
+                 * import): a name the daemon never heard of is unknown. */
+                Reply cr;
+                int q = api_call("GET", path_of(name), NULL, &cr);
+
+                if (q == EXIT_OK && cr.status == 404 && json_array_size(a) == 0) {
+                        reply_done(&cr);
+                        reply_done(&r);
+                        return no_such_connection(name);
+                }
+                if (q == EXIT_OK && cr.status == 404)
+                        fprintf(stderr, "tokenctl: '%s' no longer exists; these are its past events\n", name);
+                reply_done(&cr);
+        }
         if (arg_json)
                 print_json(a);
         else {
@@ -463,31 +772,53 @@ static void on_sigint(int sig _unused_) {
         interrupted = 1;
 }
 
-/* Polls the connection until the authorization completes or fails. */
-static int wait_authorized(const char *name, unsigned timeout_sec) {
+/* The newest event of a connection that is gone: why it went. */
+static int explain_removed(const char *name, bool import) {
+        char path[256];
+        json_t *e;
+        Reply r;
+        int k;
+
+        snprintf(path, sizeof path, "/v1/events?connection=%s&limit=1", name);
+        if (api_call("GET", path, NULL, &r) == EXIT_OK && r.status == 200 && r.json &&
+            (e = json_array_get(json_object_get(r.json, "events"), 0)) && jstr(e, "kind") &&
+            streq(jstr(e, "kind"), "authorization-failed")) {
+                fprintf(stderr, "tokenctl: %s of '%s' failed: %s\n", import ? "import" : "authorization", name,
+                        jstr(e, "message") ?: "?");
+                k = EXIT_FAILURE_GENERIC;
+        } else {
+                fprintf(stderr, "tokenctl: authorization of '%s' expired before it was completed\n", name);
+                k = EXIT_PENDING;
+        }
+        reply_done(&r);
+        return k;
+}
+
+/* Polls the connection until the authorization completes or fails.
+ * previous_identity: who had authorized it before, to warn of a change. */
+static int wait_authorized(const char *name, unsigned timeout_sec, bool import, const char *previous_identity) {
         bool tty = isatty(STDERR_FILENO);
         usec_t start = now(CLOCK_MONOTONIC);
-        char path[256];
         int k = EXIT_TIMEOUT;
 
-        snprintf(path, sizeof path, API_PREFIX "/%s", name);
         signal(SIGINT, on_sigint);
         for (unsigned i = 0; !interrupted; i++) {
                 usec_t elapsed = usec_sub(now(CLOCK_MONOTONIC), start);
-                const char *state, *pending;
+                const char *state, *pending, *identity;
                 Reply r;
 
-                if (timeout_sec > 0 && elapsed >= (usec_t) timeout_sec * USEC_PER_SEC)
+                if (timeout_sec > 0 && elapsed >= (usec_t) timeout_sec * USEC_PER_SEC) {
+                        k = EXIT_TIMEOUT;
                         break;
-                k = api_call("GET", path, NULL, &r);
+                }
+                k = api_call("GET", path_of(name), NULL, &r);
                 if (k)
                         break;
                 if (r.status == 404) {
                         if (tty)
                                 fputs("\r\033[K", stderr);
-                        fprintf(stderr, "tokenctl: authorization of '%s' expired before it was completed\n", name);
                         reply_done(&r);
-                        k = EXIT_PENDING;
+                        k = explain_removed(name, import);
                         break;
                 }
                 if (r.status != 200 || !r.json) {
@@ -497,23 +828,27 @@ static int wait_authorized(const char *name, unsigned timeout_sec) {
                 }
                 state = jstr(r.json, "state");
                 pending = jstr(r.json, "authorization_pending_until");
+                identity = jstr(r.json, "identity");
                 /* still refreshing: the userinfo request after a grant, or an import's proof */
                 if (state && streq(state, "active") && !pending &&
                     !json_is_true(json_object_get(r.json, "refreshing"))) {
                         if (tty)
                                 fputs("\r\033[K", stderr);
+                        if (previous_identity && identity && !streq(previous_identity, identity))
+                                fprintf(stderr, "tokenctl: warning: '%s' is now authorized by %s, no longer by %s: "
+                                                "the identity changed\n", name, identity, previous_identity);
                         if (arg_json)
                                 print_json(r.json);
                         else
-                                printf("%s: active, authorized by %s\n", name, jstr(r.json, "identity") ?: "(unknown)");
+                                printf("%s: active, authorized by %s\n", name, identity ?: "(unknown)");
                         reply_done(&r);
                         return EXIT_OK;
                 }
                 if (!pending && jstr(r.json, "last_error") && !json_is_true(json_object_get(r.json, "refreshing"))) {
                         if (tty)
                                 fputs("\r\033[K", stderr);
-                        fprintf(stderr, "tokenctl: authorization of '%s' failed: %s\n", name,
-                                jstr(r.json, "last_error"));
+                        fprintf(stderr, "tokenctl: %s of '%s' failed: %s\n", import ? "import" : "authorization",
+                                name, jstr(r.json, "last_error"));
                         reply_done(&r);
                         return EXIT_FAILURE_GENERIC;
                 }
@@ -532,7 +867,8 @@ static int wait_authorized(const char *name, unsigned timeout_sec) {
                 return EXIT_PENDING;
         }
         if (k == EXIT_TIMEOUT)
-                fprintf(stderr, "tokenctl: gave up waiting for the authorization of '%s'\n", name);
+                fprintf(stderr, "tokenctl: gave up waiting for the authorization of '%s' after %u s; it stays "
+                                "pending until it expires (tokenctl show %s)\n", name, timeout_sec, name);
         return k;
 }
 
@@ -599,6 +935,7 @@ static int do_authorize(int argc, char **argv) {
         const char *provider = NULL, *name, *url, *username = NULL;
         bool import = streq(argv[0], "import"), device = false;
         _cleanup_secret_ char *secret = NULL;
+        _cleanup_free_ char *previous_identity = NULL;
         StrBuf scope = {};
         bool nowait = false;
         unsigned timeout = 0;
@@ -625,9 +962,23 @@ static int do_authorize(int argc, char **argv) {
                 case O_NOWAIT:
                         nowait = true;
                         break;
-                case O_TIMEOUT:
-                        timeout = (unsigned) strtoul(optarg, NULL, 10);
+                case O_TIMEOUT: {
+                        char *end;
+                        unsigned long u;
+
+                        errno = 0;
+                        u = strtoul(optarg, &end, 10);
+                        if (*optarg < '0' || *optarg > '9' || *end || errno || u > 7UL * 24 * 3600) {
+                                fprintf(stderr, "tokenctl: --timeout takes whole seconds from 0 (wait until the "
+                                                "authorization expires) to 604800; got '%s'\n", optarg);
+                                strbuf_free(&scope);
+                                json_decref(users);
+                                json_decref(groups);
+                                return EXIT_USAGE;
+                        }
+                        timeout = (unsigned) u;
                         break;
+                }
                 case O_DEVICE:
                         device = true;
                         break;
@@ -635,6 +986,9 @@ static int do_authorize(int argc, char **argv) {
                         username = optarg;
                         break;
                 default:
+                        json_decref(users);
+                        json_decref(groups);
+                        strbuf_free(&scope);
                         return EXIT_USAGE;
                 }
         if (optind != argc - 1 || !provider || (import && (device || username))) {
@@ -642,12 +996,35 @@ static int do_authorize(int argc, char **argv) {
                                 "[--allow-user U]... [--allow-group G]... [--no-wait]%s\n",
                         argv[0], import ? " < refresh-token" : " [--device] [--username U]");
                 strbuf_free(&scope);
+                json_decref(users);
+                json_decref(groups);
                 return EXIT_USAGE;
         }
         name = argv[optind];
         if (!name_ok(name)) {
                 strbuf_free(&scope);
+                json_decref(users);
+                json_decref(groups);
                 return EXIT_USAGE;
+        }
+        target_provider = provider;
+        /* Who authorized it so far: a re-authorization as someone else is
+         * worth a word. */
+        if (!import) {
+                Reply pr;
+
+                if (api_call("GET", path_of(name), NULL, &pr) == EXIT_OK && pr.status == 200 && pr.json &&
+                    jstr(pr.json, "identity"))
+                        previous_identity = strdup(jstr(pr.json, "identity"));
+                else if (pr.status == 0) {
+                        /* the daemon is unreachable: api_call said so */
+                        reply_done(&pr);
+                        strbuf_free(&scope);
+                        json_decref(users);
+                        json_decref(groups);
+                        return EXIT_UNREACHABLE;
+                }
+                reply_done(&pr);
         }
         body = json_pack("{s:s, s:s, s:o, s:o}", "name", name, "provider", provider, "allow_users", users,
                          "allow_groups", groups);
@@ -694,7 +1071,7 @@ static int do_authorize(int argc, char **argv) {
         reply_done(&r);
         if (nowait)
                 return EXIT_OK;
-        return wait_authorized(name, timeout);
+        return wait_authorized(name, timeout, import, previous_identity);
 }
 
 static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
@@ -824,21 +1201,53 @@ static const Verb verbs[] = {
 static void help(FILE *f) {
         fprintf(f, "Usage: tokenctl [--socket PATH] [--json] VERB [ARGS]\n\n"
                    "Talks to tokenbrokerd over its Unix socket (--socket, else $" SOCKET_ENV
-                   ", else " DEFAULT_SOCKET_PATH ").\n\nVerbs:\n");
+                   ", else " DEFAULT_SOCKET_PATH ").\n--socket and --json may also follow the verb.\n\nVerbs:\n");
         for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
                 fprintf(f, "  %-10s %s\n  %-10s   %s\n", verbs[i].name, verbs[i].args, "", verbs[i].summary);
         fprintf(f, "\n`tokenctl VERB --help` shows one verb.\n\nExit status:\n"
                    "  0 success            1 other error          2 usage\n"
                    "  3 daemon unreachable 4 unknown connection   5 needs re-authorization\n"
                    "  6 authorization pending or expired          7 permission denied\n"
-                   "  8 provider unavailable, no valid token      9 timed out\n");
+                   "  8 provider unavailable, no valid token      9 timed out\n"
+                   " 10 the provider's configuration cannot do what was asked\n");
+}
+
+/* --json and --socket are global: accepted before and after the verb, as
+ * people type them ("tokenctl list --json"). Takes them out of argv, up
+ * to a "--". Returns 0, or EXIT_USAGE. */
+static int take_global_options(int *argc, char **argv) {
+        for (int i = 1; i < *argc; i++) {
+                int drop = 0;
+
+                if (streq(argv[i], "--"))
+                        break;
+                if (streq(argv[i], "--json")) {
+                        arg_json = true;
+                        drop = 1;
+                } else if (streq(argv[i], "--socket")) {
+                        if (i + 1 >= *argc) {
+                                fprintf(stderr, "tokenctl: --socket needs a path\n");
+                                return EXIT_USAGE;
+                        }
+                        arg_socket = argv[i + 1];
+                        drop = 2;
+                } else if (strncmp(argv[i], "--socket=", 9) == 0) {
+                        arg_socket = argv[i] + 9;
+                        drop = 1;
+                }
+                if (drop > 0) {
+                        /* argv[*argc] is NULL and moves along */
+                        memmove(&argv[i], &argv[i + drop], sizeof(char *) * (size_t) (*argc - i - drop + 1));
+                        *argc -= drop;
+                        i--;
+                }
+        }
+        return 0;
 }
 
 int main(int argc, char *argv[]) {
-        enum { O_SOCKET = 0x100, O_JSON, O_HELP, O_VERSION };
+        enum { O_HELP = 0x100, O_VERSION };
         static const struct option options[] = {
-                { "socket", required_argument, NULL, O_SOCKET },
-                { "json", no_argument, NULL, O_JSON },
                 { "help", no_argument, NULL, O_HELP },
                 { "version", no_argument, NULL, O_VERSION },
                 {}
@@ -846,14 +1255,10 @@ int main(int argc, char *argv[]) {
         const Verb *v = NULL;
         int c, k, n;
 
+        if (take_global_options(&argc, argv))
+                return EXIT_USAGE;
         while ((c = getopt_long(argc, argv, "+h", options, NULL)) >= 0)
                 switch (c) {
-                case O_SOCKET:
-                        arg_socket = optarg;
-                        break;
-                case O_JSON:
-                        arg_json = true;
-                        break;
                 case 'h':
                 case O_HELP:
                         help(stdout);
@@ -885,18 +1290,6 @@ int main(int argc, char *argv[]) {
                 }
         n = argc - 1;
         if (n < v->min_args || n > v->max_args) {
-                fprintf(stderr, "tokenctl: usage: tokenctl %s %s\n", v->name, v->args);
-                return EXIT_USAGE;
-        }
-        /* A global --json after the verb is accepted too. */
-        for (int i = 1; i < argc; i++)
-                if (streq(argv[i], "--json")) {
-                        arg_json = true;
-                        memmove(&argv[i], &argv[i + 1], sizeof(char *) * (size_t) (argc - i));
-                        argc--;
-                        i--;
-                }
-        if (argc - 1 < v->min_args) {
                 fprintf(stderr, "tokenctl: usage: tokenctl %s %s\n", v->name, v->args);
                 return EXIT_USAGE;
         }
