@@ -886,10 +886,50 @@ int manager_startup(Manager *m) {
         return 0;
 }
 
+/* Failures in a row after which EINVAL is not a refused timer any more
+ * but a loop that cannot run. */
+#define TIMER_ERRORS_MAX 1000
+
+/* sd_event_loop(), except that a timer the kernel refuses to arm does not
+ * end the daemon. sd-event arms its timerfds with absolute deadlines; when
+ * one is refused (EINVAL: libfaketime 0.9.10 moves absolute CLOCK_BOOTTIME
+ * and CLOCK_MONOTONIC deadlines by its offset, before boot on a machine up
+ * for less than that), sd_event_run() fails before waiting and that timer
+ * stays unarmed. Every wait still checks each timer against the clocks, so
+ * waking every WHEEL_TICK from then on keeps timers firing, late by at
+ * most a tick. */
+static int manager_loop(Manager *m) {
+        unsigned in_a_row = 0;
+        int r, code = 0;
+
+        for (;;) {
+                r = sd_event_get_state(m->event);
+                if (r < 0)
+                        return r;
+                if (r == SD_EVENT_FINISHED)
+                        break;
+                r = sd_event_run(m->event, m->timer_errors > 0 ? WHEEL_TICK : UINT64_MAX);
+                if (r == -EINVAL && ++in_a_row < TIMER_ERRORS_MAX) {
+                        if (m->timer_errors++ == 0)
+                                log_warning_errno(r, "The kernel refused to arm a timer (%m); the clocks may have "
+                                                  "been tampered with (libfaketime?). Carrying on, waking every "
+                                                  "%" PRIu64 " ms to run due timers.", WHEEL_TICK / USEC_PER_MSEC);
+                        else
+                                log_debug_errno(r, "A timer was refused again (%u times): %m", m->timer_errors);
+                        continue;
+                }
+                if (r < 0)
+                        return r;
+                in_a_row = 0;
+        }
+        r = sd_event_get_exit_code(m->event, &code);
+        return r < 0 ? r : code;
+}
+
 int manager_run(Manager *m) {
         (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %u active connections.", m->n_state[CONN_ACTIVE]);
         log_info("tokenbrokerd ready: API on %s, callback on %s.",
                  m->api_passed ? "the socket passed by systemd" : m->config->socket,
                  m->callback_passed ? "the socket passed by systemd" : m->config->callback_listen);
-        return sd_event_loop(m->event);
+        return manager_loop(m);
 }

@@ -61,6 +61,10 @@ struct Manager {
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
 
+        /* Timers the kernel refused to arm (EINVAL from sd_event_run):
+         * from the first one on, the loop also wakes every WHEEL_TICK. */
+        unsigned timer_errors;
+
         sd_event_source *sigterm, *sigint, *sighup;
 
         /* min-heap of connections by access token expiry (for metrics) */
