@@ -6,7 +6,7 @@
 #   make run             build and run the daemon on conf/dev (no root needed)
 #   make check           unit tests, integration tests, both builds
 #   make bench           token handout throughput against a bare MHD floor
-#   make install         PREFIX=/usr/local DESTDIR=
+#   make install         PREFIX=/usr/local DESTDIR= (binaries, units, man pages)
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -46,6 +46,11 @@ MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o
 UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+UNIT_OBJ := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%.o,$(UNIT_SRC))
+# Made only through pattern rules, the unit-test objects would be
+# intermediates that make deletes at the end of every run ("rm
+# build/tests/unit/*.o", then `make run` recompiles them all): keep them.
+.SECONDARY: $(UNIT_OBJ)
 
 all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen \
 	$(BUILD)/tools/realtime-shift.so
@@ -142,12 +147,19 @@ UNITS := tokenbrokerd.service tokenbrokerd.socket tokenbrokerd-callback.socket
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 
+MANDIR ?= $(DATADIR)/man
+MAN1 := man/tokenctl.1
+MAN8 := man/tokenbrokerd.8
+
 install: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
-		$(DESTDIR)$(SYSCONFDIR)/tokenbroker/providers.d $(DESTDIR)$(DATADIR)/tokenbroker/providers.d
+		$(DESTDIR)$(SYSCONFDIR)/tokenbroker/providers.d $(DESTDIR)$(DATADIR)/tokenbroker/providers.d \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BUILD)/tokenbrokerd $(DESTDIR)$(SBINDIR)/tokenbrokerd
 	install -m 0755 $(BUILD)/tokenctl $(DESTDIR)$(BINDIR)/tokenctl
+	install -m 0644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	for u in $(UNITS); do \
 		sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
@@ -162,7 +174,9 @@ install: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/tokenbrokerd $(DESTDIR)$(BINDIR)/tokenctl \
 		$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
-		$(DESTDIR)$(SYSUSERSDIR)/tokenbroker.conf $(DESTDIR)$(TMPFILESDIR)/tokenbroker.conf
+		$(DESTDIR)$(SYSUSERSDIR)/tokenbroker.conf $(DESTDIR)$(TMPFILESDIR)/tokenbroker.conf \
+		$(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MAN1))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(MAN8)))
 	rm -rf $(DESTDIR)$(DATADIR)/tokenbroker
 
 clean:
