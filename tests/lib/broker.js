@@ -8,6 +8,22 @@
  *   const b = await Broker.start({ providers: { local: '...ini...' } });
  *   const r = b.ctl(['list', '--json']);
  *   await b.stop();
+ *
+ * Checked centrally, for every daemon a test starts (inside `node --test`,
+ * through top-level beforeEach/afterEach hooks this module registers), after
+ * the test's own t.after() cleanup has run:
+ *  - a daemon still running is stopped with SIGTERM;
+ *  - every exit must be one the harness asked for: SIGKILL when it sent
+ *    SIGKILL, status 0 (or opts.expectExit) after SIGTERM; a daemon that
+ *    died on its own, exited non-zero on SIGTERM or needed SIGKILL after
+ *    SIGTERM is a finding;
+ *  - its log must not hold a sanitizer report ("Sanitizer", "runtime
+ *    error:");
+ *  - a finding fails the test that started the daemon;
+ * and when the test failed (for any reason) its daemons' log tails are
+ * printed and their folders kept (the message says where). Daemons started
+ * by other means are watched with b.adopt(proc) (a process on b's log) or
+ * noteRun(label, output) (a run whose output was captured).
  */
 
 const { spawn, spawnSync } = require('node:child_process');
@@ -17,12 +33,97 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
-const { recordSecret, archive } = require('./suite.js');
+const { recordSecret, archive, archiveText } = require('./suite.js');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BUILD = process.env.TOKENBROKER_BUILD || path.join(ROOT, 'build');
 
 function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+// ---- central checks (see the head of this file) ----------------------------
+const SANITIZER = /Sanitizer|runtime error:/;   // ASan, LSan, UBSan, TSan reports
+const TAIL_LINES = 60;
+
+function tailOf(text, lines = TAIL_LINES) {
+  const all = text.split('\n');
+  if (all.length && all[all.length - 1] === '') all.pop();
+  return all.slice(-lines).join('\n');
+}
+
+/** Sanitizer report lines in a text (at most a few, for the message). */
+function sanitizerLines(text) {
+  return text.split('\n').filter((l) => SANITIZER.test(l)).slice(0, 8);
+}
+
+let scope = null;           // { t, brokers: [], runs: [] } of the running test
+const fileScope = { t: null, brokers: [], runs: [] };   // outside any test
+let hooked = false;
+const underTest = !!process.env.NODE_TEST_CONTEXT || /\.test\.js$/.test(require.main?.filename ?? '');
+
+/* Inside `node --test` (or a *.test.js run directly): hooks on the file's
+ * root test, so every test of every file gets the checks without asking. */
+function hookTests() {
+  if (hooked || !underTest) return;
+  hooked = true;
+  const nt = require('node:test');
+  nt.beforeEach((t) => { scope = { t, brokers: [], runs: [] }; });
+  nt.afterEach((t) => {
+    const mine = scope;
+    scope = null;
+    if (!mine) return;
+    // Appended after the test's own t.after() hooks: they stop the daemons.
+    t.after(() => finish(mine, t));
+  });
+  nt.after(() => finish(fileScope, null));
+}
+
+function currentScope() { return scope ?? fileScope; }
+hookTests();
+
+/**
+ * Raises a finding for the current test: a captured run's output
+ * (tokenbrokerd --check-config, a start that must fail) is archived for the
+ * leak scan and checked for sanitizer reports.
+ */
+function noteRun(label, output) {
+  const text = String(output ?? '');
+  archiveText(label, text);
+  const found = sanitizerLines(text);
+  if (found.length) currentScope().runs.push(`${label}: sanitizer report:\n${found.join('\n')}\n--- output tail ---\n${tailOf(text)}`);
+}
+
+async function finish(sc, t) {
+  const findings = [...sc.runs];
+  sc.runs.length = 0;
+  const brokers = sc.brokers.splice(0);
+  for (const b of brokers) {
+    if (b.running()) await b.kill('SIGTERM');   // the test left it running
+    const log = b.log();
+    for (const f of b.findings) findings.push(`tokenbrokerd in ${b.dir}: ${f}`);
+    const san = sanitizerLines(log);
+    if (san.length) findings.push(`tokenbrokerd in ${b.dir}: sanitizer report in its log:\n${san.join('\n')}`);
+  }
+  const failed = t ? (t.passed === false || !!t.error) : false;
+  const bad = failed || findings.length > 0;
+  const tails = [];
+  for (const b of brokers) {
+    b.archiveOnce();
+    if (bad) {
+      tails.push(`--- tokenbrokerd log tail (${b.logPath}, last ${TAIL_LINES} lines; folder kept: ${b.dir}) ---\n${tailOf(b.log())}`);
+    } else if (b.removeDir && !process.env.TB_KEEP) {
+      fs.rmSync(b.dir, { recursive: true, force: true });
+    }
+  }
+  if (findings.length) {
+    throw new Error(`daemon checks failed:\n${findings.join('\n')}\n${tails.join('\n')}`);
+  }
+  if (bad && tails.length) {
+    // The test failed on its own: its failure output gets the log tails.
+    const msg = `${t ? `test '${t.name}' failed` : 'failed'}; daemon logs:\n${tails.join('\n')}`;
+    if (t && typeof t.diagnostic === 'function') for (const l of msg.split('\n')) t.diagnostic(l);
+    else process.stderr.write(`${msg}\n`);
+  }
+}
 
 /** A free TCP port on 127.0.0.1 (bound, read, released). */
 function freePort() {
@@ -139,6 +240,50 @@ class Broker {
     this.logPath = path.join(dir, 'daemon.log');
     this.proc = null;
     this.exits = [];
+    this.findings = [];      // exits the harness did not ask for
+    this.removeDir = false;  // stop() without keep: removed after the checks
+    this.archived = false;
+    this.expecting = null;   // {pid, signal} while kill() waits
+    this.launching = null;   // pid while launch() waits (it reports an early exit itself)
+    hookTests();
+    currentScope().brokers.push(this);
+  }
+
+  running() { return !!this.proc && this.proc.exitCode === null && this.proc.signalCode === null; }
+
+  finding(text) { if (text) this.findings.push(text); }
+
+  /**
+   * Watches a tokenbrokerd this test started by other means (e.g. under
+   * systemd-socket-activate) writing to this.logPath: stop() and the
+   * central checks then treat it like one launch() started.
+   */
+  adopt(p) {
+    this.proc = p;
+    p.on('exit', (code, signal) => this.onExit(p, code, signal));
+    return p;
+  }
+
+  onExit(p, code, signal) {
+    const e = { code, signal, pid: p.pid };
+    this.exits.push(e);
+    const how = signal ? `signal ${signal}` : `status ${code}`;
+    const x = this.expecting && this.expecting.pid === p.pid ? this.expecting : null;
+    if (x && x.signal === 'SIGKILL') {
+      if (signal !== 'SIGKILL') this.finding(`pid ${p.pid} exited with ${how} before SIGKILL landed`);
+    } else if (x) {
+      const want = this.opts.expectExit ?? 0;
+      if (x.escalated) this.finding(`pid ${p.pid} did not exit within 15 s of ${x.signal}: killed`);
+      else if (signal || code !== want) this.finding(`pid ${p.pid} exited with ${how} after ${x.signal} (expected status ${want})`);
+    } else if (this.launching !== p.pid) {
+      this.finding(`pid ${p.pid} exited on its own with ${how}`);
+    }
+  }
+
+  archiveOnce() {
+    if (this.archived) return;
+    this.archived = true;
+    archive(this.dir, this.logPath, this.db);
   }
 
   static async start(opts = {}) {
@@ -198,14 +343,19 @@ class Broker {
     const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', this.confPath], { stdio: ['ignore', log, log], env });
     fs.closeSync(log);
     this.proc = p;
-    p.on('exit', (code, signal) => this.exits.push({ code, signal, pid: p.pid }));
-    await waitFor(async () => {
-      if (p.exitCode !== null || p.signalCode !== null) {
-        throw Object.assign(new Error(`tokenbrokerd exited early:\n${this.log()}`), { fatal: true });
-      }
-      const r = await unixRequest(this.socket, 'GET', '/v1/status').catch(() => null);
-      return r && r.status === 200;
-    }, { timeoutMs: 15000, what: 'tokenbrokerd to answer on its socket' });
+    this.launching = p.pid;
+    p.on('exit', (code, signal) => this.onExit(p, code, signal));
+    try {
+      await waitFor(async () => {
+        if (p.exitCode !== null || p.signalCode !== null) {
+          throw Object.assign(new Error(`tokenbrokerd exited early:\n${tailOf(this.log())}`), { fatal: true });
+        }
+        const r = await unixRequest(this.socket, 'GET', '/v1/status').catch(() => null);
+        return r && r.status === 200;
+      }, { timeoutMs: 15000, what: 'tokenbrokerd to answer on its socket' });
+    } finally {
+      if (this.launching === p.pid) this.launching = null;
+    }
     return p;
   }
 
@@ -267,9 +417,11 @@ class Broker {
       let timer;
       return Promise.race([gone, new Promise((r) => { timer = setTimeout(r, ms); })]).finally(() => clearTimeout(timer));
     };
+    this.expecting = { pid: p.pid, signal, escalated: false };
     process.kill(p.pid, signal);
     await within(15000);
     if (p.exitCode === null && p.signalCode === null) {
+      this.expecting.escalated = true;
       process.kill(p.pid, 'SIGKILL');
       await within(5000);
     }
@@ -277,14 +429,23 @@ class Broker {
 
   async restart() { await this.kill('SIGKILL'); await this.launch(); }
 
-  /** Stops the daemon with SIGTERM; returns its exit status. */
+  /**
+   * Stops the daemon with SIGTERM; returns its exit status. Inside a test
+   * the folder is removed after the central checks, and only when the test
+   * passed them; outside one (a benchmark), at once.
+   */
   async stop({ keep = false } = {}) {
     await this.kill('SIGTERM');
     const last = this.exits[this.exits.length - 1];
-    archive(this.dir, this.logPath, this.db);
-    if (!keep && !process.env.TB_KEEP) fs.rmSync(this.dir, { recursive: true, force: true });
+    this.removeDir = !keep;
+    if (!underTest) {
+      this.archiveOnce();
+      if (!keep && !process.env.TB_KEEP) fs.rmSync(this.dir, { recursive: true, force: true });
+    }
     return last;
   }
 }
 
-module.exports = { Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, BUILD, ROOT };
+module.exports = {
+  Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, noteRun, tailOf, BUILD, ROOT,
+};
