@@ -61,6 +61,34 @@ const { recordSecret } = require('./suite.js');
 
 function rnd(n = 16) { return crypto.randomBytes(n).toString('base64url'); }
 
+/* Names of parameters and answer members whose values are secrets. */
+const SECRET_KEY = /(^|_)(token|code|secret|password|verifier|assertion|state)$/i;
+
+/** Records every secret-looking string member of an object (nested too). */
+function recordSecretsIn(o, depth = 0) {
+  if (!o || typeof o !== 'object' || depth > 4) return;
+  for (const [k, v] of Object.entries(o)) {
+    if (typeof v === 'string' && SECRET_KEY.test(k) && k !== 'user_code') recordSecret(v);
+    else if (v && typeof v === 'object') recordSecretsIn(v, depth + 1);
+  }
+}
+
+/** The credential of an Authorization header (Basic or Bearer), and Basic's secret. */
+function recordAuthorization(value) {
+  const m = /^\s*\S+\s+(\S+)/.exec(value || '');
+  if (!m) return;
+  recordSecret(m[1]);
+  if (/^\s*basic\s/i.test(value)) {
+    const dec = Buffer.from(m[1], 'base64').toString('utf8');
+    const i = dec.indexOf(':');
+    if (i >= 0) {
+      const secret = dec.slice(i + 1);
+      recordSecret(secret);
+      try { recordSecret(decodeURIComponent(secret.replace(/\+/g, ' '))); } catch { /* not encoded */ }
+    }
+  }
+}
+
 async function startFakeProvider(opts = {}) {
   const fp = {
     requests: [],
@@ -181,6 +209,18 @@ async function startFakeProvider(opts = {}) {
       }
       const rec = { time: Date.now(), method: req.method, path: u.pathname, query: Object.fromEntries(u.searchParams), headers: req.headers, raw, params };
       if (fp.record) fp.requests.push(rec);
+      // What the broker sent is a secret of the suite too: states, PKCE
+      // verifiers, codes, refresh tokens, client credentials, passwords.
+      recordSecretsIn(params);
+      recordSecretsIn(rec.query);
+      recordAuthorization(req.headers.authorization);
+      const end = res.end.bind(res);
+      res.end = (chunk, ...rest) => {   // and every token a test's respond() invents
+        if (chunk && (typeof chunk === 'string' || Buffer.isBuffer(chunk)) && chunk.length < 1024 * 1024) {
+          try { recordSecretsIn(JSON.parse(chunk.toString())); } catch { /* not JSON */ }
+        }
+        return end(chunk, ...rest);
+      };
 
       if (fp.respond) {
         const o = await fp.respond(rec);
@@ -287,4 +327,4 @@ async function startFakeProvider(opts = {}) {
   return fp;
 }
 
-module.exports = { startFakeProvider };
+module.exports = { startFakeProvider, recordSecretsIn, recordAuthorization };

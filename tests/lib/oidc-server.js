@@ -30,6 +30,8 @@
 const crypto = require('node:crypto');
 const http = require('node:http');
 const fs = require('node:fs');
+const { recordSecret } = require('./suite.js');
+const { recordSecretsIn, recordAuthorization } = require('./fake-provider.js');
 
 const DEFAULT_REDIRECT_URI = 'http://127.0.0.1:8421/oauth/callback';
 const DEFAULT_SCOPE = 'openid email profile offline_access api:read';
@@ -122,6 +124,7 @@ async function startOidc(opts = {}) {
     refreshTokenTtl: Number(opts.refreshTokenTtl ?? 24 * 60 * 60),
   };
   const clientSecret = opts.clientSecret ?? crypto.randomBytes(24).toString('base64url');
+  recordSecret(clientSecret);   // a secret of the suite (tests/lib/suite.js), like all below
   const redirectUris = opts.redirectUris ?? [DEFAULT_REDIRECT_URI];
   const devInteractions = opts.devInteractions !== false;
 
@@ -140,6 +143,7 @@ async function startOidc(opts = {}) {
     ...baseClient, client_id: 'tokenbroker-post', token_endpoint_auth_method: 'client_secret_post',
   });
   for (const c of opts.clients ?? []) {
+    recordSecret(c.client_secret);
     clientMap.set(c.client_id, { ...(clientMap.get(c.client_id) ?? {}), ...c });
   }
   const clients = Object.fromEntries(clientMap);
@@ -305,6 +309,12 @@ ${form}
   const authSeen = new WeakMap(); // req -> { method, clientId } (set by the http handler)
   provider.use(async (ctx, next) => {
     await next();
+    // Every route: what the client sent (state, code, PKCE verifier, refresh
+    // token, client secret) and what it got (tokens, ID token, device code).
+    recordSecretsIn(ctx.oidc?.params);
+    if (ctx.body && typeof ctx.body === 'object' && !Buffer.isBuffer(ctx.body) && typeof ctx.body.pipe !== 'function') recordSecretsIn(ctx.body);
+    const loc = ctx.response?.get?.('location');
+    if (loc) { try { recordSecretsIn(Object.fromEntries(new URL(loc, issuer).searchParams)); } catch { /* not a URL */ } }
     if (ctx.oidc?.route !== 'token') return;
     const params = ctx.oidc.params || {};
     const body = ctx.body && typeof ctx.body === 'object' ? ctx.body : {};
@@ -391,6 +401,7 @@ ${form}
     for (const what of ['saved', 'consumed', 'destroyed']) {
       const name = `${kind}.${what}`;
       provider.on(name, (t) => {
+        if (kind !== 'grant' && what === 'saved') recordSecret(t.jti);   // opaque tokens and codes: the value itself
         if (kind === 'grant') {
           record(name, { kind: 'Grant', grant_id: t.jti, client_id: t.clientId, account_id: t.accountId });
           if (what === 'saved') grantEntry(t.jti, { clientId: t.clientId, accountId: t.accountId });
@@ -516,12 +527,15 @@ ${form}
         res.end(JSON.stringify(inj.body ?? { error: 'temporarily_unavailable', error_description: 'injected failure' }));
         return;
       }
+      recordAuthorization(req.headers.authorization);
+      recordSecretsIn(Object.fromEntries(url.searchParams));
       if (req.method === 'POST' && CLIENT_AUTH_PATHS.has(url.pathname)) {
         // Read the form here (oidc-provider then uses req.body) to see which
         // client authentication method the caller used.
         const raw = await readBody(req, 56 * 1024);
         req.body = raw;
         const form = new URLSearchParams(raw);
+        recordSecretsIn(Object.fromEntries(form));
         let method = 'none';
         let cid = form.get('client_id');
         const authz = req.headers.authorization || '';
