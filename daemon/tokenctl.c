@@ -773,7 +773,7 @@ static void on_sigint(int sig _unused_) {
 }
 
 /* The newest event of a connection that is gone: why it went. */
-static int explain_removed(const char *name, bool import) {
+static int explain_removed(const char *name) {
         char path[256];
         json_t *e;
         Reply r;
@@ -783,8 +783,7 @@ static int explain_removed(const char *name, bool import) {
         if (api_call("GET", path, NULL, &r) == EXIT_OK && r.status == 200 && r.json &&
             (e = json_array_get(json_object_get(r.json, "events"), 0)) && jstr(e, "kind") &&
             streq(jstr(e, "kind"), "authorization-failed")) {
-                fprintf(stderr, "tokenctl: %s of '%s' failed: %s\n", import ? "import" : "authorization", name,
-                        jstr(e, "message") ?: "?");
+                fprintf(stderr, "tokenctl: '%s': %s\n", name, jstr(e, "message") ?: "authorization failed");
                 k = EXIT_FAILURE_GENERIC;
         } else {
                 fprintf(stderr, "tokenctl: authorization of '%s' expired before it was completed\n", name);
@@ -818,7 +817,7 @@ static int wait_authorized(const char *name, unsigned timeout_sec, bool import, 
                         if (tty)
                                 fputs("\r\033[K", stderr);
                         reply_done(&r);
-                        k = explain_removed(name, import);
+                        k = explain_removed(name);
                         break;
                 }
                 if (r.status != 200 || !r.json) {

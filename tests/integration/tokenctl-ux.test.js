@@ -284,7 +284,7 @@ test('a failed import leaves no connection, records why, and says so', { timeout
   recordSecret('rt-bogus-import-ux');
   const r = await b.ctl(['import', 'imp', '--provider', 'fake', '--timeout', '20'], { input: 'rt-bogus-import-ux\n' });
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, /^tokenctl: import of 'imp' failed: import failed: the provider refused the refresh token: .*invalid_grant.*; connection removed$/m);
+  assert.match(r.stderr, /^tokenctl: 'imp': import failed: the provider refused the refresh token: .*invalid_grant.*; connection removed$/m);
   assert.equal((await b.api('GET', '/v1/connections/imp')).status, 404);
   assert.equal(b.sql("SELECT count(*) AS n FROM connections WHERE name = 'imp'")[0].n, 0);
   const ev = (await b.api('GET', '/v1/events?connection=imp')).json.events;
