@@ -269,7 +269,7 @@ test('never_expires and default_lifetime', { timeout: 60000 }, async (t) => {
     if (i < 2) { await refresh(b, 'n'); await refresh(b, 'd'); }
   }
   const show = JSON.parse((await b.ctl(['--json', 'show', 'n'])).stdout);
-  assert.equal(show.refreshes, 3);
+  assert.equal(show.refreshes, 2, 'two refreshes; the code exchange is not one');
   assert.ok(tokenReqs(fp).length >= 3);
 });
 
