@@ -4,12 +4,16 @@
 #include <sys/wait.h>
 #include <stdarg.h>
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 
 #include "common/api.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "daemon/acl.h"
 #include "daemon/api.h"
 #include "daemon/callback.h"
 #include "daemon/manager.h"
@@ -18,6 +22,19 @@
 static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
 static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
+/* Removes the API socket we bound, if the path still names that socket
+ * (not one passed by systemd: its socket unit owns that). */
+static void manager_unlink_api_socket(Manager *m) {
+        struct stat st;
+
+        if (!m->api_bound_path)
+                return;
+        if (lstat(m->api_bound_path, &st) >= 0 && S_ISSOCK(st.st_mode) && st.st_dev == m->api_bound_dev &&
+            st.st_ino == m->api_bound_ino && unlink(m->api_bound_path) < 0)
+                log_warning_errno(errno, "Failed to remove '%s', ignoring: %m", m->api_bound_path);
+        m->api_bound_path = mfree(m->api_bound_path);
+}
+
 int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
@@ -25,7 +42,7 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         m = new0(Manager, 1);
         if (!m)
                 return -ENOMEM;
-        m->api_fd = m->callback_fd = -EBADF;
+        m->api_fd = m->callback_fd = m->lock_fd = -EBADF;
         m->config = config;
         m->config_path = strdup(config_path);
         if (!m->config_path)
@@ -103,6 +120,9 @@ Manager *manager_free(Manager *m) {
         store_close(m->store);
         safe_close(m->api_fd);
         safe_close(m->callback_fd);
+        manager_unlink_api_socket(m);
+        /* Last: the store is closed, nothing of ours is left to race with. */
+        safe_close(m->lock_fd);
         sd_event_unref(m->event);
         broker_config_free(m->config);
         free(m->config_path);
@@ -823,6 +843,152 @@ static int manager_open_store(Manager *m, const char *db) {
         return 0;
 }
 
+/* One daemon per store: two would refresh the same rotating refresh
+ * tokens, and the provider takes the second use of one for theft. An
+ * exclusive flock(2) on state_dir/lock, taken before the key, the database
+ * or a socket is touched; the kernel drops it when the process ends,
+ * however it ends. The file holds the owner's PID for the message a
+ * second daemon prints; it is never removed (removing a lock file races
+ * with the next daemon opening it). */
+static int manager_lock_store(Manager *m) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char buf[32], line[32];
+        ssize_t n;
+        long pid = 0;
+        int len;
+
+        if (asprintf(&path, "%s/lock", m->config->state_dir) < 0)
+                return log_oom();
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open the lock file '%s': %m", path);
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno != EWOULDBLOCK)
+                        return log_error_errno(errno, "Failed to lock '%s': %m", path);
+                n = pread(fd, buf, sizeof buf - 1, 0);
+                if (n > 0) {
+                        buf[n] = 0;
+                        pid = strtol(buf, NULL, 10);
+                }
+                if (pid > 0)
+                        return log_error_errno(EBUSY, "Another tokenbrokerd (PID %ld) is running on the store in "
+                                               "'%s' (it holds '%s'): not starting a second one.", pid,
+                                               m->config->state_dir, path);
+                return log_error_errno(EBUSY, "Another process holds '%s', the lock of the store in '%s': "
+                                       "not starting a second daemon on it.", path, m->config->state_dir);
+        }
+        len = snprintf(line, sizeof line, "%ld\n", (long) getpid());
+        if (ftruncate(fd, 0) < 0 || pwrite(fd, line, (size_t) len, 0) != len)
+                log_warning_errno(errno, "Failed to write our PID to '%s', ignoring: %m", path);
+        m->lock_fd = TAKE_FD(fd);
+        return 0;
+}
+
+/* Whether a Unix socket path is in use: connects to it. Returns 1 if
+ * nobody listens (a socket left by a daemon that was killed: safe to
+ * replace), 0 if somebody does (*ret_pid: who, or 0), or -errno. */
+static int socket_is_stale(const struct sockaddr_un *sa, pid_t *ret_pid) {
+        _cleanup_close_ int fd = -EBADF;
+        struct ucred cred = {};
+        socklen_t l = sizeof cred;
+
+        *ret_pid = 0;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (const struct sockaddr *) sa, sizeof *sa) >= 0) {
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &l) >= 0)
+                        *ret_pid = cred.pid;
+                return 0;
+        }
+        if (errno == ECONNREFUSED)
+                return 1;
+        if (errno == EAGAIN || errno == EINPROGRESS)
+                return 0;   /* a full backlog: alive, and busy */
+        return -errno;
+}
+
+/* The API socket when systemd passed none. A path already there is
+ * replaced only when it is a socket nobody listens on; a live socket
+ * belongs to a running daemon (maybe on another store), and anything that
+ * is not a socket is not ours to remove. */
+static int manager_bind_api(Manager *m, int *ret) {
+        const char *path = m->config->socket;
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+        pid_t pid;
+        mode_t old;
+        int r;
+
+        if (strlen(path) >= sizeof sa.sun_path)
+                return log_error_errno(ENAMETOOLONG, "Socket path '%s' is too long (at most %zu bytes).", path,
+                                       sizeof sa.sun_path - 1);
+        strcpy(sa.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to create the API socket: %m");
+
+        old = umask(0777 & ~m->config->socket_mode);
+        r = bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 ? -errno : 0;
+        if (r == -EADDRINUSE) {
+                if (lstat(path, &st) < 0)
+                        r = -errno;
+                else if (!S_ISSOCK(st.st_mode))
+                        r = -ENOTSOCK;
+                else
+                        r = socket_is_stale(&sa, &pid);
+                if (r == 0) {
+                        umask(old);
+                        if (pid > 0)
+                                return log_error_errno(EADDRINUSE, "'%s' is the socket of a running process (PID %d), "
+                                                       "another tokenbrokerd on another state_dir? Not replacing "
+                                                       "it: choose another socket.", path, (int) pid);
+                        return log_error_errno(EADDRINUSE, "'%s' is the socket of a running process: not "
+                                               "replacing it, choose another socket.", path);
+                }
+                if (r == -ENOTSOCK) {
+                        umask(old);
+                        return log_error_errno(r, "'%s' exists and is not a socket: not removing it, choose "
+                                               "another socket path.", path);
+                }
+                if (r > 0) {
+                        log_notice("Replacing '%s', a stale socket nobody listens on.", path);
+                        if (unlink(path) < 0 && errno != ENOENT)
+                                r = -errno;
+                        else
+                                r = bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0 ? -errno : 0;
+                }
+        }
+        umask(old);
+        if (r < 0)
+                return log_error_errno(r, "Failed to listen on '%s': %m", path);
+        if (lstat(path, &st) < 0)
+                return log_error_errno(errno, "Failed to stat '%s': %m", path);
+        m->api_bound_path = strdup(path);
+        if (!m->api_bound_path)
+                return log_oom();
+        m->api_bound_dev = st.st_dev;
+        m->api_bound_ino = st.st_ino;
+
+        (void) chmod(path, m->config->socket_mode);
+        if (m->config->socket_group) {
+                gid_t gid;
+
+                r = acl_parse_group(m->config->socket_group, &gid);
+                if (r < 0)
+                        return log_error_errno(r, "Unknown socket_group '%s'.", m->config->socket_group);
+                if (chown(path, (uid_t) -1, gid) < 0)
+                        return log_error_errno(errno, "Failed to give '%s' to group '%s': %m", path,
+                                               m->config->socket_group);
+        }
+        if (listen(fd, 4096) < 0)
+                return log_error_errno(errno, "Failed to listen on '%s': %m", path);
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
 int manager_startup(Manager *m) {
         _cleanup_free_ char *db = NULL, *sockdir = NULL;
         sigset_t mask;
@@ -844,6 +1010,9 @@ int manager_startup(Manager *m) {
         r = mkdir_p(m->config->state_dir, 0700);
         if (r < 0)
                 return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
+        r = manager_lock_store(m);
+        if (r < 0)
+                return r;
         if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
                 return log_oom();
         r = manager_open_store(m, db);
@@ -875,6 +1044,11 @@ int manager_startup(Manager *m) {
         }
         m->api_passed = m->api_fd >= 0;
         m->callback_passed = m->callback_fd >= 0;
+        if (!m->api_passed) {
+                r = manager_bind_api(m, &m->api_fd);
+                if (r < 0)
+                        return r;
+        }
         r = api_new(m, m->api_fd, &m->api);
         if (r < 0)
                 return r;

@@ -61,6 +61,14 @@ struct Manager {
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
 
+        /* flock(2) on state_dir/lock: one daemon per store. */
+        int lock_fd;
+        /* The API socket we bound (not one passed by systemd): removed at
+         * exit if the path still names it. */
+        char *api_bound_path;
+        dev_t api_bound_dev;
+        ino_t api_bound_ino;
+
         /* Timers the kernel refused to arm (EINVAL from sd_event_run):
          * from the first one on, the loop also wakes every WHEEL_TICK. */
         unsigned timer_errors;
