@@ -14,14 +14,17 @@
  * itself and lets store_connection_save() fill and seal it, inside one
  * transaction per --batch rows.
  *
- * Run it while no daemon uses the state directory: the daemon reads the
- * store once, at start.
+ * It holds the daemon's lock of the store (state_dir/lock) while it runs:
+ * it refuses a store a daemon uses, and no daemon starts on a store being
+ * seeded. The daemon reads the store once, at start.
  *
  * Run with --help for the options.
  */
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "common/api.h"
@@ -327,6 +330,40 @@ static int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
+/* The daemon's lock of the store (an exclusive flock(2) on state_dir/lock,
+ * the file holding the owner's PID): held for the whole run, so the seeder
+ * never writes under a running daemon and no daemon starts mid-seed. The
+ * PID is left alone: the file is the daemon's. Returns the fd to keep. */
+static int lock_store(const char *state_dir) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char buf[32];
+        ssize_t n;
+
+        if (asprintf(&path, "%s/lock", state_dir) < 0)
+                return -ENOMEM;
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd < 0) {
+                fprintf(stderr, "seed: cannot open '%s': %s\n", path, strerror(errno));
+                return -errno;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                int r = -errno;
+
+                if (r != -EWOULDBLOCK) {
+                        fprintf(stderr, "seed: cannot lock '%s': %s\n", path, strerror(-r));
+                        return r;
+                }
+                n = pread(fd, buf, sizeof buf - 1, 0);
+                buf[n > 0 ? n : 0] = 0;
+                buf[strcspn(buf, "\n")] = 0;
+                fprintf(stderr, "seed: a daemon (PID %s) uses the store in '%s': stop it first\n",
+                        buf[0] ? buf : "unknown", state_dir);
+                return -EBUSY;
+        }
+        return TAKE_FD(fd);
+}
+
 /* The key as tokenbrokerd finds it: the credential when
  * $CREDENTIALS_DIRECTORY holds it, else key_file, created if missing (so a
  * fresh state_dir seeded first gets the key the daemon then uses). */
@@ -493,6 +530,8 @@ static off_t file_size(const char *path) {
 }
 
 static int run(int argc, char *argv[]) {
+        /* First: released last, after the store is closed. */
+        _cleanup_close_ int lock_fd = -EBADF;
         _cleanup_(broker_config_freep) BrokerConfig *cfg = NULL;
         _cleanup_(crypt_key_freep) CryptKey *key = NULL;
         _cleanup_(store_closep) Store *store = NULL;
@@ -531,6 +570,9 @@ static int run(int argc, char *argv[]) {
                 fprintf(stderr, "seed: cannot create '%s': %s\n", cfg->state_dir, strerror(-r));
                 return r;
         }
+        lock_fd = lock_store(cfg->state_dir);
+        if (lock_fd < 0)
+                return lock_fd;
         if (asprintf(&db, "%s/tokenbroker.db", cfg->state_dir) < 0)
                 return -ENOMEM;
         r = load_key(cfg, &key);
