@@ -114,10 +114,22 @@ test('a wall clock set back or forward changes neither expiry nor the refresh ra
   });
 });
 
-/** Seconds since boot on CLOCK_BOOTTIME and CLOCK_MONOTONIC, as this process sees them. */
+/**
+ * Seconds since boot on CLOCK_BOOTTIME and CLOCK_MONOTONIC, as the host
+ * sees them: unshare --boottime/--monotonic set offsets from the host's
+ * clocks, not from those of a time namespace this test may already run in
+ * (/proc/self/timens_offsets says which).
+ */
 function uptimes() {
-  const boot = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
-  const mono = Number(process.hrtime.bigint() / 1000000n) / 1000;   // libuv: CLOCK_MONOTONIC
+  const off = { boottime: 0, monotonic: 0 };
+  try {
+    for (const l of fs.readFileSync('/proc/self/timens_offsets', 'utf8').split('\n')) {
+      const [k, sec] = l.trim().split(/\s+/);
+      if (k in off) off[k] = Number(sec);
+    }
+  } catch { /* no time namespaces: offsets 0 */ }
+  const boot = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) - off.boottime;
+  const mono = Number(process.hrtime.bigint() / 1000000n) / 1000 - off.monotonic;   // libuv: CLOCK_MONOTONIC
   return { boot, mono };
 }
 
