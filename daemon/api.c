@@ -802,7 +802,7 @@ static void route_events(ApiRequest *r) {
         const char *conn = arg(r, "connection"), *lim = arg(r, "limit"), *before = arg(r, "before");
         unsigned long limit = 100;
         long long before_id = 0;
-        json_t *a = json_array();
+        json_t *a;
         int k;
 
         if (conn && !connection_name_valid(conn))
@@ -819,6 +819,7 @@ static void route_events(ApiRequest *r) {
                 if (*end || before_id < 0)
                         return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
         }
+        a = json_array();   /* after the checks: their early answers left it behind */
         if (!a)
                 return answer_error(r, 500, API_ERR_SERVER, "out of memory");
         k = store_events_list(r->api->manager->store, conn, before_id, (unsigned) limit, event_json, a);
