@@ -681,6 +681,8 @@ static void route_create(ApiRequest *r) {
                 req.refresh_token = refresh_token;
                 req.device = json_is_true(dev);
                 k = manager_authorize(m, &req, &c, &url, &error);
+                if (k >= 0 && req.refresh_token)
+                        c->importing = true;   /* its proof refresh is in flight or queued */
                 if (k >= 0) {
                         const Provider *p = broker_config_find_provider(m->config, provider);
                         if (p && manager_wants_device(p, &req)) {

@@ -51,6 +51,7 @@ typedef struct Connection {
         char *requested_scope;
         char *identity;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
+        bool importing;            /* memory only: the next refresh proves an imported refresh token */
         char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */

@@ -510,6 +510,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         _cleanup_free_ char *error = NULL;
         TokenSet t = {};
         OAuthOutcome o;
+        bool importing = c->importing;
         int r;
 
         ProviderStats *ps = manager_stats(m, c->provider);
@@ -530,6 +531,8 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         return;
         }
 
+        if (o == OAUTH_OK || o == OAUTH_PERMANENT)
+                c->importing = false;   /* the imported token is proven, or refused */
         if (o == OAUTH_OK) {
                 ConnState before = c->state;
                 unsigned failures = c->failures;
@@ -592,6 +595,14 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                 if (manager_remove(m, c) < 0)
                         log_error("%s: failed to remove the connection: %s", c->name, store_last_error(m->store));
                 return;
+        }
+        if (o == OAUTH_PERMANENT && used_refresh_token && importing) {
+                /* Imported over an existing connection: the refused token
+                 * replaced the old one; hold no token known to be bad. */
+                c->refresh_token = secret_free(c->refresh_token);
+                manager_event(m, c, "authorization-failed",
+                              "import failed: the provider refused the refresh token: %s; token dropped",
+                              strempty(error));
         }
         if (o == OAUTH_PERMANENT) {
                 manager_set_state(m, c, CONN_NEEDS_REAUTH);

@@ -293,6 +293,17 @@ test('a failed import leaves no connection, records why, and says so', { timeout
   const e = await b.ctl(['events', 'imp']);
   assert.equal(e.code, 0, e.stderr);
   assert.match(e.stderr, /'imp' no longer exists/);
+  // imported over an existing connection: the refused token is not kept
+  await authorizeActive('imp2');
+  recordSecret('rt-bogus-import-ux2');
+  const over = await b.ctl(['import', 'imp2', '--provider', 'fake', '--timeout', '20'], { input: 'rt-bogus-import-ux2\n' });
+  assert.equal(over.code, 1, over.stderr);
+  assert.match(over.stderr, /import of 'imp2' failed: .*invalid_grant/);
+  const c2 = (await b.api('GET', '/v1/connections/imp2')).json;
+  assert.equal(c2.state, 'needs_reauth');
+  assert.equal(c2.has_refresh_token, false);
+  assert.match((await b.api('GET', '/v1/events?connection=imp2&limit=5')).json.events.map((e) => e.message).join('\n'),
+    /import failed: the provider refused the refresh token: .*; token dropped/);
   // a good import still works
   fp.refreshTokens.set('rt-good-import-ux', 'g-ux');
   recordSecret('rt-good-import-ux');
