@@ -22,8 +22,8 @@
  * old one: presenting a retired token again is counted as "reused" and
  * refused with invalid_grant, as a real provider treats a replay.
  *
- * A request is "in flight" from its first byte of headers to the end of
- * its answer (MHD's completion callback); the peak over the run is what
+ * A request to /token or /revoke is "in flight" from its headers to the
+ * end of its answer (MHD's completion callback); the peak over the run is what
  * a broker's max_in_flight must bound. With --delay-ms every /token
  * answer is held that long (the connection is suspended, no thread
  * sleeps), so requests pile up as they would at a slow provider.
@@ -238,6 +238,7 @@ typedef struct Req {
         size_t len;
         bool too_big;
         bool delayed;              /* was held for --delay-ms */
+        bool counted;              /* in stats.in_flight */
         uint64_t due_ns;
         struct Req *next;
 } Req;
@@ -381,9 +382,8 @@ static enum MHD_Result handle_stats(struct MHD_Connection *conn) {
                  atomic_load(&stats.requests), atomic_load(&stats.token_requests),
                  atomic_load(&stats.refreshes), atomic_load(&stats.grants), atomic_load(&stats.invalid_grant),
                  atomic_load(&stats.reused), atomic_load(&stats.bad_requests), atomic_load(&stats.revokes),
-                 atomic_load(&stats.not_found),
-                 /* this request itself is in flight: leave it out */
-                 atomic_load(&stats.in_flight) - 1, atomic_load(&stats.peak_in_flight), live,
+                 atomic_load(&stats.not_found), atomic_load(&stats.in_flight),
+                 atomic_load(&stats.peak_in_flight), live,
                  arg_rotate ? "true" : "false",
                  arg_accept == ACCEPT_ISSUED ? "issued" : arg_accept == ACCEPT_UNSEEN ? "unseen" : "any",
                  arg_delay_ms, arg_expires_in, (double) (now_ns() - started_ns) / NSEC_PER_SEC);
@@ -400,7 +400,7 @@ static void stats_reset(void) {
         atomic_store(&stats.bad_requests, 0);
         atomic_store(&stats.revokes, 0);
         atomic_store(&stats.not_found, 0);
-        /* The peak starts again from what is in flight now (this request). */
+        /* The peak starts again from what is in flight now. */
         atomic_store(&stats.peak_in_flight, atomic_load(&stats.in_flight));
 }
 
@@ -535,7 +535,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 req->conn = conn;
                 *req_cls = req;
                 atomic_fetch_add(&stats.requests, 1);
-                in_flight_add(+1);
+                /* Only the provider's endpoints: polling /stats does not
+                 * raise the peak it reports. */
+                req->counted = strcmp(url, "/token") == 0 || strcmp(url, "/revoke") == 0;
+                if (req->counted)
+                        in_flight_add(+1);
                 return MHD_YES;
         }
         if (*upload_data_size > 0) {
@@ -592,10 +596,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         (void) toe;
         if (!req)
                 return;
+        if (req->counted)
+                in_flight_add(-1);
         explicit_bzero(req->body, req->len);
         free(req);
         *req_cls = NULL;
-        in_flight_add(-1);
 }
 
 /* ---- setup -------------------------------------------------------------- */
