@@ -452,6 +452,11 @@ static enum MHD_Result handle_token(struct MHD_Connection *conn, Req *req) {
         }
         if (strcmp(grant, "refresh_token") == 0) {
                 n = form_get(req->body, req->len, "refresh_token", old, sizeof old);
+                /* Answered back without --rotate: only characters that need
+                 * no JSON escaping (RFC 6749 A.17 allows any VSCHAR). */
+                for (ssize_t i = 0; i < n; i++)
+                        if (old[i] < 0x20 || old[i] > 0x7e || old[i] == '"' || old[i] == '\\')
+                                n = -1;
                 if (n <= 0) {
                         atomic_fetch_add(&stats.bad_requests, 1);
                         return reply_error(conn, 400, "invalid_request", "no refresh_token");
