@@ -16,7 +16,7 @@ const assert = require('node:assert/strict');
 
 const { startOidc } = require('../lib/oidc-server.js');
 const { authorizeInBrowser, approveDeviceInBrowser } = require('../lib/browser.js');
-const { Broker, waitFor, iniProvider, oidcProviderConf } = require('../lib/broker.js');
+const { Broker, waitFor, iniProvider, oidcProviderConf, noteRun } = require('../lib/broker.js');
 
 async function setup(t, providers, oidcOpts = {}) {
   const b = await Broker.prepare();
@@ -32,7 +32,7 @@ async function setup(t, providers, oidcOpts = {}) {
   return { b, op };
 }
 
-test('client_credentials against oidc-provider: granted, re-run ahead of expiry, introspects active', { timeout: 60000 }, async (t) => {
+test('client_credentials against oidc-provider: granted, re-run ahead of expiry, introspects active', { timeout: 120000 }, async (t) => {
   const { b, op } = await setup(t, (op) => ({
     cc: iniProvider({ grant: 'client_credentials', token_url: op.endpoints.token, client_id: 'tokenbroker', client_secret_file: 'local.secret', scopes: 'api:read' }),
   }), { accessTokenTtl: 6 });
@@ -50,7 +50,7 @@ test('client_credentials against oidc-provider: granted, re-run ahead of expiry,
   assert.equal(show.has_refresh_token, false);
 });
 
-test('device code against oidc-provider: user code approved in a headless browser, then refreshes', { timeout: 120000 }, async (t) => {
+test('device code against oidc-provider: user code approved in a headless browser, then refreshes', { timeout: 180000 }, async (t) => {
   const { b, op } = await setup(t, (op) => ({
     local: oidcProviderConf(op, { device_authorization_url: op.endpoints.device_authorization, authorize_params: undefined }),
   }));
@@ -76,7 +76,7 @@ test('device code against oidc-provider: user code approved in a headless browse
   assert.ok(polls.length >= 1);
 });
 
-test('discovery by issuer fills every endpoint; revoke uses the discovered RFC 7009 endpoint', { timeout: 120000 }, async (t) => {
+test('discovery by issuer fills every endpoint; revoke uses the discovered RFC 7009 endpoint', { timeout: 150000 }, async (t) => {
   const { b, op } = await setup(t, (op) => ({
     disc: iniProvider({ issuer: op.issuer, client_id: 'tokenbroker', client_secret_file: 'local.secret', scopes: 'openid email offline_access', authorize_params: 'prompt=consent' }),
   }));
@@ -111,13 +111,15 @@ test('discovery by issuer fills every endpoint; revoke uses the discovered RFC 7
     const o = { stdout: '', stderr: '' };
     p.stdout.on('data', (d) => { o.stdout += d; });
     p.stderr.on('data', (d) => { o.stderr += d; });
-    p.on('close', (status) => resolve({ ...o, status }));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 30000);
+    p.on('close', (status, signal) => { clearTimeout(timer); resolve({ ...o, status, signal }); });
   });
+  noteRun('check-config-discovery', chk.stdout + chk.stderr);
   assert.equal(chk.status, 0, chk.stderr);
   assert.match(chk.stdout, /disc\.conf: authorization_code/);
 });
 
-test('code flow with client authentication by Basic and in the body', { timeout: 120000 }, async (t) => {
+test('code flow with client authentication by Basic and in the body', { timeout: 150000 }, async (t) => {
   const { b, op } = await setup(t, (op) => ({
     basic: oidcProviderConf(op, { client_id: 'tokenbroker', client_auth: 'basic' }),
     post: oidcProviderConf(op, { client_id: 'tokenbroker-post', client_auth: 'post' }),
@@ -135,8 +137,13 @@ test('code flow with client authentication by Basic and in the body', { timeout:
   }
   // The wrong method for a client: the exchange fails with invalid_client, said to be a configuration error.
   const r = await b.ctl(['--json', 'authorize', 'w', '--provider', 'wrong', '--no-wait']);
-  const page = await authorizeInBrowser(JSON.parse(r.stdout).authorize_url, { login: 'wes' }).catch((e) => e);
-  assert.ok(page);
+  assert.equal(r.code, 0, r.stderr);
+  // The browser reaches the broker's callback, which says the exchange failed.
+  const page = await authorizeInBrowser(JSON.parse(r.stdout).authorize_url, { login: 'wes' });
+  assert.ok(page.finalUrl.startsWith(b.redirectUri), `ended at ${page.finalUrl}`);
+  assert.equal(page.status, 502, `callback page: ${page.status} ${page.text}`);
+  assert.match(page.text, /Authorization failed/);
+  assert.match(page.text, /invalid_client/);
   await waitFor(async () => JSON.parse((await b.ctl(['--json', 'show', 'w'])).stdout).last_error, { what: 'the exchange error' });
   assert.match(JSON.parse((await b.ctl(['--json', 'show', 'w'])).stdout).last_error, /configuration error: HTTP 401: invalid_client/);
 });

@@ -10,8 +10,8 @@ const path = require('node:path');
 const { Broker, followAuthorize, waitFor, sleep, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
-async function activate(b, name) {
-  const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
+async function activate(b, name, provider = 'fake') {
+  const r = await b.api('POST', '/v1/connections', { name, provider });
   assert.ok(r.status === 201 || r.status === 200, r.text);
   assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
 }
@@ -61,7 +61,7 @@ test('notify_command runs on needs_reauth (rate limited) and on recovery, withou
   assert.match(text, /argv=recovered n/);
 });
 
-test('refresh_at_least refreshes long-lived tokens; max_in_flight caps one provider; backoff_max caps retries', { timeout: 90000 }, async (t) => {
+test('refresh_at_least refreshes long-lived tokens; max_in_flight caps one provider; backoff_max caps retries', { timeout: 150000 }, async (t) => {
   const fp = await startFakeProvider({ expiresIn: 3600 });
   let inFlight = 0, maxSeen = 0, slow = false;
   fp.respond = async (req) => {
@@ -72,40 +72,70 @@ test('refresh_at_least refreshes long-lived tokens; max_in_flight caps one provi
     inFlight--;
     return null;
   };
+  // 'fake' has refresh_at_least; 'steady' (the same provider, another
+  // client) has not, so its connection refreshes only when it must.
   const b = await Broker.start({
-    providers: { fake: iniProvider(fp.providerConf({ refresh_at_least: '2s', max_in_flight: 1 })) },
+    providers: {
+      fake: iniProvider(fp.providerConf({ refresh_at_least: '2s', max_in_flight: 1 })),
+      steady: iniProvider(fp.providerConf({ client_id: 'steady-client' })),
+    },
     secrets: { 'fake.secret': 'policy-secret' },
     broker: { backoff_max: '1s' },
   });
   t.after(async () => { await b.stop(); await fp.close(); });
-  for (const n of ['a', 'b', 'c', 'd']) await activate(b, n);
+  const busy = ['a', 'b', 'c', 'd'];
+  for (const n of busy) await activate(b, n);
+  await activate(b, 'e', 'steady');
 
-  // refresh_at_least = 2 s on a 1 h token: each connection refreshes within ~2 s.
+  // Which provider grant each connection is (the fake provider keeps the
+  // grant across rotations), and whose refresh token a request presented.
+  const grantOfRt = (rt) => fp.issued.find((x) => x.refresh_token === rt)?.grant;
+  const grants = {};
+  for (const n of [...busy, 'e']) {
+    const r = await b.api('GET', `/v1/connections/${n}/token`);
+    assert.equal(r.status, 200, r.text);
+    grants[n] = fp.issued.find((x) => x.access_token === r.json.access_token)?.grant;
+    assert.ok(grants[n], `${n}: the provider never issued its access token`);
+  }
+  assert.equal(new Set(Object.values(grants)).size, 5, 'two connections share a grant');
+  const refreshesOf = (n, since) => refreshes(fp, since).filter((r) => grantOfRt(r.params.refresh_token) === grants[n]);
+
+  // refresh_at_least = 2 s on a 1 h token: EACH connection of 'fake'
+  // refreshes every ~2 s; 'e' of 'steady' not at all.
   const t0 = Date.now();
-  await waitFor(() => new Set(refreshes(fp, t0).map((r) => r.params.refresh_token)).size >= 8, { timeoutMs: 15000, what: 'idle refreshes' });
+  const counts = (since) => busy.map((n) => `${n}: ${refreshesOf(n, since).length}`).join(', ');
+  await waitFor(() => busy.every((n) => refreshesOf(n, t0).length >= 3), { timeoutMs: 15000, what: `three idle refreshes of each of ${busy.join(', ')}` })
+    .catch((e) => { throw new Error(`${e.message}; refreshes: ${counts(t0)}`); });
+  assert.equal(refreshesOf('e', t0).length, 0, 'a connection of a provider without refresh_at_least was refreshed');
 
   // max_in_flight = 1: concurrent demands reach the provider one at a time.
   slow = true;
-  const answers = await Promise.all(['a', 'b', 'c', 'd'].map((n) => b.api('POST', `/v1/connections/${n}/refresh`)));
+  const answers = await Promise.all(busy.map((n) => b.api('POST', `/v1/connections/${n}/refresh`)));
   slow = false;
   assert.ok(answers.every((a) => a.status === 200), answers.map((a) => a.status).join(','));
   assert.equal(maxSeen, 1, `the provider saw ${maxSeen} requests at once with max_in_flight = 1`);
 
-  // backoff_max = 1 s: retries come every 1..2 s however many failures.
-  let fails = 5;
-  fp.respond = (req) => (req.path === '/token' && fails-- > 0 ? { status: 500, body: {} } : null);
+  // backoff_max = 1 s: the retries of ONE connection (of a provider without
+  // refresh_at_least, so nothing else makes it retry) come 1..2 s apart
+  // however many failures. Uncapped, the delays would grow as 1 + rand(2^n) s.
+  let fails = 6;
+  fp.respond = (req) => (req.path === '/token' && grantOfRt(req.params.refresh_token) === grants.e && fails-- > 0
+    ? { status: 500, body: {} } : null);
   const t1 = Date.now();
-  assert.equal((await b.api('POST', '/v1/connections/a/refresh')).status, 503);
-  await waitFor(() => refreshes(fp, t1).filter((r) => r.params.refresh_token && true).length >= 6, { timeoutMs: 20000, what: 'retries' });
-  const times = refreshes(fp, t1).map((r) => r.time);
-  for (let k = 1; k < Math.min(times.length, 5); k++) {
+  assert.equal((await b.api('POST', '/v1/connections/e/refresh')).status, 503);
+  const gaps = () => refreshesOf('e', t1).map((r, k, a) => (k ? ((r.time - a[k - 1].time) / 1000).toFixed(2) : null)).slice(1).join(', ');
+  await waitFor(() => refreshesOf('e', t1).length >= 7, { timeoutMs: 20000, what: 'six retries of e' })
+    .catch((e) => { throw new Error(`${e.message}; retried after ${gaps()} s`); });
+  const times = refreshesOf('e', t1).map((r) => r.time);
+  for (let k = 1; k < 7; k++) {
     const gap = (times[k] - times[k - 1]) / 1000;
-    assert.ok(gap <= 2.6, `retry ${k} after ${gap.toFixed(2)} s with backoff_max 1 s`);
+    assert.ok(gap >= 0.9 && gap <= 2.5, `retry ${k} of e after ${gap.toFixed(2)} s with backoff_max 1 s`);
   }
+  await waitFor(async () => (await b.api('GET', '/v1/connections/e')).json?.state === 'active', { what: 'e active after the retries' });
   fp.respond = null;
 });
 
-test('socket_mode and socket_group', { timeout: 30000 }, async (t) => {
+test('socket_mode and socket_group', { timeout: 60000 }, async (t) => {
   const b = await Broker.start({ providers: {}, broker: { socket_mode: '0660', socket_group: 'daemon' } });
   t.after(async () => { await b.stop(); });
   const st = fs.statSync(b.socket);
