@@ -21,7 +21,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { spawn, spawnSync } = require('node:child_process');
 
-const { Broker, BUILD, ROOT, httpGet, iniProvider, waitFor } = require('../lib/broker.js');
+const { Broker, BUILD, ROOT, httpGet, iniProvider, waitFor, noteRun } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 const CLIENT_SECRET = 'fake-client-secret-for-encryption';
@@ -82,7 +82,7 @@ function startFailing(b, env = {}) {
     p.stdout.on('data', (d) => { log += d; });
     p.stderr.on('data', (d) => { log += d; });
     const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`tokenbrokerd did not exit:\n${log}`)); }, 20000);
-    p.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, log }); });
+    p.on('close', (code, signal) => { clearTimeout(timer); noteRun('failing-start', log); resolve({ code, signal, log }); });
   });
 }
 
