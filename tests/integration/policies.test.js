@@ -18,7 +18,7 @@ async function activate(b, name, provider = 'fake') {
 
 const refreshes = (fp, since = 0) => fp.requests.filter((r) => r.path === '/token' && r.params.grant_type === 'refresh_token' && r.time >= since);
 
-test('notify_command runs on needs_reauth (rate limited) and on recovery, without secrets', { timeout: 60000 }, async (t) => {
+test('notify_command runs on needs_reauth (rate limited) and on recovery, without secrets', { timeout: 90000 }, async (t) => {
   const fp = await startFakeProvider();
   const b = await Broker.prepare();
   const out = path.join(b.dir, 'notified.log');
@@ -135,7 +135,7 @@ test('refresh_at_least refreshes long-lived tokens; max_in_flight caps one provi
   fp.respond = null;
 });
 
-test('socket_mode and socket_group', { timeout: 60000 }, async (t) => {
+test('socket_mode and socket_group', { timeout: 90000 }, async (t) => {
   const b = await Broker.start({ providers: {}, broker: { socket_mode: '0660', socket_group: 'daemon' } });
   t.after(async () => { await b.stop(); });
   const st = fs.statSync(b.socket);
