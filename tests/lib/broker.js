@@ -114,14 +114,13 @@ async function finish(sc, t) {
       fs.rmSync(b.dir, { recursive: true, force: true });
     }
   }
-  if (findings.length) {
-    throw new Error(`daemon checks failed:\n${findings.join('\n')}\n${tails.join('\n')}`);
-  }
-  if (bad && tails.length) {
-    // The test failed on its own: its failure output gets the log tails.
-    const msg = `${t ? `test '${t.name}' failed` : 'failed'}; daemon logs:\n${tails.join('\n')}`;
-    if (t && typeof t.diagnostic === 'function') for (const l of msg.split('\n')) t.diagnostic(l);
-    else process.stderr.write(`${msg}\n`);
+  if (!bad) return;
+  const what = findings.length ? `daemon checks failed:\n${findings.join('\n')}\n` : '';
+  if (!failed && findings.length) throw new Error(`${what}${tails.join('\n')}`);
+  // The test failed already (an assertion, a timeout): its result is
+  // decided, so the findings and log tails go to the output next to it.
+  if (what || tails.length) {
+    process.stderr.write(`${t ? `test '${t.name}' failed` : 'failed'}; ${what}daemon logs:\n${tails.join('\n')}\n`);
   }
 }
 
