@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
+#include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
+#include "common/util.h"
 #include "daemon/crypt.h"
 #include "daemon/store.h"
 
@@ -15,8 +20,8 @@ enum {
 
 static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_INSERT] =
-                "INSERT INTO connections (name, provider, state, created_at, updated_at) "
-                "VALUES (?1, ?2, ?3, ?4, ?4)",
+                "INSERT INTO connections (id, name, provider, state, created_at, updated_at) "
+                "VALUES (?5, ?1, ?2, ?3, ?4, ?4)",   /* ?5 NULL: the next rowid */
         [STMT_SAVE] =
                 "UPDATE connections SET provider = ?2, state = ?3, requested_scope = ?4, scope = ?5, "
                 "identity = ?6, token_type = ?7, access_token = ?8, refresh_token = ?9, "
@@ -36,6 +41,8 @@ struct Store {
         unsigned version;
         CryptKey *key;             /* seals the secret columns; wiped on close */
         char error[256];           /* what went wrong beyond SQLite, if anything */
+        int64_t next_id;           /* store_connection_id_new() */
+        char *path;
 };
 
 /* The secret columns, sealed with the row's id and the column's name as
@@ -105,6 +112,7 @@ Store *store_close(Store *s) {
         if (s->db)
                 sqlite3_close_v2(s->db);
         crypt_key_free(s->key);
+        free(s->path);
         free(s);
         return NULL;
 }
@@ -333,6 +341,24 @@ static int store_seal_plain(Store *s) {
         return n;
 }
 
+/* The rowid b-tree's last entry: O(log n). */
+static int store_max_id(Store *s, int64_t *ret) {
+        sqlite3_stmt *st = NULL;
+        int rc;
+
+        rc = sqlite3_prepare_v2(s->db, "SELECT MAX(id) FROM connections", -1, &st, NULL);
+        if (rc != SQLITE_OK)
+                return sqlite_to_errno(rc);
+        rc = sqlite3_step(st);
+        *ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int64_t store_connection_id_new(Store *s) {
+        return s->next_id++;
+}
+
 int store_open(const char *path, const CryptKey *key, Store **ret) {
         _cleanup_(store_closep) Store *s = NULL;
         int rc, r, sealed;
@@ -384,6 +410,13 @@ int store_open(const char *path, const CryptKey *key, Store **ret) {
                 if (rc != SQLITE_OK)
                         return sqlite_to_errno(rc);
         }
+        r = store_max_id(s, &s->next_id);
+        if (r < 0)
+                return r;
+        s->next_id++;
+        s->path = strdup(path);
+        if (!s->path)
+                return -ENOMEM;
         *ret = TAKE_PTR(s);
         return sealed;
 }
@@ -429,84 +462,185 @@ static void id_list_parse(const char *s, unsigned *ids, unsigned *n) {
         }
 }
 
+/* ---- row images ------------------------------------------------------ */
+
+enum {
+        ROW_NAME,
+        ROW_PROVIDER,
+        ROW_REQUESTED_SCOPE,
+        ROW_SCOPE,
+        ROW_IDENTITY,
+        ROW_TOKEN_TYPE,
+        ROW_STATE_HASH,
+        ROW_LAST_ERROR,
+        ROW_USERNAME,
+        _ROW_TEXT_MAX,
+};
+
+struct StoreRow {
+        int64_t id;
+        ConnState state;
+        char *text[_ROW_TEXT_MAX];
+        char users[ACL_MAX * 12], groups[ACL_MAX * 12];
+        uint8_t *sealed[ELEMENTSOF(sealed_columns)];   /* ciphertext, bound to id */
+        size_t sealed_size[ELEMENTSOF(sealed_columns)];
+        usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
+        uint64_t refreshes;
+};
+
+StoreRow *store_row_free(StoreRow *row) {
+        if (!row)
+                return NULL;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                free(row->text[i]);
+        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                free(row->sealed[j]);
+        free(row);
+        return NULL;
+}
+
+/* Seals every secret again, each with a fresh nonce: this runs on writes
+ * only (a grant, a refresh, a new authorization), never on a handout. */
+int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
+        const char *text[_ROW_TEXT_MAX] = {
+                [ROW_NAME] = c->name,
+                [ROW_PROVIDER] = c->provider,
+                [ROW_REQUESTED_SCOPE] = c->requested_scope,
+                [ROW_SCOPE] = c->scope,
+                [ROW_IDENTITY] = c->identity,
+                [ROW_TOKEN_TYPE] = c->token_type,
+                [ROW_STATE_HASH] = c->state_hash,
+                [ROW_LAST_ERROR] = c->last_error,
+                [ROW_USERNAME] = c->username,
+        };
+        const char *secret[ELEMENTSOF(sealed_columns)] = { c->access_token, c->refresh_token, c->code_verifier };
+        int r;
+
+        row = new0(StoreRow, 1);
+        if (!row)
+                return -ENOMEM;
+        *row = (StoreRow) {
+                .id = c->id,
+                .state = c->state,
+                .expires_at = c->expires_at,
+                .obtained_at = c->obtained_at,
+                .pending_until = c->pending_until,
+                .created_at = c->created_at,
+                .updated_at = c->updated_at,
+                .last_refresh_at = c->last_refresh_at,
+                .device_interval = c->device_interval,
+                .refreshes = c->refreshes,
+        };
+        r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
+        if (r < 0)
+                return r;
+        r = id_list_format((const unsigned *) c->allow_groups, c->n_allow_groups, row->groups, sizeof row->groups);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                if (text[i] && !(row->text[i] = strdup(text[i])))
+                        return -ENOMEM;
+        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                if (secret[j]) {
+                        r = seal_value(s, c->id, sealed_columns[j], secret[j], strlen(secret[j]), &row->sealed[j],
+                                       &row->sealed_size[j]);
+                        if (r < 0)
+                                return r;
+                }
+        *ret = TAKE_PTR(row);
+        return 0;
+}
+
+static int row_save(Store *s, const StoreRow *row) {
+        sqlite3_stmt *st = s->stmt[STMT_SAVE];
+        int r;
+
+        (void) sqlite3_bind_int64(st, 1, row->id);
+        bind_text(st, 2, row->text[ROW_PROVIDER]);
+        bind_text(st, 3, conn_state_to_string(row->state));
+        bind_text(st, 4, row->text[ROW_REQUESTED_SCOPE]);
+        bind_text(st, 5, row->text[ROW_SCOPE]);
+        bind_text(st, 6, row->text[ROW_IDENTITY]);
+        bind_text(st, 7, row->text[ROW_TOKEN_TYPE]);
+        bind_sealed(st, 8, row->sealed[0], row->sealed_size[0]);
+        bind_sealed(st, 9, row->sealed[1], row->sealed_size[1]);
+        (void) sqlite3_bind_int64(st, 10, (sqlite3_int64) row->expires_at);
+        (void) sqlite3_bind_int64(st, 11, (sqlite3_int64) row->obtained_at);
+        bind_text(st, 12, row->text[ROW_STATE_HASH]);
+        bind_sealed(st, 13, row->sealed[2], row->sealed_size[2]);
+        (void) sqlite3_bind_int64(st, 14, (sqlite3_int64) row->pending_until);
+        bind_text(st, 15, row->users);
+        bind_text(st, 16, row->groups);
+        bind_text(st, 17, row->text[ROW_LAST_ERROR]);
+        (void) sqlite3_bind_int64(st, 18, (sqlite3_int64) row->refreshes);
+        (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) row->updated_at);
+        (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) row->last_refresh_at);
+        bind_text(st, 21, row->text[ROW_USERNAME]);
+        (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) row->device_interval);
+        r = step_done(st);
+        if (r >= 0 && sqlite3_changes(s->db) != 1) {
+                store_set_error(s, "connection %" PRId64 " is not in the store", row->id);
+                r = -ENOENT;
+        }
+        return r;
+}
+
+/* The bare row with the given id (0: the next rowid); returns the id. */
+static int row_insert_bare(Store *s, const Connection *c, int64_t id, int64_t *ret_id) {
+        sqlite3_stmt *st = s->stmt[STMT_INSERT];
+        int r;
+
+        bind_text(st, 1, c->name);
+        bind_text(st, 2, c->provider);
+        bind_text(st, 3, conn_state_to_string(c->state));
+        (void) sqlite3_bind_int64(st, 4, (sqlite3_int64) c->created_at);
+        if (id > 0)
+                (void) sqlite3_bind_int64(st, 5, id);
+        else
+                (void) sqlite3_bind_null(st, 5);
+        r = step_done(st);
+        if (r < 0)
+                return r;
+        *ret_id = sqlite3_last_insert_rowid(s->db);
+        if (*ret_id >= s->next_id)
+                s->next_id = *ret_id + 1;
+        return 0;
+}
+
 /* Insert and the first save are one transaction: one fsync, and no
  * half-written row can hold the name after a failure or a crash. */
 int store_connection_insert(Store *s, Connection *c) {
-        sqlite3_stmt *st = s->stmt[STMT_INSERT];
+        int64_t given = c->id, id = 0;
         int r;
 
         s->error[0] = 0;
         r = exec(s, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
-        bind_text(st, 1, c->name);
-        bind_text(st, 2, c->provider);
-        bind_text(st, 3, conn_state_to_string(c->state));
-        (void) sqlite3_bind_int64(st, 4, (sqlite3_int64) c->created_at);
-        r = step_done(st);
+        r = row_insert_bare(s, c, given, &id);
         if (r >= 0) {
-                c->id = sqlite3_last_insert_rowid(s->db);
+                c->id = id;
                 r = store_connection_save(s, c);
         }
         if (r >= 0)
                 r = exec(s, "COMMIT");
         if (r < 0) {
                 (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-                c->id = 0;
+                c->id = given;
         }
         return r;
 }
 
-/* Seals every secret again, each with a fresh nonce: this runs on writes
- * only (a grant, a refresh, a new authorization), never on a handout. */
 int store_connection_save(Store *s, const Connection *c) {
-        sqlite3_stmt *st = s->stmt[STMT_SAVE];
-        char users[ACL_MAX * 12], groups[ACL_MAX * 12];
-        const char *secret[ELEMENTSOF(sealed_columns)] = { c->access_token, c->refresh_token, c->code_verifier };
-        uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
-        size_t size[ELEMENTSOF(sealed_columns)] = {};
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
         int r;
 
         s->error[0] = 0;
-        r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, users, sizeof users);
-        if (r >= 0)
-                r = id_list_format((const unsigned *) c->allow_groups, c->n_allow_groups, groups, sizeof groups);
-        for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++)
-                if (secret[j])
-                        r = seal_value(s, c->id, sealed_columns[j], secret[j], strlen(secret[j]), &sealed[j],
-                                       &size[j]);
+        r = store_row_new(s, c, &row);
         if (r < 0)
-                goto finish;
-
-        (void) sqlite3_bind_int64(st, 1, c->id);
-        bind_text(st, 2, c->provider);
-        bind_text(st, 3, conn_state_to_string(c->state));
-        bind_text(st, 4, c->requested_scope);
-        bind_text(st, 5, c->scope);
-        bind_text(st, 6, c->identity);
-        bind_text(st, 7, c->token_type);
-        bind_sealed(st, 8, sealed[0], size[0]);
-        bind_sealed(st, 9, sealed[1], size[1]);
-        (void) sqlite3_bind_int64(st, 10, (sqlite3_int64) c->expires_at);
-        (void) sqlite3_bind_int64(st, 11, (sqlite3_int64) c->obtained_at);
-        bind_text(st, 12, c->state_hash);
-        bind_sealed(st, 13, sealed[2], size[2]);
-        (void) sqlite3_bind_int64(st, 14, (sqlite3_int64) c->pending_until);
-        bind_text(st, 15, users);
-        bind_text(st, 16, groups);
-        bind_text(st, 17, c->last_error);
-        (void) sqlite3_bind_int64(st, 18, (sqlite3_int64) c->refreshes);
-        (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) c->updated_at);
-        (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) c->last_refresh_at);
-        bind_text(st, 21, c->username);
-        (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) c->device_interval);
-        r = step_done(st);
-        if (r >= 0 && sqlite3_changes(s->db) != 1)
-                r = -ENOENT;
-finish:
-        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
-                free(sealed[j]);
-        return r;
+                return r;
+        return row_save(s, row);
 }
 
 int store_connection_delete(Store *s, int64_t id) {
@@ -686,4 +820,414 @@ int store_events_list(Store *s, const char *connection, int64_t before_id, unsig
                 r = sqlite_to_errno(rc);
         sqlite3_finalize(st);
         return r;
+}
+
+/* ---- the writer: group commit off the loop ----------------------------- */
+
+typedef enum WriteKind {
+        WRITE_INSERT,
+        WRITE_SAVE,
+        WRITE_DELETE,
+        WRITE_EVENT,
+        WRITE_BARRIER,
+} WriteKind;
+
+typedef struct Write {
+        struct Write *next;
+        WriteKind kind;
+        StoreRow *row;                /* insert, save */
+        int64_t id;                   /* delete */
+        usec_t at;                    /* event */
+        char *connection, *event_kind, *message;
+        store_done_fn fn;
+        void *userdata;
+        int result;
+        char *error;
+} Write;
+
+typedef struct WriteList {
+        Write *head, **tail;
+        size_t n;
+} WriteList;
+
+struct StoreWriter {
+        Store *db;                    /* the thread's own handle */
+        int efd;                      /* the thread -> the loop: batches done */
+        sd_event_source *source;
+        pthread_t thread;
+        bool started;
+        char *stall_path;
+
+        pthread_mutex_t lock;
+        pthread_cond_t wake;          /* to the thread: work queued, or stop */
+        pthread_cond_t idle;          /* from the thread: a batch is done */
+        /* under lock */
+        WriteList queue;              /* queued, not taken yet */
+        WriteList done;               /* committed (or failed), completion not run */
+        bool busy;                    /* a batch is being committed */
+        bool stopping;
+
+        /* the loop's only */
+        WriteList ready;              /* taken from done, completion not run */
+        size_t pending;
+        bool stopped;
+};
+
+static void list_init(WriteList *l) {
+        *l = (WriteList) { .tail = &l->head };
+}
+
+static void list_append(WriteList *l, Write *x) {
+        x->next = NULL;
+        *l->tail = x;
+        l->tail = &x->next;
+        l->n++;
+}
+
+static void list_splice(WriteList *to, WriteList *from) {
+        if (!from->head)
+                return;
+        *to->tail = from->head;
+        to->tail = from->tail;
+        to->n += from->n;
+        list_init(from);
+}
+
+static Write *list_pop(WriteList *l) {
+        Write *x = l->head;
+
+        if (!x)
+                return NULL;
+        l->head = x->next;
+        if (!l->head)
+                l->tail = &l->head;
+        l->n--;
+        x->next = NULL;
+        return x;
+}
+
+static Write *write_free(Write *x) {
+        if (!x)
+                return NULL;
+        store_row_free(x->row);
+        free(x->connection);
+        free(x->event_kind);
+        free(x->message);
+        free(x->error);
+        free(x);
+        return NULL;
+}
+
+/* One change inside the batch's transaction. -ENOENT (a save of a row
+ * that is gone) fails that change alone, not the transaction. */
+static int write_run(Store *s, Write *x) {
+        int64_t id;
+        int r;
+
+        s->error[0] = 0;
+        switch (x->kind) {
+        case WRITE_INSERT: {
+                /* the bare row, then the image: as store_connection_insert() */
+                Connection bare = {
+                        .name = x->row->text[ROW_NAME],
+                        .provider = x->row->text[ROW_PROVIDER],
+                        .state = x->row->state,
+                        .created_at = x->row->created_at,
+                };
+                r = row_insert_bare(s, &bare, x->row->id, &id);
+                if (r >= 0)
+                        r = row_save(s, x->row);
+                return r;
+        }
+        case WRITE_SAVE:
+                return row_save(s, x->row);
+        case WRITE_DELETE:
+                return store_connection_delete(s, x->id);
+        case WRITE_EVENT:
+                return store_event_add(s, x->at, x->connection, x->event_kind, x->message);
+        case WRITE_BARRIER:
+                return 0;
+        }
+        return -EINVAL;
+}
+
+static void write_failed(Store *s, Write *x, int r) {
+        x->result = r;
+        free(x->error);
+        x->error = strdup(store_last_error(s));
+}
+
+/* One transaction for the whole batch, one fsync. If the transaction
+ * fails, each change is tried again in a transaction of its own, so one
+ * bad change fails alone and the others still commit. */
+static void writer_commit(StoreWriter *w, Write *batch) {
+        Store *s = w->db;
+        bool failed;
+        int r;
+
+        r = exec(s, "BEGIN IMMEDIATE");
+        failed = r < 0;
+        for (Write *x = batch; x && !failed; x = x->next) {
+                x->result = write_run(s, x);
+                if (x->result == -ENOENT)
+                        write_failed(s, x, x->result);
+                else if (x->result < 0)
+                        failed = true;
+        }
+        if (!failed)
+                failed = exec(s, "COMMIT") < 0;
+        if (!failed)
+                return;   /* durable: synchronous=FULL fsyncs the WAL at COMMIT */
+
+        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        for (Write *x = batch; x; x = x->next) {
+                r = exec(s, "BEGIN IMMEDIATE");
+                if (r >= 0)
+                        r = write_run(s, x);
+                if (r >= 0)
+                        r = exec(s, "COMMIT");
+                if (r < 0) {
+                        write_failed(s, x, r);
+                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                } else
+                        x->result = 0;
+        }
+}
+
+/* The test hook: hold the batch while the file exists (bounded). */
+static void writer_stall(StoreWriter *w) {
+        usec_t start;
+
+        if (!w->stall_path)
+                return;
+        start = now(CLOCK_MONOTONIC);
+        while (!__atomic_load_n(&w->stopping, __ATOMIC_RELAXED) && access(w->stall_path, F_OK) >= 0 &&
+               now(CLOCK_MONOTONIC) - start < STORE_WRITER_STALL_MAX)
+                (void) usleep(5000);
+}
+
+static void *writer_thread(void *userdata) {
+        StoreWriter *w = userdata;
+
+        pthread_mutex_lock(&w->lock);
+        for (;;) {
+                WriteList batch;
+
+                while (!w->queue.head && !w->stopping)
+                        pthread_cond_wait(&w->wake, &w->lock);
+                if (!w->queue.head)
+                        break;   /* stopping, and everything is committed */
+                list_init(&batch);
+                while (w->queue.head && batch.n < STORE_BATCH_MAX)
+                        list_append(&batch, list_pop(&w->queue));
+                w->busy = true;
+                pthread_mutex_unlock(&w->lock);
+
+                writer_stall(w);
+                writer_commit(w, batch.head);
+
+                pthread_mutex_lock(&w->lock);
+                list_splice(&w->done, &batch);
+                w->busy = false;
+                pthread_cond_broadcast(&w->idle);
+                (void) eventfd_write(w->efd, 1);
+        }
+        pthread_mutex_unlock(&w->lock);
+        return NULL;
+}
+
+/* Runs up to max completions, in the order their changes were queued. */
+static size_t writer_dispatch(StoreWriter *w, size_t max) {
+        size_t n = 0;
+
+        pthread_mutex_lock(&w->lock);
+        list_splice(&w->ready, &w->done);
+        pthread_mutex_unlock(&w->lock);
+        for (Write *x; n < max && (x = list_pop(&w->ready)); n++) {
+                assert(w->pending > 0);
+                w->pending--;
+                if (x->fn)
+                        x->fn(x->result, x->error, x->userdata);
+                write_free(x);
+        }
+        return n;
+}
+
+/* A batch is STORE_BATCH_MAX changes at most, but several may be done
+ * when the loop looks: run a bounded number of completions a wake-up. */
+#define DISPATCH_MAX 1024
+
+static int on_writer_done(sd_event_source *src _unused_, int fd, uint32_t revents _unused_, void *userdata) {
+        StoreWriter *w = userdata;
+        eventfd_t v;
+
+        (void) eventfd_read(fd, &v);
+        (void) writer_dispatch(w, DISPATCH_MAX);
+        if (w->ready.head)
+                (void) eventfd_write(w->efd, 1);   /* the rest on the next turn */
+        return 0;
+}
+
+int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
+        _cleanup_(store_writer_freep) StoreWriter *w = NULL;
+        const char *stall;
+        sigset_t all, old;
+        int r;
+
+        w = new0(StoreWriter, 1);
+        if (!w)
+                return -ENOMEM;
+        w->efd = -EBADF;
+        list_init(&w->queue);
+        list_init(&w->done);
+        list_init(&w->ready);
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->wake, NULL);
+        pthread_cond_init(&w->idle, NULL);
+
+        r = store_open(s->path, s->key, &w->db);
+        if (r < 0)
+                return r;
+        stall = getenv("TOKENBROKER_TEST_WRITER_STALL");
+        if (stall && *stall && !(w->stall_path = strdup(stall)))
+                return -ENOMEM;
+        w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (w->efd < 0)
+                return -errno;
+        if (event) {
+                r = sd_event_add_io(event, &w->source, w->efd, EPOLLIN, on_writer_done, w);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_description(w->source, "store-writer");
+        }
+
+        /* Signals go to the loop's signalfd: none may land on this thread. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        r = -pthread_create(&w->thread, NULL, writer_thread, w);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (r < 0)
+                return r;
+        w->started = true;
+        *ret = TAKE_PTR(w);
+        return 0;
+}
+
+static int writer_submit(StoreWriter *w, Write *x) {
+        if (w->stopped) {
+                write_free(x);
+                return -ESHUTDOWN;
+        }
+        pthread_mutex_lock(&w->lock);
+        list_append(&w->queue, x);
+        pthread_cond_signal(&w->wake);
+        pthread_mutex_unlock(&w->lock);
+        w->pending++;
+        return 0;
+}
+
+static int writer_submit_row(StoreWriter *w, WriteKind kind, StoreRow *row, store_done_fn fn, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        if (!x) {
+                store_row_free(row);
+                return -ENOMEM;
+        }
+        *x = (Write) { .kind = kind, .row = row, .id = row ? row->id : 0, .fn = fn, .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+int store_writer_insert(StoreWriter *w, StoreRow *row, store_done_fn fn, void *userdata) {
+        assert(row && row->id > 0 && row->text[ROW_NAME] && row->text[ROW_PROVIDER]);
+        return writer_submit_row(w, WRITE_INSERT, row, fn, userdata);
+}
+
+int store_writer_save(StoreWriter *w, StoreRow *row, store_done_fn fn, void *userdata) {
+        assert(row);
+        return writer_submit_row(w, WRITE_SAVE, row, fn, userdata);
+}
+
+int store_writer_delete(StoreWriter *w, int64_t id, store_done_fn fn, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        if (!x)
+                return -ENOMEM;
+        *x = (Write) { .kind = WRITE_DELETE, .id = id, .fn = fn, .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const char *kind, const char *message) {
+        Write *x = new0(Write, 1);
+
+        if (!x)
+                return -ENOMEM;
+        *x = (Write) { .kind = WRITE_EVENT, .at = at };
+        if ((connection && !(x->connection = strdup(connection))) || (kind && !(x->event_kind = strdup(kind))) ||
+            (message && !(x->message = strdup(message)))) {
+                write_free(x);
+                return -ENOMEM;
+        }
+        return writer_submit(w, x);
+}
+
+int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        if (!x)
+                return -ENOMEM;
+        *x = (Write) { .kind = WRITE_BARRIER, .fn = fn, .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+size_t store_writer_pending(StoreWriter *w) {
+        return w ? w->pending : 0;
+}
+
+/* Completions may queue changes (an event after a commit, say), whose own
+ * completions may queue more: a few rounds settle any real chain. */
+#define FLUSH_ROUNDS_MAX 64
+
+int store_writer_flush(StoreWriter *w) {
+        if (!w || !w->started)
+                return 0;
+        for (unsigned round = 0; w->pending > 0; round++) {
+                if (round >= FLUSH_ROUNDS_MAX)
+                        return -EBUSY;
+                pthread_mutex_lock(&w->lock);
+                while (w->queue.head || w->busy)
+                        pthread_cond_wait(&w->idle, &w->lock);
+                pthread_mutex_unlock(&w->lock);
+                while (writer_dispatch(w, SIZE_MAX) > 0)
+                        ;
+        }
+        return 0;
+}
+
+StoreWriter *store_writer_free(StoreWriter *w) {
+        if (!w)
+                return NULL;
+        if (w->started) {
+                (void) store_writer_flush(w);
+                pthread_mutex_lock(&w->lock);
+                w->stopping = true;
+                pthread_cond_signal(&w->wake);
+                pthread_mutex_unlock(&w->lock);
+                (void) pthread_join(w->thread, NULL);
+                w->stopped = true;
+                /* what the last round of completions queued: committed by
+                 * the thread before it ended; run their completions */
+                while (writer_dispatch(w, SIZE_MAX) > 0)
+                        ;
+        }
+        for (Write *x; (x = list_pop(&w->queue));)
+                write_free(x);
+        sd_event_source_disable_unref(w->source);
+        safe_close(w->efd);
+        store_close(w->db);
+        free(w->stall_path);
+        pthread_cond_destroy(&w->idle);
+        pthread_cond_destroy(&w->wake);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        return NULL;
 }

@@ -1,13 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <systemd/sd-event.h>
+
 #include "daemon/connection.h"
 #include "daemon/crypt.h"
 
-/* SQLite in the state directory: WAL, synchronous=FULL, so every change is
- * on disk when the call that made it returns. Numbered migrations from sql/
- * are compiled in and applied at open. Library-level: returns -errno-style
- * codes and never logs; store_last_error() says what went wrong.
+/* SQLite in the state directory: WAL, synchronous=FULL. Numbered
+ * migrations from sql/ are compiled in and applied at open. Library-level:
+ * returns -errno-style codes and never logs; store_last_error() says what
+ * went wrong.
+ *
+ * Two ways to write:
+ *  - synchronous (store_connection_insert/save/delete, store_event_add):
+ *    the change is on disk when the call returns. For unit tests and tools
+ *    (tests/bench/seed.c); never on the daemon's event loop, where one
+ *    fsync'd commit stalls every client.
+ *  - the writer (StoreWriter, below): the daemon's way. Changes are queued
+ *    on the loop as row images and committed in batches by a thread with
+ *    its own SQLite handle; each change's completion comes back to the
+ *    loop, in the order the changes were queued, once its batch is on
+ *    disk (or failed).
  *
  * The secrets of a connection (access_token, refresh_token, code_verifier)
  * are sealed with AES-256-GCM under the store's key (daemon/crypt.h), bound
@@ -40,7 +53,9 @@ unsigned store_schema_version(Store *s);
 /* Calls fn for each stored connection; fn takes ownership of c. */
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata);
 
-int store_connection_insert(Store *s, Connection *c);   /* sets c->id */
+/* Synchronous: commits before returning. Sets c->id: c->id when it is > 0
+ * already (one from store_connection_id_new()), else the next free one. */
+int store_connection_insert(Store *s, Connection *c);
 int store_connection_save(Store *s, const Connection *c);
 int store_connection_delete(Store *s, int64_t id);
 
@@ -58,3 +73,68 @@ typedef struct StoreEvent {
 /* Newest first; before_id > 0 pages back from there. */
 int store_events_list(Store *s, const char *connection, int64_t before_id, unsigned limit,
                       int (*fn)(const StoreEvent *e, void *userdata), void *userdata);
+
+/* ---- group commit ------------------------------------------------------
+ *
+ * The durability rule: no client ever receives an access token before the
+ * transaction that holds it (and any rotated refresh token) is durable.
+ * The writer keeps its half: a completion with result 0 is only delivered
+ * once the batch holding that change is committed and fsynced (WAL,
+ * synchronous=FULL). The caller keeps the other half: it does not hand
+ * out what it queued until that completion (daemon/refresher.c stages new
+ * tokens beside the connection until then). */
+
+/* An id for a new connection, without touching the disk: one more than
+ * the highest id the file had at open or handed out since. */
+int64_t store_connection_id_new(Store *s);
+
+/* An image of one connections row, its secrets sealed under the store's
+ * key (bound to c->id), everything copied: c may change or go at once. */
+typedef struct StoreRow StoreRow;
+int store_row_new(Store *s, const Connection *c, StoreRow **ret);
+StoreRow *store_row_free(StoreRow *row);
+DEFINE_TRIVIAL_CLEANUP_FUNC(StoreRow *, store_row_free);
+
+typedef struct StoreWriter StoreWriter;
+
+/* Called on the loop when a queued change is durable (result 0) or failed
+ * (-errno; error says what went wrong, never a secret). */
+typedef void (*store_done_fn)(int result, const char *error, void *userdata);
+
+/* A batch closes when the writer is free to commit it: at once when the
+ * writer is idle (a lone change waits for nothing but its own commit), or
+ * with whatever queued while it committed the one before, at most this
+ * many changes a transaction. */
+#define STORE_BATCH_MAX 512
+
+/* Opens a second handle on s's file for a writer thread and watches the
+ * completions on event (an eventfd, an sd-event io source). s stays the
+ * loop's: reads (store_events_list) and row images (store_row_new). While
+ * the environment names a file in TOKENBROKER_TEST_WRITER_STALL and it
+ * exists, the writer holds each batch before committing it (a test hook:
+ * never more than STORE_WRITER_STALL_MAX a batch, never while stopping). */
+#define STORE_WRITER_STALL_MAX (120 * USEC_PER_SEC)
+int store_writer_new(Store *s, sd_event *event, StoreWriter **ret);
+/* Stops the writer after it has committed everything queued, then runs
+ * the completions still due: see store_writer_flush(). */
+StoreWriter *store_writer_free(StoreWriter *w);
+DEFINE_TRIVIAL_CLEANUP_FUNC(StoreWriter *, store_writer_free);
+
+/* Queue one change; they commit in this order. Each takes ownership of
+ * row; fn may be NULL. Fails only for memory (-ENOMEM, row freed) or a
+ * writer already stopped (-ESHUTDOWN). */
+int store_writer_insert(StoreWriter *w, StoreRow *row, store_done_fn fn, void *userdata);
+int store_writer_save(StoreWriter *w, StoreRow *row, store_done_fn fn, void *userdata);
+int store_writer_delete(StoreWriter *w, int64_t id, store_done_fn fn, void *userdata);
+int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const char *kind, const char *message);
+/* Nothing to write: fn runs once everything queued before it is done
+ * (read-your-writes for a reader of the loop's handle). */
+int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata);
+
+/* Changes queued whose completion has not run yet. */
+size_t store_writer_pending(StoreWriter *w);
+
+/* Blocks until everything queued is committed and its completion has run
+ * (completions may queue more: those too, a bounded number of rounds).
+ * For shutdown and unit tests, never for a loop that serves clients. */
+int store_writer_flush(StoreWriter *w);
