@@ -65,6 +65,7 @@ struct ApiRequest {
         Connection *target;
         sd_event_source *wait_timer;   /* ?wait=: the longest we hold the answer */
         Route route;
+        bool events_synced;        /* GET /v1/events: the writes queued before it are committed */
 
         /* the answer, once known */
         bool answered;
@@ -154,7 +155,7 @@ static json_t *connection_json(Manager *m, const Connection *c) {
                 json_object_set_new(j, "username", json_string(c->username));
         if (j && c->access_token && c->expires_at > 0)
                 json_object_set_new(j, "expires_in", json_integer((json_int_t) (connection_ttl(c) / USEC_PER_SEC)));
-        if (j && c->inflight)
+        if (j && connection_busy(c))
                 json_object_set_new(j, "refreshing", json_true());
         (void) m;
         return j;
@@ -419,7 +420,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         /* ?wait= on a pending connection, or one with no valid token while
          * a refresh is in flight: hold the answer until it changes. */
         if (wait > 0 && route == ROUTE_TOKEN &&
-            (c->state == CONN_PENDING || (connection_ttl(c) == 0 && (c->inflight || c->queued)))) {
+            (c->state == CONN_PENDING || (connection_ttl(c) == 0 && (connection_busy(c) || c->queued)))) {
                 r->route = route;
                 r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
                 if (sd_event_add_time_relative(m->event, &r->wait_timer, DEADLINE_CLOCK, wait, 0, on_wait_timeout,
@@ -441,7 +442,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 return;
         }
         if (route == ROUTE_INVALIDATE && c->last_refresh_at + INVALIDATE_MIN_INTERVAL > now(CLOCK_REALTIME) &&
-            !c->inflight) {
+            !connection_busy(c)) {
                 answer_token(r, c, 0);
                 return;
         }
@@ -492,8 +493,8 @@ static void route_revoke(ApiRequest *r, Connection *c) {
 
         r->route = ROUTE_REVOKE;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
-        if (c->inflight) {
-                /* Let the refresh in flight land first; its tokens are then revoked too. */
+        if (connection_busy(c)) {
+                /* Let the refresh in flight land (and commit) first; its tokens are then revoked too. */
                 answer_error(r, 409, API_ERR_CONFLICT, "a refresh is in flight; try again");
                 return;
         }
@@ -800,6 +801,22 @@ static int event_json(const StoreEvent *e, void *userdata) {
                        : 0;
 }
 
+static void route_events(ApiRequest *r);
+
+/* Events are written by the store writer: a reader sees those queued
+ * before its request once they are committed (manager_free() flushes the
+ * writer before api_free(), so r is still suspended here). */
+static void on_events_synced(int result _unused_, const char *error _unused_, void *userdata) {
+        ApiRequest *r = userdata;
+
+        if (!r->suspended)
+                return;
+        r->events_synced = true;
+        route_events(r);
+        resume(r);
+        mhd_loop_kick(&r->api->loop);
+}
+
 static void route_events(ApiRequest *r) {
         const char *conn = arg(r, "connection"), *lim = arg(r, "limit"), *before = arg(r, "before");
         unsigned long limit = 100;
@@ -820,6 +837,11 @@ static void route_events(ApiRequest *r) {
                 before_id = strtoll(before, &end, 10);
                 if (*end || before_id < 0)
                         return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
+        }
+        if (!r->events_synced && store_writer_pending(r->api->manager->writer) > 0 &&
+            store_writer_barrier(r->api->manager->writer, on_events_synced, r) >= 0) {
+                suspend(r, NULL);
+                return;
         }
         a = json_array();   /* after the checks: their early answers left it behind */
         if (!a)

@@ -25,6 +25,7 @@ ConnState conn_state_from_string(const char *s);
 
 typedef struct Waiter Waiter;
 typedef struct Manager Manager;
+typedef struct Staged Staged;
 
 #define ACL_MAX 32
 
@@ -81,6 +82,10 @@ typedef struct Connection {
 
         /* refresh bookkeeping */
         struct HttpRequest *inflight;
+        /* New tokens from the provider whose commit is not durable yet
+         * (daemon/refresher.c): until it is, the fields above keep what
+         * clients get. */
+        Staged *staged;
         unsigned failures;
         usec_t retry_at;           /* monotonic; 0 none */
         Waiter *waiters;           /* suspended API requests */
@@ -94,6 +99,11 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 void connection_clear_device(Connection *c);
 static inline bool connection_device_pending(const Connection *c) {
         return c->device_interval > 0;
+}
+
+/* A provider request in flight, or its answer being committed. */
+static inline bool connection_busy(const Connection *c) {
+        return c->inflight || c->staged;
 }
 
 /* Drops the tokens from memory (wiped). */

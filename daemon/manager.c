@@ -92,6 +92,10 @@ Manager *manager_free(Manager *m) {
 
         if (!m)
                 return NULL;
+        /* First, while everything its completions touch is alive: commit
+         * what is queued (bounded: each batch is) and run the completions. */
+        if (m->writer && store_writer_flush(m->writer) < 0)
+                log_warning("Writes still queued after flushing the store writer; they are committed at exit.");
         api_free(m->api);
         callback_free(m->callback);
         if (m->connections) {
@@ -117,6 +121,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->sigterm);
         sd_event_source_disable_unref(m->sigint);
         sd_event_source_disable_unref(m->sighup);
+        store_writer_free(m->writer);
         store_close(m->store);
         safe_close(m->api_fd);
         safe_close(m->callback_fd);
@@ -331,9 +336,10 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
         log_fields(streq(kind, "needs-reauth") || streq(kind, "refresh-failed") ? LOG_WARNING : LOG_INFO, fields,
                    "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
 
-        r = store_event_add(m->store, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg);
+        /* Queued behind every write before it; recorded by the writer. */
+        r = m->writer ? store_writer_event(m->writer, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg) : -ESHUTDOWN;
         if (r < 0)
-                log_warning_errno(r, "Failed to record event, ignoring: %s", store_last_error(m->store));
+                log_warning_errno(r, "Failed to record event, ignoring: %m");
 }
 
 /* ---- notify_command ---------------------------------------------------- */
@@ -493,10 +499,39 @@ static int manager_link(Manager *m, Connection *c) {
         return 0;
 }
 
+/* Undoes manager_link() of a connection that never reached the store. */
+static void manager_unlink_fresh(Manager *m, Connection *c) {
+        hashmap_remove_node(m->connections, &c->by_name);
+        manager_pending_unlink(m, c);
+        count_state(m, c, -1);
+        heap_remove(m, c);
+}
+
+static void write_done(int result, const char *error, void *userdata) {
+        const char *what = userdata;
+
+        if (result < 0)
+                log_error_errno(result, "Failed to %s a connection in the store: %s", what, strempty(error));
+}
+
+int manager_save(Manager *m, Connection *c) {
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
+        Connection img;
+        int r;
+
+        refresher_image(c, &img);
+        r = store_row_new(m->store, &img, &row);
+        if (r < 0)
+                return r;
+        return store_writer_save(m->writer, TAKE_PTR(row), write_done, (void *) "save");
+}
+
 int manager_remove(Manager *m, Connection *c) {
         int r;
 
-        r = store_connection_delete(m->store, c->id);
+        /* Gone from memory now; a row whose delete then fails comes back
+         * at the next start (logged by write_done). */
+        r = store_writer_delete(m->writer, c->id, write_done, (void *) "delete");
         if (r < 0)
                 return r;
         refresher_cancel(m, c);
@@ -565,7 +600,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 *ret_error = "the password grant needs a password (on stdin, or the provider's password_file)";
                 return -EINVAL;
         }
-        if (c && (c->inflight || c->revoke_waiter)) {
+        if (c && (connection_busy(c) || c->revoke_waiter)) {
                 *ret_error = "a request for this connection is in flight; try again";
                 return -EBUSY;
         }
@@ -650,19 +685,29 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         c->updated_at = t;
 
         if (fresh) {
-                r = store_connection_insert(m->store, c);
+                _cleanup_(store_row_freep) StoreRow *row = NULL;
+
+                /* The id from memory, the row queued: nothing waits for
+                 * the disk. No token is in it yet, and the first grant's
+                 * commit comes after it in the queue. */
+                c->id = store_connection_id_new(m->store);
+                r = store_row_new(m->store, c, &row);
                 if (r < 0) {
                         *ret_error = "cannot store the connection";
                         return r;
                 }
                 r = manager_link(m, c);
+                if (r < 0)
+                        return r;
+                r = store_writer_insert(m->writer, TAKE_PTR(row), write_done, (void *) "insert");
                 if (r < 0) {
-                        (void) store_connection_delete(m->store, c->id);
+                        manager_unlink_fresh(m, c);
+                        *ret_error = "cannot store the connection";
                         return r;
                 }
                 TAKE_PTR(fresh);
         } else {
-                r = store_connection_save(m->store, c);
+                r = manager_save(m, c);
                 if (r < 0) {
                         *ret_error = "cannot store the connection";
                         return r;
@@ -698,7 +743,8 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
 #define STOP_GRACE (10 * USEC_PER_SEC)
 
 void manager_maybe_exit(Manager *m) {
-        if (m->stopping && m->refreshing == 0)
+        /* Commits in flight too: their waiters get answers. */
+        if (m->stopping && m->refreshing == 0 && m->committing == 0)
                 (void) sd_event_exit(m->event, 0);
 }
 
@@ -766,9 +812,9 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
         log_info("Received %s, shutting down.", strsignal((int) si->ssi_signo));
         (void) sd_notify(false, "STOPPING=1");
         m->stopping = true;
-        if (m->refreshing > 0) {
-                log_info("Waiting up to %" PRIu64 " s for %u provider requests in flight.",
-                         STOP_GRACE / USEC_PER_SEC, m->refreshing);
+        if (m->refreshing > 0 || m->committing > 0) {
+                log_info("Waiting up to %" PRIu64 " s for %u provider requests in flight and %u commits.",
+                         STOP_GRACE / USEC_PER_SEC, m->refreshing, m->committing);
                 (void) sd_event_add_time_relative(m->event, &m->stop_timer, CLOCK_MONOTONIC, STOP_GRACE, 0,
                                                   on_stop_timeout, m);
         }
@@ -1025,6 +1071,16 @@ int manager_startup(Manager *m) {
                 return log_error_errno(r, "Failed to load connections from '%s': %s", db,
                                        store_last_error(m->store));
         manager_wheel_rearm(m);
+
+        /* Every write from here on goes through the writer thread (its
+         * own SQLite handle); the loop's handle only reads. After the
+         * signals are blocked: the thread inherits the mask. */
+        r = store_writer_new(m->store, m->event, &m->writer);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the store writer for '%s': %m", db);
+        if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
+                log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
+                            "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));
         log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization).",
                  hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],
                  m->n_state[CONN_NEEDS_REAUTH]);

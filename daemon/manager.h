@@ -41,7 +41,9 @@ struct Manager {
         BrokerConfig *config;
         char *config_path;
         char *redirect_uri;
-        Store *store;
+        Store *store;              /* the loop's handle: reads, row images */
+        StoreWriter *writer;       /* every write: group commit off the loop */
+        unsigned committing;       /* staged token sets whose commit is not done */
         Http *http;
 
         TimerWheel *wheel;
@@ -144,8 +146,14 @@ bool manager_wants_device(const Provider *p, const AuthorizeRequest *req);
 int manager_pending_link(Manager *m, Connection *c);
 void manager_pending_unlink(Manager *m, Connection *c);
 
-/* Removes a connection from memory and the store. */
+/* Removes a connection from memory at once and queues its deletion from
+ * the store. */
 int manager_remove(Manager *m, Connection *c);
+
+/* Queues a write of the connection's row as it stands (with any staged
+ * tokens: see refresher_image()); durable some milliseconds later, in
+ * order with every other write. Fails only for memory. */
+int manager_save(Manager *m, Connection *c);
 
 /* refresher.c */
 typedef struct Waiter Waiter;
@@ -160,6 +168,10 @@ void refresher_schedule(Manager *m, Connection *c);
  * is called when that refresh ends, with 0 or a negative errno. */
 int refresher_refresh(Manager *m, Connection *c, Waiter *w);
 void refresher_cancel(Manager *m, Connection *c);
+/* The row to write for c: c itself, or c with the tokens it has staged,
+ * so a write queued behind a staged commit never takes it back. A shallow
+ * copy: valid while c and its staged set are unchanged. */
+void refresher_image(const Connection *c, Connection *ret);
 void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
 /* Waits for whatever the connection does next (exchange, refresh). */

@@ -7,7 +7,16 @@
  * transient failure, or the end of a pending authorization. Demands for a
  * connection that is already refreshing join the request in flight as
  * Waiters instead of making another. At most max_parallel_refreshes run
- * at once; the rest wait in a FIFO queue. */
+ * at once; the rest wait in a FIFO queue.
+ *
+ * New tokens are staged, never handed out, until the batch that holds them
+ * is durable: the provider's answer goes into a Staged beside the
+ * connection and into a row image queued on the store writer; the
+ * connection keeps serving its old, still valid token meanwhile. The
+ * writer's completion (tokens_committed) swaps them in, and only then are
+ * waiters woken. While a set is staged the connection counts as busy
+ * (connection_busy()): no other refresh may present the refresh token the
+ * staged answer rotated. */
 
 #include "common/log.h"
 #include "common/util.h"
@@ -39,6 +48,62 @@ typedef struct Op {
 #define DEVICE_SLOW_DOWN (5 * USEC_PER_SEC)
 #define DEVICE_INTERVAL_MAX (10 * USEC_PER_MINUTE)
 
+
+/* A provider's answer whose commit is not durable yet. */
+struct Staged {
+        Manager *manager;
+        Connection *conn;          /* NULL once the connection is gone */
+        bool grant;                /* a grant (code exchange, device approval), not a refresh */
+        char *access_token;        /* secret */
+        char *refresh_token;       /* secret; NULL: the answer kept the old one */
+        char *token_type;
+        char *scope;               /* NULL: unchanged */
+        char *identity;            /* a grant's, from its ID token; NULL: none */
+        usec_t expires_at, obtained_at, last_refresh_at;
+};
+
+static Staged *staged_free(Staged *st) {
+        if (!st)
+                return NULL;
+        secret_free(st->access_token);
+        secret_free(st->refresh_token);
+        free(st->token_type);
+        free(st->scope);
+        free(st->identity);
+        free(st);
+        return NULL;
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(Staged *, staged_free);
+
+void refresher_image(const Connection *c, Connection *ret) {
+        const Staged *st = c->staged;
+
+        *ret = *c;
+        if (!st)
+                return;
+        ret->access_token = st->access_token;
+        if (st->refresh_token)
+                ret->refresh_token = st->refresh_token;
+        ret->token_type = st->token_type;
+        if (st->scope)
+                ret->scope = st->scope;
+        ret->expires_at = st->expires_at;
+        ret->obtained_at = st->obtained_at;
+        ret->last_refresh_at = ret->updated_at = st->last_refresh_at;
+        ret->last_error = NULL;
+        ret->state = CONN_ACTIVE;
+        if (!st->grant)
+                ret->refreshes = c->refreshes + 1;
+        else {
+                /* the pending authorization ends with the grant */
+                ret->state_hash = NULL;
+                ret->code_verifier = NULL;
+                ret->pending_until = 0;
+                ret->device_interval = 0;
+                if (st->identity)
+                        ret->identity = st->identity;
+        }
+}
 
 static void wake_waiters(Connection *c, int result) {
         /* Waiters may add new waiters or free themselves: detach first. */
@@ -119,6 +184,11 @@ static void op_free(Connection *c) {
 }
 
 void refresher_cancel(Manager *m, Connection *c) {
+        if (c->staged) {
+                /* its completion finds no connection and drops the tokens */
+                c->staged->conn = NULL;
+                c->staged = NULL;
+        }
         if (c->inflight) {
                 ProviderStats *ps = manager_stats(m, c->provider);
                 op_free(c);
@@ -159,7 +229,7 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
 void refresher_schedule(Manager *m, Connection *c) {
         usec_t due = USEC_INFINITY;
 
-        if (c->inflight || c->queued)
+        if (connection_busy(c) || c->queued)
                 return;
         if (c->retry_at > 0)
                 due = c->retry_at;   /* already monotonic */
@@ -198,9 +268,9 @@ static int save(Manager *m, Connection *c) {
         int r;
 
         c->updated_at = now(CLOCK_REALTIME);
-        r = store_connection_save(m->store, c);
+        r = manager_save(m, c);
         if (r < 0)
-                log_error_errno(r, "%s: failed to store connection: %s", c->name, store_last_error(m->store));
+                log_error_errno(r, "%s: failed to store connection: %m", c->name);
         return r;
 }
 
@@ -225,8 +295,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
                                               "device code expired before the user approved; connection removed");
                                 wake_waiters(c, -ETIMEDOUT);
                                 if (manager_remove(m, c) < 0)
-                                        log_error("%s: failed to remove expired authorization: %s", c->name,
-                                                  store_last_error(m->store));
+                                        log_error("%s: failed to remove expired authorization: out of memory", c->name);
                                 return;
                         }
                         manager_event(m, c, "authorization-expired", "device code expired before the user approved");
@@ -246,8 +315,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
                         manager_event(m, c, "authorization-expired",
                                       "authorization not completed in time; connection removed");
                         if (manager_remove(m, c) < 0)
-                                log_error("%s: failed to remove expired authorization: %s", c->name,
-                                          store_last_error(m->store));
+                                log_error("%s: failed to remove expired authorization: out of memory", c->name);
                         return;
                 }
                 clear_pending(m, c);
@@ -405,8 +473,8 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 return -EBUSY;
         if (m->stopping)
                 return -ESHUTDOWN;
-        if (c->inflight || c->queued) {
-                refresher_add_waiter(c, w);   /* single-flight: join the one running */
+        if (connection_busy(c) || c->queued) {
+                refresher_add_waiter(c, w);   /* single-flight: join the one running (or committing) */
                 return 0;
         }
         if (c->state == CONN_PENDING && c->refresh_token == NULL && manager_provider(m, c) &&
@@ -444,65 +512,156 @@ static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
         return d;
 }
 
-/* Commits new tokens: durable before any client can see them. A grant
- * (code exchange, device approval) is not a refresh: count says which. */
-static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool count) {
-        Connection old = *c;
+static void tokens_committed(int result, const char *error, void *userdata);
+
+/* Stages new tokens and queues their commit; tokens_committed() makes
+ * them visible once it is durable. Takes t's tokens and identity. */
+static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool grant, char *identity) {
+        _cleanup_(staged_freep) Staged *st = NULL;
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
+        Connection img;
         int r;
 
-        c->access_token = TAKE_PTR(t->access_token);
-        /* A refresh answer without a refresh token keeps the old one. */
-        if (t->refresh_token)
-                c->refresh_token = TAKE_PTR(t->refresh_token);
-        c->token_type = TAKE_PTR(t->token_type);
-        if (t->scope)
-                c->scope = TAKE_PTR(t->scope);
-        c->expires_at = t->expires_at;
-        c->expires_deadline = t->expires_at ? deadline_from_realtime(t->expires_at) : 0;
-        c->obtained_at = req->sent_at;
-        c->last_refresh_at = now(CLOCK_REALTIME);
-        c->last_error = NULL;
-        if (count)
-                c->refreshes++;
-        c->failures = 0;
-        c->updated_at = c->last_refresh_at;
-
-        r = store_connection_save(m->store, c);
-        if (r < 0) {
-                /* Put everything back: the provider's answer is lost, and
-                 * the old refresh token may be dead if it rotated. */
-                char *new_at = c->access_token, *new_rt = c->refresh_token, *new_tt = c->token_type,
-                     *new_sc = c->scope;
-                c->access_token = old.access_token;
-                c->refresh_token = old.refresh_token;
-                c->token_type = old.token_type;
-                c->scope = old.scope;
-                c->expires_at = old.expires_at;
-                c->expires_deadline = old.expires_deadline;
-                c->obtained_at = old.obtained_at;
-                c->last_refresh_at = old.last_refresh_at;
-                c->last_error = old.last_error;
-                c->refreshes = old.refreshes;
-                secret_free(new_at);
-                if (new_rt != old.refresh_token)
-                        secret_free(new_rt);
-                if (new_tt != old.token_type)
-                        free(new_tt);
-                if (new_sc != old.scope)
-                        free(new_sc);
-                return log_error_errno(r, "%s: failed to store new tokens: %s", c->name,
-                                       store_last_error(m->store));
+        assert(!c->staged);
+        st = new0(Staged, 1);
+        if (!st) {
+                free(identity);
+                return log_oom();
         }
-        manager_expiry_update(m, c);
-        secret_free(old.access_token);
-        if (old.refresh_token != c->refresh_token)
-                secret_free(old.refresh_token);
-        if (old.token_type != c->token_type)
-                free(old.token_type);
-        if (old.scope != c->scope)
-                free(old.scope);
-        free(old.last_error);
+        *st = (Staged) {
+                .manager = m,
+                .conn = c,
+                .grant = grant,
+                .access_token = TAKE_PTR(t->access_token),
+                .refresh_token = TAKE_PTR(t->refresh_token),
+                .token_type = TAKE_PTR(t->token_type),
+                .scope = TAKE_PTR(t->scope),
+                .identity = identity,
+                .expires_at = t->expires_at,
+                .obtained_at = req->sent_at,
+                .last_refresh_at = now(CLOCK_REALTIME),
+        };
+        c->staged = st;
+        refresher_image(c, &img);
+        r = store_row_new(m->store, &img, &row);
+        if (r >= 0)
+                r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
+        if (r < 0) {
+                /* the answer is lost; the old refresh token may be dead if it rotated */
+                c->staged = NULL;
+                return log_error_errno(r, "%s: failed to store new tokens: %m", c->name);
+        }
+        TAKE_PTR(st);
+        m->committing++;
         return 0;
+}
+
+static void refresh_committed(Manager *m, Connection *c, unsigned failures) {
+        ProviderStats *ps = manager_stats(m, c->provider);
+        ConnState before = c->state;
+
+        m->refresh_ok++;
+        if (ps)
+                ps->refresh_ok++;
+        if (before != CONN_ACTIVE) {
+                manager_set_state(m, c, CONN_ACTIVE);   /* already in the committed row */
+                if (before == CONN_NEEDS_REAUTH) {
+                        manager_event(m, c, "recovered", "connection works again");
+                        manager_notify(m, c, "recovered");
+                } else
+                        manager_event(m, c, "active", "connection is active");
+        } else if (failures > 0)
+                manager_event(m, c, "recovered", "refresh works again after %u failures", failures);
+        log_debug("%s: refreshed, expires in %" PRIu64 " s.", c->name,
+                  c->expires_at ? usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC : 0);
+        refresher_schedule(m, c);
+        wake_waiters(c, 0);
+}
+
+static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req);
+
+/* The provider's answer could not be stored: it is dropped, as if the
+ * refresh had failed for a moment; the old token stays, retry with backoff. */
+static void refresh_store_failed(Manager *m, Connection *c) {
+        ProviderStats *ps = manager_stats(m, c->provider);
+
+        log_warning("%s: refresh failed: cannot store the new tokens", c->name);
+        m->refresh_failed++;
+        if (ps)
+                ps->refresh_transient++;
+        set_last_error(c, "cannot store the new tokens");
+        c->failures++;
+        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(m, c, NULL));
+        manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): cannot store the new tokens",
+                      c->failures);
+        (void) save(m, c);
+        refresher_schedule(m, c);
+        wake_waiters(c, -EAGAIN);
+}
+
+static void grant_committed(Manager *m, Connection *c, Staged *st);
+
+/* The writer's completion for staged tokens, on the loop, in queue order.
+ * This is where the durability rule is enforced: the tokens become the
+ * connection's, and so reach clients, only with result 0, i.e. once the
+ * batch holding them (and any rotated refresh token) is on disk. */
+static void tokens_committed(int result, const char *error, void *userdata) {
+        _cleanup_(staged_freep) Staged *st = userdata;
+        Manager *m = st->manager;
+        Connection *c = st->conn;
+        unsigned failures;
+
+        assert(m->committing > 0);
+        m->committing--;
+        if (!c) {
+                manager_maybe_exit(m);
+                return;   /* removed meanwhile: its delete came after, nothing to hand out */
+        }
+        assert(c->staged == st);
+        c->staged = NULL;
+        if (result < 0) {
+                log_error_errno(result, "%s: failed to store new tokens: %s", c->name, strempty(error));
+                if (st->grant) {
+                        /* the state stays spent (unlinked at the callback) */
+                        set_last_error(c, "cannot store the new tokens");
+                        wake_waiters(c, result);
+                } else
+                        refresh_store_failed(m, c);
+                manager_wheel_rearm(m);
+                manager_maybe_exit(m);
+                return;
+        }
+
+        secret_free(c->access_token);
+        c->access_token = TAKE_PTR(st->access_token);
+        /* A refresh answer without a refresh token keeps the old one. */
+        if (st->refresh_token) {
+                secret_free(c->refresh_token);
+                c->refresh_token = TAKE_PTR(st->refresh_token);
+        }
+        free(c->token_type);
+        c->token_type = TAKE_PTR(st->token_type);
+        if (st->scope) {
+                free(c->scope);
+                c->scope = TAKE_PTR(st->scope);
+        }
+        c->expires_at = st->expires_at;
+        c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
+        c->obtained_at = st->obtained_at;
+        c->last_refresh_at = c->updated_at = st->last_refresh_at;
+        c->last_error = mfree(c->last_error);
+        if (!st->grant)
+                c->refreshes++;
+        failures = c->failures;
+        c->failures = 0;
+        manager_expiry_update(m, c);
+
+        if (st->grant)
+                grant_committed(m, c, st);
+        else
+                refresh_committed(m, c, failures);
+        manager_wheel_rearm(m);
+        manager_maybe_exit(m);
 }
 
 static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token) {
@@ -534,9 +693,6 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         if (o == OAUTH_OK || o == OAUTH_PERMANENT)
                 c->importing = false;   /* the imported token is proven, or refused */
         if (o == OAUTH_OK) {
-                ConnState before = c->state;
-                unsigned failures = c->failures;
-
                 if (!c->identity && t.id_token) {
                         char *id = NULL;
                         if (oauth_identity_from_claims(p, t.id_token, &id) >= 0) {
@@ -545,30 +701,10 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         }
                 }
 
-                r = apply_tokens(m, c, &t, req, true);
+                r = apply_tokens(m, c, &t, req, false, NULL);
                 token_set_done(&t);
-                if (r >= 0) {
-                        m->refresh_ok++;
-                        if (ps)
-                                ps->refresh_ok++;
-                        if (before != CONN_ACTIVE) {
-                                manager_set_state(m, c, CONN_ACTIVE);
-                                (void) save(m, c);
-                                if (before == CONN_NEEDS_REAUTH) {
-                                        manager_event(m, c, "recovered", "connection works again");
-                                        manager_notify(m, c, "recovered");
-                                }
-                                else
-                                        manager_event(m, c, "active", "connection is active");
-                        } else if (failures > 0)
-                                manager_event(m, c, "recovered", "refresh works again after %u failures", failures);
-                        log_debug("%s: refreshed, expires in %" PRIu64 " s.", c->name,
-                                  c->expires_at ? usec_sub(c->expires_at, now(CLOCK_REALTIME)) / USEC_PER_SEC
-                                                : 0);
-                        refresher_schedule(m, c);
-                        wake_waiters(c, 0);
-                        return;
-                }
+                if (r >= 0)
+                        return;   /* refresh_committed() once it is durable */
                 error = strdup("cannot store the new tokens");
                 o = OAUTH_TRANSIENT;
         }
@@ -593,7 +729,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                 timerwheel_cancel(m->wheel, &c->timer);
                 wake_waiters(c, -EKEYREJECTED);
                 if (manager_remove(m, c) < 0)
-                        log_error("%s: failed to remove the connection: %s", c->name, store_last_error(m->store));
+                        log_error("%s: failed to remove the connection: out of memory", c->name);
                 return;
         }
         if (o == OAUTH_PERMANENT && used_refresh_token && importing) {
@@ -698,46 +834,39 @@ static void userinfo_done(Manager *m, Connection *c, HttpRequest *req) {
  * so losing this would lose the grant. */
 static void grant_completed(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req) {
         const Provider *p = manager_provider(m, c);
-        _cleanup_free_ char *identity = NULL;
-        ConnState before = c->state;
-        char *hash = c->state_hash, *verifier = c->code_verifier;
-        usec_t until = c->pending_until, interval = c->device_interval;
+        char *identity = NULL;
         int r;
 
         if (t->id_token)
                 (void) oauth_identity_from_claims(p, t->id_token, &identity);
-        c->state_hash = NULL;
-        c->code_verifier = NULL;
-        c->pending_until = 0;
-        c->device_interval = 0;
-        manager_set_state(m, c, CONN_ACTIVE);
-        r = apply_tokens(m, c, t, req, false);
+        r = apply_tokens(m, c, t, req, true, identity);
+        token_set_done(t);
         if (r < 0) {
-                manager_set_state(m, c, before);
-                c->state_hash = hash;
-                c->code_verifier = verifier;
-                c->pending_until = until;
-                c->device_interval = interval;
                 /* the state stays spent: pending_linked is false */
-                token_set_done(t);
                 set_last_error(c, "cannot store the new tokens");
                 wake_waiters(c, r);
-                return;
         }
+        /* else grant_committed() once it is durable */
+}
+
+static void grant_committed(Manager *m, Connection *c, Staged *st) {
+        const Provider *p = manager_provider(m, c);
+        int r;
+
+        /* The committed row has all this already. */
+        manager_set_state(m, c, CONN_ACTIVE);
         manager_pending_unlink(m, c);
-        free(hash);
-        secret_free(verifier);
+        c->state_hash = mfree(c->state_hash);
+        c->code_verifier = secret_free(c->code_verifier);
+        c->pending_until = 0;
         c->auth_state = secret_free(c->auth_state);
         connection_clear_device(c);
-        token_set_done(t);
         /* The new grant says who authorized it (its ID token, else the
          * userinfo answer below); the old identity is kept aside so that
          * authorized_finish() can tell a change of account. */
         free(c->previous_identity);
         c->previous_identity = TAKE_PTR(c->identity);
-        c->identity = TAKE_PTR(identity);
-        if (c->identity)
-                (void) save(m, c);
+        c->identity = TAKE_PTR(st->identity);
         if (p && p->userinfo_url) {
                 r = userinfo_start(m, c, p);
                 if (r >= 0)
@@ -786,7 +915,7 @@ int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
                 return -ENOENT;
         if (!p->device_authorization_url)
                 return -EOPNOTSUPP;
-        if (c->inflight || c->revoke_waiter)
+        if (connection_busy(c) || c->revoke_waiter)
                 return -EBUSY;
         v = request_vars(m, c, p);
         s = c->requested_scope ?: p->scopes;
@@ -812,7 +941,7 @@ static void device_failed(Manager *m, Connection *c, const char *kind, const cha
         wake_waiters(c, result);
         if (remove && c->state == CONN_PENDING && !c->access_token && !c->refresh_token && !c->waiters &&
             manager_remove(m, c) < 0)
-                log_error("%s: failed to remove the connection: %s", c->name, store_last_error(m->store));
+                log_error("%s: failed to remove the connection: out of memory", c->name);
 }
 
 static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
@@ -972,7 +1101,7 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
 int refresher_revoke(Manager *m, Connection *c, Waiter *w) {
         int r;
 
-        if (c->inflight || c->revoke_waiter)
+        if (connection_busy(c) || c->revoke_waiter)
                 return -EBUSY;
         queue_remove(m, c);
         timerwheel_cancel(m->wheel, &c->timer);
@@ -990,7 +1119,7 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
 
         if (!p)
                 return -ENOENT;
-        if (c->inflight)
+        if (connection_busy(c))
                 return -EBUSY;
         {
                 const Param params[] = {
