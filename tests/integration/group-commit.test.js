@@ -1,0 +1,103 @@
+'use strict';
+/*
+ * Group commit: a refreshed token is handed out only once its batch is
+ * durable. The store writer is held with its test hook
+ * (TOKENBROKER_TEST_WRITER_STALL=path: while the file exists the writer
+ * waits before committing), so the provider's answer is in but its commit
+ * is not:
+ *  1. a plain GET .../token keeps serving the old token, and ?min_ttl
+ *     (which wants the new one) waits; once the file is gone the new
+ *     token is served, to the waiter and to everyone after.
+ *  2. SIGKILL while stalled, then a restart: the daemon still holds the
+ *     old refresh token and the provider (the fake one with rotation and
+ *     a grace period for a client that died before its commit) takes it:
+ *     no invalid_grant, and the lost answer's access token was never seen
+ *     by a client (stats.graceAfterSeen = 0).
+ */
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const { Broker, followAuthorize, sleep, waitFor, iniProvider } = require('../lib/broker.js');
+const { startFakeProvider } = require('../lib/fake-provider.js');
+
+test('group commit: no token before its commit is durable; SIGKILL while stalled loses nothing handed out', { timeout: 90000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
+  const stall = path.join(dir, 'stall');
+  const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'group-commit-secret' },
+    env: { TOKENBROKER_TEST_WRITER_STALL: stall },
+  });
+  t.after(async () => {
+    fs.rmSync(dir, { recursive: true, force: true });   // never leave the writer held
+    await b.stop();
+    await fp.close();
+  });
+  const token = async () => {
+    const r = await b.api('GET', '/v1/connections/gc/token');
+    assert.equal(r.status, 200, `token: ${r.text}`);
+    fp.markSeen(r.json.access_token);
+    return r.json.access_token;
+  };
+  const issued = () => fp.issued.length;
+
+  const c = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
+  assert.equal(c.status, 201, c.text);
+  assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
+  const t0 = await token();
+  assert.equal(t0, fp.issued[fp.issued.length - 1].access_token);
+
+  // 1. Held commit: the old token is served, min_ttl waits.
+  fs.writeFileSync(stall, '');
+  const n0 = issued();
+  let waited = null;
+  const waiter = b.api('GET', '/v1/connections/gc/token?min_ttl=3000').then((r) => { waited = r; return r; });
+  await waitFor(() => issued() > n0, { timeoutMs: 10000, what: 'the provider to answer the refresh' });
+  const t1 = fp.issued[fp.issued.length - 1].access_token;
+  assert.notEqual(t1, t0);
+  await sleep(700);   // the answer is in the daemon; its commit is held
+  for (let i = 0; i < 5; i++) {
+    assert.equal(await token(), t0, 'a token was served before its commit was durable');
+    await sleep(50);
+  }
+  assert.equal(waited, null, 'min_ttl was answered before the new token was committed');
+  const show = await b.api('GET', '/v1/connections/gc');
+  assert.equal(show.json.refreshing, true, `the connection should say it is refreshing: ${show.text}`);
+
+  fs.rmSync(stall);
+  const w = await waiter;
+  assert.equal(w.status, 200, w.text);
+  assert.equal(w.json.access_token, t1, 'the waiter gets the new token once it is committed');
+  fp.markSeen(t1);
+  assert.equal(await token(), t1);
+  assert.equal(issued(), n0 + 1, 'one provider request for the refresh');
+
+  // 2. SIGKILL while the commit is held.
+  fs.writeFileSync(stall, '');
+  const n1 = issued();
+  const pending = b.api('POST', '/v1/connections/gc/refresh').catch(() => null);
+  await waitFor(() => issued() > n1, { timeoutMs: 10000, what: 'the provider to answer the refresh' });
+  const lost = fp.issued[fp.issued.length - 1];
+  await sleep(700);
+  assert.equal(await token(), t1, 'a token was served before its commit was durable');
+  await b.kill('SIGKILL');
+  await pending;
+  fs.rmSync(stall);
+  fp.newGeneration();
+  await b.launch();
+
+  assert.equal(await token(), t1, 'after the restart: the last committed token');
+  const rf = await b.api('POST', '/v1/connections/gc/refresh');
+  assert.equal(rf.status, 200, `refresh after the restart: ${rf.text}`);
+  const t3 = await token();
+  assert.notEqual(t3, lost.access_token);
+  assert.notEqual(t3, t1);
+  assert.equal(fp.stats.invalidGrant, 0, `invalid_grant: ${JSON.stringify(fp.rejections)}`);
+  assert.equal(fp.stats.graceAccepted, 1, 'the restart presented the last committed refresh token once');
+  assert.equal(fp.stats.graceAfterSeen, 0, 'a token whose refresh token was lost had been handed out');
+  assert.equal(fp.stats.graceSameGeneration, 0, 'a live daemon went back to an older refresh token');
+});
