@@ -1081,3 +1081,138 @@ TEST(plain_file_untouched_when_sealing_fails) {
         CHECK(!db_files_contain(path, "plain-access-one"));
         store_close(s);
 }
+
+/* ---- the writer (group commit) ----------------------------------------- */
+
+typedef struct Done {
+        unsigned n;
+        int order[16];
+        int result[16];
+} Done;
+
+static Done done;
+
+static void on_done(int result, const char *error, void *userdata) {
+        int i = (int) (intptr_t) userdata;
+
+        (void) error;
+        if (done.n < ELEMENTSOF(done.order)) {
+                done.order[done.n] = i;
+                done.result[done.n] = result;
+        }
+        done.n++;
+}
+
+static int queue_save(Store *s, StoreWriter *w, Connection *c, int i) {
+        StoreRow *row = NULL;
+        int r = store_row_new(s, c, &row);
+
+        return r < 0 ? r : store_writer_save(w, row, on_done, (void *) (intptr_t) i);
+}
+
+TEST(writer_commits_in_order_and_only_then_completes) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir), *stall = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("wa", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *b = conn_new("wb", "p", CONN_ACTIVE);
+        _cleanup_db_ sqlite3 *db = NULL;
+        StoreWriter *w = NULL;
+        StoreRow *row = NULL;
+        Loaded l = {};
+
+        CHECK(asprintf(&stall, "%s/stall", dir) > 0);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !a || !b || !stall)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, a), 0);   /* a synchronous one first */
+        db = db_open(path);
+
+        CHECK_EQ_INT(setenv("TOKENBROKER_TEST_WRITER_STALL", stall, 1), 0);
+        CHECK_EQ_INT(store_writer_new(s, NULL, &w), 0);
+        CHECK_EQ_INT(unsetenv("TOKENBROKER_TEST_WRITER_STALL"), 0);
+        if (!w)
+                return;
+        fclose(fopen(stall, "w"));
+        done = (Done) {};
+
+        /* ids from memory: after the highest in the file */
+        b->id = store_connection_id_new(s);
+        CHECK(b->id > a->id);
+        CHECK_EQ_INT(store_row_new(s, b, &row), 0);
+        CHECK_EQ_INT(store_writer_insert(w, row, on_done, (void *) 0), 0);
+        free(a->access_token);
+        a->access_token = strdup("at-new");
+        CHECK_EQ_INT(queue_save(s, w, a, 1), 0);
+        CHECK_EQ_INT(store_writer_event(w, 7, "wa", "refresh", "ok"), 0);
+        CHECK_EQ_INT(store_writer_delete(w, a->id, on_done, (void *) 2), 0);
+        CHECK_EQ_INT(queue_save(s, w, a, 3), 0);   /* its row is gone by then: fails alone */
+        CHECK_EQ_INT(store_writer_barrier(w, on_done, (void *) 4), 0);
+        CHECK_EQ_INT((int) store_writer_pending(w), 6);
+
+        /* held: nothing on disk, nothing completed */
+        usleep(100 * 1000);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections WHERE name = 'wb'"), 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events"), 0);
+        CHECK_EQ_INT((int) done.n, 0);
+
+        CHECK_EQ_INT(unlink(stall), 0);
+        CHECK_EQ_INT(store_writer_flush(w), 0);
+        CHECK_EQ_INT((int) store_writer_pending(w), 0);
+        CHECK_EQ_INT((int) done.n, 5);
+        for (int i = 0; i < 5; i++)
+                CHECK_EQ_INT(done.order[i], i);
+        CHECK_EQ_INT(done.result[0], 0);
+        CHECK_EQ_INT(done.result[1], 0);
+        CHECK_EQ_INT(done.result[2], 0);
+        CHECK_EQ_INT(done.result[3], -ENOENT);
+        CHECK_EQ_INT(done.result[4], 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections WHERE name = 'wa'"), 0);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE connection = 'wa'"), 1);
+        w = store_writer_free(w);
+
+        /* what the writer inserted loads, with its id, under the key */
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT((int) l.n, 1);
+        if (l.n == 1) {
+                CHECK_STREQ(l.c[0]->name, "wb");
+                CHECK_EQ_INT(l.c[0]->id, b->id);
+        }
+        loaded_done(&l);
+}
+
+TEST(writer_a_bad_change_fails_alone) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(connection_freep) Connection *a = conn_new("same", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *b = conn_new("same", "p", CONN_ACTIVE);
+        _cleanup_(connection_freep) Connection *c = conn_new("other", "p", CONN_ACTIVE);
+        _cleanup_(store_writer_freep) StoreWriter *w = NULL;
+        _cleanup_db_ sqlite3 *db = NULL;
+        StoreRow *row = NULL;
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !a || !b || !c)
+                return;
+        CHECK_EQ_INT(store_writer_new(s, NULL, &w), 0);
+        if (!w)
+                return;
+        done = (Done) {};
+        a->id = store_connection_id_new(s);
+        b->id = store_connection_id_new(s);
+        c->id = store_connection_id_new(s);
+        CHECK_EQ_INT(store_row_new(s, a, &row), 0);
+        CHECK_EQ_INT(store_writer_insert(w, row, on_done, (void *) 0), 0);
+        CHECK_EQ_INT(store_row_new(s, b, &row), 0);   /* the same name: refused */
+        CHECK_EQ_INT(store_writer_insert(w, row, on_done, (void *) 1), 0);
+        CHECK_EQ_INT(store_row_new(s, c, &row), 0);
+        CHECK_EQ_INT(store_writer_insert(w, row, on_done, (void *) 2), 0);
+        CHECK_EQ_INT(store_writer_flush(w), 0);
+        CHECK_EQ_INT((int) done.n, 3);
+        CHECK_EQ_INT(done.result[0], 0);
+        CHECK_EQ_INT(done.result[1], -EEXIST);
+        CHECK_EQ_INT(done.result[2], 0);
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 2);
+}
