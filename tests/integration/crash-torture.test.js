@@ -27,6 +27,11 @@
  * had (it went backwards) or whose access token a client had been handed
  * (served before commit). Tokens are never read from SQLite.
  *
+ * TORTURE_EXPIRES_MIN_S (4) and TORTURE_EXPIRES_SPREAD_S (3) set the
+ * tokens' lifetimes (MIN .. MIN + SPREAD - 1 s), TORTURE_PARALLEL (64)
+ * max_parallel_refreshes; crash-torture-2000.test.js uses them for 2,000
+ * connections refreshing at once.
+ *
  * TORTURE_SEED fixes the random kill schedule. TORTURE_QUICK=1 allows
  * counts below the issue's minimum (100 kills, 200 connections).
  *
@@ -86,6 +91,9 @@ const READERS = num('TORTURE_READERS', 4);
 const DELAY_MAX = num('TORTURE_PROVIDER_DELAY_MS', 150);
 const SEED = num('TORTURE_SEED', Date.now() % 2147483647);
 const QUICK = process.env.TORTURE_QUICK === '1';
+const EXPIRES_MIN = num('TORTURE_EXPIRES_MIN_S', 4);
+const EXPIRES_SPREAD = Math.max(1, num('TORTURE_EXPIRES_SPREAD_S', 3));
+const PARALLEL = num('TORTURE_PARALLEL', 64);
 const SETTLE_MS = 30;   // lets the provider finish reading what a dead daemon had sent
 
 /* mulberry32: a small seeded generator, so a failing schedule can be replayed. */
@@ -142,13 +150,13 @@ test(`crash torture: ${KILLS} SIGKILLs while ${CONNS} rotating connections refre
   const fp = await startFakeProvider({
     graceReuse: true,
     record: false,
-    expiresIn: () => 4 + Math.floor(rand() * 3),          // 4, 5 or 6 s
+    expiresIn: () => EXPIRES_MIN + Math.floor(rand() * EXPIRES_SPREAD),   // 4, 5 or 6 s by default
     tokenDelayMs: () => Math.floor(rand() * DELAY_MAX),
   });
   const b = await Broker.start({
     providers: { fake: iniProvider(fp.providerConf()) },
     secrets: { 'fake.secret': 'torture-client-secret' },
-    broker: { refresh_margin: '2s', refresh_ratio: '0.3', refresh_jitter: '1s', max_parallel_refreshes: '64' },
+    broker: { refresh_margin: '2s', refresh_ratio: '0.3', refresh_jitter: '1s', max_parallel_refreshes: String(PARALLEL) },
     logLevel: 'info',
   });
   let stray = null;   // an early-killed daemon, if the test fails meanwhile
