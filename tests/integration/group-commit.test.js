@@ -23,7 +23,7 @@ const path = require('node:path');
 const { Broker, followAuthorize, sleep, waitFor, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
-test('group commit: no token before its commit is durable; SIGKILL while stalled loses nothing handed out', { timeout: 90000 }, async (t) => {
+test('group commit: no token before its commit is durable; SIGKILL while stalled loses nothing handed out', { timeout: 120000 }, async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
   const stall = path.join(dir, 'stall');
   const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
