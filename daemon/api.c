@@ -441,8 +441,11 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 answer_token(r, c, 0);   /* the hot path: from memory */
                 return;
         }
+        /* The rate limit answers with the token there is, so only while it
+         * is valid: an expired one (a late refresh timer, a restart, one
+         * queued for a refresh slot) is refreshed, as a GET would. */
         if (route == ROUTE_INVALIDATE && c->last_refresh_at + INVALIDATE_MIN_INTERVAL > now(CLOCK_REALTIME) &&
-            !connection_busy(c)) {
+            ttl > 0 && !connection_busy(c) && !c->queued) {
                 answer_token(r, c, 0);
                 return;
         }

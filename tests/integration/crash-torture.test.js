@@ -203,7 +203,7 @@ test(`crash torture: ${KILLS} SIGKILLs while ${CONNS} rotating connections refre
 
   const lost = new Map();   // name -> first reason
   const lose = (name, why) => { if (!lost.has(name)) lost.set(name, why); };
-  const reader = { ok: 0, mismatch: 0, needsReauth: 0, other: {}, down: 0 };
+  const reader = { ok: 0, mismatch: 0, needsReauth: 0, other: {}, otherSeen: [], down: 0 };
   const failures = [];
   let launchedAt = Date.now();
 
@@ -236,7 +236,11 @@ test(`crash torture: ${KILLS} SIGKILLs while ${CONNS} rotating connections refre
         } else if (r.status === 409) {
           reader.needsReauth++;
           lose(name, `token: 409 ${r.json?.error}`);
-        } else reader.other[r.status] = (reader.other[r.status] || 0) + 1;
+        } else {
+          reader.other[r.status] = (reader.other[r.status] || 0) + 1;
+          // what the daemon said (an error text: never a token) and to which request
+          if (reader.otherSeen.length < 10) reader.otherSeen.push(`${kind} ${name}: ${r.status} ${r.json?.error_description ?? ''}`);
+        }
         await sleep(kind === 'token' ? 10 : 100);
       }
     })());
@@ -351,6 +355,7 @@ test(`crash torture: ${KILLS} SIGKILLs while ${CONNS} rotating connections refre
     `refreshes per connection min ${Math.min(...perGrant)} max ${Math.max(...perGrant)}`);
   console.log(`  readers: ${reader.ok} tokens checked, ${reader.mismatch} mismatches, ${reader.needsReauth} needs_reauth, ` +
     `other ${JSON.stringify(reader.other)}, ${reader.down} while down`);
+  for (const o of reader.otherSeen) console.log(`  reader answer: ${o}`);
   console.log(`  daemon log: ${storeFailures.length} store failures, ${sanitizer.length} sanitizer reports`);
   for (const [name, why] of [...lost].slice(0, 20)) console.log(`  LOST ${name}: ${why}`);
   for (const rj of fp.rejections.slice(0, 20)) console.log(`  REJECTED grant ${rj.grant}: ${rj.reason} at +${rj.time - t0} ms`);
