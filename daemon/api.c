@@ -75,6 +75,7 @@ struct ApiRequest {
         char extra_value[32];
         const char *content_type;   /* default application/json */
         bool status_created;        /* ROUTE_CREATE: 201, not 200 */
+        char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable */
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -305,6 +306,24 @@ static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
         answer(r, 200, s);
 }
 
+/* A revoke's delete is durable (or failed): now the answer. Runs on the
+ * loop; at shutdown manager_free() flushes the writer before api_free(),
+ * so r is still suspended here. */
+static void on_revoke_deleted(int result, const char *error, void *userdata) {
+        ApiRequest *r = userdata;
+
+        if (!r->suspended)
+                return;
+        if (result < 0) {
+                log_error_errno(result, "Failed to delete a revoked connection from the store: %s", strempty(error));
+                r->revoke_answer = mfree(r->revoke_answer);
+                answer_error(r, 500, API_ERR_SERVER, "cannot delete the connection");
+        } else
+                answer(r, 200, TAKE_PTR(r->revoke_answer));
+        resume(r);
+        mhd_loop_kick(&r->api->loop);
+}
+
 static void on_refreshed(Connection *c, int result, void *userdata) {
         ApiRequest *r = userdata;
         bool was_suspended = r->suspended;
@@ -364,14 +383,26 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                 {
                         json_t *j = json_pack("{s:s, s:b, s:s}", "name", c->name, "revoked_at_provider", at_provider,
                                               "revocation", how);
-                        k = manager_remove(m, c);
+                        char *body = dump(j);
+
+                        if (!body) {
+                                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                                break;
+                        }
+                        /* The answer says "deleted": only once the delete
+                         * is durable (on_revoke_deleted). */
+                        free(r->revoke_answer);
+                        r->revoke_answer = body;
+                        k = manager_remove_then(m, c, on_revoke_deleted, r);
                         if (k < 0) {
-                                json_decref(j);
+                                r->revoke_answer = mfree(r->revoke_answer);
                                 answer_error(r, 500, API_ERR_SERVER, "cannot delete the connection");
-                        } else
-                                answer(r, 200, dump(j));
+                                break;
+                        }
+                        if (!r->suspended)
+                                suspend(r, NULL);   /* c is gone: no target */
+                        return;
                 }
-                break;
         }
         }
         if (was_suspended) {
@@ -1010,6 +1041,7 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused
         sd_event_source_disable_unref(r->wait_timer);
         free(r->body);
         free(r->response);
+        free(r->revoke_answer);
         free(r);
         *req_cls = NULL;
 }

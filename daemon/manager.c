@@ -527,11 +527,15 @@ int manager_save(Manager *m, Connection *c) {
 }
 
 int manager_remove(Manager *m, Connection *c) {
+        return manager_remove_then(m, c, write_done, (void *) "delete");
+}
+
+int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata) {
         int r;
 
         /* Gone from memory now; a row whose delete then fails comes back
-         * at the next start (logged by write_done). */
-        r = store_writer_delete(m->writer, c->id, write_done, (void *) "delete");
+         * at the next start (fn logs it). */
+        r = store_writer_delete(m->writer, c->id, fn, userdata);
         if (r < 0)
                 return r;
         refresher_cancel(m, c);

@@ -149,6 +149,9 @@ void manager_pending_unlink(Manager *m, Connection *c);
 /* Removes a connection from memory at once and queues its deletion from
  * the store. */
 int manager_remove(Manager *m, Connection *c);
+/* The same; fn runs on the loop once the deletion is durable (0) or
+ * failed (-errno), for a caller that must not answer before (a revoke). */
+int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata);
 
 /* Queues a write of the connection's row as it stands (with any staged
  * tokens: see refresher_image()); durable some milliseconds later, in

@@ -13,6 +13,8 @@
  *     a grace period for a client that died before its commit) takes it:
  *     no invalid_grant, and the lost answer's access token was never seen
  *     by a client (stats.graceAfterSeen = 0).
+ *  3. A revoke (DELETE) is answered only once the row's delete is
+ *     committed: while held, no answer and the row is still there.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -100,4 +102,19 @@ test('group commit: no token before its commit is durable; SIGKILL while stalled
   assert.equal(fp.stats.graceAccepted, 1, 'the restart presented the last committed refresh token once');
   assert.equal(fp.stats.graceAfterSeen, 0, 'a token whose refresh token was lost had been handed out');
   assert.equal(fp.stats.graceSameGeneration, 0, 'a live daemon went back to an older refresh token');
+
+  // 3. A revoke answers "deleted" only once the delete is durable.
+  fs.writeFileSync(stall, '');
+  let revoked = null;
+  const rv = b.api('DELETE', '/v1/connections/gc').then((r) => { revoked = r; return r; });
+  await waitFor(() => fp.requests.some((x) => x.path === '/revoke'), { timeoutMs: 10000, what: 'the revocation at the provider' });
+  await sleep(700);
+  assert.equal(revoked, null, 'the revoke was answered before its delete was committed');
+  assert.match(b.dumpStore(), /\|gc\|fake\|active\|/, 'the row went before its commit');
+  fs.rmSync(stall);
+  const rvr = await rv;
+  assert.equal(rvr.status, 200, rvr.text);
+  assert.equal(rvr.json.revoked_at_provider, true, rvr.text);
+  assert.doesNotMatch(b.dumpStore(), /\|gc\|/, 'the revoke answered before the row was deleted');
+  assert.equal((await b.api('GET', '/v1/connections/gc')).status, 404);
 });
