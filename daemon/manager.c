@@ -816,6 +816,7 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
         log_info("Received %s, shutting down.", strsignal((int) si->ssi_signo));
         (void) sd_notify(false, "STOPPING=1");
         m->stopping = true;
+        store_writer_unstall(m->writer);   /* the test hook never holds a stop */
         if (m->refreshing > 0 || m->committing > 0) {
                 log_info("Waiting up to %" PRIu64 " s for %u provider requests in flight and %u commits.",
                          STOP_GRACE / USEC_PER_SEC, m->refreshing, m->committing);

@@ -115,6 +115,9 @@ typedef void (*store_done_fn)(int result, const char *error, void *userdata);
  * never more than STORE_WRITER_STALL_MAX a batch, never while stopping). */
 #define STORE_WRITER_STALL_MAX (120 * USEC_PER_SEC)
 int store_writer_new(Store *s, sd_event *event, StoreWriter **ret);
+/* The test hook holds nothing from now on (the daemon is stopping:
+ * SIGTERM, store_writer_flush()). */
+void store_writer_unstall(StoreWriter *w);
 /* Stops the writer after it has committed everything queued, then runs
  * the completions still due: see store_writer_flush(). */
 StoreWriter *store_writer_free(StoreWriter *w);

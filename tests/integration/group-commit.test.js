@@ -118,3 +118,53 @@ test('group commit: no token before its commit is durable; SIGKILL while stalled
   assert.doesNotMatch(b.dumpStore(), /\|gc\|/, 'the revoke answered before the row was deleted');
   assert.equal((await b.api('GET', '/v1/connections/gc')).status, 404);
 });
+
+test('group commit: SIGTERM while the writer is held commits the staged tokens and exits at once', { timeout: 120000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
+  const stall = path.join(dir, 'stall');
+  const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'group-commit-secret' },
+    env: { TOKENBROKER_TEST_WRITER_STALL: stall },
+  });
+  t.after(async () => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    await b.stop();
+    await fp.close();
+  });
+  const c = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
+  assert.equal(c.status, 201, c.text);
+  assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
+  const t0 = (await b.api('GET', '/v1/connections/gc/token')).json.access_token;
+  fp.markSeen(t0);
+
+  fs.writeFileSync(stall, '');
+  const n = fp.issued.length;
+  const pending = b.api('POST', '/v1/connections/gc/refresh').catch(() => null);
+  await waitFor(() => fp.issued.length > n, { timeoutMs: 10000, what: 'the provider to answer the refresh' });
+  const staged = fp.issued[fp.issued.length - 1].access_token;
+  await sleep(700);   // staged, its commit held
+  // The stall file stays: a stop must neither wait for the hook nor drop
+  // the staged answer (STOP_GRACE is 10 s; the hook holds up to 120 s).
+  const t1 = Date.now();
+  await b.kill('SIGTERM');
+  const stopMs = Date.now() - t1;
+  const last = b.exits[b.exits.length - 1];
+  assert.deepEqual([last.code, last.signal], [0, null], `exit after SIGTERM: ${JSON.stringify(last)}`);
+  assert.ok(stopMs < 5000, `SIGTERM with the writer held took ${stopMs} ms`);
+  const r = await pending;
+  // the commit is done before the loop ends: the waiter has its answer
+  assert.equal(r?.status, 200, `the refresh waiter got ${r && r.text}`);
+
+  fs.rmSync(stall);
+  await b.launch();
+  const after = await b.api('GET', '/v1/connections/gc/token');
+  assert.equal(after.status, 200, after.text);
+  assert.equal(after.json.access_token, staged, 'the answer staged at SIGTERM was not committed at the stop');
+  fp.markSeen(staged);
+  const rf = await b.api('POST', '/v1/connections/gc/refresh');
+  assert.equal(rf.status, 200, rf.text);
+  assert.equal(fp.stats.invalidGrant, 0, `invalid_grant: ${JSON.stringify(fp.rejections)}`);
+  assert.equal(fp.stats.graceAccepted, 0, 'the restart went back to the refresh token before the stop');
+});
