@@ -52,7 +52,7 @@ UNIT_OBJ := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%.o,$(UNIT_SRC))
 # build/tests/unit/*.o", then `make run` recompiles them all): keep them.
 .SECONDARY: $(UNIT_OBJ)
 
-all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen \
+all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen $(BUILD)/bench/seed \
 	$(BUILD)/tools/realtime-shift.so
 
 $(BUILD)/tools/%: tests/tools/%.c

@@ -728,15 +728,115 @@ static void route_create(ApiRequest *r) {
         }
 }
 
+/* A query parameter as sent, or NULL; -EINVAL (in *ret_bad) if it holds a
+ * NUL byte (%00), which a C string would silently cut short. */
+static const char *arg_checked(ApiRequest *r, const char *key, bool *ret_bad) {
+        const char *v = NULL;
+        size_t n = 0;
+
+        if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES ||
+            !v)
+                return NULL;
+        if (strlen(v) != n)
+                *ret_bad = true;
+        return v;
+}
+
+/* A page size: decimal digits only, 1..max. */
+static int parse_limit(const char *s, unsigned max, unsigned *ret) {
+        unsigned long v = 0;
+        size_t n = strlen(s);
+
+        if (n == 0 || n > 9 || strspn(s, "0123456789") != n)
+                return -EINVAL;
+        v = strtoul(s, NULL, 10);
+        if (v == 0 || v > max)
+                return -ERANGE;
+        *ret = (unsigned) v;
+        return 0;
+}
+
+/* What a connection name may hold (any length up to the maximum, "" too):
+ * a prefix or a cursor. Anything else matches no connection. */
+static bool name_chars_valid(const char *s) {
+        return strlen(s) <= CONNECTION_NAME_MAX &&
+               strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == strlen(s);
+}
+
+/* GET /v1/connections?limit=N&after=NAME&state=S&provider=P&prefix=T: one
+ * page in byte order of name, from the ordered index. Its work is bounded
+ * by the page, never by the number of connections: at most
+ * API_LIST_SCAN_MAX connections are examined, then the page ends with
+ * "next" even if it is short. A cursor need not name a connection that
+ * still exists: the page starts after it in byte order. */
 static void route_list(ApiRequest *r) {
         Manager *m = r->api->manager;
-        json_t *a = json_array();
-        HashmapIter it = {};
-        HashmapNode *n;
+        bool bad = false;
+        const char *lim = arg_checked(r, "limit", &bad), *after = arg_checked(r, "after", &bad),
+                   *st = arg_checked(r, "state", &bad), *prov = arg_checked(r, "provider", &bad),
+                   *prefix = arg_checked(r, "prefix", &bad);
+        unsigned limit = API_LIST_LIMIT_DEFAULT, examined = 0;
+        ConnState state = _CONN_STATE_INVALID;
+        size_t prefix_len;
+        const char *last = NULL;
+        bool more = false;
+        OrdIter it;
+        OrdNode *n;
+        json_t *a, *j;
 
-        while (a && (n = hashmap_iter_next(m->connections, &it)))
-                json_array_append_new(a, connection_json(m, container_of(n, Connection, by_name)));
-        answer(r, 200, dump(json_pack("{s:o}", "connections", a)));
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
+        if (lim && parse_limit(lim, API_LIST_LIMIT_MAX, &limit) < 0)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
+        if (after && !name_chars_valid(after))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                    "after must be a connection name (the next of the page before)");
+        if (prefix && !name_chars_valid(prefix))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                    "prefix must be made of connection name characters (A-Z a-z 0-9 . _ -)");
+        if (st) {
+                state = conn_state_from_string(st);
+                if (state < 0)
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                            "state must be pending, active or needs_reauth");
+        }
+        if (prov && (!*prov || strlen(prov) > PROVIDER_NAME_MAX))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid provider name");
+        if (after && !*after)
+                after = NULL;
+        prefix_len = prefix ? strlen(prefix) : 0;
+
+        a = json_array();
+        if (!a)
+                return answer_error(r, 500, API_ERR_SERVER, "out of memory");
+        /* Names with a prefix sit together: start at the later of the
+         * cursor and the prefix, stop at the first name without it. */
+        if (prefix_len > 0 && (!after || strcmp(after, prefix) < 0))
+                ordmap_seek(&m->ordered, &it, prefix, true);
+        else
+                ordmap_seek(&m->ordered, &it, after, false);
+        while ((n = ordmap_iter_next(&it))) {
+                Connection *c = container_of(n, Connection, by_order);
+
+                if (prefix_len > 0 && strncmp(c->name, prefix, prefix_len) != 0)
+                        break;
+                if (json_array_size(a) >= limit || examined >= API_LIST_SCAN_MAX) {
+                        more = true;
+                        break;
+                }
+                examined++;
+                last = c->name;
+                if (state >= 0 && c->state != state)
+                        continue;
+                if (prov && !streq(c->provider, prov))
+                        continue;
+                if (json_array_append_new(a, connection_json(m, c)) < 0) {
+                        json_decref(a);
+                        return answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                }
+        }
+        j = json_pack("{s:o, s:s?}", "connections", a, "next", more ? last : NULL);
+        answer(r, 200, dump(j));
 }
 
 static void route_providers(ApiRequest *r) {
@@ -789,47 +889,68 @@ static void route_status(ApiRequest *r) {
         answer(r, 200, dump(j));
 }
 
+typedef struct EventPage {
+        json_t *events;
+        unsigned limit;
+        bool more;                 /* a row beyond the limit came back */
+} EventPage;
+
 static int event_json(const StoreEvent *e, void *userdata) {
+        EventPage *p = userdata;
         char b[32];
 
-        return json_array_append_new(userdata, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
-                                                         "at", format_timestamp(b, sizeof b, e->at),
-                                                         "connection", e->connection, "kind", e->kind ?: "",
-                                                         "message", e->message ?: "")) < 0
+        if (json_array_size(p->events) >= p->limit) {
+                p->more = true;
+                return 0;
+        }
+        return json_array_append_new(p->events, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
+                                                          "at", format_timestamp(b, sizeof b, e->at),
+                                                          "connection", e->connection, "kind", e->kind ?: "",
+                                                          "message", e->message ?: "")) < 0
                        ? -ENOMEM
                        : 0;
 }
 
+/* GET /v1/events?connection=NAME&limit=N&before=ID: newest first; "next"
+ * (an id, for before=) when older events are left. */
 static void route_events(ApiRequest *r) {
-        const char *conn = arg(r, "connection"), *lim = arg(r, "limit"), *before = arg(r, "before");
-        unsigned long limit = 100;
+        bool bad = false;
+        const char *conn = arg_checked(r, "connection", &bad), *lim = arg_checked(r, "limit", &bad),
+                   *before = arg_checked(r, "before", &bad);
+        unsigned limit = API_EVENTS_LIMIT_DEFAULT;
         long long before_id = 0;
-        json_t *a;
+        EventPage page = {};
+        json_t *last;
         int k;
 
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
         if (conn && !connection_name_valid(conn))
                 return answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid connection name");
-        if (lim) {
-                char *end;
-                limit = strtoul(lim, &end, 10);
-                if (*end || limit == 0 || limit > STORE_EVENTS_MAX)
-                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
-        }
+        if (lim && parse_limit(lim, API_EVENTS_LIMIT_MAX, &limit) < 0)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
         if (before) {
                 char *end;
+                errno = 0;
                 before_id = strtoll(before, &end, 10);
-                if (*end || before_id < 0)
+                if (!*before || *end || errno || before_id < 0)
                         return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
         }
-        a = json_array();   /* after the checks: their early answers left it behind */
-        if (!a)
+        page.limit = limit;
+        page.events = json_array();   /* after the checks: their early answers left it behind */
+        if (!page.events)
                 return answer_error(r, 500, API_ERR_SERVER, "out of memory");
-        k = store_events_list(r->api->manager->store, conn, before_id, (unsigned) limit, event_json, a);
+        /* one more than the page: whether there is a next one */
+        k = store_events_list(r->api->manager->store, conn, before_id, limit + 1, event_json, &page);
         if (k < 0) {
-                json_decref(a);
+                json_decref(page.events);
                 return answer_error(r, 500, API_ERR_SERVER, "cannot read events");
         }
-        answer(r, 200, dump(json_pack("{s:o}", "events", a)));
+        last = json_array_get(page.events, json_array_size(page.events) - 1);
+        if (page.more && last)
+                answer(r, 200, dump(json_pack("{s:o, s:O}", "events", page.events, "next", json_object_get(last, "id"))));
+        else
+                answer(r, 200, dump(json_pack("{s:o}", "events", page.events)));
 }
 
 /* Prometheus text format 0.0.4. Every figure is a counter kept as things

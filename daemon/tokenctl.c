@@ -213,8 +213,13 @@ static int no_such_connection(const char *name) {
         const char *hint = NULL;
         Reply r;
 
-        /* best effort: without the list, the plain message */
-        if (api_call("GET", API_PREFIX, NULL, &r) == EXIT_OK && r.status == 200 && r.json)
+        char path[64];
+
+        /* Best effort: without the list, the plain message. One page of
+         * the names that share the first character (typos rarely touch
+         * it), not a walk over every connection. */
+        snprintf(path, sizeof path, API_PREFIX "?limit=%d&prefix=%c", API_LIST_LIMIT_MAX, name[0]);
+        if (api_call("GET", path, NULL, &r) == EXIT_OK && r.status == 200 && r.json)
                 hint = closest_name(name, json_object_get(r.json, "connections"));
         if (hint)
                 fprintf(stderr, "tokenctl: no connection named '%s' (did you mean '%s'?)\n", name, hint);
@@ -410,80 +415,165 @@ static void print_connection_row(json_t *c) {
                jstr(c, "identity") ?: "-");
 }
 
-static int cmp_by_name(const void *a, const void *b) {
-        const char *x = jstr(*(json_t *const *) a, "name"), *y = jstr(*(json_t *const *) b, "name");
+/* "1,000,000" */
+static const char *thousands(char buf[static 32], unsigned long long v) {
+        char tmp[32];
+        int n = snprintf(tmp, sizeof tmp, "%llu", v), o = 0;
 
-        return strcmp(strempty(x), strempty(y));
-}
-
-/* The array sorted by "name" (a new reference), or NULL. */
-static json_t *sorted_by_name(json_t *a) {
-        size_t n = json_array_size(a), i;
-        _cleanup_free_ json_t **v = NULL;
-        json_t *out;
-
-        v = new0(json_t *, n + 1);
-        out = json_array();
-        if (!v || !out) {
-                json_decref(out);
-                return NULL;
+        for (int i = 0; i < n; i++) {
+                if (i > 0 && (n - i) % 3 == 0)
+                        buf[o++] = ',';
+                buf[o++] = tmp[i];
         }
-        for (i = 0; i < n; i++)
-                v[i] = json_array_get(a, i);
-        qsort(v, n, sizeof *v, cmp_by_name);
-        for (i = 0; i < n; i++)
-                json_array_append(out, v[i]);
-        return out;
+        buf[o] = 0;
+        return buf;
 }
 
-static int do_list(int argc _unused_, char **argv _unused_) {
+/* "1,000,000 connections: 999,998 active, 2 needs_reauth", from the
+ * daemon's counters (GET /v1/status, O(1)), not from counting rows. */
+static int print_list_summary(size_t shown, bool partial) {
         static const char *const states[] = { "active", "pending", "needs_reauth" };
-        size_t counts[ELEMENTSOF(states)] = {}, other = 0, i;
-        json_t *c, *a;
+        unsigned long long counts[ELEMENTSOF(states)], total = 0;
+        char b[32];
+        bool first = true;
+        json_t *c;
         Reply r;
-        int k = call_ok("GET", API_PREFIX, NULL, &r);
+        int k = call_ok("GET", "/v1/status", NULL, &r);
 
         if (k)
                 return k;
-        a = sorted_by_name(json_object_get(r.json, "connections"));
-        if (!a) {
-                reply_done(&r);
-                fprintf(stderr, "tokenctl: out of memory\n");
-                return EXIT_FAILURE_GENERIC;
+        c = json_object_get(r.json, "connections");
+        for (size_t j = 0; j < ELEMENTSOF(states); j++) {
+                json_int_t v = json_integer_value(json_object_get(c, states[j]));
+                counts[j] = v > 0 ? (unsigned long long) v : 0;
+                total += counts[j];
         }
-        if (arg_json)
-                print_json(a);
-        else {
-                bool first = true;
-
-                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
-                json_array_foreach(a, i, c) {
-                        const char *st = jstr(c, "state");
-                        size_t j;
-
-                        print_connection_row(c);
-                        for (j = 0; j < ELEMENTSOF(states); j++)
-                                if (st && streq(st, states[j])) {
-                                        counts[j]++;
-                                        break;
-                                }
-                        if (j == ELEMENTSOF(states))
-                                other++;
+        if (partial)
+                printf("%s shown; ", thousands(b, shown));
+        printf("%s connection%s", thousands(b, total), total == 1 ? "" : "s");
+        for (size_t j = 0; j < ELEMENTSOF(states); j++)
+                if (counts[j] > 0) {
+                        printf("%s%s %s", first ? ": " : ", ", thousands(b, counts[j]), states[j]);
+                        first = false;
                 }
-                /* "3 connections: 2 active, 1 needs_reauth" */
-                printf("%zu connection%s", json_array_size(a), json_array_size(a) == 1 ? "" : "s");
-                for (size_t j = 0; j < ELEMENTSOF(states); j++)
-                        if (counts[j] > 0) {
-                                printf("%s%zu %s", first ? ": " : ", ", counts[j], states[j]);
-                                first = false;
-                        }
-                if (other > 0)
-                        printf("%s%zu other", first ? ": " : ", ", other);
-                printf("\n");
-        }
-        json_decref(a);
+        printf("\n");
         reply_done(&r);
         return EXIT_OK;
+}
+
+/* Appends "&key=VALUE", URL-escaped, if value is set. */
+static void query_add(StrBuf *q, const char *key, const char *value) {
+        char *e;
+
+        if (!value)
+                return;
+        e = curl_easy_escape(NULL, value, 0);
+        strbuf_printf(q, "&%s=%s", key, e ?: "");
+        curl_free(e);
+}
+
+/* Walks the daemon's pages (GET /v1/connections?after=NEXT) and prints
+ * each as it comes: the table, or one JSON array written row by row. One
+ * page is held at a time, so memory stays flat however many there are;
+ * the daemon answers in byte order of name, so the output is sorted. */
+static int do_list(int argc, char **argv) {
+        static const struct option options[] = {
+                { "state", required_argument, NULL, 's' },
+                { "provider", required_argument, NULL, 'p' },
+                { "prefix", required_argument, NULL, 'x' },
+                { "limit", required_argument, NULL, 'l' },
+                {}
+        };
+        const char *state = NULL, *provider = NULL, *prefix = NULL;
+        unsigned long long limit = 0;   /* 0: all */
+        _cleanup_free_ char *after = NULL;
+        size_t shown = 0;
+        int c, k = EXIT_OK;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case 's':
+                        state = optarg;
+                        break;
+                case 'p':
+                        provider = optarg;
+                        break;
+                case 'x':
+                        prefix = optarg;
+                        break;
+                case 'l': {
+                        char *end;
+                        errno = 0;
+                        limit = strtoull(optarg, &end, 10);
+                        if (!*optarg || *end || errno || limit == 0 || optarg[0] == '-') {
+                                fprintf(stderr, "tokenctl: --limit takes a number of rows, 1 or more\n");
+                                return EXIT_USAGE;
+                        }
+                        break;
+                }
+                default:
+                        return EXIT_USAGE;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "tokenctl: usage: tokenctl list [--state S] [--provider P] [--prefix T] "
+                                "[--limit N]\n");
+                return EXIT_USAGE;
+        }
+
+        if (arg_json)
+                printf("[");
+        else
+                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
+        for (unsigned pages = 0;; pages++) {
+                unsigned long long want = API_LIST_LIMIT_DEFAULT;
+                StrBuf q = {};
+                json_t *a, *row, *next;
+                size_t i;
+                Reply r;
+
+                if (limit > 0 && limit - shown < want)
+                        want = limit - shown;
+                strbuf_printf(&q, API_PREFIX "?limit=%llu", want);
+                query_add(&q, "after", after);
+                query_add(&q, "state", state);
+                query_add(&q, "provider", provider);
+                query_add(&q, "prefix", prefix);
+                if (q.oom) {
+                        strbuf_free(&q);
+                        fprintf(stderr, "tokenctl: out of memory\n");
+                        return EXIT_FAILURE_GENERIC;
+                }
+                k = call_ok("GET", q.s, NULL, &r);
+                strbuf_free(&q);
+                if (k)
+                        return k;
+                a = json_object_get(r.json, "connections");
+                json_array_foreach(a, i, row) {
+                        if (arg_json) {
+                                char *o = json_dumps(row, JSON_COMPACT | JSON_SORT_KEYS);
+                                printf("%s\n%s", shown > 0 ? "," : "", o ?: "null");
+                                free(o);
+                        } else
+                                print_connection_row(row);
+                        shown++;
+                }
+                next = json_object_get(r.json, "next");
+                free(after);
+                after = json_is_string(next) ? strdup(json_string_value(next)) : NULL;
+                reply_done(&r);
+                if (!after || (limit > 0 && shown >= limit))
+                        break;
+        }
+        if (arg_json)
+                printf("%s]\n", shown > 0 ? "\n" : "");
+        else
+                k = print_list_summary(shown, limit > 0 || state || provider || prefix);
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "tokenctl: cannot write the list: %m\n");
+                return EXIT_FAILURE_GENERIC;
+        }
+        return k;
 }
 
 static void print_kv(const char *k, const char *v) {
@@ -1181,7 +1271,8 @@ out:
 static const Verb verbs[] = {
         { "status", "", "show the daemon's state", 0, 0, do_status },
         { "providers", "", "list configured providers", 0, 0, do_providers },
-        { "list", "", "list connections", 0, 0, do_list },
+        { "list", "[--state S] [--provider P] [--prefix T] [--limit N]",
+          "list connections, sorted by name, page by page; a summary line", 0, 8, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
         { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
                        "[--username U] [--no-wait] [--timeout S]",
