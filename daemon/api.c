@@ -835,7 +835,10 @@ static void route_list(ApiRequest *r) {
                         return answer_error(r, 500, API_ERR_SERVER, "out of memory");
                 }
         }
-        j = json_pack("{s:o, s:s?}", "connections", a, "next", more ? last : NULL);
+        /* "next" only when there is more: its absence ends the walk */
+        j = json_pack("{s:o}", "connections", a);
+        if (j && more && json_object_set_new(j, "next", json_string(last)) < 0)
+                j = (json_decref(j), NULL);
         answer(r, 200, dump(j));
 }
 
