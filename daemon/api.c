@@ -1170,40 +1170,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
 }
 
-static int bind_socket(const char *path, unsigned mode, const char *group, int *ret) {
-        _cleanup_close_ int fd = -EBADF;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        mode_t old;
-
-        if (strlen(path) >= sizeof sa.sun_path)
-                return -ENAMETOOLONG;
-        strcpy(sa.sun_path, path);
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return -errno;
-        (void) unlink(path);
-        old = umask(0777 & ~mode);
-        if (bind(fd, (struct sockaddr *) &sa, sizeof sa) < 0) {
-                int e = -errno;
-                umask(old);
-                return e;
-        }
-        umask(old);
-        (void) chmod(path, mode);
-        if (group) {
-                gid_t gid;
-                int r = acl_parse_group(group, &gid);
-                if (r < 0)
-                        return r;
-                if (chown(path, (uid_t) -1, gid) < 0)
-                        return -errno;
-        }
-        if (listen(fd, 4096) < 0)
-                return -errno;
-        *ret = TAKE_FD(fd);
-        return 0;
-}
-
 int api_new(Manager *m, int fd, Api **ret) {
         Api *a;
         struct MHD_Daemon *d;
@@ -1221,13 +1187,7 @@ int api_new(Manager *m, int fd, Api **ret) {
                 }
                 a->have_admin_gid = true;
         }
-        if (fd < 0) {
-                r = bind_socket(m->config->socket, m->config->socket_mode, m->config->socket_group, &fd);
-                if (r < 0) {
-                        free(a);
-                        return log_error_errno(r, "Failed to listen on '%s': %m", m->config->socket);
-                }
-        }
+        assert(fd >= 0);   /* bound by manager_bind_api() or passed by systemd */
         a->fd = fd;
         d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC, 0, NULL, NULL,
                              on_request, a,

@@ -3,6 +3,8 @@
 
 #include "daemon/manager.h"
 
-/* The local API: HTTP/1.1 over the Unix socket, JSON in and out. */
+/* The local API: HTTP/1.1 over the Unix socket, JSON in and out. fd is the
+ * listening socket, already bound (manager_bind_api()) or passed by systemd;
+ * the Api owns it from here on. */
 int api_new(Manager *m, int fd, Api **ret);
 Api *api_free(Api *a);

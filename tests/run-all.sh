@@ -56,6 +56,13 @@ node_tests() {
         total_fail=$((total_fail + bad))
 }
 
+# The harness needs node >= 20.12 (TestContext.passed); node 21+ is fine.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 12) ? 0 : 1)'; then
+        echo "!! node $(node --version) is too old: the tests need node >= 20.12 (tests/package.json)"
+        echo "all tests: 0 passed, 1 failed"
+        exit 1
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
