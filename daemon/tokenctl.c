@@ -116,8 +116,9 @@ static void explain_unreachable(const char *path, CURLcode cc) {
 }
 
 /* One request to the daemon. Returns an exit code: EXIT_OK, or
- * EXIT_UNREACHABLE when the socket does not answer. */
-static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
+ * EXIT_UNREACHABLE when the socket does not answer. With parse, ret->json
+ * is the answer parsed (NULL if it is no JSON). */
+static int api_call_parse(const char *method, const char *path, json_t *body, bool parse, Reply *ret) {
         CURL *c = curl_easy_init();
         struct curl_slist *h = NULL;
         char url[1024], *data = NULL;
@@ -150,9 +151,13 @@ static int api_call(const char *method, const char *path, json_t *body, Reply *r
                 explain_unreachable(socket_path(), cc);
                 return EXIT_UNREACHABLE;
         }
-        if (ret->body)
+        if (ret->body && parse)
                 ret->json = json_loadb(ret->body, ret->len, 0, NULL);
         return EXIT_OK;
+}
+
+static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
+        return api_call_parse(method, path, body, true, ret);
 }
 
 static const char *jstr(json_t *o, const char *key) {
@@ -403,16 +408,137 @@ static int do_providers(int argc _unused_, char **argv _unused_) {
         return EXIT_OK;
 }
 
-static void print_connection_row(json_t *c) {
-        json_t *e = json_object_get(c, "expires_in");
+static void print_connection_row(const char *name, const char *provider, const char *state,
+                                 const char *expires, const char *identity) {
+        printf("%-24s %-16s %-13s %-9s %s\n", strempty(name), strempty(provider), strempty(state), expires,
+               identity ?: "-");
+}
+
+/* ---- a listing page, read without building it ------------------------- */
+
+/* A page of 1,000 connections is half a megabyte of JSON; building it as
+ * jansson objects costs tokenctl more than the daemon spends writing it.
+ * The daemon's JSON is only split into rows here (--json writes them as
+ * they are) and the few members a table shows are picked out. A span is
+ * [p, end) in the answer's body. */
+
+static const char *json_skip_ws(const char *p, const char *end) {
+        while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+                p++;
+        return p;
+}
+
+/* p at '"': past the closing quote, or NULL. */
+static const char *json_skip_string(const char *p, const char *end) {
+        for (p++; p < end; p++) {
+                if (*p == '\\')
+                        p++;
+                else if (*p == '"')
+                        return p + 1;
+        }
+        return NULL;
+}
+
+/* Past the value at p (after blanks), or NULL if it is cut short. */
+static const char *json_skip_value(const char *p, const char *end) {
+        unsigned depth = 0;
+
+        p = json_skip_ws(p, end);
+        if (p >= end)
+                return NULL;
+        if (*p != '{' && *p != '[' && *p != '"') {
+                while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+                       *p != '\r' && *p != '\t')
+                        p++;
+                return p;
+        }
+        do {
+                if (p >= end || depth > 64)
+                        return NULL;
+                if (*p == '"') {
+                        p = json_skip_string(p, end);
+                        if (!p)
+                                return NULL;
+                        continue;
+                }
+                if (*p == '{' || *p == '[')
+                        depth++;
+                else if (*p == '}' || *p == ']')
+                        depth--;
+                p++;
+        } while (depth > 0);
+        return p;
+}
+
+/* The value of member key of the object at p: its span, or NULL. */
+static const char *json_member(const char *p, const char *end, const char *key, const char **ret_end) {
+        size_t kl = strlen(key);
+
+        p = json_skip_ws(p, end);
+        if (p >= end || *p != '{')
+                return NULL;
+        for (p++;;) {
+                const char *k, *v;
+                bool match;
+
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != '"')
+                        return NULL;
+                k = p + 1;
+                p = json_skip_string(p, end);
+                if (!p)
+                        return NULL;
+                match = (size_t) (p - 1 - k) == kl && memcmp(k, key, kl) == 0;
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != ':')
+                        return NULL;
+                v = json_skip_ws(p + 1, end);
+                p = json_skip_value(v, end);
+                if (!p)
+                        return NULL;
+                if (match) {
+                        *ret_end = p;
+                        return v;
+                }
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != ',')
+                        return NULL;
+                p++;
+        }
+}
+
+/* Member key of the object at p as a string (malloc'd; NULL when absent,
+ * null or not a string). */
+static char *json_member_string(const char *p, const char *end, const char *key) {
+        const char *ve, *v = json_member(p, end, key, &ve);
+        json_t *j;
+        char *s;
+
+        if (!v || ve - v < 2 || *v != '"')
+                return NULL;
+        if (!memchr(v, '\\', (size_t) (ve - v)))
+                return strndup(v + 1, (size_t) (ve - v - 2));
+        j = json_loadb(v, (size_t) (ve - v), JSON_DECODE_ANY, NULL);
+        s = json_is_string(j) ? strdup(json_string_value(j)) : NULL;
+        json_decref(j);
+        return s;
+}
+
+/* One row of the table, from the row's JSON. */
+static void print_row_json(const char *p, const char *end) {
+        _cleanup_free_ char *name = json_member_string(p, end, "name"),
+                            *provider = json_member_string(p, end, "provider"),
+                            *state = json_member_string(p, end, "state"),
+                            *type = json_member_string(p, end, "token_type"),
+                            *identity = json_member_string(p, end, "identity");
+        const char *ve, *v = json_member(p, end, "expires_in", &ve);
         char exp[32] = "-";
 
-        if (json_is_integer(e))
-                snprintf(exp, sizeof exp, "%llds", (long long) json_integer_value(e));
-        else if (jstr(c, "token_type"))
+        if (v && *v != 'n')
+                snprintf(exp, sizeof exp, "%llds", strtoll(v, NULL, 10));
+        else if (type)
                 snprintf(exp, sizeof exp, "never");
-        printf("%-24s %-16s %-13s %-9s %s\n", jstr(c, "name"), jstr(c, "provider"), jstr(c, "state"), exp,
-               jstr(c, "identity") ?: "-");
+        print_connection_row(name, provider, state, exp, identity);
 }
 
 /* "1,000,000" */
@@ -528,8 +654,7 @@ static int do_list(int argc, char **argv) {
         for (unsigned pages = 0;; pages++) {
                 unsigned long long want = API_LIST_LIMIT_DEFAULT;
                 StrBuf q = {};
-                json_t *a, *row, *next;
-                size_t i;
+                const char *p, *ae, *end;
                 Reply r;
 
                 if (limit > 0 && limit - shown < want)
@@ -544,23 +669,43 @@ static int do_list(int argc, char **argv) {
                         fprintf(stderr, "tokenctl: out of memory\n");
                         return EXIT_FAILURE_GENERIC;
                 }
-                k = call_ok("GET", q.s, NULL, &r);
+                k = api_call_parse("GET", q.s, NULL, false, &r);
                 strbuf_free(&q);
                 if (k)
                         return k;
-                a = json_object_get(r.json, "connections");
-                json_array_foreach(a, i, row) {
-                        if (arg_json) {
-                                char *o = json_dumps(row, JSON_COMPACT | JSON_SORT_KEYS);
-                                printf("%s\n%s", shown > 0 ? "," : "", o ?: "null");
-                                free(o);
-                        } else
-                                print_connection_row(row);
-                        shown++;
+                if (r.status != 200) {
+                        if (r.body)
+                                r.json = json_loadb(r.body, r.len, 0, NULL);
+                        k = api_error(&r);
+                        reply_done(&r);
+                        return k;
                 }
-                next = json_object_get(r.json, "next");
+                end = r.body ? r.body + r.len : NULL;
+                p = r.body ? json_member(r.body, end, "connections", &ae) : NULL;
+                if (!p || *p != '[') {
+                        reply_done(&r);
+                        fprintf(stderr, "tokenctl: the daemon's list is not the JSON expected\n");
+                        return EXIT_FAILURE_GENERIC;
+                }
+                for (p = json_skip_ws(p + 1, ae); p < ae && *p != ']';) {
+                        const char *e = json_skip_value(p, ae);
+
+                        if (!e || (*p != '{')) {
+                                reply_done(&r);
+                                fprintf(stderr, "tokenctl: the daemon's list is not the JSON expected\n");
+                                return EXIT_FAILURE_GENERIC;
+                        }
+                        if (arg_json)
+                                printf("%s\n%.*s", shown > 0 ? "," : "", (int) (e - p), p);
+                        else
+                                print_row_json(p, e);
+                        shown++;
+                        p = json_skip_ws(e, ae);
+                        if (p < ae && *p == ',')
+                                p = json_skip_ws(p + 1, ae);
+                }
                 free(after);
-                after = json_is_string(next) ? strdup(json_string_value(next)) : NULL;
+                after = json_member_string(r.body, end, "next");
                 reply_done(&r);
                 if (!after || (limit > 0 && shown >= limit))
                         break;

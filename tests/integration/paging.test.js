@@ -169,6 +169,18 @@ test('filters: state, provider, prefix; a filter that matches little examines at
   const past = await b.api('GET', '/v1/connections?prefix=c00001&after=c00002');
   assert.deepEqual(past.json, { connections: [] });
   assert.deepEqual((await b.api('GET', '/v1/connections?prefix=nothing-has-this')).json, { connections: [] });
+  // a row of a page is the connection as GET /v1/connections/NAME shows it
+  const noTtl = ({ expires_in: _e, ...rest }) => rest;
+  for (const q of ['prefix=p-', 'prefix=c0000100&limit=1', 'provider=cc&limit=3']) {
+    for (const row of (await b.api('GET', `/v1/connections?${q}`)).json.connections) {
+      const one = await b.api('GET', `/v1/connections/${row.name}`);
+      assert.deepEqual(noTtl(row), noTtl(one.json), row.name);
+    }
+  }
+  const pend = (await b.api('GET', '/v1/connections?prefix=p-one')).json.connections[0];
+  assert.equal(pend.state, 'pending');
+  assert.equal(typeof pend.authorization_pending_until, 'string');
+  assert.equal(pend.identity, null);
   // empty values are no filter
   assert.equal((await b.api('GET', '/v1/connections?prefix=&after=&limit=5')).json.connections[0].name, all.names[0]);
 });
