@@ -128,7 +128,7 @@ test('bad state, reused state and provider errors leave the store unchanged', { 
   assert.equal(dave.state, 'pending');
 });
 
-test('API errors: 404, 400, 405, and pending connections answer 409', { timeout: 60000 }, async (t) => {
+test('API errors: 404, 400, 405, and pending connections answer 409', { timeout: 120000 }, async (t) => {
   const { b } = await setup(t);
   let r = await b.api('GET', '/v1/connections/nope/token');
   assert.equal(r.status, 404);

@@ -117,7 +117,7 @@ async function assertResponsive(b, what) {
   await apiStatus(b).catch((e) => assert.fail(`socket API ${what}: ${e.message}`));
 }
 
-test('slowloris: trickling connections are closed after the timeout; /healthz keeps answering', { timeout: 90000 }, async (t) => {
+test('slowloris: trickling connections are closed after the timeout; /healthz keeps answering', { timeout: 120000 }, async (t) => {
   const { b, state } = await setup(t);
   const before = snapshot(b);
 
@@ -175,7 +175,7 @@ test('slowloris: trickling connections are closed after the timeout; /healthz ke
   assert.deepEqual(snapshot(b), before, 'slowloris changed the store or the events');
 });
 
-test('oversized requests: 1 MiB query, 200 large headers, a 64 KiB header line, garbage', { timeout: 60000 }, async (t) => {
+test('oversized requests: 1 MiB query, 200 large headers, a 64 KiB header line, garbage', { timeout: 120000 }, async (t) => {
   const { b, state } = await setup(t);
   const before = snapshot(b);
   const isError = (r) => r.status === null ? r.closed : [400, 413, 414, 431].includes(r.status);
@@ -327,7 +327,7 @@ test('10,000 bogus callbacks: all 400, daemon responsive, store unchanged', { ti
   assert.match(b.dumpStore(), /\|pend\|fake\|active\|/);
 });
 
-test('methods other than GET/HEAD answer 405 at once; unknown paths 404', { timeout: 60000 }, async (t) => {
+test('methods other than GET/HEAD answer 405 at once; unknown paths 404', { timeout: 120000 }, async (t) => {
   const { b, state } = await setup(t);
   const before = snapshot(b);
 

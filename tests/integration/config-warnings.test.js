@@ -100,7 +100,7 @@ async function runDaemon(t, conf, { stopWhenReady = true } = {}) {
   return { ...x, log };
 }
 
-test('a missing providers_dir is an error naming the path, printed once, and the daemon does not start', { timeout: 60000 }, async (t) => {
+test('a missing providers_dir is an error naming the path, printed once, and the daemon does not start', { timeout: 120000 }, async (t) => {
   const w = workdir(t, { providersDir: false });
   const want = `${w.conf}:5: providers_dir '${w.pdir}' does not exist.`;
   const r = check(w.conf);
@@ -115,7 +115,7 @@ test('a missing providers_dir is an error naming the path, printed once, and the
   assert.ok(!fs.existsSync(w.sock), 'the daemon started');
 });
 
-test('the default providers_dir, unset and missing, is named as the default', { timeout: 30000 }, (t) => {
+test('the default providers_dir, unset and missing, is named as the default', { timeout: 120000 }, (t) => {
   if (fs.existsSync('/etc/tokenbroker/providers.d')) {
     t.skip('/etc/tokenbroker/providers.d exists on this machine');
     return;
@@ -126,7 +126,7 @@ test('the default providers_dir, unset and missing, is named as the default', { 
   assert.equal(r.stderr, `${w.conf}: providers_dir '/etc/tokenbroker/providers.d' (the default) does not exist.\n`);
 });
 
-test('--check-config prints an error once', { timeout: 30000 }, (t) => {
+test('--check-config prints an error once', { timeout: 120000 }, (t) => {
   const w = workdir(t);
   fs.writeFileSync(path.join(w.pdir, 'bad.conf'), GOOD + 'frobnicate = 1\n');
   const r = check(w.conf);
@@ -135,7 +135,7 @@ test('--check-config prints an error once', { timeout: 30000 }, (t) => {
   assert.equal(r.stderr, `${w.pdir}/bad.conf:6: Unknown key 'frobnicate'.\n`);
 });
 
-test('an empty providers_dir is a warning, not an error', { timeout: 30000 }, (t) => {
+test('an empty providers_dir is a warning, not an error', { timeout: 120000 }, (t) => {
   const w = workdir(t);
   const r = check(w.conf);
   assert.equal(r.status, 0, r.stderr);
@@ -143,7 +143,7 @@ test('an empty providers_dir is a warning, not an error', { timeout: 30000 }, (t
   assert.equal(r.stderr, `${w.conf}:5: warning: providers_dir '${w.pdir}' holds no provider files (NAME.conf).\n`);
 });
 
-test('stray files in providers.d and duplicate keys: one warning each, at --check-config and at start', { timeout: 60000 }, async (t) => {
+test('stray files in providers.d and duplicate keys: one warning each, at --check-config and at start', { timeout: 120000 }, async (t) => {
   const w = workdir(t, { brokerLines: [
     '[broker]',
     'state_dir = ../../run/state',
@@ -176,7 +176,7 @@ test('stray files in providers.d and duplicate keys: one warning each, at --chec
   assert.equal(count(d.log, 'warning: '), 2 * want.length, d.log);   // "warning: FILE: warning: ..."
 });
 
-test('paths made from the config file\'s folder are normalized in log lines', { timeout: 60000 }, async (t) => {
+test('paths made from the config file\'s folder are normalized in log lines', { timeout: 120000 }, async (t) => {
   const w = workdir(t);
   fs.writeFileSync(path.join(w.pdir, 'p.conf'), GOOD);
   const d = await runDaemon(t, w.conf);
@@ -202,7 +202,7 @@ function render(file) {
   return { text: r.stdout.replace(/\u2010|\u2212/g, '-'), warnings: r.stderr, status: r.status };
 }
 
-test('the man pages render without warnings (groff -ww, man --warnings)', { timeout: 60000 }, (t) => {
+test('the man pages render without warnings (groff -ww, man --warnings)', { timeout: 120000 }, (t) => {
   for (const file of [MAN1, MAN8]) {
     const g = spawnSync('groff', ['-man', '-ww', '-z', file], { encoding: 'utf8', timeout: 30000 });
     assert.equal(g.error, undefined, String(g.error));
@@ -217,7 +217,7 @@ test('the man pages render without warnings (groff -ww, man --warnings)', { time
   }
 });
 
-test('every verb, option and exit status of tokenctl --help is in tokenctl(1)', { timeout: 60000 }, () => {
+test('every verb, option and exit status of tokenctl --help is in tokenctl(1)', { timeout: 120000 }, () => {
   const help = spawnSync(CTL, ['--help'], { encoding: 'utf8', timeout: 10000 });
   assert.equal(help.status, 0);
   const page = render(MAN1).text;
@@ -257,7 +257,7 @@ test('every verb, option and exit status of tokenctl --help is in tokenctl(1)', 
   assert.match(ver.stdout, /^tokenctl \d+\.\d+\.\d+\n$/);
 });
 
-test('every option of tokenbrokerd --help is in tokenbrokerd(8)', { timeout: 30000 }, () => {
+test('every option of tokenbrokerd --help is in tokenbrokerd(8)', { timeout: 120000 }, () => {
   const help = spawnSync(DAEMON, ['--help'], { encoding: 'utf8', timeout: 10000 });
   assert.equal(help.status, 0);
   const page = render(MAN8).text;

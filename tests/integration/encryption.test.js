@@ -159,7 +159,7 @@ test('no issued token in the SQLite files; another key refuses to start; the rig
   assert.equal(show.json.state, 'pending');
 });
 
-test('a key file readable by others, of the wrong size, or missing under a sealed file is refused', { timeout: 60000 }, async (t) => {
+test('a key file readable by others, of the wrong size, or missing under a sealed file is refused', { timeout: 120000 }, async (t) => {
   const { b } = await setup(t);
   await b.launch();
   await authorize(b, 'k');
@@ -188,7 +188,7 @@ test('a key file readable by others, of the wrong size, or missing under a seale
   assert.equal((await b.api('GET', '/v1/connections/k')).json.state, 'active');
 });
 
-test('a file from before encryption is sealed on the first start and its tokens still served', { timeout: 60000 }, async (t) => {
+test('a file from before encryption is sealed on the first start and its tokens still served', { timeout: 120000 }, async (t) => {
   const { b, fp } = await setup(t);
   const at = `at-legacy-${crypto.randomBytes(12).toString('hex')}`;
   const rt = `rt-legacy-${crypto.randomBytes(12).toString('hex')}`;
@@ -229,7 +229,7 @@ test('a file from before encryption is sealed on the first start and its tokens 
   assert.ok(fp.requests.some((q) => q.path === '/token' && q.params.refresh_token === rt));
 });
 
-test('a systemd credential wins over the key file; key_file is honoured', { timeout: 60000 }, async (t) => {
+test('a systemd credential wins over the key file; key_file is honoured', { timeout: 120000 }, async (t) => {
   const { b } = await setup(t, { broker: { key_file: 'keys/broker.key' } });
   const creds = path.join(b.dir, 'creds');
   fs.mkdirSync(creds, { mode: 0o700 });

@@ -29,7 +29,7 @@ async function setup(t, { expiresIn = 3600, provider = {}, broker = {} } = {}) {
 
 const tokenRequests = (fp, since = 0) => fp.requests.filter((r) => r.path === '/token' && r.params.grant_type === 'refresh_token' && r.time >= since);
 
-test('503 burst: backoff within bounds, old token served, then recovery', { timeout: 60000 }, async (t) => {
+test('503 burst: backoff within bounds, old token served, then recovery', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t);
   await activate(b, 'c');
   const old = (await b.api('GET', '/v1/connections/c/token')).json.access_token;
@@ -60,7 +60,7 @@ test('503 burst: backoff within bounds, old token served, then recovery', { time
   assert.ok(kinds.includes('recovered'), kinds.join(','));
 });
 
-test('429 with Retry-After is honoured', { timeout: 60000 }, async (t) => {
+test('429 with Retry-After is honoured', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t);
   await activate(b, 'c');
   let once = true;
@@ -77,7 +77,7 @@ test('429 with Retry-After is honoured', { timeout: 60000 }, async (t) => {
   assert.ok(gap >= 3.9 && gap <= 5.5, `retry after ${gap.toFixed(2)} s, Retry-After was 4`);
 });
 
-test('invalid_grant: needs_reauth, 409 for clients, an event, no retries', { timeout: 30000 }, async (t) => {
+test('invalid_grant: needs_reauth, 409 for clients, an event, no retries', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t);
   await activate(b, 'c');
   fp.respond = (req) => (req.path === '/token' ? { status: 400, body: { error: 'invalid_grant', error_description: 'Token has been expired or revoked.' } } : null);
@@ -101,7 +101,7 @@ test('invalid_grant: needs_reauth, 409 for clients, an event, no retries', { tim
   assert.equal((await b.api('GET', '/v1/connections/c')).json.state, 'active');
 });
 
-test('timeouts and slow answers: a slow answer within the timeout works, a slower one is transient', { timeout: 60000 }, async (t) => {
+test('timeouts and slow answers: a slow answer within the timeout works, a slower one is transient', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, { provider: { timeout: '2s' } });
   await activate(b, 'c');
   fp.respond = async (req) => {
@@ -123,7 +123,7 @@ test('timeouts and slow answers: a slow answer within the timeout works, a slowe
   fp.respond = null;
 });
 
-test('connection refused and an expired token: 503 with Retry-After, still active', { timeout: 60000 }, async (t) => {
+test('connection refused and an expired token: 503 with Retry-After, still active', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, { expiresIn: 3 });
   await activate(b, 'c');
   // The provider goes away entirely.
@@ -137,7 +137,7 @@ test('connection refused and an expired token: 503 with Retry-After, still activ
   assert.equal((await b.api('GET', '/v1/connections/c')).json.state, 'active', 'a transient failure must not need re-authorization');
 });
 
-test('wait= on a pending connection returns the token once authorized, or 409 at the deadline', { timeout: 60000 }, async (t) => {
+test('wait= on a pending connection returns the token once authorized, or 409 at the deadline', { timeout: 120000 }, async (t) => {
   const { b } = await setup(t);
   const r = await b.api('POST', '/v1/connections', { name: 'p', provider: 'fake' });
   assert.equal(r.status, 201);

@@ -26,7 +26,7 @@ async function activate(b, name) {
   assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
 }
 
-test('metrics are valid Prometheus text and move with refreshes; events per connection', { timeout: 60000 }, async (t) => {
+test('metrics are valid Prometheus text and move with refreshes; events per connection', { timeout: 120000 }, async (t) => {
   const fp = await startFakeProvider({ expiresIn: 4 });
   const b = await Broker.start({
     providers: { fake: iniProvider(fp.providerConf()) },

@@ -58,7 +58,7 @@ async function refresh(b, name) {
 
 const tokenReqs = (fp, path = '/token') => fp.requests.filter((q) => q.path === path);
 
-test('JSON bodies, custom headers and parameters, client_auth = headers', { timeout: 60000 }, async (t) => {
+test('JSON bodies, custom headers and parameters, client_auth = headers', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     p: {
       ...fp.providerConf(),
@@ -107,7 +107,7 @@ test('JSON bodies, custom headers and parameters, client_auth = headers', { time
   assert.ok(!b.log().includes(SECRET), 'the client secret reached the log');
 });
 
-test('separate refresh URL and method; the code in the token URL query; parameters in the query', { timeout: 60000 }, async (t) => {
+test('separate refresh URL and method; the code in the token URL query; parameters in the query', { timeout: 120000 }, async (t) => {
   let n = 0;
   const { fp, b } = await setup(t, (fp) => ({
     p: {
@@ -146,7 +146,7 @@ test('separate refresh URL and method; the code in the token URL query; paramete
   assert.equal(tokenReqs(fp).length, 1);
 });
 
-test('the code under another callback parameter; authorize_param templates', { timeout: 60000 }, async (t) => {
+test('the code under another callback parameter; authorize_param templates', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     p: {
       ...fp.providerConf(),
@@ -176,7 +176,7 @@ test('the code under another callback parameter; authorize_param templates', { t
   assert.equal((await token(b, 'c')).access_token, fp.issued[2].access_token);
 });
 
-test('response mapping: nested pointers, numbers as strings, a custom token type, header and query usage', { timeout: 60000 }, async (t) => {
+test('response mapping: nested pointers, numbers as strings, a custom token type, header and query usage', { timeout: 120000 }, async (t) => {
   let n = 0;
   const { fp, b } = await setup(t, (fp) => ({
     p: {
@@ -217,7 +217,7 @@ function jwt(claims) {
   return `${b64({ alg: 'none', typ: 'JWT' })}.${b64(claims)}.`;
 }
 
-test('expiry only inside the access token JWT; absolute expiry as RFC 3339 or epoch seconds', { timeout: 60000 }, async (t) => {
+test('expiry only inside the access token JWT; absolute expiry as RFC 3339 or epoch seconds', { timeout: 120000 }, async (t) => {
   let n = 0;
   let m = 0;
   const { fp, b } = await setup(t, (fp) => ({
@@ -251,7 +251,7 @@ test('expiry only inside the access token JWT; absolute expiry as RFC 3339 or ep
   assert.equal(m, 3);
 });
 
-test('never_expires and default_lifetime', { timeout: 60000 }, async (t) => {
+test('never_expires and default_lifetime', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     never: { ...fp.providerConf(), never_expires: 'yes' },
     deflt: { ...fp.providerConf({ token_url: fp.url('/plain') }), default_lifetime: '2h' },
@@ -273,7 +273,7 @@ test('never_expires and default_lifetime', { timeout: 60000 }, async (t) => {
   assert.ok(tokenReqs(fp).length >= 3);
 });
 
-test('tolerance: token_type without case, refresh without refresh_token keeps the old one, a new scope is recorded', { timeout: 60000 }, async (t) => {
+test('tolerance: token_type without case, refresh without refresh_token keeps the old one, a new scope is recorded', { timeout: 120000 }, async (t) => {
   let n = 0;
   const seen = [];
   const { fp, b } = await setup(t, (fp) => ({ p: fp.providerConf() }), {
@@ -303,7 +303,7 @@ test('tolerance: token_type without case, refresh without refresh_token keeps th
   assert.ok(fp.requests.length >= 4);
 });
 
-test('client authentication: basic, post and none with the RFC 6749 default parameters', { timeout: 60000 }, async (t) => {
+test('client authentication: basic, post and none with the RFC 6749 default parameters', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     basic: fp.providerConf({ client_auth: 'basic' }),
     post: fp.providerConf({ client_auth: 'post' }),
@@ -326,7 +326,7 @@ test('client authentication: basic, post and none with the RFC 6749 default para
   }
 });
 
-test('client_credentials: no browser; the grant runs again ahead of expiry', { timeout: 60000 }, async (t) => {
+test('client_credentials: no browser; the grant runs again ahead of expiry', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     cc: { ...fp.providerConf({ grant: 'client_credentials', authorize_url: undefined }), scopes: 'api.read api.write' },
   }), { expiresIn: 6 });
@@ -346,7 +346,7 @@ test('client_credentials: no browser; the grant runs again ahead of expiry', { t
   assert.equal(show.has_refresh_token, false);
 });
 
-test('password grant: the password from stdin, sealed, re-used for each re-run', { timeout: 60000 }, async (t) => {
+test('password grant: the password from stdin, sealed, re-used for each re-run', { timeout: 120000 }, async (t) => {
   const PASSWORD = 'hunter2-Pw!';
   const { fp, b } = await setup(t, (fp) => ({
     pw: { ...fp.providerConf({ grant: 'password', authorize_url: undefined, client_auth: 'post' }), scopes: 'all' },
@@ -378,7 +378,7 @@ test('password grant: the password from stdin, sealed, re-used for each re-run',
   assert.equal(bad.code, 2);
 });
 
-test('device flow: user code printed, polling at the interval, slow_down honoured, expiry stops it', { timeout: 90000 }, async (t) => {
+test('device flow: user code printed, polling at the interval, slow_down honoured, expiry stops it', { timeout: 120000 }, async (t) => {
   const polls = [];
   let approved = false;
   const { fp, b } = await setup(t, (fp) => ({
@@ -443,7 +443,7 @@ test('device flow: user code printed, polling at the interval, slow_down honoure
   assert.ok(b.sql("SELECT kind FROM events WHERE connection = 'never'").some((e) => e.kind === 'authorization-expired'));
 });
 
-test('error_map: provider codes and descriptions to retry, re-authorize or configuration error, with hints', { timeout: 60000 }, async (t) => {
+test('error_map: provider codes and descriptions to retry, re-authorize or configuration error, with hints', { timeout: 120000 }, async (t) => {
   let answer = null;
   const { b } = await setup(t, (fp) => ({
     ms: {
@@ -492,7 +492,7 @@ test('error_map: provider codes and descriptions to retry, re-authorize or confi
   assert.match(r.stderr, /configuration error: HTTP 401: invalid_client.*check client_secret_file/);
 });
 
-test('identity from a userinfo URL with a JSON pointer, and from id_token claims', { timeout: 60000 }, async (t) => {
+test('identity from a userinfo URL with a JSON pointer, and from id_token claims', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     ui: { ...fp.providerConf(), userinfo_url: fp.url('/me'), identity_pointer: '/account/login' },
     idt: { ...fp.providerConf({ token_url: fp.url('/idt') }), identity_pointer: '/upn' },
@@ -514,7 +514,7 @@ test('identity from a userinfo URL with a JSON pointer, and from id_token claims
   assert.equal(JSON.parse((await b.ctl(['--json', 'show', 'u'])).stdout).identity, 'octocat');
 });
 
-test('tokenctl test GETs the test URL with the usage rule; tokenctl import adopts a refresh token from stdin', { timeout: 60000 }, async (t) => {
+test('tokenctl test GETs the test URL with the usage rule; tokenctl import adopts a refresh token from stdin', { timeout: 120000 }, async (t) => {
   const { fp, b } = await setup(t, (fp) => ({
     p: { ...fp.providerConf(), test_url: fp.url('/api/me'), usage_header: 'X-Auth: ${token_type} ${access_token}', usage_query: 'k=${access_token}' },
   }), {

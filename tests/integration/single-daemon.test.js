@@ -157,7 +157,7 @@ test('a second daemon on the same state_dir exits non-zero naming the first one,
   });
 });
 
-test('a stale socket from a SIGKILLed daemon is replaced; the socket goes at SIGTERM', { timeout: 90000 }, async (t) => {
+test('a stale socket from a SIGKILLed daemon is replaced; the socket goes at SIGTERM', { timeout: 120000 }, async (t) => {
   const { b } = await firstBroker(t);
   await withLog(() => b.log(), async () => {
     await b.kill('SIGKILL');
@@ -175,7 +175,7 @@ test('a stale socket from a SIGKILLed daemon is replaced; the socket goes at SIG
   });
 });
 
-test('a daemon on another state_dir never unlinks a live socket, nor a path that is not a socket', { timeout: 90000 }, async (t) => {
+test('a daemon on another state_dir never unlinks a live socket, nor a path that is not a socket', { timeout: 120000 }, async (t) => {
   const { b } = await firstBroker(t);
   await withLog(() => b.log(), async () => {
     const pid = b.proc.pid;
@@ -210,7 +210,7 @@ test('a daemon on another state_dir never unlinks a live socket, nor a path that
   });
 });
 
-test('socket activation: the lock holds, and the passed socket stays after SIGTERM', { timeout: 60000 }, async (t) => {
+test('socket activation: the lock holds, and the passed socket stays after SIGTERM', { timeout: 120000 }, async (t) => {
   const b = await Broker.prepare();
   b.opts = { providers: {}, broker: { socket: 'own.sock' } };
   b.writeConfig();

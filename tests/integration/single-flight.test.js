@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const { Broker, followAuthorize, sleep, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
-test('single-flight: 100 concurrent demands, one provider request; invalidate rate limited', { timeout: 60000 }, async (t) => {
+test('single-flight: 100 concurrent demands, one provider request; invalidate rate limited', { timeout: 120000 }, async (t) => {
   const fp = await startFakeProvider({ expiresIn: 600 });
   const b = await Broker.start({
     providers: { fake: iniProvider(fp.providerConf()) },

@@ -36,7 +36,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 
-const { BUILD, ROOT, freePort, httpGet, iniProvider, waitFor } = require('../lib/broker.js');
+const { BUILD, ROOT, freePort, httpGet, iniProvider, waitFor, noteRun } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 const { makeRoot, Container, run } = require('../boot/nspawn.js');
 
@@ -73,6 +73,9 @@ test('socket activation, reload, stop and the journal under a booted systemd (ns
   };
   c = await Container.boot(rootCache, { prepare, log: (l) => note(l) });
   t.after(async () => {
+    // The daemon's log is the container's journal: to the leak scan and the sanitizer check.
+    const j = await c.exec(['journalctl', '--no-pager', '-o', 'cat', '-u', 'tokenbrokerd.service'], { timeoutMs: 30000 }).catch(() => null);
+    if (j) noteRun('nspawn-journal', j.stdout);
     const ex = await c.destroy({ keep: !!process.env.TB_KEEP });
     note(`container powered off (${JSON.stringify(ex)}) in ${c.timings.poweroffMs} ms`);
   });
