@@ -185,7 +185,7 @@ test('filters: state, provider, prefix; a filter that matches little examines at
   assert.equal((await b.api('GET', '/v1/connections?prefix=&after=&limit=5')).json.connections[0].name, all.names[0]);
 });
 
-test('bad input: a clear 400 or a correct page, never a crash or a stall', { timeout: 60000 }, async () => {
+test('bad input: a clear 400 or a correct page, never a crash or a stall', { timeout: 120000 }, async () => {
   const bad = [
     'limit=0', 'limit=-1', 'limit=1000000000', 'limit=10001', 'limit=abc', 'limit=', 'limit=%2B5', 'limit=5%00',
     'after=%FF', 'after=a%2Fb', 'after=%C3%A9t%C3%A9', 'after=a%00b', `after=${'a'.repeat(129)}`,
