@@ -787,24 +787,6 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
         return 0;
 }
 
-static int mkdir_p(const char *path, mode_t mode) {
-        _cleanup_free_ char *p = strdup(path);
-
-        if (!p)
-                return -ENOMEM;
-        for (char *s = p + 1; *s; s++) {
-                if (*s != '/')
-                        continue;
-                *s = 0;
-                if (mkdir(p, mode) < 0 && errno != EEXIST)
-                        return -errno;
-                *s = '/';
-        }
-        if (mkdir(p, mode) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
-}
-
 /* The key first (a credential, else the key file, created on first start),
  * then the database, which checks it before any row is read. */
 static int manager_open_store(Manager *m, const char *db) {
