@@ -38,6 +38,19 @@
  * for a grant that takes none). */
 #define API_ERR_UNSUPPORTED "unsupported_by_provider"
 
+/* GET /v1/connections is paged in byte order of name: ?limit=N (default
+ * and maximum below) &after=NAME (the "next" of the page before). A page
+ * examines at most API_LIST_SCAN_MAX connections, so a filter that matches
+ * little answers a short (even empty) page with "next" rather than walking
+ * them all on the daemon's loop in one go. */
+#define API_LIST_LIMIT_DEFAULT 1000
+#define API_LIST_LIMIT_MAX 10000
+#define API_LIST_SCAN_MAX 10000
+/* GET /v1/events: newest first, ?limit=N&before=ID ("next" of the page
+ * before); the daemon keeps the last API_EVENTS_LIMIT_MAX events. */
+#define API_EVENTS_LIMIT_DEFAULT 100
+#define API_EVENTS_LIMIT_MAX 10000
+
 /* The longest min_ttl a token request may ask for: 365 days. */
 #define MIN_TTL_MAX_SEC (365UL * 24 * 3600)
 

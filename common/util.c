@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <stdarg.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
@@ -378,4 +379,22 @@ void strbuf_free(StrBuf *b) {
                 explicit_wipe(b->s, b->cap);
         free(b->s);
         *b = (StrBuf) {};
+}
+
+int mkdir_p(const char *path, mode_t mode) {
+        _cleanup_free_ char *p = strdup(path);
+
+        if (!p)
+                return -ENOMEM;
+        for (char *s = p + 1; *s; s++) {
+                if (*s != '/')
+                        continue;
+                *s = 0;
+                if (mkdir(p, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *s = '/';
+        }
+        if (mkdir(p, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
 }

@@ -32,6 +32,9 @@ int random_lower(char *buf, size_t n);
 /* Connection names: [A-Za-z0-9._-], 1..CONNECTION_NAME_MAX, not "." or "..". */
 bool connection_name_valid(const char *s);
 
+/* mkdir -p: every missing folder of path, each with mode (before umask). */
+int mkdir_p(const char *path, mode_t mode);
+
 /* A small growable string buffer. */
 typedef struct StrBuf {
         char *s;

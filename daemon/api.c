@@ -32,6 +32,7 @@
 #define RETRY_AFTER_DEFAULT "5"
 
 typedef struct ApiRequest ApiRequest;
+typedef struct ListStream ListStream;
 
 struct Api {
         Manager *manager;
@@ -74,6 +75,7 @@ struct ApiRequest {
         const char *extra_header;
         char extra_value[32];
         const char *content_type;   /* default application/json */
+        ListStream *stream;         /* a listing, written as MHD sends it */
         bool status_created;        /* ROUTE_CREATE: 201, not 200 */
         char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable */
 };
@@ -114,51 +116,103 @@ static char *iso(char buf[static 32], usec_t t) {
         return format_timestamp(buf, 32, t);
 }
 
-static json_t *id_array(const unsigned *ids, unsigned n) {
-        json_t *a = json_array();
-
-        for (unsigned i = 0; a && i < n; i++)
-                json_array_append_new(a, json_integer(ids[i]));
-        return a;
+/* Members of a connection's JSON, written straight into a buffer: a
+ * listing page writes a thousand of these on the loop, several times
+ * faster than building jansson objects and dumping them. */
+static void member(StrBuf *b, bool *first, const char *key) {
+        strbuf_puts(b, *first ? "{\"" : ",\"");
+        strbuf_puts(b, key);
+        strbuf_puts(b, "\":");
+        *first = false;
 }
 
-static json_t *connection_json(Manager *m, const Connection *c) {
-        char b1[32], b2[32], b3[32], b4[32], b5[32];
+static void member_str(StrBuf *b, bool *first, const char *key, const char *v) {
+        member(b, first, key);
+        if (v)
+                strbuf_json_string(b, v);
+        else
+                strbuf_puts(b, "null");
+}
+
+static void member_time(StrBuf *b, bool *first, const char *key, usec_t t) {
+        char buf[32];
+
+        member_str(b, first, key, iso(buf, t));
+}
+
+static void member_int(StrBuf *b, bool *first, const char *key, int64_t v) {
+        member(b, first, key);
+        if (v < 0) {
+                strbuf_puts(b, "-");
+                strbuf_u64(b, (uint64_t) -(v + 1) + 1);
+        } else
+                strbuf_u64(b, (uint64_t) v);
+}
+
+static void member_ids(StrBuf *b, bool *first, const char *key, const unsigned *ids, unsigned n) {
+        member(b, first, key);
+        strbuf_puts(b, "[");
+        for (unsigned i = 0; i < n; i++) {
+                if (i > 0)
+                        strbuf_puts(b, ",");
+                strbuf_u64(b, ids[i]);
+        }
+        strbuf_puts(b, "]");
+}
+
+/* The JSON of a connection (never a token). */
+static void connection_write(StrBuf *b, const Connection *c) {
+        bool first = true;
+
+        member_str(b, &first, "name", c->name);
+        member_str(b, &first, "provider", c->provider);
+        member_str(b, &first, "state", conn_state_to_string(c->state));
+        member_str(b, &first, "identity", c->identity);
+        member_str(b, &first, "scope", c->scope);
+        member_str(b, &first, "requested_scope", c->requested_scope);
+        member_str(b, &first, "token_type", c->access_token ? c->token_type : NULL);
+        member(b, &first, "has_refresh_token");
+        strbuf_puts(b, c->refresh_token ? "true" : "false");
+        member_time(b, &first, "expires_at", c->access_token ? c->expires_at : 0);
+        member_time(b, &first, "created_at", c->created_at);
+        member_time(b, &first, "updated_at", c->updated_at);
+        member_time(b, &first, "last_refresh_at", c->last_refresh_at);
+        member_int(b, &first, "refreshes", (int64_t) c->refreshes);
+        member_str(b, &first, "last_error", c->last_error);
+        member_ids(b, &first, "allow_users", (const unsigned *) c->allow_users, c->n_allow_users);
+        member_ids(b, &first, "allow_groups", (const unsigned *) c->allow_groups, c->n_allow_groups);
+        member_time(b, &first, "authorization_pending_until",
+                    c->state_hash || connection_device_pending(c) ? c->pending_until : 0);
+        if (connection_device_pending(c) && c->user_code) {
+                member_str(b, &first, "user_code", c->user_code);
+                member_str(b, &first, "verification_uri", c->verification_uri);
+                if (c->verification_uri_complete)
+                        member_str(b, &first, "verification_uri_complete", c->verification_uri_complete);
+                member_int(b, &first, "device_interval", (int64_t) (c->device_interval / USEC_PER_SEC));
+        }
+        if (c->username)
+                member_str(b, &first, "username", c->username);
+        if (c->access_token && c->expires_at > 0)
+                member_int(b, &first, "expires_in", (int64_t) (connection_ttl(c) / USEC_PER_SEC));
+        if (connection_busy(c)) {
+                member(b, &first, "refreshing");
+                strbuf_puts(b, "true");
+        }
+        strbuf_puts(b, "}");
+}
+
+/* The same as a jansson object, for answers that add to it. */
+static json_t *connection_json(Manager *m _unused_, const Connection *c) {
+        StrBuf b = {};
         json_t *j;
 
-        j = json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:s?, s:s?, s:b, s:s?, s:s?, s:s?, s:s?, s:I, s:s?, s:o, s:o, s:s?}",
-                      "name", c->name,
-                      "provider", c->provider,
-                      "state", conn_state_to_string(c->state),
-                      "identity", c->identity,
-                      "scope", c->scope,
-                      "requested_scope", c->requested_scope,
-                      "token_type", c->access_token ? c->token_type : NULL,
-                      "has_refresh_token", c->refresh_token != NULL,
-                      "expires_at", c->access_token ? iso(b1, c->expires_at) : NULL,
-                      "created_at", iso(b2, c->created_at),
-                      "updated_at", iso(b3, c->updated_at),
-                      "last_refresh_at", iso(b4, c->last_refresh_at),
-                      "refreshes", (json_int_t) c->refreshes,
-                      "last_error", c->last_error,
-                      "allow_users", id_array((const unsigned *) c->allow_users, c->n_allow_users),
-                      "allow_groups", id_array((const unsigned *) c->allow_groups, c->n_allow_groups),
-                      "authorization_pending_until",
-                      c->state_hash || connection_device_pending(c) ? iso(b5, c->pending_until) : NULL);
-        if (j && connection_device_pending(c) && c->user_code) {
-                json_object_set_new(j, "user_code", json_string(c->user_code));
-                json_object_set_new(j, "verification_uri", json_string(c->verification_uri));
-                if (c->verification_uri_complete)
-                        json_object_set_new(j, "verification_uri_complete", json_string(c->verification_uri_complete));
-                json_object_set_new(j, "device_interval", json_integer((json_int_t) (c->device_interval / USEC_PER_SEC)));
+        connection_write(&b, c);
+        if (b.oom) {
+                strbuf_free(&b);
+                return NULL;
         }
-        if (j && c->username)
-                json_object_set_new(j, "username", json_string(c->username));
-        if (j && c->access_token && c->expires_at > 0)
-                json_object_set_new(j, "expires_in", json_integer((json_int_t) (connection_ttl(c) / USEC_PER_SEC)));
-        if (j && connection_busy(c))
-                json_object_set_new(j, "refreshing", json_true());
-        (void) m;
+        j = json_loadb(b.s, b.len, 0, NULL);
+        strbuf_free(&b);
         return j;
 }
 
@@ -763,15 +817,208 @@ static void route_create(ApiRequest *r) {
         }
 }
 
-static void route_list(ApiRequest *r) {
-        Manager *m = r->api->manager;
-        json_t *a = json_array();
-        HashmapIter it = {};
-        HashmapNode *n;
+/* A query parameter as sent, or NULL; -EINVAL (in *ret_bad) if it holds a
+ * NUL byte (%00), which a C string would silently cut short. */
+static const char *arg_checked(ApiRequest *r, const char *key, bool *ret_bad) {
+        const char *v = NULL;
+        size_t n = 0;
 
-        while (a && (n = hashmap_iter_next(m->connections, &it)))
-                json_array_append_new(a, connection_json(m, container_of(n, Connection, by_name)));
-        answer(r, 200, dump(json_pack("{s:o}", "connections", a)));
+        if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &n) != MHD_YES ||
+            !v)
+                return NULL;
+        if (strlen(v) != n)
+                *ret_bad = true;
+        return v;
+}
+
+/* A page size: decimal digits only, 1..max. */
+static int parse_limit(const char *s, unsigned max, unsigned *ret) {
+        unsigned long v = 0;
+        size_t n = strlen(s);
+
+        if (n == 0 || n > 9 || strspn(s, "0123456789") != n)
+                return -EINVAL;
+        v = strtoul(s, NULL, 10);
+        if (v == 0 || v > max)
+                return -ERANGE;
+        *ret = (unsigned) v;
+        return 0;
+}
+
+/* What a connection name may hold (any length up to the maximum, "" too):
+ * a prefix or a cursor. Anything else matches no connection. */
+static bool name_chars_valid(const char *s) {
+        return strlen(s) <= CONNECTION_NAME_MAX &&
+               strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == strlen(s);
+}
+
+/* Connections serialized per call from MHD: however long the page, the
+ * loop does this much for it and then serves everything else (a token
+ * handout waits for one chunk, not for a page). */
+#define LIST_CHUNK 64
+#define LIST_BLOCK (32 * 1024)
+
+/* One page of GET /v1/connections, produced chunk by chunk as MHD sends
+ * it. No pointer into a connection is kept between chunks: each chunk
+ * seeks again after the last name examined, so connections added or
+ * removed meanwhile behave as they do between pages. */
+struct ListStream {
+        Manager *manager;
+        char cursor[CONNECTION_NAME_MAX + 1];   /* the last name examined; "" none */
+        char prefix[CONNECTION_NAME_MAX + 1];   /* "" any */
+        char provider[PROVIDER_NAME_MAX + 1];   /* "" any */
+        ConnState state;                        /* _CONN_STATE_INVALID: any */
+        unsigned limit, emitted, examined;
+        bool started, done;
+        StrBuf out;
+        size_t pos;                             /* sent of out */
+};
+
+/* dst holds size bytes; src was checked to fit. */
+static void copy_str(char *dst, size_t size, const char *src) {
+        (void) snprintf(dst, size, "%s", src);
+}
+
+static void list_stream_free(void *p) {
+        ListStream *s = p;
+
+        if (!s)
+                return;
+        strbuf_free(&s->out);
+        free(s);
+}
+
+static void list_finish(ListStream *s, bool more) {
+        /* names hold only A-Z a-z 0-9 . _ -: nothing to escape */
+        strbuf_puts(&s->out, "]");
+        if (more)
+                strbuf_printf(&s->out, ",\"next\":\"%s\"", s->cursor);
+        strbuf_puts(&s->out, "}");
+        s->done = true;
+}
+
+/* Appends up to LIST_CHUNK examined connections to s->out. */
+static int list_fill(ListStream *s) {
+        Manager *m = s->manager;
+        size_t prefix_len = strlen(s->prefix);
+        OrdIter it;
+
+        if (!s->started) {
+                strbuf_puts(&s->out, "{\"connections\":[");
+                s->started = true;
+        }
+        /* Names with a prefix sit together: start at the later of the
+         * cursor and the prefix, stop at the first name without it. */
+        if (prefix_len > 0 && strcmp(s->cursor, s->prefix) < 0)
+                ordmap_seek(&m->ordered, &it, s->prefix, true);
+        else
+                ordmap_seek(&m->ordered, &it, s->cursor, false);
+        for (unsigned k = 0; k < LIST_CHUNK; k++) {
+                OrdNode *n = ordmap_iter_next(&it);
+                Connection *c = n ? container_of(n, Connection, by_order) : NULL;
+
+                if (!c || (prefix_len > 0 && strncmp(c->name, s->prefix, prefix_len) != 0)) {
+                        list_finish(s, false);
+                        return 0;
+                }
+                if (s->emitted >= s->limit || s->examined >= API_LIST_SCAN_MAX) {
+                        list_finish(s, true);
+                        return 0;
+                }
+                s->examined++;
+                copy_str(s->cursor, sizeof s->cursor, c->name);
+                if (s->state >= 0 && c->state != s->state)
+                        continue;
+                if (s->provider[0] && !streq(c->provider, s->provider))
+                        continue;
+                if (s->emitted++ > 0)
+                        strbuf_puts(&s->out, ",");
+                connection_write(&s->out, c);
+        }
+        return 0;
+}
+
+static ssize_t list_read(void *cls, uint64_t pos _unused_, char *buf, size_t max) {
+        ListStream *s = cls;
+        size_t n;
+
+        /* A chunk that matched no filter adds nothing: go on, within the
+         * page's bound of API_LIST_SCAN_MAX examined connections. */
+        while (s->pos >= s->out.len) {
+                if (s->done)
+                        return MHD_CONTENT_READER_END_OF_STREAM;
+                s->out.len = 0;
+                s->pos = 0;
+                if (list_fill(s) < 0 || s->out.oom)
+                        return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        n = MIN(max, s->out.len - s->pos);
+        memcpy(buf, s->out.s + s->pos, n);
+        s->pos += n;
+        return (ssize_t) n;
+}
+
+static enum MHD_Result list_respond(struct MHD_Connection *conn, ListStream *s) {
+        struct MHD_Response *resp;
+        enum MHD_Result ret;
+
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, LIST_BLOCK, list_read, s, list_stream_free);
+        if (!resp) {
+                list_stream_free(s);
+                return MHD_NO;
+        }
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        (void) MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+        ret = MHD_queue_response(conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}
+
+/* GET /v1/connections?limit=N&after=NAME&state=S&provider=P&prefix=T: one
+ * page in byte order of name, from the ordered index. Its work is bounded
+ * by the page, never by the number of connections: at most
+ * API_LIST_SCAN_MAX connections are examined, then the page ends with
+ * "next" even if it is short; and it is done LIST_CHUNK connections at a
+ * time, as MHD sends it. A cursor need not name a connection that still
+ * exists: the page starts after it in byte order. */
+static void route_list(ApiRequest *r) {
+        bool bad = false;
+        const char *lim = arg_checked(r, "limit", &bad), *after = arg_checked(r, "after", &bad),
+                   *st = arg_checked(r, "state", &bad), *prov = arg_checked(r, "provider", &bad),
+                   *prefix = arg_checked(r, "prefix", &bad);
+        unsigned limit = API_LIST_LIMIT_DEFAULT;
+        ConnState state = _CONN_STATE_INVALID;
+        ListStream *s;
+
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
+        if (lim && parse_limit(lim, API_LIST_LIMIT_MAX, &limit) < 0)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
+        if (after && !name_chars_valid(after))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                    "after must be a connection name (the next of the page before)");
+        if (prefix && !name_chars_valid(prefix))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                    "prefix must be made of connection name characters (A-Z a-z 0-9 . _ -)");
+        if (st) {
+                state = conn_state_from_string(st);
+                if (state < 0)
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                            "state must be pending, active or needs_reauth");
+        }
+        if (prov && (!*prov || strlen(prov) > PROVIDER_NAME_MAX))
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid provider name");
+
+        s = new0(ListStream, 1);
+        if (!s)
+                return answer_error(r, 500, API_ERR_SERVER, "out of memory");
+        *s = (ListStream) { .manager = r->api->manager, .state = state, .limit = limit };
+        copy_str(s->cursor, sizeof s->cursor, strempty(after));
+        copy_str(s->prefix, sizeof s->prefix, strempty(prefix));
+        copy_str(s->provider, sizeof s->provider, strempty(prov));
+        r->stream = s;
+        r->answered = true;
+        r->status = 200;
 }
 
 static void route_providers(ApiRequest *r) {
@@ -824,13 +1071,24 @@ static void route_status(ApiRequest *r) {
         answer(r, 200, dump(j));
 }
 
+typedef struct EventPage {
+        json_t *events;
+        unsigned limit;
+        bool more;                 /* a row beyond the limit came back */
+} EventPage;
+
 static int event_json(const StoreEvent *e, void *userdata) {
+        EventPage *p = userdata;
         char b[32];
 
-        return json_array_append_new(userdata, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
-                                                         "at", format_timestamp(b, sizeof b, e->at),
-                                                         "connection", e->connection, "kind", e->kind ?: "",
-                                                         "message", e->message ?: "")) < 0
+        if (json_array_size(p->events) >= p->limit) {
+                p->more = true;
+                return 0;
+        }
+        return json_array_append_new(p->events, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
+                                                          "at", format_timestamp(b, sizeof b, e->at),
+                                                          "connection", e->connection, "kind", e->kind ?: "",
+                                                          "message", e->message ?: "")) < 0
                        ? -ENOMEM
                        : 0;
 }
@@ -851,25 +1109,29 @@ static void on_events_synced(int result _unused_, const char *error _unused_, vo
         mhd_loop_kick(&r->api->loop);
 }
 
+/* GET /v1/events?connection=NAME&limit=N&before=ID: newest first; "next"
+ * (an id, for before=) when older events are left. */
 static void route_events(ApiRequest *r) {
-        const char *conn = arg(r, "connection"), *lim = arg(r, "limit"), *before = arg(r, "before");
-        unsigned long limit = 100;
+        bool bad = false;
+        const char *conn = arg_checked(r, "connection", &bad), *lim = arg_checked(r, "limit", &bad),
+                   *before = arg_checked(r, "before", &bad);
+        unsigned limit = API_EVENTS_LIMIT_DEFAULT;
         long long before_id = 0;
-        json_t *a;
+        EventPage page = {};
+        json_t *last;
         int k;
 
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
         if (conn && !connection_name_valid(conn))
                 return answer_error(r, 400, API_ERR_INVALID_REQUEST, "invalid connection name");
-        if (lim) {
-                char *end;
-                limit = strtoul(lim, &end, 10);
-                if (*end || limit == 0 || limit > STORE_EVENTS_MAX)
-                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
-        }
+        if (lim && parse_limit(lim, API_EVENTS_LIMIT_MAX, &limit) < 0)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "limit must be 1..10000");
         if (before) {
                 char *end;
+                errno = 0;
                 before_id = strtoll(before, &end, 10);
-                if (*end || before_id < 0)
+                if (!*before || *end || errno || before_id < 0)
                         return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
         }
         if (!r->events_synced && store_writer_pending(r->api->manager->writer) > 0 &&
@@ -877,15 +1139,21 @@ static void route_events(ApiRequest *r) {
                 suspend(r, NULL);
                 return;
         }
-        a = json_array();   /* after the checks: their early answers left it behind */
-        if (!a)
+        page.limit = limit;
+        page.events = json_array();   /* after the checks: their early answers left it behind */
+        if (!page.events)
                 return answer_error(r, 500, API_ERR_SERVER, "out of memory");
-        k = store_events_list(r->api->manager->store, conn, before_id, (unsigned) limit, event_json, a);
+        /* one more than the page: whether there is a next one */
+        k = store_events_list(r->api->manager->store, conn, before_id, limit + 1, event_json, &page);
         if (k < 0) {
-                json_decref(a);
+                json_decref(page.events);
                 return answer_error(r, 500, API_ERR_SERVER, "cannot read events");
         }
-        answer(r, 200, dump(json_pack("{s:o}", "events", a)));
+        last = json_array_get(page.events, json_array_size(page.events) - 1);
+        if (page.more && last)
+                answer(r, 200, dump(json_pack("{s:o, s:O}", "events", page.events, "next", json_object_get(last, "id"))));
+        else
+                answer(r, 200, dump(json_pack("{s:o}", "events", page.events)));
 }
 
 /* Prometheus text format 0.0.4. Every figure is a counter kept as things
@@ -1038,6 +1306,7 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused
                 return;
         if (r->body)
                 explicit_wipe(r->body, r->body_len);
+        list_stream_free(r->stream);
         sd_event_source_disable_unref(r->wait_timer);
         free(r->body);
         free(r->response);
@@ -1094,6 +1363,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_YES;
         if (!r->answered)
                 answer_error(r, 500, API_ERR_SERVER, "no answer");
+        if (r->stream)
+                return list_respond(conn, TAKE_PTR(r->stream));
         if (!r->response)
                 return MHD_NO;
         {

@@ -6,6 +6,7 @@
 #include "common/conf.h"
 #include "common/hashmap.h"
 #include "common/macro.h"
+#include "common/ordmap.h"
 #include "daemon/timerwheel.h"
 
 /* One authorization of one account at one provider. Everything a token
@@ -32,6 +33,7 @@ typedef struct Staged Staged;
 typedef struct Connection {
         HashmapNode by_name;       /* Manager.connections, key = name */
         HashmapNode by_state;      /* Manager.pending, key = state_hash */
+        OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         bool pending_linked;
         size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         TimerEntry timer;          /* next refresh, or pending expiry */

@@ -20,6 +20,10 @@
 #include "daemon/oauth.h"
 
 static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
+
+static const char *order_key(const OrdNode *n) {
+        return container_of(n, Connection, by_order)->name;
+}
 static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
 /* Removes the API socket we bound, if the path still names that socket
@@ -62,6 +66,7 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         r = hashmap_new(&m->pending);
         if (r < 0)
                 return r;
+        ordmap_init(&m->ordered, order_key);
         r = timerwheel_new(&m->wheel, WHEEL_TICK, now(DEADLINE_CLOCK));
         if (r < 0)
                 return r;
@@ -108,6 +113,8 @@ Manager *manager_free(Manager *m) {
                 }
                 hashmap_free(m->connections);
         }
+        /* every node is gone with its connection */
+        ordmap_init(&m->ordered, order_key);
         hashmap_free(m->pending);
         free(m->expiry);
         for (size_t i = 0; i < m->n_stats; i++)
@@ -492,6 +499,9 @@ static int manager_link(Manager *m, Connection *c) {
                 hashmap_remove_node(m->connections, &c->by_name);
                 return r;
         }
+        /* Cannot fail: the hash map has just taken the same name. */
+        r = ordmap_put(&m->ordered, &c->by_order);
+        assert(r == 0);
         c->manager = m;
         c->expiry_idx = SIZE_MAX;
         count_state(m, c, +1);
@@ -502,6 +512,7 @@ static int manager_link(Manager *m, Connection *c) {
 /* Undoes manager_link() of a connection that never reached the store. */
 static void manager_unlink_fresh(Manager *m, Connection *c) {
         hashmap_remove_node(m->connections, &c->by_name);
+        ordmap_remove(&m->ordered, &c->by_order);
         manager_pending_unlink(m, c);
         count_state(m, c, -1);
         heap_remove(m, c);
@@ -540,6 +551,7 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
                 return r;
         refresher_cancel(m, c);
         hashmap_remove_node(m->connections, &c->by_name);
+        ordmap_remove(&m->ordered, &c->by_order);
         manager_pending_unlink(m, c);
         count_state(m, c, -1);
         heap_remove(m, c);
@@ -824,24 +836,6 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
                                                   on_stop_timeout, m);
         }
         manager_maybe_exit(m);
-        return 0;
-}
-
-static int mkdir_p(const char *path, mode_t mode) {
-        _cleanup_free_ char *p = strdup(path);
-
-        if (!p)
-                return -ENOMEM;
-        for (char *s = p + 1; *s; s++) {
-                if (*s != '/')
-                        continue;
-                *s = 0;
-                if (mkdir(p, mode) < 0 && errno != EEXIST)
-                        return -errno;
-                *s = '/';
-        }
-        if (mkdir(p, mode) < 0 && errno != EEXIST)
-                return -errno;
         return 0;
 }
 

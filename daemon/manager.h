@@ -51,6 +51,7 @@ struct Manager {
         usec_t wheel_armed;
 
         Hashmap *connections;      /* by name */
+        Ordmap ordered;            /* the same, in byte order of name: paged listing */
         Hashmap *pending;          /* by state hash */
         unsigned n_state[_CONN_STATE_MAX];
 

@@ -116,8 +116,9 @@ static void explain_unreachable(const char *path, CURLcode cc) {
 }
 
 /* One request to the daemon. Returns an exit code: EXIT_OK, or
- * EXIT_UNREACHABLE when the socket does not answer. */
-static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
+ * EXIT_UNREACHABLE when the socket does not answer. With parse, ret->json
+ * is the answer parsed (NULL if it is no JSON). */
+static int api_call_parse(const char *method, const char *path, json_t *body, bool parse, Reply *ret) {
         CURL *c = curl_easy_init();
         struct curl_slist *h = NULL;
         char url[1024], *data = NULL;
@@ -150,9 +151,13 @@ static int api_call(const char *method, const char *path, json_t *body, Reply *r
                 explain_unreachable(socket_path(), cc);
                 return EXIT_UNREACHABLE;
         }
-        if (ret->body)
+        if (ret->body && parse)
                 ret->json = json_loadb(ret->body, ret->len, 0, NULL);
         return EXIT_OK;
+}
+
+static int api_call(const char *method, const char *path, json_t *body, Reply *ret) {
+        return api_call_parse(method, path, body, true, ret);
 }
 
 static const char *jstr(json_t *o, const char *key) {
@@ -213,8 +218,13 @@ static int no_such_connection(const char *name) {
         const char *hint = NULL;
         Reply r;
 
-        /* best effort: without the list, the plain message */
-        if (api_call("GET", API_PREFIX, NULL, &r) == EXIT_OK && r.status == 200 && r.json)
+        char path[64];
+
+        /* Best effort: without the list, the plain message. One page of
+         * the names that share the first character (typos rarely touch
+         * it), not a walk over every connection. */
+        snprintf(path, sizeof path, API_PREFIX "?limit=%d&prefix=%c", API_LIST_LIMIT_MAX, name[0]);
+        if (api_call("GET", path, NULL, &r) == EXIT_OK && r.status == 200 && r.json)
                 hint = closest_name(name, json_object_get(r.json, "connections"));
         if (hint)
                 fprintf(stderr, "tokenctl: no connection named '%s' (did you mean '%s'?)\n", name, hint);
@@ -398,92 +408,317 @@ static int do_providers(int argc _unused_, char **argv _unused_) {
         return EXIT_OK;
 }
 
-static void print_connection_row(json_t *c) {
-        json_t *e = json_object_get(c, "expires_in");
+static void print_connection_row(const char *name, const char *provider, const char *state,
+                                 const char *expires, const char *identity) {
+        printf("%-24s %-16s %-13s %-9s %s\n", strempty(name), strempty(provider), strempty(state), expires,
+               identity ?: "-");
+}
+
+/* ---- a listing page, read without building it ------------------------- */
+
+/* A page of 1,000 connections is half a megabyte of JSON; building it as
+ * jansson objects costs tokenctl more than the daemon spends writing it.
+ * The daemon's JSON is only split into rows here (--json writes them as
+ * they are) and the few members a table shows are picked out. A span is
+ * [p, end) in the answer's body. */
+
+static const char *json_skip_ws(const char *p, const char *end) {
+        while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+                p++;
+        return p;
+}
+
+/* p at '"': past the closing quote, or NULL. */
+static const char *json_skip_string(const char *p, const char *end) {
+        for (p++; p < end; p++) {
+                if (*p == '\\')
+                        p++;
+                else if (*p == '"')
+                        return p + 1;
+        }
+        return NULL;
+}
+
+/* Past the value at p (after blanks), or NULL if it is cut short. */
+static const char *json_skip_value(const char *p, const char *end) {
+        unsigned depth = 0;
+
+        p = json_skip_ws(p, end);
+        if (p >= end)
+                return NULL;
+        if (*p != '{' && *p != '[' && *p != '"') {
+                while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+                       *p != '\r' && *p != '\t')
+                        p++;
+                return p;
+        }
+        do {
+                if (p >= end || depth > 64)
+                        return NULL;
+                if (*p == '"') {
+                        p = json_skip_string(p, end);
+                        if (!p)
+                                return NULL;
+                        continue;
+                }
+                if (*p == '{' || *p == '[')
+                        depth++;
+                else if (*p == '}' || *p == ']')
+                        depth--;
+                p++;
+        } while (depth > 0);
+        return p;
+}
+
+/* The value of member key of the object at p: its span, or NULL. */
+static const char *json_member(const char *p, const char *end, const char *key, const char **ret_end) {
+        size_t kl = strlen(key);
+
+        p = json_skip_ws(p, end);
+        if (p >= end || *p != '{')
+                return NULL;
+        for (p++;;) {
+                const char *k, *v;
+                bool match;
+
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != '"')
+                        return NULL;
+                k = p + 1;
+                p = json_skip_string(p, end);
+                if (!p)
+                        return NULL;
+                match = (size_t) (p - 1 - k) == kl && memcmp(k, key, kl) == 0;
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != ':')
+                        return NULL;
+                v = json_skip_ws(p + 1, end);
+                p = json_skip_value(v, end);
+                if (!p)
+                        return NULL;
+                if (match) {
+                        *ret_end = p;
+                        return v;
+                }
+                p = json_skip_ws(p, end);
+                if (p >= end || *p != ',')
+                        return NULL;
+                p++;
+        }
+}
+
+/* Member key of the object at p as a string (malloc'd; NULL when absent,
+ * null or not a string). */
+static char *json_member_string(const char *p, const char *end, const char *key) {
+        const char *ve, *v = json_member(p, end, key, &ve);
+        json_t *j;
+        char *s;
+
+        if (!v || ve - v < 2 || *v != '"')
+                return NULL;
+        if (!memchr(v, '\\', (size_t) (ve - v)))
+                return strndup(v + 1, (size_t) (ve - v - 2));
+        j = json_loadb(v, (size_t) (ve - v), JSON_DECODE_ANY, NULL);
+        s = json_is_string(j) ? strdup(json_string_value(j)) : NULL;
+        json_decref(j);
+        return s;
+}
+
+/* One row of the table, from the row's JSON. */
+static void print_row_json(const char *p, const char *end) {
+        _cleanup_free_ char *name = json_member_string(p, end, "name"),
+                            *provider = json_member_string(p, end, "provider"),
+                            *state = json_member_string(p, end, "state"),
+                            *type = json_member_string(p, end, "token_type"),
+                            *identity = json_member_string(p, end, "identity");
+        const char *ve, *v = json_member(p, end, "expires_in", &ve);
         char exp[32] = "-";
 
-        if (json_is_integer(e))
-                snprintf(exp, sizeof exp, "%llds", (long long) json_integer_value(e));
-        else if (jstr(c, "token_type"))
+        if (v && *v != 'n')
+                snprintf(exp, sizeof exp, "%llds", strtoll(v, NULL, 10));
+        else if (type)
                 snprintf(exp, sizeof exp, "never");
-        printf("%-24s %-16s %-13s %-9s %s\n", jstr(c, "name"), jstr(c, "provider"), jstr(c, "state"), exp,
-               jstr(c, "identity") ?: "-");
+        print_connection_row(name, provider, state, exp, identity);
 }
 
-static int cmp_by_name(const void *a, const void *b) {
-        const char *x = jstr(*(json_t *const *) a, "name"), *y = jstr(*(json_t *const *) b, "name");
+/* "1,000,000" */
+static const char *thousands(char buf[static 32], unsigned long long v) {
+        char tmp[32];
+        int n = snprintf(tmp, sizeof tmp, "%llu", v), o = 0;
 
-        return strcmp(strempty(x), strempty(y));
-}
-
-/* The array sorted by "name" (a new reference), or NULL. */
-static json_t *sorted_by_name(json_t *a) {
-        size_t n = json_array_size(a), i;
-        _cleanup_free_ json_t **v = NULL;
-        json_t *out;
-
-        v = new0(json_t *, n + 1);
-        out = json_array();
-        if (!v || !out) {
-                json_decref(out);
-                return NULL;
+        for (int i = 0; i < n; i++) {
+                if (i > 0 && (n - i) % 3 == 0)
+                        buf[o++] = ',';
+                buf[o++] = tmp[i];
         }
-        for (i = 0; i < n; i++)
-                v[i] = json_array_get(a, i);
-        qsort(v, n, sizeof *v, cmp_by_name);
-        for (i = 0; i < n; i++)
-                json_array_append(out, v[i]);
-        return out;
+        buf[o] = 0;
+        return buf;
 }
 
-static int do_list(int argc _unused_, char **argv _unused_) {
+/* "1,000,000 connections: 999,998 active, 2 needs_reauth", from the
+ * daemon's counters (GET /v1/status, O(1)), not from counting rows. */
+static int print_list_summary(size_t shown, bool partial) {
         static const char *const states[] = { "active", "pending", "needs_reauth" };
-        size_t counts[ELEMENTSOF(states)] = {}, other = 0, i;
-        json_t *c, *a;
+        unsigned long long counts[ELEMENTSOF(states)], total = 0;
+        char b[32];
+        bool first = true;
+        json_t *c;
         Reply r;
-        int k = call_ok("GET", API_PREFIX, NULL, &r);
+        int k = call_ok("GET", "/v1/status", NULL, &r);
 
         if (k)
                 return k;
-        a = sorted_by_name(json_object_get(r.json, "connections"));
-        if (!a) {
-                reply_done(&r);
-                fprintf(stderr, "tokenctl: out of memory\n");
-                return EXIT_FAILURE_GENERIC;
+        c = json_object_get(r.json, "connections");
+        for (size_t j = 0; j < ELEMENTSOF(states); j++) {
+                json_int_t v = json_integer_value(json_object_get(c, states[j]));
+                counts[j] = v > 0 ? (unsigned long long) v : 0;
+                total += counts[j];
         }
-        if (arg_json)
-                print_json(a);
-        else {
-                bool first = true;
-
-                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
-                json_array_foreach(a, i, c) {
-                        const char *st = jstr(c, "state");
-                        size_t j;
-
-                        print_connection_row(c);
-                        for (j = 0; j < ELEMENTSOF(states); j++)
-                                if (st && streq(st, states[j])) {
-                                        counts[j]++;
-                                        break;
-                                }
-                        if (j == ELEMENTSOF(states))
-                                other++;
+        if (partial)
+                printf("%s shown; ", thousands(b, shown));
+        printf("%s connection%s", thousands(b, total), total == 1 ? "" : "s");
+        for (size_t j = 0; j < ELEMENTSOF(states); j++)
+                if (counts[j] > 0) {
+                        printf("%s%s %s", first ? ": " : ", ", thousands(b, counts[j]), states[j]);
+                        first = false;
                 }
-                /* "3 connections: 2 active, 1 needs_reauth" */
-                printf("%zu connection%s", json_array_size(a), json_array_size(a) == 1 ? "" : "s");
-                for (size_t j = 0; j < ELEMENTSOF(states); j++)
-                        if (counts[j] > 0) {
-                                printf("%s%zu %s", first ? ": " : ", ", counts[j], states[j]);
-                                first = false;
-                        }
-                if (other > 0)
-                        printf("%s%zu other", first ? ": " : ", ", other);
-                printf("\n");
-        }
-        json_decref(a);
+        printf("\n");
         reply_done(&r);
         return EXIT_OK;
+}
+
+/* Appends "&key=VALUE", URL-escaped, if value is set. */
+static void query_add(StrBuf *q, const char *key, const char *value) {
+        char *e;
+
+        if (!value)
+                return;
+        e = curl_easy_escape(NULL, value, 0);
+        strbuf_printf(q, "&%s=%s", key, e ?: "");
+        curl_free(e);
+}
+
+/* Walks the daemon's pages (GET /v1/connections?after=NEXT) and prints
+ * each as it comes: the table, or one JSON array written row by row. One
+ * page is held at a time, so memory stays flat however many there are;
+ * the daemon answers in byte order of name, so the output is sorted. */
+static int do_list(int argc, char **argv) {
+        static const struct option options[] = {
+                { "state", required_argument, NULL, 's' },
+                { "provider", required_argument, NULL, 'p' },
+                { "prefix", required_argument, NULL, 'x' },
+                { "limit", required_argument, NULL, 'l' },
+                {}
+        };
+        const char *state = NULL, *provider = NULL, *prefix = NULL;
+        unsigned long long limit = 0;   /* 0: all */
+        _cleanup_free_ char *after = NULL;
+        size_t shown = 0;
+        int c, k = EXIT_OK;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case 's':
+                        state = optarg;
+                        break;
+                case 'p':
+                        provider = optarg;
+                        break;
+                case 'x':
+                        prefix = optarg;
+                        break;
+                case 'l': {
+                        char *end;
+                        errno = 0;
+                        limit = strtoull(optarg, &end, 10);
+                        if (!*optarg || *end || errno || limit == 0 || optarg[0] == '-') {
+                                fprintf(stderr, "tokenctl: --limit takes a number of rows, 1 or more\n");
+                                return EXIT_USAGE;
+                        }
+                        break;
+                }
+                default:
+                        return EXIT_USAGE;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "tokenctl: usage: tokenctl list [--state S] [--provider P] [--prefix T] "
+                                "[--limit N]\n");
+                return EXIT_USAGE;
+        }
+
+        if (arg_json)
+                printf("[");
+        else
+                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
+        for (unsigned pages = 0;; pages++) {
+                unsigned long long want = API_LIST_LIMIT_DEFAULT;
+                StrBuf q = {};
+                const char *p, *ae, *end;
+                Reply r;
+
+                if (limit > 0 && limit - shown < want)
+                        want = limit - shown;
+                strbuf_printf(&q, API_PREFIX "?limit=%llu", want);
+                query_add(&q, "after", after);
+                query_add(&q, "state", state);
+                query_add(&q, "provider", provider);
+                query_add(&q, "prefix", prefix);
+                if (q.oom) {
+                        strbuf_free(&q);
+                        fprintf(stderr, "tokenctl: out of memory\n");
+                        return EXIT_FAILURE_GENERIC;
+                }
+                k = api_call_parse("GET", q.s, NULL, false, &r);
+                strbuf_free(&q);
+                if (k)
+                        return k;
+                if (r.status != 200) {
+                        if (r.body)
+                                r.json = json_loadb(r.body, r.len, 0, NULL);
+                        k = api_error(&r);
+                        reply_done(&r);
+                        return k;
+                }
+                end = r.body ? r.body + r.len : NULL;
+                p = r.body ? json_member(r.body, end, "connections", &ae) : NULL;
+                if (!p || *p != '[') {
+                        reply_done(&r);
+                        fprintf(stderr, "tokenctl: the daemon's list is not the JSON expected\n");
+                        return EXIT_FAILURE_GENERIC;
+                }
+                for (p = json_skip_ws(p + 1, ae); p < ae && *p != ']';) {
+                        const char *e = json_skip_value(p, ae);
+
+                        if (!e || (*p != '{')) {
+                                reply_done(&r);
+                                fprintf(stderr, "tokenctl: the daemon's list is not the JSON expected\n");
+                                return EXIT_FAILURE_GENERIC;
+                        }
+                        if (arg_json)
+                                printf("%s\n%.*s", shown > 0 ? "," : "", (int) (e - p), p);
+                        else
+                                print_row_json(p, e);
+                        shown++;
+                        p = json_skip_ws(e, ae);
+                        if (p < ae && *p == ',')
+                                p = json_skip_ws(p + 1, ae);
+                }
+                free(after);
+                after = json_member_string(r.body, end, "next");
+                reply_done(&r);
+                if (!after || (limit > 0 && shown >= limit))
+                        break;
+        }
+        if (arg_json)
+                printf("%s]\n", shown > 0 ? "\n" : "");
+        else
+                k = print_list_summary(shown, limit > 0 || state || provider || prefix);
+        if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "tokenctl: cannot write the list: %m\n");
+                return EXIT_FAILURE_GENERIC;
+        }
+        return k;
 }
 
 static void print_kv(const char *k, const char *v) {
@@ -1181,7 +1416,8 @@ out:
 static const Verb verbs[] = {
         { "status", "", "show the daemon's state", 0, 0, do_status },
         { "providers", "", "list configured providers", 0, 0, do_providers },
-        { "list", "", "list connections", 0, 0, do_list },
+        { "list", "[--state S] [--provider P] [--prefix T] [--limit N]",
+          "list connections, sorted by name, page by page; a summary line", 0, 8, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
         { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
                        "[--username U] [--no-wait] [--timeout S]",

@@ -312,24 +312,6 @@ static int random_below(uint64_t n, uint64_t *ret) {
 
 /* ---- the store ------------------------------------------------------- */
 
-static int mkdir_p(const char *path, mode_t mode) {
-        _cleanup_free_ char *p = strdup(path);
-
-        if (!p)
-                return -ENOMEM;
-        for (char *s = p + 1; *s; s++) {
-                if (*s != '/')
-                        continue;
-                *s = 0;
-                if (mkdir(p, mode) < 0 && errno != EEXIST)
-                        return -errno;
-                *s = '/';
-        }
-        if (mkdir(p, mode) < 0 && errno != EEXIST)
-                return -errno;
-        return 0;
-}
-
 /* The daemon's lock of the store (an exclusive flock(2) on state_dir/lock,
  * the file holding the owner's PID): held for the whole run, so the seeder
  * never writes under a running daemon and no daemon starts mid-seed. The
