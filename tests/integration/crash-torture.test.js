@@ -248,9 +248,17 @@ test(`crash torture: ${KILLS} SIGKILLs while ${CONNS} rotating connections refre
 
   /* Every connection listed and active (after each restart). */
   async function checkListed(when) {
-    const r = await b.api('GET', '/v1/connections', undefined, { timeoutMs: 30000 });
-    assert.equal(r.status, 200, r.text);
-    const byName = new Map(r.json.connections.map((c) => [c.name, c]));
+    /* The listing is paged: follow next (bounded: at most 10,000 a page). */
+    const byName = new Map();
+    let after = '';
+    for (let pages = 0; ; pages++) {
+      assert.ok(pages <= CONNS / 1000 + 1, `${when}: the listing did not end after ${pages} pages`);
+      const r = await b.api('GET', `/v1/connections?limit=1000${after ? `&after=${after}` : ''}`, undefined, { timeoutMs: 30000 });
+      assert.equal(r.status, 200, r.text);
+      for (const c of r.json.connections) byName.set(c.name, c);
+      if (!r.json.next) break;
+      after = encodeURIComponent(r.json.next);
+    }
     for (const name of names) {
       const c = byName.get(name);
       if (!c) lose(name, `${when}: missing`);
