@@ -25,7 +25,10 @@ const path = require('node:path');
 const { Broker, followAuthorize, sleep, waitFor, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
-test('group commit: no token before its commit is durable; SIGKILL while stalled loses nothing handed out', { timeout: 120000 }, async (t) => {
+/* A broker on the fake provider whose store writer holds while the file
+ * `stall` exists (TOKENBROKER_TEST_WRITER_STALL); stopped after the test,
+ * the file removed first so the writer is never left held. */
+async function startHeldable(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
   const stall = path.join(dir, 'stall');
   const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
@@ -35,10 +38,15 @@ test('group commit: no token before its commit is durable; SIGKILL while stalled
     env: { TOKENBROKER_TEST_WRITER_STALL: stall },
   });
   t.after(async () => {
-    fs.rmSync(dir, { recursive: true, force: true });   // never leave the writer held
+    fs.rmSync(dir, { recursive: true, force: true });
     await b.stop();
     await fp.close();
   });
+  return { b, fp, stall };
+}
+
+test('group commit: no token before its commit is durable; SIGKILL while stalled loses nothing handed out', { timeout: 120000 }, async (t) => {
+  const { b, fp, stall } = await startHeldable(t);
   const token = async () => {
     const r = await b.api('GET', '/v1/connections/gc/token');
     assert.equal(r.status, 200, `token: ${r.text}`);
@@ -120,19 +128,7 @@ test('group commit: no token before its commit is durable; SIGKILL while stalled
 });
 
 test('group commit: SIGTERM while the writer is held commits the staged tokens and exits at once', { timeout: 120000 }, async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
-  const stall = path.join(dir, 'stall');
-  const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
-  const b = await Broker.start({
-    providers: { fake: iniProvider(fp.providerConf()) },
-    secrets: { 'fake.secret': 'group-commit-secret' },
-    env: { TOKENBROKER_TEST_WRITER_STALL: stall },
-  });
-  t.after(async () => {
-    fs.rmSync(dir, { recursive: true, force: true });
-    await b.stop();
-    await fp.close();
-  });
+  const { b, fp, stall } = await startHeldable(t);
   const c = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
   assert.equal(c.status, 201, c.text);
   assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
