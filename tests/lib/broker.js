@@ -124,16 +124,45 @@ async function finish(sc, t) {
   }
 }
 
-/** A free TCP port on 127.0.0.1 (bound, read, released). */
-function freePort() {
-  return new Promise((resolve, reject) => {
+/*
+ * A free TCP port on 127.0.0.1 for a daemon to bind later.
+ *
+ * Not from the kernel (listen(0)): that hands out a port of the ephemeral
+ * range, and between releasing it here and the daemon binding it any
+ * outgoing connection on the machine (curl to the provider, the test's own
+ * HTTP clients) may take it as its local port: "Address already in use".
+ * Ports below the ephemeral range are only ever bound on purpose, so the
+ * pick is random among them (parallel test files rarely meet) and checked
+ * by binding; a port handed out once by this process is not handed out
+ * again.
+ */
+const givenPorts = new Set();
+function ephemeralLow() {
+  try {
+    const low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 2048) return low;
+  } catch { /* not Linux: fall through */ }
+  return 32768;
+}
+const PORT_LOW = 10000;
+const PORT_HIGH = Math.max(PORT_LOW + 1000, ephemeralLow() - 1);
+function tryBind(port) {
+  return new Promise((resolve) => {
     const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen({ port, host: '127.0.0.1', exclusive: true }, () => s.close(() => resolve(true)));
   });
+}
+async function freePort() {
+  for (let i = 0; i < 200; i++) {
+    const port = PORT_LOW + Math.floor(Math.random() * (PORT_HIGH - PORT_LOW));
+    if (givenPorts.has(port)) continue;
+    if (await tryBind(port)) {
+      givenPorts.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port on 127.0.0.1 between ${PORT_LOW} and ${PORT_HIGH} after 200 tries`);
 }
 
 /** Polls fn until it returns a truthy value or the time is up. */
