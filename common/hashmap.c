@@ -8,9 +8,19 @@
 /* Keep n_buckets * sizeof(pointer) far from overflow. */
 #define BUCKETS_MAX ((size_t) 1 << (sizeof(size_t) * 8 - 5))
 
+/* Buckets of the old table moved to the new one per hashmap_put() while the
+ * table is being resized: a resize costs every put a little, never one put
+ * everything (2^20 buckets would be tens of milliseconds on the loop). */
+#define MIGRATE_STEP ((size_t) 64)
+
 struct Hashmap {
         HashmapNode **buckets;
         size_t n_buckets;     /* 0 or a power of two */
+        /* While resizing: the table being emptied into buckets; its buckets
+         * below old_pos are empty already. NULL otherwise. */
+        HashmapNode **old;
+        size_t n_old;
+        size_t old_pos;
         size_t size;
         uint64_t k0, k1;      /* SipHash key */
 };
@@ -111,6 +121,7 @@ Hashmap *hashmap_free(Hashmap *h) {
                 return NULL;
 
         free(h->buckets);
+        free(h->old);
         explicit_wipe(h, sizeof(*h));
         free(h);
         return NULL;
@@ -124,6 +135,42 @@ size_t hashmap_buckets(const Hashmap *h) {
         return h ? h->n_buckets : 0;
 }
 
+size_t hashmap_resizing(const Hashmap *h) {
+        return h && h->old ? h->n_old - h->old_pos : 0;
+}
+
+/* Move up to max buckets of the old table into the current one. */
+static void migrate(Hashmap *h, size_t max) {
+        for (size_t done = 0; h->old && done < max; done++) {
+                HashmapNode *n;
+
+                if (h->old_pos >= h->n_old) {
+                        h->old = mfree(h->old);
+                        h->n_old = h->old_pos = 0;
+                        return;
+                }
+
+                n = h->old[h->old_pos];
+                h->old[h->old_pos++] = NULL;
+                while (n) {
+                        HashmapNode *next = n->next;
+                        size_t j = (size_t) n->hash & (h->n_buckets - 1);
+
+                        n->next = h->buckets[j];
+                        h->buckets[j] = n;
+                        n = next;
+                }
+        }
+        if (h->old && h->old_pos >= h->n_old) {
+                h->old = mfree(h->old);
+                h->n_old = h->old_pos = 0;
+        }
+}
+
+/* Start moving to a table of n_buckets: the current table becomes the old
+ * one, emptied MIGRATE_STEP buckets per put. A resize still under way is
+ * finished first (it is rare: the next one is due only after the table's
+ * size in puts, and a resize takes n_old / MIGRATE_STEP puts). */
 static int resize(Hashmap *h, size_t n_buckets) {
         HashmapNode **b;
 
@@ -133,27 +180,29 @@ static int resize(Hashmap *h, size_t n_buckets) {
         if (!b)
                 return -ENOMEM;
 
-        for (size_t i = 0; i < h->n_buckets; i++) {
-                HashmapNode *n = h->buckets[i];
-
-                while (n) {
-                        HashmapNode *next = n->next;
-                        size_t j = (size_t) n->hash & (n_buckets - 1);
-
-                        n->next = b[j];
-                        b[j] = n;
-                        n = next;
-                }
+        migrate(h, SIZE_MAX);
+        if (h->n_buckets == 0) {
+                h->buckets = b;
+                h->n_buckets = n_buckets;
+                return 0;
         }
 
-        free(h->buckets);
+        h->old = h->buckets;
+        h->n_old = h->n_buckets;
+        h->old_pos = 0;
         h->buckets = b;
         h->n_buckets = n_buckets;
         return 0;
 }
 
+/* The link pointing at the node with this key, in whichever table holds it. */
 static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
         HashmapNode **p;
+
+        if (h->old)
+                for (p = &h->old[(size_t) hash & (h->n_old - 1)]; *p; p = &(*p)->next)
+                        if ((*p)->hash == hash && streq((*p)->key, key))
+                                return p;
 
         if (h->n_buckets == 0)
                 return NULL;
@@ -180,7 +229,9 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
                 int r = resize(h, BUCKETS_MIN);
                 if (r < 0)
                         return r;
-        } else if (h->size + 1 > h->n_buckets && h->n_buckets < BUCKETS_MAX)
+        } else if (h->old)
+                migrate(h, MIGRATE_STEP);
+        else if (h->size + 1 > h->n_buckets && h->n_buckets < BUCKETS_MAX)
                 (void) resize(h, h->n_buckets * 2); /* on ENOMEM carry on */
         else if (h->n_buckets > BUCKETS_MIN && (h->size + 1) < h->n_buckets / 8) {
                 /* Shrink to the smallest size with load >= 1/4. */
@@ -227,21 +278,27 @@ HashmapNode *hashmap_remove(Hashmap *h, const char *key) {
         return n;
 }
 
-void hashmap_remove_node(Hashmap *h, HashmapNode *n) {
-        HashmapNode **p;
-
-        if (!h || !n || h->n_buckets == 0)
-                return;
-
-        for (p = &h->buckets[(size_t) n->hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
+static bool unlink_from(HashmapNode **bucket, HashmapNode *n) {
+        for (HashmapNode **p = bucket; *p; p = &(*p)->next)
                 if (*p == n) {
                         *p = n->next;
                         n->next = NULL;
-                        h->size--;
-                        return;
+                        return true;
                 }
+        return false;
 }
 
+void hashmap_remove_node(Hashmap *h, HashmapNode *n) {
+        if (!h || !n || h->n_buckets == 0)
+                return;
+
+        if ((h->old && unlink_from(&h->old[(size_t) n->hash & (h->n_old - 1)], n)) ||
+            unlink_from(&h->buckets[(size_t) n->hash & (h->n_buckets - 1)], n))
+                h->size--;
+}
+
+/* Buckets are numbered across both tables: the old one's first. Nothing
+ * moves between them during an iteration (only hashmap_put() migrates). */
 HashmapNode *hashmap_iter_next(Hashmap *h, HashmapIter *it) {
         HashmapNode *n;
 
@@ -250,9 +307,12 @@ HashmapNode *hashmap_iter_next(Hashmap *h, HashmapIter *it) {
 
         n = it->next;
         while (!n) {
-                if (it->bucket >= h->n_buckets)
+                size_t n_old = h->old ? h->n_old : 0;
+
+                if (it->bucket >= n_old + h->n_buckets)
                         return NULL;
-                n = h->buckets[it->bucket++];
+                n = it->bucket < n_old ? h->old[it->bucket] : h->buckets[it->bucket - n_old];
+                it->bucket++;
         }
 
         it->next = n->next;

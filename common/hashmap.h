@@ -9,11 +9,14 @@
  * array; the hash is SipHash-1-3 keyed with 128 random bits per map
  * (getrandom()), so peers who choose keys cannot force collisions.
  *
- * The bucket array grows (doubles, rehashing everything) when the load
- * factor exceeds 1, and shrinks when it drops below 1/8; both happen only
- * inside hashmap_put(). Removal never rehashes, so removing during
- * iteration is safe (see hashmap_iter_next()). If growing fails for lack of
- * memory, the put still succeeds with a higher load factor.
+ * The bucket array grows (doubles) when the load factor exceeds 1, and
+ * shrinks when it drops below 1/8; both are decided inside hashmap_put().
+ * A resize is incremental: the old array stays beside the new one and each
+ * later put moves a bounded number of its buckets (lookups search both), so
+ * no single put pays for rehashing a million entries. Removal never
+ * rehashes, so removing during iteration is safe (see hashmap_iter_next()).
+ * If growing fails for lack of memory, the put still succeeds with a higher
+ * load factor.
  *
  * Not thread-safe. */
 
@@ -73,5 +76,8 @@ typedef struct {
 } HashmapIter;
 HashmapNode *hashmap_iter_next(Hashmap *h, HashmapIter *it);
 
-/* Exposed for tests: the number of buckets currently allocated. */
+/* Exposed for tests: the number of buckets of the current array, and how
+ * many buckets of the old array a resize under way has still to move (0
+ * when none is). */
 size_t hashmap_buckets(const Hashmap *h);
+size_t hashmap_resizing(const Hashmap *h);

@@ -199,6 +199,80 @@ TEST(one_million) {
         CHECK_EQ_INT(bad, 0);
 }
 
+/* A resize moves the old array a few buckets per put: while it is under
+ * way every entry is found, removed and iterated exactly once, and no put
+ * finishes it in one go. */
+#define N_RESIZE 70000u
+
+TEST(incremental_resize) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        _cleanup_free_ Item *items = new0(Item, N_RESIZE);
+        unsigned bad = 0, i = 0, puts_during = 0;
+        size_t before;
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h)
+                return;
+        for (unsigned k = 0; k < N_RESIZE; k++)
+                snprintf(items[k].name, sizeof(items[k].name), "r%u", k);
+
+        /* fill to exactly the load that makes the next put grow 65536 -> 131072 */
+        for (; i < 65536; i++)
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        CHECK_EQ_INT(hashmap_buckets(h), 65536);
+        CHECK_EQ_INT(hashmap_resizing(h), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        i++;
+        CHECK_EQ_INT(hashmap_buckets(h), 131072);
+        CHECK_EQ_INT(hashmap_resizing(h), 65536); /* nothing moved by the put that grew it */
+
+        /* a few puts later: still under way, moved a bounded amount per put */
+        before = hashmap_resizing(h);
+        CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        i++;
+        CHECK(hashmap_resizing(h) < before);
+        CHECK(before - hashmap_resizing(h) <= 128);
+
+        /* mid-resize: every entry found, each iterated once, removal works */
+        for (unsigned k = 0; k < i; k++)
+                if (item_of(hashmap_get(h, items[k].name)) != &items[k])
+                        bad++;
+        CHECK_EQ_INT(bad, 0);
+        {
+                HashmapIter it = {};
+                HashmapNode *n;
+                unsigned count = 0;
+
+                while ((n = hashmap_iter_next(h, &it)) && count <= N_RESIZE) {
+                        item_of(n)->seen++;
+                        count++;
+                }
+                CHECK_EQ_INT(count, i);
+                for (unsigned k = 0; k < i; k++)
+                        if (items[k].seen != 1)
+                                bad++;
+                CHECK_EQ_INT(bad, 0);
+        }
+        CHECK(item_of(hashmap_remove(h, items[0].name)) == &items[0]);      /* in the old array */
+        hashmap_remove_node(h, &items[i - 1].node);                         /* in the new one */
+        CHECK(!hashmap_get(h, items[0].name));
+        CHECK(!hashmap_get(h, items[i - 1].name));
+        CHECK_EQ_INT(hashmap_size(h), i - 2);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), -EEXIST); /* duplicate across arrays */
+
+        /* the resize ends by itself after about n_old / step puts */
+        CHECK(hashmap_resizing(h) > 0);
+        for (; i < N_RESIZE && hashmap_resizing(h) > 0; i++, puts_during++)
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        CHECK_EQ_INT(hashmap_resizing(h), 0);
+        CHECK(puts_during > 100);
+        for (unsigned k = 1; k < i; k++)
+                if (k != 65537 && item_of(hashmap_get(h, items[k].name)) != &items[k])
+                        bad++;
+        CHECK_EQ_INT(bad, 0);
+}
+
 TEST(iteration_visits_each_once) {
         _cleanup_hashmap_free_ Hashmap *h = NULL;
         static Item items[5000];
