@@ -6,6 +6,8 @@
 #   make run             build and run the daemon on conf/dev (no root needed)
 #   make check           unit tests, integration tests, both builds
 #   make bench           token handout throughput against a bare MHD floor
+#   make bench-scale     a million connections: start, memory, storm, listing
+#                        (BENCH_SCALE_CONNECTIONS=N for a smaller run)
 #   make install         PREFIX=/usr/local DESTDIR= (binaries, units, man pages)
 
 PREFIX ?= /usr/local
@@ -129,6 +131,11 @@ $(BUILD)/bench/fastprovider: tests/bench/fastprovider.c
 bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
 
+# issue 9's table at a million connections (minutes; not part of check).
+BENCH_SCALE_CONNECTIONS ?= 1000000
+bench-scale: all $(BUILD)/bench/fastprovider $(BUILD)/bench/loadgen
+	BENCH_SCALE_CONNECTIONS=$(BENCH_SCALE_CONNECTIONS) bash tests/bench/scale.sh $(BUILD)
+
 # ---- running and installing ------------------------------------------------
 
 deps:
@@ -182,7 +189,7 @@ uninstall:
 clean:
 	rm -rf build build-asan build-fuzz
 
-.PHONY: all sanitize check check-unit bench deps run install uninstall clean
+.PHONY: all sanitize check check-unit bench bench-scale deps run install uninstall clean
 .DELETE_ON_ERROR:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

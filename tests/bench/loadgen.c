@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/macro.h"
@@ -123,6 +124,7 @@ static struct {
         bool random;
         uint64_t seed;
         bool verbose;
+        bool count_expired;
         long long max_reconnects;       /* < 0: no limit */
 } arg = {
         .connections = 1,
@@ -146,6 +148,9 @@ static uint64_t n_measured;     /* responses completed inside the window */
 static uint64_t n_responses;    /* all responses, warm-up included */
 static uint64_t n_errors;
 static uint64_t n_mismatches;
+/* --count-expired: 200 answers whose "expires_at" had passed when they
+ * arrived (a token served past its expiry), and those without one. */
+static uint64_t n_expired, n_no_expiry;
 static uint64_t n_bad_status;
 static uint64_t n_reconnects;
 static uint64_t n_logged;
@@ -523,6 +528,23 @@ static int conn_parse_header(Conn *c) {
         return 0;
 }
 
+/* "expires_at":"YYYY-MM-DDTHH:MM:SSZ" in body, as seconds since the epoch;
+ * -1 if absent or malformed. */
+static int64_t body_expires_at(const char *body, size_t len) {
+        static const char key[] = "\"expires_at\":\"";
+        const char *p = memmem(body, len, key, sizeof key - 1);
+        struct tm tm = {};
+        char ts[21];
+
+        if (!p || (size_t) (body + len - (p + sizeof key - 1)) < 20)
+                return -1;
+        memcpy(ts, p + sizeof key - 1, 20);
+        ts[20] = 0;
+        if (!strptime(ts, "%Y-%m-%dT%H:%M:%SZ", &tm))
+                return -1;
+        return (int64_t) timegm(&tm);
+}
+
 static void conn_complete(Conn *c) {
         const char *body = c->buf + c->header_len;
         size_t body_len = c->len - c->header_len;
@@ -547,6 +569,17 @@ static void conn_complete(Conn *c) {
                                     (int) MIN(body_len, 512U), body);
                 else
                         log_failure(c, "%s: body (%zu bytes) lacks '%s'", c->req->path, body_len, c->req->expect);
+        }
+
+        if (arg.count_expired && c->status == 200) {
+                int64_t e = body_expires_at(body, body_len);
+                struct timespec ts;
+
+                clock_gettime(CLOCK_REALTIME, &ts);
+                if (e < 0)
+                        n_no_expiry++;
+                else if (e <= (int64_t) ts.tv_sec)
+                        n_expired++;
         }
 
         if (c->close_after)
@@ -886,6 +919,7 @@ static void help(void) {
                "  --label TEXT           label of the result line\n"
                "  --json                 print one JSON object on stdout (text line on stderr)\n"
                "  --verbose              show response bodies of mismatches\n"
+               "  --count-expired        count 200 answers whose expires_at had passed on arrival\n"
                "\n"
                "Exit status: 0 ok; 1 errors, mismatches, no response or too many reconnects; 2 setup.\n");
 }
@@ -930,6 +964,7 @@ int main(int argc, char *argv[]) {
                 ARG_LABEL,
                 ARG_JSON,
                 ARG_VERBOSE,
+                ARG_COUNT_EXPIRED,
                 ARG_HELP,
         };
         static const struct option options[] = {
@@ -948,6 +983,7 @@ int main(int argc, char *argv[]) {
                 { "label", required_argument, NULL, ARG_LABEL },
                 { "json", no_argument, NULL, ARG_JSON },
                 { "verbose", no_argument, NULL, ARG_VERBOSE },
+                { "count-expired", no_argument, NULL, ARG_COUNT_EXPIRED },
                 { "help", no_argument, NULL, ARG_HELP },
                 {}
         };
@@ -1014,6 +1050,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_JSON:
                         arg.json = true;
+                        break;
+                case ARG_COUNT_EXPIRED:
+                        arg.count_expired = true;
                         break;
                 case ARG_VERBOSE:
                         arg.verbose = true;
@@ -1136,6 +1175,8 @@ int main(int argc, char *argv[]) {
                 ns_to_ms(hist_percentile(&hist, 99.9)),
                 ns_to_ms(hist.max),
                 n_errors, n_mismatches, n_reconnects, n_measured);
+        if (arg.count_expired)
+                fprintf(human, "%s  expired=%" PRIu64 "  without_expiry=%" PRIu64 "\n", arg.label, n_expired, n_no_expiry);
 
         if (arg.json) {
                 printf("{\"label\":");
