@@ -32,6 +32,21 @@ uint64_t random_u64(void) {
         return u;
 }
 
+uint64_t random_fast_u64(void) {
+        static __thread uint64_t state;
+        static __thread bool seeded;
+        uint64_t z;
+
+        if (!seeded) {
+                state = random_u64();
+                seeded = true;
+        }
+        z = (state += UINT64_C(0x9e3779b97f4a7c15));
+        z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+        return z ^ (z >> 31);
+}
+
 int random_token(size_t n, char **ret) {
         uint8_t buf[128];
         int r;

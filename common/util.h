@@ -6,6 +6,9 @@
 /* Cryptographic randomness from the kernel (getrandom). */
 int random_bytes(void *p, size_t n);
 uint64_t random_u64(void);
+/* Not for secrets: spreading (jitter, backoff). splitmix64 per thread,
+ * seeded once from random_u64(); no system call after the first. */
+uint64_t random_fast_u64(void);
 /* n random bytes, base64url without padding. */
 int random_token(size_t n, char **ret);
 

@@ -48,8 +48,33 @@ Connection *connection_free(Connection *c) {
         free(c->previous_identity);
         free(c->last_error);
         free(c->state_hash);
+        free(c->allow_users);
         free(c);
         return NULL;
+}
+
+int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, const gid_t *groups, unsigned n_groups) {
+        uint32_t *block = NULL;
+
+        assert(c);
+        _Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t), "ids are 32-bit");
+        n_users = MIN(n_users, ACL_MAX);
+        n_groups = MIN(n_groups, ACL_MAX);
+        if (n_users + n_groups > 0) {
+                block = new(uint32_t, n_users + n_groups);
+                if (!block)
+                        return -ENOMEM;
+                if (n_users > 0)
+                        memcpy(block, users, sizeof(uint32_t) * n_users);
+                if (n_groups > 0)
+                        memcpy(block + n_users, groups, sizeof(uint32_t) * n_groups);
+        }
+        free(c->allow_users);
+        c->allow_users = block;
+        c->allow_groups = n_groups > 0 ? block + n_users : NULL;
+        c->n_allow_users = n_users;
+        c->n_allow_groups = n_groups;
+        return 0;
 }
 
 usec_t deadline_from_realtime(usec_t rt) {

@@ -78,8 +78,12 @@ typedef struct Connection {
         char *verification_uri;
         char *verification_uri_complete;
 
-        uid_t allow_users[ACL_MAX];
-        gid_t allow_groups[ACL_MAX];
+        /* The ACL: one allocation holding both lists (allow_groups points
+         * into allow_users' block), NULL when both are empty; set with
+         * connection_set_acl(). Out of line: most connections have none or
+         * one entry, and two ACL_MAX arrays were 256 bytes of each. */
+        uid_t *allow_users;        /* NULL when both lists are empty */
+        gid_t *allow_groups;       /* NULL when it is empty */
         unsigned n_allow_users, n_allow_groups;
 
         /* refresh bookkeeping */
@@ -96,6 +100,10 @@ typedef struct Connection {
 
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
+
+/* Replaces the ACL with copies of these lists (each at most ACL_MAX; the
+ * rest is dropped). 0, or -ENOMEM (the old ACL is kept). */
+int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, const gid_t *groups, unsigned n_groups);
 
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);

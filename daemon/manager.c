@@ -657,12 +657,10 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 c->requested_scope = s;
         }
         if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {
-                c->n_allow_users = MIN(req->n_allow_users, ACL_MAX);
-                if (c->n_allow_users > 0)
-                        memcpy(c->allow_users, req->allow_users, sizeof(uid_t) * c->n_allow_users);
-                c->n_allow_groups = MIN(req->n_allow_groups, ACL_MAX);
-                if (c->n_allow_groups > 0)
-                        memcpy(c->allow_groups, req->allow_groups, sizeof(gid_t) * c->n_allow_groups);
+                r = connection_set_acl(c, req->allow_users, req->n_allow_users, req->allow_groups,
+                                       req->n_allow_groups);
+                if (r < 0)
+                        return r;
         }
 
         /* A re-authorization replaces any earlier pending one. */

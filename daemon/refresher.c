@@ -214,7 +214,7 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
                         margin = lifetime / 2;
                 jitter = MIN(m->config->refresh_jitter, lifetime / 10);
                 if (jitter > 0)
-                        margin += random_u64() % jitter;
+                        margin += random_fast_u64() % jitter;
                 due = usec_sub(c->expires_deadline, margin);
         }
         /* Some providers expire refresh tokens that go unused (Microsoft
@@ -502,7 +502,7 @@ static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
 
         /* Full jitter, with the base as a floor so a burst of failures
          * cannot turn into a tight loop. */
-        d = BACKOFF_BASE + random_u64() % ceiling;
+        d = BACKOFF_BASE + random_fast_u64() % ceiling;
         if (req && req->retry_after) {
                 char *end;
                 unsigned long s = strtoul(req->retry_after, &end, 10);

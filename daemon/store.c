@@ -747,10 +747,16 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->expires_at = (usec_t) sqlite3_column_int64(st, 10);
                 c->obtained_at = (usec_t) sqlite3_column_int64(st, 11);
                 c->pending_until = (usec_t) sqlite3_column_int64(st, 14);
-                id_list_parse((const char *) sqlite3_column_text(st, 15), (unsigned *) c->allow_users,
-                              &c->n_allow_users);
-                id_list_parse((const char *) sqlite3_column_text(st, 16), (unsigned *) c->allow_groups,
-                              &c->n_allow_groups);
+                {
+                        unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
+
+                        id_list_parse((const char *) sqlite3_column_text(st, 15), users, &nu);
+                        id_list_parse((const char *) sqlite3_column_text(st, 16), groups, &ng);
+                        if (connection_set_acl(c, users, nu, groups, ng) < 0) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                }
                 c->refreshes = (uint64_t) sqlite3_column_int64(st, 18);
                 c->created_at = (usec_t) sqlite3_column_int64(st, 19);
                 c->updated_at = (usec_t) sqlite3_column_int64(st, 20);

@@ -461,10 +461,22 @@ static int seed_one(Seeder *sd, unsigned number) {
                 .created_at = sd->now,
                 .updated_at = sd->now,
         };
-        if (arg_allow_user >= 0)
-                c.allow_users[c.n_allow_users++] = (uid_t) arg_allow_user;
-        if (arg_allow_group >= 0)
-                c.allow_groups[c.n_allow_groups++] = (gid_t) arg_allow_group;
+        uid_t user = (uid_t) arg_allow_user;
+        gid_t group = (gid_t) arg_allow_group;
+        uint32_t acl[2];
+
+        /* The ACL lives out of line; here on the stack, as the row's image
+         * only needs to read it. */
+        if (arg_allow_user >= 0) {
+                acl[0] = user;
+                c.allow_users = acl;
+                c.n_allow_users = 1;
+        }
+        if (arg_allow_group >= 0) {
+                acl[1] = group;
+                c.allow_groups = acl + 1;
+                c.n_allow_groups = 1;
+        }
 
         /* The bare row (as store_connection_insert() makes it), then the
          * store's own save fills it in and seals the tokens to its id. */

@@ -185,12 +185,8 @@ static Connection *conn_full(void) {
         c->state_hash = strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         c->code_verifier = strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
         c->pending_until = UINT64_C(1893453000) * USEC_PER_SEC;
-        c->allow_users[0] = 0;
-        c->allow_users[1] = 1000;
-        c->allow_users[2] = 4294967294U;
-        c->n_allow_users = 3;
-        c->allow_groups[0] = 27;
-        c->n_allow_groups = 1;
+        if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
+                return connection_free(c);
         if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
             !c->identity || !c->last_error || !c->state_hash || !c->code_verifier)
                 return connection_free(c);
@@ -451,11 +447,20 @@ TEST(save_changes_every_field) {
         c->updated_at = UINT64_C(1999996400) * USEC_PER_SEC;
         c->last_refresh_at = UINT64_C(1999996400) * USEC_PER_SEC;
         c->refreshes = 3;
-        for (unsigned i = 0; i < ACL_MAX; i++) {
-                c->allow_users[i] = 4294967295U - i;
-                c->allow_groups[i] = i;
+        {
+                uid_t users[ACL_MAX + 1];
+                gid_t groups[ACL_MAX + 1];
+
+                for (unsigned i = 0; i < ACL_MAX + 1; i++) {
+                        users[i] = 4294967295U - i;
+                        groups[i] = i;
+                }
+                /* one more than fits: the last is dropped */
+                CHECK_EQ_INT(connection_set_acl(c, users, ACL_MAX + 1, groups, ACL_MAX + 1), 0);
+                CHECK_EQ_INT(c->n_allow_users, ACL_MAX);
+                CHECK_EQ_INT(c->n_allow_groups, ACL_MAX);
+                CHECK_EQ_INT(c->allow_groups[ACL_MAX - 1], ACL_MAX - 1);
         }
-        c->n_allow_users = c->n_allow_groups = ACL_MAX;
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1)
@@ -465,7 +470,9 @@ TEST(save_changes_every_field) {
         c->state = CONN_NEEDS_REAUTH;
         connection_clear_tokens(c);
         c->last_error = strdup("HTTP 400: invalid_grant");
-        c->n_allow_groups = 0;
+        CHECK_EQ_INT(connection_set_acl(c, c->allow_users, c->n_allow_users, NULL, 0), 0);
+        CHECK_EQ_INT(c->n_allow_groups, 0);
+        CHECK(!c->allow_groups);
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1) {

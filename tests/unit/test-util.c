@@ -403,3 +403,18 @@ TEST(random_uuid_v4) {
         CHECK_EQ_INT(random_lower(s, 12), 0);
         CHECK(strlen(s) == 12 && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789") == 12);
 }
+
+TEST(random_fast_spreads) {
+        unsigned odd = 0, same = 0;
+        uint64_t prev = random_fast_u64();
+
+        for (unsigned i = 0; i < 10000; i++) {
+                uint64_t v = random_fast_u64();
+
+                odd += v & 1;
+                same += v == prev;
+                prev = v;
+        }
+        CHECK(odd > 4500 && odd < 5500);
+        CHECK_EQ_INT(same, 0);
+}
