@@ -63,11 +63,15 @@ test('bad provider answers: logged, an event, the old token kept, nothing lost',
     const show = (await b.api('GET', '/v1/connections/c')).json;
     assert.equal(show.state, 'active', c.name);
     assert.equal(show.has_refresh_token, true, c.name);
-    // nothing lost: a good answer refreshes with the same refresh token
+    // nothing lost: the next refresh (ours, or the daemon's own retry when
+    // its backoff ran out first on a slow machine) presents the same
+    // refresh token and succeeds
+    const mark = fp.requests.length;
     bad = null;
     assert.equal((await b.ctl(['refresh', 'c'])).code, 0, c.name);
-    const last = fp.requests.filter((q) => q.path === '/token').pop();
-    assert.equal(last.params.refresh_token, rt, `${c.name}: the refresh token was lost`);
+    const next = fp.requests.slice(mark).find((q) => q.path === '/token');
+    assert.ok(next, `${c.name}: no refresh after the bad answer`);
+    assert.equal(next.params.refresh_token, rt, `${c.name}: the refresh token was lost`);
     assert.notEqual((await b.api('GET', '/v1/connections/c/token')).json.access_token, before.access_token);
   }
   assert.ok(!b.log().includes('at-neg') && !b.log().includes('rt-x'), 'a token reached the log');

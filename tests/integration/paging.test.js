@@ -234,7 +234,7 @@ test('bad input: a clear 400 or a correct page, never a crash or a stall', { tim
   assert.equal((await b.api('GET', '/v1/connections/c0000002/token')).status, 200);
 });
 
-test('a token handout during a full tokenctl list --json walk stays under 100 ms', { timeout: 120000 }, async () => {
+test('a token handout during a full tokenctl list --json walk stays under 100 ms (250 ms under ASan)', { timeout: 120000 }, async () => {
   // tokenctl writes to a file, not through this process: the handouts
   // measured here compete with the daemon's listing, not with node reading
   // 10 MB of tokenctl's output.
@@ -264,7 +264,10 @@ test('a token handout during a full tokenctl list --json walk stays under 100 ms
   const max = Math.max(...lat);
   const sorted = [...lat].sort((x, y) => x - y);
   console.log(`  ${served} handouts during the walk of ${arr.length}: p50 ${sorted[Math.floor(served / 2)].toFixed(2)} ms, max ${max.toFixed(2)} ms`);
-  assert.ok(max < 100, `a handout took ${max.toFixed(1)} ms during the listing`);
+  // 100 ms, generous for the plain build (the benchmark carries the real
+  // target, 20 ms); ASan runs the same code 2-3 times slower.
+  const bound = /asan/.test(path.basename(BUILD)) ? 250 : 100;
+  assert.ok(max < bound, `a handout took ${max.toFixed(1)} ms during the listing (bound ${bound} ms)`);
 });
 
 test('tokenctl list: summary from the counters, --limit, --state, --prefix', { timeout: 120000 }, async () => {
