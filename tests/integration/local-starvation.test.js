@@ -12,6 +12,9 @@
  *    about where it was;
  *  - a request trickled a byte a second: shut down after the request
  *    deadline (30 s) although every byte resets MHD's idle timeout;
+ *  - callback listener: 100 idle connections from 127.0.0.1 (every local
+ *    user's address) held, more opened all the while; /healthz still
+ *    answers (the connections that waited longest are closed to make room).
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -98,6 +101,20 @@ function open() {
 })();
 `;
 
+/** GET on a fresh TCP connection; resolves the status line ('' if none came). */
+function rawGet(port, urlPath, waitMs) {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host: '127.0.0.1' });
+    let data = '';
+    const done = () => { clearTimeout(timer); s.destroy(); resolve(data.split('\r\n')[0]); };
+    const timer = setTimeout(done, waitMs);
+    s.on('error', done);
+    s.on('close', done);
+    s.on('data', (d) => { data += d; if (data.includes('\r\n')) done(); });
+    s.on('connect', () => s.write(`GET ${urlPath} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`));
+  });
+}
+
 function rssKiB(pid) {
   const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
   return Number(m[1]);
@@ -177,4 +194,30 @@ test('socket API: one uid cannot starve root (per-uid cap, ACL before the body, 
   const held = slowInfo.closedAt - slowInfo.t0;
   assert.ok(held >= (API_TIMEOUT_S - 1) * 1000, `the trickled request was closed after ${held} ms, before the deadline`);
   await b.api('GET', '/v1/status').then((r) => assert.equal(r.status, 200));
+});
+
+test('callback listener: 100 idle connections from 127.0.0.1 do not stop /healthz', { timeout: 120000 }, async (t) => {
+  const { b } = await setup(t);
+  const socks = [];
+  t.after(() => socks.forEach((s) => s.destroy()));
+  for (let i = 0; i < 100; i++) {
+    socks.push(await new Promise((resolve) => {
+      const s = net.connect({ port: b.port, host: '127.0.0.1' });
+      s.on('error', () => {});
+      s.on('connect', () => resolve(s));
+      s.on('close', () => resolve(s));
+      setTimeout(() => resolve(s), 3000);
+    }));
+  }
+  await sleep(500);
+  for (let i = 0; i < 5; i++) {
+    const t0 = Date.now();
+    // A new connection each time (no kept-alive one from an agent's pool).
+    const head = await rawGet(b.port, '/healthz', 3000);
+    assert.match(head, /^HTTP\/1\.1 200/, `/healthz with 100 idle connections held (probe ${i}): ${JSON.stringify(head)}`);
+    assert.ok(Date.now() - t0 < 2000, `/healthz took ${Date.now() - t0} ms`);
+    // Idle connections opened again in between, as an attacker would.
+    socks.push(net.connect({ port: b.port, host: '127.0.0.1' }).on('error', () => {}));
+    await sleep(200);
+  }
 });
