@@ -7,11 +7,13 @@
 
 #include <grp.h>
 #include <jansson.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
 #include "common/api.h"
+#include "common/hashmap.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/acl.h"
@@ -22,7 +24,19 @@
 #include "daemon/route.h"
 
 #define API_BODY_MAX (64 * 1024)
+/* Connections on the socket, at most (fewer when RLIMIT_NOFILE is low:
+ * see api_connection_limit()). Of these, API_ADMIN_RESERVE are kept for
+ * root and admin_group members (and the daemon's own uid): other users,
+ * together, never hold more than the rest, and one uid never more than
+ * API_PER_UID_MAX. A connection over a cap is shut down as it is accepted. */
 #define API_CONNECTIONS_MAX 4096
+#define API_ADMIN_RESERVE 64
+#define API_PER_UID_MAX 128
+/* MHD's timeout is one of inactivity, reset by every byte: a request (its
+ * headers and body) must also arrive whole within this of the connection
+ * or of the previous answer on a kept-alive one, else the connection is
+ * shut down. Waiting for the provider and sending the answer do not count. */
+#define API_REQUEST_TIMEOUT_SEC 30
 /* MHD clears a connection's memory pool on every request: keep it small
  * (headers only; bodies are copied out as they arrive). */
 #define API_CONNECTION_MEMORY (8 * 1024)
@@ -33,6 +47,8 @@
 
 typedef struct ApiRequest ApiRequest;
 typedef struct ListStream ListStream;
+typedef struct ApiConn ApiConn;
+typedef struct UidCount UidCount;
 
 struct Api {
         Manager *manager;
@@ -41,6 +57,35 @@ struct Api {
         gid_t admin_gid;
         bool have_admin_gid;
         ApiRequest *suspended;     /* list, to resume them all at exit */
+
+        /* connections waiting for (the rest of) a request, earliest
+         * deadline first: every deadline is now + API_REQUEST_TIMEOUT_SEC,
+         * so appending keeps the order */
+        ApiConn *waiting_head, *waiting_tail;
+        sd_event_source *reaper;
+        unsigned conn_limit;       /* MHD's limit */
+        unsigned n_unprivileged;   /* connections of non-admin peers */
+        Hashmap *uids;             /* UidCount by uid, non-admin peers */
+        usec_t cap_logged;         /* last "over the cap" warning */
+};
+
+/* A socket connection: its peer (socket_context; NULL peer if SO_PEERCRED
+ * failed), its request deadline and what it counts against. */
+struct ApiConn {
+        Peer peer;                 /* first: ci->socket_context is a Peer * */
+        bool have_peer;
+        Api *api;
+        int fd;
+        usec_t deadline;           /* USEC_INFINITY: not waiting for a request */
+        ApiConn *wnext, *wprev;
+        bool counted;              /* in n_unprivileged */
+        UidCount *uc;
+};
+
+struct UidCount {
+        HashmapNode node;
+        char key[24];
+        unsigned n;
 };
 
 typedef enum Route {
@@ -58,6 +103,7 @@ struct ApiRequest {
         char *body;
         size_t body_len;
         bool too_large;
+        bool discard_body;         /* a non-admin's body: not kept (no route of theirs reads one) */
 
         /* while suspended */
         bool suspended;
@@ -1219,6 +1265,52 @@ static void route_metrics(ApiRequest *r) {
         answer(r, 200, strbuf_steal(&b));
 }
 
+static bool has_body(struct MHD_Connection *conn) {
+        const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+        if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+                return true;
+        return len && strspn(len, "0") != strlen(len);
+}
+
+static bool body_too_large(struct MHD_Connection *conn) {
+        const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        char *end;
+        unsigned long long n;
+
+        if (!len)
+                return false;   /* chunked: counted as it arrives */
+        errno = 0;
+        n = strtoull(len, &end, 10);
+        return errno != 0 || end == len || n > API_BODY_MAX;
+}
+
+/* What a peer that is not an admin may not do, decided from the method,
+ * the path and the peer alone (no body, no query): answers the refusal and
+ * returns true, or returns false if the request may go on. */
+static bool refuse_unprivileged(ApiRequest *r, const char *method, const char *url) {
+        Manager *m = r->api->manager;
+        Connection *c;
+        ApiRoute rt;
+        int k;
+
+        assert(r->peer && !r->peer->admin);
+        k = api_route_match(method, url, &rt);
+        if (k == -ENAMETOOLONG)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection"), true;
+        if (k == -ENOENT && !rt.connection)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route"), true;
+        if (rt.id != API_ROUTE_TOKEN && rt.id != API_ROUTE_INVALIDATE)
+                return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed"), true;
+        if (k == -EOPNOTSUPP)
+                return answer_error(r, 405, API_ERR_METHOD, "method not allowed"), true;
+        c = rt.name[0] ? manager_get(m, rt.name) : NULL;
+        /* Unknown and forbidden look the same. */
+        if (!c || !peer_may_read(r->peer, c))
+                return answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed"), true;
+        return false;
+}
+
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
         Connection *c;
@@ -1280,28 +1372,189 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
 
 /* ---- libmicrohttpd plumbing ------------------------------------------ */
 
+/* ---- connection caps and request deadlines ---------------------------- */
+
+static void waiting_unlink(ApiConn *c) {
+        Api *a = c->api;
+
+        if (c->deadline == USEC_INFINITY)
+                return;
+        if (c->wprev)
+                c->wprev->wnext = c->wnext;
+        else
+                a->waiting_head = c->wnext;
+        if (c->wnext)
+                c->wnext->wprev = c->wprev;
+        else
+                a->waiting_tail = c->wprev;
+        c->wnext = c->wprev = NULL;
+        c->deadline = USEC_INFINITY;
+}
+
+static void reaper_rearm(Api *a) {
+        if (!a->reaper)
+                return;
+        if (!a->waiting_head) {
+                (void) sd_event_source_set_enabled(a->reaper, SD_EVENT_OFF);
+                return;
+        }
+        (void) sd_event_source_set_time(a->reaper, a->waiting_head->deadline);
+        (void) sd_event_source_set_enabled(a->reaper, SD_EVENT_ONESHOT);
+}
+
+/* Starts (wait) or stops (!wait) the wait for a complete request. O(1):
+ * this runs for every request. */
+static void conn_deadline(ApiConn *c, bool wait) {
+        ApiConn *head;
+        Api *a;
+
+        if (!c)
+                return;
+        a = c->api;
+        head = a->waiting_head;
+        waiting_unlink(c);
+        if (wait) {
+                c->deadline = usec_add(now(CLOCK_MONOTONIC), API_REQUEST_TIMEOUT_SEC * USEC_PER_SEC);
+                c->wprev = a->waiting_tail;
+                if (a->waiting_tail)
+                        a->waiting_tail->wnext = c;
+                else
+                        a->waiting_head = c;
+                a->waiting_tail = c;
+        }
+        /* The timer follows the head, which only changes when c was or is
+         * the head. */
+        if (a->waiting_head != head)
+                reaper_rearm(a);
+}
+
+static ApiConn *request_conn(struct MHD_Connection *conn) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+        return ci ? ci->socket_context : NULL;
+}
+
+static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Api *a = userdata;
+        usec_t t = now(CLOCK_MONOTONIC);
+        unsigned n = 0;
+
+        while (a->waiting_head && a->waiting_head->deadline <= t) {
+                ApiConn *c = a->waiting_head;
+                /* MHD sees end of file and closes the connection itself. */
+                (void) shutdown(c->fd, SHUT_RDWR);
+                waiting_unlink(c);
+                n++;
+        }
+        if (n > 0) {
+                log_debug("api: closed %u connection(s) that sent no complete request within %us.", n,
+                          (unsigned) API_REQUEST_TIMEOUT_SEC);
+                mhd_loop_kick(&a->loop);
+        }
+        reaper_rearm(a);
+        return 0;
+}
+
+/* Counts a new non-admin connection against the caps; false if over one. */
+static bool conn_admit(Api *a, ApiConn *c) {
+        const char *why = NULL;
+        UidCount *u = NULL;
+        HashmapNode *n;
+        char key[24];
+
+        if (c->have_peer && c->peer.admin)
+                return true;
+        if (a->n_unprivileged >= a->conn_limit - MIN(a->conn_limit / 4, (unsigned) API_ADMIN_RESERVE))
+                why = "the connections left to non-admin users are all taken";
+        else if (c->have_peer) {
+                snprintf(key, sizeof key, "%u", (unsigned) c->peer.uid);
+                n = hashmap_get(a->uids, key);
+                u = n ? container_of(n, UidCount, node) : NULL;
+                if (u && u->n >= API_PER_UID_MAX)
+                        why = "its uid holds the most connections one user may";
+                else if (!u) {
+                        u = new0(UidCount, 1);
+                        if (!u || hashmap_put(a->uids, &u->node, strcpy(u->key, key)) < 0) {
+                                u = mfree(u);
+                                why = "out of memory";
+                        }
+                }
+        }
+        if (why) {
+                usec_t t = now(CLOCK_MONOTONIC);
+                /* At most one line a minute: the log is not the attacker's. */
+                if (a->cap_logged == 0 || t >= usec_add(a->cap_logged, 60 * USEC_PER_SEC)) {
+                        a->cap_logged = t;
+                        log_warning("api: refused a connection of uid %u: %s (%u per uid, %u for admins).",
+                                    c->have_peer ? (unsigned) c->peer.uid : 0u, why, (unsigned) API_PER_UID_MAX,
+                                    MIN(a->conn_limit / 4, (unsigned) API_ADMIN_RESERVE));
+                }
+                return false;
+        }
+        if (u) {
+                u->n++;
+                c->uc = u;
+        }
+        c->counted = true;
+        a->n_unprivileged++;
+        return true;
+}
+
+static void conn_release(Api *a, ApiConn *c) {
+        if (c->uc && --c->uc->n == 0) {
+                hashmap_remove_node(a->uids, &c->uc->node);
+                free(c->uc);
+        }
+        c->uc = NULL;
+        if (c->counted)
+                a->n_unprivileged--;
+        c->counted = false;
+}
+
 static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe) {
         Api *a = cls;
+        ApiConn *c;
 
         if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
                 const union MHD_ConnectionInfo *ci =
                         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-                Peer *p = new0(Peer, 1);
 
-                if (p && ci && peer_from_fd(ci->connect_fd, a->admin_gid, a->have_admin_gid, p) < 0)
-                        p = mfree(p);
-                *socket_context = p;
+                c = ci ? new0(ApiConn, 1) : NULL;
+                *socket_context = c;
+                if (!c) {
+                        if (ci)
+                                (void) shutdown(ci->connect_fd, SHUT_RDWR);
+                        return;
+                }
+                c->api = a;
+                c->fd = ci->connect_fd;
+                c->deadline = USEC_INFINITY;
+                c->have_peer = peer_from_fd(c->fd, a->admin_gid, a->have_admin_gid, &c->peer) >= 0;
+                if (!conn_admit(a, c)) {
+                        /* Refused before it can send a byte; MHD reads end
+                         * of file and closes it (NOTIFY_CLOSED frees c). */
+                        (void) shutdown(c->fd, SHUT_RDWR);
+                        return;
+                }
+                conn_deadline(c, true);
         } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
-                free(*socket_context);
+                c = *socket_context;
+                if (!c)
+                        return;
+                conn_deadline(c, false);
+                conn_release(a, c);
+                free(c);
                 *socket_context = NULL;
         }
 }
 
-static void on_completed(void *cls _unused_, struct MHD_Connection *conn _unused_, void **req_cls,
+static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe _unused_) {
         ApiRequest *r = *req_cls;
 
+        /* A kept-alive connection has as long again for its next request. */
+        conn_deadline(request_conn(conn), true);
         if (!r)
                 return;
         if (r->body)
@@ -1322,8 +1575,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         ApiRequest *r = *req_cls;
 
         if (!r) {
-                const union MHD_ConnectionInfo *ci =
-                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+                ApiConn *c = request_conn(conn);
 
                 /* Answer on the second call, not the first: MHD 0.9.75
                  * closes the connection otherwise (keep-alive lost). */
@@ -1332,12 +1584,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                         return MHD_NO;
                 r->api = a;
                 r->conn = conn;
-                r->peer = ci ? ci->socket_context : NULL;
+                r->peer = c && c->have_peer ? &c->peer : NULL;
                 *req_cls = r;
+                /* Only admin routes read a body: whether this peer may use
+                 * the route is decided from the headers, before a byte of
+                 * the body is read or kept. A refused request is answered
+                 * now (and its connection closed, the body unread). */
+                if (has_body(conn) && (!r->peer || !r->peer->admin || body_too_large(conn))) {
+                        if (!r->peer)
+                                answer_error(r, 403, API_ERR_FORBIDDEN, "cannot identify the peer");
+                        else if (body_too_large(conn))
+                                answer_error(r, 413, API_ERR_INVALID_REQUEST, "request body too large");
+                        else
+                                (void) refuse_unprivileged(r, method, url);
+                        if (r->answered) {
+                                conn_deadline(c, false);
+                                return mhd_respond(conn, r->status, "application/json", TAKE_PTR(r->response),
+                                                   NULL, NULL);
+                        }
+                        r->discard_body = true;   /* a route that takes none */
+                }
                 return MHD_YES;
         }
         if (*upload_data_size > 0) {
-                if (!r->too_large) {
+                if (!r->too_large && !r->discard_body) {
                         if (r->body_len + *upload_data_size > API_BODY_MAX) {
                                 r->too_large = true;
                         } else {
@@ -1353,6 +1623,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 *upload_data_size = 0;
                 return MHD_YES;
         }
+        /* The whole request is in: from here on the time is ours. */
+        conn_deadline(request_conn(conn), false);
         if (!r->answered && !r->suspended) {
                 if (!r->peer)
                         answer_error(r, 403, API_ERR_FORBIDDEN, "cannot identify the peer");
@@ -1374,6 +1646,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
 }
 
+/* Each connection is a descriptor: MHD must refuse connections before
+ * accept() fails for want of one (EMFILE), with room left for the store,
+ * curl's sockets and the callback listener. */
+static unsigned api_connection_limit(void) {
+        struct rlimit rl;
+        rlim_t budget;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return API_CONNECTIONS_MAX;
+        budget = rl.rlim_cur > 1024 ? rl.rlim_cur - 512 : rl.rlim_cur / 2;
+        return (unsigned) MAX(MIN(budget, (rlim_t) API_CONNECTIONS_MAX), (rlim_t) 64);
+}
+
 int api_new(Manager *m, int fd, Api **ret) {
         Api *a;
         struct MHD_Daemon *d;
@@ -1393,10 +1678,17 @@ int api_new(Manager *m, int fd, Api **ret) {
         }
         assert(fd >= 0);   /* bound by manager_bind_api() or passed by systemd */
         a->fd = fd;
+        a->conn_limit = api_connection_limit();
+        r = hashmap_new(&a->uids);
+        if (r < 0) {
+                safe_close(fd);
+                free(a);
+                return log_error_errno(r, "Failed to set up the API: %m");
+        }
         d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC, 0, NULL, NULL,
                              on_request, a,
                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
-                             MHD_OPTION_CONNECTION_LIMIT, (unsigned) API_CONNECTIONS_MAX,
+                             MHD_OPTION_CONNECTION_LIMIT, a->conn_limit,
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) 120,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) API_CONNECTION_MEMORY,
                              MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, a,
@@ -1404,16 +1696,24 @@ int api_new(Manager *m, int fd, Api **ret) {
                              MHD_OPTION_END);
         if (!d) {
                 safe_close(fd);
+                hashmap_free(a->uids);
                 free(a);
                 return log_error_errno(EIO, "Failed to start the API server on '%s'.", m->config->socket);
         }
         r = mhd_loop_attach(&a->loop, m->event, d, "api");
+        if (r >= 0)
+                r = sd_event_add_time(m->event, &a->reaper, CLOCK_MONOTONIC, USEC_INFINITY,
+                                      USEC_PER_SEC / 10, on_reap, a);
         if (r < 0) {
                 mhd_loop_detach(&a->loop);
+                a->reaper = sd_event_source_disable_unref(a->reaper);
                 safe_close(fd);
+                hashmap_free(a->uids);
                 free(a);
                 return log_error_errno(r, "Failed to watch the API server: %m");
         }
+        (void) sd_event_source_set_description(a->reaper, "api-deadlines");
+        reaper_rearm(a);
         *ret = a;
         return 0;
 }
@@ -1433,7 +1733,11 @@ Api *api_free(Api *a) {
                 answer_error(r, 503, API_ERR_UNAVAILABLE, "shutting down");
                 resume(r);
         }
+        /* Stopping MHD closes the connections (NOTIFY_CLOSED frees them
+         * and their counts). */
         mhd_loop_detach(&a->loop);
+        a->reaper = sd_event_source_disable_unref(a->reaper);
+        hashmap_free(a->uids);
         safe_close(a->fd);
         free(a);
         return NULL;

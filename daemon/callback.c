@@ -11,13 +11,19 @@
 #include "daemon/route.h"
 
 #define CALLBACK_CONNECTIONS_MAX 256
-#define CALLBACK_PER_IP_MAX 32
+/* Every local user connects from 127.0.0.1: a per-address limit would let
+ * one of them lock everyone else out. Instead, at most this many
+ * connections may wait for a request; when another is accepted, the one
+ * that has waited longest is shut down. A browser's connection, the
+ * newest, sends its request long before CALLBACK_WAITING_MAX others
+ * arrive behind it. */
+#define CALLBACK_WAITING_MAX 64
 /* MHD's timeout is one of inactivity: a client sending a byte now and
  * then would hold its connection for ever (slowloris). The whole request
  * must therefore also arrive within CALLBACK_TIMEOUT_SEC of the connection
  * (or of the previous answer on a kept-alive one), else the connection is
- * shut down. */
-#define CALLBACK_TIMEOUT_SEC 15
+ * shut down. A browser sends it at once. */
+#define CALLBACK_TIMEOUT_SEC 10
 #define CALLBACK_MEMORY_LIMIT (32 * 1024)
 
 typedef struct CbRequest CbRequest;
@@ -27,15 +33,19 @@ struct Callback {
         Manager *manager;
         MhdLoop loop;
         CbRequest *suspended;
-        CbConn *conns;             /* every open TCP connection */
-        sd_event_source *reaper;   /* fires at the earliest CbConn deadline */
+        /* connections waiting for a request, earliest deadline first
+         * (every deadline is now + CALLBACK_TIMEOUT_SEC: appending keeps
+         * the order) */
+        CbConn *waiting_head, *waiting_tail;
+        unsigned n_waiting;
+        sd_event_source *reaper;   /* fires at the head's deadline */
 };
 
 /* One TCP connection, for its request deadline. */
 struct CbConn {
         Callback *cb;
         int fd;
-        usec_t deadline;           /* CLOCK_MONOTONIC; USEC_INFINITY while answering */
+        usec_t deadline;           /* CLOCK_MONOTONIC; USEC_INFINITY: not waiting */
         CbConn *next, *prev;
 };
 
@@ -78,18 +88,59 @@ char *html_escape(const char *s) {
 /* ---- request deadlines ------------------------------------------------ */
 
 static void reaper_rearm(Callback *cb) {
-        usec_t next = USEC_INFINITY;
-
         if (!cb->reaper)
                 return;
-        for (CbConn *c = cb->conns; c; c = c->next)
-                next = MIN(next, c->deadline);
-        if (next == USEC_INFINITY) {
+        if (!cb->waiting_head) {
                 (void) sd_event_source_set_enabled(cb->reaper, SD_EVENT_OFF);
                 return;
         }
-        (void) sd_event_source_set_time(cb->reaper, next);
+        (void) sd_event_source_set_time(cb->reaper, cb->waiting_head->deadline);
         (void) sd_event_source_set_enabled(cb->reaper, SD_EVENT_ONESHOT);
+}
+
+static void waiting_unlink(CbConn *c) {
+        Callback *cb = c->cb;
+
+        if (c->deadline == USEC_INFINITY)
+                return;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                cb->waiting_head = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        else
+                cb->waiting_tail = c->prev;
+        c->next = c->prev = NULL;
+        c->deadline = USEC_INFINITY;
+        cb->n_waiting--;
+}
+
+/* Starts (wait) or stops (!wait) the wait for a complete request. O(1). */
+static void conn_wait(CbConn *c, bool wait) {
+        Callback *cb = c->cb;
+        CbConn *head = cb->waiting_head;
+
+        waiting_unlink(c);
+        if (wait) {
+                c->deadline = usec_add(now(CLOCK_MONOTONIC), CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
+                c->prev = cb->waiting_tail;
+                if (cb->waiting_tail)
+                        cb->waiting_tail->next = c;
+                else
+                        cb->waiting_head = c;
+                cb->waiting_tail = c;
+                cb->n_waiting++;
+        }
+        if (cb->waiting_head != head)
+                reaper_rearm(cb);
+}
+
+/* MHD sees end of file and closes the connection itself; the fd stays
+ * MHD's until then. */
+static void conn_shut(CbConn *c) {
+        (void) shutdown(c->fd, SHUT_RDWR);
+        waiting_unlink(c);
 }
 
 static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
@@ -97,14 +148,10 @@ static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *us
         usec_t t = now(CLOCK_MONOTONIC);
         unsigned n = 0;
 
-        for (CbConn *c = cb->conns; c; c = c->next)
-                if (c->deadline <= t) {
-                        /* MHD sees end of file and closes the connection
-                         * itself; the fd stays MHD's until then. */
-                        (void) shutdown(c->fd, SHUT_RDWR);
-                        c->deadline = USEC_INFINITY;
-                        n++;
-                }
+        while (cb->waiting_head && cb->waiting_head->deadline <= t) {
+                conn_shut(cb->waiting_head);
+                n++;
+        }
         if (n > 0) {
                 log_debug("callback: closed %u connection(s) that sent no complete request within %us.", n,
                           (unsigned) CALLBACK_TIMEOUT_SEC);
@@ -124,10 +171,8 @@ static CbConn *cb_conn(struct MHD_Connection *conn) {
 static void cb_conn_deadline(struct MHD_Connection *conn, usec_t timeout) {
         CbConn *c = cb_conn(conn);
 
-        if (!c)
-                return;
-        c->deadline = timeout > 0 ? usec_add(now(CLOCK_MONOTONIC), timeout) : USEC_INFINITY;
-        reaper_rearm(c->cb);
+        if (c)
+                conn_wait(c, timeout > 0);
 }
 
 static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -140,29 +185,27 @@ static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **
                         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 
                 c = ci ? new0(CbConn, 1) : NULL;
+                *socket_context = c;
                 if (!c) {
-                        *socket_context = NULL;
+                        if (ci)
+                                (void) shutdown(ci->connect_fd, SHUT_RDWR);
                         return;
                 }
                 c->cb = cb;
                 c->fd = ci->connect_fd;
-                c->deadline = usec_add(now(CLOCK_MONOTONIC), CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
-                c->next = cb->conns;
-                if (cb->conns)
-                        cb->conns->prev = c;
-                cb->conns = c;
-                *socket_context = c;
-                reaper_rearm(cb);
+                c->deadline = USEC_INFINITY;
+                /* Full: the longest-waiting connection makes room. */
+                if (cb->n_waiting >= CALLBACK_WAITING_MAX) {
+                        log_debug("callback: %u connections wait for a request; closing the oldest.",
+                                  cb->n_waiting);
+                        conn_shut(cb->waiting_head);
+                }
+                conn_wait(c, true);
         } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
                 c = *socket_context;
                 if (!c)
                         return;
-                if (c->prev)
-                        c->prev->next = c->next;
-                else
-                        cb->conns = c->next;
-                if (c->next)
-                        c->next->prev = c->prev;
+                conn_wait(c, false);
                 free(c);
                 *socket_context = NULL;
         }
@@ -438,7 +481,6 @@ int callback_new(Manager *m, int fd, Callback **ret) {
                              on_request, cb,
                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket) fd,
                              MHD_OPTION_CONNECTION_LIMIT, (unsigned) CALLBACK_CONNECTIONS_MAX,
-                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned) CALLBACK_PER_IP_MAX,
                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) CALLBACK_TIMEOUT_SEC,
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CALLBACK_MEMORY_LIMIT,
                              MHD_OPTION_URI_LOG_CALLBACK, on_uri, cb,

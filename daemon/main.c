@@ -118,6 +118,21 @@ static void config_warning(const char *msg) {
                 log_warning("%s", msg);
 }
 
+/* Every API and callback connection is a descriptor; systemd's default
+ * soft limit (1,024) would let one local user's idle connections exhaust
+ * them. Nothing here uses select(), so the soft limit goes up to the hard
+ * one (at most 65,536); the API sizes its connection limit from it. */
+static void raise_nofile(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        if (rl.rlim_cur < MIN(rl.rlim_max, (rlim_t) 65536)) {
+                rl.rlim_cur = MIN(rl.rlim_max, (rlim_t) 65536);
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+}
+
 static int run(int argc, char *argv[]) {
         _cleanup_(manager_freep) Manager *m = NULL;
         BrokerConfig *config = NULL;
@@ -159,6 +174,7 @@ static int run(int argc, char *argv[]) {
         /* Tokens live in this process: no core dumps of it. */
         (void) prctl(PR_SET_DUMPABLE, 0);
         (void) setrlimit(RLIMIT_CORE, &(struct rlimit) { 0, 0 });
+        raise_nofile();
 
         r = manager_new(config, arg_config, &m);
         if (r < 0) {
