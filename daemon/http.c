@@ -242,8 +242,13 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
 }
 
 int http_request_add_header(HttpRequest *r, const char *line) {
-        struct curl_slist *l = curl_slist_append(r->headers, line);
+        struct curl_slist *l;
 
+        /* A CR or LF would end the line and inject another header: refused
+         * here, whatever template or value built the line. */
+        if (string_has_ctl(line))
+                return -EBADMSG;
+        l = curl_slist_append(r->headers, line);
         if (!l)
                 return -ENOMEM;
         r->headers = l;

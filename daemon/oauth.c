@@ -655,6 +655,20 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         } else if (strcasecmp(t.token_type, "bearer") == 0)
                 /* RFC 6749 section 5.1: the type is case-insensitive. */
                 memcpy(t.token_type, "Bearer", 6);
+        /* What goes into a header line, a terminal or a form: RFC 6749
+         * appendix A (VSCHAR for the tokens and the scope; a type is one
+         * word). A CR LF in a token would inject a header line; refused like
+         * any malformed answer (the old token is kept, the refresh retried). */
+        if (!string_is_vschar(t.access_token, true) ||
+            (t.refresh_token && !string_is_vschar(t.refresh_token, true)) ||
+            (t.id_token && !string_is_vschar(t.id_token, false))) {
+                *ret_error = strdup("token response has a token with control or non-ASCII characters");
+                goto out;
+        }
+        if ((t.token_type && !string_is_vschar(t.token_type, false)) || (t.scope && !string_is_vschar(t.scope, true))) {
+                *ret_error = strdup("token response has a token_type or scope with control or non-ASCII characters");
+                goto out;
+        }
 
         /* Expiry: expires_in, an absolute expiry, the JWT's exp, the
          * default lifetime; else never. */
@@ -1028,6 +1042,11 @@ int oauth_usage_headers(const Provider *p, const char *access_token, const char 
                 if (r < 0)
                         goto fail;
                 n++;
+                /* a token stored before tokens were checked: no header injection */
+                if (string_has_ctl(lines[n - 1])) {
+                        r = -EBADMSG;
+                        goto fail;
+                }
         }
         *ret_query = NULL;
         if (p->usage_query) {

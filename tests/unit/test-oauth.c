@@ -1052,6 +1052,47 @@ TEST(response_truncated_jwt) {
         token_set_done(&t);
 }
 
+TEST(response_control_characters_refused) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        static const char *const bad[] = {
+                "{\"access_token\":\"at\\r\\nX-Injected: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u001b[2J\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u007f\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u00e9\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"refresh_token\":\"rt\\nX: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"token_type\":\"Bearer\\r\\nX: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"token_type\":\"Bearer X\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"scope\":\"a\\tb\",\"expires_in\":60}",
+        };
+        TokenSet t;
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                _cleanup_free_ char *err = NULL;
+
+                CHECK_EQ_INT(parse(p, 200, bad[i], &t, &err), OAUTH_TRANSIENT);
+                CHECK(err && strstr(err, "control or non-ASCII characters"));
+                CHECK(!strstr(err, "Injected"));
+        }
+        /* RFC 6749 VSCHAR: a space and any printable ASCII in a token pass */
+        {
+                _cleanup_free_ char *err = NULL;
+
+                CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a b~!{}|\",\"token_type\":\"mac\",\"expires_in\":60}", &t, &err),
+                             OAUTH_OK);
+                CHECK_STREQ(t.access_token, "a b~!{}|");
+                token_set_done(&t);
+        }
+}
+
+TEST(usage_headers_refuse_control_characters) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        char **lines = NULL, *query = NULL;
+        size_t n = 0;
+
+        /* a token stored before tokens were checked; the default usage header */
+        CHECK_EQ_INT(oauth_usage_headers(p, "at\r\nX-Injected: 1", "Bearer", &lines, &n, &query), -EBADMSG);
+}
+
 TEST(response_error_in_200) {
         _cleanup_(provider_freep) Provider *p = provider_new();
         _cleanup_free_ char *err = NULL;
