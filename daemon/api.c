@@ -338,16 +338,44 @@ static void resume(ApiRequest *r) {
 /* The longest a client may ask to wait for a usable token. */
 #define WAIT_MAX (5 * USEC_PER_MINUTE)
 
+/* The last error as a client on the ACL (not an admin) may see it: the
+ * provider's words reduced to its error code. "HTTP 400: invalid_grant:
+ * refresh token rt-... is invalid (hint: ...)" becomes "HTTP 400:
+ * invalid_grant"; the broker's own texts (no "HTTP ") pass whole. Admins
+ * see the whole (redacted) text in tokenctl show. */
+static const char *error_for_peer(const Peer *peer, const char *e, char buf[static 160]) {
+        const char *h, *q, *cut;
+
+        if (!e || peer->admin || !(h = strstr(e, "HTTP ")))
+                return e;
+        q = h + 5;
+        while (*q >= '0' && *q <= '9')
+                q++;
+        cut = q;
+        if (startswith(q, ": ")) {
+                const char *colon = strstr(q + 2, ": "), *hint = strstr(q + 2, " (hint: ");
+
+                cut = colon ?: q + strlen(q);
+                if (hint && hint < cut)
+                        cut = hint;
+        }
+        snprintf(buf, 160, "%.*s", (int) MIN((size_t) (cut - e), (size_t) 159), e);
+        return buf;
+}
+
 /* Answers a token request from what the connection holds now; with
  * refresh_retry_after > 0 a valid token's answer says (Retry-After and
  * "refresh_retry_after") when a client-driven refresh is allowed again. */
 static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_result, usec_t refresh_retry_after) {
         Manager *m = r->api->manager;
         usec_t ttl = connection_ttl(c);
+        const char *last_error;
+        char buf[160];
         char *s;
 
+        last_error = error_for_peer(r->peer, c->last_error, buf);
         if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
-                answer_error(r, 409, API_ERR_NEEDS_REAUTH, c->last_error ?: "connection needs re-authorization");
+                answer_error(r, 409, API_ERR_NEEDS_REAUTH, last_error ?: "connection needs re-authorization");
                 return;
         }
         if (c->state == CONN_PENDING || !c->access_token) {
@@ -358,7 +386,7 @@ static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_resul
          * failed: the client asked for more life, not for an outage. */
         if (ttl == 0) {
                 usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0;
-                answer_unavailable(r, c->last_error ?: "no valid token; provider unreachable", retry);
+                answer_unavailable(r, last_error ?: "no valid token; provider unreachable", retry);
                 return;
         }
         s = token_json(m, c, refresh_retry_after);

@@ -212,8 +212,9 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
         if (!r)
                 return -ENOMEM;
         r->http = h;
+        r->url = strdup(url);
         r->easy = curl_easy_init();
-        if (!r->easy)
+        if (!r->easy || !r->url)
                 return -ENOMEM;
 
         if (curl_easy_setopt(r->easy, CURLOPT_URL, url) != CURLE_OK ||
@@ -307,6 +308,7 @@ HttpRequest *http_request_free(HttpRequest *r) {
         if (r->easy)
                 curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->headers);   /* may hold an Authorization header */
+        secret_free(r->url);
         if (r->post_data)
                 explicit_wipe(r->post_data, r->post_len);
         free(r->post_data);

@@ -773,6 +773,32 @@ TEST(response_errors_never_leak_tokens) {
         }
 }
 
+TEST(response_error_redacts_the_url_query_before_the_cut) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        char url[] = "https://p.example/token?grant_type=refresh_token&refresh_token=rt-Zq%2Bw9x8y7&client_secret=cs-abcdef";
+        _cleanup_free_ char *body = NULL, *err = NULL, *err2 = NULL;
+        HttpRequest req = { .status = 400, .url = url };
+        TokenSet t = {};
+
+        /* the decoded value, the encoded one, and a quote of the first straddling the cut at 200 */
+        CHECK(asprintf(&body, "{\"error\":\"invalid_grant\",\"error_description\":\"%0194drt-Zq+w9x8y7 %s cs-abcdef\"}", 0,
+                       url) >= 0);
+        req.body = body;
+        req.body_len = strlen(body);
+        CHECK_EQ_INT(oauth_token_response(p, &req, &t, &err), OAUTH_PERMANENT);
+        CHECK(err && strstr(err, "[redac"));   /* cut after redaction */
+        CHECK(err && !strstr(err, "rt-Zq"));
+        CHECK(err && !strstr(err, "cs-abcdef"));
+        CHECK(token_set_empty(&t));
+        /* the same for a device authorization */
+        {
+                DeviceAuth d = {};
+
+                CHECK(oauth_device_response(p, &req, &d, &err2) < 0);
+                CHECK(err2 && !strstr(err2, "rt-Zq") && !strstr(err2, "cs-abcdef"));
+        }
+}
+
 TEST(response_error_text_sanitized) {
         _cleanup_(provider_freep) Provider *p = provider_new();
         _cleanup_free_ char *err = NULL, *body = NULL;
