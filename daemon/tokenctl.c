@@ -887,11 +887,17 @@ static int do_token(int argc, char **argv) {
          * but the caller must know. */
         e = json_object_get(r.json, "expires_in");
         if (min_ttl && json_is_integer(e) && json_integer_value(e) < (json_int_t) want) {
+                json_t *ra = json_object_get(r.json, "refresh_retry_after");
                 char msg[256];
 
-                snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: the provider "
-                         "issues shorter-lived tokens, or the refresh failed (see tokenctl show %s)",
-                         (long long) json_integer_value(e), want, argv[optind]);
+                if (json_is_integer(ra))
+                        snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: refreshes "
+                                 "asked by clients are rate limited; the next is allowed in %lld s",
+                                 (long long) json_integer_value(e), want, (long long) json_integer_value(ra));
+                else
+                        snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: the provider "
+                                 "issues shorter-lived tokens, or the refresh failed (see tokenctl show %s)",
+                                 (long long) json_integer_value(e), want, argv[optind]);
                 fprintf(stderr, "tokenctl: warning: %s\n", msg);
                 json_object_set_new(r.json, "min_ttl_met", json_false());
                 json_object_set_new(r.json, "warning", json_string(msg));

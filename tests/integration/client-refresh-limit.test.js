@@ -37,6 +37,11 @@ test('client-driven refreshes: min_ttl and invalidate share one per-connection l
   assert.ok(ra >= 1 && ra <= 5, `Retry-After: ${last.headers['retry-after']}`);
   assert.ok(last.json.refresh_retry_after >= 1 && last.json.refresh_retry_after <= 5, last.text.replace(/"access_token":"[^"]*"/, ''));
   assert.ok(last.json.access_token);
+  // tokenctl says why the token lives shorter than asked
+  const ctl = await b.ctl(['token', 'cl', '--min-ttl', '31536000']);
+  assert.equal(ctl.code, 0, ctl.stderr);
+  assert.match(ctl.stderr, /less than --min-ttl 31536000: refreshes asked by clients are rate limited; the next is allowed in [1-5] s/);
+  assert.equal(refreshes() - n0, 1, 'tokenctl token --min-ttl refreshed inside the interval');
 
   // invalidate counts against the same limit
   await sleep(5200);
