@@ -264,6 +264,23 @@ char *format_timestamp(char *buf, size_t n, usec_t t) {
         return buf;
 }
 
+bool string_is_vschar(const char *s, bool space) {
+        for (; *s; s++) {
+                unsigned char c = (unsigned char) *s;
+
+                if (c < (space ? 0x20 : 0x21) || c > 0x7e)
+                        return false;
+        }
+        return true;
+}
+
+bool string_has_ctl(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || (unsigned char) *s == 0x7f)
+                        return true;
+        return false;
+}
+
 bool connection_name_valid(const char *s) {
         size_t n = strlen(s);
 

@@ -35,6 +35,14 @@ int random_lower(char *buf, size_t n);
 /* Connection names: [A-Za-z0-9._-], 1..CONNECTION_NAME_MAX, not "." or "..". */
 bool connection_name_valid(const char *s);
 
+/* Only printable ASCII (%x20-7E, RFC 6749's VSCHAR): no control character
+ * (CR, LF, NUL, ESC, DEL...) and no byte above 0x7E. With !space, no space
+ * either (%x21-7E, VCHAR). The empty string passes. */
+bool string_is_vschar(const char *s, bool space);
+/* Any control character (below 0x20, or DEL): unfit for a header line or
+ * a terminal. */
+bool string_has_ctl(const char *s);
+
 /* mkdir -p: every missing folder of path, each with mode (before umask). */
 int mkdir_p(const char *path, mode_t mode);
 

@@ -40,9 +40,12 @@
 /* MHD clears a connection's memory pool on every request: keep it small
  * (headers only; bodies are copied out as they arrive). */
 #define API_CONNECTION_MEMORY (8 * 1024)
-/* A client that got 401 may ask again; more often than this it is a bug
- * in the client, not a stale token, and the provider is spared. */
-#define INVALIDATE_MIN_INTERVAL (5 * USEC_PER_SEC)
+/* A client that got 401 may ask again, or ask for more life than the
+ * provider gives (min_ttl); more often than this per connection it is a bug
+ * in the client (or a hostile one rotating the refresh token), not a stale
+ * token, and the provider is spared: one limit for every client-driven
+ * refresh. */
+#define CLIENT_REFRESH_MIN_INTERVAL (5 * USEC_PER_SEC)
 #define RETRY_AFTER_DEFAULT "5"
 
 typedef struct ApiRequest ApiRequest;
@@ -284,7 +287,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
 /* The token answer, shaped like an RFC 6749 section 5.1 response plus the
  * usage rule. This is the hot path: rendered straight into one buffer from
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
-static char *token_json(Manager *m, const Connection *c) {
+static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_after) {
         const Provider *p = manager_provider(m, c);
         UsageVars v = { c->access_token, c->token_type ?: "Bearer" };
         StrBuf b = {};
@@ -320,6 +323,11 @@ static char *token_json(Manager *m, const Connection *c) {
                 strbuf_puts(&b, ",\"query\":{");
                 usage_pair(&b, p->usage_query, '=', &v);
                 strbuf_puts(&b, "}");
+        }
+        if (refresh_retry_after > 0) {
+                /* rate limited: the token there is, and when a client-driven refresh is allowed again */
+                strbuf_puts(&b, ",\"refresh_retry_after\":");
+                strbuf_u64(&b, (refresh_retry_after + USEC_PER_SEC - 1) / USEC_PER_SEC);
         }
         strbuf_puts(&b, "}");
         return strbuf_steal(&b);
@@ -376,14 +384,44 @@ static void resume(ApiRequest *r) {
 /* The longest a client may ask to wait for a usable token. */
 #define WAIT_MAX (5 * USEC_PER_MINUTE)
 
-/* Answers a token request from what the connection holds now. */
-static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
+/* The last error as a client on the ACL (not an admin) may see it: the
+ * provider's words reduced to its error code. "HTTP 400: invalid_grant:
+ * refresh token rt-... is invalid (hint: ...)" becomes "HTTP 400:
+ * invalid_grant"; the broker's own texts (no "HTTP ") pass whole. Admins
+ * see the whole (redacted) text in tokenctl show. */
+static const char *error_for_peer(const Peer *peer, const char *e, char buf[static 160]) {
+        const char *h, *q, *cut;
+
+        if (!e || peer->admin || !(h = strstr(e, "HTTP ")))
+                return e;
+        q = h + 5;
+        while (*q >= '0' && *q <= '9')
+                q++;
+        cut = q;
+        if (startswith(q, ": ")) {
+                const char *colon = strstr(q + 2, ": "), *hint = strstr(q + 2, " (hint: ");
+
+                cut = colon ?: q + strlen(q);
+                if (hint && hint < cut)
+                        cut = hint;
+        }
+        snprintf(buf, 160, "%.*s", (int) MIN((size_t) (cut - e), (size_t) 159), e);
+        return buf;
+}
+
+/* Answers a token request from what the connection holds now; with
+ * refresh_retry_after > 0 a valid token's answer says (Retry-After and
+ * "refresh_retry_after") when a client-driven refresh is allowed again. */
+static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_result, usec_t refresh_retry_after) {
         Manager *m = r->api->manager;
         usec_t ttl = connection_ttl(c);
+        const char *last_error;
+        char buf[160];
         char *s;
 
+        last_error = error_for_peer(r->peer, c->last_error, buf);
         if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
-                answer_error(r, 409, API_ERR_NEEDS_REAUTH, c->last_error ?: "connection needs re-authorization");
+                answer_error(r, 409, API_ERR_NEEDS_REAUTH, last_error ?: "connection needs re-authorization");
                 return;
         }
         if (c->state == CONN_PENDING || !c->access_token) {
@@ -394,16 +432,43 @@ static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
          * failed: the client asked for more life, not for an outage. */
         if (ttl == 0) {
                 usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0;
-                answer_unavailable(r, c->last_error ?: "no valid token; provider unreachable", retry);
+                answer_unavailable(r, last_error ?: "no valid token; provider unreachable", retry);
                 return;
         }
-        s = token_json(m, c);
+        s = token_json(m, c, refresh_retry_after);
         if (!s) {
                 answer_error(r, 500, API_ERR_SERVER, "out of memory");
                 return;
         }
         m->tokens_served++;
         answer(r, 200, s);
+        if (refresh_retry_after > 0) {
+                r->extra_header = "Retry-After";
+                snprintf(r->extra_value, sizeof r->extra_value, "%" PRIu64,
+                         (refresh_retry_after + USEC_PER_SEC - 1) / USEC_PER_SEC);
+        }
+}
+
+static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
+        answer_token_limited(r, c, refresh_result, 0);
+}
+
+/* How long until a client may make this connection refresh again (0: now).
+ * Every client-driven refresh (min_ttl beyond the token's life, invalidate)
+ * counts; invalidate also waits out any refresh just made, since the token
+ * it would replace is that new. */
+static usec_t client_refresh_wait(const Connection *c, Route route) {
+        usec_t n = now(DEADLINE_CLOCK), w = 0;
+
+        if (c->client_refresh_at > 0 && usec_add(c->client_refresh_at, CLIENT_REFRESH_MIN_INTERVAL) > n)
+                w = usec_add(c->client_refresh_at, CLIENT_REFRESH_MIN_INTERVAL) - n;
+        if (route == ROUTE_INVALIDATE) {
+                usec_t rt = now(CLOCK_REALTIME), last = usec_add(c->last_refresh_at, CLIENT_REFRESH_MIN_INTERVAL);
+
+                if (c->last_refresh_at > 0 && last > rt)
+                        w = MAX(w, MIN(last - rt, CLIENT_REFRESH_MIN_INTERVAL));
+        }
+        return w;
 }
 
 /* A revoke's delete is durable (or failed): now the answer. Runs on the
@@ -572,13 +637,20 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 answer_token(r, c, 0);   /* the hot path: from memory */
                 return;
         }
-        /* The rate limit answers with the token there is, so only while it
-         * is valid: an expired one (a late refresh timer, a restart, one
-         * queued for a refresh slot) is refreshed, as a GET would. */
-        if (route == ROUTE_INVALIDATE && c->last_refresh_at + INVALIDATE_MIN_INTERVAL > now(CLOCK_REALTIME) &&
-            ttl > 0 && !connection_busy(c) && !c->queued) {
-                answer_token(r, c, 0);
-                return;
+        /* Past here a valid token means the client drives the refresh
+         * (min_ttl beyond its life, or invalidate): one per-connection rate
+         * limit for both. It answers with the token there is, so only while
+         * it is valid: an expired one (a late refresh timer, a restart, one
+         * queued for a refresh slot) is refreshed, as a GET would. Joining
+         * a refresh in flight or queued costs the provider nothing. */
+        bool client_driven = c->access_token && ttl > 0;
+        if (client_driven && !connection_busy(c) && !c->queued) {
+                usec_t w = client_refresh_wait(c, route);
+
+                if (w > 0) {
+                        answer_token_limited(r, c, 0, w);
+                        return;
+                }
         }
         /* During a transient outage, don't pile more requests onto the
          * provider: serve what is still valid until the retry is due. */
@@ -592,11 +664,14 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         }
         r->route = route;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
+        bool starts = client_driven && !connection_busy(c) && !c->queued;
         k = refresher_refresh(m, c, &r->waiter);
         if (k < 0) {
                 answer_token(r, c, k);
                 return;
         }
+        if (starts)
+                c->client_refresh_at = now(DEADLINE_CLOCK);
         manager_wheel_rearm(m);
         suspend(r, c);
 }

@@ -94,6 +94,7 @@ typedef struct Connection {
         Staged *staged;
         unsigned failures;
         usec_t retry_at;           /* monotonic; 0 none */
+        usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
         Waiter *waiters;           /* suspended API requests */
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;

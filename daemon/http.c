@@ -212,8 +212,9 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
         if (!r)
                 return -ENOMEM;
         r->http = h;
+        r->url = strdup(url);
         r->easy = curl_easy_init();
-        if (!r->easy)
+        if (!r->easy || !r->url)
                 return -ENOMEM;
 
         if (curl_easy_setopt(r->easy, CURLOPT_URL, url) != CURLE_OK ||
@@ -242,8 +243,13 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
 }
 
 int http_request_add_header(HttpRequest *r, const char *line) {
-        struct curl_slist *l = curl_slist_append(r->headers, line);
+        struct curl_slist *l;
 
+        /* A CR or LF would end the line and inject another header: refused
+         * here, whatever template or value built the line. */
+        if (string_has_ctl(line))
+                return -EBADMSG;
+        l = curl_slist_append(r->headers, line);
         if (!l)
                 return -ENOMEM;
         r->headers = l;
@@ -302,6 +308,7 @@ HttpRequest *http_request_free(HttpRequest *r) {
         if (r->easy)
                 curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->headers);   /* may hold an Authorization header */
+        secret_free(r->url);
         if (r->post_data)
                 explicit_wipe(r->post_data, r->post_len);
         free(r->post_data);

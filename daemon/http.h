@@ -23,6 +23,7 @@ struct HttpRequest {
         Http *http;
         CURL *easy;
         struct curl_slist *headers;
+        char *url;                /* secret: its query may carry parameters; wiped on free */
         char *post_data;          /* secret; wiped on free */
         size_t post_len;
 

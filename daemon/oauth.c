@@ -585,9 +585,35 @@ static char *sanitize(const char *s, size_t max) {
         return out;
 }
 
+/* Values shorter than this are not worth hiding (and would blank out
+ * ordinary words of an error text). */
+#define REDACT_MIN 6
+#define REDACT_MAX 96
+
+/* Every value the broker sent in one request, longest first. */
+typedef struct Secrets {
+        char *v[REDACT_MAX];
+        size_t n;
+} Secrets;
+
+static void secrets_redact(const Secrets *s, char **text);
+
+/* Provider text, redacted of what was sent (before it is cut: a cut could
+ * leave a prefix of a secret that no longer matches), then made printable
+ * and bounded. */
+static char *sanitize_redacted(const Secrets *s, const char *text, size_t max) {
+        _cleanup_secret_ char *t = strdup(text);
+
+        if (!t)
+                return NULL;
+        if (s)
+                secrets_redact(s, &t);
+        return t ? sanitize(t, max) : NULL;
+}
+
 /* An error answer: the error and its description at the provider's
  * pointers, classified by its error_map, else RFC 6749 section 5.2. */
-static OAuthOutcome error_answer(const Provider *p, long status, json_t *root, char **ret_error) {
+static OAuthOutcome error_answer(const Provider *p, long status, json_t *root, const Secrets *s, char **ret_error) {
         const char *code = NULL, *desc = NULL, *hint = NULL;
         _cleanup_free_ char *c = NULL, *d = NULL;
         ErrorClass class;
@@ -597,8 +623,8 @@ static OAuthOutcome error_answer(const Provider *p, long status, json_t *root, c
                 (void) jsonptr_get_string(root, p->ptr_error_description, &desc);
         }
         class = provider_classify_error(p, status, code, desc, &hint);
-        c = code ? sanitize(code, 64) : NULL;
-        d = desc ? sanitize(desc, 200) : NULL;
+        c = code ? sanitize_redacted(s, code, 64) : NULL;
+        d = desc ? sanitize_redacted(s, desc, 200) : NULL;
         if (asprintf(ret_error, "%sHTTP %ld%s%s%s%s%s%s%s", class == ERROR_CLASS_CONFIG ? "configuration error: " : "",
                      status, c ? ": " : "", c ?: "", d ? ": " : "", d ?: "", hint ? " (hint: " : "", hint ?: "",
                      hint ? ")" : "") < 0)
@@ -611,8 +637,8 @@ static bool looks_like_jwt(const char *s) {
         return startswith(s, "eyJ") && strchr(s, '.');
 }
 
-OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const char *body, size_t len,
-                                        usec_t sent_at, TokenSet *ret, char **ret_error) {
+static OAuthOutcome parse_token_response(const Provider *p, long status, const char *body, size_t len,
+                                         usec_t sent_at, const Secrets *sent, TokenSet *ret, char **ret_error) {
         json_t *root = NULL;
         json_error_t jerr;
         TokenSet t = {};
@@ -625,7 +651,7 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
                 root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
 
         if (status < 200 || status >= 300) {
-                o = error_answer(p, status, root, ret_error);
+                o = error_answer(p, status, root, sent, ret_error);
                 goto out;
         }
         if (!root || !json_is_object(root)) {
@@ -638,7 +664,7 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         if (r < 0 || isempty(t.access_token)) {
                 /* Some providers (GitHub, Slack) answer errors with 200. */
                 if (jsonptr_get(root, p->ptr_error, NULL) >= 0) {
-                        o = error_answer(p, status, root, ret_error);
+                        o = error_answer(p, status, root, sent, ret_error);
                         goto out;
                 }
                 *ret_error = strdup("token response has no access_token");
@@ -655,6 +681,20 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         } else if (strcasecmp(t.token_type, "bearer") == 0)
                 /* RFC 6749 section 5.1: the type is case-insensitive. */
                 memcpy(t.token_type, "Bearer", 6);
+        /* What goes into a header line, a terminal or a form: RFC 6749
+         * appendix A (VSCHAR for the tokens and the scope; a type is one
+         * word). A CR LF in a token would inject a header line; refused like
+         * any malformed answer (the old token is kept, the refresh retried). */
+        if (!string_is_vschar(t.access_token, true) ||
+            (t.refresh_token && !string_is_vschar(t.refresh_token, true)) ||
+            (t.id_token && !string_is_vschar(t.id_token, false))) {
+                *ret_error = strdup("token response has a token with control or non-ASCII characters");
+                goto out;
+        }
+        if ((t.token_type && !string_is_vschar(t.token_type, false)) || (t.scope && !string_is_vschar(t.scope, true))) {
+                *ret_error = strdup("token response has a token_type or scope with control or non-ASCII characters");
+                goto out;
+        }
 
         /* Expiry: expires_in, an absolute expiry, the JWT's exp, the
          * default lifetime; else never. */
@@ -717,24 +757,24 @@ out:
         return o;
 }
 
-/* Values shorter than this are not worth hiding (and would blank out
- * ordinary words of an error text). */
-#define REDACT_MIN 6
-#define REDACT_MAX 64
-
-typedef struct Secrets {
-        char *v[REDACT_MAX];
-        size_t n;
-} Secrets;
+OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const char *body, size_t len,
+                                        usec_t sent_at, TokenSet *ret, char **ret_error) {
+        return parse_token_response(p, status, body, len, sent_at, NULL, ret, ret_error);
+}
 
 static void secrets_add(Secrets *s, const char *v, size_t len) {
         if (len < REDACT_MIN || s->n >= REDACT_MAX)
                 return;
+        for (size_t i = 0; i < s->n; i++)
+                if (strlen(s->v[i]) == len && memcmp(s->v[i], v, len) == 0)
+                        return;
         s->v[s->n] = strndup(v, len);
         if (s->v[s->n])
                 s->n++;
 }
 
+/* A form body or a URL query: each value as sent (percent-encoded, as a
+ * provider echoing the raw request quotes it) and decoded. */
 static void secrets_add_form(Secrets *s, const char *body, size_t len) {
         const char *p = body, *end = body + len;
 
@@ -743,12 +783,27 @@ static void secrets_add_form(Secrets *s, const char *body, size_t len) {
                 const char *eq = memchr(p, '=', (size_t) (stop - p));
                 char *v = NULL;
 
-                if (eq && url_unescape(eq + 1, (size_t) (stop - eq - 1), &v) >= 0) {
-                        secrets_add(s, v, strlen(v));
-                        secret_free(v);
+                if (eq) {
+                        secrets_add(s, eq + 1, (size_t) (stop - eq - 1));
+                        if (url_unescape(eq + 1, (size_t) (stop - eq - 1), &v) >= 0) {
+                                secrets_add(s, v, strlen(v));
+                                secret_free(v);
+                        }
                 }
                 p = stop + 1;
         }
+}
+
+static int secrets_cmp(const void *a, const void *b) {
+        size_t la = strlen(*(char *const *) a), lb = strlen(*(char *const *) b);
+
+        return la < lb ? 1 : la > lb ? -1 : 0;
+}
+
+static void secrets_done(Secrets *s) {
+        for (size_t i = 0; i < s->n; i++)
+                s->v[i] = secret_free(s->v[i]);
+        s->n = 0;
 }
 
 static void secrets_add_json(Secrets *s, json_t *j) {
@@ -768,16 +823,23 @@ static void secrets_add_json(Secrets *s, json_t *j) {
 
 /* A provider may quote the request in its error text ("refresh token
  * rt-123 is not valid for client_secret=..."): every value the broker sent
- * (body parameters, header values, the client secret, both halves of a
- * Basic header) is cut out of the text before it reaches last_error, the
- * log or an event. */
-static void redact_request(const Provider *p, const HttpRequest *req, char **text) {
+ * (URL query parameters, body parameters, header values, the client
+ * secret, both halves of a Basic header) is collected here, to be cut out
+ * of the text before it reaches last_error, the log, an event or an API
+ * answer. */
+static void secrets_from_request(const Provider *p, const HttpRequest *req, Secrets *ret) {
         Secrets s = {};
 
-        if (!*text)
-                return;
         if (p->client_secret)
                 secrets_add(&s, p->client_secret, strlen(p->client_secret));
+        if (req->url) {
+                const char *q = strchr(req->url, '?');
+
+                if (q) {
+                        const char *hash = strchr(q + 1, '#');
+                        secrets_add_form(&s, q + 1, hash ? (size_t) (hash - q - 1) : strlen(q + 1));
+                }
+        }
         if (req->post_data && req->post_len > 0) {
                 json_t *j = json_loadb(req->post_data, req->post_len, 0, NULL);
                 if (j) {
@@ -820,22 +882,30 @@ static void redact_request(const Provider *p, const HttpRequest *req, char **tex
                         secret_free(b);
                 }
         }
-        for (size_t i = 0; i < s.n; i++) {
+        /* longest first: a value that contains a shorter one goes whole */
+        qsort(s.v, s.n, sizeof s.v[0], secrets_cmp);
+        *ret = s;
+}
+
+static void secrets_redact(const Secrets *s, char **text) {
+        for (size_t i = 0; *text && i < s->n; i++) {
                 char *hit;
 
                 /* bounded: every pass shortens or keeps the text, and a
                  * secret of at least REDACT_MIN bytes becomes 10 bytes of
                  * "[redacted]" that cannot contain it again */
-                for (unsigned k = 0; k < 64 && (hit = strstr(*text, s.v[i])); k++) {
-                        size_t before = (size_t) (hit - *text), len = strlen(s.v[i]);
+                for (unsigned k = 0; k < 64 && (hit = strstr(*text, s->v[i])); k++) {
+                        size_t before = (size_t) (hit - *text), len = strlen(s->v[i]);
                         char *t;
 
-                        if (asprintf(&t, "%.*s[redacted]%s", (int) before, *text, hit + len) < 0)
+                        if (asprintf(&t, "%.*s[redacted]%s", (int) before, *text, hit + len) < 0) {
+                                /* out of memory: nothing rather than a secret */
+                                *text = secret_free(*text);
                                 break;
+                        }
                         secret_free(*text);
                         *text = t;
                 }
-                secret_free(s.v[i]);
         }
 }
 
@@ -847,9 +917,18 @@ OAuthOutcome oauth_token_response(const Provider *p, const HttpRequest *req, Tok
                 *ret_error = strdup(http_request_strerror(req));
                 return OAUTH_TRANSIENT;
         }
-        o = oauth_parse_token_response(p, req->status, req->body, req->body_len, req->sent_at, ret, ret_error);
-        if (o != OAUTH_OK)
-                redact_request(p, req, ret_error);
+        {
+                Secrets sent = {};
+
+                secrets_from_request(p, req, &sent);
+                o = parse_token_response(p, req->status, req->body, req->body_len, req->sent_at, &sent, ret,
+                                         ret_error);
+                if (o != OAUTH_OK)
+                        secrets_redact(&sent, ret_error);
+                secrets_done(&sent);
+        }
+        if (o != OAUTH_OK && !*ret_error)
+                *ret_error = strdup("invalid token response");
         return o;
 }
 
@@ -942,7 +1021,8 @@ void device_auth_done(DeviceAuth *d) {
         *d = (DeviceAuth) {};
 }
 
-int oauth_parse_device_response(long status, const char *body, size_t len, DeviceAuth *ret, char **ret_error) {
+static int parse_device_response(long status, const char *body, size_t len, const Secrets *sent, DeviceAuth *ret,
+                                 char **ret_error) {
         DeviceAuth d = {};
         json_t *root;
         double num;
@@ -958,8 +1038,8 @@ int oauth_parse_device_response(long status, const char *body, size_t len, Devic
                         (void) jsonptr_get_string(root, "/error", &code);
                         (void) jsonptr_get_string(root, "/error_description", &desc);
                 }
-                c = code ? sanitize(code, 64) : NULL;
-                dd = desc ? sanitize(desc, 200) : NULL;
+                c = code ? sanitize_redacted(sent, code, 64) : NULL;
+                dd = desc ? sanitize_redacted(sent, desc, 200) : NULL;
                 if (asprintf(ret_error, "device authorization refused: HTTP %ld%s%s%s%s", status, c ? ": " : "",
                              c ?: "", dd ? ": " : "", dd ?: "") < 0)
                         *ret_error = NULL;
@@ -1003,6 +1083,25 @@ out:
         return r;
 }
 
+int oauth_parse_device_response(long status, const char *body, size_t len, DeviceAuth *ret, char **ret_error) {
+        return parse_device_response(status, body, len, NULL, ret, ret_error);
+}
+
+int oauth_device_response(const Provider *p, const HttpRequest *req, DeviceAuth *ret, char **ret_error) {
+        Secrets sent = {};
+        int r;
+
+        secrets_from_request(p, req, &sent);
+        r = parse_device_response(req->status, req->body, req->body_len, &sent, ret, ret_error);
+        if (r < 0) {
+                secrets_redact(&sent, ret_error);
+                if (!*ret_error)
+                        *ret_error = strdup("invalid device authorization response");
+        }
+        secrets_done(&sent);
+        return r;
+}
+
 const char *oauth_usage_lookup(const char *name, size_t len, void *userdata) {
         UsageVars *v = userdata;
 
@@ -1028,6 +1127,11 @@ int oauth_usage_headers(const Provider *p, const char *access_token, const char 
                 if (r < 0)
                         goto fail;
                 n++;
+                /* a token stored before tokens were checked: no header injection */
+                if (string_has_ctl(lines[n - 1])) {
+                        r = -EBADMSG;
+                        goto fail;
+                }
         }
         *ret_query = NULL;
         if (p->usage_query) {

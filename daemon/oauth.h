@@ -103,6 +103,9 @@ typedef struct DeviceAuth {
 } DeviceAuth;
 void device_auth_done(DeviceAuth *d);
 int oauth_parse_device_response(long status, const char *body, size_t len, DeviceAuth *ret, char **ret_error);
+/* The same on a finished request: an error text is redacted of every value
+ * the request sent. */
+int oauth_device_response(const Provider *p, const HttpRequest *req, DeviceAuth *ret, char **ret_error);
 
 /* Renders the usage rule: header lines (Name: value) and the query
  * parameter, with ${access_token} and ${token_type} filled in. */

@@ -951,8 +951,10 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
 
         if (req->result != CURLE_OK || req->too_large)
                 r = -EIO, error = strdup(http_request_strerror(req));
+        else if (manager_provider(m, c))
+                r = oauth_device_response(manager_provider(m, c), req, &d, &error);
         else
-                r = oauth_parse_device_response(req->status, req->body, req->body_len, &d, &error);
+                r = -ENOENT, error = strdup("provider is no longer configured");
         if (r < 0) {
                 device_failed(m, c, "authorization-failed", error ?: "device authorization failed", -EPROTO, true);
                 return;

@@ -808,8 +808,31 @@ static int do_show(int argc _unused_, char **argv) {
         return EXIT_OK;
 }
 
+/* Any string in a token answer (keys too) with a control character: a
+ * CR LF in a token would print an injected header line. */
+static bool json_has_ctl(json_t *j, unsigned depth) {
+        const char *k;
+        json_t *v;
+        size_t i;
+
+        if (depth > 8)
+                return true;
+        if (json_is_string(j))
+                return memchr(json_string_value(j), 0, json_string_length(j)) || string_has_ctl(json_string_value(j));
+        if (json_is_object(j))
+                json_object_foreach(j, k, v)
+                        if (string_has_ctl(k) || json_has_ctl(v, depth + 1))
+                                return true;
+        if (json_is_array(j))
+                json_array_foreach(j, i, v)
+                        if (json_has_ctl(v, depth + 1))
+                                return true;
+        return false;
+}
+
 static int token_reply(const char *name, const char *min_ttl, Reply *r) {
         char path[256];
+        int k;
 
         if (!name_ok(name))
                 return EXIT_USAGE;
@@ -818,7 +841,15 @@ static int token_reply(const char *name, const char *min_ttl, Reply *r) {
                 snprintf(path, sizeof path, API_PREFIX "/%s/token?min_ttl=%s", name, min_ttl);
         else
                 snprintf(path, sizeof path, API_PREFIX "/%s/token", name);
-        return call_ok("GET", path, NULL, r);
+        k = call_ok("GET", path, NULL, r);
+        if (k == 0 && json_has_ctl(r->json, 0)) {
+                /* never printed, never sent: a daemon from before tokens were checked may hold one */
+                fprintf(stderr, "tokenctl: the token of %s holds control characters; not printed (refresh it: "
+                                "tokenctl refresh %s)\n", name, name);
+                reply_done(r);
+                return EXIT_FAILURE_GENERIC;
+        }
+        return k;
 }
 
 static int do_token(int argc, char **argv) {
@@ -856,11 +887,17 @@ static int do_token(int argc, char **argv) {
          * but the caller must know. */
         e = json_object_get(r.json, "expires_in");
         if (min_ttl && json_is_integer(e) && json_integer_value(e) < (json_int_t) want) {
+                json_t *ra = json_object_get(r.json, "refresh_retry_after");
                 char msg[256];
 
-                snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: the provider "
-                         "issues shorter-lived tokens, or the refresh failed (see tokenctl show %s)",
-                         (long long) json_integer_value(e), want, argv[optind]);
+                if (json_is_integer(ra))
+                        snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: refreshes "
+                                 "asked by clients are rate limited; the next is allowed in %lld s",
+                                 (long long) json_integer_value(e), want, (long long) json_integer_value(ra));
+                else
+                        snprintf(msg, sizeof msg, "the token expires in %lld s, less than --min-ttl %lu: the provider "
+                                 "issues shorter-lived tokens, or the refresh failed (see tokenctl show %s)",
+                                 (long long) json_integer_value(e), want, argv[optind]);
                 fprintf(stderr, "tokenctl: warning: %s\n", msg);
                 json_object_set_new(r.json, "min_ttl_met", json_false());
                 json_object_set_new(r.json, "warning", json_string(msg));

@@ -773,6 +773,32 @@ TEST(response_errors_never_leak_tokens) {
         }
 }
 
+TEST(response_error_redacts_the_url_query_before_the_cut) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        char url[] = "https://p.example/token?grant_type=refresh_token&refresh_token=rt-Zq%2Bw9x8y7&client_secret=cs-abcdef";
+        _cleanup_free_ char *body = NULL, *err = NULL, *err2 = NULL;
+        HttpRequest req = { .status = 400, .url = url };
+        TokenSet t = {};
+
+        /* the decoded value, the encoded one, and a quote of the first straddling the cut at 200 */
+        CHECK(asprintf(&body, "{\"error\":\"invalid_grant\",\"error_description\":\"%0194drt-Zq+w9x8y7 %s cs-abcdef\"}", 0,
+                       url) >= 0);
+        req.body = body;
+        req.body_len = strlen(body);
+        CHECK_EQ_INT(oauth_token_response(p, &req, &t, &err), OAUTH_PERMANENT);
+        CHECK(err && strstr(err, "[redac"));   /* cut after redaction */
+        CHECK(err && !strstr(err, "rt-Zq"));
+        CHECK(err && !strstr(err, "cs-abcdef"));
+        CHECK(token_set_empty(&t));
+        /* the same for a device authorization */
+        {
+                DeviceAuth d = {};
+
+                CHECK(oauth_device_response(p, &req, &d, &err2) < 0);
+                CHECK(err2 && !strstr(err2, "rt-Zq") && !strstr(err2, "cs-abcdef"));
+        }
+}
+
 TEST(response_error_text_sanitized) {
         _cleanup_(provider_freep) Provider *p = provider_new();
         _cleanup_free_ char *err = NULL, *body = NULL;
@@ -1050,6 +1076,47 @@ TEST(response_truncated_jwt) {
         p->default_lifetime = USEC_PER_HOUR;
         CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"eyJhbGciOiJub25lIn0.eyJleHAiOjE3\"}", &t, &err2), OAUTH_OK);
         token_set_done(&t);
+}
+
+TEST(response_control_characters_refused) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        static const char *const bad[] = {
+                "{\"access_token\":\"at\\r\\nX-Injected: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u001b[2J\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u007f\",\"expires_in\":60}",
+                "{\"access_token\":\"at\\u00e9\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"refresh_token\":\"rt\\nX: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"token_type\":\"Bearer\\r\\nX: 1\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"token_type\":\"Bearer X\",\"expires_in\":60}",
+                "{\"access_token\":\"at\",\"scope\":\"a\\tb\",\"expires_in\":60}",
+        };
+        TokenSet t;
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                _cleanup_free_ char *err = NULL;
+
+                CHECK_EQ_INT(parse(p, 200, bad[i], &t, &err), OAUTH_TRANSIENT);
+                CHECK(err && strstr(err, "control or non-ASCII characters"));
+                CHECK(!strstr(err, "Injected"));
+        }
+        /* RFC 6749 VSCHAR: a space and any printable ASCII in a token pass */
+        {
+                _cleanup_free_ char *err = NULL;
+
+                CHECK_EQ_INT(parse(p, 200, "{\"access_token\":\"a b~!{}|\",\"token_type\":\"mac\",\"expires_in\":60}", &t, &err),
+                             OAUTH_OK);
+                CHECK_STREQ(t.access_token, "a b~!{}|");
+                token_set_done(&t);
+        }
+}
+
+TEST(usage_headers_refuse_control_characters) {
+        _cleanup_(provider_freep) Provider *p = provider_new();
+        char **lines = NULL, *query = NULL;
+        size_t n = 0;
+
+        /* a token stored before tokens were checked; the default usage header */
+        CHECK_EQ_INT(oauth_usage_headers(p, "at\r\nX-Injected: 1", "Bearer", &lines, &n, &query), -EBADMSG);
 }
 
 TEST(response_error_in_200) {
