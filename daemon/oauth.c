@@ -395,6 +395,7 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
         _cleanup_free_ char *sc = NULL;
         const TemplateList *headers, *params;
         const char *url_tmpl, *method;
+        bool literal_url = false;
         RequestVars vars = v ? *v : (RequestVars) {};
         Expand x = { .p = p, .v = &vars };
         KVList kv = {};
@@ -413,6 +414,9 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
         case REQUEST_DEVICE:
         case REQUEST_REVOKE:
                 url_tmpl = kind == REQUEST_DEVICE ? p->device_authorization_url : p->revoke_url;
+                /* Plain URLs, not templates: neither key is checked as one
+                 * at load, and discovery may fill them. */
+                literal_url = true;
                 method = "POST";
                 bt = BODY_FORM;
                 headers = &p->token_header;
@@ -454,7 +458,10 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
                 goto finish;
 
         /* the URL, its placeholders percent-encoded */
-        r = expand(&x, url_tmpl, true, &url);
+        if (literal_url)
+                r = (url = strdup(url_tmpl)) ? 0 : -ENOMEM;
+        else
+                r = expand(&x, url_tmpl, true, &url);
         if (r < 0)
                 goto finish;
         if (bt == BODY_QUERY || streq(method, "GET")) {
