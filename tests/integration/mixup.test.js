@@ -146,6 +146,9 @@ test('mix-up: an answer for one provider on the shared redirect URI is refused',
   assert.equal(r.code, 0, r.stderr);
   const url = new URL(JSON.parse(r.stdout).authorize_url);
   assert.equal(url.searchParams.get('redirect_uri'), b.redirectUriFor('honest'));
+  const providers = JSON.parse((await b.ctl(['--json', 'providers'])).stdout);
+  const list = providers.providers ?? providers;
+  assert.equal(list.find((p) => p.name === 'honest').redirect_uri, b.redirectUriFor('honest'));
   const page = await authorizeInBrowser(url.toString(), { timeoutMs: 60000 });
   assert.equal(page.status, 200, page.text);
   assert.equal(JSON.parse((await b.ctl(['--json', 'show', 'good'])).stdout).state, 'active');
