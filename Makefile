@@ -198,6 +198,7 @@ clean:
 oidc-dev: tests/node_modules/.package-lock.json
 	@mkdir -p .run
 	node tests/lib/oidc-server.js --port 9000 --secret-file .run/local-client-secret \
+		--redirect-uri http://127.0.0.1:8421/oauth/callback/local \
 		--redirect-uri http://127.0.0.1:8421/oauth/callback --access-token-ttl 60
 
 .PHONY: oidc-dev

@@ -511,6 +511,7 @@ static const ProviderKey provider_keys[] = {
         PK("identity_pointer", KEY_JSONPTR, identity_pointer),
         PK("expires_at_pointer", KEY_JSONPTR, ptr_expires_at),
         PK("never_expires", KEY_BOOL, never_expires),
+        PK("shared_callback", KEY_BOOL, shared_callback),
         PK("error_map", KEY_ERROR_MAP, error_rules),
 };
 
@@ -536,6 +537,7 @@ Provider *provider_free(Provider *p) {
         free(p->device_authorization_url);
         free(p->userinfo_url);
         free(p->issuer);
+        free(p->redirect_uri);
         free(p->token_method);
         free(p->refresh_method);
         template_list_done(&p->token_header);
@@ -1472,6 +1474,9 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")], err);
         if (r < 0)
                 return r;
+        for (size_t i = 0; i < c->n_providers; i++)
+                if (broker_config_redirect_uri(c, c->providers[i], &c->providers[i]->redirect_uri) < 0)
+                        return -ENOMEM;
         *ret = TAKE_PTR(c);
         return 0;
 }
@@ -1483,6 +1488,8 @@ Provider *broker_config_find_provider(const BrokerConfig *c, const char *name) {
         return NULL;
 }
 
-int broker_config_redirect_uri(const BrokerConfig *c, char **ret) {
-        return asprintf(ret, "%s/oauth/callback", c->public_url) < 0 ? -ENOMEM : 0;
+int broker_config_redirect_uri(const BrokerConfig *c, const Provider *p, char **ret) {
+        if (!p || p->shared_callback)
+                return asprintf(ret, "%s/oauth/callback", c->public_url) < 0 ? -ENOMEM : 0;
+        return asprintf(ret, "%s/oauth/callback/%s", c->public_url, p->name) < 0 ? -ENOMEM : 0;
 }

@@ -103,6 +103,14 @@ typedef struct Provider {
         char *userinfo_url;
         char *issuer;             /* OIDC discovery fills the endpoints not given */
         unsigned issuer_line;
+        /* RFC 9207: discovery said authorization_response_iss_parameter_supported,
+         * so a callback without iss is refused. */
+        bool iss_supported;
+        /* Redirect to the shared public_url + /oauth/callback rather than
+         * public_url + /oauth/callback/NAME: weaker (no mix-up defence by
+         * the path), kept for clients registered before. */
+        bool shared_callback;
+        char *redirect_uri;       /* set by broker_config_load(): see broker_config_redirect_uri() */
 
         /* The token request (code exchange, client_credentials, password,
          * device polling) and the refresh request. A given param list
@@ -228,8 +236,10 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(BrokerConfig *, broker_config_free);
 int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err);
 Provider *broker_config_find_provider(const BrokerConfig *c, const char *name);
 
-/* The redirect URI the broker registers: public_url + /oauth/callback. */
-int broker_config_redirect_uri(const BrokerConfig *c, char **ret);
+/* The redirect URI the broker registers for provider p: public_url +
+ * /oauth/callback/NAME, or the shared public_url + /oauth/callback when p
+ * is NULL or has shared_callback set. */
+int broker_config_redirect_uri(const BrokerConfig *c, const Provider *p, char **ret);
 
 /* An http:// URL is allowed only when its host is loopback. */
 bool url_is_acceptable(const char *url);

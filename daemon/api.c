@@ -1149,7 +1149,7 @@ static void route_providers(ApiRequest *r) {
         for (size_t i = 0; a && i < cfg->n_providers; i++) {
                 const Provider *p = cfg->providers[i];
                 json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b, s:s?, s:s?, "
-                                                   "s:s?, s:s?, s:s?}",
+                                                   "s:s?, s:s?, s:s?, s:s?}",
                                                    "name", p->name,
                                                    "grant", grant_to_string(p->grant),
                                                    "authorize_url", p->authorize_url,
@@ -1163,7 +1163,8 @@ static void route_providers(ApiRequest *r) {
                                                    "device_authorization_url", p->device_authorization_url,
                                                    "userinfo_url", p->userinfo_url,
                                                    "test_url", p->test_url,
-                                                   "issuer", p->issuer));
+                                                   "issuer", p->issuer,
+                                                   "redirect_uri", p->redirect_uri));
         }
         answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
 }

@@ -268,7 +268,27 @@ static void on_exchanged(Connection *c, int result, void *userdata) {
         mhd_loop_kick(&r->cb->loop);
 }
 
-static void handle_callback(CbRequest *r) {
+/* RFC 9207 section 2.4: the iss a callback carries must be the issuer of
+ * the provider the authorization was started at; a provider whose
+ * discovery says it always sends iss must send it. NULL: acceptable. */
+static const char *iss_refusal(const Provider *p, const char *iss) {
+        size_t n;
+
+        if (!iss)
+                return p->iss_supported ? "the provider always sends iss, the callback has none" : NULL;
+        if (!p->issuer)
+                return NULL;   /* nothing to compare with */
+        n = strlen(iss);
+        if (n > 0 && iss[n - 1] == '/')
+                n--;           /* the issuer is kept without its trailing slash */
+        if (n != strlen(p->issuer) || strncmp(iss, p->issuer, n) != 0)
+                return "the callback's iss is not the provider's issuer";
+        return NULL;
+}
+
+/* via: the provider named by the callback's path (/oauth/callback/NAME),
+ * NULL on the shared /oauth/callback. */
+static void handle_callback(CbRequest *r, const char *via) {
         _cleanup_(callback_query_done) CallbackQuery q = {}, qc = {};
         Manager *m = r->cb->manager;
         const Provider *p;
@@ -291,6 +311,31 @@ static void handle_callback(CbRequest *r) {
                 return answer(r, 400, "Authorization failed",
                               "Unknown or expired authorization request. Start it again with tokenctl authorize.");
 
+        /* Mix-up defence (RFC 9700 section 4.4): the answer must come back
+         * on the redirect URI this authorization was started with, which
+         * names its provider, and from that provider's issuer. The state
+         * stays pending: whoever sent this may know it, but not the code
+         * for it from the right provider. */
+        p = manager_provider(m, c);
+        {
+                const char *expected = p && !p->shared_callback ? p->name : NULL;
+                const char *why = NULL;
+
+                if (!p)
+                        why = "its provider is no longer configured";
+                else if (!streq_ptr(via, expected))
+                        why = via ? "it came on another provider's redirect URI"
+                                  : "it came on the shared redirect URI, the provider uses its own";
+                else
+                        why = iss_refusal(p, q.iss);
+                if (why) {
+                        log_warning("%s: callback refused (possible mix-up attack): %s.", c->name, why);
+                        manager_event(m, c, "authorization-failed", "callback refused (possible mix-up attack): %s", why);
+                        return answer(r, 400, "Authorization failed",
+                                      "This answer does not belong to the provider the authorization was started at.");
+                }
+        }
+
         /* RFC 6749 section 4.1.2.1: the provider reports refusals here. */
         if (q.error) {
                 char msg[700];
@@ -299,8 +344,7 @@ static void handle_callback(CbRequest *r) {
                 log_warning("%s: provider refused the authorization: %.100s", c->name, q.error);
                 return answer(r, 400, "Authorization failed", msg);
         }
-        p = manager_provider(m, c);
-        if (callback_query_parse(r->query, r->query_len, p ? p->code_param : "code", &qc) < 0 ||
+        if (callback_query_parse(r->query, r->query_len, p->code_param, &qc) < 0 ||
             isempty(qc.code))
                 return answer(r, 400, "Authorization failed", "The request has no authorization code.");
 
@@ -379,6 +423,7 @@ static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *con
                                   const char *upload_data _unused_, size_t *upload_data_size,
                                   void **req_cls) {
         CbRequest *r = *req_cls;
+        const char *tail;
 
         if (!r)
                 return MHD_NO;   /* on_uri() found no memory */
@@ -410,7 +455,10 @@ static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *con
                         cb_conn_deadline(conn, 0);
                         return mhd_respond(conn, 200, "text/plain", TAKE_PTR(r->page), NULL, NULL);
                 } else if (streq(url, CALLBACK_PATH))
-                        handle_callback(r);
+                        handle_callback(r, NULL);
+                else if ((tail = startswith(url, CALLBACK_PATH "/")) &&
+                         broker_config_find_provider(r->cb->manager->config, tail))
+                        handle_callback(r, tail);   /* /oauth/callback/PROVIDER */
                 else
                         answer(r, 404, "Not found", "Nothing is served at this address.");
         }

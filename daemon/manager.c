@@ -51,10 +51,6 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         m->config_path = strdup(config_path);
         if (!m->config_path)
                 return -ENOMEM;
-        r = broker_config_redirect_uri(config, &m->redirect_uri);
-        if (r < 0)
-                return r;
-
         r = sd_event_default(&m->event);
         if (r < 0)
                 return r;
@@ -138,7 +134,6 @@ Manager *manager_free(Manager *m) {
         sd_event_unref(m->event);
         broker_config_free(m->config);
         free(m->config_path);
-        free(m->redirect_uri);
         free(m);
         return NULL;
 }
@@ -631,7 +626,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 r = pkce_new(p->pkce, &verifier, &challenge);
                 if (r < 0)
                         return r;
-                r = oauth_authorize_url(p, m->redirect_uri, state, challenge,
+                r = oauth_authorize_url(p, p->redirect_uri, state, challenge,
                                         req->scope ?: (c ? c->requested_scope : NULL), &url);
                 if (r < 0)
                         return r;
@@ -801,13 +796,6 @@ int manager_reload(Manager *m) {
         }
         broker_config_free(m->config);
         m->config = fresh;
-        {
-                char *redirect = NULL;
-                if (broker_config_redirect_uri(fresh, &redirect) >= 0) {
-                        free(m->redirect_uri);
-                        m->redirect_uri = redirect;
-                }
-        }
         log_info("Reloaded %s: %zu providers.", m->config_path, fresh->n_providers);
         (void) sd_notify(false, "READY=1");
         manager_status_changed(m);

@@ -40,7 +40,6 @@ struct Manager {
         sd_event *event;
         BrokerConfig *config;
         char *config_path;
-        char *redirect_uri;
         Store *store;              /* the loop's handle: reads, row images */
         StoreWriter *writer;       /* every write: group commit off the loop */
         unsigned committing;       /* staged token sets whose commit is not done */

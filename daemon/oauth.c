@@ -395,6 +395,7 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
         _cleanup_free_ char *sc = NULL;
         const TemplateList *headers, *params;
         const char *url_tmpl, *method;
+        bool literal_url = false;
         RequestVars vars = v ? *v : (RequestVars) {};
         Expand x = { .p = p, .v = &vars };
         KVList kv = {};
@@ -413,6 +414,9 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
         case REQUEST_DEVICE:
         case REQUEST_REVOKE:
                 url_tmpl = kind == REQUEST_DEVICE ? p->device_authorization_url : p->revoke_url;
+                /* Plain URLs, not templates: neither key is checked as one
+                 * at load, and discovery may fill them. */
+                literal_url = true;
                 method = "POST";
                 bt = BODY_FORM;
                 headers = &p->token_header;
@@ -454,7 +458,10 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
                 goto finish;
 
         /* the URL, its placeholders percent-encoded */
-        r = expand(&x, url_tmpl, true, &url);
+        if (literal_url)
+                r = (url = strdup(url_tmpl)) ? 0 : -ENOMEM;
+        else
+                r = expand(&x, url_tmpl, true, &url);
         if (r < 0)
                 goto finish;
         if (bt == BODY_QUERY || streq(method, "GET")) {
@@ -1173,15 +1180,37 @@ static size_t discovery_write(char *ptr, size_t size, size_t nmemb, void *userda
         return n;
 }
 
-/* Sets *field from the document's key unless the file set it. */
-static int discovered(json_t *doc, const char *key, char **field) {
+static bool endpoint_literal(const char *s) {
+        for (; *s; s++)
+                if (*s == '$' || (unsigned char) *s < 0x20 || *s == 0x7f)
+                        return false;
+        return true;
+}
+
+/* Sets *field from the document's key unless the file set it. A
+ * discovered endpoint passes the checks a configured one does, and is
+ * never a template: token_url, revoke_url and device_authorization_url are
+ * expanded before each request, so a '$' (a "${client_secret}" sent to
+ * wherever the document points) is refused, as are control characters. */
+static int discovered(json_t *doc, const char *key, char **field, char **ret_reason) {
         json_t *v = json_object_get(doc, key);
+        const char *s;
 
         if (*field || !json_is_string(v))
                 return 0;
-        if (!url_is_acceptable(json_string_value(v)))
+        s = json_string_value(v);
+        if (strlen(s) != json_string_length(v) || !endpoint_literal(s)) {
+                if (asprintf(ret_reason, "the discovery document's %s holds '$' or a control character", key) < 0)
+                        *ret_reason = NULL;
                 return -EPROTO;
-        *field = strdup(json_string_value(v));
+        }
+        if (!url_is_acceptable(s)) {
+                if (asprintf(ret_reason, "the discovery document's %s is a plain http:// endpoint off loopback",
+                             key) < 0)
+                        *ret_reason = NULL;
+                return -EPROTO;
+        }
+        *field = strdup(s);
         return *field ? 1 : -ENOMEM;
 }
 
@@ -1249,15 +1278,14 @@ int oauth_discover(Provider *p, char **ret_reason) {
                         goto out;
                 }
         }
-        if ((r = discovered(doc, "authorization_endpoint", &p->authorize_url)) < 0 ||
-            (r = discovered(doc, "token_endpoint", &p->token_url)) < 0 ||
-            (r = discovered(doc, "revocation_endpoint", &p->revoke_url)) < 0 ||
-            (r = discovered(doc, "device_authorization_endpoint", &p->device_authorization_url)) < 0 ||
-            (r = discovered(doc, "userinfo_endpoint", &p->userinfo_url)) < 0) {
-                if (r == -EPROTO)
-                        *ret_reason = strdup("the discovery document holds a plain http:// endpoint off loopback");
+        if ((r = discovered(doc, "authorization_endpoint", &p->authorize_url, ret_reason)) < 0 ||
+            (r = discovered(doc, "token_endpoint", &p->token_url, ret_reason)) < 0 ||
+            (r = discovered(doc, "revocation_endpoint", &p->revoke_url, ret_reason)) < 0 ||
+            (r = discovered(doc, "device_authorization_endpoint", &p->device_authorization_url, ret_reason)) < 0 ||
+            (r = discovered(doc, "userinfo_endpoint", &p->userinfo_url, ret_reason)) < 0)
                 goto out;
-        }
+        /* RFC 9207 section 3: then every callback must carry iss. */
+        p->iss_supported = json_is_true(json_object_get(doc, "authorization_response_iss_parameter_supported"));
         r = 0;
 out:
         json_decref(doc);

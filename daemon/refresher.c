@@ -357,9 +357,9 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
         return 0;
 }
 
-static RequestVars request_vars(Manager *m, const Connection *c, const Provider *p) {
+static RequestVars request_vars(Manager *m _unused_, const Connection *c, const Provider *p) {
         return (RequestVars) {
-                .redirect_uri = m->redirect_uri,
+                .redirect_uri = p->redirect_uri,
                 .scope = c->requested_scope ?: p->scopes,
                 .username = c->username,
                 /* a password grant keeps the connection's password there */
@@ -1127,7 +1127,7 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
                 const Param params[] = {
                         { "grant_type", "authorization_code" },
                         { "code", code },
-                        { "redirect_uri", m->redirect_uri },
+                        { "redirect_uri", p->redirect_uri },
                         { "code_verifier", c->code_verifier },
                 };
                 RequestVars v = request_vars(m, c, p);

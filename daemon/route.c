@@ -15,6 +15,7 @@ void callback_query_done(CallbackQuery *q) {
         q->code = secret_free(q->code);
         q->error = mfree(q->error);
         q->error_description = mfree(q->error_description);
+        q->iss = mfree(q->iss);
 }
 
 /* Keeps value in *slot if key names it. */
@@ -73,6 +74,8 @@ int callback_query_parse(const char *query, size_t len, const char *code_param, 
                         r = query_keep(key, "error", value, &q.error);
                 if (r >= 0)
                         r = query_keep(key, "error_description", value, &q.error_description);
+                if (r >= 0)
+                        r = query_keep(key, "iss", value, &q.iss);
                 /* Unknown parameters may be secrets too (an id_token). */
                 value = secret_free(value);
                 if (r < 0)

@@ -26,12 +26,13 @@ typedef struct CallbackQuery {
         char *code;                /* the parameter named code_param */
         char *error;               /* RFC 6749 section 4.1.2.1 */
         char *error_description;
+        char *iss;                 /* RFC 9207: the issuer that answered */
 } CallbackQuery;
 
 /* Parses a query string (what follows '?', len bytes, not necessarily
  * NUL-terminated) as application/x-www-form-urlencoded: '&'-separated
  * key=value pairs, keys and values decoded with url_unescape(). Keeps
- * state, error, error_description and, if code_param is not NULL, the
+ * state, error, error_description, iss and, if code_param is not NULL, the
  * parameter of that name; other parameters are decoded and dropped.
  * Returns 0 and fills ret, or:
  *   -EMSGSIZE    the query is longer than CALLBACK_QUERY_MAX, or a kept

@@ -250,8 +250,12 @@ static void check_broker(const BrokerConfig *c) {
                 if (broker_config_find_provider(c, c->providers[i]->name) != c->providers[i])
                         abort();
         }
-        if (broker_config_redirect_uri(c, &uri) >= 0)
+        if (broker_config_redirect_uri(c, NULL, &uri) >= 0)
                 free(uri);
+        /* each provider's own redirect URI, set at load */
+        for (size_t i = 0; i < c->n_providers; i++)
+                if (!c->providers[i]->redirect_uri || !strstr(c->providers[i]->redirect_uri, "/oauth/callback"))
+                        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

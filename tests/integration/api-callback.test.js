@@ -17,7 +17,7 @@ const { Broker, waitFor, httpGet, oidcProviderConf } = require('../lib/broker.js
 
 async function setup(t) {
   const b = await Broker.prepare();
-  const op = await startOidc({ accessTokenTtl: 60, redirectUris: [b.redirectUri], quiet: true });
+  const op = await startOidc({ accessTokenTtl: 60, redirectUris: b.redirectUrisFor('local'), quiet: true });
   t.after(async () => {
     const st = await b.stop();
     await op.close();
@@ -83,7 +83,7 @@ test('bad state, reused state and provider errors leave the store unchanged', { 
   const { page } = await authorize(b, 'bob', { login: 'bob' });
   assert.equal(page.status, 200, page.text);
   const callbackUrl = page.finalUrl;
-  assert.match(callbackUrl, /\/oauth\/callback\?/);
+  assert.match(callbackUrl, /\/oauth\/callback\/local\?/);   // the provider's own redirect URI
 
   // A pending authorization to aim at.
   const pend = JSON.parse((await b.ctl(['--json', 'authorize', 'carol', '--provider', 'local', '--no-wait'])).stdout);
@@ -104,7 +104,7 @@ test('bad state, reused state and provider errors leave the store unchanged', { 
   assert.equal(b.dumpStore(), before);
 
   // The provider reports an error for carol's state; the page escapes it.
-  r = await httpGet(`${b.publicUrl}/oauth/callback?state=${state}&error=access_denied&error_description=${encodeURIComponent('<script>alert(1)</script>')}`);
+  r = await httpGet(`${b.redirectUriFor('local')}?state=${state}&error=access_denied&error_description=${encodeURIComponent('<script>alert(1)</script>')}`);
   assert.equal(r.status, 400);
   assert.match(r.text, /access_denied/);
   assert.ok(!r.text.includes('<script>'), 'an echoed value was not escaped');

@@ -136,7 +136,7 @@ test('slowloris: trickling connections are closed after the timeout; /healthz ke
   const sources = [];
   for (let i = 0; i < 40; i++) sources.push('127.0.0.2');
   for (let i = 0; i < 200; i++) sources.push(`127.0.0.${10 + (i % 8)}`);
-  const partial = `GET /oauth/callback?state=${state}&code=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris\r\nX-Slow: ${'a'.repeat(200)}`;
+  const partial = `GET /oauth/callback/fake?state=${state}&code=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris\r\nX-Slow: ${'a'.repeat(200)}`;
   const socks = await Promise.all(sources.map((localAddress) => new Promise((resolve) => {
     const s = net.connect({ port: b.port, host: '127.0.0.1', localAddress });
     s.info = { localAddress, connectedAt: null, closedAt: null, bytesIn: 0, sent: 0 };
@@ -191,7 +191,7 @@ test('oversized requests: 1 MiB query, 200 large headers, a 64 KiB header line, 
   const isError = (r) => r.status === null ? r.closed : [400, 413, 414, 431].includes(r.status);
 
   // A 1 MiB query string: an error status (MHD: 414) or a closed connection.
-  const big = await rawRequest(b.port, `GET /oauth/callback?state=${state}&code=${'A'.repeat(1 << 20)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  const big = await rawRequest(b.port, `GET /oauth/callback/fake?state=${state}&code=${'A'.repeat(1 << 20)} HTTP/1.1\r\nHost: x\r\n\r\n`);
   assert.ok(isError(big), `1 MiB query: ${big.status} closed=${big.closed} ${big.error} ${big.head.slice(0, 200)}`);
   await assertResponsive(b, 'after a 1 MiB query string');
   // The same through an HTTP client.
@@ -208,7 +208,7 @@ test('oversized requests: 1 MiB query, 200 large headers, a 64 KiB header line, 
   for (let i = 0; i < 200; i++) hdrs += `X-Header-${i}: ${'v'.repeat(200)}\r\n`;
   let r = await rawRequest(b.port, `GET /healthz HTTP/1.1\r\nHost: x\r\n${hdrs}\r\n`);
   assert.ok(isError(r), `200 large headers: ${r.status} ${r.head.slice(0, 200)}`);
-  r = await rawRequest(b.port, `GET /oauth/callback?state=${state}&code=x HTTP/1.1\r\nHost: x\r\n${hdrs}\r\n`);
+  r = await rawRequest(b.port, `GET /oauth/callback/fake?state=${state}&code=x HTTP/1.1\r\nHost: x\r\n${hdrs}\r\n`);
   assert.ok(isError(r), `200 large headers on the callback: ${r.status} ${r.head.slice(0, 200)}`);
   // 200 small headers fit in the memory limit: answered normally (the
   // number of headers is not limited by itself, only their size).
@@ -270,9 +270,9 @@ test('10,000 bogus callbacks: all 400, daemon responsive, store unchanged', { ti
   function bogusPath(i) {
     const state = rnd(32);
     switch (i % 6) {
-      case 0: return `/oauth/callback?state=${state}&code=${rnd(16)}`;
-      case 1: return `/oauth/callback?state=${state}&error=access_denied&error_description=${encodeURIComponent('<b>no</b>')}`;
-      case 2: return `/oauth/callback?state=${state}`;
+      case 0: return `/oauth/callback/fake?state=${state}&code=${rnd(16)}`;
+      case 1: return `/oauth/callback/fake?state=${state}&error=access_denied&error_description=${encodeURIComponent('<b>no</b>')}`;
+      case 2: return `/oauth/callback/fake?state=${state}`;
       case 3: return `/oauth/callback?code=${rnd(16)}`;
       case 4: return `/oauth/callback?state=${rnd(3000)}&code=${rnd(8)}&error=server_error`;
       default: return `/oauth/callback?state=${encodeURIComponent(rnd(8) + '"<>&\'')}&code=${rnd(16)}&iss=x`;
@@ -348,14 +348,14 @@ test('methods other than GET/HEAD answer 405 at once; unknown paths 404', { time
     }
   }
   // A POST announcing a huge body is answered without reading it.
-  let r = await rawRequest(b.port, `POST /oauth/callback?state=${state}&code=x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\npart`, { waitMs: 5000 });
+  let r = await rawRequest(b.port, `POST /oauth/callback/fake?state=${state}&code=x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\npart`, { waitMs: 5000 });
   assert.equal(r.status, 405, `POST announcing 1 GB: ${r.status} after ${r.ms} ms, closed=${r.closed}: the server waits for (reads) the body instead of answering`);
   assert.ok(r.closed && r.ms < 3000, `the server waited for the body (${r.ms} ms, closed=${r.closed})`);
   r = await rawRequest(b.port, `POST /oauth/callback HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n`, { waitMs: 5000 });
   assert.equal(r.status, 405, r.head);
   assert.ok(r.closed && r.ms < 3000, `the server waited for the chunked body (${r.ms} ms)`);
   // Nor does a GET with a body get it read.
-  r = await rawRequest(b.port, `GET /oauth/callback?state=${state}&code=x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\npart`, { waitMs: 5000 });
+  r = await rawRequest(b.port, `GET /oauth/callback/fake?state=${state}&code=x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\npart`, { waitMs: 5000 });
   assert.ok(r.status !== null && r.status >= 400 && r.status < 500, r.head);
   assert.ok(r.closed && r.ms < 3000, `the server waited for a GET body (${r.ms} ms)`);
 

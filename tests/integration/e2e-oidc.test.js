@@ -20,7 +20,7 @@ const TTL = 6;   // access token lifetime at the provider, seconds
 
 test('authorize in a browser, refresh with rotation, survive SIGKILL', { timeout: 180000 }, async (t) => {
   const b = await Broker.prepare();
-  const op = await startOidc({ accessTokenTtl: TTL, redirectUris: [b.redirectUri], quiet: true });
+  const op = await startOidc({ accessTokenTtl: TTL, redirectUris: b.redirectUrisFor('local'), quiet: true });
   t.after(async () => {
     const st = await b.stop();
     await op.close();

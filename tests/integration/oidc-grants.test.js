@@ -20,7 +20,7 @@ const { Broker, waitFor, iniProvider, oidcProviderConf, noteRun } = require('../
 
 async function setup(t, providers, oidcOpts = {}) {
   const b = await Broker.prepare();
-  const op = await startOidc({ accessTokenTtl: 30, redirectUris: [b.redirectUri], quiet: true, ...oidcOpts });
+  const op = await startOidc({ accessTokenTtl: 30, redirectUris: b.redirectUrisFor('local', 'basic', 'post', 'wrong', 'disc', 'cc'), quiet: true, ...oidcOpts });
   t.after(async () => {
     const st = await b.stop();
     await op.close();

@@ -81,7 +81,7 @@ test('JSON bodies, custom headers and parameters, client_auth = headers', { time
   assert.equal(ex.headers.authorization, undefined);
   assert.deepEqual(Object.keys(ex.params).sort(), ['at', 'b', 'code', 'grant_type', 'nonce', 'redirect_uri', 'verifier', 'when']);
   assert.equal(ex.params.code, fp.codes[0]);
-  assert.equal(ex.params.redirect_uri, b.redirectUri);
+  assert.equal(ex.params.redirect_uri, b.redirectUriFor('p'));   // the provider's own (mix-up defence)
   assert.equal(ex.params.verifier.length, 43);
   assert.equal(authUrl.searchParams.get('code_challenge_method'), 'S256');
   assert.match(ex.params.nonce, /^[a-z0-9]{12}$/);
@@ -128,7 +128,7 @@ test('separate refresh URL and method; the code in the token URL query; paramete
   const ex = tokenReqs(fp)[0];
   assert.equal(ex.query.code, fp.codes[0]);
   assert.equal(ex.query.app, 'fake-client');
-  assert.deepEqual(ex.params, { grant_type: 'authorization_code', redirect_uri: b.redirectUri });
+  assert.deepEqual(ex.params, { grant_type: 'authorization_code', redirect_uri: b.redirectUriFor('p') });
   assert.match(ex.headers.authorization, /^Basic /);
   for (let i = 1; i <= 2; i++) {
     await refresh(b, 'c');
@@ -318,7 +318,7 @@ test('client authentication: basic, post and none with the RFC 6749 default para
     const [ex, r1, r2] = tokenReqs(fp).slice(before);
     assert.match(ex.headers['content-type'], /^application\/x-www-form-urlencoded/);
     const auth = { basic: {}, post: { client_id: 'fake-client', client_secret: SECRET }, none: { client_id: 'fake-client' } }[kind];
-    assert.deepEqual(ex.params, { grant_type: 'authorization_code', code: fp.codes[fp.codes.length - 1], redirect_uri: b.redirectUri, code_verifier: ex.params.code_verifier, ...auth });
+    assert.deepEqual(ex.params, { grant_type: 'authorization_code', code: fp.codes[fp.codes.length - 1], redirect_uri: b.redirectUriFor(kind), code_verifier: ex.params.code_verifier, ...auth });
     assert.deepEqual(r2.params, { grant_type: 'refresh_token', refresh_token: r2.params.refresh_token, ...auth });
     assert.equal(r1.params.grant_type, 'refresh_token');
     for (const q of [ex, r1, r2]) assert.equal(q.headers.authorization, kind === 'basic' ? basicHdr : undefined, kind);

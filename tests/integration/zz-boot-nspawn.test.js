@@ -137,7 +137,7 @@ test('socket activation, reload, stop and the journal under a booted systemd (ns
   assert.ok(authUrl.startsWith(fp.url('/authorize')), authUrl);
   const redirect = await httpGet(authUrl);   // "the browser", on the host
   assert.equal(redirect.status, 302);
-  assert.ok(redirect.headers.location.startsWith(`${publicUrl}/oauth/callback?`), redirect.headers.location);
+  assert.ok(redirect.headers.location.startsWith(`${publicUrl}/oauth/callback/fake?`), redirect.headers.location);
   const cb = await httpGet(redirect.headers.location);
   assert.equal(cb.status, 200, cb.text);
   const tok = await ctl('token', 'boot1');

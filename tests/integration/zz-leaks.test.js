@@ -119,7 +119,7 @@ test('no token, code, verifier, state or client secret in logs, events or answer
   r = await ctl(['--json', 'authorize', 'refused', '--provider', 'fake', '--no-wait'], { mayHoldState: true });
   const refusedState = new URL(JSON.parse(r.stdout).authorize_url).searchParams.get('state');
   states.push(refusedState);
-  const refusedPage = await httpGet(`${b.publicUrl}/oauth/callback?state=${refusedState}&error=access_denied&error_description=no`);
+  const refusedPage = await httpGet(`${b.publicUrl}/oauth/callback/fake?state=${refusedState}&error=access_denied&error_description=no`);
   assert.equal(refusedPage.status, 400);
   await lookAround('leak');
   await lookAround('pend');

@@ -335,6 +335,16 @@ class Broker {
     return b;
   }
 
+  /** The redirect URI the broker sends for provider NAME (its own, not the shared one). */
+  redirectUriFor(name) {
+    return `${this.redirectUri}/${name}`;
+  }
+
+  /** Every redirect URI an authorization server should register: the shared one and each provider's. */
+  redirectUrisFor(...names) {
+    return [this.redirectUri, ...names.map((n) => this.redirectUriFor(n))];
+  }
+
   writeConfig() {
     const o = this.opts;
     const pdir = path.join(this.dir, 'providers.d');

@@ -106,7 +106,12 @@ async function runFlow(startUrl, opts, step) {
     const ctl = { steps, remaining, callback: null, callbackError: null };
     const callbackPath = opts.callbackPath ?? '/oauth/callback';
     const isCallback = (u) => {
-      try { return new URL(u).pathname.endsWith(callbackPath); } catch { return false; }
+      // the shared callback or a provider's own (callbackPath/PROVIDER)
+      try {
+        const p = new URL(u).pathname;
+        const i = p.lastIndexOf(callbackPath);
+        return i >= 0 && (p.length === i + callbackPath.length || /^\/[^/]+$/.test(p.slice(i + callbackPath.length)));
+      } catch { return false; }
     };
     ctl.isCallback = isCallback;
     page.on('response', (res) => {

@@ -861,8 +861,19 @@ TEST(broker_good) {
         CHECK(!broker_config_find_provider(c, "old"));
         CHECK(!broker_config_find_provider(c, ""));
 
-        CHECK_EQ_INT(broker_config_redirect_uri(c, &redirect), 0);
+        CHECK_EQ_INT(broker_config_redirect_uri(c, NULL, &redirect), 0);
         CHECK_STREQ(redirect, "https://broker.example.com/oauth/callback");
+        /* one redirect URI per provider (mix-up defence), unless shared_callback */
+        CHECK_STREQ(broker_config_find_provider(c, "mid-1.x")->redirect_uri,
+                    "https://broker.example.com/oauth/callback/mid-1.x");
+        {
+                Provider *p = broker_config_find_provider(c, "zeta");
+                _cleanup_free_ char *shared = NULL;
+
+                p->shared_callback = true;
+                CHECK_EQ_INT(broker_config_redirect_uri(c, p, &shared), 0);
+                CHECK_STREQ(shared, "https://broker.example.com/oauth/callback");
+        }
 }
 
 TEST(broker_defaults) {
@@ -892,7 +903,7 @@ TEST(broker_defaults) {
         CHECK_EQ_INT(c->n_providers, 0);
         /* no public_url: the callback listener itself */
         CHECK_STREQ(c->public_url, "http://127.0.0.1:8421");
-        CHECK_EQ_INT(broker_config_redirect_uri(c, &redirect), 0);
+        CHECK_EQ_INT(broker_config_redirect_uri(c, NULL, &redirect), 0);
         CHECK_STREQ(redirect, "http://127.0.0.1:8421/oauth/callback");
         CHECK(!broker_config_find_provider(c, "x"));
 }
@@ -917,7 +928,7 @@ TEST(broker_absolute_paths_and_listen) {
         CHECK_STREQ(c->socket, "/run/tb-test.sock");
         CHECK_STREQ(c->callback_listen, "[::1]:8080");
         CHECK_STREQ(c->public_url, "http://[::1]:8080");
-        CHECK_EQ_INT(broker_config_redirect_uri(c, &redirect), 0);
+        CHECK_EQ_INT(broker_config_redirect_uri(c, NULL, &redirect), 0);
         CHECK_STREQ(redirect, "http://[::1]:8080/oauth/callback");
 }
 
@@ -941,7 +952,7 @@ TEST(broker_public_url_loopback) {
                 CHECK_EQ_INT(broker_config_load(path, &c, &err), 0);
                 if (!c)
                         continue;
-                CHECK_EQ_INT(broker_config_redirect_uri(c, &redirect), 0);
+                CHECK_EQ_INT(broker_config_redirect_uri(c, NULL, &redirect), 0);
                 CHECK_STREQ(redirect, want[i]);
         }
 }

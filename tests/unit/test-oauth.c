@@ -388,6 +388,20 @@ TEST(revoke_request) {
         set_str(&p->revoke_url, "https://auth.example.com/revoke");
         CHECK_EQ_INT(oauth_revoke_request(NULL, p, "45ghiukldjahdnhzdauz/", "refresh_token", &req), 0);
         CHECK(req && streq(req->post_data, "token=45ghiukldjahdnhzdauz%2F&token_type_hint=refresh_token"));
+
+        /* A plain URL, never a template (discovery may have filled it). */
+        {
+                _cleanup_(http_request_freep) HttpRequest *lit = NULL;
+
+                p->client_secret = strdup("s3cret");
+                set_str(&p->revoke_url, "https://auth.example.com/revoke?x=${client_secret}");
+                CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", &lit), 0);
+                char *u = NULL;
+                CHECK(lit);
+                if (lit)
+                        (void) curl_easy_getinfo(lit->easy, CURLINFO_EFFECTIVE_URL, &u);
+                CHECK_STREQ(u, "https://auth.example.com/revoke?x=${client_secret}");
+        }
 }
 
 /* ---- token responses: success ----------------------------------------- */

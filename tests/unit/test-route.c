@@ -114,6 +114,20 @@ TEST(callback_query_table) {
         }
 }
 
+TEST(callback_query_iss) {
+        /* RFC 9207: iss is kept (decoded), once only. */
+        const char *s = "code=c&state=s&iss=https%3A%2F%2Fidp.example.com%2F";
+        CallbackQuery q = {};
+
+        CHECK_EQ_INT(callback_query_parse(s, strlen(s), "code", &q), 0);
+        CHECK_STREQ(q.iss, "https://idp.example.com/");
+        callback_query_done(&q);
+        CHECK(!q.iss);
+        s = "state=s&iss=a&iss=b";
+        CHECK_EQ_INT(callback_query_parse(s, strlen(s), "code", &q), -ENOTUNIQ);
+        CHECK(!q.iss);
+}
+
 TEST(callback_query_length_bounded) {
         /* Only len bytes are read: the rest of the buffer is not the query. */
         const char *s = "state=abc&code=xyz&state=again";
