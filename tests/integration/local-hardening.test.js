@@ -1,0 +1,112 @@
+'use strict';
+/*
+ * Issue 11, against a hostile neighbour on the same machine and a hostile
+ * provider (findings 6, 7, 8, 10, 11 and the socket's chown):
+ *  - started with umask 022, the database, its -wal and -shm are the
+ *    daemon's alone; a state_dir with group/other access and a socket
+ *    directory others may write to are refused with the path and the fix;
+ *  - notify_command gets stdin, stdout and stderr and no other descriptor
+ *    (not curl's keep-alive socket to the provider, not its socketpair);
+ */
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+
+const { Broker, BUILD, followAuthorize, iniProvider, waitFor, noteRun } = require('../lib/broker.js');
+const { startFakeProvider } = require('../lib/fake-provider.js');
+
+// What a daemon started from a login shell gets: its files must not follow it.
+process.umask(0o022);
+
+async function activate(b, name, provider = 'fake') {
+  const r = await b.api('POST', '/v1/connections', { name, provider });
+  assert.ok(r.status === 201 || r.status === 200, r.text);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
+}
+
+/** Runs the daemon on b's config, expecting it to fail; resolves {code, signal, log}. */
+function startFailing(b) {
+  return new Promise((resolve, reject) => {
+    const e = { ...process.env, TOKENBROKER_LOG_LEVEL: 'info' };
+    delete e.NOTIFY_SOCKET;
+    delete e.LISTEN_FDS;
+    delete e.LISTEN_PID;
+    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', b.confPath], { stdio: ['ignore', 'pipe', 'pipe'], env: e });
+    let log = '';
+    p.stdout.on('data', (d) => { log += d; });
+    p.stderr.on('data', (d) => { log += d; });
+    const timer = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`tokenbrokerd did not exit:\n${log}`)); }, 20000);
+    p.on('close', (code, signal) => { clearTimeout(timer); noteRun('failing-start', log); resolve({ code, signal, log }); });
+  });
+}
+
+test('under umask 022 the database, -wal and -shm are private; an open state_dir or socket dir is refused', { timeout: 120000 }, async (t) => {
+  const fp = await startFakeProvider();
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'local-hardening-secret-1' },
+  });
+  t.after(async () => { await b.stop(); await fp.close(); });
+  await activate(b, 'w');
+  const refreshed = await b.api('POST', '/v1/connections/w/refresh');
+  assert.equal(refreshed.status, 200, refreshed.text);
+  for (const f of ['', '-wal', '-shm']) {
+    const p = `${b.db}${f}`;
+    assert.ok(fs.existsSync(p), `${p} is missing`);
+    assert.equal(fs.statSync(p).mode & 0o077, 0, `${p} is mode ${(fs.statSync(p).mode & 0o777).toString(8)}`);
+  }
+  await b.kill('SIGTERM');
+
+  // A state_dir someone made 0755: refused, naming it and the fix.
+  const state = path.dirname(b.db);
+  fs.chmodSync(state, 0o755);
+  let r = await startFailing(b);
+  assert.notEqual(r.code, 0, r.log);
+  assert.ok(r.log.includes(`State directory '${state}' is accessible by group or others (mode 0755)`), r.log);
+  assert.ok(r.log.includes(`chmod 0700 ${state}`), r.log);
+  fs.chmodSync(state, 0o700);
+
+  // A socket directory others may write to: they could swap the socket.
+  const run = path.join(b.dir, 'run');
+  fs.mkdirSync(run);
+  fs.chmodSync(run, 0o777);
+  const conf = fs.readFileSync(b.confPath, 'utf8').replace(/^socket = .*$/m, 'socket = run/tb.sock');
+  fs.writeFileSync(b.confPath, conf);
+  r = await startFailing(b);
+  assert.notEqual(r.code, 0, r.log);
+  assert.ok(r.log.includes(`Socket directory '${run}' is writable by group or others (mode 0777)`), r.log);
+  // One the daemon makes itself stays reachable for clients of other users.
+  fs.rmdirSync(run);
+  b.socket = path.join(run, 'tb.sock');
+  await b.launch();
+  assert.equal(fs.statSync(run).mode & 0o777, 0o755);
+  assert.equal((await b.api('GET', '/v1/connections/w')).json.state, 'active');
+});
+
+test('notify_command inherits no descriptor but stdin, stdout and stderr', { timeout: 120000 }, async (t) => {
+  const fp = await startFakeProvider();
+  const b = await Broker.prepare();
+  const out = path.join(b.dir, 'fds.txt');
+  const script = path.join(b.dir, 'notify.sh');
+  fs.writeFileSync(script, `#!/bin/sh\nls -l /proc/self/fd > ${out}.tmp 2>&1\nmv ${out}.tmp ${out}\n`, { mode: 0o755 });
+  b.opts = {
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'local-hardening-secret-2' },
+    broker: { notify_command: script },
+  };
+  b.writeConfig();
+  await b.launch();
+  t.after(async () => { await b.stop(); await fp.close(); });
+
+  await activate(b, 'n');
+  // The refused refresh leaves curl a keep-alive connection to the provider.
+  fp.respond = (req) => (req.path === '/token' ? { status: 400, body: { error: 'invalid_grant' } } : null);
+  assert.equal((await b.api('POST', '/v1/connections/n/refresh')).status, 409);
+  await waitFor(() => fs.existsSync(out), { timeoutMs: 10000, what: 'the notify_command listing' });
+  const lines = fs.readFileSync(out, 'utf8').split('\n').filter((l) => / -> /.test(l));
+  // ls's own descriptor on /proc/self/fd is the one that is not inherited.
+  const fds = lines.filter((l) => !/-> \/proc\/\d+\/fd$/.test(l)).map((l) => Number(l.split(' -> ')[0].trim().split(/\s+/).pop()));
+  assert.deepEqual(fds.sort((x, y) => x - y), [0, 1, 2], `inherited:\n${lines.join('\n')}`);
+});
