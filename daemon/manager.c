@@ -317,15 +317,18 @@ static const struct {
 };
 
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
-        char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
+        char raw[2048], msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
         const char *fields[5] = {};
         size_t n = 0;
         va_list ap;
         int r;
 
         va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
+        (void) vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        /* Events hold identities and provider text: escaped, valid UTF-8
+         * (the events API answers JSON), cut between characters. */
+        (void) text_escape(msg, sizeof msg, raw, strlen(raw));
 
         if (c) {
                 snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
@@ -403,7 +406,12 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         snprintf(e_prov, sizeof e_prov, "TOKENBROKER_PROVIDER=%s", c->provider);
         snprintf(e_event, sizeof e_event, "TOKENBROKER_EVENT=%s", event);
         snprintf(e_state, sizeof e_state, "TOKENBROKER_STATE=%s", conn_state_to_string(c->state));
-        snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%.300s", c->last_error ?: "");
+        {
+                char reason[301];
+
+                (void) text_escape(reason, sizeof reason, c->last_error, c->last_error ? strlen(c->last_error) : 0);
+                snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%s", reason);
+        }
         env_clean(e_reason);
         envp[n++] = e_conn;
         envp[n++] = e_prov;

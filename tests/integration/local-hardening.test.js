@@ -7,6 +7,10 @@
  *    directory others may write to are refused with the path and the fix;
  *  - notify_command gets stdin, stdout and stderr and no other descriptor
  *    (not curl's keep-alive socket to the provider, not its socketpair);
+ *  - an identity of 300 'é' is cut between characters in its event, and
+ *    the events API and tokenctl events keep working;
+ *  - a callback error with CR, LF and ESC reaches the log, the page and
+ *    the terminal escaped: no forged log line;
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -14,7 +18,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 
-const { Broker, BUILD, followAuthorize, iniProvider, waitFor, noteRun } = require('../lib/broker.js');
+const { Broker, BUILD, followAuthorize, httpGet, iniProvider, waitFor, noteRun } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 // What a daemon started from a login shell gets: its files must not follow it.
@@ -109,4 +113,60 @@ test('notify_command inherits no descriptor but stdin, stdout and stderr', { tim
   // ls's own descriptor on /proc/self/fd is the one that is not inherited.
   const fds = lines.filter((l) => !/-> \/proc\/\d+\/fd$/.test(l)).map((l) => Number(l.split(' -> ')[0].trim().split(/\s+/).pop()));
   assert.deepEqual(fds.sort((x, y) => x - y), [0, 1, 2], `inherited:\n${lines.join('\n')}`);
+});
+
+const rnd = () => require('node:crypto').randomBytes(12).toString('hex');
+function jwt(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  return `${b64({ alg: 'none', typ: 'JWT' })}.${b64(claims)}.`;
+}
+
+test('an identity of 300 é: events are cut between characters, GET /v1/events and tokenctl events work', { timeout: 120000 }, async (t) => {
+  const fp = await startFakeProvider();
+  const email = `${'é'.repeat(300)}@example.org`;
+  fp.respond = (rec) => (rec.path === '/token' && rec.params.grant_type === 'authorization_code'
+    ? { body: { access_token: `a-${rnd()}`, refresh_token: `r-${rnd()}`, token_type: 'Bearer', expires_in: 900, id_token: jwt({ sub: 's1', email }) } }
+    : null);
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'local-hardening-secret-3' },
+  });
+  t.after(async () => { await b.stop(); await fp.close(); });
+  await activate(b, 'long');
+  assert.equal((await b.api('GET', '/v1/connections/long')).json.identity, email);
+  const ev = await b.api('GET', '/v1/events?connection=long');
+  assert.equal(ev.status, 200, ev.text);
+  const authorized = ev.json.events.find((e) => e.kind === 'authorized');
+  assert.ok(authorized, ev.text);
+  assert.ok(!authorized.message.includes('\ufffd'), 'a character was cut in two');
+  assert.match(authorized.message, /^authorized by (é)+$/);
+  const all = await b.api('GET', '/v1/events');
+  assert.equal(all.status, 200, all.text);
+  const ctl = await b.ctl(['events']);
+  assert.equal(ctl.code, 0, ctl.stderr);
+  assert.match(ctl.stdout, /authorized by é/);
+});
+
+test('a callback error with CR, LF and ESC forges no log line and no terminal escape', { timeout: 120000 }, async (t) => {
+  const fp = await startFakeProvider();
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'local-hardening-secret-4' },
+  });
+  t.after(async () => { await b.stop(); await fp.close(); });
+  const r = await b.api('POST', '/v1/connections', { name: 'inj', provider: 'fake' });
+  assert.equal(r.status, 201, r.text);
+  const state = new URL(r.json.authorize_url).searchParams.get('state');
+  const forged = 'access_denied\r\ntokenbrokerd[1]: error: FORGED-LINE \x1b[2J\x1b]0;pwned\x07';
+  const cb = await httpGet(`${b.publicUrl}/oauth/callback?state=${encodeURIComponent(state)}&error=${encodeURIComponent(forged)}&error_description=${encodeURIComponent('line1\nFORGED-DESC\x1b[31m')}`);
+  assert.equal(cb.status, 400);
+  await waitFor(() => b.log().includes('provider refused the authorization'), { timeoutMs: 5000, what: 'the log line' });
+  const log = b.log();
+  assert.ok(!/^tokenbrokerd\[1\]: error: FORGED-LINE/m.test(log) && !/^FORGED-DESC/m.test(log), 'a forged log line');
+  assert.ok(!log.includes('\x1b') && !log.includes('\r') && !log.includes('\x07'), 'a raw control character reached the log');
+  assert.ok(log.includes('access_denied\\r\\ntokenbrokerd[1]: error: FORGED-LINE \\e[2J\\e]0;pwned\\x07'), log);
+  assert.ok(!cb.text.includes('\x1b'), 'a raw ESC in the callback page');
+  const ctl = await b.ctl(['events']);
+  assert.equal(ctl.code, 0, ctl.stderr);
+  assert.ok(!ctl.stdout.includes('\x1b') && !ctl.stdout.includes('\r'), ctl.stdout);
 });
