@@ -170,3 +170,51 @@ test('a callback error with CR, LF and ESC forges no log line and no terminal es
   assert.equal(ctl.code, 0, ctl.stderr);
   assert.ok(!ctl.stdout.includes('\x1b') && !ctl.stdout.includes('\r'), ctl.stdout);
 });
+
+test('a secret in a file group or others can read: a warning naming the file, an error under strict = true', { timeout: 120000 }, async (t) => {
+  const { spawnSync } = require('node:child_process');
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'tb-secret-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pdir = path.join(dir, 'providers.d');
+  fs.mkdirSync(pdir);
+  const conf = path.join(dir, 'tb.conf');
+  const base = '[broker]\nstate_dir = state\nsocket = tb.sock\nproviders_dir = providers.d\ncallback_listen = 127.0.0.1:1\n';
+  const provider = (secretLine) => ['[provider]', 'authorize_url = https://id.example.com/authorize',
+    'token_url = https://id.example.com/token', 'client_id = abc', secretLine].join('\n') + '\n';
+  const inline = path.join(pdir, 'inline.conf');
+  const filed = path.join(pdir, 'filed.conf');
+  fs.mkdirSync(path.join(dir, 'secrets'));
+  const secretFile = path.join(dir, 'secrets', 'filed');
+  fs.writeFileSync(inline, provider('client_secret = made-up-inline'), { mode: 0o644 });
+  fs.chmodSync(inline, 0o644);
+  fs.writeFileSync(filed, provider('client_secret_file = ../secrets/filed'), { mode: 0o600 });
+  fs.writeFileSync(secretFile, 'made-up-filed\n', { mode: 0o640 });
+  fs.chmodSync(secretFile, 0o640);
+  const check = () => {
+    const r = spawnSync(path.join(BUILD, 'tokenbrokerd'), ['--check-config', '-c', conf],
+      { encoding: 'utf8', timeout: 30000, env: { ...process.env, TOKENBROKER_LOG_LEVEL: 'info' } });
+    noteRun('check-config secrets', `${r.stdout}${r.stderr}`);
+    return r;
+  };
+
+  fs.writeFileSync(conf, base);
+  let r = check();
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /OK \(2 providers, 2 warnings\)/);
+  assert.ok(r.stderr.includes(`${inline}:5: warning: '${inline}' is readable by group or others (mode 0644) and holds a secret (client_secret)`), r.stderr);
+  assert.ok(r.stderr.includes(`${filed}:5: warning: '${secretFile}' is readable by group or others (mode 0640) and holds a secret (client_secret_file)`), r.stderr);
+
+  // strict = true: refused, naming the file.
+  fs.writeFileSync(conf, `${base}strict = true\n`);
+  r = check();
+  assert.notEqual(r.status, 0, r.stdout);
+  assert.match(r.stderr, /is readable by group or others \(mode 06[04]0\) and holds a secret .*refused under strict = true/);
+
+  // Private files: no warning, strict or not.
+  fs.chmodSync(inline, 0o600);
+  fs.chmodSync(secretFile, 0o600);
+  r = check();
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /OK \(2 providers\)/);
+  assert.equal(r.stderr, '');
+});
