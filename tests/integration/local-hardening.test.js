@@ -142,9 +142,23 @@ test('an identity of 300 é: events are cut between characters, GET /v1/events a
   assert.match(authorized.message, /^authorized by (é)+$/);
   const all = await b.api('GET', '/v1/events');
   assert.equal(all.status, 200, all.text);
-  const ctl = await b.ctl(['events']);
+  let ctl = await b.ctl(['events']);
   assert.equal(ctl.code, 0, ctl.stderr);
   assert.match(ctl.stdout, /authorized by é/);
+
+  // A row an older version cut inside a character (and one with an ESC):
+  // the listing still answers, with U+FFFD and the escape.
+  await b.kill('SIGTERM');
+  const { spawnSync } = require('node:child_process');
+  const ins = spawnSync('sqlite3', [b.db, "INSERT INTO events (at, connection, kind, message) VALUES (1, 'long', 'authorized', CAST(X'61757468c3' AS TEXT) || char(27) || '[2J')"], { encoding: 'utf8' });
+  assert.equal(ins.status, 0, ins.stderr);
+  await b.launch();
+  const old = await b.api('GET', '/v1/events?connection=long');
+  assert.equal(old.status, 200, old.text);
+  assert.ok(old.json.events.some((e) => e.message === 'auth\ufffd\\e[2J'), old.text);
+  ctl = await b.ctl(['events', 'long']);
+  assert.equal(ctl.code, 0, ctl.stderr);
+  assert.ok(!ctl.stdout.includes('\x1b'), ctl.stdout);
 });
 
 test('a callback error with CR, LF and ESC forges no log line and no terminal escape', { timeout: 120000 }, async (t) => {
