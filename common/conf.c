@@ -271,7 +271,7 @@ int ini_parse_string(const char *path, const char *text, size_t len, ini_fn fn,
         return 0;
 }
 
-static int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len) {
+static int read_file_bounded(const char *path, size_t max, char **ret, size_t *ret_len, mode_t *ret_mode) {
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ char *buf = NULL;
         struct stat st;
@@ -286,6 +286,8 @@ static int read_file_bounded(const char *path, size_t max, char **ret, size_t *r
                 return -EISDIR;
         if ((size_t) st.st_size > max)
                 return -E2BIG;
+        if (ret_mode)
+                *ret_mode = st.st_mode;
         buf = malloc(max + 1);
         if (!buf)
                 return -ENOMEM;
@@ -313,7 +315,7 @@ int ini_parse_file(const char *path, ini_fn fn, void *userdata, ConfError *err) 
         size_t len;
         int r;
 
-        r = read_file_bounded(path, CONF_FILE_MAX, &text, &len);
+        r = read_file_bounded(path, CONF_FILE_MAX, &text, &len, NULL);
         if (r < 0) {
                 conf_error(err, path, 0, "Cannot read: %s", strerror(-r));
                 return r;
@@ -578,12 +580,31 @@ Provider *provider_free(Provider *p) {
         return NULL;
 }
 
-static int read_secret_file(const char *path, char **ret) {
+/* [broker] strict = true while the providers of a main file load. */
+static bool load_strict = false;
+
+/* A secret that group or others can read where it is kept (a provider
+ * file holding client_secret inline, a client_secret_file): a warning
+ * naming the file, as the key file gets, or an error under strict. */
+static int secret_exposed(Provider *p, unsigned line, const char *key, const char *file, mode_t mode,
+                          ConfError *err) {
+        if (load_strict) {
+                conf_error(err, p->path, line, "%s: '%s' is readable by group or others (mode %04o) and holds a "
+                           "secret (%s): refused under strict = true; chmod 0600 it.", key, file,
+                           (unsigned) (mode & 07777), key);
+                return -EPERM;
+        }
+        conf_warn(p->path, line, "'%s' is readable by group or others (mode %04o) and holds a secret (%s): "
+                  "chmod 0600 it.", file, (unsigned) (mode & 07777), key);
+        return 0;
+}
+
+static int read_secret_file(const char *path, char **ret, mode_t *ret_mode) {
         _cleanup_free_ char *text = NULL;
         size_t len;
         int r;
 
-        r = read_file_bounded(path, 64 * 1024, &text, &len);
+        r = read_file_bounded(path, 64 * 1024, &text, &len, ret_mode);
         if (r < 0)
                 return r;
         /* One trailing newline is an editor's, not the secret's. */
@@ -905,6 +926,11 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                         conf_error(err, p->path, line, "Empty %s.", key);
                         return -EINVAL;
                 }
+                if (p->file_mode & 0077) {
+                        r = secret_exposed(p, line, key, p->path, p->file_mode, err);
+                        if (r < 0)
+                                return r;
+                }
                 secret_free(*(char **) field);
                 *(char **) field = NULL;
                 r = set_string(field, value);
@@ -913,6 +939,7 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
         case KEY_SECRET_CREDENTIAL: {
                 _cleanup_free_ char *path = NULL;
                 char *secret = NULL;
+                mode_t mode = 0;
 
                 if (k->type == KEY_SECRET_CREDENTIAL) {
                         const char *dir = getenv("CREDENTIALS_DIRECTORY");
@@ -940,12 +967,19 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                         if (r < 0)
                                 return r;
                 }
-                r = read_secret_file(path, &secret);
+                r = read_secret_file(path, &secret, &mode);
                 if (r < 0) {
                         conf_error(err, p->path, line, "Cannot read %s from '%s': %s",
                                    startswith(key, "password") ? "password" : "client secret",
                                    path, r == -EINVAL ? "empty or binary" : strerror(-r));
                         return r;
+                }
+                if (k->type == KEY_SECRET_FILE && (mode & 0077)) {
+                        r = secret_exposed(p, line, key, path, mode, err);
+                        if (r < 0) {
+                                secret_free(secret);
+                                return r;
+                        }
                 }
                 secret_free(*(char **) field);
                 *(char **) field = secret;
@@ -1079,6 +1113,12 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
         if (!p->name || !p->path)
                 return -ENOMEM;
 
+        {
+                struct stat st;
+
+                if (stat(path, &st) >= 0)
+                        p->file_mode = st.st_mode;
+        }
         r = ini_parse_file(path, provider_set, &(ProviderParse) { .p = p }, err);
         if (r < 0)
                 return r;
@@ -1219,7 +1259,7 @@ static const char *const broker_keys[] = {
         "state_dir", "key_file", "key_credential", "socket", "providers_dir", "admin_group", "socket_group",
         "notify_command", "callback_listen", "public_url", "socket_mode", "refresh_margin", "refresh_jitter",
         "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
-        "max_connections",
+        "max_connections", "strict",
 };
 
 typedef struct BrokerParse {
@@ -1357,6 +1397,17 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                         c->max_parallel_refreshes = (unsigned) u;
                 return 0;
         }
+        if (streq(key, "strict")) {
+                if (streq(value, "yes") || streq(value, "true") || streq(value, "on") || streq(value, "1"))
+                        c->strict = true;
+                else if (streq(value, "no") || streq(value, "false") || streq(value, "off") || streq(value, "0"))
+                        c->strict = false;
+                else {
+                        conf_error(err, c->path, line, "Invalid boolean for strict: %.32s (yes or no)", value);
+                        return -EINVAL;
+                }
+                return 0;
+        }
         conf_error(err, c->path, line, "Unknown key '%s'.", key);
         return -EINVAL;
 }
@@ -1471,7 +1522,9 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
                 if (asprintf(&c->public_url, "http://%s", c->callback_listen) < 0)
                         return -ENOMEM;
         }
+        load_strict = c->strict;
         r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")], err);
+        load_strict = false;
         if (r < 0)
                 return r;
         for (size_t i = 0; i < c->n_providers; i++)

@@ -92,6 +92,7 @@ extern const char *const placeholders_refresh[];
 typedef struct Provider {
         char *name;               /* the file's base name */
         char *path;
+        mode_t file_mode;         /* of the file, when it was read */
 
         Grant grant;
         char *authorize_url;
@@ -223,6 +224,7 @@ typedef struct BrokerConfig {
         unsigned max_parallel_refreshes;
         usec_t pending_ttl;       /* life of an authorization's state */
         unsigned max_connections;
+        bool strict;              /* secrets in files others can read: an error, not a warning */
 
         Provider **providers;
         size_t n_providers;

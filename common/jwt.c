@@ -4,6 +4,7 @@
 
 #include "common/b64.h"
 #include "common/jwt.h"
+#include "common/util.h"
 
 /* Decode one base64url segment holding a JSON object. */
 static int decode_json_object(const char *s, size_t n, json_t **ret) {
@@ -174,7 +175,7 @@ int jwt_claims_identity(json_t *claims, char **ret) {
                 if (!identity_ok(v))
                         continue;
 
-                s = strdup(json_string_value(v));
+                s = text_escape_dup(json_string_value(v), JWT_IDENTITY_MAX);
                 if (!s)
                         return -ENOMEM;
                 *ret = s;

@@ -4,6 +4,7 @@
 #include <systemd/sd-journal.h>
 
 #include "common/log.h"
+#include "common/util.h"
 
 static const char *log_ident = "tokenbroker";
 static LogTarget log_target = LOG_TARGET_STDERR;
@@ -65,7 +66,7 @@ static const char *level_name(int level) {
 int log_internal(int level, int error, const char *const *fields,
                  const char *file, int line, const char *func,
                  const char *format, ...) {
-        char msg[2048];
+        char raw[4096], msg[2048];
         va_list ap;
         int saved = errno;
 
@@ -76,9 +77,13 @@ int log_internal(int level, int error, const char *const *fields,
 
         errno = error;
         va_start(ap, format);
-        (void) vsnprintf(msg, sizeof msg, format, ap);
+        (void) vsnprintf(raw, sizeof raw, format, ap);
         va_end(ap);
         errno = saved;
+        /* Whatever a provider or a client put into the message, one log
+         * line comes out: CR, LF, ESC and other controls as escapes,
+         * invalid UTF-8 replaced, cut on a character boundary. */
+        (void) text_escape(msg, sizeof msg, raw, strlen(raw));
 
         if (log_target == LOG_TARGET_JOURNAL) {
                 struct iovec iov[32];

@@ -430,3 +430,85 @@ int mkdir_p(const char *path, mode_t mode) {
                 return -errno;
         return 0;
 }
+
+/* The length of the valid UTF-8 character at s (at most n bytes) and its
+ * code point, or 0 when the bytes there are not one (overlong forms,
+ * surrogates and values beyond U+10FFFF included). */
+static size_t utf8_char(const unsigned char *s, size_t n, uint32_t *ret) {
+        uint32_t c;
+        size_t l;
+
+        if (s[0] < 0x80) {
+                *ret = s[0];
+                return 1;
+        }
+        if (s[0] >= 0xc2 && s[0] <= 0xdf)
+                l = 2, c = s[0] & 0x1f;
+        else if (s[0] >= 0xe0 && s[0] <= 0xef)
+                l = 3, c = s[0] & 0x0f;
+        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+                l = 4, c = s[0] & 0x07;
+        else
+                return 0;
+        if (n < l)
+                return 0;
+        for (size_t i = 1; i < l; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                c = (c << 6) | (s[i] & 0x3f);
+        }
+        if ((l == 3 && c < 0x800) || (l == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
+                return 0;
+        *ret = c;
+        return l;
+}
+
+size_t text_escape(char *buf, size_t size, const char *s, size_t len) {
+        const unsigned char *p = (const unsigned char *) s;
+        size_t o = 0;
+
+        if (size == 0)
+                return 0;
+        for (size_t i = 0; s && i < len;) {
+                char piece[8];
+                size_t pl, cl;
+                uint32_t c;
+
+                cl = utf8_char(p + i, len - i, &c);
+                if (cl == 0) {
+                        piece[0] = (char) 0xef, piece[1] = (char) 0xbf, piece[2] = (char) 0xbd;
+                        pl = 3;
+                        cl = 1;
+                } else if (c == '\n' || c == '\r' || c == '\t' || c == 0x1b) {
+                        piece[0] = '\\';
+                        piece[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : 'e';
+                        pl = 2;
+                } else if (c < 0x20 || c == 0x7f) {
+                        pl = (size_t) snprintf(piece, sizeof piece, "\\x%02x", (unsigned) c);
+                } else if (c >= 0x80 && c < 0xa0) {
+                        pl = (size_t) snprintf(piece, sizeof piece, "\\u%04x", (unsigned) c);
+                } else {
+                        memcpy(piece, p + i, cl);
+                        pl = cl;
+                }
+                if (o + pl > size - 1)
+                        break;
+                memcpy(buf + o, piece, pl);
+                o += pl;
+                i += cl;
+        }
+        buf[o] = 0;
+        return o;
+}
+
+char *text_escape_dup(const char *s, size_t max) {
+        size_t len = s ? strlen(s) : 0;
+        /* Each input byte grows to at most 6 bytes (\u0085 from 2, U+FFFD from 1). */
+        size_t size = MIN(max, len * 6) + 1;
+        char *buf = malloc(size);
+
+        if (!buf)
+                return NULL;
+        (void) text_escape(buf, size, s, len);
+        return buf;
+}

@@ -43,6 +43,18 @@ bool string_is_vschar(const char *s, bool space);
  * a terminal. */
 bool string_has_ctl(const char *s);
 
+/* Text from outside (a provider, a client, a URL) made fit for a log
+ * line, an event or a terminal: valid UTF-8 is kept; a byte that is not
+ * part of a valid character becomes U+FFFD; C0 controls, DEL and C1
+ * controls become escapes (\n \r \t \e \xNN, \u0085), so no CR, LF or
+ * ESC ever comes through; the copy ends on a character boundary, never
+ * inside a character or an escape. Escaping is idempotent: escaped text
+ * holds no control characters. text_escape() writes at most size - 1 bytes
+ * and a NUL (size > 0) and returns the length written; text_escape_dup()
+ * at most max bytes, NULL only on OOM. */
+size_t text_escape(char *buf, size_t size, const char *s, size_t len);
+char *text_escape_dup(const char *s, size_t max);
+
 /* mkdir -p: every missing folder of path, each with mode (before umask). */
 int mkdir_p(const char *path, mode_t mode);
 

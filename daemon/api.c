@@ -1201,16 +1201,22 @@ typedef struct EventPage {
 
 static int event_json(const StoreEvent *e, void *userdata) {
         EventPage *p = userdata;
+        _cleanup_free_ char *msg = NULL;
         char b[32];
 
         if (json_array_size(p->events) >= p->limit) {
                 p->more = true;
                 return 0;
         }
+        /* Written escaped and whole since; a row an older version cut
+         * inside a character must not make the whole listing fail. */
+        msg = text_escape_dup(e->message ?: "", 4096);
+        if (!msg)
+                return -ENOMEM;
         return json_array_append_new(p->events, json_pack("{s:I, s:s, s:s?, s:s, s:s}", "id", (json_int_t) e->id,
                                                           "at", format_timestamp(b, sizeof b, e->at),
                                                           "connection", e->connection, "kind", e->kind ?: "",
-                                                          "message", e->message ?: "")) < 0
+                                                          "message", msg)) < 0
                        ? -ENOMEM
                        : 0;
 }

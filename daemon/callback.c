@@ -338,10 +338,15 @@ static void handle_callback(CbRequest *r, const char *via) {
 
         /* RFC 6749 section 4.1.2.1: the provider reports refusals here. */
         if (q.error) {
-                char msg[700];
-                snprintf(msg, sizeof msg, "The provider answered: %.100s%s%.300s", q.error,
-                         q.error_description ? ": " : "", strempty(q.error_description));
-                log_warning("%s: provider refused the authorization: %.100s", c->name, q.error);
+                char msg[700], err[101], desc[301];
+
+                /* From the URL: any bytes. Escaped and cut between characters. */
+                (void) text_escape(err, sizeof err, q.error, strlen(q.error));
+                (void) text_escape(desc, sizeof desc, q.error_description,
+                                   q.error_description ? strlen(q.error_description) : 0);
+                snprintf(msg, sizeof msg, "The provider answered: %s%s%s", err, q.error_description ? ": " : "",
+                         desc);
+                log_warning("%s: provider refused the authorization: %s", c->name, err);
                 return answer(r, 400, "Authorization failed", msg);
         }
         if (callback_query_parse(r->query, r->query_len, p->code_param, &qc) < 0 ||

@@ -204,6 +204,12 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata) {
         }
         return n;
 }
+/* Curl's sockets, close-on-exec like every descriptor of the daemon: a
+ * notify_command must not inherit a keep-alive connection to a provider. */
+curl_socket_t http_open_socket(void *userdata _unused_, curlsocktype purpose _unused_, struct curl_sockaddr *a) {
+        return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 
 int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret) {
         _cleanup_(http_request_freep) HttpRequest *r = NULL;
@@ -231,7 +237,8 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
             curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "tokenbroker/0.1") != CURLE_OK ||
-            curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK)
+            curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_OPENSOCKETFUNCTION, http_open_socket) != CURLE_OK)
                 return -EINVAL;
         if (streq(method, "GET"))
                 (void) curl_easy_setopt(r->easy, CURLOPT_HTTPGET, 1L);

@@ -47,6 +47,7 @@ int http_new(sd_event *event, Http **ret);
 Http *http_free(Http *h);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Http *, http_free);
 unsigned http_in_flight(const Http *h);
+curl_socket_t http_open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a);
 
 int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret);
 int http_request_add_header(HttpRequest *r, const char *line);

@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
 #include "common/api.h"
@@ -139,6 +140,10 @@ static int run(int argc, char *argv[]) {
         ConfError err = {};
         int r;
 
+        /* Everything the daemon creates (the database and its -wal and -shm,
+         * the key file, the lock) is its own alone, whatever umask it was
+         * started with; the socket is bound under its own socket_mode. */
+        umask(0077);
         log_setup("tokenbrokerd", LOG_TARGET_AUTO);
         r = parse_argv(argc, argv);
         if (r <= 0)

@@ -312,15 +312,18 @@ static const struct {
 };
 
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
-        char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
+        char raw[2048], msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
         const char *fields[5] = {};
         size_t n = 0;
         va_list ap;
         int r;
 
         va_start(ap, fmt);
-        (void) vsnprintf(msg, sizeof msg, fmt, ap);
+        (void) vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        /* Events hold identities and provider text: escaped, valid UTF-8
+         * (the events API answers JSON), cut between characters. */
+        (void) text_escape(msg, sizeof msg, raw, strlen(raw));
 
         if (c) {
                 snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
@@ -398,7 +401,12 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         snprintf(e_prov, sizeof e_prov, "TOKENBROKER_PROVIDER=%s", c->provider);
         snprintf(e_event, sizeof e_event, "TOKENBROKER_EVENT=%s", event);
         snprintf(e_state, sizeof e_state, "TOKENBROKER_STATE=%s", conn_state_to_string(c->state));
-        snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%.300s", c->last_error ?: "");
+        {
+                char reason[301];
+
+                (void) text_escape(reason, sizeof reason, c->last_error, c->last_error ? strlen(c->last_error) : 0);
+                snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%s", reason);
+        }
         env_clean(e_reason);
         envp[n++] = e_conn;
         envp[n++] = e_prov;
@@ -410,6 +418,10 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
 
         posix_spawn_file_actions_init(&fa);
         posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+        /* Every descriptor of ours is close-on-exec; those of libraries
+         * we cannot ask (curl's wake-up socketpair) are closed here: the
+         * command gets stdin, stdout and stderr and nothing else. */
+        posix_spawn_file_actions_addclosefrom_np(&fa, 3);
         r = posix_spawn(&pid, m->config->notify_command, &fa, NULL, argv, envp);
         posix_spawn_file_actions_destroy(&fa);
         if (r != 0) {
@@ -916,6 +928,63 @@ static int manager_lock_store(Manager *m) {
         return 0;
 }
 
+/* The state directory holds the database, its -wal and -shm and (by
+ * default) the key file: nobody but the daemon's user may look in. One the
+ * daemon made is 0700; one made by someone else with group or other
+ * access is refused rather than changed behind the admin's back. */
+static int manager_check_state_dir(const char *dir) {
+        struct stat st;
+
+        if (stat(dir, &st) < 0)
+                return log_error_errno(errno, "Failed to stat state directory '%s': %m", dir);
+        if (!S_ISDIR(st.st_mode))
+                return log_error_errno(ENOTDIR, "state_dir '%s' is not a directory.", dir);
+        if (st.st_mode & 0077)
+                return log_error_errno(EPERM, "State directory '%s' is accessible by group or others (mode %04o): "
+                                       "refusing to start, its database would be readable by them. Fix it with "
+                                       "'chmod 0700 %s'.", dir, (unsigned) (st.st_mode & 07777), dir);
+        return 0;
+}
+
+/* The directory of the API socket: others may pass through it, but one
+ * they can write to lets them swap the socket for their own (unless the
+ * sticky bit keeps them to their own entries). */
+static int manager_check_socket_dir(const char *dir) {
+        struct stat st;
+
+        if (stat(dir, &st) < 0)
+                return log_error_errno(errno, "Failed to stat socket directory '%s': %m", dir);
+        if ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX))
+                return log_error_errno(EPERM, "Socket directory '%s' is writable by group or others (mode %04o): "
+                                       "refusing to start, they could replace the socket. Fix it with "
+                                       "'chmod go-w %s'.", dir, (unsigned) (st.st_mode & 07777), dir);
+        return 0;
+}
+
+/* PATH SUFFIX, when it exists, made 0600 (never through a symlink). */
+static void manager_private_file(const char *path, const char *suffix) {
+        _cleanup_free_ char *p = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        if (asprintf(&p, "%s%s", path, suffix) < 0)
+                return;
+        fd = open(p, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0077) == 0)
+                return;
+        /* fchmod() refuses an O_PATH descriptor: through /proc, which
+         * names this very inode. */
+        {
+                char proc[64];
+
+                snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+                if (chmod(proc, 0600) < 0)
+                        log_warning_errno(errno, "Failed to make '%s' private (chmod 0600), ignoring: %m", p);
+                else
+                        log_notice("Made '%s' private: it was mode %04o.", p, (unsigned) (st.st_mode & 07777));
+        }
+}
+
 /* Whether a Unix socket path is in use: connects to it. Returns 1 if
  * nobody listens (a socket left by a daemon that was killed: safe to
  * replace), 0 if somebody does (*ret_pid: who, or 0), or -errno. */
@@ -947,7 +1016,7 @@ static int socket_is_stale(const struct sockaddr_un *sa, pid_t *ret_pid) {
 static int manager_bind_api(Manager *m, int *ret) {
         const char *path = m->config->socket;
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = -EBADF;
+        _cleanup_close_ int fd = -EBADF, pfd = -EBADF;
         struct stat st;
         pid_t pid;
         mode_t old;
@@ -995,22 +1064,28 @@ static int manager_bind_api(Manager *m, int *ret) {
         umask(old);
         if (r < 0)
                 return log_error_errno(r, "Failed to listen on '%s': %m", path);
-        if (lstat(path, &st) < 0)
-                return log_error_errno(errno, "Failed to stat '%s': %m", path);
+        /* The socket's mode came from the umask it was bound under; its
+         * group is set through a descriptor of the node itself (O_PATH,
+         * O_NOFOLLOW): a symlink swapped in at the path after bind()
+         * cannot redirect the chown to another file. */
+        pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (pfd < 0 || fstat(pfd, &st) < 0)
+                return log_error_errno(errno, "Failed to open '%s' after binding it: %m", path);
+        if (!S_ISSOCK(st.st_mode))
+                return log_error_errno(EEXIST, "'%s' was replaced right after we bound it: refusing to use it.", path);
         m->api_bound_path = strdup(path);
         if (!m->api_bound_path)
                 return log_oom();
         m->api_bound_dev = st.st_dev;
         m->api_bound_ino = st.st_ino;
 
-        (void) chmod(path, m->config->socket_mode);
         if (m->config->socket_group) {
                 gid_t gid;
 
                 r = acl_parse_group(m->config->socket_group, &gid);
                 if (r < 0)
                         return log_error_errno(r, "Unknown socket_group '%s'.", m->config->socket_group);
-                if (chown(path, (uid_t) -1, gid) < 0)
+                if (fchownat(pfd, "", (uid_t) -1, gid, AT_EMPTY_PATH) < 0)
                         return log_error_errno(errno, "Failed to give '%s' to group '%s': %m", path,
                                                m->config->socket_group);
         }
@@ -1041,15 +1116,23 @@ int manager_startup(Manager *m) {
         r = mkdir_p(m->config->state_dir, 0700);
         if (r < 0)
                 return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
+        r = manager_check_state_dir(m->config->state_dir);
+        if (r < 0)
+                return r;
         r = manager_lock_store(m);
         if (r < 0)
                 return r;
         if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
                 return log_oom();
+        /* A database left group- or other-readable by an older version:
+         * its own before it is opened, so the -wal and -shm SQLite makes
+         * with the database's mode are private too. */
+        manager_private_file(db, "");
+        manager_private_file(db, "-wal");
+        manager_private_file(db, "-shm");
         r = manager_open_store(m, db);
         if (r < 0)
                 return r;
-        (void) chmod(db, 0600);
 
         r = store_load_connections(m->store, load_one, m);
         if (r < 0)
@@ -1077,10 +1160,19 @@ int manager_startup(Manager *m) {
                         return log_oom();
                 slash = strrchr(sockdir, '/');
                 if (slash && slash != sockdir) {
+                        mode_t old;
+
                         *slash = 0;
+                        /* Clients of other users pass through it: 0755
+                         * despite the daemon's umask 077. */
+                        old = umask(0022);
                         r = mkdir_p(sockdir, 0755);
+                        umask(old);
                         if (r < 0)
                                 return log_error_errno(r, "Failed to create '%s': %m", sockdir);
+                        r = manager_check_socket_dir(sockdir);
+                        if (r < 0)
+                                return r;
                 }
         }
         m->api_passed = m->api_fd >= 0;

@@ -1234,6 +1234,7 @@ int oauth_discover(Provider *p, char **ret_reason) {
         /* Blocking, at load: bounded by the provider's timeout, at most 10 s. */
         (void) curl_easy_setopt(c, CURLOPT_URL, url);
         (void) curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        (void) curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, http_open_socket);
         (void) curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
         (void) curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
         (void) curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);

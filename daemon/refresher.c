@@ -274,8 +274,11 @@ static int save(Manager *m, Connection *c) {
         return r;
 }
 
+/* Provider text among it: escaped and bounded like any text that is shown. */
+#define LAST_ERROR_MAX 1024
+
 static void set_last_error(Connection *c, const char *e) {
-        char *s = e ? strdup(e) : NULL;
+        char *s = e ? text_escape_dup(e, LAST_ERROR_MAX) : NULL;
 
         free(c->last_error);
         c->last_error = s;

@@ -165,6 +165,22 @@ static const char *jstr(json_t *o, const char *key) {
         return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* Text from the daemon that came from a provider or a client (an
+ * identity, an error, an event), made safe for the terminal: controls
+ * as escapes, so an ESC sequence or a CR cannot rewrite what the admin
+ * sees. A few rotating buffers: several may be used in one printf(). */
+static const char *tty_safe(const char *s) {
+        static char bufs[8][4096];
+        static unsigned next = 0;
+        char *b;
+
+        if (!s)
+                return NULL;
+        b = bufs[next++ % ELEMENTSOF(bufs)];
+        (void) text_escape(b, sizeof bufs[0], s, strlen(s));
+        return b;
+}
+
 /* The connection or provider the verb names, for "no such ..." messages. */
 static const char *target_name = NULL, *target_provider = NULL;
 
@@ -259,8 +275,8 @@ static int no_such_provider(const char *name) {
 
 /* Maps an error answer to a message on stderr and an exit code. */
 static int api_error(const Reply *r) {
-        const char *err = r->json ? jstr(r->json, "error") : NULL;
-        const char *desc = r->json ? jstr(r->json, "error_description") : NULL;
+        const char *err = r->json ? tty_safe(jstr(r->json, "error")) : NULL;
+        const char *desc = r->json ? tty_safe(jstr(r->json, "error_description")) : NULL;
 
         if (r->status == 404 && err && streq(err, API_ERR_NOT_FOUND) && desc) {
                 if (target_provider && strncmp(desc, "unknown provider", 16) == 0)
@@ -410,8 +426,8 @@ static int do_providers(int argc _unused_, char **argv _unused_) {
 
 static void print_connection_row(const char *name, const char *provider, const char *state,
                                  const char *expires, const char *identity) {
-        printf("%-24s %-16s %-13s %-9s %s\n", strempty(name), strempty(provider), strempty(state), expires,
-               identity ?: "-");
+        printf("%-24s %-16s %-13s %-9s %s\n", strempty(tty_safe(name)), strempty(tty_safe(provider)),
+               strempty(tty_safe(state)), expires, tty_safe(identity) ?: "-");
 }
 
 /* ---- a listing page, read without building it ------------------------- */
@@ -723,7 +739,7 @@ static int do_list(int argc, char **argv) {
 
 static void print_kv(const char *k, const char *v) {
         if (v)
-                printf("%-22s %s\n", k, v);
+                printf("%-22s %s\n", k, tty_safe(v));
 }
 
 /* "alice (1000), 4242": names from this machine's passwd and group
@@ -1031,8 +1047,9 @@ static int do_events(int argc, char **argv) {
                 printf("%-20s %-24s %-22s %s\n", "TIME", "CONNECTION", "EVENT", "MESSAGE");
                 for (i = json_array_size(a); i > 0; i--) {
                         e = json_array_get(a, i - 1);
-                        printf("%-20s %-24s %-22s %s\n", jstr(e, "at") ?: "", jstr(e, "connection") ?: "-",
-                               jstr(e, "kind") ?: "", jstr(e, "message") ?: "");
+                        printf("%-20s %-24s %-22s %s\n", tty_safe(jstr(e, "at")) ?: "",
+                               tty_safe(jstr(e, "connection")) ?: "-", tty_safe(jstr(e, "kind")) ?: "",
+                               tty_safe(jstr(e, "message")) ?: "");
                 }
         }
         reply_done(&r);
@@ -1055,7 +1072,7 @@ static int explain_removed(const char *name) {
         if (api_call("GET", path, NULL, &r) == EXIT_OK && r.status == 200 && r.json &&
             (e = json_array_get(json_object_get(r.json, "events"), 0)) && jstr(e, "kind") &&
             streq(jstr(e, "kind"), "authorization-failed")) {
-                fprintf(stderr, "tokenctl: '%s': %s\n", name, jstr(e, "message") ?: "authorization failed");
+                fprintf(stderr, "tokenctl: '%s': %s\n", name, tty_safe(jstr(e, "message")) ?: "authorization failed");
                 k = EXIT_FAILURE_GENERIC;
         } else {
                 fprintf(stderr, "tokenctl: authorization of '%s' expired before it was completed\n", name);
@@ -1111,7 +1128,7 @@ static int wait_authorized(const char *name, unsigned timeout_sec, bool import, 
                         if (arg_json)
                                 print_json(r.json);
                         else
-                                printf("%s: active, authorized by %s\n", name, identity ?: "(unknown)");
+                                printf("%s: active, authorized by %s\n", name, tty_safe(identity) ?: "(unknown)");
                         reply_done(&r);
                         return EXIT_OK;
                 }
@@ -1119,7 +1136,7 @@ static int wait_authorized(const char *name, unsigned timeout_sec, bool import, 
                         if (tty)
                                 fputs("\r\033[K", stderr);
                         fprintf(stderr, "tokenctl: %s of '%s' failed: %s\n", import ? "import" : "authorization",
-                                name, jstr(r.json, "last_error"));
+                                name, tty_safe(jstr(r.json, "last_error")));
                         reply_done(&r);
                         return EXIT_FAILURE_GENERIC;
                 }
@@ -1182,9 +1199,9 @@ static void print_device(const char *name, const char *provider, json_t *j) {
         const char *uri = jstr(j, "verification_uri"), *complete = jstr(j, "verification_uri_complete");
 
         printf("To authorize '%s' at %s, open\n\n  %s\n\nand enter the code\n\n  %s\n\n", name, provider,
-               uri ?: "?", jstr(j, "user_code") ?: "?");
+               tty_safe(uri) ?: "?", tty_safe(jstr(j, "user_code")) ?: "?");
         if (complete)
-                printf("(or open %s directly)\n\n", complete);
+                printf("(or open %s directly)\n\n", tty_safe(complete));
         fflush(stdout);
 }
 

@@ -128,7 +128,7 @@ test('the default providers_dir, unset and missing, is named as the default', { 
 
 test('--check-config prints an error once', { timeout: 120000 }, (t) => {
   const w = workdir(t);
-  fs.writeFileSync(path.join(w.pdir, 'bad.conf'), GOOD + 'frobnicate = 1\n');
+  fs.writeFileSync(path.join(w.pdir, 'bad.conf'), GOOD + 'frobnicate = 1\n', { mode: 0o600 });
   const r = check(w.conf);
   assert.equal(r.status, 1);
   assert.equal(r.stdout, '');
@@ -153,7 +153,8 @@ test('stray files in providers.d and duplicate keys: one warning each, at --chec
     'refresh_margin = 20s',
     'providers_dir = providers.d',
   ] });
-  fs.writeFileSync(path.join(w.pdir, 'google.conf'), GOOD + 'scopes = openid\n# later\nscopes = email\n');
+  // 0600: its inline client_secret is not another warning here.
+  fs.writeFileSync(path.join(w.pdir, 'google.conf'), GOOD + 'scopes = openid\n# later\nscopes = email\n', { mode: 0o600 });
   fs.writeFileSync(path.join(w.pdir, 'google.conf.bak'), '[garbage');
   fs.writeFileSync(path.join(w.pdir, 'google.ini'), '[garbage');
   fs.writeFileSync(path.join(w.pdir, '.google.conf.swp'), '[garbage');   // hidden: skipped silently

@@ -418,3 +418,38 @@ TEST(random_fast_spreads) {
         CHECK(odd > 4500 && odd < 5500);
         CHECK_EQ_INT(same, 0);
 }
+
+TEST(text_escape_controls_and_utf8) {
+        char buf[64];
+        _cleanup_free_ char *d = NULL, *e = NULL;
+
+        /* CR, LF, ESC, other C0, DEL and C1 become escapes; UTF-8 stays. */
+        text_escape(buf, sizeof buf, "a\r\nb\x1b[31m\x01\x7f\xc2\x85\xc3\xa9", 15);
+        CHECK_STREQ(buf, "a\\r\\nb\\e[31m\\x01\\x7f\\u0085\xc3\xa9");
+        /* Invalid bytes, an overlong form, a surrogate: U+FFFD each. */
+        text_escape(buf, sizeof buf, "x\xff\xc0\xafy\xed\xa0\x80", 8);
+        CHECK_STREQ(buf, "x\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdy\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+        /* A character cut off at the end of the input is replaced too. */
+        text_escape(buf, sizeof buf, "\xc3\xa9\xc3", 3);
+        CHECK_STREQ(buf, "\xc3\xa9\xef\xbf\xbd");
+        /* Bounded on character and escape boundaries. */
+        CHECK_EQ_INT(text_escape(buf, 4, "\xc3\xa9\xc3\xa9", 4), 2);
+        CHECK_STREQ(buf, "\xc3\xa9");
+        CHECK_EQ_INT(text_escape(buf, 4, "ab\n", 3), 2);
+        CHECK_STREQ(buf, "ab");
+        /* Idempotent. */
+        d = text_escape_dup("l1\nl2\x1b", 100);
+        e = text_escape_dup(d, 100);
+        CHECK_STREQ(d, "l1\\nl2\\e");
+        CHECK_STREQ(e, d);
+        free(d);
+        /* 300 'é' cut at 511 bytes: 255 whole characters. */
+        {
+                char in[601];
+                for (int i = 0; i < 300; i++)
+                        in[2 * i] = (char) 0xc3, in[2 * i + 1] = (char) 0xa9;
+                in[600] = 0;
+                d = text_escape_dup(in, 511);
+                CHECK_EQ_INT(strlen(d), 510);
+        }
+}
