@@ -314,23 +314,44 @@ static const struct {
         { "revoked", "0a8c1ce3453c48c78dd239e1269d4ef8" },
         { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
         { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
+        { "admin", "5d0c2b7e8f1a4c6b9e3d7a1f2c4b6e80" },
 };
 
+static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
+                             const char *fmt, va_list ap) _printf_(5, 0);
+
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        manager_event_va(m, c ? c->name : NULL, c ? c->provider : NULL, kind, fmt, ap);
+        va_end(ap);
+}
+
+void manager_event_named(Manager *m, const char *name, const char *kind, const char *fmt, ...) {
+        Connection *c = name ? manager_get(m, name) : NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        manager_event_va(m, name, c ? c->provider : NULL, kind, fmt, ap);
+        va_end(ap);
+}
+
+static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
+                             const char *fmt, va_list ap) {
         char msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
         const char *fields[5] = {};
         size_t n = 0;
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
         (void) vsnprintf(msg, sizeof msg, fmt, ap);
-        va_end(ap);
 
-        if (c) {
-                snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
-                snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", c->provider);
+        if (name) {
+                snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", name);
                 fields[n++] = f_conn;
+        }
+        if (provider) {
+                snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", provider);
                 fields[n++] = f_prov;
         }
         snprintf(f_ev, sizeof f_ev, "TOKENBROKER_EVENT=%s", kind);
@@ -341,10 +362,10 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
                         fields[n++] = f_id;
                 }
         log_fields(streq(kind, "needs-reauth") || streq(kind, "refresh-failed") ? LOG_WARNING : LOG_INFO, fields,
-                   "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
+                   "%s%s%s", name ?: "", name ? ": " : "", msg);
 
         /* Queued behind every write before it; recorded by the writer. */
-        r = m->writer ? store_writer_event(m->writer, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg) : -ESHUTDOWN;
+        r = m->writer ? store_writer_event(m->writer, now(CLOCK_REALTIME), name, kind, msg) : -ESHUTDOWN;
         if (r < 0)
                 log_warning_errno(r, "Failed to record event, ignoring: %m");
 }

@@ -121,6 +121,10 @@ const Provider *manager_provider(Manager *m, const Connection *c);
 void manager_set_state(Manager *m, Connection *c, ConnState s);
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...)
         _printf_(4, 5);
+/* The same for a connection known by name only (it may not exist, or no
+ * longer); NULL for a broker-wide event. */
+void manager_event_named(Manager *m, const char *name, const char *kind, const char *fmt, ...)
+        _printf_(4, 5);
 
 /* Starts an authorization: a new pending connection, or a re-authorization
  * in place of an existing one. Returns the URL to open (NULL for grants
