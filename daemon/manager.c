@@ -862,18 +862,10 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
 
 /* The key first (a credential, else the key file, created on first start),
  * then the database, which checks it before any row is read. */
-static int manager_open_store(Manager *m, const char *db) {
-        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
-        _cleanup_free_ char *path = NULL;
-        bool credential = false, created = false;
-        const char *what;
-        int r;
+/* Loads a key file (or credential), logging what is wrong with it. */
+static int key_load_logged(const char *path, const char *what, bool create, CryptKey **ret, bool *ret_created) {
+        int r = crypt_key_load(path, create, ret, ret_created);
 
-        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
-        if (r < 0)
-                return log_error_errno(r, "Failed to find the encryption key: %m");
-        what = credential ? "credential" : "key file";
-        r = crypt_key_load(path, !credential, &key, &created);
         if (r == -EPERM)
                 return log_error_errno(r, "Encryption key (%s %s) is accessible by group or others: "
                                        "refusing to use it (chmod 0600).", what, path);
@@ -885,7 +877,24 @@ static int manager_open_store(Manager *m, const char *db) {
                                        what, path);
         if (r < 0)
                 return log_error_errno(r, "Failed to %s encryption key (%s %s): %m",
-                                       credential ? "read" : "read or create", what, path);
+                                       create ? "read or create" : "read", what, path);
+        return 0;
+}
+
+static int manager_open_store(Manager *m, const char *db) {
+        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
+        _cleanup_free_ char *path = NULL;
+        bool credential = false, created = false;
+        const char *what;
+        int r;
+
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the encryption key: %m");
+        what = credential ? "credential" : "key file";
+        r = key_load_logged(path, what, !credential, &key, &created);
+        if (r < 0)
+                return r;
 
         r = store_open(db, key, &m->store);
         if (r == -EKEYREJECTED) {
@@ -916,7 +925,7 @@ static int manager_open_store(Manager *m, const char *db) {
  * however it ends. The file holds the owner's PID for the message a
  * second daemon prints; it is never removed (removing a lock file races
  * with the next daemon opening it). */
-static int manager_lock_store(Manager *m) {
+static int manager_lock_store(Manager *m, bool rotating) {
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int fd = -EBADF;
         char buf[32], line[32];
@@ -937,6 +946,10 @@ static int manager_lock_store(Manager *m) {
                         buf[n] = 0;
                         pid = strtol(buf, NULL, 10);
                 }
+                if (rotating)
+                        return log_error_errno(EBUSY, "The store in '%s' is in use (PID %ld holds '%s'): stop "
+                                               "tokenbrokerd before rotating the key.", m->config->state_dir,
+                                               pid, path);
                 if (pid > 0)
                         return log_error_errno(EBUSY, "Another tokenbrokerd (PID %ld) is running on the store in "
                                                "'%s' (it holds '%s'): not starting a second one.", pid,
@@ -948,6 +961,53 @@ static int manager_lock_store(Manager *m) {
         if (ftruncate(fd, 0) < 0 || pwrite(fd, line, (size_t) len, 0) != len)
                 log_warning_errno(errno, "Failed to write our PID to '%s', ignoring: %m", path);
         m->lock_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void)) {
+        _cleanup_(crypt_key_freep) CryptKey *old_key = NULL, *new_key = NULL;
+        _cleanup_free_ char *path = NULL, *db = NULL, *msg = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        bool credential = false;
+        const char *what;
+        int r, n = 0;
+
+        r = manager_lock_store(m, true);
+        if (r < 0)
+                return r;
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the current encryption key: %m");
+        what = credential ? "credential" : "key file";
+        r = key_load_logged(path, what, false, &old_key, NULL);
+        if (r < 0)
+                return r;
+        r = key_load_logged(new_key_file, "new key file", false, &new_key, NULL);
+        if (r < 0)
+                return r;
+        if (memcmp(old_key->bytes, new_key->bytes, CRYPT_KEY_SIZE) == 0)
+                return log_error_errno(EINVAL, "The new key file '%s' holds the current key: nothing to rotate.",
+                                       new_key_file);
+        if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
+                return log_oom();
+        if (access(db, F_OK) < 0)
+                return log_error_errno(errno, "No store at '%s': %m", db);
+
+        r = store_open(db, old_key, &s);
+        if (r == -EKEYREJECTED)
+                return log_error_errno(r, "%s was sealed with another key than the current one (%s %s): "
+                                       "refusing to rotate.", db, what, path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open database '%s': %m", db);
+        if (asprintf(&msg, "the store was re-sealed under a new key (by uid %u)", (unsigned) getuid()) < 0)
+                return log_oom();
+        r = store_rekey(s, new_key, msg, before_commit, &n);
+        if (r < 0)
+                return log_error_errno(r, "Failed to re-seal '%s' under the new key (nothing was changed): %s",
+                                       db, store_last_error(s));
+        log_notice("Re-sealed the secrets of %d connection%s in '%s' under the key in '%s'. Now put that key "
+                   "in place of %s (%s) and start tokenbrokerd: the old key no longer opens the store.",
+                   n, n == 1 ? "" : "s", db, new_key_file, path, what);
         return 0;
 }
 
@@ -1076,7 +1136,7 @@ int manager_startup(Manager *m) {
         r = mkdir_p(m->config->state_dir, 0700);
         if (r < 0)
                 return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
-        r = manager_lock_store(m);
+        r = manager_lock_store(m, false);
         if (r < 0)
                 return r;
         if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)

@@ -110,6 +110,10 @@ usec_t manager_earliest_expiry(Manager *m);
 /* Marks the sd_notify STATUS= line stale; sent at most once a second. */
 void manager_status_changed(Manager *m);
 int manager_reload(Manager *m);
+/* tokenbrokerd --rotate-key: with the daemon stopped (the store's lock is
+ * taken, or refused), re-seals the store under the key in new_key_file in
+ * one transaction. The caller then swaps the key files. */
+int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void));
 /* Runs notify_command for a connection event ("needs-reauth",
  * "recovered"), rate limited per connection; never with a secret. */
 void manager_notify(Manager *m, Connection *c, const char *event);
