@@ -4,7 +4,8 @@
  * re-seals every sealed value under the new key in one SQLite transaction,
  * with the daemon stopped:
  *  - refused, clearly, while a daemon holds the store's lock; refused for a
- *    new key file readable by others or holding the current key;
+ *    new key file readable by others or holding the current key, and when
+ *    the current key does not open the store;
  *  - afterwards the old key is refused and the new one serves the same
  *    tokens, from the store (no provider request);
  *  - SIGKILL just before COMMIT (TOKENBROKER_TEST_ROTATE_STALL holds it
@@ -136,6 +137,12 @@ test('--rotate-key: refused while the daemon runs; afterwards the new key serves
   const stale = await runDaemon(b, []);
   assert.notEqual(stale.code, 0, stale.log);
   assert.ok(stale.log.includes(`${b.db} was sealed with another key (key file ${keyPath(b)}): refusing to start`), stale.log);
+
+  // Nor does a rotation start from the wrong current key.
+  writeKey(path.join(b.dir, 'third.key'), crypto.randomBytes(32));
+  const wrong = await runDaemon(b, ['--rotate-key', path.join(b.dir, 'third.key')]);
+  assert.notEqual(wrong.code, 0, wrong.log);
+  assert.ok(wrong.log.includes(`${b.db} was sealed with another key than the current one (key file ${keyPath(b)}): refusing to rotate`), wrong.log);
 
   // Swap the key file: the same tokens, from the store.
   writeKey(keyPath(b), newKey);
