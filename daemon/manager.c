@@ -314,7 +314,7 @@ static const struct {
         { "revoked", "0a8c1ce3453c48c78dd239e1269d4ef8" },
         { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
         { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
-        { "admin", "5d0c2b7e8f1a4c6b9e3d7a1f2c4b6e80" },
+        { "admin", "014a32e19a2f4ea6a0f70163d99fbe89" },
 };
 
 static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
