@@ -127,6 +127,12 @@ struct ApiRequest {
         ListStream *stream;         /* a listing, written as MHD sends it */
         bool status_created;        /* ROUTE_CREATE: 201, not 200 */
         char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable */
+
+        /* the audit trail: a mutating admin route, recorded once its
+         * handler has decided (audit_record()) */
+        const char *audit_action;
+        char audit_name[CONNECTION_NAME_MAX + 1];   /* "" until known valid */
+        char audit_detail[160];
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -796,6 +802,10 @@ static bool provider_refused(ApiRequest *r, json_t *root, const char *name) {
         return true;
 }
 
+static void audit_begin(ApiRequest *r, const char *action, const char *name);
+static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, unsigned nu, const gid_t *groups,
+                      unsigned ng);
+
 static void route_create(ApiRequest *r) {
         Manager *m = r->api->manager;
         json_t *root, *scope_j;
@@ -826,6 +836,9 @@ static void route_create(ApiRequest *r) {
                              "invalid connection name: 1-128 characters of A-Z a-z 0-9 . _ -");
                 return;
         }
+        audit_begin(r, json_is_string(json_object_get(root, "refresh_token")) ? "import"
+                       : json_is_true(json_object_get(root, "device")) ? "authorize-device"
+                                                                      : "authorize", name);
         scope_j = json_object_get(root, "scope");
         if (json_is_string(scope_j))
                 scope = strdup(json_string_value(scope_j));
@@ -854,6 +867,7 @@ static void route_create(ApiRequest *r) {
                 return;
         }
         existed = manager_get(m, name) != NULL;
+        audit_acl(r, manager_get(m, name), users, nu, groups, ng);
         if (provider_refused(r, root, provider))
                 return;
         {
@@ -1393,6 +1407,67 @@ static bool refuse_unprivileged(ApiRequest *r, const char *method, const char *u
         return false;
 }
 
+/* ---- audit trail ------------------------------------------------------ */
+
+static void audit_ids(StrBuf *b, const char *what, const unsigned *ids, unsigned n) {
+        strbuf_printf(b, "%s ", what);
+        if (n == 0)
+                strbuf_puts(b, "none");
+        for (unsigned i = 0; i < n; i++)
+                strbuf_printf(b, "%s%u", i ? "," : "", ids[i]);
+}
+
+/* One event per mutating admin request, from an admin peer (refused
+ * peers change nothing and are not recorded: any local user could fill
+ * the table): who (uid and pid from SO_PEERCRED), what, and how it was
+ * answered, or that it is under way. Only values the broker checked or
+ * built go in: a valid connection name, numbers, fixed words. */
+static void audit_record(ApiRequest *r) {
+        char how[64];
+
+        if (!r->audit_action)
+                return;
+        if (!r->answered)
+                snprintf(how, sizeof how, "under way");
+        else
+                snprintf(how, sizeof how, "%s (%u)", r->status < 300 ? "done" : "refused", r->status);
+        manager_event_named(r->api->manager, r->audit_name[0] ? r->audit_name : NULL, "admin",
+                            "admin action %s by uid %u pid %d%s%s: %s", r->audit_action, (unsigned) r->peer->uid,
+                            (int) r->peer->pid, r->audit_detail[0] ? ", " : "", r->audit_detail, how);
+        r->audit_action = NULL;
+}
+
+static void audit_begin(ApiRequest *r, const char *action, const char *name) {
+        r->audit_action = action;
+        r->audit_name[0] = 0;
+        r->audit_detail[0] = 0;
+        if (name && connection_name_valid(name))
+                snprintf(r->audit_name, sizeof r->audit_name, "%s", name);
+}
+
+/* The ACL a create sets (a re-authorization with allow lists replaces
+ * the old one: an ACL change, said so when it differs). */
+static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, unsigned nu, const gid_t *groups,
+                      unsigned ng) {
+        StrBuf b = {};
+        bool changed;
+
+        if (nu == 0 && ng == 0)
+                return;
+        changed = old && (old->n_allow_users != nu || old->n_allow_groups != ng ||
+                          (nu && memcmp(old->allow_users, users, sizeof(uid_t) * nu) != 0) ||
+                          (ng && memcmp(old->allow_groups, groups, sizeof(gid_t) * ng) != 0));
+        strbuf_puts(&b, changed ? "ACL changed to " : old ? "ACL unchanged, " : "ACL ");
+        audit_ids(&b, "users", (const unsigned *) users, nu);
+        audit_ids(&b, " groups", (const unsigned *) groups, ng);
+        if (b.s) {
+                if (b.len >= sizeof r->audit_detail)
+                        memcpy(b.s + sizeof r->audit_detail - 4, "...", 4);   /* digits and commas: no character to cut */
+                snprintf(r->audit_detail, sizeof r->audit_detail, "%s", b.s);
+        }
+        strbuf_free(&b);
+}
+
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
         Connection *c;
@@ -1432,13 +1507,19 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
         case API_ROUTE_LIST:
                 return route_list(r);
         case API_ROUTE_CREATE:
-                return route_create(r);
+                audit_begin(r, "authorize", NULL);   /* route_create() says which */
+                route_create(r);
+                return audit_record(r);
         case API_ROUTE_SHOW:
                 return answer(r, 200, dump(connection_json(m, c)));
         case API_ROUTE_REVOKE:
-                return route_revoke(r, c);
+                audit_begin(r, "revoke", rt.name);   /* before: c may be gone after */
+                route_revoke(r, c);
+                return audit_record(r);
         case API_ROUTE_REFRESH:
-                return route_refresh(r, c);
+                audit_begin(r, "refresh", rt.name);
+                route_refresh(r, c);
+                return audit_record(r);
         case API_ROUTE_PROVIDERS:
                 return route_providers(r);
         case API_ROUTE_STATUS:

@@ -13,6 +13,7 @@
 
 static const char *arg_config = DEFAULT_CONFIG_FILE;
 static bool arg_check_config = false;
+static const char *arg_rotate_key = NULL;
 
 static void help(void) {
         printf("Usage: tokenbrokerd [OPTIONS]\n\n"
@@ -20,6 +21,9 @@ static void help(void) {
                "tokens fresh and hands them out over a Unix socket.\n\n"
                "  -c, --config FILE    main configuration file (default %s)\n"
                "      --check-config   check the configuration and provider files, then exit\n"
+               "      --rotate-key NEW_KEY_FILE\n"
+               "                       re-seal the store under the key in NEW_KEY_FILE, then exit\n"
+               "                       (the daemon stopped; then put that key in place of the old)\n"
                "  -h, --help           show this help\n"
                "      --version        show the version\n\n"
                "Signals: SIGTERM/SIGINT stop; SIGHUP reloads providers.\n"
@@ -28,10 +32,11 @@ static void help(void) {
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_CHECK = 0x100, ARG_VERSION };
+        enum { ARG_CHECK = 0x100, ARG_VERSION, ARG_ROTATE_KEY };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, ARG_CHECK },
+                { "rotate-key", required_argument, NULL, ARG_ROTATE_KEY },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {}
@@ -46,6 +51,9 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_CHECK:
                         arg_check_config = true;
                         break;
+                case ARG_ROTATE_KEY:
+                        arg_rotate_key = optarg;
+                        break;
                 case 'h':
                         help();
                         return 0;
@@ -55,6 +63,10 @@ static int parse_argv(int argc, char *argv[]) {
                 default:
                         return -EINVAL;
                 }
+        if (arg_check_config && arg_rotate_key) {
+                fprintf(stderr, "tokenbrokerd: --check-config and --rotate-key do not go together\n");
+                return -EINVAL;
+        }
         if (optind < argc) {
                 fprintf(stderr, "tokenbrokerd: unexpected argument '%s'\n", argv[optind]);
                 return -EINVAL;
@@ -134,6 +146,20 @@ static void raise_nofile(void) {
         }
 }
 
+/* A test hook: TOKENBROKER_TEST_ROTATE_STALL=PATH holds the rotation's
+ * transaction open just before COMMIT while PATH exists (at most a
+ * minute), so a test can kill the process there. */
+static void rotate_before_commit(void) {
+        const char *p = getenv("TOKENBROKER_TEST_ROTATE_STALL");
+
+        if (isempty(p))
+                return;
+        log_warning("TOKENBROKER_TEST_ROTATE_STALL is set: holding the rotation before COMMIT while '%s' exists "
+                    "(a test hook).", p);
+        for (unsigned i = 0; i < 600 && access(p, F_OK) >= 0; i++)
+                (void) usleep(100 * 1000);
+}
+
 static int run(int argc, char *argv[]) {
         _cleanup_(manager_freep) Manager *m = NULL;
         BrokerConfig *config = NULL;
@@ -185,6 +211,10 @@ static int run(int argc, char *argv[]) {
         if (r < 0) {
                 broker_config_free(config);
                 return log_error_errno(r, "Failed to set up: %m"), 1;
+        }
+        if (arg_rotate_key) {
+                r = manager_rotate_key(m, arg_rotate_key, rotate_before_commit);
+                return r < 0 ? 1 : 0;
         }
         r = take_listen_fds(m);
         if (r < 0)

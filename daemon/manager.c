@@ -309,26 +309,47 @@ static const struct {
         { "revoked", "0a8c1ce3453c48c78dd239e1269d4ef8" },
         { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
         { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
+        { "admin", "014a32e19a2f4ea6a0f70163d99fbe89" },
 };
 
+static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
+                             const char *fmt, va_list ap) _printf_(5, 0);
+
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        manager_event_va(m, c ? c->name : NULL, c ? c->provider : NULL, kind, fmt, ap);
+        va_end(ap);
+}
+
+void manager_event_named(Manager *m, const char *name, const char *kind, const char *fmt, ...) {
+        Connection *c = name ? manager_get(m, name) : NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        manager_event_va(m, name, c ? c->provider : NULL, kind, fmt, ap);
+        va_end(ap);
+}
+
+static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
+                             const char *fmt, va_list ap) {
         char raw[2048], msg[512], f_conn[CONNECTION_NAME_MAX + 16], f_prov[PROVIDER_NAME_MAX + 16], f_ev[64], f_id[64];
         const char *fields[5] = {};
         size_t n = 0;
-        va_list ap;
         int r;
 
-        va_start(ap, fmt);
         (void) vsnprintf(raw, sizeof raw, fmt, ap);
-        va_end(ap);
         /* Events hold identities and provider text: escaped, valid UTF-8
          * (the events API answers JSON), cut between characters. */
         (void) text_escape(msg, sizeof msg, raw, strlen(raw));
 
-        if (c) {
-                snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", c->name);
-                snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", c->provider);
+        if (name) {
+                snprintf(f_conn, sizeof f_conn, "CONNECTION=%s", name);
                 fields[n++] = f_conn;
+        }
+        if (provider) {
+                snprintf(f_prov, sizeof f_prov, "PROVIDER=%s", provider);
                 fields[n++] = f_prov;
         }
         snprintf(f_ev, sizeof f_ev, "TOKENBROKER_EVENT=%s", kind);
@@ -339,10 +360,10 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
                         fields[n++] = f_id;
                 }
         log_fields(streq(kind, "needs-reauth") || streq(kind, "refresh-failed") ? LOG_WARNING : LOG_INFO, fields,
-                   "%s%s%s", c ? c->name : "", c ? ": " : "", msg);
+                   "%s%s%s", name ?: "", name ? ": " : "", msg);
 
         /* Queued behind every write before it; recorded by the writer. */
-        r = m->writer ? store_writer_event(m->writer, now(CLOCK_REALTIME), c ? c->name : NULL, kind, msg) : -ESHUTDOWN;
+        r = m->writer ? store_writer_event(m->writer, now(CLOCK_REALTIME), name, kind, msg) : -ESHUTDOWN;
         if (r < 0)
                 log_warning_errno(r, "Failed to record event, ignoring: %m");
 }
@@ -839,18 +860,10 @@ static int on_signal(sd_event_source *s _unused_, const struct signalfd_siginfo 
 
 /* The key first (a credential, else the key file, created on first start),
  * then the database, which checks it before any row is read. */
-static int manager_open_store(Manager *m, const char *db) {
-        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
-        _cleanup_free_ char *path = NULL;
-        bool credential = false, created = false;
-        const char *what;
-        int r;
+/* Loads a key file (or credential), logging what is wrong with it. */
+static int key_load_logged(const char *path, const char *what, bool create, CryptKey **ret, bool *ret_created) {
+        int r = crypt_key_load(path, create, ret, ret_created);
 
-        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
-        if (r < 0)
-                return log_error_errno(r, "Failed to find the encryption key: %m");
-        what = credential ? "credential" : "key file";
-        r = crypt_key_load(path, !credential, &key, &created);
         if (r == -EPERM)
                 return log_error_errno(r, "Encryption key (%s %s) is accessible by group or others: "
                                        "refusing to use it (chmod 0600).", what, path);
@@ -862,7 +875,24 @@ static int manager_open_store(Manager *m, const char *db) {
                                        what, path);
         if (r < 0)
                 return log_error_errno(r, "Failed to %s encryption key (%s %s): %m",
-                                       credential ? "read" : "read or create", what, path);
+                                       create ? "read or create" : "read", what, path);
+        return 0;
+}
+
+static int manager_open_store(Manager *m, const char *db) {
+        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
+        _cleanup_free_ char *path = NULL;
+        bool credential = false, created = false;
+        const char *what;
+        int r;
+
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the encryption key: %m");
+        what = credential ? "credential" : "key file";
+        r = key_load_logged(path, what, !credential, &key, &created);
+        if (r < 0)
+                return r;
 
         r = store_open(db, key, &m->store);
         if (r == -EKEYREJECTED) {
@@ -893,7 +923,7 @@ static int manager_open_store(Manager *m, const char *db) {
  * however it ends. The file holds the owner's PID for the message a
  * second daemon prints; it is never removed (removing a lock file races
  * with the next daemon opening it). */
-static int manager_lock_store(Manager *m) {
+static int manager_lock_store(Manager *m, bool rotating) {
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int fd = -EBADF;
         char buf[32], line[32];
@@ -914,6 +944,10 @@ static int manager_lock_store(Manager *m) {
                         buf[n] = 0;
                         pid = strtol(buf, NULL, 10);
                 }
+                if (rotating)
+                        return log_error_errno(EBUSY, "The store in '%s' is in use (PID %ld holds '%s'): stop "
+                                               "tokenbrokerd before rotating the key.", m->config->state_dir,
+                                               pid, path);
                 if (pid > 0)
                         return log_error_errno(EBUSY, "Another tokenbrokerd (PID %ld) is running on the store in "
                                                "'%s' (it holds '%s'): not starting a second one.", pid,
@@ -983,6 +1017,53 @@ static void manager_private_file(const char *path, const char *suffix) {
                 else
                         log_notice("Made '%s' private: it was mode %04o.", p, (unsigned) (st.st_mode & 07777));
         }
+}
+
+int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void)) {
+        _cleanup_(crypt_key_freep) CryptKey *old_key = NULL, *new_key = NULL;
+        _cleanup_free_ char *path = NULL, *db = NULL, *msg = NULL;
+        _cleanup_(store_closep) Store *s = NULL;
+        bool credential = false;
+        const char *what;
+        int r, n = 0;
+
+        r = manager_lock_store(m, true);
+        if (r < 0)
+                return r;
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the current encryption key: %m");
+        what = credential ? "credential" : "key file";
+        r = key_load_logged(path, what, false, &old_key, NULL);
+        if (r < 0)
+                return r;
+        r = key_load_logged(new_key_file, "new key file", false, &new_key, NULL);
+        if (r < 0)
+                return r;
+        if (memcmp(old_key->bytes, new_key->bytes, CRYPT_KEY_SIZE) == 0)
+                return log_error_errno(EINVAL, "The new key file '%s' holds the current key: nothing to rotate.",
+                                       new_key_file);
+        if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
+                return log_oom();
+        if (access(db, F_OK) < 0)
+                return log_error_errno(errno, "No store at '%s': %m", db);
+
+        r = store_open(db, old_key, &s);
+        if (r == -EKEYREJECTED)
+                return log_error_errno(r, "%s was sealed with another key than the current one (%s %s): "
+                                       "refusing to rotate.", db, what, path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open database '%s': %m", db);
+        if (asprintf(&msg, "the store was re-sealed under a new key (by uid %u)", (unsigned) getuid()) < 0)
+                return log_oom();
+        r = store_rekey(s, new_key, msg, before_commit, &n);
+        if (r < 0)
+                return log_error_errno(r, "Failed to re-seal '%s' under the new key (nothing was changed): %s",
+                                       db, store_last_error(s));
+        log_notice("Re-sealed the secrets of %d connection%s in '%s' under the key in '%s'. Now put that key "
+                   "in place of %s (%s) and start tokenbrokerd: the old key no longer opens the store.",
+                   n, n == 1 ? "" : "s", db, new_key_file, path, what);
+        return 0;
 }
 
 /* Whether a Unix socket path is in use: connects to it. Returns 1 if
@@ -1119,7 +1200,7 @@ int manager_startup(Manager *m) {
         r = manager_check_state_dir(m->config->state_dir);
         if (r < 0)
                 return r;
-        r = manager_lock_store(m);
+        r = manager_lock_store(m, false);
         if (r < 0)
                 return r;
         if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)

@@ -109,6 +109,10 @@ usec_t manager_earliest_expiry(Manager *m);
 /* Marks the sd_notify STATUS= line stale; sent at most once a second. */
 void manager_status_changed(Manager *m);
 int manager_reload(Manager *m);
+/* tokenbrokerd --rotate-key: with the daemon stopped (the store's lock is
+ * taken, or refused), re-seals the store under the key in new_key_file in
+ * one transaction. The caller then swaps the key files. */
+int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void));
 /* Runs notify_command for a connection event ("needs-reauth",
  * "recovered"), rate limited per connection; never with a secret. */
 void manager_notify(Manager *m, Connection *c, const char *event);
@@ -119,6 +123,10 @@ const Provider *manager_provider(Manager *m, const Connection *c);
 /* Bookkeeping when a connection changes state; keeps counters right. */
 void manager_set_state(Manager *m, Connection *c, ConnState s);
 void manager_event(Manager *m, const Connection *c, const char *kind, const char *fmt, ...)
+        _printf_(4, 5);
+/* The same for a connection known by name only (it may not exist, or no
+ * longer); NULL for a broker-wide event. */
+void manager_event_named(Manager *m, const char *name, const char *kind, const char *fmt, ...)
         _printf_(4, 5);
 
 /* Starts an authorization: a new pending connection, or a re-authorization

@@ -341,6 +341,136 @@ static int store_seal_plain(Store *s) {
         return n;
 }
 
+/* Key rotation: every sealed value opened under the store's key and
+ * sealed again under new_key, and the key check replaced, in one
+ * transaction: a crash before COMMIT leaves the file as it was (it opens
+ * with the old key), after it the file opens with the new key only.
+ * before_commit (may be NULL) runs inside the transaction, just before
+ * COMMIT (a test hook). Returns how many connections held sealed values.
+ * On success the store itself goes on with new_key. */
+int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, void (*before_commit)(void),
+                int *ret_n) {
+        static const char sel_sql[] =
+                "SELECT id, access_token, refresh_token, code_verifier FROM connections "
+                "WHERE id > ?1 ORDER BY id LIMIT 1";
+        static const char upd_sql[] =
+                "UPDATE connections SET access_token = ?2, refresh_token = ?3, code_verifier = ?4 WHERE id = ?1";
+        _cleanup_(crypt_key_freep) CryptKey *nk = NULL;
+        sqlite3_stmt *sel = NULL, *upd = NULL, *chk = NULL, *ev = NULL;
+        _cleanup_free_ uint8_t *check = NULL;
+        size_t check_size;
+        int64_t last = 0;
+        int rc, r, n = 0;
+
+        r = crypt_key_dup(new_key, &nk);
+        if (r < 0)
+                return r;
+        r = exec(s, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        /* Under the write lock: still sealed with our key. */
+        r = store_check_key(s);
+        if (r < 0) {
+                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                return r;
+        }
+        rc = sqlite3_prepare_v2(s->db, sel_sql, -1, &sel, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(s->db, upd_sql, -1, &upd, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO key_check (id, value) VALUES (1, ?1)", -1,
+                                        &chk, NULL);
+        if (rc == SQLITE_OK)
+                rc = sqlite3_prepare_v2(s->db, "INSERT INTO events (at, connection, kind, message) "
+                                               "VALUES (?1, NULL, 'key-rotated', ?2)", -1, &ev, NULL);
+        r = sqlite_to_errno(rc);
+
+        /* One row at a time by id, as store_seal_plain(). */
+        while (r >= 0) {
+                uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
+                size_t size[ELEMENTSOF(sealed_columns)] = {};
+                bool any = false;
+                int64_t id;
+
+                (void) sqlite3_bind_int64(sel, 1, last);
+                rc = sqlite3_step(sel);
+                if (rc != SQLITE_ROW) {
+                        r = rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+                        (void) sqlite3_reset(sel);
+                        break;
+                }
+                id = sqlite3_column_int64(sel, 0);
+                for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++) {
+                        char aad[SEAL_AAD_MAX], *plain = NULL;
+                        size_t aad_size = seal_aad(aad, id, sealed_columns[j]), m = 0;
+
+                        if (sqlite3_column_type(sel, (int) j + 1) == SQLITE_NULL)
+                                continue;
+                        r = crypt_open(s->key, aad, aad_size, sqlite3_column_blob(sel, (int) j + 1),
+                                       (size_t) sqlite3_column_bytes(sel, (int) j + 1), &plain, &m);
+                        if (r == -EBADMSG) {
+                                store_set_error(s, "a sealed value does not open with the current key");
+                                r = -EKEYREJECTED;
+                        }
+                        if (r >= 0)
+                                r = crypt_seal(nk, aad, aad_size, plain, m, &sealed[j], &size[j]);
+                        if (plain) {
+                                explicit_wipe(plain, m);
+                                free(plain);
+                        }
+                        any = true;
+                }
+                (void) sqlite3_reset(sel);
+                if (r >= 0 && any) {
+                        (void) sqlite3_bind_int64(upd, 1, id);
+                        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                                if (sealed[j])
+                                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j],
+                                                                 SQLITE_STATIC);
+                                else
+                                        (void) sqlite3_bind_null(upd, (int) j + 2);
+                        r = step_done(upd);
+                        if (r >= 0)
+                                n++;
+                }
+                for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                        free(sealed[j]);
+                last = id;
+        }
+
+        if (r >= 0)
+                r = crypt_seal(nk, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), KEY_CHECK_TEXT, strlen(KEY_CHECK_TEXT),
+                               &check, &check_size);
+        if (r >= 0) {
+                (void) sqlite3_bind_blob(chk, 1, check, (int) check_size, SQLITE_STATIC);
+                r = step_done(chk);
+        }
+        if (r >= 0 && event_message) {
+                (void) sqlite3_bind_int64(ev, 1, (sqlite3_int64) now(CLOCK_REALTIME));
+                (void) sqlite3_bind_text(ev, 2, event_message, -1, SQLITE_STATIC);
+                r = step_done(ev);
+        }
+        sqlite3_finalize(sel);
+        sqlite3_finalize(upd);
+        sqlite3_finalize(chk);
+        sqlite3_finalize(ev);
+        if (r >= 0 && before_commit)
+                before_commit();
+        if (r >= 0)
+                r = exec(s, "COMMIT");
+        if (r < 0) {
+                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                return r;
+        }
+        crypt_key_free(s->key);
+        s->key = TAKE_PTR(nk);
+        /* Values under the old key may sit in the WAL: fold it in. */
+        (void) sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        if (ret_n)
+                *ret_n = n;
+        return 0;
+}
+
 /* The rowid b-tree's last entry: O(log n). */
 static int store_max_id(Store *s, int64_t *ret) {
         sqlite3_stmt *st = NULL;

@@ -45,6 +45,13 @@ extern const size_t store_n_migrations;
  * many connections that sealed (0 on every later open). The store keeps
  * its own copy of key. */
 int store_open(const char *path, const CryptKey *key, Store **ret);
+/* Re-seals every sealed value and the key check under new_key in one
+ * transaction (with a 'key-rotated' event carrying event_message, if not
+ * NULL); before_commit, if not NULL, runs just before COMMIT. From then on
+ * the file opens with new_key only; a crash before COMMIT leaves it as it
+ * was. *ret_n: connections re-sealed. */
+int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, void (*before_commit)(void),
+                int *ret_n);
 Store *store_close(Store *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 const char *store_last_error(Store *s);

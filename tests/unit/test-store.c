@@ -831,6 +831,56 @@ TEST(sealed_at_rest) {
         CHECK(!db_files_contain(path, c->code_verifier));
 }
 
+static bool rekey_hook_ran;
+static void rekey_hook(void) {
+        rekey_hook_ran = true;
+}
+
+TEST(rekey) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(connection_freep) Connection *c = conn_full(), *p = conn_new("plain", "github", CONN_PENDING);
+        _cleanup_db_ sqlite3 *db = NULL;
+        Store *s = NULL;
+        Loaded l = {};
+        int n = -1;
+
+        CHECK(c && p);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s || !c || !p)
+                return;
+        CHECK_EQ_INT(store_connection_insert(s, c), 0);
+        CHECK_EQ_INT(store_connection_insert(s, p), 0);   /* no secrets: nothing to re-seal */
+        CHECK_EQ_INT(store_rekey(s, &other_key, "rotated", rekey_hook, &n), 0);
+        CHECK(rekey_hook_ran);
+        CHECK_EQ_INT(n, 1);
+        /* the same store goes on with the new key */
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 2);
+        if (l.n == 2)
+                check_same(c, l.c[0]);
+        loaded_done(&l);
+        s = store_close(s);
+
+        db = db_open(path);
+        CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE kind = 'key-rotated'"), 1);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), -EKEYREJECTED);
+        CHECK(!s);
+        CHECK_EQ_INT(store_open(path, &other_key, &s), 0);
+        if (!s)
+                return;
+        CHECK_EQ_INT(load_all(s, &l), 0);
+        CHECK_EQ_INT(l.n, 2);
+        if (l.n == 2)
+                check_same(c, l.c[0]);
+        loaded_done(&l);
+        /* back again: a second rotation from the new key works too */
+        CHECK_EQ_INT(store_rekey(s, &test_key, NULL, NULL, NULL), 0);
+        s = store_close(s);
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        store_close(s);
+}
+
 TEST(fresh_nonce_per_save) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *a = NULL, *b = NULL;
