@@ -91,12 +91,12 @@ test('the sockets carry the names and addresses the daemon and its default confi
   assert.deepEqual(svc('PrivateUsers'), [], 'PrivateUsers= would hide the peers\' uids from SO_PEERCRED');
 });
 
-test('the service sandbox exposure is at most 2.0', () => {
+test('the service sandbox exposure is at most 1.5', () => {
   const { dir, p } = unitsWithBinary();
   const r = spawnSync('systemd-analyze', ['security', '--offline=yes', p], { encoding: 'utf8' });
   fs.rmSync(dir, { recursive: true, force: true });
   const m = (r.stdout + r.stderr).match(/Overall exposure level for \S+: ([0-9.]+)/);
   assert.ok(m, r.stdout + r.stderr);
   console.log(`# systemd-analyze security exposure: ${m[1]}`);
-  assert.ok(Number(m[1]) <= 2.0, `exposure ${m[1]} > 2.0`);
+  assert.ok(Number(m[1]) <= 1.5, `exposure ${m[1]} > 1.5`);
 });
