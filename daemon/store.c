@@ -239,6 +239,19 @@ static int store_check_key(Store *s) {
  * a crash leaves either the plain file or the sealed one. "No key check"
  * is therefore the same as "nothing sealed yet". Returns how many rows
  * held secrets. */
+/* UPDATE connections SET the sealed columns (?2..) WHERE id = ?1: the
+ * values of sealed[] (NULL ones as NULL), for the two passes that re-seal
+ * every row (sealing a store from before encryption, rotating the key). */
+static int update_sealed_row(sqlite3_stmt *upd, int64_t id, uint8_t *const *sealed, const size_t *size) {
+        (void) sqlite3_bind_int64(upd, 1, id);
+        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                if (sealed[j])
+                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j], SQLITE_STATIC);
+                else
+                        (void) sqlite3_bind_null(upd, (int) j + 2);
+        return step_done(upd);
+}
+
 static int store_seal_plain(Store *s) {
         static const char sel_sql[] =
                 "SELECT id, access_token, refresh_token, code_verifier FROM connections "
@@ -301,14 +314,7 @@ static int store_seal_plain(Store *s) {
                 }
                 (void) sqlite3_reset(sel);
                 if (r >= 0 && any) {
-                        (void) sqlite3_bind_int64(upd, 1, id);
-                        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
-                                if (sealed[j])
-                                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j],
-                                                                 SQLITE_STATIC);
-                                else
-                                        (void) sqlite3_bind_null(upd, (int) j + 2);
-                        r = step_done(upd);
+                        r = update_sealed_row(upd, id, sealed, size);
                         if (r >= 0)
                                 n++;
                 }
@@ -422,14 +428,7 @@ int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, vo
                 }
                 (void) sqlite3_reset(sel);
                 if (r >= 0 && any) {
-                        (void) sqlite3_bind_int64(upd, 1, id);
-                        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
-                                if (sealed[j])
-                                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j],
-                                                                 SQLITE_STATIC);
-                                else
-                                        (void) sqlite3_bind_null(upd, (int) j + 2);
-                        r = step_done(upd);
+                        r = update_sealed_row(upd, id, sealed, size);
                         if (r >= 0)
                                 n++;
                 }
