@@ -20,6 +20,7 @@
 
 set -u
 B=$(cd "${1:-build}" && pwd) || exit 2
+. "$(dirname "${BASH_SOURCE[0]}")/fastconf.sh"
 N=${2:-2000}
 MAX_IN_FLIGHT=8
 DELAY_MS=100
@@ -65,16 +66,7 @@ callback_listen = 127.0.0.1:0
 public_url = http://127.0.0.1:8421
 providers_dir = $T/providers.d
 EOF
-cat > providers.d/fast.conf <<EOF
-[provider]
-grant = authorization_code
-authorize_url = http://127.0.0.1:$PORT/authorize
-token_url = http://127.0.0.1:$PORT/token
-revoke_url = http://127.0.0.1:$PORT/revoke
-client_id = bench
-client_secret = bench-secret
-max_in_flight = $MAX_IN_FLIGHT
-EOF
+fast_provider_conf providers.d "$PORT" $MAX_IN_FLIGHT
 
 if "$B/bench/seed" -q -c tokenboker.conf -p fast -n 1 2> seed.err; then
         bad "seed accepted a missing config"

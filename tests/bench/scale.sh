@@ -31,6 +31,7 @@
 # Tokens are never printed.
 set -u
 B=$(cd "${1:-build}" && pwd) || exit 2
+. "$(dirname "${BASH_SOURCE[0]}")/fastconf.sh"
 N=${2:-${BENCH_SCALE_CONNECTIONS:-1000000}}
 MAX_IN_FLIGHT=64
 TOKEN_LENGTH=40
@@ -86,16 +87,7 @@ EOF
 }
 conf state > tokenbroker.conf
 conf base > base.conf
-cat > providers.d/fast.conf <<EOF
-[provider]
-grant = authorization_code
-authorize_url = http://127.0.0.1:$PORT/authorize
-token_url = http://127.0.0.1:$PORT/token
-revoke_url = http://127.0.0.1:$PORT/revoke
-client_id = bench
-client_secret = bench-secret
-max_in_flight = $MAX_IN_FLIGHT
-EOF
+fast_provider_conf providers.d "$PORT" $MAX_IN_FLIGHT
 
 # 1. baseline
 TOKENBROKER_LOG_LEVEL=notice "$B/tokenbrokerd" -c base.conf > base.log 2>&1 &

@@ -11,6 +11,7 @@
 # Everything it starts is stopped by PID; the folder is removed at the end.
 set -euo pipefail
 B=$(cd "${1:-build}" && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/fastconf.sh"
 N=${2:-20000}
 D=$(mktemp -d /tmp/tb-storm-XXXXXX)
 FP= DAEMON=
@@ -36,16 +37,7 @@ callback_listen = 127.0.0.1:$CB
 public_url = http://127.0.0.1:$CB
 providers_dir = $D/providers.d
 EOF
-cat > providers.d/fast.conf <<EOF
-[provider]
-grant = authorization_code
-authorize_url = http://127.0.0.1:$PORT/authorize
-token_url = http://127.0.0.1:$PORT/token
-revoke_url = http://127.0.0.1:$PORT/revoke
-client_id = bench
-client_secret = bench-secret
-max_in_flight = 64
-EOF
+fast_provider_conf providers.d "$PORT" 64
 "$B/bench/seed" -c tokenbroker.conf -p fast -n "$N" --due-within 0 -q > seed.out
 TOKENBROKER_LOG_LEVEL=notice "$B/tokenbrokerd" -c tokenbroker.conf > daemon.log 2>&1 &
 DAEMON=$!

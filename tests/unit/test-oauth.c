@@ -393,7 +393,7 @@ TEST(revoke_request) {
         {
                 _cleanup_(http_request_freep) HttpRequest *lit = NULL;
 
-                p->client_secret = strdup("s3cret");
+                set_str(&p->client_secret, "s3cret");
                 set_str(&p->revoke_url, "https://auth.example.com/revoke?x=${client_secret}");
                 CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", &lit), 0);
                 char *u = NULL;
