@@ -12,7 +12,9 @@
  *   - The error text never carries the access token: when the body parses
  *     and holds a token at the provider's pointer, the same body with only
  *     that token replaced (same length) must give the same outcome and the
- *     same error text. (A plain "does the error contain the token" test
+ *     same error text (the replacement keeps the token's spaces, control
+ *     and non-ASCII bytes where they are: those decide whether a token is
+ *     refused). (A plain "does the error contain the token" test
  *     would trip on tokens like "response" or "400" that happen to occur in
  *     the fixed messages; this one cannot, and still catches any path that
  *     copies the token, or text around it, into the error.) A token shaped
@@ -146,8 +148,13 @@ static char *body_with_other_token(const Provider *p, const char *body, size_t l
                 other = malloc(l);
                 if (!other)
                         abort();
+                /* Visible characters change; anything else (a space, a
+                 * control or non-ASCII byte, which make the token refused)
+                 * stays, so both bodies fall on the same side of that check. */
                 for (size_t i = 0; i < l; i++)
-                        other[i] = s[i] == 'x' ? 'y' : 'x';
+                        other[i] = (unsigned char) s[i] < 0x21 || (unsigned char) s[i] > 0x7e ? s[i]
+                                   : s[i] == 'x'                                          ? 'y'
+                                                                                          : 'x';
                 if (json_string_setn(v, other, l) < 0)
                         abort();
                 free(other);
