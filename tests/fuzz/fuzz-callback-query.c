@@ -18,12 +18,12 @@
  *   - re-encoding the kept values with url_escape() into a new query and
  *     parsing that gives the same values again (or -EMSGSIZE when the
  *     escaped query outgrows CALLBACK_QUERY_MAX);
- *   - state, error and error_description do not depend on code_param. */
+ *   - state, error, error_description and iss do not depend on code_param. */
 
 #include "common/util.h"
 #include "daemon/route.h"
 
-#define N_KEPT 4
+#define N_KEPT 5
 
 typedef struct RefValue {
         bool set;
@@ -66,7 +66,7 @@ static void ref_free(RefValue v[N_KEPT]) {
 
 /* 0 and the kept values, or -1. */
 static int ref_parse(const uint8_t *d, size_t len, const char *code_param, RefValue v[N_KEPT]) {
-        const char *names[N_KEPT] = { "state", code_param, "error", "error_description" };
+        const char *names[N_KEPT] = { "state", code_param, "error", "error_description", "iss" };
         size_t start = 0, params = 0;
         char *key, *val;
 
@@ -119,7 +119,7 @@ fail:
 }
 
 static char **slot(CallbackQuery *q, size_t j) {
-        char **s[N_KEPT] = { &q->state, &q->code, &q->error, &q->error_description };
+        char **s[N_KEPT] = { &q->state, &q->code, &q->error, &q->error_description, &q->iss };
         return s[j];
 }
 
@@ -137,7 +137,7 @@ static void fail(const char *what, const char *code_param) {
 
 /* Writes the kept values back as a query string and parses it again. */
 static void check_reencode(CallbackQuery *q, const char *code_param) {
-        const char *names[N_KEPT] = { "state", code_param, "error", "error_description" };
+        const char *names[N_KEPT] = { "state", code_param, "error", "error_description", "iss" };
         CallbackQuery again = {};
         StrBuf b = {};
         char *s;
@@ -181,7 +181,8 @@ static int check(const char *query, size_t size, const char *code_param, Callbac
         RefValue ref[N_KEPT];
         int r, r2, rr;
 
-        q = (CallbackQuery) { &sentinel, &sentinel, &sentinel, &sentinel };
+        q = (CallbackQuery) { .state = &sentinel, .code = &sentinel, .error = &sentinel,
+                              .error_description = &sentinel, .iss = &sentinel };
         r = callback_query_parse(query, size, code_param, &q);
         if (r != 0 && r != -EMSGSIZE && r != -E2BIG && r != -EINVAL && r != -ENOTUNIQ)
                 fail("undocumented result", code_param);
