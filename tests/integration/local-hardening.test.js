@@ -172,7 +172,7 @@ test('a callback error with CR, LF and ESC forges no log line and no terminal es
   assert.equal(r.status, 201, r.text);
   const state = new URL(r.json.authorize_url).searchParams.get('state');
   const forged = 'access_denied\r\ntokenbrokerd[1]: error: FORGED-LINE \x1b[2J\x1b]0;pwned\x07';
-  const cb = await httpGet(`${b.publicUrl}/oauth/callback?state=${encodeURIComponent(state)}&error=${encodeURIComponent(forged)}&error_description=${encodeURIComponent('line1\nFORGED-DESC\x1b[31m')}`);
+  const cb = await httpGet(`${b.redirectUriFor('fake')}?state=${encodeURIComponent(state)}&error=${encodeURIComponent(forged)}&error_description=${encodeURIComponent('line1\nFORGED-DESC\x1b[31m')}`);
   assert.equal(cb.status, 400);
   await waitFor(() => b.log().includes('provider refused the authorization'), { timeoutMs: 5000, what: 'the log line' });
   const log = b.log();
