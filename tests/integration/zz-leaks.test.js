@@ -139,7 +139,9 @@ test('no token, code, verifier, state or client secret in logs, events or answer
   assert.equal(r.status, 200, r.text);
   assert.equal(tokenCalls(), n + 1, 'invalidate did not refresh');
 
-  // 4. A min_ttl refresh.
+  // 4. A min_ttl refresh (the same per-connection limit as invalidate:
+  // wait that out again).
+  await sleep(5500);
   n = tokenCalls();
   r = await api('GET', '/v1/connections/leak/token?min_ttl=7200');
   assert.equal(r.status, 200, r.text);
