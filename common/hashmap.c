@@ -141,16 +141,12 @@ size_t hashmap_resizing(const Hashmap *h) {
 
 /* Move up to max buckets of the old table into the current one. */
 static void migrate(Hashmap *h, size_t max) {
-        for (size_t done = 0; h->old && done < max; done++) {
-                HashmapNode *n;
+        if (!h->old)
+                return;
 
-                if (h->old_pos >= h->n_old) {
-                        h->old = mfree(h->old);
-                        h->n_old = h->old_pos = 0;
-                        return;
-                }
+        for (size_t done = 0; done < max && h->old_pos < h->n_old; done++) {
+                HashmapNode *n = h->old[h->old_pos];
 
-                n = h->old[h->old_pos];
                 h->old[h->old_pos++] = NULL;
                 while (n) {
                         HashmapNode *next = n->next;
@@ -161,7 +157,7 @@ static void migrate(Hashmap *h, size_t max) {
                         n = next;
                 }
         }
-        if (h->old && h->old_pos >= h->n_old) {
+        if (h->old_pos >= h->n_old) {
                 h->old = mfree(h->old);
                 h->n_old = h->old_pos = 0;
         }
