@@ -265,7 +265,7 @@ int pg_db_query(PgDb *db, const char *sql, const PgParams *p, PGresult **ret) {
                 PQclear(res);
                 return r;
         }
-        if (ret)
+        if (ret && r > 0 && PQresultStatus(res) == PGRES_TUPLES_OK)
                 *ret = res;
         else
                 PQclear(res);
@@ -288,6 +288,49 @@ int pg_db_exec(PgDb *db, const char *sql) {
         }
         PQclear(res);
         return r;
+}
+
+int pg_db_query_each(PgDb *db, const char *sql, const PgParams *p, int (*fn)(const PGresult *res, void *userdata),
+                     void *userdata) {
+        PGresult *res;
+        int r = 0;
+
+        db->error[0] = 0;
+        if (!PQsendQueryParams(db->conn, sql, p ? p->n : 0, p ? p->types : NULL, p ? p->values : NULL,
+                               p ? p->lengths : NULL, p ? p->formats : NULL, 1))
+                return result_error(db, NULL);
+        (void) PQsetSingleRowMode(db->conn);
+        /* Every result is read, even after fn stopped or a failure, so the
+         * connection is ready for the next statement. */
+        while ((res = PQgetResult(db->conn))) {
+                switch (PQresultStatus(res)) {
+                case PGRES_SINGLE_TUPLE:
+                        if (r >= 0)
+                                r = fn(res, userdata);
+                        break;
+                case PGRES_TUPLES_OK:
+                case PGRES_COMMAND_OK:
+                        break;
+                default:
+                        if (r >= 0)
+                                r = result_error(db, res);
+                }
+                PQclear(res);
+        }
+        if (r >= 0 && PQstatus(db->conn) != CONNECTION_OK)
+                r = result_error(db, NULL);
+        return r;
+}
+
+int pg_db_reset(PgDb *db) {
+        char line[400];
+
+        PQreset(db->conn);
+        if (PQstatus(db->conn) == CONNECTION_OK)
+                return 0;
+        copy_message(line, sizeof line, PQerrorMessage(db->conn));
+        pg_set_error(db, "cannot reconnect to the database: %s", line);
+        return -ECONNREFUSED;
 }
 
 bool pg_get_null(const PGresult *res, int row, int col) {

@@ -58,10 +58,19 @@ void pg_param_bytea(PgParams *p, const void *b, size_t n);      /* b NULL: SQL N
 
 /* Runs one statement (p may be NULL), results in binary. Returns the
  * number of rows (a SELECT, or RETURNING) or of rows changed, or -errno;
- * *ret (if not NULL) takes the result, to free with PQclear(). */
+ * when there are rows, *ret (if not NULL) takes them, to free with
+ * PQclear(); otherwise *ret is NULL. */
 int pg_db_query(PgDb *db, const char *sql, const PgParams *p, PGresult **ret);
 /* A statement without parameters or rows (BEGIN, COMMIT, DDL). */
 int pg_db_exec(PgDb *db, const char *sql);
+/* A query whose rows come one at a time (libpq's single-row mode), in
+ * constant memory however many there are: fn gets a result holding one
+ * row (row 0), valid until it returns; a negative return stops the walk
+ * and is returned. */
+int pg_db_query_each(PgDb *db, const char *sql, const PgParams *p, int (*fn)(const PGresult *res, void *userdata),
+                     void *userdata);
+/* Reconnects a broken handle with the parameters it was opened with. */
+int pg_db_reset(PgDb *db);
 
 /* Values of a binary result. */
 bool pg_get_null(const PGresult *res, int row, int col);

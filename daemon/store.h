@@ -6,8 +6,10 @@
 #include "daemon/connection.h"
 #include "daemon/crypt.h"
 
-/* SQLite in the state directory: WAL, synchronous=FULL. Numbered
- * migrations from sql/ are compiled in and applied at open. Library-level:
+/* The connections, their sealed secrets and the events, on SQLite in the
+ * state directory (WAL, synchronous=FULL) or on PostgreSQL
+ * (daemon/store-engine.h has the engines). Numbered migrations from sql/
+ * (sql/pg/) are compiled in and applied at open. Library-level:
  * returns -errno-style codes and never logs; store_last_error() says what
  * went wrong.
  *
@@ -45,6 +47,18 @@ extern const size_t store_n_migrations;
  * many connections that sealed (0 on every later open). The store keeps
  * its own copy of key. */
 int store_open(const char *path, const CryptKey *key, Store **ret);
+
+/* The same on any engine: where is a SQLite file path, or a PostgreSQL
+ * connection URI (postgresql://USER@HOST:PORT/DB?..., see daemon/pg.h),
+ * with options->password for it (NULL options or password: libpq's own
+ * ways). On failure error says why, never with the password in it. */
+typedef struct StoreOptions {
+        const char *password;
+} StoreOptions;
+int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
+                    size_t error_size);
+/* "sqlite" or "postgresql". */
+const char *store_engine_name(Store *s);
 /* Re-seals every sealed value and the key check under new_key in one
  * transaction (with a 'key-rotated' event carrying event_message, if not
  * NULL); before_commit, if not NULL, runs just before COMMIT. From then on
