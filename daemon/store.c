@@ -606,6 +606,7 @@ typedef enum WriteKind {
         WRITE_DELETE,
         WRITE_EVENT,
         WRITE_BARRIER,
+        WRITE_CALL,
 } WriteKind;
 
 typedef struct Write {
@@ -615,6 +616,7 @@ typedef struct Write {
         int64_t id;                   /* delete */
         usec_t at;                    /* event */
         char *connection, *event_kind, *message;
+        store_call_fn call;           /* call */
         store_done_fn fn;
         void *userdata;
         int result;
@@ -710,6 +712,8 @@ static int write_run(Store *s, Write *x) {
                 return store_event_add(s, x->at, x->connection, x->event_kind, x->message);
         case WRITE_BARRIER:
                 return 0;
+        case WRITE_CALL:
+                return x->call(s, x->userdata);
         }
         return -EINVAL;
 }
@@ -945,6 +949,16 @@ int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata) {
         if (!x)
                 return -ENOMEM;
         *x = (Write) { .kind = WRITE_BARRIER, .fn = fn, .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+int store_writer_call(StoreWriter *w, store_call_fn fn, store_done_fn done, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        assert(fn);
+        if (!x)
+                return -ENOMEM;
+        *x = (Write) { .kind = WRITE_CALL, .call = fn, .fn = done, .userdata = userdata };
         return writer_submit(w, x);
 }
 

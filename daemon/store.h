@@ -155,6 +155,14 @@ int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const 
  * (read-your-writes for a reader of the loop's handle). */
 int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata);
 
+/* A read that must not block the loop (the events listing; on
+ * PostgreSQL every statement is a network round trip): fn runs on the
+ * writer's thread with the thread's own handle, after every change queued
+ * before it is committed, and done gets fn's result on the loop. fn must
+ * touch nothing the loop uses. */
+typedef int (*store_call_fn)(Store *s, void *userdata);
+int store_writer_call(StoreWriter *w, store_call_fn fn, store_done_fn done, void *userdata);
+
 /* Changes queued whose completion has not run yet. */
 size_t store_writer_pending(StoreWriter *w);
 
