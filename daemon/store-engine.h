@@ -108,3 +108,4 @@ const StoreEngine *store_engine_for(const char *where);
 /* For tests that look beneath the API at a SQLite store: its handle. */
 struct sqlite3;
 struct sqlite3 *store_sqlite_handle(Store *s);
+struct sqlite3 *store_sqlite_db(StoreDb *db);   /* store_engine_sqlite's handles only */

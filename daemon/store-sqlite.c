@@ -553,6 +553,10 @@ static int sq_events_list(StoreDb *d, const char *connection, int64_t before_id,
         return r;
 }
 
+sqlite3 *store_sqlite_db(StoreDb *d) {
+        return d->db;
+}
+
 const StoreEngine store_engine_sqlite = {
         .name = "sqlite",
         .open = sq_open,

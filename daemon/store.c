@@ -361,8 +361,7 @@ int store_open(const char *path, const CryptKey *key, Store **ret) {
 }
 
 struct sqlite3 *store_sqlite_handle(Store *s) {
-        /* The SQLite engine's StoreDb begins with its handle. */
-        return s && s->engine == &store_engine_sqlite && s->db ? *(struct sqlite3 **) s->db : NULL;
+        return s && s->engine == &store_engine_sqlite && s->db ? store_sqlite_db(s->db) : NULL;
 }
 
 static int id_list_format(const unsigned *ids, unsigned n, char *buf, size_t size) {
