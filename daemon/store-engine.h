@@ -93,6 +93,11 @@ typedef struct StoreEngine {
          * (SQLite's WAL): make them go, as far as the engine can. */
         void (*forget_old_values)(StoreDb *db);
 
+        /* Until several nodes share a database by leases (issue 10), one
+         * daemon per database: -EBUSY when another holds it. Held as long
+         * as this handle's session lasts. */
+        int (*lock_single_node)(StoreDb *db);
+
         int (*event_add)(StoreDb *db, usec_t at, const char *connection, const char *kind, const char *message);
         int (*events_list)(StoreDb *db, const char *connection, int64_t before_id, unsigned limit,
                            int (*fn)(const StoreEvent *e, void *userdata), void *userdata);

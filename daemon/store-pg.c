@@ -342,6 +342,30 @@ static int pgs_sealed_update(StoreDb *d, int64_t id, uint8_t *const sealed[STORE
 static void pgs_forget_old_values(StoreDb *d _unused_) {
 }
 
+/* "tokennod" as a bigint: the session lock of the one daemon. */
+#define PG_SINGLE_NODE_LOCK INT64_C(0x746f6b656e6e6f64)
+
+static int pgs_lock_single_node(StoreDb *d) {
+        PGresult *res = NULL;
+        PgParams p = { 0 };
+        bool got;
+        int r;
+
+        d->error[0] = 0;
+        pg_param_int64(&p, PG_SINGLE_NODE_LOCK);
+        r = pg_db_query(d->pg, "SELECT pg_try_advisory_lock($1)", &p, &res);
+        if (r < 0)
+                return r;
+        /* a binary bool: one byte */
+        got = r > 0 && PQgetlength(res, 0, 0) == 1 && PQgetvalue(res, 0, 0)[0] == 1;
+        PQclear(res);
+        if (!got) {
+                set_error(d, "another tokenbrokerd holds this database");
+                return -EBUSY;
+        }
+        return 0;
+}
+
 static int pgs_event_add(StoreDb *d, usec_t at, const char *connection, const char *kind, const char *message) {
         PGresult *res = NULL;
         PgParams p = { 0 };
@@ -422,6 +446,7 @@ const StoreEngine store_engine_pg = {
         .sealed_next = pgs_sealed_next,
         .sealed_update = pgs_sealed_update,
         .forget_old_values = pgs_forget_old_values,
+        .lock_single_node = pgs_lock_single_node,
         .event_add = pgs_event_add,
         .events_list = pgs_events_list,
 };

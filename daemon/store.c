@@ -60,6 +60,11 @@ const char *store_engine_name(Store *s) {
         return s->engine->name;
 }
 
+int store_lock_single_node(Store *s) {
+        s->error[0] = 0;
+        return s->engine->lock_single_node(s->db);
+}
+
 Store *store_close(Store *s) {
         if (!s)
                 return NULL;

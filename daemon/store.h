@@ -59,6 +59,10 @@ int store_open_with(const char *where, const StoreOptions *options, const CryptK
                     size_t error_size);
 /* "sqlite" or "postgresql". */
 const char *store_engine_name(Store *s);
+/* One daemon per database (a SQLite file is guarded by the lock on
+ * state_dir; a PostgreSQL database by a session advisory lock, kept while
+ * the handle's session lasts): -EBUSY when another daemon holds it. */
+int store_lock_single_node(Store *s);
 /* Re-seals every sealed value and the key check under new_key in one
  * transaction (with a 'key-rotated' event carrying event_message, if not
  * NULL); before_commit, if not NULL, runs just before COMMIT. From then on

@@ -51,3 +51,99 @@ for (const [name, what, atLeast] of BINARIES) {
     assert.equal(r.code, 0, r.out.slice(-3000));
   });
 }
+
+const { Broker, followAuthorize, iniProvider, waitFor, sleep } = require('../lib/broker.js');
+const { startFakeProvider } = require('../lib/fake-provider.js');
+
+function runDaemon(confPath, timeoutMs = 30000) {
+  return new Promise((resolve) => {
+    const env = { ...process.env, TOKENBROKER_LOG_LEVEL: 'debug' };
+    for (const k of ['NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'WATCHDOG_USEC']) delete env[k];
+    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out }); });
+  });
+}
+
+/** The broker's config with other keys, and a state_dir and socket of its own. */
+function variant(b, name, changes) {
+  let text = fs.readFileSync(b.confPath, 'utf8');
+  for (const [k, v] of Object.entries(changes)) {
+    const re = new RegExp(`^${k} = .*$`, 'm');
+    text = re.test(text) ? text.replace(re, `${k} = ${v}`) : text.replace('[broker]\n', `[broker]\n${k} = ${v}\n`);
+  }
+  const p = path.join(b.dir, `${name}.conf`);
+  fs.writeFileSync(p, text);
+  return p;
+}
+
+test('a daemon on PostgreSQL: grant, handout, refresh and events from the database, a SIGKILL and a restart keep everything; a second daemon and a wrong password are refused', { timeout: 180000 }, async (t) => {
+  const pg = await Postgres.start({ fsync: true });
+  const fp = await startFakeProvider({ expiresIn: 5 });
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'store-pg-daemon-secret' },
+    broker: { store: pg.uri(), store_password_file: pg.passwordFile },
+  });
+  t.after(async () => { await b.stop(); await fp.close(); await pg.destroy(); });
+
+  const r = await b.api('POST', '/v1/connections', { name: 'one', provider: 'fake' });
+  assert.equal(r.status, 201, r.text);
+  assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
+  await waitFor(async () => (await b.api('GET', '/v1/connections/one/token')).status === 200, { what: 'a token' });
+  const first = (await b.api('GET', '/v1/connections/one/token')).json.access_token;
+
+  // In PostgreSQL, sealed; no SQLite file beside the daemon.
+  assert.equal((await pg.psql("SELECT count(*) FROM connections WHERE name = 'one' AND state = 'active'")).trim(), '1');
+  assert.equal((await pg.psql(`SELECT count(*) FROM connections WHERE position(convert_to('${first}', 'UTF8') in access_token) > 0`)).trim(), '0');
+  assert.equal(fs.existsSync(b.db), false, 'a SQLite file was made beside a PostgreSQL store');
+  assert.match(b.log(), /127\.0\.0\.1/);
+
+  // Refreshed ahead of expiry (5 s tokens), written to the database.
+  await waitFor(async () => Number((await pg.psql("SELECT refreshes FROM connections WHERE name = 'one'")).trim()) >= 1,
+    { timeoutMs: 20000, what: 'a refresh committed to PostgreSQL' });
+  const second = (await b.api('GET', '/v1/connections/one/token')).json.access_token;
+  assert.notEqual(second, first);
+
+  // Events come from the database (read off the loop).
+  const ev = await b.api('GET', '/v1/events?connection=one&limit=50');
+  assert.equal(ev.status, 200, ev.text);
+  assert.ok(ev.json.events.length >= 1, ev.text);
+
+  // A SIGKILL, and the next daemon serves the newest token from the database.
+  await b.restart();
+  await waitFor(async () => (await b.api('GET', '/v1/connections/one/token')).status === 200, { what: 'a token after the restart' });
+  const after = (await b.api('GET', '/v1/connections/one/token')).json.access_token;
+  const newest = fp.issued[fp.issued.length - 1].access_token;
+  assert.ok(after === newest || fp.issued.some((i) => i.access_token === after), 'the token after the restart was never issued');
+  assert.notEqual(after, first, 'the restarted daemon served the first token again');
+
+  // A daemon with another key (its own state_dir makes its own) is refused.
+  const other = await runDaemon(variant(b, 'otherkey', { state_dir: 'state4', socket: 'tb4.sock' }));
+  noteRun('other-key-on-pg', other.out);
+  assert.notEqual(other.code, 0, other.out);
+  assert.match(other.out, /was sealed with another key/, other.out);
+  assert.equal(fs.existsSync(path.join(b.dir, 'state4', 'tokenbroker.key')), false, 'the new key was left behind');
+
+  // A second daemon on the same database with the same key (its own
+  // state_dir and socket) is refused; the first serves on.
+  const key = path.join(b.dir, 'state', 'tokenbroker.key');
+  const second2 = await runDaemon(variant(b, 'second', { state_dir: 'state2', key_file: key, socket: 'tb2.sock', callback_listen: '127.0.0.1:1', public_url: 'http://127.0.0.1:1' }));
+  noteRun('second-daemon-on-pg', second2.out);
+  assert.notEqual(second2.code, 0, second2.out);
+  assert.match(second2.out, /Another tokenbrokerd uses the database 'postgresql:\/\/tokenbroker@127\.0\.0\.1/, second2.out);
+  assert.equal((await b.api('GET', '/v1/connections/one/token')).status, 200);
+
+  // A wrong password: a clear error, and the password is not repeated.
+  const wrong = path.join(b.dir, 'wrong.password');
+  fs.writeFileSync(wrong, 'not-the-pg-password-7731\n', { mode: 0o600 });
+  const bad = await runDaemon(variant(b, 'badpw', { state_dir: 'state3', key_file: key, socket: 'tb3.sock', store_password_file: wrong }));
+  noteRun('wrong-password-on-pg', bad.out);
+  assert.notEqual(bad.code, 0, bad.out);
+  assert.match(bad.out, /password authentication failed/, bad.out);
+  assert.doesNotMatch(bad.out, /not-the-pg-password-7731/);
+  assert.ok(!bad.out.includes(pg.password), 'the real password is in the output');
+});
