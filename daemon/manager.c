@@ -1143,6 +1143,80 @@ int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commi
         return 0;
 }
 
+/* Opens one side of --copy-store: a SQLite file (FROM must exist) or a
+ * PostgreSQL URI, under the daemon's key, with no daemon on it. */
+static int copy_open(const char *where, const char *password, CryptKey *key, const char *what,
+                     const char *key_path, bool must_exist, Store **ret) {
+        _cleanup_free_ char *shown = NULL;
+        char error[512];
+        bool pg = store_is_postgresql(where);
+        int r;
+
+        shown = pg ? pg_uri_redact(where) : strdup(where);
+        if (!shown)
+                return log_oom();
+        if (!pg && must_exist && access(where, F_OK) < 0)
+                return log_error_errno(errno, "No store at '%s' (%s): %m", shown, what);
+        r = store_open_with(where, &(StoreOptions) { .password = password }, key, ret, error, sizeof error);
+        if (r == -EKEYREJECTED)
+                return log_error_errno(r, "%s '%s' was sealed with another key than %s: nothing copied.", what, shown,
+                                       key_path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open %s '%s': %s", what, shown, error);
+        if (store_lock_single_node(*ret) < 0)
+                return log_error_errno(EBUSY, "A tokenbrokerd runs on %s '%s': stop it first.", what, shown);
+        return 0;
+}
+
+int manager_copy_store(Manager *m, const char *from, const char *to) {
+        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
+        _cleanup_(store_closep) Store *src = NULL, *dst = NULL;
+        _cleanup_free_ char *path = NULL, *from_shown = NULL, *to_shown = NULL;
+        _cleanup_secret_ char *password = NULL;
+        unsigned n = 0, k = 0;
+        bool credential = false;
+        int r;
+
+        if (streq(from, to))
+                return log_error_errno(EINVAL, "--copy-store: FROM and TO are the same store.");
+        /* No daemon on this state_dir while the stores change hands. */
+        r = mkdir_p(m->config->state_dir, 0700);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
+        r = manager_lock_store(m, true);
+        if (r < 0)
+                return r;
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the encryption key: %m");
+        r = key_load_logged(path, credential ? "credential" : "key file", false, &key, NULL);
+        if (r < 0)
+                return r;
+        r = manager_store_password(m, &password);
+        if (r < 0)
+                return r;
+        from_shown = store_is_postgresql(from) ? pg_uri_redact(from) : strdup(from);
+        to_shown = store_is_postgresql(to) ? pg_uri_redact(to) : strdup(to);
+        if (!from_shown || !to_shown)
+                return log_oom();
+        r = copy_open(from, password, key, "the source", path, true, &src);
+        if (r < 0)
+                return r;
+        r = copy_open(to, password, key, "the target", path, false, &dst);
+        if (r < 0)
+                return r;
+        r = store_copy(src, dst, &n, &k);
+        if (r == -ENOTEMPTY)
+                return log_error_errno(r, "The target '%s' is not empty (%s): refusing to copy over it.", to_shown,
+                                       store_last_error(dst));
+        if (r < 0)
+                return log_error_errno(r, "Failed to copy '%s' to '%s' (nothing was copied): %s", from_shown,
+                                       to_shown, store_last_error(dst));
+        log_notice("Copied %u connection%s and %u event%s from '%s' (%s) to '%s' (%s).", n, n == 1 ? "" : "s", k,
+                   k == 1 ? "" : "s", from_shown, store_engine_name(src), to_shown, store_engine_name(dst));
+        return 0;
+}
+
 /* Whether a Unix socket path is in use: connects to it. Returns 1 if
  * nobody listens (a socket left by a daemon that was killed: safe to
  * replace), 0 if somebody does (*ret_pid: who, or 0), or -errno. */

@@ -32,10 +32,12 @@ const char *const store_sealed_columns[STORE_SEALED_MAX] = { "access_token", "re
 #define KEY_CHECK_AAD "tokenbroker key_check"
 #define KEY_CHECK_TEXT "tokenbroker: the key that sealed this database"
 
+bool store_is_postgresql(const char *where) {
+        return where && (startswith(where, "postgresql://") || startswith(where, "postgres://"));
+}
+
 const StoreEngine *store_engine_for(const char *where) {
-        if (where && (startswith(where, "postgresql://") || startswith(where, "postgres://")))
-                return &store_engine_pg;
-        return &store_engine_sqlite;
+        return store_is_postgresql(where) ? &store_engine_pg : &store_engine_sqlite;
 }
 
 const char *store_last_error(Store *s) {
@@ -589,6 +591,105 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
 
         s->error[0] = 0;
         return s->engine->rows_load(s->db, load_row, &l);
+}
+
+/* ---- copying between stores -------------------------------------------- */
+
+typedef struct CopyContext {
+        Store *from, *to;
+        unsigned n;
+        StoreEvent *events;        /* newest first, copies */
+        size_t n_events;
+} CopyContext;
+
+static int copy_row(const StoreRow *row, void *userdata) {
+        CopyContext *x = userdata;
+        int r;
+
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++) {
+                _cleanup_secret_ char *plain = NULL;
+
+                if (!row->sealed[j])
+                        continue;
+                r = unseal(x->from, row, j, row->text[ROW_NAME] ?: "?", &plain);
+                if (r < 0) {
+                        store_set_error(x->to, "%s", store_last_error(x->from));
+                        return r;
+                }
+        }
+        r = x->to->engine->row_insert(x->to->db, row);
+        if (r < 0)
+                return r;
+        x->n++;
+        return 0;
+}
+
+static int copy_event(const StoreEvent *e, void *userdata) {
+        CopyContext *x = userdata;
+        StoreEvent *c = &x->events[x->n_events];
+
+        *c = (StoreEvent) { .id = e->id, .at = e->at };
+        if ((e->connection && !(c->connection = strdup(e->connection))) ||
+            !(c->kind = strdup(e->kind ?: "")) || !(c->message = strdup(e->message ?: ""))) {
+                free((char *) c->connection);
+                free((char *) c->kind);
+                return -ENOMEM;
+        }
+        x->n_events++;
+        return 0;
+}
+
+static int count_one(const StoreEvent *e _unused_, void *userdata) {
+        (*(unsigned *) userdata)++;
+        return 0;
+}
+
+int store_copy(Store *from, Store *to, unsigned *ret_connections, unsigned *ret_events) {
+        CopyContext x = { .from = from, .to = to };
+        int64_t max = 0;
+        unsigned any = 0;
+        int r;
+
+        from->error[0] = to->error[0] = 0;
+        r = to->engine->max_id(to->db, &max);
+        if (r >= 0)
+                r = to->engine->events_list(to->db, NULL, 0, 1, count_one, &any);
+        if (r < 0)
+                return r;
+        if (max > 0 || any > 0) {
+                store_set_error(to, "the target holds %s already", max > 0 ? "connections" : "events");
+                return -ENOTEMPTY;
+        }
+        /* Events are bounded (STORE_EVENTS_MAX, trimmed every 64): newest
+         * first, then written oldest first. */
+        x.events = new0(StoreEvent, STORE_EVENTS_MAX + 64);
+        if (!x.events)
+                return -ENOMEM;
+        r = from->engine->events_list(from->db, NULL, 0, STORE_EVENTS_MAX + 64, copy_event, &x);
+        if (r >= 0)
+                r = begin(to);
+        if (r >= 0) {
+                r = from->engine->rows_load(from->db, copy_row, &x);
+                for (size_t i = x.n_events; r >= 0 && i > 0; i--) {
+                        const StoreEvent *e = &x.events[i - 1];
+                        r = to->engine->event_add(to->db, e->at, e->connection, e->kind, e->message);
+                }
+                r = r < 0 ? fail(to, r) : commit(to);
+        }
+        for (size_t i = 0; i < x.n_events; i++) {
+                free((char *) x.events[i].connection);
+                free((char *) x.events[i].kind);
+                free((char *) x.events[i].message);
+        }
+        free(x.events);
+        if (r < 0)
+                return r;
+        to->next_id = MAX(to->next_id, from->next_id);
+        if (ret_connections)
+                *ret_connections = x.n;
+        if (ret_events)
+                *ret_events = (unsigned) x.n_events;
+        return 0;
 }
 
 int store_event_add(Store *s, usec_t at, const char *connection, const char *kind, const char *message) {

@@ -59,6 +59,9 @@ int store_open_with(const char *where, const StoreOptions *options, const CryptK
                     size_t error_size);
 /* "sqlite" or "postgresql". */
 const char *store_engine_name(Store *s);
+/* Whether where names a PostgreSQL database (postgresql:// or
+ * postgres://) rather than a SQLite file. */
+bool store_is_postgresql(const char *where);
 /* One daemon per database (a SQLite file is guarded by the lock on
  * state_dir; a PostgreSQL database by a session advisory lock, kept while
  * the handle's session lasts): -EBUSY when another daemon holds it. */
@@ -70,6 +73,13 @@ int store_lock_single_node(Store *s);
  * was. *ret_n: connections re-sealed. */
 int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, void (*before_commit)(void),
                 int *ret_n);
+/* Copies every connection (its sealed values as they are: both stores
+ * must be open under the same key) and every event from one store into
+ * another, of either engine, in one transaction on the target: all or
+ * nothing. Each sealed value is opened first, so a damaged one stops the
+ * copy. -ENOTEMPTY when the target holds a connection or an event. */
+int store_copy(Store *from, Store *to, unsigned *ret_connections, unsigned *ret_events);
+
 Store *store_close(Store *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 const char *store_last_error(Store *s);

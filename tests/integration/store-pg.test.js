@@ -7,6 +7,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 
@@ -146,4 +147,110 @@ test('a daemon on PostgreSQL: grant, handout, refresh and events from the databa
   assert.match(bad.out, /password authentication failed/, bad.out);
   assert.doesNotMatch(bad.out, /not-the-pg-password-7731/);
   assert.ok(!bad.out.includes(pg.password), 'the real password is in the output');
+});
+
+function runCopy(confPath, from, to) {
+  return new Promise((resolve) => {
+    const env = { ...process.env, TOKENBROKER_LOG_LEVEL: 'info' };
+    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', confPath, '--copy-store', from, to], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60000);
+    p.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out }); });
+  });
+}
+
+async function connectionsOf(b) {
+  const r = await b.api('GET', '/v1/connections?limit=100');
+  assert.equal(r.status, 200, r.text);
+  const list = r.json.connections ?? r.json;
+  return Object.fromEntries(list.map((c) => [c.name, c.state]));
+}
+
+test('--copy-store: SQLite with connections in every state to PostgreSQL and back; a node on the copy serves the same tokens; a non-empty target, a wrong key and an unreachable target are refused and change nothing', { timeout: 240000 }, async (t) => {
+  const fp = await startFakeProvider({ expiresIn: 3600 });
+  const b = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'copy-store-secret' },
+  });
+  const pg = await Postgres.start({ fsync: false });
+  t.after(async () => { await b.stop(); await fp.close(); await pg.destroy(); });
+
+  // active, pending, needs_reauth
+  for (const name of ['live', 'gone']) {
+    const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
+    assert.equal(r.status, 201, r.text);
+    assert.equal((await followAuthorize(r.json.authorize_url)).status, 200);
+  }
+  assert.equal((await b.api('POST', '/v1/connections', { name: 'waiting', provider: 'fake' })).status, 201);
+  await waitFor(async () => (await b.api('GET', '/v1/connections/live/token')).status === 200, { what: 'a token' });
+  fp.respond = (req) => (req.path === '/token' && req.params.grant_type === 'refresh_token'
+    ? { status: 400, body: { error: 'invalid_grant', error_description: 'revoked' } } : null);
+  await b.ctl(['refresh', 'gone']).catch(() => {});
+  await waitFor(async () => (await connectionsOf(b)).gone === 'needs_reauth', { what: 'gone to need re-authorization' });
+  fp.respond = null;
+  const states = await connectionsOf(b);
+  assert.deepEqual(states, { gone: 'needs_reauth', live: 'active', waiting: 'pending' });
+  const token = (await b.api('GET', '/v1/connections/live/token')).json.access_token;
+  await b.stop({ keep: true });
+
+  const sqlite = b.db;
+  const uri = pg.uri();
+  // Unreachable target: a clear error.
+  const down = await runCopy(b.confPath, sqlite, 'postgresql://tokenbroker@127.0.0.1:1/nothing?connect_timeout=5');
+  noteRun('copy-store-unreachable', down.out);
+  assert.notEqual(down.code, 0, down.out);
+  assert.match(down.out, /Failed to open the target 'postgresql:\/\/tokenbroker@127\.0\.0\.1:1\/nothing/, down.out);
+
+  // A wrong key: refused before the target is touched.
+  const otherKey = path.join(b.dir, 'other.key');
+  fs.writeFileSync(otherKey, crypto.randomBytes(32), { mode: 0o600 });
+  const wrongConf = variant(b, 'wrongkey', { key_file: otherKey, store_password_file: pg.passwordFile, store: uri });
+  const wrong = await runCopy(wrongConf, sqlite, uri);
+  noteRun('copy-store-wrong-key', wrong.out);
+  assert.notEqual(wrong.code, 0, wrong.out);
+  assert.match(wrong.out, /was sealed with another key/, wrong.out);
+  assert.equal((await pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'connections'")).trim(), '0',
+    'the target was touched');
+
+  // The copy.
+  const key = path.join(b.dir, 'state', 'tokenbroker.key');
+  const pgConf = variant(b, 'onpg', { key_file: key, store: uri, store_password_file: pg.passwordFile, state_dir: 'state-pg', socket: 'tb-pg.sock' });
+  const ok = await runCopy(pgConf, sqlite, uri);
+  noteRun('copy-store-ok', ok.out);
+  assert.equal(ok.code, 0, ok.out);
+  assert.match(ok.out, /Copied 3 connections and \d+ events from '.*tokenbroker\.db' \(sqlite\) to 'postgresql:\/\/tokenbroker@127\.0\.0\.1:\d+\/tokenbroker' \(postgresql\)/, ok.out);
+  assert.ok(!ok.out.includes(pg.password));
+  const eventsBefore = (await pg.psql('SELECT count(*) FROM events')).trim();
+
+  // Again: the target is not empty now.
+  const again = await runCopy(pgConf, sqlite, uri);
+  noteRun('copy-store-again', again.out);
+  assert.notEqual(again.code, 0, again.out);
+  assert.match(again.out, /is not empty/, again.out);
+  assert.equal((await pg.psql('SELECT count(*) FROM connections')).trim(), '3');
+  assert.equal((await pg.psql('SELECT count(*) FROM events')).trim(), eventsBefore);
+
+  // A node on the copy serves the same token and the same states.
+  b.confPath = pgConf;
+  b.socket = path.join(b.dir, 'tb-pg.sock');
+  await b.launch();
+  assert.deepEqual(await connectionsOf(b), states);
+  assert.equal((await b.api('GET', '/v1/connections/live/token')).json.access_token, token);
+  await b.kill('SIGTERM');
+
+  // And back to a new SQLite file.
+  const back = path.join(b.dir, 'back.db');
+  const backOk = await runCopy(pgConf, uri, back);
+  noteRun('copy-store-back', backOk.out);
+  assert.equal(backOk.code, 0, backOk.out);
+  assert.match(backOk.out, /Copied 3 connections/, backOk.out);
+  fs.mkdirSync(path.join(b.dir, 'state-back'), { mode: 0o700 });
+  fs.renameSync(back, path.join(b.dir, 'state-back', 'tokenbroker.db'));
+  b.confPath = variant(b, 'back', { key_file: key, state_dir: 'state-back', socket: 'tb-back.sock' });
+  b.socket = path.join(b.dir, 'tb-back.sock');
+  await b.launch();
+  assert.deepEqual(await connectionsOf(b), states);
+  assert.equal((await b.api('GET', '/v1/connections/live/token')).json.access_token, token);
 });
