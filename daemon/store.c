@@ -965,6 +965,7 @@ typedef enum WriteKind {
         WRITE_DELETE,
         WRITE_EVENT,
         WRITE_BARRIER,
+        WRITE_CUSTOM,
 } WriteKind;
 
 typedef struct Write {
@@ -978,6 +979,9 @@ typedef struct Write {
         void *userdata;
         int result;
         char *error;
+        store_custom_fn run;          /* custom */
+        void *data;
+        void (*data_free)(void *data);
 } Write;
 
 typedef struct WriteList {
@@ -1050,6 +1054,8 @@ static Write *write_free(Write *x) {
         free(x->event_kind);
         free(x->message);
         free(x->error);
+        if (x->data_free)
+                x->data_free(x->data);
         free(x);
         return NULL;
 }
@@ -1083,6 +1089,8 @@ static int write_run(Store *s, Write *x) {
                 return store_event_add(s, x->at, x->connection, x->event_kind, x->message);
         case WRITE_BARRIER:
                 return 0;
+        case WRITE_CUSTOM:
+                return x->run(s, x->data);
         }
         return -EINVAL;
 }
@@ -1314,6 +1322,28 @@ int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata) {
                 return -ENOMEM;
         *x = (Write) { .kind = WRITE_BARRIER, .fn = fn, .userdata = userdata };
         return writer_submit(w, x);
+}
+
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        if (!x) {
+                if (data_free)
+                        data_free(data);
+                return -ENOMEM;
+        }
+        *x = (Write) { .kind = WRITE_CUSTOM, .run = run, .data = data, .data_free = data_free, .fn = fn,
+                       .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+sqlite3 *store_sqlite(Store *s) {
+        return s->db;
+}
+
+void store_custom_error(Store *s, const char *error) {
+        snprintf(s->error, sizeof s->error, "%s", error);
 }
 
 size_t store_writer_pending(StoreWriter *w) {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <sqlite3.h>
 #include <systemd/sd-event.h>
 
 #include "daemon/connection.h"
@@ -140,6 +141,19 @@ int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const 
 /* Nothing to write: fn runs once everything queued before it is done
  * (read-your-writes for a reader of the loop's handle). */
 int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata);
+
+/* A change of a table the store itself does not know (daemon/links.c):
+ * run(s, data) runs on the writer thread inside the batch's transaction,
+ * with the writer's own handle (store_sqlite(s)); it returns 0 or -errno
+ * (store_custom_error() says why). data_free(data), if not NULL, runs when
+ * the change is done with, on the loop. */
+typedef int (*store_custom_fn)(Store *s, void *data);
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata);
+/* The SQLite handle: the loop's for reads at startup, the writer's inside
+ * a store_custom_fn. */
+sqlite3 *store_sqlite(Store *s);
+void store_custom_error(Store *s, const char *error);
 
 /* Changes queued whose completion has not run yet. */
 size_t store_writer_pending(StoreWriter *w);
