@@ -754,6 +754,29 @@ static char *error_page(const char *title, const char *message) {
         return message_page(title, message, "Nothing was changed. Ask whoever sent you this link for a new one.");
 }
 
+/* "2026-12-10 02:45 UTC": for people, on a phone. */
+static const char *human_time(char buf[static 64], usec_t t) {
+        char *p;
+
+        (void) format_timestamp(buf, 64, t);
+        if ((p = strchr(buf, 'T')))
+                *p = ' ';
+        if (strlen(buf) >= 20 && buf[16] == ':')
+                strcpy(buf + 16, " UTC");
+        return buf;
+}
+
+static const char *state_for_people(const Connection *c) {
+        if (!c)
+                return "new connection, not authorized yet";
+        switch (c->state) {
+        case CONN_ACTIVE: return "active";
+        case CONN_PENDING: return "waiting for an authorization";
+        case CONN_NEEDS_REAUTH: return "needs re-authorization";
+        default: return conn_state_to_string(c->state);
+        }
+}
+
 static char *link_page(Manager *m, const Link *l, const Connection *c, const Provider *p) {
         char host[256] = "", until[64], who[LINK_BY_NAME_MAX + 48], broker[600];
         const char *scope = l->scope ?: (c && c->requested_scope) ? c->requested_scope : p->scopes;
@@ -763,7 +786,7 @@ static char *link_page(Manager *m, const Link *l, const Connection *c, const Pro
         if (gethostname(host, sizeof host - 1) < 0)
                 host[0] = 0;
         snprintf(broker, sizeof broker, "tokenbroker%s%s at %s", host[0] ? " on " : "", host, m->config->public_url);
-        (void) format_timestamp(until, sizeof until, l->expires_at);
+        (void) human_time(until, l->expires_at);
         format_who(who, sizeof who, l->by, l->by_name);
         if (l->by < 0)
                 snprintf(who, sizeof who, "the broker, when the connection needed re-authorization");
@@ -777,7 +800,7 @@ static char *link_page(Manager *m, const Link *l, const Connection *c, const Pro
         page_kv(&b, "Provider", p->name);
         page_kv(&b, "Sign-in at", p->authorize_url);
         page_kv(&b, "Scopes", scope ?: "(the provider's default)");
-        page_kv(&b, "State", c ? conn_state_to_string(c->state) : "new connection");
+        page_kv(&b, "State", state_for_people(c));
         page_kv(&b, "Requested by", who);
         page_kv(&b, "Link valid until", until);
         strbuf_puts(&b, "</dl>\n<form method=\"post\"><button type=\"submit\">Continue to ");
