@@ -19,7 +19,7 @@
 #include "common/api.h"
 #include "common/macro.h"
 #include "common/util.h"
-#include "daemon/links.h"
+#include "daemon/link-token.h"
 
 static const char *arg_socket = NULL;
 static bool arg_json = false;

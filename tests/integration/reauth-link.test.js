@@ -15,6 +15,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
@@ -321,4 +322,25 @@ test('tokenctl authorize --link for a connection still to make (--provider), and
   const links = await b.api('GET', '/v1/links');
   assert.equal(links.status, 200);
   assert.equal(links.json.links[0].state, 'used');
+
+  // A link outlives nothing: its connection revoked (and a new one of the same name) -> 410.
+  assert.equal((await b.api('POST', '/v1/connections', { name: 'gone', provider: 'local' })).status, 201);
+  const gone = await mint(b, ['gone', '--link']);
+  assert.equal((await b.api('DELETE', '/v1/connections/gone')).status, 200);
+  await refusedPage(gone.url, 410, /no longer exists/);
+  assert.equal((await b.api('POST', '/v1/connections', { name: 'gone', provider: 'local' })).status, 201);
+  await refusedPage(gone.url, 410, /no longer exists/);
+
+  // Not an admin (nobody, through setpriv): every links route is refused, nothing made.
+  fs.chmodSync(b.dir, 0o755);   // mkdtemp made it 0700; the socket is 0666
+  const nobody = (method, body) => spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--',
+    'curl', '-q', '-sS', '--max-time', '20', '--unix-socket', b.socket, '-X', method, '-o', '/dev/null', '-w', '%{http_code}',
+    ...(body ? ['-H', 'content-type: application/json', '--data-binary', body] : []), 'http://localhost/v1/links'],
+  { encoding: 'utf8', timeout: 30000 });
+  for (const [method, body] of [['GET'], ['POST', '{"name":"newconn"}'], ['DELETE']]) {
+    const r = nobody(method, body);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, '403', `${method} /v1/links as nobody`);
+  }
+  assert.equal((await b.api('GET', '/v1/links?connection=newconn')).json.links.length, 1);
 });

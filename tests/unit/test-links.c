@@ -4,7 +4,7 @@
 
 #include "common/macro.h"
 #include "common/util.h"
-#include "daemon/links.h"
+#include "daemon/link-token.h"
 
 #define TESTS_MAIN
 #include "tests.h"
