@@ -1355,6 +1355,8 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                 r = set_string(&c->public_url, value);
                 if (r >= 0 && n > 0 && c->public_url[n - 1] == '/')
                         c->public_url[n - 1] = 0;
+                if (r >= 0)
+                        c->public_url_set = true;
                 return r;
         }
         if (streq(key, "socket_mode")) {

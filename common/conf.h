@@ -216,6 +216,7 @@ typedef struct BrokerConfig {
         unsigned socket_mode;
         char *callback_listen;    /* host:port */
         char *public_url;
+        bool public_url_set;      /* public_url given (not the callback_listen default) */
         char *providers_dir;
         char *admin_group;
         char *socket_group;       /* group of the API socket; NULL: unchanged */

@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "daemon/acl.h"
 #include "daemon/api.h"
+#include "daemon/links.h"
 #include "daemon/mhd.h"
 #include "common/template.h"
 #include "daemon/oauth.h"
@@ -1314,7 +1315,7 @@ static void route_events(ApiRequest *r) {
         p->r = r;
         p->before_id = before_id;
         p->limit = limit;
-        k = store_writer_call(r->api->manager->writer, events_read, on_events_read, p);
+        k = store_writer_custom(r->api->manager->writer, events_read, p, NULL, on_events_read, p);
         if (k < 0)
                 return answer_error(r, k == -ESHUTDOWN ? 503 : 500, API_ERR_SERVER, "cannot read events");
         TAKE_PTR(p);
@@ -1414,6 +1415,8 @@ static bool refuse_unprivileged(ApiRequest *r, const char *method, const char *u
         int k;
 
         assert(r->peer && !r->peer->admin);
+        if (links_api_path(url))
+                return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed"), true;
         k = api_route_match(method, url, &rt);
         if (k == -ENAMETOOLONG)
                 return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection"), true;
@@ -1491,6 +1494,37 @@ static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, 
         strbuf_free(&b);
 }
 
+/* /v1/links (daemon/links.c): an answer now, or once its write is durable. */
+static void on_links_written(int result, const char *error _unused_, void *userdata) {
+        ApiRequest *r = userdata;
+
+        if (!r->suspended)
+                return;
+        if (result < 0)
+                answer_error(r, 500, API_ERR_SERVER, "cannot store the link change");
+        resume(r);
+        mhd_loop_kick(&r->api->loop);
+}
+
+static void route_links(ApiRequest *r, const char *method, const char *url) {
+        bool bad = false;
+        const char *conn = arg_checked(r, "connection", &bad);
+        unsigned status = 500;
+        char *body = NULL;
+        int k;
+
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
+        if (streq(method, "POST") || streq(method, "DELETE"))
+                audit_begin(r, streq(method, "POST") ? "link" : "unlink", NULL);
+        k = links_api(r->api->manager, method, url, conn, r->body, r->body_len, r->peer->uid, &status, &body,
+                      on_links_written, r);
+        answer(r, status, body);
+        audit_record(r);
+        if (k > 0)
+                suspend(r, NULL);
+}
+
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
         Connection *c;
@@ -1500,6 +1534,11 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
         if (r->too_large) {
                 answer_error(r, 413, API_ERR_INVALID_REQUEST, "request body too large");
                 return;
+        }
+        if (links_api_path(url)) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+                return route_links(r, method, url);
         }
         k = api_route_match(method, url, &rt);
         if (k == -ENAMETOOLONG)

@@ -16,6 +16,7 @@
 #include "daemon/acl.h"
 #include "daemon/api.h"
 #include "daemon/callback.h"
+#include "daemon/links.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
 #include "daemon/pg.h"
@@ -100,6 +101,7 @@ Manager *manager_free(Manager *m) {
                 log_warning("Writes still queued after flushing the store writer; they are committed at exit.");
         api_free(m->api);
         callback_free(m->callback);
+        m->links = links_free(m->links);
         if (m->connections) {
                 while ((n = hashmap_iter_next(m->connections, &it))) {
                         Connection *c = container_of(n, Connection, by_name);
@@ -398,7 +400,8 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         char e_conn[CONNECTION_NAME_MAX + 32], e_prov[PROVIDER_NAME_MAX + 32], e_event[64], e_reason[400],
                 e_state[64];
         char *const argv[] = { m->config->notify_command, (char *) event, c->name, NULL };
-        char *envp[8];
+        char *envp[9];
+        _cleanup_secret_ char *e_link = NULL;
         posix_spawn_file_actions_t fa;
         sd_event_source *src = NULL;
         usec_t t = now(DEADLINE_CLOCK);
@@ -435,6 +438,15 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         envp[n++] = e_event;
         envp[n++] = e_state;
         envp[n++] = e_reason;
+        if (streq(event, "needs-reauth")) {
+                _cleanup_secret_ char *link = NULL;
+
+                links_mint_automatic(m, c, &link);
+                if (link && asprintf(&e_link, "TOKENBROKER_REAUTH_URL=%s", link) < 0)
+                        e_link = NULL;
+                if (e_link)
+                        envp[n++] = e_link;
+        }
         envp[n++] = (char *) "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
         envp[n] = NULL;
 
@@ -1384,6 +1396,13 @@ int manager_startup(Manager *m) {
         if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
                 log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
                             "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));
+        /* Links live in a SQLite table for now: on PostgreSQL there are
+         * none (the API says so) until the HA work brings them over. */
+        if (store_sqlite(m->store)) {
+                r = links_new(m, &m->links);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to load re-authorization links from '%s': %m", db);
+        }
         log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization).",
                  hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],
                  m->n_state[CONN_NEEDS_REAUTH]);

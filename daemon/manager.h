@@ -12,6 +12,7 @@
 
 typedef struct Api Api;
 typedef struct Callback Callback;
+typedef struct Links Links;
 
 /* Prometheus histogram bounds for provider request latency, seconds. */
 #define LATENCY_BOUNDS { 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
@@ -60,6 +61,7 @@ struct Manager {
 
         Api *api;
         Callback *callback;
+        Links *links;              /* re-authorization links (daemon/links.c) */
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
 

@@ -711,7 +711,7 @@ typedef enum WriteKind {
         WRITE_DELETE,
         WRITE_EVENT,
         WRITE_BARRIER,
-        WRITE_CALL,
+        WRITE_CUSTOM,
 } WriteKind;
 
 typedef struct Write {
@@ -721,11 +721,13 @@ typedef struct Write {
         int64_t id;                   /* delete */
         usec_t at;                    /* event */
         char *connection, *event_kind, *message;
-        store_call_fn call;           /* call */
         store_done_fn fn;
         void *userdata;
         int result;
         char *error;
+        store_custom_fn run;          /* custom */
+        void *data;
+        void (*data_free)(void *data);
 } Write;
 
 typedef struct WriteList {
@@ -798,6 +800,8 @@ static Write *write_free(Write *x) {
         free(x->event_kind);
         free(x->message);
         free(x->error);
+        if (x->data_free)
+                x->data_free(x->data);
         free(x);
         return NULL;
 }
@@ -817,8 +821,8 @@ static int write_run(Store *s, Write *x) {
                 return store_event_add(s, x->at, x->connection, x->event_kind, x->message);
         case WRITE_BARRIER:
                 return 0;
-        case WRITE_CALL:
-                return x->call(s, x->userdata);
+        case WRITE_CUSTOM:
+                return x->run(s, x->data);
         }
         return -EINVAL;
 }
@@ -1057,14 +1061,26 @@ int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata) {
         return writer_submit(w, x);
 }
 
-int store_writer_call(StoreWriter *w, store_call_fn fn, store_done_fn done, void *userdata) {
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata) {
         Write *x = new0(Write, 1);
 
-        assert(fn);
-        if (!x)
+        if (!x) {
+                if (data_free)
+                        data_free(data);
                 return -ENOMEM;
-        *x = (Write) { .kind = WRITE_CALL, .call = fn, .fn = done, .userdata = userdata };
+        }
+        *x = (Write) { .kind = WRITE_CUSTOM, .run = run, .data = data, .data_free = data_free, .fn = fn,
+                       .userdata = userdata };
         return writer_submit(w, x);
+}
+
+sqlite3 *store_sqlite(Store *s) {
+        return store_sqlite_handle(s);
+}
+
+void store_custom_error(Store *s, const char *error) {
+        snprintf(s->error, sizeof s->error, "%s", error);
 }
 
 size_t store_writer_pending(StoreWriter *w) {

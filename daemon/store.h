@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <sqlite3.h>
 #include <systemd/sd-event.h>
 
 #include "daemon/connection.h"
@@ -169,13 +170,23 @@ int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const 
  * (read-your-writes for a reader of the loop's handle). */
 int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata);
 
-/* A read that must not block the loop (the events listing; on
- * PostgreSQL every statement is a network round trip): fn runs on the
- * writer's thread with the thread's own handle, after every change queued
- * before it is committed, and done gets fn's result on the loop. fn must
- * touch nothing the loop uses. */
-typedef int (*store_call_fn)(Store *s, void *userdata);
-int store_writer_call(StoreWriter *w, store_call_fn fn, store_done_fn done, void *userdata);
+/* Work on the writer's thread, in order with the changes queued: a change
+ * of a table the store itself does not know (daemon/links.c), or a read
+ * that must not block the loop (the events listing: on PostgreSQL every
+ * statement is a network round trip). run(s, data) runs inside the
+ * batch's transaction with the writer's own handle, after every change
+ * queued before it (and again if its batch is retried alone: it must start
+ * from scratch); it returns 0 or -errno (store_custom_error() says why) and
+ * touches nothing the loop uses. fn gets its result on the loop;
+ * data_free(data), if not NULL, runs when the change is done with, on the
+ * loop. */
+typedef int (*store_custom_fn)(Store *s, void *data);
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata);
+/* The SQLite handle: the loop's for reads at startup, the writer's inside
+ * a store_custom_fn; NULL on PostgreSQL. */
+sqlite3 *store_sqlite(Store *s);
+void store_custom_error(Store *s, const char *error);
 
 /* Changes queued whose completion has not run yet. */
 size_t store_writer_pending(StoreWriter *w);
