@@ -84,7 +84,7 @@ $(BUILD)/libtokenbroker.a: $(LIB_OBJ)
 $(BUILD)/tokenbrokerd: $(BUILD)/daemon/main.o $(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/libtokenbroker.a
+$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/daemon/tokenctl-integrations.o $(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a
