@@ -84,7 +84,8 @@ $(BUILD)/libtokenbroker.a: $(LIB_OBJ)
 $(BUILD)/tokenbrokerd: $(BUILD)/daemon/main.o $(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/daemon/tokenctl-integrations.o $(BUILD)/libtokenbroker.a
+$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/daemon/tokenctl-integrations.o $(BUILD)/daemon/tokenctl-proxy.o \
+		$(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a

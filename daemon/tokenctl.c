@@ -1486,6 +1486,8 @@ static const Verb verbs[] = {
                             "get|store|erase",
           "git's credential helper: the token of the connection mapped to the host git asks about", 1, 200,
           do_git_credential },
+        { "proxy", "NAME --listen ADDRESS:PORT",
+          "forward HTTP on a loopback port to the connection's proxy route on the socket, as you", 2, 3, do_proxy },
 };
 
 static void help(FILE *f) {
