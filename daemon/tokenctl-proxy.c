@@ -257,6 +257,9 @@ static bool client_step(Client *c, short cev, short bev, const char *name, const
         /* forwarding */
         if (bev & (POLLERR | POLLNVAL))
                 return false;
+        /* the client closed both ways after its request: nobody to answer */
+        if ((cev & POLLHUP) && c->body.done)
+                return false;
         if (!c->body.done && c->up.len < c->up.cap && (cev & (POLLIN | POLLHUP))) {
                 char tmp[PROXY_BUF];
                 size_t room = c->up.cap - c->up.len;
@@ -398,6 +401,7 @@ int do_proxy(int argc, char **argv) {
         Client *clients[PROXY_CONNECTIONS_MAX] = {};
         struct pollfd pfd[1 + 2 * PROXY_CONNECTIONS_MAX];
         struct sigaction sa = { .sa_handler = on_signal };
+        sigset_t block, unblocked;
         char bound[128];
         size_t nclients = 0;
         int lfd, k = EXIT_OK;
@@ -423,6 +427,14 @@ int do_proxy(int argc, char **argv) {
         lfd = listen_on(listen_spec, bound, sizeof bound);
         if (lfd < 0)
                 return -lfd;
+        /* SIGINT and SIGTERM are let in only inside ppoll(): none is lost
+         * between the check of stop_signal and the wait */
+        sigemptyset(&block);
+        sigaddset(&block, SIGINT);
+        sigaddset(&block, SIGTERM);
+        (void) sigprocmask(SIG_BLOCK, &block, &unblocked);
+        sigdelset(&unblocked, SIGINT);
+        sigdelset(&unblocked, SIGTERM);
         (void) sigaction(SIGINT, &sa, NULL);
         (void) sigaction(SIGTERM, &sa, NULL);
         (void) signal(SIGPIPE, SIG_IGN);
@@ -456,10 +468,16 @@ int do_proxy(int argc, char **argv) {
                                         be |= POLLIN;
                         }
                         pfd[np++] = (struct pollfd) { .fd = c->cfd, .events = ce };
-                        pfd[np++] = (struct pollfd) { .fd = c->forwarding ? c->bfd : -1, .events = be };
+                        /* after the broker's end, its fd would only ever report POLLHUP */
+                        pfd[np++] = (struct pollfd) { .fd = c->forwarding && !c->broker_eof ? c->bfd : -1,
+                                                      .events = be };
                         next = MIN(next, c->deadline);
                 }
-                r = poll(pfd, np, (int) (MAX(next - now, 0) * 1000 + 100));
+                {
+                        struct timespec ts = { .tv_sec = MAX(next - now, 0), .tv_nsec = 100 * 1000 * 1000 };
+
+                        r = ppoll(pfd, np, &ts, &unblocked);
+                }
                 if (r < 0) {
                         if (errno == EINTR)
                                 continue;
