@@ -148,6 +148,21 @@ test('exec: clear errors, and the command does not run without a token', { timeo
   assert.match(r.stderr, /unknown option '--frobnicate'/);
 });
 
+test('exec and git-credential as a user not on the ACL: exit 7, no command run, nothing for git', { timeout: TIMEOUT }, async () => {
+  // mkdtemp made the broker's directory 0700; the socket itself is 0666
+  fs.chmodSync(b.dir, 0o755);
+  const asNobody = (args, input = '') => run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--',
+    CTL, '--socket', b.socket, ...args], { input, env: { HOME: '/' } });
+  const marker = path.join(os.tmpdir(), `tb-integr-nobody-${process.pid}`);
+  let r = await asNobody(['exec', 'gh', '--', 'sh', '-c', `touch ${marker}`]);
+  assert.equal(r.code, 7, r.stderr);
+  assert.match(r.stderr, /not allowed|denied|forbidden/i);
+  assert.ok(!fs.existsSync(marker), 'the command ran without a token');
+  r = await asNobody(['git-credential', '--connection', 'gh', 'get'], 'protocol=https\nhost=github.com\n\n');
+  assert.equal(r.code, 7, r.stderr);
+  assert.equal(r.stdout, '');
+});
+
 // ---- git credential helper -------------------------------------------------
 
 /* `git credential fill` with only the given helper configuration: no
