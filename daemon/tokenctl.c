@@ -1481,7 +1481,7 @@ static const Verb verbs[] = {
         { "events", "[NAME] [--limit N]", "recent events, of one connection or all", 0, 3, do_events },
         { "exec", "NAME [--env VAR] [--min-ttl S] -- CMD [ARGS]...",
           "run CMD with a token (at least --min-ttl, default 300 s) in $VAR (default TOKENBROKER_ACCESS_TOKEN)",
-          2, 4096, do_exec },
+          2, 1 << 24, do_exec },
         { "git-credential", "[--connection NAME] [--map HOST[/PATH]=NAME]... [--username U] [--allow-http] "
                             "get|store|erase",
           "git's credential helper: the token of the connection mapped to the host git asks about", 1, 200,
