@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 
 // Fetch a token from tokenbrokerd over its Unix socket with an http.Client
-// whose transport dials the socket, then call an API with it. Standard
-// library only (Debian 12: apt install golang-go).
+// whose transport dials the socket, then call an API with it; or let the
+// broker call the API (its proxy route), so this program never holds the
+// token. Standard library only (Debian 12: apt install golang-go).
 //
 //	go run broker-token.go NAME [API_URL]
+//	go run broker-token.go NAME /PATH   # GET the provider's api_url + /PATH through the broker
 //
 // The socket is $TOKENBROKER_SOCKET, else /run/tokenbroker/tokenbroker.sock.
 // The token is never printed.
@@ -19,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -63,8 +66,19 @@ func brokerToken(c *http.Client, name string) (*tokenAnswer, error) {
 
 func main() {
 	if len(os.Args) != 2 && len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: broker-token NAME [API_URL]")
+		fmt.Fprintln(os.Stderr, "usage: broker-token NAME [API_URL | /PATH]")
 		os.Exit(2)
+	}
+	if len(os.Args) == 3 && strings.HasPrefix(os.Args[2], "/") {
+		resp, err := brokerClient().Get("http://broker/v1/connections/" + url.PathEscape(os.Args[1]) + "/proxy" + os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		fmt.Printf("GET %s through the broker -> HTTP %d\n%s\n", os.Args[2], resp.StatusCode, body)
+		return
 	}
 	t, err := brokerToken(brokerClient(), os.Args[1])
 	if err != nil {

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """Fetch a token from tokenbrokerd over its Unix socket with requests, then
-call an API with it.
+call an API with it; or let the broker call the API (its proxy route), so
+this program never holds the token.
 
     python3 broker_token.py NAME [API_URL]
+    python3 broker_token.py NAME /PATH     # GET the provider's api_url + /PATH through the broker
 
 The socket is $TOKENBROKER_SOCKET, else /run/tokenbroker/tokenbroker.sock.
 Debian 12: apt install python3-requests (requests-unixsocket is not in
@@ -55,9 +57,15 @@ def broker_token(session, name, min_ttl=60):
 
 def main():
     if len(sys.argv) not in (2, 3):
-        sys.exit("usage: broker_token.py NAME [API_URL]")
+        sys.exit("usage: broker_token.py NAME [API_URL | /PATH]")
     broker = requests.Session()
     broker.mount("http://broker/", UnixAdapter())
+    if len(sys.argv) == 3 and sys.argv[2].startswith("/"):
+        r = broker.get("http://broker/v1/connections/%s/proxy%s" % (urllib.parse.quote(sys.argv[1], safe=""),
+                                                                    sys.argv[2]), timeout=60)
+        print("GET %s through the broker -> HTTP %d" % (sys.argv[2], r.status_code))
+        print(r.text)
+        return
     tok = broker_token(broker, sys.argv[1])
     print("token of %s: expires in %s s" % (sys.argv[1], tok.get("expires_in", "?")))
     if len(sys.argv) == 3:

@@ -13,7 +13,8 @@
  *  - the msmtp / mbsync / offlineimap command lines of the README, as
  *    written there, print the token;
  *  - examples/ in Python, Go and Node fetch a token over the socket and
- *    call an API with it.
+ *    call an API with it, and call it through the broker's proxy route
+ *    (against a stand-in for that route, built on another branch).
  *
  * Tokens are compared by SHA-256, never printed.
  */
@@ -21,6 +22,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const { spawn, spawnSync } = require('node:child_process');
@@ -80,6 +82,7 @@ test.before(async () => {
 });
 
 test.after(async () => {
+  if (proxyStub) await new Promise((r) => proxyStub.close(r));
   const st = b && await b.stop();
   if (fp) await fp.close();
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
@@ -340,10 +343,33 @@ async function checkExample(cmd, args, label, env = {}) {
   assert.match(e.stderr, /404.*unknown connection/, label);
 }
 
+/* The examples' second mode, `NAME /PATH`: a GET on the broker's proxy
+ * route. The daemon's route is built on another branch: a Unix-socket
+ * server stands in for it here and records what arrives. */
+let proxyStub, proxyStubSock, proxySeen = [];
+async function checkExampleProxy(cmd, args, label) {
+  if (!proxyStub) {
+    proxyStubSock = path.join(tmp, 'proxy-stub.sock');
+    proxyStub = http.createServer((req, res) => {
+      proxySeen.push({ url: req.url, authorization: req.headers.authorization });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"login":"octocat"}');
+    });
+    await new Promise((resolve) => proxyStub.listen(proxyStubSock, resolve));
+  }
+  proxySeen = [];
+  const r = await run(cmd, [...args, 'gh', '/user?x=1'], { env: { TOKENBROKER_SOCKET: proxyStubSock }, timeoutMs: 120000 });
+  assert.equal(r.code, 0, `${label}: ${r.stderr}`);
+  assert.match(r.stdout, /^GET \/user\?x=1 through the broker -> HTTP 200$/m, label);
+  assert.match(r.stdout, /octocat/, label);
+  assert.deepEqual(proxySeen, [{ url: '/v1/connections/gh/proxy/user?x=1', authorization: undefined }], label);
+}
+
 test('examples/python: requests over the Unix socket', { timeout: TIMEOUT }, async () => {
   // Debian's python3 with python3-requests, else whatever python3 is first
   const py = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
   await checkExample(py, [path.join(ROOT, 'examples/python/broker_token.py')], 'python');
+  await checkExampleProxy(py, [path.join(ROOT, 'examples/python/broker_token.py')], 'python');
 });
 
 test('examples/go: http.Client with a Unix DialContext', { timeout: 300000 }, async () => {
@@ -352,8 +378,10 @@ test('examples/go: http.Client with a Unix DialContext', { timeout: 300000 }, as
   const r = await run('go', ['build', '-o', bin, path.join(ROOT, 'examples/go/broker-token.go')], { env: goenv, timeoutMs: 280000 });
   assert.equal(r.code, 0, `go build: ${r.stderr}`);
   await checkExample(bin, [], 'go');
+  await checkExampleProxy(bin, [], 'go');
 });
 
 test('examples/node: http.request with socketPath', { timeout: TIMEOUT }, async () => {
   await checkExample(process.execPath, [path.join(ROOT, 'examples/node/broker-token.js')], 'node');
+  await checkExampleProxy(process.execPath, [path.join(ROOT, 'examples/node/broker-token.js')], 'node');
 });
