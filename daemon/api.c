@@ -1183,6 +1183,46 @@ static void route_providers(ApiRequest *r) {
         answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
 }
 
+/* The store: its engine, and on PostgreSQL whether the last heartbeat
+ * reached it (from memory: daemon/cluster.c). */
+static json_t *store_json(Manager *m) {
+        ClusterView v = { .reachable = true };
+        char b[32];
+        json_t *j;
+
+        if (m->cluster)
+                cluster_view(m->cluster, &v);
+        j = json_pack("{s:s, s:s, s:b}", "engine", store_engine_name(m->store), "node", m->config->node_name,
+                      "reachable", v.reachable);
+        if (j && m->cluster && v.last_ok)
+                json_object_set_new(j, "last_reached", json_string(format_timestamp(b, sizeof b, v.last_ok)));
+        if (j && !v.reachable && v.error[0])
+                json_object_set_new(j, "error", json_string(v.error));
+        return j;
+}
+
+/* The nodes of the database, as the last heartbeat saw them. Until leases
+ * exist one daemon holds a database: this node refreshes every
+ * connection. */
+static json_t *nodes_json(Manager *m) {
+        ClusterView v;
+        json_t *a = json_array();
+        char b[32];
+
+        cluster_view(m->cluster, &v);
+        for (size_t i = 0; a && i < v.n; i++) {
+                const ClusterNode *n = &v.nodes[i];
+
+                json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:I, s:b, s:b, s:I}", "name", n->name,
+                                                   "version", n->version, "heartbeat",
+                                                   format_timestamp(b, sizeof b, n->heartbeat_at), "heartbeat_age",
+                                                   (json_int_t) (n->age / USEC_PER_SEC), "alive", n->alive, "self",
+                                                   n->self, "holds",
+                                                   (json_int_t) (n->self ? hashmap_size(m->connections) : 0)));
+        }
+        return a;
+}
+
 static void route_status(ApiRequest *r) {
         Manager *m = r->api->manager;
         usec_t next = manager_next_refresh(m), t = now(DEADLINE_CLOCK);
@@ -1204,6 +1244,10 @@ static void route_status(ApiRequest *r) {
                       "tokens_served", (json_int_t) m->tokens_served);
         if (j && next != USEC_INFINITY)
                 json_object_set_new(j, "next_wakeup_in", json_integer((json_int_t) (usec_sub(next, t) / USEC_PER_SEC)));
+        if (j)
+                json_object_set_new(j, "store", store_json(m));
+        if (j && m->cluster)
+                json_object_set_new(j, "nodes", nodes_json(m));
         answer(r, 200, dump(j));
 }
 
@@ -1381,6 +1425,26 @@ static void route_metrics(ApiRequest *r) {
         strbuf_printf(&b, "# HELP tokenbroker_start_time_seconds Start time of the daemon since the epoch.\n"
                           "# TYPE tokenbroker_start_time_seconds gauge\n"
                           "tokenbroker_start_time_seconds %" PRIu64 "\n", m->started_at / USEC_PER_SEC);
+        if (m->cluster) {
+                ClusterView v;
+                unsigned alive = 0;
+
+                cluster_view(m->cluster, &v);
+                for (size_t i = 0; i < v.n; i++)
+                        alive += v.nodes[i].alive;
+                strbuf_printf(&b, "# HELP tokenbroker_store_reachable Whether the last heartbeat reached the store's "
+                                  "database.\n# TYPE tokenbroker_store_reachable gauge\n"
+                                  "tokenbroker_store_reachable %d\n", v.reachable ? 1 : 0);
+                strbuf_printf(&b, "# HELP tokenbroker_nodes Nodes of the store's database by liveness.\n"
+                                  "# TYPE tokenbroker_nodes gauge\n"
+                                  "tokenbroker_nodes{state=\"alive\"} %u\ntokenbroker_nodes{state=\"dead\"} %zu\n",
+                              alive, v.n - alive);
+                strbuf_puts(&b, "# HELP tokenbroker_node_heartbeat_age_seconds Age of each node's heartbeat.\n"
+                                "# TYPE tokenbroker_node_heartbeat_age_seconds gauge\n");
+                for (size_t i = 0; i < v.n; i++)
+                        strbuf_printf(&b, "tokenbroker_node_heartbeat_age_seconds{node=\"%s\"} %.3f\n", v.nodes[i].name,
+                                      (double) v.nodes[i].age / (double) USEC_PER_SEC);
+        }
         r->content_type = "text/plain; version=0.0.4; charset=utf-8";
         answer(r, 200, strbuf_steal(&b));
 }

@@ -101,6 +101,7 @@ Manager *manager_free(Manager *m) {
                 log_warning("Writes still queued after flushing the store writer; they are committed at exit.");
         api_free(m->api);
         callback_free(m->callback);
+        refresher_drop_recommits(m);
         m->links = links_free(m->links);
         if (m->connections) {
                 while ((n = hashmap_iter_next(m->connections, &it))) {
@@ -127,6 +128,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->sigterm);
         sd_event_source_disable_unref(m->sigint);
         sd_event_source_disable_unref(m->sighup);
+        cluster_free(m->cluster);
         store_writer_free(m->writer);
         store_close(m->store);
         safe_close(m->api_fd);
@@ -283,9 +285,13 @@ static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *
 
         if (next != USEC_INFINITY)
                 snprintf(when, sizeof when, "in %" PRIu64 "s", usec_sub(next, t) / USEC_PER_SEC);
-        (void) sd_notifyf(false, "STATUS=%u active, %u pending, %u need re-authorization; next wake-up %s",
+        ClusterView v = { .reachable = true };
+
+        if (m->cluster)
+                cluster_view(m->cluster, &v);
+        (void) sd_notifyf(false, "STATUS=%u active, %u pending, %u need re-authorization; next wake-up %s%s",
                           m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING], m->n_state[CONN_NEEDS_REAUTH],
-                          when);
+                          when, v.reachable ? "" : "; the store's database is unreachable");
         return 0;
 }
 
@@ -952,6 +958,20 @@ static int manager_store_target(Manager *m, char **ret_where, char **ret_shown) 
         return 0;
 }
 
+/* The database went away or came back (daemon/cluster.c): tokens in
+ * memory are served either way; writes (and so refreshes' results) fail
+ * while it is away. */
+static void on_cluster_change(bool reachable, const char *error, void *userdata) {
+        Manager *m = userdata;
+
+        if (reachable)
+                log_notice("The store's database is reachable.");
+        else
+                log_warning("The store's database is unreachable (%s): tokens held are still served; refreshed "
+                            "tokens are not handed out until they are committed.", error);
+        manager_status_changed(m);
+}
+
 static int manager_open_store(Manager *m, const char *where, const char *db) {
         _cleanup_(crypt_key_freep) CryptKey *key = NULL;
         _cleanup_free_ char *path = NULL;
@@ -987,6 +1007,12 @@ static int manager_open_store(Manager *m, const char *where, const char *db) {
                 return log_error_errno(EBUSY, "Another tokenbrokerd uses the database '%s': not starting a second "
                                        "one on it (several nodes on one PostgreSQL need the leases of issue 10, "
                                        "not built yet).", db);
+        if (m->config->store) {
+                r = cluster_new(where, password, m->config->node_name, m->started_at, m->event, on_cluster_change, m,
+                                &m->cluster);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to start the node heartbeat: %m");
+        }
         if (created)
                 log_notice("Created encryption key file '%s'. Keep a copy: the tokens in '%s' cannot be read "
                            "without it.", path, db);

@@ -5,6 +5,7 @@
 
 #include "common/conf.h"
 #include "common/hashmap.h"
+#include "daemon/cluster.h"
 #include "daemon/connection.h"
 #include "daemon/http.h"
 #include "daemon/store.h"
@@ -44,6 +45,8 @@ struct Manager {
         Store *store;              /* the loop's handle: reads, row images */
         StoreWriter *writer;       /* every write: group commit off the loop */
         unsigned committing;       /* staged token sets whose commit is not done */
+        Staged *recommit;          /* staged sets whose commit failed after a rotation: again (refresher.c) */
+        sd_event_source *recommit_timer;
         Http *http;
 
         TimerWheel *wheel;
@@ -62,6 +65,7 @@ struct Manager {
         Api *api;
         Callback *callback;
         Links *links;              /* re-authorization links (daemon/links.c) */
+        Cluster *cluster;          /* PostgreSQL: the nodes' heartbeats (daemon/cluster.h); NULL on SQLite */
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
 
@@ -186,6 +190,8 @@ void refresher_schedule(Manager *m, Connection *c);
  * is called when that refresh ends, with 0 or a negative errno. */
 int refresher_refresh(Manager *m, Connection *c, Waiter *w);
 void refresher_cancel(Manager *m, Connection *c);
+/* Drops the answers still waiting to be committed again (at the stop). */
+void refresher_drop_recommits(Manager *m);
 /* The row to write for c: c itself, or c with the tokens it has staged,
  * so a write queued behind a staged commit never takes it back. A shallow
  * copy: valid while c and its staged set are unchanged. */

@@ -150,7 +150,7 @@ char *pg_uri_redact(const char *uri) {
 /* ---- connecting --------------------------------------------------------- */
 
 int pg_db_connect(const char *uri, const char *password, PgDb **ret, char *error, size_t error_size) {
-        const char *keys[4], *values[4];
+        const char *keys[12], *values[12];
         _cleanup_(pg_db_closep) PgDb *db = NULL;
         int k = 0;
 
@@ -160,8 +160,18 @@ int pg_db_connect(const char *uri, const char *password, PgDb **ret, char *error
                 snprintf(error, error_size, "out of memory");
                 return -ENOMEM;
         }
-        /* dbname carries the URI (expand_dbname), the password comes
-         * after it so that it wins over one in the URI. */
+        /* Bounds on a network that goes silent, before dbname so that
+         * the URI's own values win: a connect gives up after 10 s, a
+         * dead peer is found by keepalives within about 11 s, unsent data
+         * fails after 10 s (so a thread blocked here can always be
+         * stopped). dbname carries the URI (expand_dbname); the password
+         * comes after it so that it wins over one in the URI. */
+        keys[k] = "connect_timeout", values[k++] = "10";
+        keys[k] = "keepalives", values[k++] = "1";
+        keys[k] = "keepalives_idle", values[k++] = "5";
+        keys[k] = "keepalives_interval", values[k++] = "2";
+        keys[k] = "keepalives_count", values[k++] = "3";
+        keys[k] = "tcp_user_timeout", values[k++] = "10000";
         keys[k] = "dbname", values[k++] = uri;
         keys[k] = "application_name", values[k++] = "tokenbroker";
         if (password)

@@ -51,6 +51,7 @@ typedef struct Op {
 
 /* A provider's answer whose commit is not durable yet. */
 struct Staged {
+        Staged *next;              /* in Manager.recommit */
         Manager *manager;
         Connection *conn;          /* NULL once the connection is gone */
         bool grant;                /* a grant (code exchange, device approval), not a refresh */
@@ -401,6 +402,16 @@ static int refresh_start(Manager *m, Connection *c) {
                 set_last_error(c, "provider is no longer configured");
                 return -ENOENT;
         }
+        /* A refresh token is sent only when its result can be committed:
+         * with the store's database away the answer (and a rotated
+         * refresh token) would be lost, and the old refresh token, sent
+         * again, is theft to a provider that rotates. Tried again after
+         * the next heartbeat; the current token is served meanwhile. */
+        if (c->refresh_token && m->cluster && !cluster_reachable(m->cluster)) {
+                set_last_error(c, "the store's database is unreachable");
+                c->retry_at = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);
+                return -ENOLINK;
+        }
         v = request_vars(m, c, p);
         if (c->refresh_token) {
                 const Param params[] = {
@@ -458,7 +469,11 @@ static void drain_queue(Manager *m) {
                         progress = true;
                         r = refresh_start(m, c);
                         if (r < 0) {
-                                log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
+                                if (r == -ENOLINK)
+                                        log_debug("%s: refresh postponed: the store's database is unreachable",
+                                                  c->name);
+                                else
+                                        log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
                                 wake_waiters(c, r);
                                 refresher_schedule(m, c);
                         }
@@ -517,12 +532,25 @@ static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
 
 static void tokens_committed(int result, const char *error, void *userdata);
 
+/* Queues the commit of c's staged answer st (c->staged == st). */
+static int queue_commit(Manager *m, Connection *c, Staged *st) {
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
+        Connection img;
+        int r;
+
+        refresher_image(c, &img);
+        r = store_row_new(m->store, &img, &row);
+        if (r >= 0)
+                r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
+        if (r >= 0)
+                m->committing++;
+        return r;
+}
+
 /* Stages new tokens and queues their commit; tokens_committed() makes
  * them visible once it is durable. Takes t's tokens and identity. */
 static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool grant, char *identity) {
         _cleanup_(staged_freep) Staged *st = NULL;
-        _cleanup_(store_row_freep) StoreRow *row = NULL;
-        Connection img;
         int r;
 
         assert(!c->staged);
@@ -545,17 +573,13 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
         c->staged = st;
-        refresher_image(c, &img);
-        r = store_row_new(m->store, &img, &row);
-        if (r >= 0)
-                r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
+        r = queue_commit(m, c, st);
         if (r < 0) {
                 /* the answer is lost; the old refresh token may be dead if it rotated */
                 c->staged = NULL;
                 return log_error_errno(r, "%s: failed to store new tokens: %m", c->name);
         }
         TAKE_PTR(st);
-        m->committing++;
         return 0;
 }
 
@@ -582,6 +606,77 @@ static void refresh_committed(Manager *m, Connection *c, unsigned failures) {
 }
 
 static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req);
+
+/* ---- answers whose refresh token rotated, committed again -------------
+ *
+ * When the commit of a refresh answer fails and the answer rotated the
+ * refresh token, the old one is spent at the provider: refreshing with it
+ * again is a reuse, which providers that rotate take for theft (the grant
+ * is revoked). Such an answer is kept, still staged (the connection stays
+ * busy and serves its old access token, no refresh starts), and its
+ * commit is queued again every RECOMMIT_INTERVAL until the store takes it
+ * (the store's database is back, the disk has room again). Only then are
+ * the tokens handed out. A stop or a crash meanwhile loses it: the next
+ * start refreshes with the old refresh token, as before. */
+#define RECOMMIT_INTERVAL (2 * USEC_PER_SEC)
+
+static void recommit_arm(Manager *m);
+
+static int on_recommit(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Manager *m = userdata;
+        Staged *list = m->recommit;
+
+        m->recommit = NULL;
+        while (list) {
+                Staged *st = list;
+
+                list = st->next;
+                st->next = NULL;
+                if (!st->conn) {
+                        staged_free(st);   /* the connection was removed meanwhile */
+                        continue;
+                }
+                if (queue_commit(m, st->conn, st) < 0) {
+                        st->next = m->recommit;
+                        m->recommit = st;
+                }
+        }
+        if (m->recommit)
+                recommit_arm(m);
+        return 0;
+}
+
+static void recommit_arm(Manager *m) {
+        usec_t at = usec_add(now(CLOCK_MONOTONIC), RECOMMIT_INTERVAL);
+
+        if (!m->recommit_timer) {
+                if (sd_event_add_time(m->event, &m->recommit_timer, CLOCK_MONOTONIC, at, 0, on_recommit, m) >= 0)
+                        (void) sd_event_source_set_description(m->recommit_timer, "recommit");
+                return;
+        }
+        (void) sd_event_source_set_time(m->recommit_timer, at);
+        (void) sd_event_source_set_enabled(m->recommit_timer, SD_EVENT_ONESHOT);
+}
+
+void refresher_drop_recommits(Manager *m) {
+        unsigned n = 0;
+
+        while (m->recommit) {
+                Staged *st = m->recommit;
+
+                m->recommit = st->next;
+                if (st->conn) {
+                        st->conn->staged = NULL;
+                        n++;
+                }
+                staged_free(st);
+        }
+        if (n > 0)
+                log_warning("%u refreshed token set%s with a rotated refresh token could not be committed before "
+                            "the stop: their connections refresh with the old refresh token at the next start.",
+                            n, n == 1 ? "" : "s");
+        m->recommit_timer = sd_event_source_disable_unref(m->recommit_timer);
+}
 
 /* The provider's answer could not be stored: it is dropped, as if the
  * refresh had failed for a moment; the old token stays, retry with backoff. */
@@ -622,6 +717,19 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         }
         assert(c->staged == st);
         c->staged = NULL;
+        if (result < 0 && !st->grant && st->refresh_token && !m->stopping) {
+                log_warning_errno(result, "%s: failed to store new tokens (%s): the refresh token rotated, so "
+                                  "the answer is kept and stored again in %u s; the current token is served "
+                                  "meanwhile.", c->name, strempty(error),
+                                  (unsigned) (RECOMMIT_INTERVAL / USEC_PER_SEC));
+                set_last_error(c, "cannot store the new tokens yet");
+                c->staged = st;
+                st->next = m->recommit;
+                m->recommit = TAKE_PTR(st);   /* c->staged stays: busy, no refresh with the spent token */
+                recommit_arm(m);
+                manager_maybe_exit(m);
+                return;
+        }
         if (result < 0) {
                 log_error_errno(result, "%s: failed to store new tokens: %s", c->name, strempty(error));
                 if (st->grant) {

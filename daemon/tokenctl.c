@@ -371,6 +371,29 @@ typedef struct Verb {
         int (*fn)(int argc, char **argv);
 } Verb;
 
+/* The store line, and on PostgreSQL the nodes' table. */
+static void print_store_status(json_t *status) {
+        json_t *st = json_object_get(status, "store"), *nodes = json_object_get(status, "nodes"), *n;
+        size_t i;
+
+        if (!st)
+                return;
+        printf("store: %s, node %s", strempty(tty_safe(jstr(st, "engine"))), strempty(tty_safe(jstr(st, "node"))));
+        if (json_is_false(json_object_get(st, "reachable")))
+                printf(", UNREACHABLE since %s: %s", strempty(tty_safe(jstr(st, "last_reached"))),
+                       strempty(tty_safe(jstr(st, "error"))));
+        printf("\n");
+        if (!json_is_array(nodes) || json_array_size(nodes) == 0)
+                return;
+        printf("%-24s %-6s %-22s %-10s %s\n", "NODE", "ALIVE", "HEARTBEAT", "VERSION", "HOLDS");
+        json_array_foreach(nodes, i, n)
+                printf("%-24s %-6s %-22s %-10s %lld%s\n", strempty(tty_safe(jstr(n, "name"))),
+                       json_is_true(json_object_get(n, "alive")) ? "yes" : "no",
+                       strempty(tty_safe(jstr(n, "heartbeat"))), strempty(tty_safe(jstr(n, "version"))),
+                       (long long) json_integer_value(json_object_get(n, "holds")),
+                       json_is_true(json_object_get(n, "self")) ? " (this node)" : "");
+}
+
 static int do_status(int argc _unused_, char **argv _unused_) {
         Reply r;
         json_t *c;
@@ -393,6 +416,7 @@ static int do_status(int argc _unused_, char **argv _unused_) {
                        (long long) json_integer_value(json_object_get(r.json, "refreshes_ok")),
                        (long long) json_integer_value(json_object_get(r.json, "refreshes_failed")),
                        (long long) json_integer_value(json_object_get(r.json, "tokens_served")));
+                print_store_status(r.json);
         }
         reply_done(&r);
         return EXIT_OK;

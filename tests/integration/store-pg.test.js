@@ -87,7 +87,7 @@ test('a daemon on PostgreSQL: grant, handout, refresh and events from the databa
   const b = await Broker.start({
     providers: { fake: iniProvider(fp.providerConf()) },
     secrets: { 'fake.secret': 'store-pg-daemon-secret' },
-    broker: { store: pg.uri(), store_password_file: pg.passwordFile },
+    broker: { store: pg.uri(), store_password_file: pg.passwordFile, node_name: 'node-a' },
   });
   t.after(async () => { await b.stop(); await fp.close(); await pg.destroy(); });
 
@@ -113,6 +113,43 @@ test('a daemon on PostgreSQL: grant, handout, refresh and events from the databa
   const ev = await b.api('GET', '/v1/events?connection=one&limit=50');
   assert.equal(ev.status, 200, ev.text);
   assert.ok(ev.json.events.length >= 1, ev.text);
+
+  // The node's heartbeat: status and metrics from memory.
+  await waitFor(async () => {
+    const st = (await b.api('GET', '/v1/status')).json;
+    return st.store && st.store.engine === 'postgresql' && st.store.reachable === true &&
+      Array.isArray(st.nodes) && st.nodes.some((n) => n.name === 'node-a' && n.self && n.alive && n.holds === 1);
+  }, { timeoutMs: 15000, what: 'status to list node-a' });
+  const text = (await b.ctl(['status'])).stdout;
+  assert.match(text, /store: postgresql, node node-a/, text);
+  assert.match(text, /node-a\s+yes\s+\S+\s+\S+\s+1 \(this node\)/, text);
+  const metrics = (await b.api('GET', '/metrics')).text;
+  assert.match(metrics, /^tokenbroker_store_reachable 1$/m);
+  assert.match(metrics, /^tokenbroker_nodes\{state="alive"\} 1$/m);
+
+  // PostgreSQL away: tokens are still served, status says so; back: it resumes by itself.
+  const held = (await b.api('GET', '/v1/connections/one/token')).json.access_token;
+  await pg.stop();
+  await waitFor(async () => (await b.api('GET', '/v1/status')).json.store.reachable === false,
+    { timeoutMs: 30000, what: 'status to say the database is unreachable' });
+  const away = await b.api('GET', '/v1/connections/one/token');
+  assert.equal(away.status, 200, away.text);
+  assert.equal(away.json.access_token, held);
+  assert.match((await b.ctl(['status'])).stdout, /UNREACHABLE since/);
+  assert.match((await b.api('GET', '/metrics')).text, /^tokenbroker_store_reachable 0$/m);
+  // Longer than a token's life: no refresh token goes to the provider
+  // while its answer could not be committed.
+  const refreshesAt = () => fp.requests.filter((q) => q.path === '/token' && q.params.grant_type === 'refresh_token').length;
+  const sentBefore = refreshesAt();
+  await sleep(8000);
+  assert.equal(refreshesAt(), sentBefore, 'a refresh token was sent while the database was unreachable');
+  assert.equal((await b.api('GET', '/v1/status')).json.store.reachable, false);
+  await pg.startPostmaster();
+  await waitFor(async () => (await b.api('GET', '/v1/status')).json.store.reachable === true,
+    { timeoutMs: 30000, what: 'status to say the database is reachable again' });
+  const before = Number((await pg.psql("SELECT refreshes FROM connections WHERE name = 'one'")).trim());
+  await waitFor(async () => Number((await pg.psql("SELECT refreshes FROM connections WHERE name = 'one'")).trim()) > before,
+    { timeoutMs: 30000, what: 'a refresh committed after the database came back' });
 
   // A SIGKILL, and the next daemon serves the newest token from the database.
   await b.restart();
