@@ -28,7 +28,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
                 "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
                 "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20, username = ?21, "
-                "device_interval = ?22 WHERE id = ?1",
+                "device_interval = ?22, params = ?23, metadata = ?24 WHERE id = ?1",
         [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
         [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
         /* Keep the table bounded: the integer key grows by one per event. */
@@ -603,6 +603,8 @@ enum {
         ROW_STATE_HASH,
         ROW_LAST_ERROR,
         ROW_USERNAME,
+        ROW_PARAMS,
+        ROW_METADATA,
         _ROW_TEXT_MAX,
 };
 
@@ -644,7 +646,18 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 [ROW_USERNAME] = c->username,
         };
         const char *secret[ELEMENTSOF(sealed_columns)] = { c->access_token, c->refresh_token, c->code_verifier };
+        _cleanup_free_ char *params = NULL, *metadata = NULL;
         int r;
+
+        /* compact, keys sorted: the same object gives the same text */
+        if (c->params && json_object_size(c->params) > 0 &&
+            !(params = json_dumps(c->params, JSON_COMPACT | JSON_SORT_KEYS)))
+                return -ENOMEM;
+        if (c->metadata && json_object_size(c->metadata) > 0 &&
+            !(metadata = json_dumps(c->metadata, JSON_COMPACT | JSON_SORT_KEYS)))
+                return -ENOMEM;
+        text[ROW_PARAMS] = params;
+        text[ROW_METADATA] = metadata;
 
         row = new0(StoreRow, 1);
         if (!row)
@@ -707,6 +720,8 @@ static int row_save(Store *s, const StoreRow *row) {
         (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) row->last_refresh_at);
         bind_text(st, 21, row->text[ROW_USERNAME]);
         (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) row->device_interval);
+        bind_text(st, 23, row->text[ROW_PARAMS]);
+        bind_text(st, 24, row->text[ROW_METADATA]);
         r = step_done(st);
         if (r >= 0 && sqlite3_changes(s->db) != 1) {
                 store_set_error(s, "connection %" PRId64 " is not in the store", row->id);
@@ -823,12 +838,35 @@ static int column_unseal(Store *s, sqlite3_stmt *st, int i, const Connection *c,
         return 0;
 }
 
+/* A JSON object of strings (params, metadata), or NULL. */
+static int column_json(Store *s, sqlite3_stmt *st, int i, const Connection *c, const char *column, json_t **ret) {
+        const char *t = (const char *) sqlite3_column_text(st, i), *key;
+        json_t *j, *v;
+
+        *ret = NULL;
+        if (!t)
+                return 0;
+        j = json_loads(t, JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(j))
+                goto bad;
+        json_object_foreach(j, key, v)
+                if (!json_is_string(v))
+                        goto bad;
+        *ret = j;
+        return 0;
+bad:
+        json_decref(j);
+        store_set_error(s, "connection %" PRId64 " ('%.64s'): %s is not a JSON object of strings", c->id, c->name,
+                        column);
+        return -EBADMSG;
+}
+
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
         static const char sql[] =
                 "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
                 "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                 "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
-                "updated_at, last_refresh_at, username, device_interval FROM connections ORDER BY id";
+                "updated_at, last_refresh_at, username, device_interval, params, metadata FROM connections ORDER BY id";
         sqlite3_stmt *st = NULL;
         int rc, r = 0;
 
@@ -891,6 +929,9 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
                 c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
                 c->device_interval = (usec_t) sqlite3_column_int64(st, 23);
+                if ((r = column_json(s, st, 24, c, "params", &c->params)) < 0 ||
+                    (r = column_json(s, st, 25, c, "metadata", &c->metadata)) < 0)
+                        break;
 
                 r = fn(TAKE_PTR(c), userdata);
                 if (r < 0)

@@ -782,6 +782,19 @@ static void print_acl(json_t *c) {
         print_ids("allowed groups:", g, true);
 }
 
+/* "param tenant:  contoso", one line a member of the connection's object. */
+static void print_object(json_t *c, const char *member_name, const char *label) {
+        const char *key;
+        json_t *v;
+
+        json_object_foreach(json_object_get(c, member_name), key, v) {
+                char k[96];
+
+                snprintf(k, sizeof k, "%s %s:", label, key);
+                print_kv(k, json_string_value(v));
+        }
+}
+
 static void print_connection(json_t *c) {
         json_t *e = json_object_get(c, "expires_in");
         char buf[64];
@@ -794,6 +807,8 @@ static void print_connection(json_t *c) {
         print_kv("scope:", jstr(c, "scope"));
         print_kv("requested scope:", jstr(c, "requested_scope"));
         print_acl(c);
+        print_object(c, "params", "param");
+        print_object(c, "metadata", "metadata");
         print_kv("token type:", jstr(c, "token_type"));
         if (json_is_integer(e)) {
                 snprintf(buf, sizeof buf, "%s (in %llds)", jstr(c, "expires_at") ?: "?",
@@ -1207,7 +1222,7 @@ static void print_device(const char *name, const char *provider, json_t *j) {
 
 static int do_authorize(int argc, char **argv) {
         enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE,
-               O_USERNAME };
+               O_USERNAME, O_PARAM };
         static const struct option options[] = {
                 { "username", required_argument, NULL, O_USERNAME },
                 { "provider", required_argument, NULL, O_PROVIDER },
@@ -1217,9 +1232,10 @@ static int do_authorize(int argc, char **argv) {
                 { "no-wait", no_argument, NULL, O_NOWAIT },
                 { "timeout", required_argument, NULL, O_TIMEOUT },
                 { "device", no_argument, NULL, O_DEVICE },
+                { "param", required_argument, NULL, O_PARAM },
                 {}
         };
-        json_t *body, *users = json_array(), *groups = json_array();
+        json_t *body, *users = json_array(), *groups = json_array(), *params = json_object();
         const char *provider = NULL, *name, *url, *username = NULL;
         bool import = streq(argv[0], "import"), device = false;
         _cleanup_secret_ char *secret = NULL;
@@ -1273,7 +1289,25 @@ static int do_authorize(int argc, char **argv) {
                 case O_USERNAME:
                         username = optarg;
                         break;
+                case O_PARAM: {
+                        /* NAME=VALUE; the daemon checks the name and the value against the provider */
+                        const char *eq = strchr(optarg, '=');
+                        _cleanup_free_ char *pname = eq ? strndup(optarg, (size_t) (eq - optarg)) : NULL;
+
+                        if (!eq || eq == optarg || !pname || json_object_get(params, pname)) {
+                                fprintf(stderr, "tokenctl: --param takes NAME=VALUE, each NAME once; got '%s'\n",
+                                        tty_safe(optarg) ?: "");
+                                json_decref(params);
+                                json_decref(users);
+                                json_decref(groups);
+                                strbuf_free(&scope);
+                                return EXIT_USAGE;
+                        }
+                        json_object_set_new(params, pname, json_string(eq + 1));
+                        break;
+                }
                 default:
+                        json_decref(params);
                         json_decref(users);
                         json_decref(groups);
                         strbuf_free(&scope);
@@ -1321,6 +1355,10 @@ static int do_authorize(int argc, char **argv) {
         strbuf_free(&scope);
         if (device)
                 json_object_set_new(body, "device", json_true());
+        if (json_object_size(params) > 0)
+                json_object_set(body, "params", params);
+        json_decref(params);
+        params = NULL;
         if (import) {
                 /* A refresh token is a secret: stdin only, never argv. */
                 secret = read_secret_line("Refresh token: ");
@@ -1394,6 +1432,15 @@ static int do_test(int argc _unused_, char **argv) {
         json_array_foreach(a, i, p)
                 if (provider && jstr(p, "name") && streq(jstr(p, "name"), provider))
                         test_url = jstr(p, "test_url");
+        if (test_url && jstr(conn.json, "test_url_error")) {
+                fprintf(stderr, "tokenctl: the test_url of %s cannot be expanded: %s\n", argv[1],
+                        tty_safe(jstr(conn.json, "test_url_error")) ?: "?");
+                reply_done(&conn);
+                reply_done(&provs);
+                return EXIT_FAILURE_GENERIC;
+        }
+        if (test_url && jstr(conn.json, "test_url"))
+                test_url = jstr(conn.json, "test_url");   /* ${param.X} and ${metadata.X} filled in */
         if (!test_url) {
                 fprintf(stderr, "tokenctl: provider %s has no test_url\n", provider ?: "?");
                 reply_done(&conn);
@@ -1473,7 +1520,7 @@ static const Verb verbs[] = {
         { "list", "[--state S] [--provider P] [--prefix T] [--limit N]",
           "list connections, sorted by name, page by page; a summary line", 0, 8, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
-        { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
+        { "authorize", "NAME --provider P [--param K=V]... [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
                        "[--username U] [--no-wait] [--timeout S]",
           "start (or redo) an authorization and wait for it; --username reads the password from stdin", 1, 64,
           do_authorize },
