@@ -140,7 +140,7 @@ static int url_walk(const char *tmpl, walk_ph_fn ph, walk_lit_fn lit, void *ud, 
                                 return -EINVAL;
                         }
                         if (place != URL_PLACE_REST && !is_param_ref(name, (size_t) (end - name))) {
-                                *ret_why = "only ${param.NAME} and ${metadata.NAME} may stand before the path";
+                                *ret_why = "no placeholders before the path but ${param.NAME} and ${metadata.NAME}";
                                 return -EINVAL;
                         }
                         if (ph && (r = ph(name, (size_t) (end - name), place, ud)) < 0)

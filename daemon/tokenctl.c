@@ -1314,7 +1314,7 @@ static int do_authorize(int argc, char **argv) {
                         return EXIT_USAGE;
                 }
         if (optind != argc - 1 || !provider || (import && (device || username))) {
-                fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--scope S]... "
+                fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--param K=V]... [--scope S]... "
                                 "[--allow-user U]... [--allow-group G]... [--no-wait]%s\n",
                         argv[0], import ? " < refresh-token" : " [--device] [--username U]");
                 strbuf_free(&scope);
@@ -1524,7 +1524,7 @@ static const Verb verbs[] = {
                        "[--username U] [--no-wait] [--timeout S]",
           "start (or redo) an authorization and wait for it; --username reads the password from stdin", 1, 64,
           do_authorize },
-        { "import", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
+        { "import", "NAME --provider P [--param K=V]... [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
           "adopt a refresh token obtained elsewhere (read from stdin), prove it with a refresh", 1, 64, do_authorize },
         { "test", "NAME", "GET the provider's test_url with the token; print the status and time", 1, 1, do_test },
         { "token", "NAME [--min-ttl S]", "print a valid access token", 1, 3, do_token },

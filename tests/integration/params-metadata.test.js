@@ -253,7 +253,7 @@ test('provider files: unknown ${param.x}, metadata at a token, misplaced placeho
     [`${head}token_url = https://a.example.com/t\naccess_token_pointer = /data/token\nmetadata d = /data\n`, /p\.conf:7: metadata d = \/data points at a token \(\/data\/token\)/],
     [`${head}token_url = https://a.example.com/t\nmetadata u = /authed_user/refresh_token\n`, /p\.conf:6: .*points at a secret/],
     [`${head}token_url = https://a.example.com/t\nmetadata c = query:code\n`, /p\.conf:6: metadata c: query:code is refused/],
-    [`${head}token_url = https://\${client_id}.example.com/t\n`, /p\.conf:5: token_url: only \$\{param\.NAME\} and \$\{metadata\.NAME\} may stand before the path/],
+    [`${head}token_url = https://\${client_id}.example.com/t\n`, /p\.conf:5: token_url: no placeholders before the path but \$\{param\.NAME\} and \$\{metadata\.NAME\}/],
     [`${head}param = x\ntoken_url = \${param.x}.example.com/t\n`, /p\.conf:6: token_url: a placeholder at the start stands for the whole origin/],
     [`${head}token_url = https://a.example.com/t\nparam = bad name\n`, /p\.conf:6: param must be 'NAME \[: description\]'/],
     [`${head}param = t\nparam = t\ntoken_url = https://a.example.com/t\n`, /p\.conf:6: param 't' is declared twice \(also at line 5\)/],
