@@ -584,6 +584,11 @@ int oauth_token_request(Http *h, const Provider *p, const Param *params, size_t 
 
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
                          HttpRequest **ret) {
+        return oauth_revoke_request_vars(h, p, token, hint, NULL, ret);
+}
+
+int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
+                              const RequestVars *v, HttpRequest **ret) {
         const Param params[] = {
                 { "token", token },
                 { "token_type_hint", hint },
@@ -591,7 +596,7 @@ int oauth_revoke_request(Http *h, const Provider *p, const char *token, const ch
 
         if (!p->revoke_url)
                 return -EOPNOTSUPP;
-        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), NULL, ret);
+        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), v, ret);
 }
 
 static int dup_string_at(json_t *root, const char *ptr, char **ret) {

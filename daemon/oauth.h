@@ -81,6 +81,9 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
 /* RFC 7009 revocation of one token. */
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
                          HttpRequest **ret);
+/* The same for a connection: its ${param.X} and ${metadata.X} (v may be NULL). */
+int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
+                              const RequestVars *v, HttpRequest **ret);
 
 /* Parses a finished token request. On OAUTH_OK fills *ret; otherwise
  * *ret_error says why, safe to log (never a token). */

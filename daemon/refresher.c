@@ -1115,7 +1115,12 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         }
         if (!token || !p || !p->revoke_url)
                 return 0;
-        r = oauth_revoke_request(m->http, p, token, hint, &req);
+        {
+                /* only the connection's params and metadata: the revocation
+                 * request has no templates of its own */
+                const RequestVars v = { .params = c->params, .metadata = c->metadata };
+                r = oauth_revoke_request_vars(m->http, p, token, hint, &v, &req);
+        }
         if (r < 0)
                 return r;
         r = start_request(m, c, OP_REVOKE, req);

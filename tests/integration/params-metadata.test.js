@@ -135,6 +135,13 @@ test('${param.tenant}: two connections on two tenants, across refresh, re-author
   await refresh(b, 'b');
   assert.equal(byTenant('northwind').length, before + 1);
   assert.equal(byTenant('northwind').at(-1).query.region, 'us');
+
+  // revocation too
+  const rv = await b.ctl(['revoke', 'a']);
+  assert.equal(rv.code, 0, rv.stderr);
+  const revokes = fp.requests.filter((q) => q.path.endsWith('/revoke'));
+  assert.ok(revokes.length >= 1);
+  assert.ok(revokes.every((q) => q.path === '/t/contoso/revoke'), revokes.map((q) => q.path).join(' '));
 });
 
 test('metadata: instance_url from the token answer, realmId from the callback, in the answer and test_url', { timeout: 180000 }, async (t) => {
