@@ -77,8 +77,8 @@ static void bind_opt_text(sqlite3_stmt *st, int i, const char *s) {
 /* On the writer thread, inside its transaction. */
 static int link_write_run(Store *s, void *data) {
         static const char *const sql[] = {
-                [LINK_OP_INSERT] = "INSERT INTO links (id, hash, connection, provider, scope, creates, created_by, "
-                                   "created_by_name, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [LINK_OP_INSERT] = ("INSERT INTO links (id, hash, connection, provider, scope, creates, created_by, "
+                                    "created_by_name, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)"),
                 [LINK_OP_USED] = "UPDATE links SET used_at = ? WHERE id = ?",
                 [LINK_OP_REVOKED] = "UPDATE links SET revoked_at = ? WHERE id = ?",
                 [LINK_OP_DELETE_OLD] = "DELETE FROM links WHERE expires_at < ?",

@@ -20,18 +20,12 @@
 #include "common/macro.h"
 #include "common/util.h"
 #include "daemon/link-token.h"
+#include "daemon/tokenctl.h"
 
 static const char *arg_socket = NULL;
 static bool arg_json = false;
 
-typedef struct Reply {
-        long status;
-        char *body;
-        size_t len;
-        json_t *json;
-} Reply;
-
-static void reply_done(Reply *r) {
+void reply_done(Reply *r) {
         if (r->body)
                 explicit_wipe(r->body, r->len);
         free(r->body);
@@ -56,7 +50,7 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
         return k;
 }
 
-static const char *socket_path(void) {
+const char *socket_path(void) {
         return arg_socket ?: getenv(SOCKET_ENV) ?: DEFAULT_SOCKET_PATH;
 }
 
@@ -161,7 +155,7 @@ static int api_call(const char *method, const char *path, json_t *body, Reply *r
         return api_call_parse(method, path, body, true, ret);
 }
 
-static const char *jstr(json_t *o, const char *key) {
+const char *jstr(json_t *o, const char *key) {
         json_t *v = json_object_get(o, key);
         return json_is_string(v) ? json_string_value(v) : NULL;
 }
@@ -313,7 +307,7 @@ static int api_error(const Reply *r) {
 }
 
 /* GET/POST/DELETE and on success hand the JSON to the caller. */
-static int call_ok(const char *method, const char *path, json_t *body, Reply *r) {
+int call_ok(const char *method, const char *path, json_t *body, Reply *r) {
         int k = api_call(method, path, body, r);
 
         if (k != EXIT_OK)
@@ -346,7 +340,7 @@ static void print_json(json_t *j) {
         free(s);
 }
 
-static bool name_ok(const char *name) {
+bool name_ok(const char *name) {
         if (!connection_name_valid(name)) {
                 fprintf(stderr, "tokenctl: invalid connection name '%s' (1-%d of A-Z a-z 0-9 . _ -)\n", name,
                         CONNECTION_NAME_MAX);
@@ -862,7 +856,7 @@ static bool json_has_ctl(json_t *j, unsigned depth) {
         return false;
 }
 
-static int token_reply(const char *name, const char *min_ttl, Reply *r) {
+int token_reply(const char *name, const char *min_ttl, Reply *r) {
         char path[256];
         int k;
 
@@ -1682,6 +1676,15 @@ static const Verb verbs[] = {
         { "events", "[NAME] [--limit N]", "recent events, of one connection or all", 0, 3, do_events },
         { "links", "[NAME]", "list re-authorization links (never their secret)", 0, 1, do_links },
         { "unlink", "ID|NAME", "revoke a re-authorization link, or every unused one of a connection", 1, 1, do_unlink },
+        { "exec", "NAME [--env VAR] [--min-ttl S] -- CMD [ARGS]...",
+          "run CMD with a token (at least --min-ttl, default 300 s) in $VAR (default TOKENBROKER_ACCESS_TOKEN)",
+          2, 1 << 24, do_exec },
+        { "git-credential", "[--connection NAME] [--map HOST[/PATH]=NAME]... [--username U] [--allow-http] "
+                            "get|store|erase",
+          "git's credential helper: the token of the connection mapped to the host git asks about", 1, 200,
+          do_git_credential },
+        { "proxy", "NAME --listen ADDRESS:PORT",
+          "forward HTTP on a loopback port to the connection's proxy route on the socket, as you", 2, 3, do_proxy },
 };
 
 static void help(FILE *f) {
@@ -1769,7 +1772,7 @@ int main(int argc, char *argv[]) {
         }
         argc -= optind;
         argv += optind;
-        for (int i = 1; i < argc; i++)
+        for (int i = 1; i < argc && !streq(argv[i], "--"); i++)
                 if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
                         printf("Usage: tokenctl [--socket PATH] [--json] %s %s\n\n%s\n", v->name, v->args, v->summary);
                         return EXIT_OK;
