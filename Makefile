@@ -38,7 +38,7 @@ ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE
 	-I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
 LIBS = $(PKG_LIBS) -lm
 
-COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c \
+COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c common/params.c \
 	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/httpfwd.c
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \

@@ -11,6 +11,7 @@
 
 #include "common/conf.h"
 #include "common/jsonptr.h"
+#include "common/params.h"
 #include "common/template.h"
 
 #define CONF_FILE_MAX (1024 * 1024)
@@ -576,6 +577,15 @@ Provider *provider_free(Provider *p) {
         for (size_t i = 0; i < p->n_usage_header; i++)
                 free(p->usage_header[i]);
         free(p->usage_query);
+        for (size_t i = 0; i < p->n_params; i++) {
+                free(p->params[i].name);
+                free(p->params[i].description);
+        }
+        for (size_t i = 0; i < p->n_metadata; i++) {
+                free(p->metadata[i].name);
+                free(p->metadata[i].pointer);
+                free(p->metadata[i].query);
+        }
         free(p);
         return NULL;
 }
@@ -618,17 +628,286 @@ int conf_read_secret_file(const char *path, char **ret, mode_t *ret_mode) {
         return 0;
 }
 
+/* ${param.X} and ${metadata.X} may be declared after the line that uses
+ * them: each use is remembered while a file loads and checked at its end
+ * (provider_check_refs()), with the line to point at. */
+#define LOAD_REFS_MAX 512
+typedef struct LoadRef {
+        char name[PARAM_NAME_MAX + 10];   /* "param.X" or "metadata.X" */
+        char key[48];
+        unsigned line;
+        UrlPlace place;
+} LoadRef;
+static LoadRef load_refs[LOAD_REFS_MAX];
+static size_t n_load_refs;
+static bool load_refs_overflow;
+
+static void load_ref_add(const char *name, size_t len, const char *key, unsigned line, UrlPlace place) {
+        LoadRef *ref;
+
+        if (n_load_refs >= LOAD_REFS_MAX) {
+                load_refs_overflow = true;
+                return;
+        }
+        ref = &load_refs[n_load_refs++];
+        snprintf(ref->name, sizeof ref->name, "%.*s", (int) MIN(len, sizeof ref->name - 1), name);
+        snprintf(ref->key, sizeof ref->key, "%s", key);
+        ref->line = line;
+        ref->place = place;
+}
+
+typedef struct TemplateCheck {
+        const char *const *known;
+        bool allow_metadata;
+        const char *key;
+        unsigned line;
+} TemplateCheck;
+
+static const char *template_check_lookup(const char *name, size_t len, void *userdata) {
+        TemplateCheck *t = userdata;
+        const char *dot = memchr(name, '.', len);
+
+        for (size_t i = 0; t->known && t->known[i]; i++)
+                if (strlen(t->known[i]) == len && memcmp(t->known[i], name, len) == 0)
+                        return "";
+        if (!dot || !param_name_valid(dot + 1, len - (size_t) (dot + 1 - name)))
+                return NULL;
+        if (!((dot - name == 5 && memcmp(name, "param", 5) == 0) ||
+              (t->allow_metadata && dot - name == 8 && memcmp(name, "metadata", 8) == 0)))
+                return NULL;
+        load_ref_add(name, len, t->key, t->line, URL_PLACE_REST);
+        return "";
+}
+
+/* The authorize URL and its parameters come before any metadata. */
+static bool key_allows_metadata(const char *key) {
+        return !streq(key, "authorize_url") && !streq(key, "authorize_param");
+}
+
 static int check_template(Provider *p, unsigned line, const char *key, const char *value,
                           const char *const *known, ConfError *err) {
+        TemplateCheck t = { known, key_allows_metadata(key), key, line };
+        _cleanup_free_ char *out = NULL;
         const char *bad = NULL;
         size_t bad_len = 0;
         int r;
 
-        r = template_validate(value, known, &bad, &bad_len);
-        if (r < 0)
+        r = template_expand(value, template_check_lookup, &t, &out, &bad, &bad_len);
+        if (r < 0 && r != -ENOMEM)
                 conf_error(err, p->path, line, "%s placeholder '%.*s' in %s.",
                            r == -ENOKEY ? "Unknown" : "Unterminated", (int) MIN(bad_len, 64), bad, key);
         return r;
+}
+
+typedef struct UrlCheck {
+        const char *key;
+        unsigned line;
+} UrlCheck;
+
+static void url_check_place(const char *name, size_t len, UrlPlace place, void *userdata) {
+        UrlCheck *u = userdata;
+
+        if (place != URL_PLACE_REST)
+                load_ref_add(name, len, u->key, u->line, place);
+}
+
+/* A URL key: acceptable as a URL, placeholders only where they may stand. */
+static int check_url_template(Provider *p, unsigned line, const char *key, const char *value,
+                              const char *const *known, ConfError *err) {
+        UrlCheck u = { key, line };
+        const char *why = NULL;
+
+        if (!startswith(value, "${") && !url_is_acceptable(value)) {
+                conf_error(err, p->path, line, "%s must be an https:// URL (http:// only on loopback): %.128s",
+                           key, value);
+                return -EINVAL;
+        }
+        if (url_template_check(value, url_check_place, &u, &why) < 0) {
+                conf_error(err, p->path, line, "%s: %s: %.128s", key, why, value);
+                return -EINVAL;
+        }
+        return check_template(p, line, key, value, known, err);
+}
+
+const ProviderParam *provider_find_param(const Provider *p, const char *name) {
+        for (size_t i = 0; i < p->n_params; i++)
+                if (streq(p->params[i].name, name))
+                        return &p->params[i];
+        return NULL;
+}
+
+static const ProviderMetadata *provider_find_metadata(const Provider *p, const char *name) {
+        for (size_t i = 0; i < p->n_metadata; i++)
+                if (streq(p->metadata[i].name, name))
+                        return &p->metadata[i];
+        return NULL;
+}
+
+/* "param = NAME [: description]" and "metadata NAME = /pointer|query:PARAM" */
+static int provider_set_param_meta(Provider *p, const char *key, const char *value, unsigned line,
+                                   ConfError *err) {
+        if (streq(key, "param")) {
+                size_t n = strcspn(value, ": \t");
+                const char *rest = value + n;
+                ProviderParam *pp;
+
+                rest += strspn(rest, " \t");
+                if (!param_name_valid(value, n) || (*rest && *rest != ':')) {
+                        conf_error(err, p->path, line, "param must be 'NAME [: description]' with NAME of "
+                                   "[A-Za-z0-9_-] (at most %d): %.128s", PARAM_NAME_MAX, value);
+                        return -EINVAL;
+                }
+                for (size_t i = 0; i < p->n_params; i++)
+                        if (strlen(p->params[i].name) == n && memcmp(p->params[i].name, value, n) == 0) {
+                                conf_error(err, p->path, line, "param '%.*s' is declared twice (also at line %u).",
+                                           (int) n, value, p->params[i].line);
+                                return -EINVAL;
+                        }
+                if (p->n_params >= PROVIDER_PARAMS_MAX) {
+                        conf_error(err, p->path, line, "Too many param lines (at most %d).", PROVIDER_PARAMS_MAX);
+                        return -E2BIG;
+                }
+                pp = &p->params[p->n_params];
+                *pp = (ProviderParam) { .line = line };
+                if (!(pp->name = strndup(value, n)))
+                        return -ENOMEM;
+                p->n_params++;
+                if (*rest == ':') {
+                        rest += 1 + strspn(rest + 1, " \t");
+                        if (*rest && !(pp->description = strdup(rest)))
+                                return -ENOMEM;
+                }
+                return 0;
+        } else {
+                const char *name = key + strlen("metadata");
+                const char *q = startswith(value, "query:");
+                ProviderMetadata *md;
+
+                name += strspn(name, " \t");
+                if (!param_name_valid(name, strlen(name))) {
+                        conf_error(err, p->path, line, "metadata must be 'metadata NAME = /json/pointer' or "
+                                   "'metadata NAME = query:PARAM' with NAME of [A-Za-z0-9_-]: %.64s", key);
+                        return -EINVAL;
+                }
+                if (provider_find_metadata(p, name)) {
+                        conf_error(err, p->path, line, "metadata '%s' is declared twice (also at line %u).", name,
+                                   provider_find_metadata(p, name)->line);
+                        return -EINVAL;
+                }
+                if (q) {
+                        if (!param_name_valid(q, strlen(q)) && !(strlen(q) > 0 && strlen(q) <= PARAM_NAME_MAX &&
+                                                                 strspn(q, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn"
+                                                                           "opqrstuvwxyz0123456789_-.") == strlen(q))) {
+                                conf_error(err, p->path, line, "metadata %s: invalid callback parameter name: %.64s",
+                                           name, q);
+                                return -EINVAL;
+                        }
+                        /* the code is a secret; state and iss are the broker's */
+                        if (streq(q, "code") || streq(q, "state") || streq(q, "iss") || streq(q, "error") ||
+                            streq(q, "error_description") ||
+                            (p->code_param && streq(q, p->code_param))) {
+                                conf_error(err, p->path, line, "metadata %s: query:%s is refused: that callback "
+                                           "parameter is a secret or the broker's own.", name, q);
+                                return -EINVAL;
+                        }
+                } else if (jsonptr_validate(value) < 0) {
+                        conf_error(err, p->path, line, "metadata %s: expected a JSON pointer (/a/b) or "
+                                   "query:PARAM: %.128s", name, value);
+                        return -EINVAL;
+                }
+                if (p->n_metadata >= PROVIDER_METADATA_MAX) {
+                        conf_error(err, p->path, line, "Too many metadata lines (at most %d).",
+                                   PROVIDER_METADATA_MAX);
+                        return -E2BIG;
+                }
+                md = &p->metadata[p->n_metadata];
+                *md = (ProviderMetadata) { .line = line };
+                md->name = strdup(name);
+                if (q)
+                        md->query = strdup(q);
+                else
+                        md->pointer = strdup(value);
+                p->n_metadata++;
+                if (!md->name || (!md->query && !md->pointer))
+                        return -ENOMEM;
+                return 0;
+        }
+}
+
+/* A JSON pointer at, inside or above another: "/a" and "/a/b". */
+static bool pointer_overlaps(const char *a, const char *b) {
+        size_t na = strlen(a), nb = strlen(b), n = MIN(na, nb);
+
+        if (memcmp(a, b, n) != 0)
+                return false;
+        return na == nb || (na < nb ? b[na] == '/' : a[nb] == '/');
+}
+
+/* At the end of a file: every ${param.X} and ${metadata.X} declared, and
+ * no metadata pointer at a token. */
+static int provider_check_refs(Provider *p, ConfError *err) {
+        static const char *const secret_names[] = { "access_token", "refresh_token", "id_token", "device_code",
+                                                    "client_secret", "password" };
+
+        if (load_refs_overflow) {
+                conf_error(err, p->path, 0, "Too many ${param.X} and ${metadata.X} placeholders.");
+                return -E2BIG;
+        }
+        for (size_t i = 0; i < n_load_refs; i++) {
+                LoadRef *ref = &load_refs[i];
+                const char *n;
+
+                if ((n = startswith(ref->name, "param."))) {
+                        ProviderParam *pp = (ProviderParam *) provider_find_param(p, n);
+                        if (!pp) {
+                                conf_error(err, p->path, ref->line, "Unknown placeholder '${%s}' in %s: no "
+                                           "'param = %s' in this file.", ref->name, ref->key, n);
+                                return -EINVAL;
+                        }
+                        if (ref->place == URL_PLACE_HOST)
+                                pp->in_host = true;
+                        else if (ref->place == URL_PLACE_ORIGIN)
+                                pp->in_origin = true;
+                        if (pp->in_host && pp->in_origin) {
+                                conf_error(err, p->path, ref->line, "${%s} stands for a whole origin in one URL "
+                                           "and inside a host in another.", ref->name);
+                                return -EINVAL;
+                        }
+                } else if ((n = startswith(ref->name, "metadata.")) && !provider_find_metadata(p, n)) {
+                        conf_error(err, p->path, ref->line, "Unknown placeholder '${%s}' in %s: no "
+                                   "'metadata %s = ...' in this file.", ref->name, ref->key, n);
+                        return -EINVAL;
+                }
+        }
+        for (size_t i = 0; i < p->n_metadata; i++) {
+                const ProviderMetadata *md = &p->metadata[i];
+                const char *const tokens[] = { p->ptr_access_token, p->ptr_refresh_token, p->ptr_id_token,
+                                               "/access_token", "/refresh_token", "/id_token" };
+                const char *last;
+
+                if (md->query && p->code_param && streq(md->query, p->code_param)) {
+                        conf_error(err, p->path, md->line, "metadata %s: query:%s is the authorization code "
+                                   "(code_param): metadata is never a secret.", md->name, md->query);
+                        return -EINVAL;
+                }
+                if (!md->pointer)
+                        continue;
+                last = strrchr(md->pointer, '/');
+                for (size_t j = 0; j < ELEMENTSOF(tokens); j++)
+                        if (tokens[j] && pointer_overlaps(md->pointer, tokens[j])) {
+                                conf_error(err, p->path, md->line, "metadata %s = %s points at a token (%s): "
+                                           "metadata is never a secret.", md->name, md->pointer, tokens[j]);
+                                return -EINVAL;
+                        }
+                for (size_t j = 0; last && j < ELEMENTSOF(secret_names); j++)
+                        if (streq(last + 1, secret_names[j])) {
+                                conf_error(err, p->path, md->line, "metadata %s = %s points at a secret (%s): "
+                                           "metadata is never a secret.", md->name, md->pointer,
+                                           secret_names[j]);
+                                return -EINVAL;
+                        }
+        }
+        return 0;
 }
 
 /* "pattern -> retry|reauth|config [: hint]" */
@@ -763,6 +1042,16 @@ static int provider_set(const char *section, const char *key, const char *value,
         size_t idx = 0;
         int r;
 
+        if (streq(section, "provider") && (streq(key, "param") || startswith(key, "metadata ") ||
+                                            startswith(key, "metadata\t"))) {
+                if (value_has_ctl(value)) {
+                        conf_error(err, p->path, line, "Control character in value of '%s'.", key);
+                        return -EINVAL;
+                }
+                if (p->first_line == 0)
+                        p->first_line = line;
+                return provider_set_param_meta(p, key, value, line, err);
+        }
         for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++)
                 if (streq(provider_keys[i].name, key)) {
                         k = &provider_keys[i];
@@ -812,6 +1101,10 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
 
         switch (k->type) {
         case KEY_URL_TEMPLATE:
+                r = check_url_template(p, line, key, value, k->known, err);
+                if (r < 0)
+                        return r;
+                return set_string(field, value);
         case KEY_ISSUER: {
                 const char *host = strstr(value, "://"), *path;
 
@@ -914,12 +1207,10 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
         case KEY_STRING:
                 return set_string(field, value);
         case KEY_URL:
-                if (!url_is_acceptable(value)) {
-                        conf_error(err, p->path, line,
-                                   "%s must be an https:// URL (http:// only on loopback): %.128s",
-                                   key, value);
-                        return -EINVAL;
-                }
+                /* ${param.X} and ${metadata.X} only, host included */
+                r = check_url_template(p, line, key, value, NULL, err);
+                if (r < 0)
+                        return r;
                 return set_string(field, value);
         case KEY_SECRET:
                 if (isempty(value)) {
@@ -1045,9 +1336,6 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                 return set_string(field, value);
         case KEY_USAGE_HEADER:
         case KEY_USAGE_QUERY: {
-                const char *bad = NULL;
-                size_t bad_len = 0;
-
                 if (k->type == KEY_USAGE_HEADER) {
                         const char *colon = strchr(value, ':');
                         if (!colon || colon == value || strcspn(value, " \t") < (size_t) (colon - value)) {
@@ -1058,12 +1346,9 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                         conf_error(err, p->path, line, "usage_query must be 'name=value': %.128s", value);
                         return -EINVAL;
                 }
-                r = template_validate(value, usage_placeholders, &bad, &bad_len);
-                if (r < 0) {
-                        conf_error(err, p->path, line, "%s placeholder '%.*s' in %s.",
-                                   r == -ENOKEY ? "Unknown" : "Unterminated", (int) MIN(bad_len, 64), bad, key);
+                r = check_template(p, line, key, value, usage_placeholders, err);
+                if (r < 0)
                         return r;
-                }
                 if (k->type == KEY_USAGE_QUERY)
                         return set_string(&p->usage_query, value);
                 if (p->n_usage_header >= PROVIDER_USAGE_MAX) {
@@ -1119,6 +1404,8 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
                 if (stat(path, &st) >= 0)
                         p->file_mode = st.st_mode;
         }
+        n_load_refs = 0;
+        load_refs_overflow = false;
         r = ini_parse_file(path, provider_set, &(ProviderParse) { .p = p }, err);
         if (r < 0)
                 return r;
@@ -1144,6 +1431,10 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
 
         if (!p->refresh_body_set)
                 p->refresh_body = p->token_body;
+
+        r = provider_check_refs(p, err);
+        if (r < 0)
+                return r;
 
         /* Whole-file checks point at the grant line, else the first key. */
         line = p->grant_line ?: p->first_line ?: 1;

@@ -88,6 +88,26 @@ extern const char *const placeholders_refresh[];
 #define PROVIDER_USAGE_MAX 8
 #define PROVIDER_TEMPLATES_MAX 32
 #define PROVIDER_ERROR_RULES_MAX 64
+#define PROVIDER_PARAMS_MAX 16
+#define PROVIDER_METADATA_MAX 16
+
+/* `param = NAME [: description]`: a value each connection supplies, for
+ * ${param.NAME} (common/params.h). */
+typedef struct ProviderParam {
+        char *name;
+        char *description;        /* NULL: none */
+        bool in_host, in_origin;  /* where a URL template puts it: its value follows that rule */
+        unsigned line;
+} ProviderParam;
+
+/* `metadata NAME = /pointer` (from each token response) or
+ * `metadata NAME = query:PARAM` (from the authorization callback). */
+typedef struct ProviderMetadata {
+        char *name;
+        char *pointer;            /* NULL: from the callback */
+        char *query;              /* NULL: from the token response */
+        unsigned line;
+} ProviderMetadata;
 
 typedef struct Provider {
         char *name;               /* the file's base name */
@@ -170,7 +190,14 @@ typedef struct Provider {
         char *usage_header[PROVIDER_USAGE_MAX];
         size_t n_usage_header;
         char *usage_query;
+
+        ProviderParam params[PROVIDER_PARAMS_MAX];
+        size_t n_params;
+        ProviderMetadata metadata[PROVIDER_METADATA_MAX];
+        size_t n_metadata;
 } Provider;
+
+const ProviderParam *provider_find_param(const Provider *p, const char *name);
 
 Provider *provider_free(Provider *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Provider *, provider_free);

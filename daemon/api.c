@@ -15,6 +15,7 @@
 #include "common/api.h"
 #include "common/hashmap.h"
 #include "common/log.h"
+#include "common/params.h"
 #include "common/util.h"
 #include "daemon/acl.h"
 #include "daemon/api.h"
@@ -215,6 +216,31 @@ static void member_ids(StrBuf *b, bool *first, const char *key, const unsigned *
         strbuf_puts(b, "]");
 }
 
+/* A JSON object of strings (params, metadata), written as it is. */
+static void object_write(StrBuf *b, const json_t *o) {
+        const char *key;
+        json_t *v;
+        bool first = true;
+
+        strbuf_puts(b, "{");
+        json_object_foreach((json_t *) o, key, v) {
+                if (!first)
+                        strbuf_puts(b, ",");
+                first = false;
+                strbuf_json_string(b, key);
+                strbuf_puts(b, ":");
+                strbuf_json_string(b, json_string_value(v) ?: "");
+        }
+        strbuf_puts(b, "}");
+}
+
+static void member_object(StrBuf *b, bool *first, const char *key, const json_t *o) {
+        if (!o || json_object_size(o) == 0)
+                return;
+        member(b, first, key);
+        object_write(b, o);
+}
+
 /* The JSON of a connection (never a token). */
 static void connection_write(StrBuf *b, const Connection *c) {
         bool first = true;
@@ -247,6 +273,8 @@ static void connection_write(StrBuf *b, const Connection *c) {
         }
         if (c->username)
                 member_str(b, &first, "username", c->username);
+        member_object(b, &first, "params", c->params);
+        member_object(b, &first, "metadata", c->metadata);
         if (c->access_token && c->expires_at > 0)
                 member_int(b, &first, "expires_in", (int64_t) (connection_ttl(c) / USEC_PER_SEC));
         if (connection_busy(c)) {
@@ -257,7 +285,8 @@ static void connection_write(StrBuf *b, const Connection *c) {
 }
 
 /* The same as a jansson object, for answers that add to it. */
-static json_t *connection_json(Manager *m _unused_, const Connection *c) {
+static json_t *connection_json(Manager *m, const Connection *c) {
+        const Provider *p = manager_provider(m, c);
         StrBuf b = {};
         json_t *j;
 
@@ -268,6 +297,16 @@ static json_t *connection_json(Manager *m _unused_, const Connection *c) {
         }
         j = json_loadb(b.s, b.len, 0, NULL);
         strbuf_free(&b);
+        /* the provider's test_url with this connection's ${param.X} and
+         * ${metadata.X} filled in, for tokenctl test */
+        if (j && p && p->test_url) {
+                _cleanup_free_ char *url = NULL, *why = NULL;
+
+                if (oauth_url_expand(p->test_url, c->params, c->metadata, &url, &why) >= 0)
+                        json_object_set_new(j, "test_url", json_string(url));
+                else if (why)
+                        json_object_set_new(j, "test_url_error", json_string(why));
+        }
         return j;
 }
 
@@ -295,7 +334,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
 static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_after) {
         const Provider *p = manager_provider(m, c);
-        UsageVars v = { c->access_token, c->token_type ?: "Bearer" };
+        UsageVars v = { c->access_token, c->token_type ?: "Bearer", c->params, c->metadata };
         StrBuf b = {};
         char ts[32];
 
@@ -329,6 +368,11 @@ static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_af
                 strbuf_puts(&b, ",\"query\":{");
                 usage_pair(&b, p->usage_query, '=', &v);
                 strbuf_puts(&b, "}");
+        }
+        if (c->metadata && json_object_size(c->metadata) > 0) {
+                /* what the provider returned besides the token (never a secret) */
+                strbuf_puts(&b, ",\"metadata\":");
+                object_write(&b, c->metadata);
         }
         if (refresh_retry_after > 0) {
                 /* rate limited: the token there is, and when a client-driven refresh is allowed again */
@@ -816,6 +860,7 @@ static void route_create(ApiRequest *r) {
         gid_t groups[ACL_MAX];
         unsigned nu = 0, ng = 0;
         Connection *c = NULL;
+        _cleanup_(json_decrefp) json_t *params = NULL;
         bool existed;
         int k;
 
@@ -871,12 +916,31 @@ static void route_create(ApiRequest *r) {
         if (provider_refused(r, root, provider))
                 return;
         {
+                /* ${param.X}: checked before anything is stored or sent */
+                const Provider *pp = broker_config_find_provider(m->config, provider);
+                const Connection *old = manager_get(m, name);
+                _cleanup_free_ char *perr = NULL;
+
+                k = params_resolve(pp, json_object_get(root, "params"),
+                                   old && streq(old->provider, provider) ? old->params : NULL, &params, &perr);
+                if (k < 0) {
+                        wipe_json_secrets(root);
+                        json_decref(root);
+                        if (k == -EINVAL)
+                                answer_error(r, 400, API_ERR_INVALID_REQUEST, perr ?: "invalid params");
+                        else
+                                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                        return;
+                }
+        }
+        {
                 const char *username = NULL, *password = NULL, *refresh_token = NULL;
                 json_t *dev = json_object_get(root, "device");
                 AuthorizeRequest req = {
                         .name = name, .provider = provider, .scope = isempty(scope) ? NULL : scope,
                         .allow_users = users, .n_allow_users = nu,
                         .allow_groups = groups, .n_allow_groups = ng,
+                        .params = params,
                 };
 
                 if ((json_object_get(root, "username") && !json_is_string(json_object_get(root, "username"))) ||

@@ -5,6 +5,7 @@
 
 #include "common/api.h"
 #include "common/log.h"
+#include "common/params.h"
 #include "common/util.h"
 #include "daemon/callback.h"
 #include "daemon/links.h"
@@ -353,6 +354,21 @@ static void handle_callback(CbRequest *r, const char *via) {
         if (callback_query_parse(r->query, r->query_len, p->code_param, &qc) < 0 ||
             isempty(qc.code))
                 return answer(r, 400, "Authorization failed", "The request has no authorization code.");
+
+        /* "metadata NAME = query:PARAM" (Intuit's realmId): kept with the
+         * connection, so the exchange and later requests can use it. */
+        for (size_t i = 0; i < p->n_metadata; i++) {
+                _cleanup_(callback_query_done) CallbackQuery qm = {};
+                json_t *md = NULL;
+
+                if (!p->metadata[i].query ||
+                    callback_query_parse(r->query, r->query_len, p->metadata[i].query, &qm) < 0 || !qm.code)
+                        continue;
+                if (metadata_set(c->metadata, p->metadata[i].name, qm.code, &md) > 0) {
+                        json_decref(c->metadata);
+                        c->metadata = md;
+                }
+        }
 
         /* The state is spent from here on, whatever the exchange says. */
         r->waiter = (Waiter) { .fn = on_exchanged, .userdata = r };

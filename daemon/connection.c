@@ -37,6 +37,8 @@ Connection *connection_free(Connection *c) {
         connection_clear_tokens(c);
         c->code_verifier = secret_free(c->code_verifier);
         c->auth_state = secret_free(c->auth_state);
+        json_decref(c->params);
+        json_decref(c->metadata);
         free(c->username);
         connection_clear_device(c);
         free(c->name);

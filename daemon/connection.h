@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <jansson.h>
 #include <sys/types.h>
 
 #include "common/conf.h"
@@ -53,6 +54,10 @@ typedef struct Connection {
         char *scope;               /* granted */
         char *requested_scope;
         char *identity;
+        /* Connection parameters and response metadata (common/params.h):
+         * JSON objects of strings, NULL when empty; never secrets. */
+        json_t *params;
+        json_t *metadata;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
         bool importing;            /* memory only: the next refresh proves an imported refresh token */
         char *last_error;

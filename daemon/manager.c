@@ -678,8 +678,13 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 r = pkce_new(p->pkce, &verifier, &challenge);
                 if (r < 0)
                         return r;
-                r = oauth_authorize_url(p, p->redirect_uri, state, challenge,
-                                        req->scope ?: (c ? c->requested_scope : NULL), &url);
+                r = oauth_authorize_url_params(p, p->redirect_uri, state, challenge,
+                                               req->scope ?: (c ? c->requested_scope : NULL),
+                                               req->params ?: (c ? c->params : NULL), &url, NULL);
+                if (r == -EINVAL) {
+                        *ret_error = "a parameter value does not fit the provider's authorize URL";
+                        return r;
+                }
                 if (r < 0)
                         return r;
         }
@@ -702,6 +707,11 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                         return -ENOMEM;
                 free(c->requested_scope);
                 c->requested_scope = s;
+        }
+        /* NULL: keep what the connection has (a re-authorization link) */
+        if (req->params && req->params != c->params) {
+                json_decref(c->params);
+                c->params = json_incref(req->params);
         }
         if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {
                 r = connection_set_acl(c, req->allow_users, req->n_allow_users, req->allow_groups,

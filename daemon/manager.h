@@ -155,6 +155,7 @@ typedef struct AuthorizeRequest {
         const char *username;      /* password grant */
         const char *password;      /* secret; NULL: the provider's password_file */
         const char *refresh_token; /* secret: adopt one obtained elsewhere (import) */
+        json_t *params;            /* the connection's parameters, checked (params_resolve()); NULL: none */
 } AuthorizeRequest;
 int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
                       const char **ret_error);

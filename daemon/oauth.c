@@ -8,6 +8,7 @@
 #include "common/b64.h"
 #include "common/jsonptr.h"
 #include "common/jwt.h"
+#include "common/params.h"
 #include "common/template.h"
 #include "common/util.h"
 #include "daemon/oauth.h"
@@ -174,6 +175,11 @@ static const char *expand_raw(Expand *x, const char *name, size_t len) {
                 return v->device_code;
         if (IS("token_url"))
                 return x->p->token_url;
+        {
+                const char *pv = params_lookup(v->params, v->metadata, name, len);
+                if (pv)
+                        return pv;
+        }
         if (expand_generate(x) < 0)
                 return NULL;
         if (IS("uuid"))
@@ -297,10 +303,23 @@ static int kvlist_templates(KVList *l, const TemplateList *t, Expand *x, bool re
         return 0;
 }
 
+static const char *url_lookup(const char *name, size_t len, void *userdata) {
+        Expand *x = userdata;
+
+        x->escape = false;   /* url_template_expand() encodes what it must */
+        return expand_lookup(name, len, x);
+}
+
 int oauth_authorize_url(const Provider *p, const char *redirect_uri, const char *state,
                         const char *challenge, const char *scope, char **ret) {
-        _cleanup_free_ char *sc = NULL;
-        RequestVars vars = { .redirect_uri = redirect_uri, .state = state };
+        return oauth_authorize_url_params(p, redirect_uri, state, challenge, scope, NULL, ret, NULL);
+}
+
+int oauth_authorize_url_params(const Provider *p, const char *redirect_uri, const char *state,
+                               const char *challenge, const char *scope, const json_t *params, char **ret,
+                               char **ret_why) {
+        _cleanup_free_ char *sc = NULL, *base = NULL;
+        RequestVars vars = { .redirect_uri = redirect_uri, .state = state, .params = params };
         Expand x = { .p = p, .v = &vars };
         KVList kv = {};
         StrBuf b = {};
@@ -346,9 +365,12 @@ int oauth_authorize_url(const Provider *p, const char *redirect_uri, const char 
                 r = kvlist_templates(&kv, &p->authorize_param, &x, true);
         if (r < 0)
                 goto finish;
-        strbuf_puts(&b, p->authorize_url);
+        r = url_template_expand(p->authorize_url, url_lookup, &x, &base, ret_why);
+        if (r < 0)
+                goto finish;
+        strbuf_puts(&b, base);
         /* append_param() adds the '&' after an existing query. */
-        if (!strchr(p->authorize_url, '?'))
+        if (!strchr(base, '?'))
                 strbuf_puts(&b, "?");
         for (size_t i = 0; i < kv.n; i++)
                 append_param(&b, kv.items[i].key, kv.items[i].value);
@@ -457,11 +479,15 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
         if (r < 0)
                 goto finish;
 
-        /* the URL, its placeholders percent-encoded */
-        if (literal_url)
-                r = (url = strdup(url_tmpl)) ? 0 : -ENOMEM;
-        else
-                r = expand(&x, url_tmpl, true, &url);
+        /* the URL, its placeholders in the path and query percent-encoded */
+        if (literal_url) {
+                /* ${param.X} and ${metadata.X} only, never a secret; a
+                 * URL with anything else is used as it stands */
+                r = oauth_url_expand(url_tmpl, vars.params, vars.metadata, &url, NULL);
+                if (r == -ENOKEY)
+                        r = (url = strdup(url_tmpl)) ? 0 : -ENOMEM;
+        } else
+                r = url_template_expand(url_tmpl, url_lookup, &x, &url, NULL);
         if (r < 0)
                 goto finish;
         if (bt == BODY_QUERY || streq(method, "GET")) {
@@ -558,6 +584,11 @@ int oauth_token_request(Http *h, const Provider *p, const Param *params, size_t 
 
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
                          HttpRequest **ret) {
+        return oauth_revoke_request_vars(h, p, token, hint, NULL, ret);
+}
+
+int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
+                              const RequestVars *v, HttpRequest **ret) {
         const Param params[] = {
                 { "token", token },
                 { "token_type_hint", hint },
@@ -565,7 +596,7 @@ int oauth_revoke_request(Http *h, const Provider *p, const char *token, const ch
 
         if (!p->revoke_url)
                 return -EOPNOTSUPP;
-        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), NULL, ret);
+        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), v, ret);
 }
 
 static int dup_string_at(json_t *root, const char *ptr, char **ret) {
@@ -1116,13 +1147,35 @@ const char *oauth_usage_lookup(const char *name, size_t len, void *userdata) {
                 return v->access_token;
         if (len == 10 && memcmp(name, "token_type", 10) == 0)
                 return v->token_type;
-        return NULL;
+        return params_lookup(v->params, v->metadata, name, len);
+}
+
+static const char *params_only_lookup(const char *name, size_t len, void *userdata) {
+        const UsageVars *v = userdata;
+
+        return params_lookup(v->params, v->metadata, name, len);
+}
+
+int oauth_url_expand(const char *tmpl, const json_t *params, const json_t *metadata, char **ret, char **ret_why) {
+        UsageVars v = { .params = params, .metadata = metadata };
+
+        return url_template_expand(tmpl, params_only_lookup, &v, ret, ret_why);
 }
 
 int oauth_usage_headers(const Provider *p, const char *access_token, const char *token_type,
                         char ***ret_lines, size_t *ret_n, char **ret_query) {
-        UsageVars v = { access_token, token_type ?: "Bearer" };
+        UsageVars v = { access_token, token_type };
+
+        return oauth_usage_headers_vars(p, &v, ret_lines, ret_n, ret_query);
+}
+
+int oauth_usage_headers_vars(const Provider *p, const UsageVars *vars, char ***ret_lines, size_t *ret_n,
+                             char **ret_query) {
+        UsageVars v = *vars;
         char **lines;
+
+        if (!v.token_type)
+                v.token_type = "Bearer";
         size_t n = 0;
         int r = 0;
 

@@ -31,6 +31,12 @@ int pkce_challenge(Pkce method, const char *verifier, char **ret);
 
 int oauth_authorize_url(const Provider *p, const char *redirect_uri, const char *state,
                         const char *challenge, const char *scope, char **ret);
+/* The same for a connection with parameters (${param.X} in the URL and
+ * its authorize_param lines); -EINVAL with *ret_why (may be NULL) when a
+ * value cannot stand where the URL puts it. */
+int oauth_authorize_url_params(const Provider *p, const char *redirect_uri, const char *state,
+                               const char *challenge, const char *scope, const json_t *params, char **ret,
+                               char **ret_why);
 
 /* Key/value pairs for a form body; values may be secrets. */
 typedef struct Param {
@@ -60,6 +66,8 @@ typedef struct RequestVars {
         const char *state;        /* secret */
         const char *refresh_token;/* secret */
         const char *device_code;  /* secret */
+        const json_t *params;     /* ${param.X}: the connection's parameters */
+        const json_t *metadata;   /* ${metadata.X}: what the provider returned */
 } RequestVars;
 
 /* Builds a provider request from its templates: the URL (placeholders in
@@ -73,6 +81,9 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
 /* RFC 7009 revocation of one token. */
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
                          HttpRequest **ret);
+/* The same for a connection: its ${param.X} and ${metadata.X} (v may be NULL). */
+int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
+                              const RequestVars *v, HttpRequest **ret);
 
 /* Parses a finished token request. On OAUTH_OK fills *ret; otherwise
  * *ret_error says why, safe to log (never a token). */
@@ -114,11 +125,19 @@ int oauth_device_response(const Provider *p, const HttpRequest *req, DeviceAuth 
 typedef struct UsageVars {
         const char *access_token;
         const char *token_type;
+        const json_t *params;     /* ${param.X}, may be NULL */
+        const json_t *metadata;   /* ${metadata.X}, may be NULL */
 } UsageVars;
 const char *oauth_usage_lookup(const char *name, size_t len, void *userdata);
 
 int oauth_usage_headers(const Provider *p, const char *access_token, const char *token_type,
                         char ***ret_lines, size_t *ret_n, char **ret_query);
+int oauth_usage_headers_vars(const Provider *p, const UsageVars *v, char ***ret_lines, size_t *ret_n,
+                             char **ret_query);
+
+/* A URL key of the provider (userinfo_url, test_url...) expanded for a
+ * connection: ${param.X} and ${metadata.X}. -EINVAL with *ret_why. */
+int oauth_url_expand(const char *tmpl, const json_t *params, const json_t *metadata, char **ret, char **ret_why);
 
 /* OIDC discovery (a provider_discover_fn): fills the endpoints the file
  * leaves out from ISSUER/.well-known/openid-configuration. Blocking,

@@ -19,6 +19,7 @@
  * staged answer rotated. */
 
 #include "common/log.h"
+#include "common/params.h"
 #include "common/util.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
@@ -60,6 +61,7 @@ struct Staged {
         char *token_type;
         char *scope;               /* NULL: unchanged */
         char *identity;            /* a grant's, from its ID token; NULL: none */
+        json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
         usec_t expires_at, obtained_at, last_refresh_at;
 };
 
@@ -71,6 +73,7 @@ static Staged *staged_free(Staged *st) {
         free(st->token_type);
         free(st->scope);
         free(st->identity);
+        json_decref(st->metadata);
         free(st);
         return NULL;
 }
@@ -88,6 +91,8 @@ void refresher_image(const Connection *c, Connection *ret) {
         ret->token_type = st->token_type;
         if (st->scope)
                 ret->scope = st->scope;
+        if (st->metadata)
+                ret->metadata = st->metadata;
         ret->expires_at = st->expires_at;
         ret->obtained_at = st->obtained_at;
         ret->last_refresh_at = ret->updated_at = st->last_refresh_at;
@@ -370,6 +375,8 @@ static RequestVars request_vars(Manager *m _unused_, const Connection *c, const 
                 .password = p->grant == GRANT_PASSWORD ? c->code_verifier : NULL,
                 .refresh_token = c->refresh_token,
                 .state = c->auth_state,
+                .params = c->params,
+                .metadata = c->metadata,
         };
 }
 
@@ -572,6 +579,12 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
+        {
+                /* "metadata NAME = /pointer": updated on every answer that has it */
+                const Provider *p = manager_provider(m, c);
+                if (p && metadata_from_token_response(p, req->body, req->body_len, c->metadata, &st->metadata) < 0)
+                        return log_oom();
+        }
         c->staged = st;
         r = queue_commit(m, c, st);
         if (r < 0) {
@@ -756,6 +769,10 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 free(c->scope);
                 c->scope = TAKE_PTR(st->scope);
         }
+        if (st->metadata) {
+                json_decref(c->metadata);
+                c->metadata = TAKE_PTR(st->metadata);
+        }
         c->expires_at = st->expires_at;
         c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
         c->obtained_at = st->obtained_at;
@@ -879,13 +896,19 @@ static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
         size_t n = 0;
         int r;
 
-        r = oauth_usage_headers(p, c->access_token, c->token_type, &lines, &n, &query);
+        _cleanup_free_ char *base = NULL;
+        UsageVars uv = { c->access_token, c->token_type, c->params, c->metadata };
+
+        r = oauth_url_expand(p->userinfo_url, c->params, c->metadata, &base, NULL);
         if (r < 0)
                 return r;
-        if (query && asprintf(&url, "%s%c%s", p->userinfo_url, strchr(p->userinfo_url, '?') ? '&' : '?', query) < 0)
+        r = oauth_usage_headers_vars(p, &uv, &lines, &n, &query);
+        if (r < 0)
+                return r;
+        if (query && asprintf(&url, "%s%c%s", base, strchr(base, '?') ? '&' : '?', query) < 0)
                 r = -ENOMEM;
         if (r >= 0)
-                r = http_request_new(m->http, "GET", url ?: p->userinfo_url, &req);
+                r = http_request_new(m->http, "GET", url ?: base, &req);
         for (size_t i = 0; i < n; i++) {
                 if (r >= 0)
                         r = http_request_add_header(req, lines[i]);
@@ -1200,7 +1223,12 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         }
         if (!token || !p || !p->revoke_url)
                 return 0;
-        r = oauth_revoke_request(m->http, p, token, hint, &req);
+        {
+                /* only the connection's params and metadata: the revocation
+                 * request has no templates of its own */
+                const RequestVars v = { .params = c->params, .metadata = c->metadata };
+                r = oauth_revoke_request_vars(m->http, p, token, hint, &v, &req);
+        }
         if (r < 0)
                 return r;
         r = start_request(m, c, OP_REVOKE, req);

@@ -26,6 +26,8 @@ enum {
         ROW_STATE_HASH,
         ROW_LAST_ERROR,
         ROW_USERNAME,
+        ROW_PARAMS,                /* JSON objects of strings: connection parameters, response metadata */
+        ROW_METADATA,
         _ROW_TEXT_MAX,
 };
 

@@ -25,7 +25,7 @@ struct StoreDb {
 #define ROW_COLUMNS                                                                                            \
         "id, name, provider, state, requested_scope, scope, identity, token_type, access_token, refresh_token, " \
         "expires_at, obtained_at, state_hash, code_verifier, pending_until, allow_users, allow_groups, "        \
-        "last_error, refreshes, created_at, updated_at, last_refresh_at, username, device_interval"
+        "last_error, refreshes, created_at, updated_at, last_refresh_at, username, device_interval, params, metadata"
 
 _printf_(2, 3) static void set_error(StoreDb *d, const char *fmt, ...) {
         va_list ap;
@@ -175,8 +175,10 @@ static void bind_row(PgParams *p, const StoreRow *row) {
         pg_param_int64(p, (int64_t) row->last_refresh_at);            /* $20 */
         pg_param_text(p, row->text[ROW_USERNAME]);                    /* $21 */
         pg_param_int64(p, (int64_t) row->device_interval);            /* $22 */
-        pg_param_text(p, row->text[ROW_NAME]);                        /* $23 */
-        pg_param_int64(p, (int64_t) row->created_at);                 /* $24 */
+        pg_param_text(p, row->text[ROW_PARAMS]);                      /* $23 */
+        pg_param_text(p, row->text[ROW_METADATA]);                    /* $24 */
+        pg_param_text(p, row->text[ROW_NAME]);                        /* $25 */
+        pg_param_int64(p, (int64_t) row->created_at);                 /* $26 */
 }
 
 static int pgs_row_insert(StoreDb *d, const StoreRow *row) {
@@ -189,8 +191,9 @@ static int pgs_row_insert(StoreDb *d, const StoreRow *row) {
                         "INSERT INTO connections (id, provider, state, requested_scope, scope, identity, token_type, "
                         "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                         "pending_until, allow_users, allow_groups, last_error, refreshes, updated_at, "
-                        "last_refresh_at, username, device_interval, name, created_at) VALUES ($1, $2, $3, $4, $5, "
-                        "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+                        "last_refresh_at, username, device_interval, params, metadata, name, created_at) VALUES ($1, "
+                        "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, "
+                        "$22, $23, $24, $25, $26)",
                         &p, NULL);
         return r < 0 ? r : 0;
 }
@@ -208,7 +211,7 @@ static int pgs_row_save(StoreDb *d, const StoreRow *row) {
                         "obtained_at = $11, state_hash = $12, code_verifier = $13, pending_until = $14, "
                         "allow_users = $15, allow_groups = $16, last_error = $17, refreshes = $18, "
                         "updated_at = $19, last_refresh_at = $20, username = $21, device_interval = $22, "
-                        "version = nextval('connections_version') WHERE id = $1",
+                        "params = $23, metadata = $24, version = nextval('connections_version') WHERE id = $1",
                         &p, NULL);
         if (r == 0) {
                 set_error(d, "connection %" PRId64 " is not in the store", row->id);
@@ -277,6 +280,8 @@ static int load_one(const PGresult *res, void *userdata) {
         row.text[ROW_STATE_HASH] = view_text(res, 12);
         row.text[ROW_LAST_ERROR] = view_text(res, 17);
         row.text[ROW_USERNAME] = view_text(res, 22);
+        row.text[ROW_PARAMS] = view_text(res, 24);
+        row.text[ROW_METADATA] = view_text(res, 25);
         view_sealed(res, 8, &row.sealed[0], &row.sealed_size[0]);
         view_sealed(res, 9, &row.sealed[1], &row.sealed_size[1]);
         view_sealed(res, 13, &row.sealed[2], &row.sealed_size[2]);

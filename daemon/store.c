@@ -427,7 +427,18 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 [ROW_USERNAME] = c->username,
         };
         const char *secret[STORE_SEALED_MAX] = { c->access_token, c->refresh_token, c->code_verifier };
+        _cleanup_free_ char *params = NULL, *metadata = NULL;
         int r;
+
+        /* compact, keys sorted: the same object gives the same text */
+        if (c->params && json_object_size(c->params) > 0 &&
+            !(params = json_dumps(c->params, JSON_COMPACT | JSON_SORT_KEYS)))
+                return -ENOMEM;
+        if (c->metadata && json_object_size(c->metadata) > 0 &&
+            !(metadata = json_dumps(c->metadata, JSON_COMPACT | JSON_SORT_KEYS)))
+                return -ENOMEM;
+        text[ROW_PARAMS] = params;
+        text[ROW_METADATA] = metadata;
 
         row = new0(StoreRow, 1);
         if (!row)
@@ -541,6 +552,29 @@ typedef struct LoadContext {
         void *userdata;
 } LoadContext;
 
+/* A JSON object of strings (params, metadata), or NULL. */
+static int json_column(Store *s, const StoreRow *row, size_t i, const char *column, json_t **ret) {
+        const char *key;
+        json_t *j, *v;
+
+        *ret = NULL;
+        if (!row->text[i])
+                return 0;
+        j = json_loads(row->text[i], JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(j))
+                goto bad;
+        json_object_foreach(j, key, v)
+                if (!json_is_string(v))
+                        goto bad;
+        *ret = j;
+        return 0;
+bad:
+        json_decref(j);
+        store_set_error(s, "connection %" PRId64 " ('%.64s'): %s is not a JSON object of strings", row->id,
+                        row->text[ROW_NAME] ?: "?", column);
+        return -EBADMSG;
+}
+
 static int load_row(const StoreRow *row, void *userdata) {
         LoadContext *l = userdata;
         Store *s = l->store;
@@ -565,7 +599,9 @@ static int load_row(const StoreRow *row, void *userdata) {
             (r = text_dup(row->text[ROW_TOKEN_TYPE], &c->token_type)) < 0 ||
             (r = text_dup(row->text[ROW_STATE_HASH], &c->state_hash)) < 0 ||
             (r = text_dup(row->text[ROW_LAST_ERROR], &c->last_error)) < 0 ||
-            (r = text_dup(row->text[ROW_USERNAME], &c->username)) < 0)
+            (r = text_dup(row->text[ROW_USERNAME], &c->username)) < 0 ||
+            (r = json_column(s, row, ROW_PARAMS, "params", &c->params)) < 0 ||
+            (r = json_column(s, row, ROW_METADATA, "metadata", &c->metadata)) < 0)
                 return r;
         if ((r = unseal(s, row, 0, c->name, &c->access_token)) < 0 ||
             (r = unseal(s, row, 1, c->name, &c->refresh_token)) < 0 ||

@@ -801,6 +801,19 @@ static void print_acl(json_t *c) {
         print_ids("allowed groups:", g, true);
 }
 
+/* "param tenant:  contoso", one line a member of the connection's object. */
+static void print_object(json_t *c, const char *member_name, const char *label) {
+        const char *key;
+        json_t *v;
+
+        json_object_foreach(json_object_get(c, member_name), key, v) {
+                char k[96];
+
+                snprintf(k, sizeof k, "%s %s:", label, key);
+                print_kv(k, json_string_value(v));
+        }
+}
+
 static void print_connection(json_t *c) {
         json_t *e = json_object_get(c, "expires_in");
         char buf[64];
@@ -813,6 +826,8 @@ static void print_connection(json_t *c) {
         print_kv("scope:", jstr(c, "scope"));
         print_kv("requested scope:", jstr(c, "requested_scope"));
         print_acl(c);
+        print_object(c, "params", "param");
+        print_object(c, "metadata", "metadata");
         print_kv("token type:", jstr(c, "token_type"));
         if (json_is_integer(e)) {
                 snprintf(buf, sizeof buf, "%s (in %llds)", jstr(c, "expires_at") ?: "?",
@@ -1348,7 +1363,7 @@ static int do_unlink(int argc _unused_, char **argv) {
 
 static int do_authorize(int argc, char **argv) {
         enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE,
-               O_USERNAME, O_LINK, O_VALID };
+               O_USERNAME, O_LINK, O_VALID, O_PARAM };
         static const struct option options[] = {
                 { "username", required_argument, NULL, O_USERNAME },
                 { "provider", required_argument, NULL, O_PROVIDER },
@@ -1360,8 +1375,10 @@ static int do_authorize(int argc, char **argv) {
                 { "device", no_argument, NULL, O_DEVICE },
                 { "link", no_argument, NULL, O_LINK },
                 { "valid", required_argument, NULL, O_VALID },
+                { "param", required_argument, NULL, O_PARAM },
                 {}
         };
+        _cleanup_(json_decrefp) json_t *params = json_object();
         json_t *body, *users = json_array(), *groups = json_array();
         const char *provider = NULL, *name, *url, *username = NULL;
         bool import = streq(argv[0], "import"), device = false;
@@ -1423,6 +1440,22 @@ static int do_authorize(int argc, char **argv) {
                 case O_VALID:
                         valid = optarg;
                         break;
+                case O_PARAM: {
+                        /* NAME=VALUE; the daemon checks the name and the value against the provider */
+                        const char *eq = strchr(optarg, '=');
+                        _cleanup_free_ char *pname = eq ? strndup(optarg, (size_t) (eq - optarg)) : NULL;
+
+                        if (!eq || eq == optarg || !pname || json_object_get(params, pname)) {
+                                fprintf(stderr, "tokenctl: --param takes NAME=VALUE, each NAME once; got '%s'\n",
+                                        tty_safe(optarg) ?: "");
+                                json_decref(users);
+                                json_decref(groups);
+                                strbuf_free(&scope);
+                                return EXIT_USAGE;
+                        }
+                        json_object_set_new(params, pname, json_string(eq + 1));
+                        break;
+                }
                 default:
                         json_decref(users);
                         json_decref(groups);
@@ -1430,13 +1463,14 @@ static int do_authorize(int argc, char **argv) {
                         return EXIT_USAGE;
                 }
         other = json_array_size(users) || json_array_size(groups) || nowait || timeout || device || username;
+        other = other || json_object_size(params);
         if (!import && (link || valid)) {
                 json_decref(users);
                 json_decref(groups);
                 if (optind != argc - 1 || !link || other) {
                         fprintf(stderr, "tokenctl: usage: tokenctl authorize NAME --link [--valid TIME] [--provider P] "
                                         "[--scope S]...\n(--valid needs --link; --link takes no --allow-*, --device, "
-                                        "--username, --no-wait or --timeout)\n");
+                                        "--username, --param, --no-wait or --timeout)\n");
                         strbuf_free(&scope);
                         return EXIT_USAGE;
                 }
@@ -1445,7 +1479,7 @@ static int do_authorize(int argc, char **argv) {
                 return k;
         }
         if (optind != argc - 1 || !provider || (import && (device || username || link || valid))) {
-                fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--scope S]... "
+                fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--param K=V]... [--scope S]... "
                                 "[--allow-user U]... [--allow-group G]... [--no-wait]%s\n",
                         argv[0], import ? " < refresh-token" : " [--device] [--username U]");
                 strbuf_free(&scope);
@@ -1486,6 +1520,10 @@ static int do_authorize(int argc, char **argv) {
         strbuf_free(&scope);
         if (device)
                 json_object_set_new(body, "device", json_true());
+        if (json_object_size(params) > 0)
+                json_object_set(body, "params", params);
+        json_decref(params);
+        params = NULL;
         if (import) {
                 /* A refresh token is a secret: stdin only, never argv. */
                 secret = read_secret_line("Refresh token: ");
@@ -1559,6 +1597,15 @@ static int do_test(int argc _unused_, char **argv) {
         json_array_foreach(a, i, p)
                 if (provider && jstr(p, "name") && streq(jstr(p, "name"), provider))
                         test_url = jstr(p, "test_url");
+        if (test_url && jstr(conn.json, "test_url_error")) {
+                fprintf(stderr, "tokenctl: the test_url of %s cannot be expanded: %s\n", argv[1],
+                        tty_safe(jstr(conn.json, "test_url_error")) ?: "?");
+                reply_done(&conn);
+                reply_done(&provs);
+                return EXIT_FAILURE_GENERIC;
+        }
+        if (test_url && jstr(conn.json, "test_url"))
+                test_url = jstr(conn.json, "test_url");   /* ${param.X} and ${metadata.X} filled in */
         if (!test_url) {
                 fprintf(stderr, "tokenctl: provider %s has no test_url\n", provider ?: "?");
                 reply_done(&conn);
@@ -1638,12 +1685,12 @@ static const Verb verbs[] = {
         { "list", "[--state S] [--provider P] [--prefix T] [--limit N]",
           "list connections, sorted by name, page by page; a summary line", 0, 8, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
-        { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
+        { "authorize", "NAME --provider P [--param K=V]... [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
                        "[--username U] [--no-wait] [--timeout S] | NAME --link [--valid TIME] [--provider P] [--scope S]...",
           "start (or redo) an authorization and wait for it; --username reads the password from stdin; --link "
           "prints a single-use re-authorization link to send on instead (valid 7d unless --valid, at most 30d)", 1, 64,
           do_authorize },
-        { "import", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
+        { "import", "NAME --provider P [--param K=V]... [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
           "adopt a refresh token obtained elsewhere (read from stdin), prove it with a refresh", 1, 64, do_authorize },
         { "test", "NAME", "GET the provider's test_url with the token; print the status and time", 1, 1, do_test },
         { "token", "NAME [--min-ttl S]", "print a valid access token", 1, 3, do_token },

@@ -20,7 +20,9 @@
  *   - A loaded provider has what provider_load() promises (token_url,
  *     client_id, acceptable URLs, valid pointers, a usage rule, a secret
  *     unless client_auth = none), and its usage templates and authorize URL
- *     can be rendered. A loaded broker config has its defaults filled and
+ *     can be rendered (with a fitting value for each declared param; its
+ *     params declared once with valid names, no metadata pointer at a
+ *     token). A loaded broker config has its defaults filled and
  *     its providers sorted by name.
  *   - Everything is freed (LeakSanitizer). */
 
@@ -28,6 +30,7 @@
 #include <sys/stat.h>
 
 #include "common/conf.h"
+#include "common/params.h"
 #include "common/jsonptr.h"
 #include "daemon/oauth.h"
 
@@ -173,6 +176,14 @@ static int ini_check(const char *section, const char *key, const char *value, un
         return 0;
 }
 
+/* An acceptable URL, or a template standing for one (${param.X} or
+ * ${metadata.X} as its origin or in its host). */
+static bool url_ok(const char *u) {
+        if (url_template_check(u, NULL, NULL, NULL) < 0)
+                return false;
+        return startswith(u, "${") || url_is_acceptable(u);
+}
+
 static void check_provider(const Provider *p) {
         char **lines = NULL, *query = NULL, *url = NULL;
         size_t n = 0;
@@ -180,10 +191,20 @@ static void check_provider(const Provider *p) {
 
         if (!p->name || !p->path || !p->token_url || !p->client_id)
                 abort();
-        if (!url_is_acceptable(p->token_url) || (p->authorize_url && !url_is_acceptable(p->authorize_url)) ||
-            (p->revoke_url && !url_is_acceptable(p->revoke_url)) ||
-            (p->test_url && !url_is_acceptable(p->test_url)))
+        if (!url_ok(p->token_url) || (p->authorize_url && !url_ok(p->authorize_url)) ||
+            (p->revoke_url && !url_ok(p->revoke_url)) || (p->test_url && !url_ok(p->test_url)))
                 abort();
+        /* declared once each, with valid names; metadata never at a token */
+        for (size_t i = 0; i < p->n_params; i++)
+                if (!param_name_valid(p->params[i].name, strlen(p->params[i].name)) ||
+                    (p->params[i].in_host && p->params[i].in_origin))
+                        abort();
+        for (size_t i = 0; i < p->n_metadata; i++)
+                if ((!p->metadata[i].pointer) == (!p->metadata[i].query) ||
+                    (p->metadata[i].pointer && (streq(p->metadata[i].pointer, p->ptr_access_token) ||
+                                                streq(p->metadata[i].pointer, p->ptr_refresh_token) ||
+                                                streq(p->metadata[i].pointer, p->ptr_id_token))))
+                        abort();
         if (p->grant == GRANT_AUTHORIZATION_CODE ? !p->authorize_url : p->grant != GRANT_CLIENT_CREDENTIALS)
                 abort();
         if (p->client_auth != CLIENT_AUTH_NONE && isempty(p->client_secret))
@@ -217,9 +238,17 @@ static void check_provider(const Provider *p) {
         free(query);
 
         if (p->authorize_url) {
-                r = oauth_authorize_url(p, "http://127.0.0.1:8421/oauth/callback", "st", "ch", NULL, &url);
+                /* each parameter with a value fit for where it stands */
+                json_t *params = json_object();
+
+                for (size_t i = 0; params && i < p->n_params; i++)
+                        (void) json_object_set_new(params, p->params[i].name,
+                                                   json_string(p->params[i].in_origin ? "https://a.example.com" : "a"));
+                r = oauth_authorize_url_params(p, "http://127.0.0.1:8421/oauth/callback", "st", "ch", NULL, params,
+                                               &url, NULL);
+                json_decref(params);
                 if (r >= 0) {
-                        if (!startswith(url, p->authorize_url))
+                        if (!strstr(p->authorize_url, "${") && !startswith(url, p->authorize_url))
                                 abort();
                         free(url);
                 } else if (r != -ENOMEM)

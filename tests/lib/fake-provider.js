@@ -102,6 +102,8 @@ async function startFakeProvider(opts = {}) {
     tokenDelayMs: opts.tokenDelayMs ?? 0,
     record: opts.record ?? true,
     codeParam: opts.codeParam ?? 'code',
+    callbackExtra: opts.callbackExtra ?? null,   // extra callback query parameters (Intuit's realmId)
+    tokenExtra: opts.tokenExtra ?? null,         // extra token answer fields
     codes: [],
     grants: new Map(),          // graceReuse: grant id -> {current, previous, revoked, ...}
     tokens: new Map(),          // every issued token (access and refresh) -> its issuance
@@ -208,6 +210,10 @@ async function startFakeProvider(opts = {}) {
         params = Object.fromEntries(new URLSearchParams(raw));
       }
       const rec = { time: Date.now(), method: req.method, path: u.pathname, query: Object.fromEntries(u.searchParams), headers: req.headers, raw, params };
+      // A tenant-style URL, /t/TENANT/...: served as /... with rec.tenant set.
+      const tm = u.pathname.match(/^\/t\/([^/]+)(\/.*)$/);
+      if (tm) rec.tenant = decodeURIComponent(tm[1]);
+      const route = tm ? tm[2] : u.pathname;
       if (fp.record) fp.requests.push(rec);
       // What the broker sent is a secret of the suite too: states, PKCE
       // verifiers, codes, refresh tokens, client credentials, passwords.
@@ -247,17 +253,18 @@ async function startFakeProvider(opts = {}) {
           return;
         }
       }
-      if (u.pathname === '/authorize') {
+      if (route === '/authorize') {
         const to = new URL(u.searchParams.get('redirect_uri'));
         const code = `code-${rnd()}`;
         fp.codes.push(code);
         to.searchParams.set(fp.codeParam, code);
+        for (const [k, v] of Object.entries(fp.callbackExtra ?? {})) to.searchParams.set(k, v);
         to.searchParams.set('state', u.searchParams.get('state'));
         res.writeHead(302, { location: to.toString() });
         res.end();
         return;
       }
-      if (u.pathname === '/token' && req.method === 'POST' && fp.graceReuse &&
+      if (route === '/token' && req.method === 'POST' && fp.graceReuse &&
           (params.grant_type === 'authorization_code' || params.grant_type === 'refresh_token')) {
         const body = graceToken(res, params.grant_type, params);
         if (!body) return;
@@ -268,7 +275,7 @@ async function startFakeProvider(opts = {}) {
         res.end(JSON.stringify(body));
         return;
       }
-      if (u.pathname === '/token' && req.method === 'POST') {
+      if (route === '/token' && req.method === 'POST') {
         const gt = params.grant_type;
         let grant;
         if (gt === 'authorization_code' || gt === 'client_credentials' || gt === 'password' ||
@@ -286,6 +293,8 @@ async function startFakeProvider(opts = {}) {
           return;
         }
         const body = { access_token: `at-${rnd(24)}`, token_type: 'Bearer', expires_in: lifetime(grant) };
+        // fields besides the token (Salesforce's instance_url): an object, or a function of the request
+        Object.assign(body, (typeof fp.tokenExtra === 'function' ? fp.tokenExtra(rec) : fp.tokenExtra) ?? {});
         if (gt !== 'client_credentials' && gt !== 'password' && (fp.rotate || gt !== 'refresh_token')) {
           body.refresh_token = `rt-${rnd(24)}`;
           fp.refreshTokens.set(body.refresh_token, grant);
@@ -295,7 +304,7 @@ async function startFakeProvider(opts = {}) {
         res.end(JSON.stringify(body));
         return;
       }
-      if (u.pathname === '/revoke' && req.method === 'POST') {
+      if (route === '/revoke' && req.method === 'POST') {
         fp.refreshTokens.delete(params.token);
         const iss = fp.graceReuse ? fp.tokens.get(params.token) : null;
         if (iss && iss.kind === 'refresh') fp.grants.get(iss.grant).revoked = true;

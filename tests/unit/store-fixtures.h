@@ -74,6 +74,10 @@ static inline Connection *conn_full(void) {
         c->state_hash = strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         c->code_verifier = strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
         c->pending_until = UINT64_C(1893453000) * USEC_PER_SEC;
+        c->params = json_pack("{s:s, s:s}", "tenant", "contoso'; --", "region", "eu west\xc3\xa9");
+        c->metadata = json_pack("{s:s, s:s}", "instance_url", "https://na1.salesforce.com", "realm", "9130 355");
+        if (!c->params || !c->metadata)
+                return connection_free(c);
         if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
                 return connection_free(c);
         if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
@@ -112,5 +116,10 @@ static inline void check_same(const Connection *a, const Connection *b) {
         CHECK_EQ_INT(a->n_allow_groups, b->n_allow_groups);
         for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
                 CHECK_EQ_INT(a->allow_groups[i], b->allow_groups[i]);
+        /* params and metadata: the same objects (NULL and {} alike) */
+        CHECK(json_object_size(a->params) == json_object_size(b->params));
+        CHECK(json_object_size(a->metadata) == json_object_size(b->metadata));
+        CHECK(!a->params || !b->params || json_equal(a->params, b->params));
+        CHECK(!a->metadata || !b->metadata || json_equal(a->metadata, b->metadata));
 }
 
