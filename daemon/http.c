@@ -292,7 +292,11 @@ int http_request_start(HttpRequest *r, usec_t timeout, http_done_fn done, void *
 
         r->done = done;
         r->userdata = userdata;
-        if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
+        if (timeout == USEC_INFINITY) {
+                /* the caller set its own timeouts (the proxy: no total) */
+                if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK)
+                        return -EINVAL;
+        } else if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long) (timeout / USEC_PER_MSEC)) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
                              (long) MIN(timeout, 10 * USEC_PER_SEC) / (long) USEC_PER_MSEC) != CURLE_OK)
