@@ -393,3 +393,62 @@ test('proxy: a 1 GiB download and a 100 MiB upload in bounded memory', { timeout
   assert.ok(g1 < 16 * 1024, `1 GiB download grew RSS by ${g1} KiB`);
   assert.ok(g2 < 16 * 1024, `100 MiB upload grew RSS by ${g2} KiB`);
 });
+
+test('proxy to oidc-provider userinfo: the token reaches it, a revoked one is refreshed once and retried', { timeout: 180000 }, async (t) => {
+  const { startOidc } = require('../lib/oidc-server.js');
+  const { authorizeInBrowser } = require('../lib/browser.js');
+  const { oidcProviderConf } = require('../lib/broker.js');
+  const b = await Broker.prepare();
+  const op = await startOidc({ accessTokenTtl: 600, redirectUris: b.redirectUrisFor('local'), quiet: true });
+  t.after(async () => { await b.stop(); await op.close(); });
+  const origin = new URL(op.endpoints.userinfo).origin;
+  const userinfoPath = new URL(op.endpoints.userinfo).pathname;
+  b.opts = { providers: { local: oidcProviderConf(op, { api_url: origin }) }, secrets: { 'local.secret': op.clientSecret } };
+  b.writeConfig();
+  await b.launch();
+  const auth = b.ctlAsync(['authorize', 'alice', '--provider', 'local', '--timeout', '60']);
+  const url = await waitFor(() => (auth.stdout.match(/https?:\/\/\S+\/auth\?\S+/) || [])[0], { timeoutMs: 10000, what: 'the authorization URL' });
+  assert.equal((await authorizeInBrowser(url, { login: 'alice' })).status, 200);
+  assert.equal((await auth.done).code, 0);
+  const tok = async () => {
+    const r = await b.api('GET', '/v1/connections/alice/token');
+    assert.equal(r.status, 200, r.text);
+    recordSecret(r.json.access_token);
+    return r.json.access_token;
+  };
+  const first = await tok();
+  const check = (r) => {
+    const seen = JSON.stringify(r.rawHeaders) + r.text;
+    for (const x of [first]) assert.ok(!seen.includes(x), 'the client got the token back');
+  };
+
+  const r = await request(b.socket, 'GET', `/v1/connections/alice/proxy${userinfoPath}`);
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.email, 'alice@example.com');
+  assert.equal(r.headers['x-tokenbroker-retried'], '0');
+  check(r);
+
+  // userinfo refuses the token once (401): one refresh, one retry
+  await sleep(5200);   // past the client refresh limit's window of the authorization
+  op.failNext({ path: userinfoPath, status: 401, body: { error: 'invalid_token' } });
+  const n0 = op.refreshRequests().length;
+  const again = await request(b.socket, 'GET', `/v1/connections/alice/proxy${userinfoPath}`);
+  assert.equal(again.status, 200, again.text);
+  assert.equal(again.json.email, 'alice@example.com');
+  assert.equal(again.headers['x-tokenbroker-retried'], '1');
+  assert.equal(op.refreshRequests().length - n0, 1);
+  check(again);
+  const second = await tok();
+  assert.notEqual(second, first);
+  assert.ok(!(JSON.stringify(again.rawHeaders) + again.text).includes(second));
+
+  // the provider revokes the token (oidc-provider revokes the whole grant):
+  // the one refresh is refused, the answer says so, nothing loops
+  await sleep(5200);
+  assert.equal(await op.revoke(second, { hint: 'access_token' }), 200);
+  const n1 = op.refreshRequests().length;
+  const gone = await request(b.socket, 'GET', `/v1/connections/alice/proxy${userinfoPath}`);
+  assert.equal(gone.status, 409, gone.text);
+  assert.equal(gone.json.error, 'needs_reauth');
+  assert.equal(op.refreshRequests().length - n1, 1);
+});
