@@ -94,8 +94,9 @@ int proxy_target_parse(const char *raw, ProxyTarget *ret) {
                                 return -EACCES;
                         if (p[1] == '0' && p[2] == '0')
                                 return -EACCES;   /* NUL */
-                        if (!query && ((p[1] == '2' && strchr("eEfF", p[2])) || (p[1] == '5' && strchr("cC", p[2]))))
-                                return -EACCES;   /* %2e %2f %5c: a dot or slash that only a decoder sees */
+                        if (!query && ((p[1] == '2' && strchr("eEfF", p[2])) || (p[1] == '5' && strchr("cC", p[2])) ||
+                                       (p[1] == '4' && p[2] == '0')))
+                                return -EACCES;   /* %2e %2f %5c %40: a dot, slash or '@' only a decoder sees */
                         p += 2;
                         continue;
                 }

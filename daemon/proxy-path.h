@@ -31,7 +31,7 @@ bool proxy_target_is_proxy(const char *raw);
  *   -EINVAL       NAME no connection can have
  *   -EACCES       a PATH or QUERY that could leave the origin or mean two
  *                 things to two parsers: a scheme ("://"), "." or ".."
- *                 segments (plain or %2e), "@", "\" or %5c, %2f, "//",
+ *                 segments (plain or %2e), "@" or %40, "\" or %5c, %2f, "//",
  *                 a bad or NUL %-escape, "#", a control, space or
  *                 non-ASCII byte
  *   -EMSGSIZE     longer than PROXY_TARGET_MAX */
