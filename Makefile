@@ -130,6 +130,7 @@ $(BUILD)/bench/fastprovider: tests/bench/fastprovider.c
 
 bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
+	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
 
 # issue 9's table at a million connections (minutes; not part of check).
 BENCH_SCALE_CONNECTIONS ?= 1000000

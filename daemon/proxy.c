@@ -300,6 +300,12 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         }
         if (ring_write(&p->down, ptr, n) != n)
                 return 0;
+        /* No room for another write: pause now rather than refuse the next
+         * one (curl would copy a refused write aside, a malloc a chunk). */
+        if (ring_space(&p->down) < CURL_MAX_WRITE_SIZE && p->req) {
+                p->write_paused = true;
+                (void) curl_easy_pause(p->req->easy, CURLPAUSE_RECV);
+        }
         wake(p);
         return n;
 }
@@ -781,7 +787,19 @@ static enum MHD_Result respond(Proxy *p) {
 
         if (no_body)
                 resp = MHD_create_response_from_buffer(0, (void *) "", MHD_RESPMEM_PERSISTENT);
-        else
+        else if (p->upstream_done && !p->failed && !p->head) {
+                /* the whole answer is in (most small ones): one buffer, sent
+                 * with the headers, no reader round trip */
+                size_t n = p->down.len;
+                char *buf = malloc(MAX(n, (size_t) 1));
+
+                if (!buf)
+                        return MHD_NO;
+                (void) ring_read(&p->down, buf, n);
+                resp = MHD_create_response_from_buffer(n, buf, MHD_RESPMEM_MUST_FREE);
+                if (!resp)
+                        free(buf);
+        } else
                 resp = MHD_create_response_from_callback(p->resp_length >= 0 ? (uint64_t) p->resp_length
                                                                                 : MHD_SIZE_UNKNOWN,
                                                          PROXY_BLOCK, reader, p, NULL);
