@@ -1154,7 +1154,7 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
         p->pkce = PKCE_S256;
         p->timeout = 20 * USEC_PER_SEC;
         p->api_timeout = 60 * USEC_PER_SEC;
-        p->api_max_connections = 8;
+        p->api_max_connections = 16;
         p->name = strndup(base, (size_t) (dot - base));
         p->path = strdup(path);
         if (!p->name || !p->path)

@@ -764,7 +764,9 @@ static ssize_t reader(void *cls, uint64_t pos _unused_, char *buf, size_t max) {
         size_t n = ring_read(&p->down, buf, max);
 
         if (n > 0) {
-                if (p->write_paused && ring_space(&p->down) >= CURL_MAX_WRITE_SIZE)
+                /* curl goes on once a quarter is left: each pause costs
+                 * curl and the loop a socket's removal and return */
+                if (p->write_paused && p->down.len <= PROXY_RING / 4)
                         unpause(p);
                 return (ssize_t) n;
         }
