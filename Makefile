@@ -43,7 +43,8 @@ COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c \
-	daemon/links.c daemon/link-token.c
+	daemon/links.c daemon/link-token.c \
+	daemon/proxy.c daemon/proxy-path.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 PG_MIGRATIONS := $(sort $(wildcard sql/pg/[0-9]*.sql))
 
@@ -151,6 +152,7 @@ $(BUILD)/bench/fastprovider: tests/bench/fastprovider.c
 
 bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
+	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
 
 # issue 9's table at a million connections (minutes; not part of check).
 BENCH_SCALE_CONNECTIONS ?= 1000000

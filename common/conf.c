@@ -453,6 +453,7 @@ typedef enum KeyType {
         KEY_BOOL,
         KEY_ERROR_MAP,
         KEY_ISSUER,
+        KEY_API_URL,              /* repeatable origin */
 } KeyType;
 
 typedef struct ProviderKey {
@@ -516,7 +517,12 @@ static const ProviderKey provider_keys[] = {
         PK("never_expires", KEY_BOOL, never_expires),
         PK("shared_callback", KEY_BOOL, shared_callback),
         PK("error_map", KEY_ERROR_MAP, error_rules),
+        PK("api_url", KEY_API_URL, api_url),
+        PK("api_timeout", KEY_TIMEOUT, api_timeout),
+        PK("api_max_connections", KEY_UINT, api_max_connections),
 };
+
+static int set_api_url(Provider *p, unsigned line, const char *key, const char *value, ConfError *err);
 
 static const char *const usage_placeholders[] = { "access_token", "token_type", NULL };
 
@@ -576,6 +582,8 @@ Provider *provider_free(Provider *p) {
         free(p->ptr_error_description);
         for (size_t i = 0; i < p->n_usage_header; i++)
                 free(p->usage_header[i]);
+        for (size_t i = 0; i < p->n_api_url; i++)
+                free(p->api_url[i]);
         free(p->usage_query);
         for (size_t i = 0; i < p->n_params; i++) {
                 free(p->params[i].name);
@@ -1021,7 +1029,8 @@ ErrorClass provider_classify_error(const Provider *p, long status, const char *c
 }
 
 static bool key_repeatable(KeyType t) {
-        return t == KEY_HEADER_TEMPLATE || t == KEY_PARAM_TEMPLATE || t == KEY_USAGE_HEADER || t == KEY_ERROR_MAP;
+        return t == KEY_HEADER_TEMPLATE || t == KEY_PARAM_TEMPLATE || t == KEY_USAGE_HEADER || t == KEY_ERROR_MAP ||
+               t == KEY_API_URL;
 }
 
 /* What one provider file's parse remembers: the line that last set each
@@ -1361,8 +1370,44 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                 p->n_usage_header++;
                 return 0;
         }
+        case KEY_API_URL:
+                return set_api_url(p, line, key, value, err);
         }
         return -EINVAL;
+}
+
+/* An origin a proxied request may go to: scheme://host[:port], https (or
+ * http on loopback, as every provider URL), nothing after the authority but
+ * an optional "/", no userinfo. Kept without the "/". */
+static int set_api_url(Provider *p, unsigned line, const char *key, const char *value, ConfError *err) {
+        const char *auth = strstr(value, "://"), *end;
+        size_t n;
+
+        if (!url_is_acceptable(value) || !auth) {
+                conf_error(err, p->path, line, "%s must be an https:// origin (http:// only on loopback): %.128s", key,
+                           value);
+                return -EINVAL;
+        }
+        auth += 3;
+        end = auth + strcspn(auth, "/?#");
+        if (end == auth || (*end && !streq(end, "/")) || memchr(auth, '@', (size_t) (end - auth)) ||
+            strpbrk(value, "$\\%") || value_has_ctl(value) || strchr(value, ' ')) {
+                conf_error(err, p->path, line, "%s must be an origin, scheme://host[:port] without a path: %.128s",
+                           key, value);
+                return -EINVAL;
+        }
+        if (p->n_api_url >= PROVIDER_API_URL_MAX) {
+                conf_error(err, p->path, line, "Too many api_url lines (at most %d).", PROVIDER_API_URL_MAX);
+                return -E2BIG;
+        }
+        n = (size_t) (end - value);
+        for (size_t i = 0; i < p->n_api_url; i++)
+                if (strlen(p->api_url[i]) == n && strncasecmp(p->api_url[i], value, n) == 0)
+                        return 0;   /* the same origin twice: once is enough */
+        if (!(p->api_url[p->n_api_url] = strndup(value, n)))
+                return -ENOMEM;
+        p->n_api_url++;
+        return 0;
 }
 
 static bool provider_name_valid(const char *s, size_t n) {
@@ -1393,6 +1438,8 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
         p->client_auth = CLIENT_AUTH_BASIC;
         p->pkce = PKCE_S256;
         p->timeout = 20 * USEC_PER_SEC;
+        p->api_timeout = 60 * USEC_PER_SEC;
+        p->api_max_connections = 16;
         p->name = strndup(base, (size_t) (dot - base));
         p->path = strdup(path);
         if (!p->name || !p->path)

@@ -86,6 +86,7 @@ extern const char *const placeholders_refresh[];
 
 #define PROVIDER_NAME_MAX 64
 #define PROVIDER_USAGE_MAX 8
+#define PROVIDER_API_URL_MAX 8
 #define PROVIDER_TEMPLATES_MAX 32
 #define PROVIDER_ERROR_RULES_MAX 64
 #define PROVIDER_PARAMS_MAX 16
@@ -195,6 +196,13 @@ typedef struct Provider {
         size_t n_params;
         ProviderMetadata metadata[PROVIDER_METADATA_MAX];
         size_t n_metadata;
+        /* The auth-injecting proxy (daemon/proxy.c): the API origins
+         * ("https://host[:port]", no path) this provider's tokens may be
+         * sent to; the first is the default. None: no proxy. */
+        char *api_url[PROVIDER_API_URL_MAX];
+        size_t n_api_url;
+        usec_t api_timeout;       /* a proxied request fails after this long without a byte either way */
+        unsigned api_max_connections;   /* proxied requests to this provider at once */
 } Provider;
 
 const ProviderParam *provider_find_param(const Provider *p, const char *name);

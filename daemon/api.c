@@ -23,6 +23,8 @@
 #include "daemon/mhd.h"
 #include "common/template.h"
 #include "daemon/oauth.h"
+#include "daemon/proxy-path.h"
+#include "daemon/proxy.h"
 #include "daemon/route.h"
 
 #define API_BODY_MAX (64 * 1024)
@@ -72,6 +74,7 @@ struct Api {
         unsigned n_unprivileged;   /* connections of non-admin peers */
         Hashmap *uids;             /* UidCount by uid, non-admin peers */
         usec_t cap_logged;         /* last "over the cap" warning */
+        ProxyCtx *proxy;
 };
 
 /* A socket connection: its peer (socket_context; NULL peer if SO_PEERCRED
@@ -134,6 +137,10 @@ struct ApiRequest {
         const char *audit_action;
         char audit_name[CONNECTION_NAME_MAX + 1];   /* "" until known valid */
         char audit_detail[160];
+
+        /* .../proxy/...: the raw target (kept by on_uri()) and the proxy's state */
+        char *proxy_raw;
+        Proxy *proxy;
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -519,6 +526,10 @@ static usec_t client_refresh_wait(const Connection *c, Route route) {
                         w = MAX(w, MIN(last - rt, CLIENT_REFRESH_MIN_INTERVAL));
         }
         return w;
+}
+
+usec_t api_client_refresh_wait(const Connection *c) {
+        return client_refresh_wait(c, ROUTE_INVALIDATE);
 }
 
 /* A revoke's delete is durable (or failed): now the answer. Runs on the
@@ -1910,6 +1921,8 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void *
         conn_deadline(request_conn(conn), true);
         if (!r)
                 return;
+        proxy_free(r->proxy);
+        free(r->proxy_raw);
         if (r->body)
                 explicit_wipe(r->body, r->body_len);
         list_stream_free(r->stream);
@@ -1927,6 +1940,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         Api *a = cls;
         ApiRequest *r = *req_cls;
 
+        if (r && r->proxy_raw) {
+                if (r->proxy)
+                        return proxy_handle(r->proxy, upload_data, upload_data_size);
+                if (r->conn) {   /* refused: nothing more to read */
+                        *upload_data_size = 0;
+                        return MHD_YES;
+                }
+                ApiConn *c = request_conn(conn);
+                r->api = a;
+                r->conn = conn;
+                r->peer = c && c->have_peer ? &c->peer : NULL;
+                /* the headers are in; the body may take its time (MHD's
+                 * inactivity timeout still holds) */
+                conn_deadline(c, false);
+                return proxy_begin(a->proxy, conn, r->peer, method, r->proxy_raw, &r->proxy);
+        }
         if (!r) {
                 ApiConn *c = request_conn(conn);
 
@@ -1999,6 +2028,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
 }
 
+/* The raw request target, before MHD decodes it: the proxy must see
+ * %2f and %2e as sent. Kept for proxy targets only. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn _unused_) {
+        ApiRequest *r;
+
+        if (!proxy_target_is_proxy(uri))
+                return NULL;
+        r = new0(ApiRequest, 1);
+        if (!r)
+                return NULL;
+        r->api = cls;
+        r->proxy_raw = strdup(uri);
+        if (!r->proxy_raw)
+                r = mfree(r);
+        return r;
+}
+
 /* Each connection is a descriptor: MHD must refuse connections before
  * accept() fails for want of one (EMFILE), with room left for the store,
  * curl's sockets and the callback listener. */
@@ -2033,7 +2079,10 @@ int api_new(Manager *m, int fd, Api **ret) {
         a->fd = fd;
         a->conn_limit = api_connection_limit();
         r = hashmap_new(&a->uids);
+        if (r >= 0 && !(a->proxy = proxy_ctx_new(m, &a->loop)))
+                r = -ENOMEM;
         if (r < 0) {
+                hashmap_free(a->uids);
                 safe_close(fd);
                 free(a);
                 return log_error_errno(r, "Failed to set up the API: %m");
@@ -2046,9 +2095,11 @@ int api_new(Manager *m, int fd, Api **ret) {
                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) API_CONNECTION_MEMORY,
                              MHD_OPTION_NOTIFY_CONNECTION, on_notify_connection, a,
                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                             MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
                              MHD_OPTION_END);
         if (!d) {
                 safe_close(fd);
+                proxy_ctx_free(a->proxy);
                 hashmap_free(a->uids);
                 free(a);
                 return log_error_errno(EIO, "Failed to start the API server on '%s'.", m->config->socket);
@@ -2061,6 +2112,7 @@ int api_new(Manager *m, int fd, Api **ret) {
                 mhd_loop_detach(&a->loop);
                 a->reaper = sd_event_source_disable_unref(a->reaper);
                 safe_close(fd);
+                proxy_ctx_free(a->proxy);
                 hashmap_free(a->uids);
                 free(a);
                 return log_error_errno(r, "Failed to watch the API server: %m");
@@ -2086,6 +2138,7 @@ Api *api_free(Api *a) {
                 answer_error(r, 503, API_ERR_UNAVAILABLE, "shutting down");
                 resume(r);
         }
+        a->proxy = proxy_ctx_free(a->proxy);
         /* Stopping MHD closes the connections (NOTIFY_CLOSED frees them
          * and their counts). */
         mhd_loop_detach(&a->loop);

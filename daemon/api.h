@@ -8,3 +8,7 @@
  * the Api owns it from here on. */
 int api_new(Manager *m, int fd, Api **ret);
 Api *api_free(Api *a);
+
+/* How long until a client may make c refresh again (0: now): the limit
+ * POST .../invalidate has, shared by every client-driven refresh. */
+usec_t api_client_refresh_wait(const Connection *c);

@@ -8,6 +8,7 @@ struct Http {
         sd_event *event;
         CURLM *multi;
         sd_event_source *timer;
+        sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
         unsigned in_flight;
 };
 
@@ -62,6 +63,10 @@ static int on_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *u
         return 0;
 }
 
+static int on_asap(sd_event_source *s, void *userdata) {
+        return on_timer(s, 0, userdata);
+}
+
 static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *userp, void *socketp) {
         Http *h = userp;
         HttpSocket *hs = socketp;
@@ -107,6 +112,12 @@ static int timer_cb(CURLM *multi _unused_, long timeout_ms, void *userp) {
 
         if (timeout_ms < 0)
                 return sd_event_source_set_enabled(h->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+        if (timeout_ms == 0 && h->asap) {
+                /* every new request asks for this: on the loop's next turn,
+                 * without moving the timerfd there and back */
+                (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+                return sd_event_source_set_enabled(h->asap, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+        }
         when = usec_add(now(CLOCK_MONOTONIC), (usec_t) timeout_ms * USEC_PER_MSEC);
         if (sd_event_source_set_time(h->timer, when) < 0)
                 return -1;
@@ -129,6 +140,11 @@ int http_new(sd_event *event, Http **ret) {
                 return r;
         (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
         (void) sd_event_source_set_description(h->timer, "curl-timer");
+        r = sd_event_add_defer(event, &h->asap, on_asap, h);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(h->asap, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(h->asap, "curl-asap");
 
         if (curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb) != CURLM_OK ||
             curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
@@ -148,6 +164,7 @@ Http *http_free(Http *h) {
         if (h->multi)
                 curl_multi_cleanup(h->multi);
         sd_event_source_disable_unref(h->timer);
+        sd_event_source_disable_unref(h->asap);
         sd_event_unref(h->event);
         free(h);
         return NULL;
@@ -292,7 +309,11 @@ int http_request_start(HttpRequest *r, usec_t timeout, http_done_fn done, void *
 
         r->done = done;
         r->userdata = userdata;
-        if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
+        if (timeout == USEC_INFINITY) {
+                /* the caller set its own timeouts (the proxy: no total) */
+                if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK)
+                        return -EINVAL;
+        } else if (curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long) (timeout / USEC_PER_MSEC)) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_CONNECTTIMEOUT_MS,
                              (long) MIN(timeout, 10 * USEC_PER_SEC) / (long) USEC_PER_MSEC) != CURLE_OK)

@@ -53,6 +53,7 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
 int http_request_add_header(HttpRequest *r, const char *line);
 /* Takes ownership of data (a secret: wiped on free). */
 int http_request_set_body(HttpRequest *r, const char *content_type, char *data, size_t len);
+/* timeout: the whole transfer's; USEC_INFINITY: none set here (the caller's own). */
 int http_request_start(HttpRequest *r, usec_t timeout, http_done_fn done, void *userdata);
 /* Aborts if running; never calls done. Accepts NULL. */
 HttpRequest *http_request_free(HttpRequest *r);

@@ -26,6 +26,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -177,6 +179,31 @@ static int bind_unix_socket(const char *path) {
         return TAKE_FD(fd);
 }
 
+/* "tcp:127.0.0.1:PORT": a loopback TCP listener (the proxy bench's API). */
+static int bind_tcp_socket(const char *spec) {
+        _cleanup_close_ int fd = -EBADF;
+        struct sockaddr_in sa = { .sin_family = AF_INET };
+        const char *colon = strrchr(spec, ':');
+        char host[64];
+        int one = 1;
+
+        if (!colon || (size_t) (colon - spec) >= sizeof host)
+                die("tcp:ADDRESS:PORT expected: %s", spec);
+        snprintf(host, sizeof host, "%.*s", (int) (colon - spec), spec);
+        if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+                die("a loopback address expected: %s", host);
+        sa.sin_port = htons((uint16_t) atoi(colon + 1));
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                die("socket: %m");
+        (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                die("bind %s: %m", spec);
+        if (listen(fd, LISTEN_BACKLOG) < 0)
+                die("listen: %m");
+        return TAKE_FD(fd);
+}
+
 static void raise_fd_limit(void) {
         struct rlimit rl;
 
@@ -240,7 +267,7 @@ int main(int argc, char *argv[]) {
         if (MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") != MHD_YES)
                 die("cannot add Content-Type");
 
-        lfd = bind_unix_socket(path);
+        lfd = strncmp(path, "tcp:", 4) == 0 ? bind_tcp_socket(path + 4) : bind_unix_socket(path);
 
         /* Port 0 is ignored with MHD_OPTION_LISTEN_SOCKET. MHD owns lfd
          * from here on and closes it in MHD_stop_daemon(). */

@@ -34,6 +34,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -139,6 +142,9 @@ static Request *requests;
 static size_t n_requests;
 
 static struct sockaddr_un server_addr;
+/* --socket tcp:127.0.0.1:PORT: a loopback TCP server instead (the proxy bench's direct row) */
+static struct sockaddr_in server_tcp;
+static bool use_tcp;
 static int epfd = -EBADF;
 
 static Histogram hist;
@@ -305,11 +311,16 @@ static int conn_open(Conn *c) {
         struct epoll_event ev;
         int fd, r;
 
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        fd = socket(use_tcp ? AF_INET : AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
 
-        r = connect(fd, (struct sockaddr *) &server_addr, sizeof(server_addr));
+        if (use_tcp) {
+                int one = 1;
+                (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                r = connect(fd, (struct sockaddr *) &server_tcp, sizeof(server_tcp));
+        } else
+                r = connect(fd, (struct sockaddr *) &server_addr, sizeof(server_addr));
         if (r < 0 && errno != EINPROGRESS) {
                 r = -errno;
                 close(fd);
@@ -904,7 +915,7 @@ static void help(void) {
                "\n"
                "Closed-loop HTTP/1.1 GET load over keep-alive connections to a Unix socket.\n"
                "\n"
-               "  --socket PATH          server socket (required)\n"
+               "  --socket PATH          server socket (required; tcp:ADDRESS:PORT for TCP)\n"
                "  --connections N        concurrent connections, one request in flight each (1)\n"
                "  --duration SECONDS     measured time, after the warm-up (10)\n"
                "  --warmup SECONDS       unmeasured time first (1)\n"
@@ -1081,6 +1092,19 @@ int main(int argc, char *argv[]) {
 
         server_addr.sun_family = AF_UNIX;
         strcpy(server_addr.sun_path, arg.socket_path);
+        if (strncmp(arg.socket_path, "tcp:", 4) == 0) {
+                const char *colon = strrchr(arg.socket_path + 4, ':');
+                char host[64];
+
+                if (!colon || (size_t) (colon - arg.socket_path - 4) >= sizeof host)
+                        die("--socket tcp:ADDRESS:PORT");
+                snprintf(host, sizeof host, "%.*s", (int) (colon - arg.socket_path - 4), arg.socket_path + 4);
+                server_tcp.sin_family = AF_INET;
+                server_tcp.sin_port = htons((uint16_t) atoi(colon + 1));
+                if (inet_pton(AF_INET, host, &server_tcp.sin_addr) != 1)
+                        die("--socket tcp:ADDRESS:PORT: bad address %s", host);
+                use_tcp = true;
+        }
 
         raise_fd_limit();
         (void) signal(SIGPIPE, SIG_IGN);

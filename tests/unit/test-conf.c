@@ -272,7 +272,11 @@ TEST(provider_all_keys) {
                 "timeout = 2.5s\r\n"                 /* CRLF is fine */
                 "usage_header = X-Api-Key: ${access_token}\n"
                 "usage_header = X-Type: ${token_type}\n"
-                "usage_query = key=${access_token}\n";
+                "usage_query = key=${access_token}\n"
+                "api_url = https://api.example.com/\n"
+                "api_url = http://127.0.0.1:8080\n"
+                "api_url = https://API.example.com\n"   /* the same origin: once */
+                "api_timeout = 30s\n";
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_(provider_freep) Provider *p = NULL;
         ConfError err;
@@ -286,6 +290,11 @@ TEST(provider_all_keys) {
         CHECK_EQ_INT(p->grant, GRANT_CLIENT_CREDENTIALS);
         CHECK(!p->authorize_url);
         CHECK_STREQ(p->revoke_url, "http://127.0.0.1:9000/revoke");
+        CHECK_EQ_INT(p->n_api_url, 2);
+        CHECK_STREQ(p->api_url[0], "https://api.example.com");
+        CHECK_STREQ(p->api_url[1], "http://127.0.0.1:8080");
+        CHECK(p->api_timeout == 30 * USEC_PER_SEC);
+        CHECK_EQ_INT(p->api_max_connections, 16);
         CHECK_STREQ(p->test_url, "https://api.example.com/me");
         CHECK_STREQ(p->client_id, "my client");
         CHECK_STREQ(p->client_secret, "a#b;c");
@@ -450,6 +459,17 @@ TEST(provider_errors) {
                 { "[provider]\nusage_header = : x\n", -EINVAL, 2, "usage_header must be 'Name: value': : x" },
                 { "[provider]\nusage_query = ${access_token}\n", -EINVAL, 2,
                   "usage_query must be 'name=value': ${access_token}" },
+                { "[provider]\napi_url = http://api.example.com\n", -EINVAL, 2,
+                  "api_url must be an https:// origin (http:// only on loopback): http://api.example.com" },
+                { "[provider]\napi_url = https://api.example.com/v3\n", -EINVAL, 2,
+                  "api_url must be an origin, scheme://host[:port] without a path: https://api.example.com/v3" },
+                { "[provider]\napi_url = https://u@api.example.com\n", -EINVAL, 2,
+                  "api_url must be an origin, scheme://host[:port] without a path: https://u@api.example.com" },
+                { "[provider]\napi_url = https://api.example.com?x=1\n", -EINVAL, 2,
+                  "api_url must be an origin, scheme://host[:port] without a path: https://api.example.com?x=1" },
+                { "[provider]\napi_timeout = 121\n", -ERANGE, 2, "Invalid api_timeout '121' (0 to 120 seconds)." },
+                { "[provider]\napi_max_connections = lots\n", -EINVAL, 2,
+                  "Invalid number for api_max_connections: lots" },
                 { "[provider]\nclient_secret =\n", -EINVAL, 2, "Empty client_secret." },
                 { "[provider]\nclient_id = a\tb\n", -EINVAL, 2, "Control character in value of 'client_id'." },
                 /* whole-file checks: at the grant line, else the first key */
