@@ -43,7 +43,7 @@ COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c \
-	daemon/redact.c
+	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 
 LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o

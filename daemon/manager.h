@@ -9,6 +9,7 @@
 #include "daemon/http.h"
 #include "daemon/store.h"
 #include "daemon/timerwheel.h"
+#include "daemon/trace.h"
 
 typedef struct Api Api;
 typedef struct Callback Callback;
@@ -44,6 +45,7 @@ struct Manager {
         StoreWriter *writer;       /* every write: group commit off the loop */
         unsigned committing;       /* staged token sets whose commit is not done */
         Http *http;
+        TraceStore *trace;         /* `tokenctl trace`; NULL until the first exchange */
 
         TimerWheel *wheel;
         sd_event_source *wheel_timer;

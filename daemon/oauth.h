@@ -60,6 +60,7 @@ typedef struct RequestVars {
         const char *state;        /* secret */
         const char *refresh_token;/* secret */
         const char *device_code;  /* secret */
+        bool preview;             /* generated values (${uuid}, ${timestamp_unix}...) as <name> */
 } RequestVars;
 
 /* Builds a provider request from its templates: the URL (placeholders in

@@ -147,9 +147,13 @@ static const char *named(const Redactor *r, const char *s, size_t len) {
         return NULL;
 }
 
-/* Printable, cut at max bytes (0: not cut) on a character boundary. */
-static char *finish(StrBuf *b, size_t max) {
-        _cleanup_secret_ char *raw = NULL;
+/* Printable, cut at max bytes (0: not cut) on a character boundary. The
+ * whole text goes by value once more, escaped: a secret may straddle the
+ * pieces (query and path, name and value) the structured pass took apart,
+ * and escaping may spell one. */
+static char *finish(const Redactor *r, StrBuf *b, size_t max) {
+        _cleanup_secret_ char *raw = NULL, *esc = NULL;
+        StrBuf again = {};
         char *full, *cut;
         size_t n;
 
@@ -160,7 +164,17 @@ static char *finish(StrBuf *b, size_t max) {
         raw = strbuf_steal(b);
         if (!raw && !(raw = strdup("")))
                 return NULL;
-        full = text_escape_dup(raw, strlen(raw) * 6 + 16);
+        esc = text_escape_dup(raw, strlen(raw) * 6 + 16);
+        if (!esc)
+                return NULL;
+        put_values(r, &again, esc, strlen(esc));
+        if (again.oom) {
+                strbuf_free(&again);
+                return NULL;
+        }
+        full = strbuf_steal(&again);
+        if (!full)
+                full = strdup("");
         if (!full || max == 0 || strlen(full) <= max)
                 return full;
         cut = text_escape_dup(full, max);
@@ -180,7 +194,7 @@ char *redact_text(const Redactor *r, const char *s, size_t len, size_t max) {
         StrBuf b = {};
 
         put_values(r, &b, s ?: "", s ? len : 0);
-        return finish(&b, max);
+        return finish(r, &b, max);
 }
 
 /* ---- forms and URLs ------------------------------------------------- */
@@ -197,7 +211,8 @@ static void put_form(const Redactor *r, StrBuf *b, const char *s, size_t len) {
                         const char *n = named(r, eq + 1, (size_t) (stop - eq - 1));
                         const char *pk = placeholder_name(key, strlen(key));
 
-                        strbuf_append(b, p, (size_t) (eq - p) + 1);
+                        put_values(r, b, p, (size_t) (eq - p));
+                        strbuf_puts(b, "=");
                         /* a value learned under another name keeps that name */
                         strbuf_printf(b, "<%s>", n ?: pk ?: "redacted");
                 } else
@@ -230,7 +245,7 @@ char *redact_url(const Redactor *r, const char *url, size_t max) {
         StrBuf b = {};
 
         put_url(r, &b, url ?: "");
-        return finish(&b, max);
+        return finish(r, &b, max);
 }
 
 /* ---- headers -------------------------------------------------------- */
@@ -284,12 +299,12 @@ char *redact_header(const Redactor *r, const char *line, size_t max) {
 
         if (!colon) {
                 put_values(r, &b, line ?: "", line ? strlen(line) : 0);
-                return finish(&b, max);
+                return finish(r, &b, max);
         }
         nlen = (size_t) (colon - line);
         for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
                 ;
-        strbuf_append(&b, line, nlen);
+        put_values(r, &b, line, nlen);
         strbuf_puts(&b, ": ");
         n = named(r, v, strlen(v));
         if (key_is(line, nlen, "Authorization") || key_is(line, nlen, "Proxy-Authorization")) {
@@ -301,7 +316,7 @@ char *redact_header(const Redactor *r, const char *line, size_t max) {
                         const char *rest = v + scheme + 1;
                         const char *rn = named(r, rest, strlen(rest));
 
-                        strbuf_append(&b, v, scheme);
+                        put_values(r, &b, v, scheme);
                         strbuf_printf(&b, " <%s>", rn ?: "redacted");
                 } else
                         strbuf_printf(&b, "<%s>", n ?: "redacted");
@@ -315,7 +330,7 @@ char *redact_header(const Redactor *r, const char *line, size_t max) {
                 strbuf_puts(&b, "<redacted>");
         else
                 put_values(r, &b, v, strlen(v));
-        return finish(&b, max);
+        return finish(r, &b, max);
 }
 
 /* ---- bodies --------------------------------------------------------- */
@@ -348,7 +363,17 @@ static json_t *redact_json(const Redactor *r, json_t *j, const char *key) {
 
                 json_object_foreach(j, k, v) {
                         json_t *c = redact_json(r, v, k);
-                        if (!o || !c || json_object_set_new(o, k, c) < 0) {
+                        StrBuf kb = {};
+                        int q;
+
+                        /* keys too: a provider may echo a secret as one */
+                        put_values(r, &kb, k, strlen(k));
+                        q = !o || !c || kb.oom ? -1 : json_object_set_new(o, kb.s ?: "", c);
+                        if (q < 0 && o && c && !kb.oom)
+                                c = NULL;   /* set_new took it */
+                        strbuf_free(&kb);
+                        if (q < 0) {
+                                json_decref(c);
                                 json_decref(o);
                                 return NULL;
                         }
@@ -396,14 +421,14 @@ char *redact_body(const Redactor *r, const char *content_type, const char *body,
                         return NULL;
                 strbuf_puts(&b, s);
                 free(s);
-                return finish(&b, max);
+                return finish(r, &b, max);
         }
         json_decref(j);
         if ((content_type && strcasestr(content_type, "x-www-form-urlencoded")) || looks_like_form(body, len))
                 put_form(r, &b, body, len);
         else
                 put_values(r, &b, body, len);
-        return finish(&b, max);
+        return finish(r, &b, max);
 }
 
 /* ---- learning a request's secrets ------------------------------------ */
