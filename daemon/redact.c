@@ -40,7 +40,8 @@ static void add_one(Redactor *r, const char *name, const char *value, size_t len
         for (at = 0; at < r->n && strlen(r->v[at].value) >= len; at++)
                 ;
         {
-                char *n = strdup(name), *v = strndup(value, len);
+                /* a name that holds the value would print it ("x_SECRET_token=SECRET") */
+                char *n = strdup(memmem(name, strlen(name), value, len) ? "redacted" : name), *v = strndup(value, len);
 
                 if (!n || !v) {
                         free(n);
@@ -108,6 +109,15 @@ bool redact_key_is_secret(const Redactor *r, const char *key, size_t len) {
 
 /* ---- by value ------------------------------------------------------- */
 
+/* A placeholder name is printed as it is: one that holds any secret (a key
+ * learned from a request may) becomes "redacted". */
+static const char *safe_name(const Redactor *r, const char *name) {
+        for (size_t i = 0; i < r->n; i++)
+                if (strstr(name, r->v[i].value))
+                        return "redacted";
+        return name;
+}
+
 /* One pass, left to right: at each byte the longest secret that starts
  * there is replaced by its placeholder; the output is never scanned again,
  * so the work is bounded by len times the number of secrets. */
@@ -130,7 +140,7 @@ static void put_values(const Redactor *r, StrBuf *b, const char *s, size_t len) 
                                 break;
                 }
                 if (k < r->n) {
-                        strbuf_printf(b, "<%s>", r->v[k].name);
+                        strbuf_printf(b, "<%s>", safe_name(r, r->v[k].name));
                         i = j + strlen(r->v[k].value);
                 } else {
                         strbuf_append(b, s + j, 1);
