@@ -115,8 +115,10 @@ static void add_use(Preview *x) {
                 return;
         }
         s = step_new("use", "client", "api", "how a client presents the token (tokenctl header NAME)");
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
                 add_header(x, s, redact_header(&x->red, lines[i], PREVIEW_MAX));
+                free(lines[i]);
+        }
         free(lines);
         if (query)
                 set_str(x, s, "query", redact_text(&x->red, query, strlen(query), PREVIEW_MAX));
