@@ -197,6 +197,11 @@ void conf_set_warning(conf_warning_fn fn);
  * would follow the link. "conf/dev" + "../../.run/state" is ".run/state". */
 int conf_path_join(const char *dir, const char *value, char **ret);
 
+/* A secret from a file (at most 64 KiB, one trailing newline dropped):
+ * -EINVAL when empty or binary; *ret_mode the file's mode, for the
+ * caller's group/other check. */
+int conf_read_secret_file(const char *path, char **ret, mode_t *ret_mode);
+
 /* The error class and hint an error answer gets from the provider's
  * error_map, else RFC 6749 section 5.2's defaults; *ret_hint is borrowed. */
 ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
@@ -235,6 +240,14 @@ typedef struct BrokerConfig {
         bool strict;              /* secrets in files others can read: an error, not a warning */
         unsigned trace_entries;   /* `tokenctl trace`: exchanges kept per connection; 0: off */
         unsigned trace_connections; /* ... for this many connections, the most recently traced */
+
+        /* The store: NULL for SQLite in state_dir, else a PostgreSQL URI,
+         * its password from a file or a systemd credential (read by the
+         * daemon when it opens the store; NULL both: libpq's own ways). */
+        char *store;
+        char *store_password_file;
+        char *store_password_credential;
+        char *node_name;          /* default: the host name */
 
         Provider **providers;
         size_t n_providers;

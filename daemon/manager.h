@@ -115,6 +115,11 @@ int manager_reload(Manager *m);
  * taken, or refused), re-seals the store under the key in new_key_file in
  * one transaction. The caller then swaps the key files. */
 int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void));
+/* tokenbrokerd --copy-store FROM TO: every connection, event and sealed
+ * value from one store (a SQLite file or a postgresql:// URI) into an
+ * empty other, under the configured key and store password; the daemon
+ * must not run. */
+int manager_copy_store(Manager *m, const char *from, const char *to);
 /* Runs notify_command for a connection event ("needs-reauth",
  * "recovered"), rate limited per connection; never with a secret. */
 void manager_notify(Manager *m, Connection *c, const char *event);
