@@ -35,7 +35,8 @@ function golden(file, actual) {
 
 test('tokenctl preview: golden output for three presets, secrets as placeholders', { timeout: 120000 }, async (t) => {
   const names = ['github', 'google', 'microsoft'];
-  const secrets = Object.fromEntries(names.map((n) => [n, `preview-secret-${n}-${process.pid}-9f8e7d`]));
+  const all = [...names, 'ms-client-credentials'];
+  const secrets = Object.fromEntries(all.map((n) => [n, `preview-secret-${n}-${process.pid}-9f8e7d`]));
   const b = await Broker.prepare({
     // a fixed public URL: the redirect URI is part of the output
     broker: { public_url: 'https://broker.example' },
@@ -43,7 +44,7 @@ test('tokenctl preview: golden output for three presets, secrets as placeholders
   t.after(async () => { await b.stop(); });
   b.writeConfig();
   fs.mkdirSync(path.join(b.dir, 'secrets'), { mode: 0o700 });
-  for (const n of names) {
+  for (const n of all) {
     fs.copyFileSync(path.join(PRESETS, `${n}.conf`), path.join(b.dir, 'providers.d', `${n}.conf`));
     recordSecret(secrets[n]);
     fs.writeFileSync(path.join(b.dir, 'secrets', n), `${secrets[n]}\n`, { mode: 0o600 });
@@ -73,6 +74,15 @@ test('tokenctl preview: golden output for three presets, secrets as placeholders
     assert.deepEqual(steps.slice(0, 3), ['authorize', 'callback', 'exchange']);
     assert.ok(steps.includes('refresh') && steps.includes('use'), steps.join(','));
   }
+
+  // a client_credentials provider: one token request, no browser, no refresh
+  const cc = await b.ctl(['--json', 'preview', 'ms-client-credentials']);
+  assert.equal(cc.code, 0, cc.stderr);
+  assert.ok(!cc.stdout.includes(secrets['ms-client-credentials']));
+  const ccSteps = JSON.parse(cc.stdout).steps;
+  assert.deepEqual(ccSteps.map((s) => s.step), ['token', 'use', 'test']);
+  assert.equal(ccSteps[0].body, 'grant_type=client_credentials&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default' +
+    '&client_id=00000000-0000-0000-0000-000000000000&client_secret=<client_secret>');
 
   // parameters pass through as a JSON object
   const p = await b.ctl(['--json', 'preview', 'microsoft', '--param', 'tenant=contoso']);
