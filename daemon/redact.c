@@ -64,6 +64,26 @@ void redactor_add(Redactor *r, const char *name, const char *value) {
         e = url_escape(value);
         if (e && !streq(e, value))
                 add_one(r, name, e, strlen(e));
+        if (e && strstr(e, "%20")) {
+                /* a form writes a space as '+' */
+                StrBuf b = {};
+
+                for (const char *p = e; *p;) {
+                        const char *sp = strstr(p, "%20");
+                        size_t n = sp ? (size_t) (sp - p) : strlen(p);
+
+                        strbuf_append(&b, p, n);
+                        if (!sp)
+                                break;
+                        strbuf_puts(&b, "+");
+                        p = sp + 3;
+                }
+                if (!b.oom && b.s)
+                        add_one(r, name, b.s, b.len);
+                if (b.s)
+                        explicit_wipe(b.s, b.len);
+                strbuf_free(&b);
+        }
 }
 
 void redactor_add_key(Redactor *r, const char *key) {

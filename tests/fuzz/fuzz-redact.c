@@ -12,7 +12,9 @@
  *     (but for learned values holding '<' or '>': a placeholder beside
  *     the text around it may spell one);
  *   - the output holds no control character (it reaches terminals);
- *   - a cut output is at most the cut plus its " …[N bytes cut]" note;
+ *   - a cut output is at most the cut plus its " …[N bytes cut]" note
+ *     (the note is left out of the secret check: text of ours that may
+ *     complete a secret's prefix at the cut, but is no secret);
  *   - it is deterministic. */
 
 #include "common/util.h"
@@ -69,6 +71,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort();
         if (string_has_ctl(out))
                 abort();
+        if (cut > 0) {
+                char *note = strstr(out, " …[");
+                for (char *next; note && (next = strstr(note + 1, " …[")); note = next)
+                        ;
+                if (note && strstr(note, " bytes cut]") && streq(strstr(note, " bytes cut]"), " bytes cut]"))
+                        *note = 0;
+        }
         for (size_t i = 0; i < r.n; i++)
                 if (!strpbrk(r.v[i].value, "<>") && strstr(out, r.v[i].value)) {
                         fprintf(stderr, "secret %zu left in output\n", i);

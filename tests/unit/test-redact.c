@@ -35,6 +35,9 @@ TEST(text_by_value) {
         check_str(redact_text(&r, "error: refresh token " RT " invalid", strlen("error: refresh token " RT " invalid"), 0),
                   "error: refresh token <refresh_token> invalid");
         check_str(redact_text(&r, "x=s3cr3t-client%2Bsecret%2Fvalue", 32, 0), "x=<client_secret>");
+        /* a space as a form writes it */
+        redactor_add(&r, "password", "pass word 12");
+        check_str(redact_text(&r, "p=pass+word+12&q=pass%20word%2012", 33, 0), "p=<password>&q=<password>");
         /* short values are left alone */
         redactor_add(&r, "code", "abc");
         check_str(redact_text(&r, "abc", 3, 0), "abc");
