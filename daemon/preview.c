@@ -144,6 +144,7 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 .device_code = "<device_code>",
                 .preview = true,
         };
+        const UsageVars uv = { .access_token = "<access_token>", .token_type = "Bearer" };
         HttpRequest *req = NULL;
         json_t *j;
         int r;
@@ -191,7 +192,7 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 add_request(&x, "device_poll", "broker", d2, r, req);
         }
         if (p->userinfo_url) {
-                r = step_usage_request(h, &q, p->userinfo_url, "<access_token>", "Bearer", &req);
+                r = step_usage_request(h, &q, p->userinfo_url, &uv, &req);
                 add_request(&x, "userinfo", "broker", "the broker asks who authorized", r, req);
         }
         if (p->grant != GRANT_CLIENT_CREDENTIALS) {
@@ -201,7 +202,7 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
         }
         add_use(&x);
         if (p->test_url) {
-                r = step_usage_request(h, &q, p->test_url, "<access_token>", "Bearer", &req);
+                r = step_usage_request(h, &q, p->test_url, &uv, &req);
                 add_request(&x, "test", "client", "tokenctl test NAME checks the token", r, req);
         }
         if (p->revoke_url) {

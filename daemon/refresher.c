@@ -757,9 +757,10 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
 
 static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
+        const UsageVars uv = { .access_token = c->access_token, .token_type = c->token_type };
         int r;
 
-        r = step_usage_request(m->http, p, p->userinfo_url, c->access_token, c->token_type, &req);
+        r = step_usage_request(m->http, p, p->userinfo_url, &uv, &req);
         if (r < 0)
                 return r;
         r = start_request(m, c, OP_USERINFO, req);

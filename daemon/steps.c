@@ -81,8 +81,7 @@ int step_device_poll_request(Http *h, const Provider *p, const RequestVars *v, H
         return oauth_provider_request(h, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &x, ret);
 }
 
-int step_usage_request(Http *h, const Provider *p, const char *url, const char *access_token,
-                       const char *token_type, HttpRequest **ret) {
+int step_usage_request(Http *h, const Provider *p, const char *url, const UsageVars *uv, HttpRequest **ret) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         _cleanup_free_ char *query = NULL;
         _cleanup_secret_ char *full = NULL;
@@ -92,7 +91,7 @@ int step_usage_request(Http *h, const Provider *p, const char *url, const char *
 
         if (!url)
                 return -EOPNOTSUPP;
-        r = oauth_usage_headers(p, access_token, token_type, &lines, &n, &query);
+        r = oauth_usage_headers(p, uv->access_token, uv->token_type, &lines, &n, &query);
         if (r < 0)
                 return r;
         if (query && asprintf(&full, "%s%c%s", url, strchr(url, '?') ? '&' : '?', query) < 0)

@@ -23,6 +23,6 @@ int step_password_request(Http *h, const Provider *p, const RequestVars *v, Http
 int step_device_request(Http *h, const Provider *p, const RequestVars *v, HttpRequest **ret);
 int step_device_poll_request(Http *h, const Provider *p, const RequestVars *v, HttpRequest **ret);
 /* A GET of url with the token as the provider's usage rule presents it
- * (userinfo_url; test_url). */
-int step_usage_request(Http *h, const Provider *p, const char *url, const char *access_token,
-                       const char *token_type, HttpRequest **ret);
+ * (userinfo_url; test_url); uv: the access token and token type (and
+ * whatever else the usage rule may refer to). */
+int step_usage_request(Http *h, const Provider *p, const char *url, const UsageVars *uv, HttpRequest **ret);
