@@ -44,7 +44,8 @@ DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c da
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c \
 	daemon/links.c daemon/link-token.c \
-	daemon/proxy.c daemon/proxy-path.c
+	daemon/proxy.c daemon/proxy-path.c \
+	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 PG_MIGRATIONS := $(sort $(wildcard sql/pg/[0-9]*.sql))
 

@@ -1602,6 +1602,7 @@ static const char *const broker_keys[] = {
         "notify_command", "callback_listen", "public_url", "socket_mode", "refresh_margin", "refresh_jitter",
         "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
         "max_connections", "strict", "store", "store_password_file", "store_password_credential", "node_name",
+        "trace_entries", "trace_connections",
 };
 
 typedef struct BrokerParse {
@@ -1741,6 +1742,17 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                         c->max_parallel_refreshes = (unsigned) u;
                 return 0;
         }
+        if (streq(key, "trace_entries") || streq(key, "trace_connections")) {
+                /* `tokenctl trace`: 0 turns tracing off */
+                if (parse_uint(value, streq(key, "trace_entries") ? TRACE_ENTRIES_MAX : TRACE_CONNECTIONS_MAX, &u,
+                               10) < 0) {
+                        conf_error(err, c->path, line, "%s must be a number from 0 to %u: %.64s", key,
+                                   streq(key, "trace_entries") ? TRACE_ENTRIES_MAX : TRACE_CONNECTIONS_MAX, value);
+                        return -EINVAL;
+                }
+                *(streq(key, "trace_entries") ? &c->trace_entries : &c->trace_connections) = (unsigned) u;
+                return 0;
+        }
         if (streq(key, "strict")) {
                 if (streq(value, "yes") || streq(value, "true") || streq(value, "on") || streq(value, "1"))
                         c->strict = true;
@@ -1872,6 +1884,8 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         c->backoff_max = 5 * USEC_PER_MINUTE;
         c->pending_ttl = 10 * USEC_PER_MINUTE;
         c->max_connections = 1000000;
+        c->trace_entries = TRACE_ENTRIES_DEFAULT;
+        c->trace_connections = TRACE_CONNECTIONS_DEFAULT;
         bp.c = c;
 
         r = ini_parse_file(path, broker_set, &bp, err);

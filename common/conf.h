@@ -242,6 +242,14 @@ int conf_read_secret_file(const char *path, char **ret, mode_t *ret_mode);
 ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
                                    const char **ret_hint);
 
+/* `tokenctl trace`, in memory only: at most 20 exchanges for each of the
+ * 64 connections that talked to a provider last (each exchange a few KiB:
+ * bodies and headers are cut), so about 10 MiB at worst. */
+#define TRACE_ENTRIES_DEFAULT 20
+#define TRACE_ENTRIES_MAX 1000
+#define TRACE_CONNECTIONS_DEFAULT 64
+#define TRACE_CONNECTIONS_MAX 100000
+
 typedef struct BrokerConfig {
         char *path;
         char *state_dir;
@@ -266,6 +274,8 @@ typedef struct BrokerConfig {
         usec_t pending_ttl;       /* life of an authorization's state */
         unsigned max_connections;
         bool strict;              /* secrets in files others can read: an error, not a warning */
+        unsigned trace_entries;   /* `tokenctl trace`: exchanges kept per connection; 0: off */
+        unsigned trace_connections; /* ... for this many connections, the most recently traced */
 
         /* The store: NULL for SQLite in state_dir, else a PostgreSQL URI,
          * its password from a file or a systemd credential (read by the

@@ -26,6 +26,7 @@
 #include "daemon/proxy-path.h"
 #include "daemon/proxy.h"
 #include "daemon/route.h"
+#include "daemon/preview.h"
 
 #define API_BODY_MAX (64 * 1024)
 /* Connections on the socket, at most (fewer when RLIMIT_NOFILE is low:
@@ -1443,6 +1444,60 @@ static void route_events(ApiRequest *r) {
 
 /* Prometheus text format 0.0.4. Every figure is a counter kept as things
  * happen: a scrape never walks the connections. */
+/* GET /v1/preview?provider=NAME[&params={JSON object of strings}] */
+static void route_preview(ApiRequest *r) {
+        Manager *m = r->api->manager;
+        bool bad = false;
+        const char *name = arg_checked(r, "provider", &bad), *params = arg_checked(r, "params", &bad);
+        const Provider *p;
+        json_t *pj = NULL, *j = NULL, *v;
+        const char *k;
+        int q;
+
+        if (bad || !name)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "provider=NAME is required");
+        p = broker_config_find_provider(m->config, name);
+        if (!p)
+                return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown provider");
+        if (params) {
+                pj = json_loads(params, JSON_REJECT_DUPLICATES, NULL);
+                if (!json_is_object(pj)) {
+                        json_decref(pj);
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, "params must be a JSON object of strings");
+                }
+                json_object_foreach(pj, k, v)
+                        if (!json_is_string(v) || !connection_name_valid(k)) {
+                                json_decref(pj);
+                                return answer_error(r, 400, API_ERR_INVALID_REQUEST,
+                                                    "params must be a JSON object of strings");
+                        }
+        }
+        q = preview_provider(m->http, p, pj, &j);
+        json_decref(pj);
+        if (q < 0)
+                return answer_error(r, 500, API_ERR_SERVER, "cannot build the preview");
+        answer(r, 200, dump(j));
+}
+
+/* GET /v1/connections/NAME/trace[?after=SEQ] */
+static void route_trace(ApiRequest *r, Connection *c) {
+        bool bad = false;
+        const char *after = arg_checked(r, "after", &bad);
+        unsigned long long a = 0;
+
+        if (after) {
+                char *end = NULL;
+
+                errno = 0;
+                a = strtoull(after, &end, 10);
+                if (errno != 0 || end == after || *end || after[0] < '0' || after[0] > '9')
+                        bad = true;
+        }
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "after must be a number");
+        answer(r, 200, dump(trace_json(r->api->manager->trace, c->name, (uint64_t) a)));
+}
+
 static void route_metrics(ApiRequest *r) {
         static const double bounds[] = LATENCY_BOUNDS;
         Manager *m = r->api->manager;
@@ -1729,6 +1784,10 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                 return route_events(r);
         case API_ROUTE_METRICS:
                 return route_metrics(r);
+        case API_ROUTE_PREVIEW:
+                return route_preview(r);
+        case API_ROUTE_TRACE:
+                return route_trace(r, c);
         default:   /* below a connection, but no such route */
                 return answer_error(r, 404, API_ERR_NOT_FOUND, "no such route");
         }

@@ -212,6 +212,21 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata) {
         size_t n = size * nitems;
         char *v;
 
+        if (r->keep_headers) {
+                size_t k = n;
+                char *t;
+
+                if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0)
+                        r->resp_headers_len = 0;   /* a new answer (after a 100 Continue) */
+                if (k > HTTP_HEADERS_KEPT - r->resp_headers_len)
+                        k = HTTP_HEADERS_KEPT - r->resp_headers_len;
+                if (k > 0 && (t = realloc(r->resp_headers, r->resp_headers_len + k + 1))) {
+                        memcpy(t + r->resp_headers_len, buf, k);
+                        r->resp_headers = t;
+                        r->resp_headers_len += k;
+                        t[r->resp_headers_len] = 0;
+                }
+        }
         if ((v = header_value(buf, n, "Retry-After"))) {
                 free(r->retry_after);
                 r->retry_after = v;
@@ -235,6 +250,7 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
         if (!r)
                 return -ENOMEM;
         r->http = h;
+        snprintf(r->method, sizeof r->method, "%s", method);
         r->url = strdup(url);
         r->easy = curl_easy_init();
         if (!r->easy || !r->url)
@@ -345,6 +361,9 @@ HttpRequest *http_request_free(HttpRequest *r) {
         free(r->body);
         free(r->retry_after);
         free(r->content_type);
+        if (r->resp_headers)
+                explicit_wipe(r->resp_headers, r->resp_headers_len);   /* a Set-Cookie */
+        free(r->resp_headers);
         free(r);
         return NULL;
 }

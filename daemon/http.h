@@ -18,11 +18,13 @@ typedef void (*http_done_fn)(HttpRequest *req, void *userdata);
 /* Provider answers larger than this are cut off and fail: a token
  * response is a few KiB at most. */
 #define HTTP_BODY_MAX (1024 * 1024)
+#define HTTP_HEADERS_KEPT (8 * 1024)
 
 struct HttpRequest {
         Http *http;
         CURL *easy;
         struct curl_slist *headers;
+        char method[16];
         char *url;                /* secret: its query may carry parameters; wiped on free */
         char *post_data;          /* secret; wiped on free */
         size_t post_len;
@@ -34,6 +36,11 @@ struct HttpRequest {
         CURLcode result;
         char errbuf[CURL_ERROR_SIZE];
         char *retry_after;        /* Retry-After header, if any */
+        /* `tokenctl trace`: with keep_headers, the answer's header lines
+         * (of its last status line on), at most HTTP_HEADERS_KEPT bytes */
+        bool keep_headers;
+        char *resp_headers;
+        size_t resp_headers_len;
         char *content_type;
         usec_t sent_at;           /* realtime, when the request started */
         usec_t duration;

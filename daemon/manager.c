@@ -123,6 +123,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->stop_timer);
         http_free(m->http);
+        trace_store_free(m->trace);
         timerwheel_free(m->wheel);
         sd_event_source_disable_unref(m->wheel_timer);
         sd_event_source_disable_unref(m->sigterm);
@@ -597,6 +598,7 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         if (r < 0)
                 return r;
         refresher_cancel(m, c);
+        trace_forget(m->trace, c->name);
         hashmap_remove_node(m->connections, &c->by_name);
         ordmap_remove(&m->ordered, &c->by_order);
         manager_pending_unlink(m, c);

@@ -10,6 +10,7 @@
 #include "daemon/http.h"
 #include "daemon/store.h"
 #include "daemon/timerwheel.h"
+#include "daemon/trace.h"
 
 typedef struct Api Api;
 typedef struct Callback Callback;
@@ -48,6 +49,7 @@ struct Manager {
         Staged *recommit;          /* staged sets whose commit failed after a rotation: again (refresher.c) */
         sd_event_source *recommit_timer;
         Http *http;
+        TraceStore *trace;         /* `tokenctl trace`; NULL until the first exchange */
 
         TimerWheel *wheel;
         sd_event_source *wheel_timer;

@@ -180,6 +180,14 @@ static const char *expand_raw(Expand *x, const char *name, size_t len) {
                 if (pv)
                         return pv;
         }
+        if (v->preview) {
+                /* `tokenctl preview`: named, so the output is stable */
+                static const char *const generated[] = { "<uuid>", "<random_string>", "<random_base64>",
+                                                         "<random_int>", "<timestamp_unix>", "<utc>" };
+                for (size_t i = 0; i < ELEMENTSOF(generated); i++)
+                        if (len == strlen(generated[i]) - 2 && memcmp(name, generated[i] + 1, len) == 0)
+                                return generated[i];
+        }
         if (expand_generate(x) < 0)
                 return NULL;
         if (IS("uuid"))

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <jansson.h>
+
 #include "common/conf.h"
 #include "daemon/http.h"
 
@@ -68,6 +70,7 @@ typedef struct RequestVars {
         const char *device_code;  /* secret */
         const json_t *params;     /* ${param.X}: the connection's parameters */
         const json_t *metadata;   /* ${metadata.X}: what the provider returned */
+        bool preview;             /* generated values (${uuid}, ${timestamp_unix}...) as <name> */
 } RequestVars;
 
 /* Builds a provider request from its templates: the URL (placeholders in

@@ -23,6 +23,8 @@
 #include "common/util.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
+#include "daemon/steps.h"
+#include "daemon/trace.h"
 
 #define BACKOFF_BASE (1 * USEC_PER_SEC)
 
@@ -35,6 +37,11 @@ typedef enum OpKind {
         OP_USERINFO,              /* who authorized, after the tokens are committed */
 } OpKind;
 
+static const char *const op_name[] = {
+        [OP_REFRESH] = "refresh", [OP_EXCHANGE] = "exchange", [OP_REVOKE] = "revoke",
+        [OP_DEVICE_AUTH] = "device", [OP_DEVICE_POLL] = "device_poll", [OP_USERINFO] = "userinfo",
+};
+
 /* The userdata of a request in flight for a connection. */
 typedef struct Op {
         Manager *manager;
@@ -44,7 +51,6 @@ typedef struct Op {
         bool used_refresh_token;
 } Op;
 
-#define DEVICE_GRANT_TYPE "urn:ietf:params:oauth:grant-type:device_code"
 /* RFC 8628 section 3.5: slow_down adds 5 seconds to the interval. */
 #define DEVICE_SLOW_DOWN (5 * USEC_PER_SEC)
 #define DEVICE_INTERVAL_MAX (10 * USEC_PER_MINUTE)
@@ -351,6 +357,7 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
         if (!op)
                 return -ENOMEM;
         *op = (Op) { .manager = m, .conn = c, .kind = kind, .used_refresh_token = kind == OP_REFRESH && c->refresh_token };
+        req->keep_headers = trace_enabled(m->config);
         r = http_request_start(req, manager_provider(m, c)->timeout, on_request_done, op);
         if (r < 0) {
                 free(op);
@@ -420,33 +427,18 @@ static int refresh_start(Manager *m, Connection *c) {
                 return -ENOLINK;
         }
         v = request_vars(m, c, p);
-        if (c->refresh_token) {
-                const Param params[] = {
-                        { "grant_type", "refresh_token" },
-                        { "refresh_token", c->refresh_token },
-                };
-                r = oauth_provider_request(m->http, p, REQUEST_REFRESH, params, ELEMENTSOF(params), &v, &req);
-        } else if (p->grant == GRANT_CLIENT_CREDENTIALS) {
-                const char *s = c->requested_scope ?: p->scopes;
-                const Param params[] = {
-                        { "grant_type", "client_credentials" },
-                        { "scope", isempty(s) ? NULL : s },
-                };
-                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
-        } else if (p->grant == GRANT_PASSWORD) {
+        if (c->refresh_token)
+                r = step_refresh_request(m->http, p, &v, &req);
+        else if (p->grant == GRANT_CLIENT_CREDENTIALS)
+                r = step_client_credentials_request(m->http, p, &v, &req);
+        else if (p->grant == GRANT_PASSWORD) {
                 /* RFC 6749 section 4.3.2 */
-                const char *s = c->requested_scope ?: p->scopes;
-                const Param params[] = {
-                        { "grant_type", "password" },
-                        { "username", c->username ?: p->username },
-                        { "password", c->code_verifier ?: p->password },
-                        { "scope", isempty(s) ? NULL : s },
-                };
-                if (!params[1].value || !params[2].value) {
+                v.password = c->code_verifier;
+                r = step_password_request(m->http, p, &v, &req);
+                if (r == -ENOKEY) {
                         set_last_error(c, "password grant without a username or password");
                         return -ENOKEY;
                 }
-                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
         } else {
                 set_last_error(c, "no refresh token: the provider issued none");
                 return -ENOKEY;
@@ -890,33 +882,11 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
 
 static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
-        _cleanup_free_ char *query = NULL;
-        _cleanup_secret_ char *url = NULL;
-        char **lines = NULL;
-        size_t n = 0;
+        const UsageVars uv = { .access_token = c->access_token, .token_type = c->token_type, .params = c->params,
+                               .metadata = c->metadata };
         int r;
 
-        _cleanup_free_ char *base = NULL;
-        UsageVars uv = { c->access_token, c->token_type, c->params, c->metadata };
-
-        r = oauth_url_expand(p->userinfo_url, c->params, c->metadata, &base, NULL);
-        if (r < 0)
-                return r;
-        r = oauth_usage_headers_vars(p, &uv, &lines, &n, &query);
-        if (r < 0)
-                return r;
-        if (query && asprintf(&url, "%s%c%s", base, strchr(base, '?') ? '&' : '?', query) < 0)
-                r = -ENOMEM;
-        if (r >= 0)
-                r = http_request_new(m->http, "GET", url ?: base, &req);
-        for (size_t i = 0; i < n; i++) {
-                if (r >= 0)
-                        r = http_request_add_header(req, lines[i]);
-                secret_free(lines[i]);
-        }
-        free(lines);
-        if (query)
-                explicit_wipe(query, strlen(query));
+        r = step_usage_request(m->http, p, p->userinfo_url, &uv, &req);
         if (r < 0)
                 return r;
         r = start_request(m, c, OP_USERINFO, req);
@@ -1032,17 +1002,10 @@ static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
 
 /* ---- the device flow (RFC 8628) -------------------------------------- */
 
-static Param device_client_id(const Provider *p) {
-        /* Section 3.1 and 3.4: client_id unless the client authenticates;
-         * basic and post say who it is, "none" adds it anyway. */
-        return (Param) { "client_id", p->client_auth == CLIENT_AUTH_HEADERS ? p->client_id : NULL };
-}
-
 int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
         RequestVars v;
-        const char *s;
         int r;
 
         if (!p)
@@ -1052,12 +1015,7 @@ int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
         if (connection_busy(c) || c->revoke_waiter)
                 return -EBUSY;
         v = request_vars(m, c, p);
-        s = c->requested_scope ?: p->scopes;
-        {
-                const Param params[] = { device_client_id(p), { "scope", isempty(s) ? NULL : s } };
-
-                r = oauth_provider_request(m->http, p, REQUEST_DEVICE, params, ELEMENTSOF(params), &v, &req);
-        }
+        r = step_device_request(m->http, p, &v, &req);
         if (r < 0)
                 return r;
         return start_now(m, c, OP_DEVICE_AUTH, TAKE_PTR(req), w);
@@ -1123,14 +1081,7 @@ static int device_poll(Manager *m, Connection *c) {
                 return -ENOENT;
         v = request_vars(m, c, p);
         v.device_code = c->code_verifier;
-        {
-                const Param params[] = {
-                        { "grant_type", DEVICE_GRANT_TYPE },
-                        { "device_code", c->code_verifier },
-                        device_client_id(p),
-                };
-                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
-        }
+        r = step_device_poll_request(m->http, p, &v, &req);
         if (r < 0)
                 return r;
         timerwheel_cancel(m->wheel, &c->timer);
@@ -1263,18 +1214,11 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
         if (connection_busy(c))
                 return -EBUSY;
         {
-                const Param params[] = {
-                        { "grant_type", "authorization_code" },
-                        { "code", code },
-                        { "redirect_uri", p->redirect_uri },
-                        { "code_verifier", c->code_verifier },
-                };
                 RequestVars v = request_vars(m, c, p);
 
                 v.code = code;
                 v.code_verifier = c->code_verifier;
-                v.password = NULL;
-                r = oauth_provider_request(m->http, p, REQUEST_TOKEN, params, ELEMENTSOF(params), &v, &req);
+                r = step_exchange_request(m->http, p, &v, &req);
         }
         if (r < 0)
                 return r;
@@ -1289,6 +1233,8 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         unsigned step = op->revoke_step;
         bool used_refresh_token = op->used_refresh_token;
 
+        /* `tokenctl trace`, before the answer is parsed (and wiped) */
+        trace_record(&m->trace, m->config, c, manager_provider(m, c), op_name[kind], req);
         /* The request is ours to free once its result is read. */
         c->inflight = NULL;
         m->refreshing--;

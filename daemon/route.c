@@ -105,6 +105,8 @@ static const struct {
         [API_ROUTE_STATUS]     = { false, "/v1/status",     "GET"    },
         [API_ROUTE_EVENTS]     = { false, "/v1/events",     "GET"    },
         [API_ROUTE_METRICS]    = { false, "/metrics",       "GET"    },
+        [API_ROUTE_PREVIEW]    = { false, "/v1/preview",    "GET"    },
+        [API_ROUTE_TRACE]      = { true,  "/trace",         "GET"    },
 };
 
 int api_route_match(const char *method, const char *path, ApiRoute *ret) {

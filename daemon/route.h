@@ -60,6 +60,8 @@ typedef enum ApiRouteId {
         API_ROUTE_STATUS,          /* GET    /v1/status */
         API_ROUTE_EVENTS,          /* GET    /v1/events */
         API_ROUTE_METRICS,         /* GET    /metrics */
+        API_ROUTE_PREVIEW,         /* GET    /v1/preview (?provider=NAME) */
+        API_ROUTE_TRACE,           /* GET    /v1/connections/NAME/trace */
         _API_ROUTE_MAX,
         _API_ROUTE_INVALID = -EINVAL,
 } ApiRouteId;

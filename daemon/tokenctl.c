@@ -1679,6 +1679,339 @@ out:
         return k;
 }
 
+/* ---- preview and trace ------------------------------------------------- */
+
+/* Daemon text (already redacted and escaped there) escaped again for the
+ * terminal, whatever its length. */
+static void put_safe(const char *s) {
+        char *e = text_escape_dup(strempty(s), strlen(strempty(s)) * 4 + 16);
+
+        fputs(e ?: "", stdout);
+        free(e);
+}
+
+/* Mermaid message text: no '#', ';', '<', '>' or line break of its own. */
+static void put_mermaid(const char *s) {
+        _cleanup_free_ char *e = text_escape_dup(strempty(s), strlen(strempty(s)) * 4 + 16);
+
+        for (const char *p = e ?: ""; *p; p++)
+                switch (*p) {
+                case '#': fputs("#35;", stdout); break;
+                case ';': fputs("#59;", stdout); break;
+                case '<': fputs("#lt;", stdout); break;
+                case '>': fputs("#gt;", stdout); break;
+                default: putchar(*p);
+                }
+}
+
+static const char *participant_title(const char *id, const char *provider) {
+        return streq(id, "browser") ? "Browser" : streq(id, "broker") ? "tokenbroker" :
+               streq(id, "client") ? "Client" : streq(id, "api") ? "API" : provider;
+}
+
+static void print_preview_mermaid(json_t *j) {
+        static const char *const order[] = { "browser", "client", "broker", "provider", "api" };
+        json_t *steps = json_object_get(j, "steps"), *s, *h;
+        size_t i, k;
+
+        printf("sequenceDiagram\n");
+        for (size_t o = 0; o < ELEMENTSOF(order); o++) {
+                bool used = false;
+                json_array_foreach(steps, i, s)
+                        used = used || streq(strempty(jstr(s, "from")), order[o]) || streq(strempty(jstr(s, "to")), order[o]);
+                if (!used)
+                        continue;
+                printf("    participant %s as ", order[o]);
+                put_mermaid(participant_title(order[o], jstr(j, "provider") ?: "provider"));
+                printf("\n");
+        }
+        json_array_foreach(steps, i, s) {
+                const char *from = jstr(s, "from") ?: "broker", *to = jstr(s, "to") ?: "provider";
+
+                if (!connection_name_valid(from) || !connection_name_valid(to))
+                        continue;
+                printf("    %s->>%s: %zu. ", from, to, i + 1);
+                put_mermaid(jstr(s, "step"));
+                if (jstr(s, "method")) {
+                        printf(" ");
+                        put_mermaid(jstr(s, "method"));
+                        printf(" ");
+                        put_mermaid(jstr(s, "url"));
+                }
+                printf("\n");
+                if (json_array_size(json_object_get(s, "headers")) == 0 && !jstr(s, "body") && !jstr(s, "query"))
+                        continue;
+                printf("    Note over %s,%s: ", from, to);
+                json_array_foreach(json_object_get(s, "headers"), k, h) {
+                        printf("%s", k > 0 ? "<br/>" : "");
+                        put_mermaid(json_string_value(h));
+                }
+                if (jstr(s, "query")) {
+                        printf("%squery: ", json_array_size(json_object_get(s, "headers")) > 0 ? "<br/>" : "");
+                        put_mermaid(jstr(s, "query"));
+                }
+                if (jstr(s, "body")) {
+                        printf("%s", json_array_size(json_object_get(s, "headers")) > 0 ? "<br/><br/>" : "");
+                        put_mermaid(jstr(s, "body"));
+                }
+                printf("\n");
+        }
+}
+
+static void print_preview(json_t *j) {
+        json_t *steps = json_object_get(j, "steps"), *params = json_object_get(j, "params"), *s, *h, *v;
+        const char *key;
+        size_t i, k;
+
+        printf("Requests for provider ");
+        put_safe(jstr(j, "provider"));
+        printf(" (grant ");
+        put_safe(jstr(j, "grant"));
+        printf("), in order; nothing is sent.\n"
+               "Secrets and generated values are <placeholders>; the HTTP client adds Host, User-Agent\n"
+               "and Content-Length.\n");
+        if (json_object_size(params) > 0) {
+                printf("Connection parameters:");
+                json_object_foreach(params, key, v) {
+                        printf(" ");
+                        put_safe(key);
+                        printf("=");
+                        put_safe(json_string_value(v));
+                }
+                printf("\n");
+        }
+        json_array_foreach(steps, i, s) {
+                printf("\n%zu. ", i + 1);
+                put_safe(jstr(s, "step"));
+                printf(": ");
+                put_safe(jstr(s, "description"));
+                printf(" (");
+                put_safe(jstr(s, "from"));
+                printf(" -> ");
+                put_safe(jstr(s, "to"));
+                printf(")\n");
+                if (jstr(s, "method")) {
+                        printf("   ");
+                        put_safe(jstr(s, "method"));
+                        printf(" ");
+                        put_safe(jstr(s, "url"));
+                        printf("\n");
+                }
+                json_array_foreach(json_object_get(s, "headers"), k, h) {
+                        printf("   ");
+                        put_safe(json_string_value(h));
+                        printf("\n");
+                }
+                if (jstr(s, "query")) {
+                        printf("   query: ");
+                        put_safe(jstr(s, "query"));
+                        printf("\n");
+                }
+                if (jstr(s, "body")) {
+                        printf("\n   ");
+                        put_safe(jstr(s, "body"));
+                        printf("\n");
+                }
+        }
+}
+
+/* tokenctl preview PROVIDER [--param k=v]... [--mermaid] */
+static int do_preview(int argc, char **argv) {
+        static const struct option options[] = {
+                { "param", required_argument, NULL, 'p' },
+                { "mermaid", no_argument, NULL, 'm' },
+                {}
+        };
+        _cleanup_free_ char *q = NULL, *pj = NULL, *path = NULL;
+        json_t *params = json_object();
+        bool mermaid = false;
+        const char *provider;
+        Reply r;
+        int c, k;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
+                const char *eq;
+                _cleanup_free_ char *name = NULL;
+
+                switch (c) {
+                case 'm':
+                        mermaid = true;
+                        break;
+                case 'p':
+                        eq = strchr(optarg, '=');
+                        if (eq)
+                                name = strndup(optarg, (size_t) (eq - optarg));
+                        if (!eq || !name || !connection_name_valid(name) || string_has_ctl(eq + 1)) {
+                                fprintf(stderr, "tokenctl: --param takes NAME=VALUE (NAME of A-Z a-z 0-9 . _ -, "
+                                                "VALUE without control characters): '%s'\n", tty_safe(optarg));
+                                json_decref(params);
+                                return EXIT_USAGE;
+                        }
+                        json_object_set_new(params, name, json_string(eq + 1));
+                        break;
+                default:
+                        json_decref(params);
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind != argc - 1) {
+                fprintf(stderr, "tokenctl: usage: tokenctl preview PROVIDER [--param NAME=VALUE]... [--mermaid]\n");
+                json_decref(params);
+                return EXIT_USAGE;
+        }
+        provider = argv[optind];
+        if (!connection_name_valid(provider)) {
+                fprintf(stderr, "tokenctl: invalid provider name '%s'\n", tty_safe(provider));
+                json_decref(params);
+                return EXIT_USAGE;
+        }
+        target_provider = provider;
+        if (json_object_size(params) > 0) {
+                pj = json_dumps(params, JSON_COMPACT);
+                q = pj ? url_escape(pj) : NULL;
+        }
+        json_decref(params);
+        if (asprintf(&path, "/v1/preview?provider=%s%s%s", provider, q ? "&params=" : "", strempty(q)) < 0)
+                return EXIT_FAILURE_GENERIC;
+        k = call_ok("GET", path, NULL, &r);
+        if (k)
+                return k;
+        if (arg_json)
+                print_json(r.json);
+        else if (mermaid)
+                print_preview_mermaid(r.json);
+        else
+                print_preview(r.json);
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static void print_trace_entry(json_t *e) {
+        json_t *rq = json_object_get(e, "request"), *rs = json_object_get(e, "response"), *h;
+        json_t *status = json_object_get(rs, "status");
+        size_t i;
+
+        printf("#%" JSON_INTEGER_FORMAT " %s ", json_integer_value(json_object_get(e, "seq")), tty_safe(jstr(e, "at")) ?: "");
+        put_safe(jstr(e, "what"));
+        printf(" ");
+        put_safe(jstr(rq, "method"));
+        printf(" ");
+        put_safe(jstr(rq, "url"));
+        if (json_is_integer(status))
+                printf(" -> HTTP %" JSON_INTEGER_FORMAT, json_integer_value(status));
+        else {
+                printf(" -> failed: ");
+                put_safe(jstr(e, "error"));
+        }
+        printf(" in %.0f ms\n", json_number_value(json_object_get(e, "duration_ms")));
+        json_array_foreach(json_object_get(rq, "headers"), i, h) {
+                printf("  > ");
+                put_safe(json_string_value(h));
+                printf("\n");
+        }
+        if (jstr(rq, "body")) {
+                printf("  >\n  > ");
+                put_safe(jstr(rq, "body"));
+                printf("\n");
+        }
+        json_array_foreach(json_object_get(rs, "headers"), i, h) {
+                printf("  < ");
+                put_safe(json_string_value(h));
+                printf("\n");
+        }
+        if (jstr(rs, "body")) {
+                printf("  <\n  < ");
+                put_safe(jstr(rs, "body"));
+                printf("\n");
+        }
+}
+
+/* tokenctl trace NAME [--follow [--timeout S]] */
+static int do_trace(int argc, char **argv) {
+        static const struct option options[] = {
+                { "follow", no_argument, NULL, 'f' },
+                { "timeout", required_argument, NULL, 't' },
+                {}
+        };
+        unsigned long timeout = 600;
+        json_int_t last = 0;
+        bool follow = false, any = false;
+        const char *name;
+        usec_t start = now(CLOCK_MONOTONIC);
+        int c, k;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case 'f':
+                        follow = true;
+                        break;
+                case 't': {
+                        char *end = NULL;
+                        errno = 0;
+                        timeout = strtoul(optarg, &end, 10);
+                        if (errno || !end || *end || optarg[0] < '0' || optarg[0] > '9' || timeout > 86400) {
+                                fprintf(stderr, "tokenctl: --timeout takes whole seconds from 1 to 86400\n");
+                                return EXIT_USAGE;
+                        }
+                        break;
+                }
+                default:
+                        return EXIT_USAGE;
+                }
+        if (optind != argc - 1) {
+                fprintf(stderr, "tokenctl: usage: tokenctl trace NAME [--follow [--timeout S]]\n");
+                return EXIT_USAGE;
+        }
+        name = argv[optind];
+        if (follow)
+                (void) signal(SIGINT, on_sigint);
+        /* --follow: polls once a second for what came after, until
+         * --timeout seconds (default 600) or Ctrl-C */
+        for (unsigned round = 0; round < 86400 + 1; round++) {
+                char suffix[64];
+                json_t *a, *e;
+                size_t i;
+                Reply r;
+
+                snprintf(suffix, sizeof suffix, "trace?after=%" JSON_INTEGER_FORMAT, last);
+                k = connection_call("GET", name, suffix, &r);
+                if (k)
+                        return k;
+                a = json_object_get(r.json, "entries");
+                if (arg_json && !follow)
+                        print_json(r.json);
+                else
+                        json_array_foreach(a, i, e) {
+                                if (arg_json) {
+                                        char *s = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+                                        if (s)
+                                                printf("%s\n", s);
+                                        free(s);
+                                } else
+                                        print_trace_entry(e);
+                                any = true;
+                        }
+                if (json_array_size(a) > 0)
+                        last = json_integer_value(json_object_get(json_array_get(a, json_array_size(a) - 1), "seq"));
+                reply_done(&r);
+                fflush(stdout);
+                if (!follow) {
+                        if (!any && !arg_json)
+                                printf("no exchanges with the provider recorded for '%s' (since the daemon started; "
+                                       "trace_entries = 0 turns tracing off)\n", name);
+                        return EXIT_OK;
+                }
+                if (interrupted || now(CLOCK_MONOTONIC) - start >= (usec_t) timeout * USEC_PER_SEC)
+                        return EXIT_OK;
+                (void) usleep(1000 * 1000);
+                if (interrupted)
+                        return EXIT_OK;
+        }
+        return EXIT_OK;
+}
+
 static const Verb verbs[] = {
         { "status", "", "show the daemon's state", 0, 0, do_status },
         { "providers", "", "list configured providers", 0, 0, do_providers },
@@ -1709,6 +2042,10 @@ static const Verb verbs[] = {
           do_git_credential },
         { "proxy", "NAME --listen ADDRESS:PORT",
           "forward HTTP on a loopback port to the connection's proxy route on the socket, as you", 2, 3, do_proxy },
+        { "preview", "PROVIDER [--param NAME=VALUE]... [--mermaid]",
+          "every request the broker would make for a provider, secrets as <placeholders>", 1, 64, do_preview },
+        { "trace", "NAME [--follow [--timeout S]]",
+          "the last exchanges of a connection with its provider, secrets replaced (admin only)", 1, 4, do_trace },
 };
 
 static void help(FILE *f) {

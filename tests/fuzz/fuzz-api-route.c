@@ -64,6 +64,8 @@ static int ref_route(const char *method, const char *path, ApiRouteId *ret_id) {
                 *ret_id = API_ROUTE_EVENTS;
         else if (streq(path, "/metrics"))
                 *ret_id = API_ROUTE_METRICS;
+        else if (streq(path, "/v1/preview"))
+                *ret_id = API_ROUTE_PREVIEW;
         if (*ret_id >= 0)
                 return get ? (int) *ret_id : -EOPNOTSUPP;
         if (strncmp(path, "/v1/connections/", 16) != 0)
@@ -90,6 +92,10 @@ static int ref_route(const char *method, const char *path, ApiRouteId *ret_id) {
                 *ret_id = API_ROUTE_REFRESH;
                 if (!post)
                         return -EOPNOTSUPP;
+        } else if (streq(p + n, "/trace")) {
+                *ret_id = API_ROUTE_TRACE;
+                if (!get)
+                        return -EOPNOTSUPP;
         } else
                 return -ENOENT;
         return ref_name_valid(p, n) ? (int) *ret_id : -EINVAL;
@@ -106,6 +112,8 @@ static const char *canonical_sub(ApiRouteId id) {
                 return "/invalidate";
         case API_ROUTE_REFRESH:
                 return "/refresh";
+        case API_ROUTE_TRACE:
+                return "/trace";
         default:
                 return NULL;
         }
@@ -153,6 +161,7 @@ static void check(const char *method, const char *path) {
                                            rt.id == API_ROUTE_PROVIDERS                        ? "/v1/providers" :
                                            rt.id == API_ROUTE_STATUS                           ? "/v1/status" :
                                            rt.id == API_ROUTE_EVENTS                           ? "/v1/events" :
+                                           rt.id == API_ROUTE_PREVIEW                          ? "/v1/preview" :
                                                                                                  "/metrics")))
                         abort();
                 if (!streq(path, want) && !(streq(path, API_PREFIX "/") && rt.id <= API_ROUTE_CREATE))

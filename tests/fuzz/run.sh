@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 src=tests/fuzz
 out=${FUZZ_OUT:-build-fuzz}
 secs=${FUZZ_SECONDS:-20}
-targets=$(printf '%s' "${FUZZ_TARGETS:-token-response jwt conf jsonptr template url callback-query api-route text-escape link http-forward url-template}" | tr ',' ' ')
+targets=$(printf '%s' "${FUZZ_TARGETS:-token-response jwt conf jsonptr template url callback-query api-route text-escape link http-forward url-template proxy-path redact}" | tr ',' ' ')
 jobs=${FUZZ_JOBS:-}
 [ -n "$jobs" ] || jobs=$(nproc 2>/dev/null || echo 1)
 

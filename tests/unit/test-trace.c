@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+
+#include "common/util.h"
+#include "daemon/trace.h"
+
+#define TESTS_MAIN
+#include "tests.h"
+
+static void record(TraceStore **t, const BrokerConfig *cfg, const char *name, long status) {
+        Connection c = { .name = (char *) name, .refresh_token = (char *) "rt-unit-test-123456",
+                         .access_token = (char *) "at-unit-test-654321" };
+        Provider p = { .client_secret = (char *) "unit-client-secret" };
+        char body[] = "grant_type=refresh_token&refresh_token=rt-unit-test-123456&client_secret=unit-client-secret";
+        char answer[] = "{\"access_token\":\"new-access-token-000\",\"error_description\":\"at-unit-test-654321\"}";
+        char headers[] = "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Type: application/json\r\n\r\n";
+        HttpRequest req = {
+                .url = (char *) "https://p.example/token",
+                .post_data = body,
+                .post_len = strlen(body),
+                .body = answer,
+                .body_len = strlen(answer),
+                .status = status,
+                .resp_headers = headers,
+                .resp_headers_len = strlen(headers),
+                .content_type = (char *) "application/json",
+        };
+
+        snprintf(req.method, sizeof req.method, "POST");
+        trace_record(t, cfg, &c, &p, "refresh", &req);
+}
+
+static size_t entries_of(TraceStore *t, const char *name, uint64_t after) {
+        json_t *j = trace_json(t, name, after);
+        size_t n = json_array_size(json_object_get(j, "entries"));
+
+        json_decref(j);
+        return n;
+}
+
+TEST(ring_and_lru_bounds) {
+        BrokerConfig cfg = { .trace_entries = 3, .trace_connections = 2 };
+        TraceStore *t = NULL;
+
+        for (int i = 0; i < 5; i++)
+                record(&t, &cfg, "a", 200 + i);
+        CHECK(t != NULL);
+        CHECK_EQ_INT(entries_of(t, "a", 0), 3);   /* the ring keeps the last 3 */
+        CHECK_EQ_INT(entries_of(t, "a", 4), 1);   /* after=4: only #5 */
+        record(&t, &cfg, "b", 200);
+        record(&t, &cfg, "a", 200);               /* a is used last now */
+        record(&t, &cfg, "c", 200);               /* evicts b, the least recently used */
+        CHECK_EQ_INT(entries_of(t, "b", 0), 0);
+        CHECK_EQ_INT(entries_of(t, "a", 0), 3);
+        CHECK_EQ_INT(entries_of(t, "c", 0), 1);
+        trace_forget(t, "a");
+        CHECK_EQ_INT(entries_of(t, "a", 0), 0);
+        /* tracing off: everything goes */
+        cfg.trace_entries = 0;
+        record(&t, &cfg, "c", 200);
+        CHECK(t == NULL);
+        trace_store_free(t);
+}
+
+TEST(entries_are_redacted) {
+        BrokerConfig cfg = { .trace_entries = 20, .trace_connections = 64 };
+        TraceStore *t = NULL;
+        json_t *j;
+        char *s;
+
+        record(&t, &cfg, "x", 400);
+        j = trace_json(t, "x", 0);
+        s = json_dumps(j, JSON_COMPACT);
+        CHECK(s != NULL);
+        if (s) {
+                CHECK(!strstr(s, "rt-unit-test-123456"));
+                CHECK(!strstr(s, "at-unit-test-654321"));
+                CHECK(!strstr(s, "unit-client-secret"));
+                CHECK(!strstr(s, "new-access-token-000"));
+                CHECK(!strstr(s, "a=b"));
+                CHECK(strstr(s, "refresh_token=<refresh_token>"));
+                CHECK(strstr(s, "client_secret=<client_secret>"));
+                CHECK(strstr(s, "Set-Cookie: <cookie>"));
+                CHECK(strstr(s, "\"status\":400"));
+                CHECK(strstr(s, "\\\"error_description\\\":\\\"<access_token>\\\""));
+        }
+        free(s);
+        json_decref(j);
+        trace_store_free(t);
+}
