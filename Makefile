@@ -35,7 +35,7 @@ endif
 PKG_CFLAGS = $(eval PKG_CFLAGS := $$(shell pkg-config --cflags $$(PKGS) 2>/dev/null))$(PKG_CFLAGS)
 PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $$(PKGS) 2>/dev/null))$(PKG_LIBS)
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE=2 $(WARN) \
-	-I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
+	-DPRESETS_DIR='"$(DATADIR)/tokenbroker/providers.d"' -I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
 LIBS = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c \

@@ -60,6 +60,9 @@ typedef struct RequestVars {
         const char *state;        /* secret */
         const char *refresh_token;/* secret */
         const char *device_code;  /* secret */
+        const char *access_token; /* secret: refresh and revoke templates */
+        const char *token;        /* secret: the token a revocation revokes */
+        const char *token_type_hint;
 } RequestVars;
 
 /* Builds a provider request from its templates: the URL (placeholders in
@@ -70,9 +73,14 @@ typedef struct RequestVars {
  * expanded header value holds a line break. */
 int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const Param *defaults, size_t n,
                            const RequestVars *v, HttpRequest **ret);
-/* RFC 7009 revocation of one token. */
+/* RFC 7009 revocation of one token, or the provider's revoke_* templates
+ * (v gives ${access_token} and ${refresh_token}; may be NULL). */
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
-                         HttpRequest **ret);
+                         const RequestVars *v, HttpRequest **ret);
+/* Whether a finished revocation succeeded: HTTP 200 and, when the provider
+ * says so, no error in the answer (revoke_ok_pointer true,
+ * revoke_error_pointer absent). *ret_error: why not, never a token. */
+bool oauth_revoke_response(const Provider *p, const HttpRequest *req, char **ret_error);
 
 /* Parses a finished token request. On OAUTH_OK fills *ret; otherwise
  * *ret_error says why, safe to log (never a token). */

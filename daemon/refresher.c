@@ -40,6 +40,7 @@ typedef struct Op {
         Connection *conn;
         OpKind kind;
         unsigned revoke_step;
+        unsigned secret_tries;    /* other client secrets tried after invalid_client */
         bool used_refresh_token;
 } Op;
 
@@ -368,6 +369,7 @@ static RequestVars request_vars(Manager *m _unused_, const Connection *c, const 
                 /* a password grant keeps the connection's password there */
                 .password = p->grant == GRANT_PASSWORD ? c->code_verifier : NULL,
                 .refresh_token = c->refresh_token,
+                .access_token = c->access_token,
                 .state = c->auth_state,
         };
 }
@@ -402,7 +404,9 @@ static int refresh_start(Manager *m, Connection *c) {
                 return -ENOENT;
         }
         v = request_vars(m, c, p);
-        if (c->refresh_token) {
+        if (c->refresh_token || (p->refresh_uses_access_token && c->access_token)) {
+                /* ${access_token} in the refresh templates: the current
+                 * access token is what buys the next one (Meta, Instagram) */
                 const Param params[] = {
                         { "grant_type", "refresh_token" },
                         { "refresh_token", c->refresh_token },
@@ -667,7 +671,8 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         manager_maybe_exit(m);
 }
 
-static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token) {
+static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token,
+                         unsigned secret_tries) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
         TokenSet t = {};
@@ -680,6 +685,21 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
         if (!p)
                 error = strdup("provider is no longer configured");
+
+        /* client_secret_file repeated: on invalid_client try the next
+         * secret (each once a round); the one that works stays in use. */
+        if (o == OAUTH_PERMANENT && p && p->n_client_secret_next > 0 && secret_tries < p->n_client_secret_next) {
+                _cleanup_free_ char *code = oauth_error_code(p, req);
+
+                if (code && streq(code, "invalid_client") && provider_next_client_secret((Provider *) p)) {
+                        log_warning("%s: the client secret in use was refused (invalid_client); trying the next "
+                                    "client_secret_file of provider %s.", c->name, p->name);
+                        if (refresh_start(m, c) >= 0) {
+                                ((Op *) c->inflight->userdata)->secret_tries = secret_tries + 1;
+                                return;
+                        }
+                }
+        }
 
         /* Grants that need no user can mint a new grant when the refresh
          * token they were handed dies: drop it and run the grant again. */
@@ -1056,14 +1076,17 @@ static void revoke_finish(Connection *c, int result) {
 }
 
 static void revoke_done(Manager *m, Connection *c, HttpRequest *req, unsigned step) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *error = NULL;
         int r;
 
-        if (req->result != CURLE_OK || req->status != 200) {
-                /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike. */
-                set_last_error(c, req->result != CURLE_OK ? http_request_strerror(req)
-                                                          : "revocation endpoint refused");
+        /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike; and
+         * for providers that answer errors with 200, revoke_ok_pointer /
+         * revoke_error_pointer. */
+        if (!p || !oauth_revoke_response(p, req, &error)) {
+                set_last_error(c, error ?: "revocation endpoint refused");
                 log_warning("%s: revocation at the provider failed: %s (HTTP %ld)", c->name,
-                            http_request_strerror(req), req->status);
+                            strempty(error), req->status);
                 revoke_finish(c, -EPROTO);
                 return;
         }
@@ -1079,6 +1102,7 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
         const char *token = NULL, *hint = NULL;
+        unsigned first = step;
         int r;
 
         for (; step < 2 && !token; step++) {
@@ -1092,7 +1116,14 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         }
         if (!token || !p || !p->revoke_url)
                 return 0;
-        r = oauth_revoke_request(m->http, p, token, hint, &req);
+        {
+                /* Templates without ${token}: one request revokes the grant. */
+                RequestVars v = request_vars(m, c, p);
+
+                if (!p->revoke_per_token && first > 0)
+                        return 0;
+                r = oauth_revoke_request(m->http, p, token, hint, &v, &req);
+        }
         if (r < 0)
                 return r;
         r = start_request(m, c, OP_REVOKE, req);
@@ -1152,6 +1183,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         OpKind kind = op->kind;
         unsigned step = op->revoke_step;
         bool used_refresh_token = op->used_refresh_token;
+        unsigned secret_tries = op->secret_tries;
 
         /* The request is ours to free once its result is read. */
         c->inflight = NULL;
@@ -1175,7 +1207,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
 
         switch (kind) {
         case OP_REFRESH:
-                refresh_done(m, c, req, used_refresh_token);
+                refresh_done(m, c, req, used_refresh_token, secret_tries);
                 break;
         case OP_EXCHANGE:
                 exchange_done(m, c, req);
