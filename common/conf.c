@@ -1287,7 +1287,7 @@ static int entries_load(const char *path, EntryList *l, char **preset_name, Conf
                                                    name);
                                 else
                                         conf_error(err, path, own.e[i].line,
-                                                   "preset '%s' makes a cycle: %s names it again.", name,
+                                                   "preset '%s' makes a cycle: %s is already in the chain.", name,
                                                    l->sources[j].path);
                                 return -ELOOP;
                         }
