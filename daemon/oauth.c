@@ -768,6 +768,15 @@ static OAuthOutcome parse_token_response(const Provider *p, long status, const c
                         goto out;
                 }
         }
+        /* The refresh token's end, when the answer says (GitHub's
+         * refresh_token_expires_in); a bad value is ignored: unknown. */
+        if (p->ptr_refresh_token_expires_in && t.refresh_token) {
+                double rin;
+
+                if (jsonptr_get_number(root, p->ptr_refresh_token_expires_in, &rin) >= 0 && rin > 0 &&
+                    rin <= EXPIRES_IN_MAX)
+                        t.refresh_expires_at = sent_at + (usec_t) (rin * (double) USEC_PER_SEC);
+        }
         if (!t.token_type) {
                 *ret_error = strdup("out of memory");
                 goto out;

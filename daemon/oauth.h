@@ -15,6 +15,7 @@ typedef struct TokenSet {
         char *scope;              /* NULL when the answer had none */
         char *id_token;           /* secret-ish: holds personal data */
         usec_t expires_at;        /* realtime; 0 = never expires */
+        usec_t refresh_expires_at;/* realtime, from refresh_token_expires_in_pointer; 0 = not said */
 } TokenSet;
 
 void token_set_done(TokenSet *t);

@@ -61,6 +61,7 @@ struct Staged {
         char *scope;               /* NULL: unchanged */
         char *identity;            /* a grant's, from its ID token; NULL: none */
         usec_t expires_at, obtained_at, last_refresh_at;
+        usec_t rt_end;             /* the refresh token's end (daemon/rtend.c) */
 };
 
 static Staged *staged_free(Staged *st) {
@@ -89,6 +90,7 @@ void refresher_image(const Connection *c, Connection *ret) {
         if (st->scope)
                 ret->scope = st->scope;
         ret->expires_at = st->expires_at;
+        ret->rt_end = st->rt_end;
         ret->obtained_at = st->obtained_at;
         ret->last_refresh_at = ret->updated_at = st->last_refresh_at;
         ret->last_error = NULL;
@@ -548,6 +550,12 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
+        {
+                const Provider *p = manager_provider(m, c);
+
+                st->rt_end = rtend_compute(c->rt_end, grant, p ? p->refresh_token_lifetime : 0, t->refresh_expires_at,
+                                           req->sent_at);
+        }
         c->staged = st;
         refresher_image(c, &img);
         r = store_row_new(m->store, &img, &row);
@@ -653,6 +661,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 c->scope = TAKE_PTR(st->scope);
         }
         c->expires_at = st->expires_at;
+        c->rt_end = st->rt_end;
         c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
         c->obtained_at = st->obtained_at;
         c->last_refresh_at = c->updated_at = st->last_refresh_at;

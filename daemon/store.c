@@ -28,7 +28,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
                 "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
                 "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20, username = ?21, "
-                "device_interval = ?22 WHERE id = ?1",
+                "device_interval = ?22, rt_end = ?23, rt_warned = ?24 WHERE id = ?1",
         [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
         [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
         /* Keep the table bounded: the integer key grows by one per event. */
@@ -615,6 +615,7 @@ struct StoreRow {
         size_t sealed_size[ELEMENTSOF(sealed_columns)];
         usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
         uint64_t refreshes;
+        usec_t rt_end, rt_warned;
 };
 
 StoreRow *store_row_free(StoreRow *row) {
@@ -660,6 +661,8 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 .last_refresh_at = c->last_refresh_at,
                 .device_interval = c->device_interval,
                 .refreshes = c->refreshes,
+                .rt_end = c->rt_end,
+                .rt_warned = c->rt_warned,
         };
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
         if (r < 0)
@@ -707,6 +710,8 @@ static int row_save(Store *s, const StoreRow *row) {
         (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) row->last_refresh_at);
         bind_text(st, 21, row->text[ROW_USERNAME]);
         (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) row->device_interval);
+        (void) sqlite3_bind_int64(st, 23, (sqlite3_int64) row->rt_end);
+        (void) sqlite3_bind_int64(st, 24, (sqlite3_int64) row->rt_warned);
         r = step_done(st);
         if (r >= 0 && sqlite3_changes(s->db) != 1) {
                 store_set_error(s, "connection %" PRId64 " is not in the store", row->id);
@@ -828,7 +833,7 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
                 "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                 "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
-                "updated_at, last_refresh_at, username, device_interval FROM connections ORDER BY id";
+                "updated_at, last_refresh_at, username, device_interval, rt_end, rt_warned FROM connections ORDER BY id";
         sqlite3_stmt *st = NULL;
         int rc, r = 0;
 
@@ -891,6 +896,8 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
                 c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
                 c->device_interval = (usec_t) sqlite3_column_int64(st, 23);
+                c->rt_end = (usec_t) sqlite3_column_int64(st, 24);
+                c->rt_warned = (usec_t) sqlite3_column_int64(st, 25);
 
                 r = fn(TAKE_PTR(c), userdata);
                 if (r < 0)

@@ -425,9 +425,9 @@ static int do_providers(int argc _unused_, char **argv _unused_) {
 }
 
 static void print_connection_row(const char *name, const char *provider, const char *state,
-                                 const char *expires, const char *identity) {
-        printf("%-24s %-16s %-13s %-9s %s\n", strempty(tty_safe(name)), strempty(tty_safe(provider)),
-               strempty(tty_safe(state)), expires, tty_safe(identity) ?: "-");
+                                 const char *expires, const char *rt_ends, const char *identity) {
+        printf("%-24s %-16s %-13s %-9s %-8s %s\n", strempty(tty_safe(name)), strempty(tty_safe(provider)),
+               strempty(tty_safe(state)), expires, rt_ends, tty_safe(identity) ?: "-");
 }
 
 /* ---- a listing page, read without building it ------------------------- */
@@ -548,13 +548,24 @@ static void print_row_json(const char *p, const char *end) {
                             *type = json_member_string(p, end, "token_type"),
                             *identity = json_member_string(p, end, "identity");
         const char *ve, *v = json_member(p, end, "expires_in", &ve);
-        char exp[32] = "-";
+        const char *rve, *rv = json_member(p, end, "refresh_token_ends_in", &rve);
+        const char *hve, *hv = json_member(p, end, "has_refresh_token", &hve);
+        char exp[32] = "-", rt[32] = "-";
 
         if (v && *v != 'n')
                 snprintf(exp, sizeof exp, "%llds", strtoll(v, NULL, 10));
         else if (type)
                 snprintf(exp, sizeof exp, "never");
-        print_connection_row(name, provider, state, exp, identity);
+        /* the refresh token's end: days when far, seconds when near */
+        if (rv && *rv != 'n') {
+                long long s = strtoll(rv, NULL, 10);
+                if (s >= 2 * 86400)
+                        snprintf(rt, sizeof rt, "%lldd", s / 86400);
+                else
+                        snprintf(rt, sizeof rt, "%llds", s);
+        } else if (hv && *hv == 't')
+                snprintf(rt, sizeof rt, "unknown");
+        print_connection_row(name, provider, state, exp, rt, identity);
 }
 
 /* "1,000,000" */
@@ -666,7 +677,7 @@ static int do_list(int argc, char **argv) {
         if (arg_json)
                 printf("[");
         else
-                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
+                printf("%-24s %-16s %-13s %-9s %-8s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "RT ENDS", "IDENTITY");
         for (unsigned pages = 0;; pages++) {
                 unsigned long long want = API_LIST_LIMIT_DEFAULT;
                 StrBuf q = {};
@@ -801,6 +812,8 @@ static void print_connection(json_t *c) {
                 print_kv("expires:", buf);
         }
         print_kv("refresh token:", json_is_true(json_object_get(c, "has_refresh_token")) ? "held" : "none");
+        if (json_is_true(json_object_get(c, "has_refresh_token")))
+                print_kv("refresh token ends:", jstr(c, "refresh_token_ends_at") ?: "unknown");
         snprintf(buf, sizeof buf, "%lld", (long long) json_integer_value(json_object_get(c, "refreshes")));
         print_kv("refreshes:", buf);
         print_kv("last refresh:", jstr(c, "last_refresh_at"));
