@@ -527,6 +527,7 @@ static const ProviderKey provider_keys[] = {
         PK("revoke_error_pointer", KEY_JSONPTR, revoke_error_pointer),
         PK("refresh_token_expires_in_pointer", KEY_JSONPTR, ptr_refresh_token_expires_in),
         PK("refresh_token_lifetime", KEY_SECONDS, refresh_token_lifetime),
+        PK("test_method", KEY_METHOD, test_method),
 };
 
 static const char *const usage_placeholders[] = { "access_token", "token_type", NULL };
@@ -589,6 +590,7 @@ Provider *provider_free(Provider *p) {
                 free(p->usage_header[i]);
         free(p->usage_query);
         free(p->preset);
+        free(p->test_method);
         free(p->revoke_method);
         template_list_done(&p->revoke_header);
         template_list_done(&p->revoke_param);

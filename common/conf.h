@@ -101,6 +101,7 @@ typedef struct Provider {
         char *token_url;
         char *revoke_url;
         char *test_url;
+        char *test_method;        /* NULL: GET (Dropbox's RPC endpoints want POST) */
         char *refresh_url;        /* NULL: token_url; may hold placeholders, as token_url */
         char *device_authorization_url;  /* RFC 8628 */
         char *userinfo_url;

@@ -1188,7 +1188,7 @@ static void route_providers(ApiRequest *r) {
         for (size_t i = 0; a && i < cfg->n_providers; i++) {
                 const Provider *p = cfg->providers[i];
                 json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b, s:s?, s:s?, "
-                                                   "s:s?, s:s?, s:s?, s:s?}",
+                                                   "s:s?, s:s?, s:s?, s:s?, s:s}",
                                                    "name", p->name,
                                                    "grant", grant_to_string(p->grant),
                                                    "authorize_url", p->authorize_url,
@@ -1203,7 +1203,8 @@ static void route_providers(ApiRequest *r) {
                                                    "userinfo_url", p->userinfo_url,
                                                    "test_url", p->test_url,
                                                    "issuer", p->issuer,
-                                                   "redirect_uri", p->redirect_uri));
+                                                   "redirect_uri", p->redirect_uri,
+                                                   "test_method", p->test_method ?: "GET"));
         }
         answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
 }

@@ -312,6 +312,7 @@ static const struct {
         { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
         { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
         { "admin", "014a32e19a2f4ea6a0f70163d99fbe89" },
+        { "refresh-token-expiring", "fd94e4d883904e85879047ee7cc7e3b5" },
 };
 
 static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,

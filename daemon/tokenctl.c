@@ -1382,7 +1382,7 @@ static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
 
 /* GET the provider's test_url with the token as its usage rule says. */
 static int do_test(int argc _unused_, char **argv) {
-        const char *provider, *test_url = NULL, *key;
+        const char *provider, *test_url = NULL, *test_method = "GET", *key;
         json_t *a, *p, *v;
         Reply conn, provs, tok;
         StrBuf url = {};
@@ -1406,7 +1406,10 @@ static int do_test(int argc _unused_, char **argv) {
         a = json_object_get(provs.json, "providers");
         json_array_foreach(a, i, p)
                 if (provider && jstr(p, "name") && streq(jstr(p, "name"), provider))
+                {
                         test_url = jstr(p, "test_url");
+                        test_method = jstr(p, "test_method") ?: "GET";
+                }
         if (!test_url) {
                 fprintf(stderr, "tokenctl: provider %s has no test_url\n", provider ?: "?");
                 reply_done(&conn);
@@ -1444,6 +1447,12 @@ static int do_test(int argc _unused_, char **argv) {
                 goto out;
         }
         curl_easy_setopt(c, CURLOPT_URL, url.s);
+        if (streq(test_method, "POST")) {
+                /* an RPC endpoint (Dropbox): POST without a body */
+                curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+                curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+        } else if (!streq(test_method, "GET"))
+                curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, test_method);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
@@ -1458,7 +1467,7 @@ static int do_test(int argc _unused_, char **argv) {
         }
         curl_easy_cleanup(c);
         if (cc != CURLE_OK) {
-                fprintf(stderr, "tokenctl: GET %s failed: %s\n", test_url, curl_easy_strerror(cc));
+                fprintf(stderr, "tokenctl: %s %s failed: %s\n", test_method, test_url, curl_easy_strerror(cc));
                 k = EXIT_FAILURE_GENERIC;
                 goto out;
         }
