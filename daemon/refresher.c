@@ -41,6 +41,7 @@ typedef struct Op {
         OpKind kind;
         unsigned revoke_step;
         unsigned secret_tries;    /* other client secrets tried after invalid_client */
+        char *code;               /* secret: a code exchange's code, to retry with the next client secret */
         bool used_refresh_token;
 } Op;
 
@@ -182,6 +183,7 @@ static bool provider_has_slot(Manager *m, const Connection *c) {
 static void op_free(Connection *c) {
         if (!c->inflight)
                 return;
+        secret_free(((Op *) c->inflight->userdata)->code);
         free(c->inflight->userdata);
         c->inflight = http_request_free(c->inflight);
 }
@@ -908,13 +910,29 @@ static void grant_committed(Manager *m, Connection *c, Staged *st) {
         authorized_finish(m, c);
 }
 
-static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
+static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w, unsigned secret_tries);
+
+static void exchange_done(Manager *m, Connection *c, HttpRequest *req, char *code, unsigned secret_tries) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
+        _cleanup_secret_ char *code_owned = code;
         TokenSet t = {};
         OAuthOutcome o;
 
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_PERMANENT;
+        /* client_secret_file repeated: the next secret on invalid_client,
+         * with the same code (the provider refused the client, not it). */
+        if (o == OAUTH_PERMANENT && p && code && p->n_client_secret_next > 0 &&
+            secret_tries < p->n_client_secret_next) {
+                _cleanup_free_ char *ecode = oauth_error_code(p, req);
+
+                if (ecode && streq(ecode, "invalid_client") && provider_next_client_secret((Provider *) p)) {
+                        log_warning("%s: the client secret in use was refused (invalid_client); trying the next "
+                                    "client_secret_file of provider %s.", c->name, p->name);
+                        if (exchange_start(m, c, code, NULL, secret_tries + 1) >= 0)
+                                return;   /* the waiters stay, woken by the retry */
+                }
+        }
         if (o != OAUTH_OK) {
                 log_warning("%s: code exchange failed: %s", c->name, strempty(error));
                 set_last_error(c, error ?: "provider is no longer configured");
@@ -1158,6 +1176,10 @@ int refresher_revoke(Manager *m, Connection *c, Waiter *w) {
 }
 
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w) {
+        return exchange_start(m, c, code, w, 0);
+}
+
+static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w, unsigned secret_tries) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
         int r;
@@ -1182,7 +1204,16 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
         }
         if (r < 0)
                 return r;
-        return start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
+        r = start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
+        if (r >= 0 && c->inflight) {
+                Op *op = c->inflight->userdata;
+
+                op->secret_tries = secret_tries;
+                /* kept only when another secret may be tried with it */
+                if (p->n_client_secret_next > 0 && secret_tries < p->n_client_secret_next)
+                        op->code = strdup(code);
+        }
+        return r;
 }
 
 static void on_request_done(HttpRequest *req, void *userdata) {
@@ -1193,6 +1224,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         unsigned step = op->revoke_step;
         bool used_refresh_token = op->used_refresh_token;
         unsigned secret_tries = op->secret_tries;
+        char *code = TAKE_PTR(op->code);
 
         /* The request is ours to free once its result is read. */
         c->inflight = NULL;
@@ -1219,7 +1251,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
                 refresh_done(m, c, req, used_refresh_token, secret_tries);
                 break;
         case OP_EXCHANGE:
-                exchange_done(m, c, req);
+                exchange_done(m, c, req, TAKE_PTR(code), secret_tries);
                 break;
         case OP_DEVICE_AUTH:
                 device_auth_finished(m, c, req);
@@ -1234,6 +1266,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
                 revoke_done(m, c, req, step);
                 break;
         }
+        secret_free(code);   /* an exchange's, when not handed on */
         http_request_free(req);
         drain_queue(m);
         manager_wheel_rearm(m);

@@ -195,12 +195,18 @@ test('revocation templates: one request with ${access_token}; an error in a 200 
 test('client_secret_file repeated: invalid_client on the first, the next works and stays in use', { timeout: 120000 }, async (t) => {
   let rotated = false;
   const basic = (s) => `Basic ${Buffer.from(`fake-client:${s}`).toString('base64')}`;
+  const refused = (rec) => {
+    const m = /^Basic (\S+)$/.exec(rec.headers.authorization || '');
+    const [id, secret] = m ? Buffer.from(m[1], 'base64').toString().split(':') : [];
+    return secret === OLD_SECRET && (rotated || id === 'q-client');   // q's old secret is refused from the start
+  };
   const { fp, b } = await setup(t, (fp) => ({
     p: { ...fp.providerConf(), client_secret_file: ['old.secret', 'fake.secret'] },
+    q: { ...fp.providerConf(), client_id: 'q-client', client_secret_file: ['old.secret', 'fake.secret'] },
   }), {
     secrets: { 'old.secret': OLD_SECRET },
     fpOpts: {
-      respond: (rec) => (rec.path === '/token' && rotated && rec.headers.authorization === basic(OLD_SECRET)
+      respond: (rec) => (rec.path === '/token' && refused(rec)
         ? { status: 401, body: { error: 'invalid_client', error_description: 'client secret expired' } } : null),
     },
   });
@@ -222,6 +228,14 @@ test('client_secret_file repeated: invalid_client on the first, the next works a
   rq = reqsAt(fp, '/token');
   assert.equal(rq.length, 4, 'the working secret is remembered');
   assert.equal(rq[3].headers.authorization, basic(SECRET));
+
+  // The code exchange too: refused with the first secret, the same code with the next.
+  const before = reqsAt(fp, '/token').length;
+  await authorize(b, 'd', 'q');
+  rq = reqsAt(fp, '/token').slice(before);
+  assert.equal(rq.length, 2);
+  assert.equal(rq[0].params.code, rq[1].params.code);
+  assert.equal(rq[1].headers.authorization, `Basic ${Buffer.from(`q-client:${SECRET}`).toString('base64')}`);
   assert.ok(!b.log().includes(SECRET) && !b.log().includes(OLD_SECRET), 'a client secret reached the log');
 });
 
