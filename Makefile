@@ -35,7 +35,7 @@ endif
 PKG_CFLAGS = $(eval PKG_CFLAGS := $$(shell pkg-config --cflags $$(PKGS) 2>/dev/null))$(PKG_CFLAGS)
 PKG_LIBS = $(eval PKG_LIBS := $$(shell pkg-config --libs $$(PKGS) 2>/dev/null))$(PKG_LIBS)
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE=2 $(WARN) \
-	-I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
+	-DPRESETS_DIR='"$(DATADIR)/tokenbroker/providers.d"' -I. -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
 LIBS = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c common/params.c \
@@ -45,7 +45,8 @@ DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c da
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c \
 	daemon/links.c daemon/link-token.c \
 	daemon/proxy.c daemon/proxy-path.c \
-	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c
+	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c \
+	daemon/rtend.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 PG_MIGRATIONS := $(sort $(wildcard sql/pg/[0-9]*.sql))
 

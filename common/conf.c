@@ -50,7 +50,11 @@ const char *const placeholders_token[] = {
         PLACEHOLDERS_COMMON, "client_secret", "password", "code", "code_verifier", "state", "device_code", NULL,
 };
 const char *const placeholders_refresh[] = { PLACEHOLDERS_COMMON, "client_secret", "password", "refresh_token",
-                                             NULL };
+                                             "access_token", NULL };
+/* ${token} and ${token_type_hint}: the token this request revokes (the
+ * refresh token, then the access token), as RFC 7009's parameters. */
+const char *const placeholders_revoke[] = { PLACEHOLDERS_COMMON, "client_secret", "token", "token_type_hint",
+                                            "access_token", "refresh_token", NULL };
 static const char *const pkce_table[_PKCE_MAX] = {
         [PKCE_S256] = "S256",
         [PKCE_PLAIN] = "plain",
@@ -520,6 +524,15 @@ static const ProviderKey provider_keys[] = {
         PK("api_url", KEY_API_URL, api_url),
         PK("api_timeout", KEY_TIMEOUT, api_timeout),
         PK("api_max_connections", KEY_UINT, api_max_connections),
+        PK("revoke_method", KEY_METHOD, revoke_method),
+        PK("revoke_body", KEY_BODY, revoke_body),
+        PT("revoke_header", KEY_HEADER_TEMPLATE, revoke_header, placeholders_revoke),
+        PT("revoke_param", KEY_PARAM_TEMPLATE, revoke_param, placeholders_revoke),
+        PK("revoke_ok_pointer", KEY_JSONPTR, revoke_ok_pointer),
+        PK("revoke_error_pointer", KEY_JSONPTR, revoke_error_pointer),
+        PK("refresh_token_expires_in_pointer", KEY_JSONPTR, ptr_refresh_token_expires_in),
+        PK("refresh_token_lifetime", KEY_SECONDS, refresh_token_lifetime),
+        PK("test_method", KEY_METHOD, test_method),
 };
 
 static int set_api_url(Provider *p, unsigned line, const char *key, const char *value, ConfError *err);
@@ -594,12 +607,39 @@ Provider *provider_free(Provider *p) {
                 free(p->metadata[i].pointer);
                 free(p->metadata[i].query);
         }
+        free(p->preset);
+        free(p->test_method);
+        free(p->revoke_method);
+        template_list_done(&p->revoke_header);
+        template_list_done(&p->revoke_param);
+        free(p->revoke_ok_pointer);
+        free(p->revoke_error_pointer);
+        free(p->ptr_refresh_token_expires_in);
+        for (size_t i = 0; i < p->n_client_secret_next; i++)
+                secret_free(p->client_secret_next[i]);
         free(p);
         return NULL;
 }
 
+bool provider_next_client_secret(Provider *p) {
+        char *cur;
+
+        if (!p || p->n_client_secret_next == 0)
+                return false;
+        /* [cur, n0, n1] -> [n0, n1, cur]: each is tried once per round */
+        cur = p->client_secret;
+        p->client_secret = p->client_secret_next[0];
+        memmove(p->client_secret_next, p->client_secret_next + 1,
+                sizeof(char *) * (p->n_client_secret_next - 1));
+        p->client_secret_next[p->n_client_secret_next - 1] = cur;
+        return true;
+}
+
 /* [broker] strict = true while the providers of a main file load. */
 static bool load_strict = false;
+/* While a preset's keys are applied: the file that names the preset, for
+ * relative secret files (p->path then names the preset, for errors). */
+static const char *secret_base = NULL;
 
 /* A secret that group or others can read where it is kept (a provider
  * file holding client_secret inline, a client_secret_file): a warning
@@ -1033,6 +1073,10 @@ static bool key_repeatable(KeyType t) {
                t == KEY_API_URL;
 }
 
+static bool key_is_client_secret_file(const ProviderKey *k) {
+        return k && k->type == KEY_SECRET_FILE && k->offset == offsetof(Provider, client_secret);
+}
+
 /* What one provider file's parse remembers: the line that last set each
  * key, to warn about a key set twice (the last one wins). */
 typedef struct ProviderParse {
@@ -1070,6 +1114,8 @@ static int provider_set(const char *section, const char *key, const char *value,
         r = provider_set_one(p, k, section, key, value, line, err);
         if (r < 0 || !k || key_repeatable(k->type))
                 return r;
+        if (key_is_client_secret_file(k) && p->n_client_secret_files > 1)
+                return 0;   /* repeated: the next secret, not an override */
         /* The same key twice, or two keys for one field (client_secret and
          * client_secret_file): the earlier one is silently lost otherwise. */
         for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++) {
@@ -1256,14 +1302,16 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                         if (asprintf(&path, "%s/%s", dir, value) < 0)
                                 return -ENOMEM;
                 } else {
-                        /* relative to the provider file's folder */
-                        const char *slash = strrchr(p->path, '/');
-                        _cleanup_free_ char *folder = slash ? strndup(p->path, (size_t) (slash - p->path)) :
+                        /* relative to the provider file's folder (a preset's
+                         * keys count as the file's own: secret_base) */
+                        const char *base = secret_base ?: p->path;
+                        const char *slash = strrchr(base, '/');
+                        _cleanup_free_ char *folder = slash ? strndup(base, (size_t) (slash - base)) :
                                                               strdup("");
 
                         if (!folder)
                                 return -ENOMEM;
-                        r = conf_path_join(slash == p->path ? "/" : folder, value, &path);
+                        r = conf_path_join(slash == base ? "/" : folder, value, &path);
                         if (r < 0)
                                 return r;
                 }
@@ -1280,6 +1328,17 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                                 secret_free(secret);
                                 return r;
                         }
+                }
+                if (key_is_client_secret_file(k) && p->n_client_secret_files++ > 0 && p->client_secret) {
+                        /* client_secret_file repeated: the next one, tried on invalid_client */
+                        if (p->n_client_secret_next >= ELEMENTSOF(p->client_secret_next)) {
+                                secret_free(secret);
+                                conf_error(err, p->path, line, "Too many client_secret_file lines (at most %d).",
+                                           PROVIDER_SECRETS_MAX);
+                                return -E2BIG;
+                        }
+                        p->client_secret_next[p->n_client_secret_next++] = secret;
+                        return 0;
                 }
                 secret_free(*(char **) field);
                 *(char **) field = secret;
@@ -1419,6 +1478,211 @@ static bool provider_name_valid(const char *s, size_t n) {
         return s[0] != '.';
 }
 
+/* ---- presets ------------------------------------------------------- */
+
+#ifndef PRESETS_DIR
+#define PRESETS_DIR "/usr/local/share/tokenbroker/providers.d"
+#endif
+
+static const char *presets_dir_override = NULL;
+
+void conf_set_presets_dir(const char *dir) {
+        presets_dir_override = dir;
+}
+
+/* One key of a provider file, or of a preset it names. */
+typedef struct ConfEntry {
+        char *key;
+        char *value;              /* may be a secret: wiped on free */
+        unsigned line;
+        size_t source;            /* index in EntryList.sources */
+} ConfEntry;
+
+typedef struct EntrySource {
+        char *path;
+        mode_t mode;
+} EntrySource;
+
+typedef struct EntryList {
+        ConfEntry *e;
+        size_t n;
+        EntrySource sources[PRESET_DEPTH_MAX + 1];
+        size_t n_sources;
+        size_t cur_source;        /* while collecting */
+} EntryList;
+
+static void entry_list_done(EntryList *l) {
+        for (size_t i = 0; i < l->n; i++) {
+                free(l->e[i].key);
+                secret_free(l->e[i].value);
+        }
+        free(l->e);
+        for (size_t i = 0; i < l->n_sources; i++)
+                free(l->sources[i].path);
+        *l = (EntryList) {};
+}
+
+static int entry_collect(const char *section, const char *key, const char *value, unsigned line, void *userdata,
+                         ConfError *err) {
+        EntryList *l = userdata;
+        ConfEntry *a;
+
+        if (!streq(section, "provider")) {
+                conf_error(err, l->sources[l->cur_source].path, line, "Unknown section [%s], expected [provider].",
+                           section);
+                return -EINVAL;
+        }
+        if (l->n >= 4096) {
+                conf_error(err, l->sources[l->cur_source].path, line, "Too many keys.");
+                return -E2BIG;
+        }
+        a = realloc(l->e, sizeof(ConfEntry) * (l->n + 1));
+        if (!a)
+                return -ENOMEM;
+        l->e = a;
+        a[l->n] = (ConfEntry) { .key = strdup(key), .value = strdup(value), .line = line, .source = l->cur_source };
+        l->n++;
+        if (!a[l->n - 1].key || !a[l->n - 1].value)
+                return -ENOMEM;
+        return 0;
+}
+
+static const ProviderKey *provider_key_find(const char *key) {
+        for (size_t i = 0; i < ELEMENTSOF(provider_keys); i++)
+                if (streq(provider_keys[i].name, key))
+                        return &provider_keys[i];
+        return NULL;
+}
+
+static bool provider_name_valid(const char *s, size_t n);
+
+/* Reads path's keys into l: when its first key is "preset = NAME", the
+ * preset's keys first (recursively, at most PRESET_DEPTH_MAX deep), less
+ * every field the file sets itself: a key the file sets (once or
+ * repeated) replaces all the preset's lines for it. */
+static int entries_load(const char *path, EntryList *l, char **preset_name, ConfError *err) {
+        _cleanup_(entry_list_done) EntryList own = {};
+        size_t src = l->n_sources, first_own;
+        struct stat st;
+        int r;
+
+        if (l->n_sources >= ELEMENTSOF(l->sources))
+                return -ELOOP;   /* checked by the caller with a message */
+        l->sources[src] = (EntrySource) { .path = strdup(path) };
+        if (!l->sources[src].path)
+                return -ENOMEM;
+        l->n_sources++;
+        if (stat(path, &st) >= 0)
+                l->sources[src].mode = st.st_mode;
+
+        own.n_sources = 1;
+        own.sources[0].path = strdup(path);
+        if (!own.sources[0].path)
+                return -ENOMEM;
+        r = ini_parse_file(path, entry_collect, &own, err);
+        if (r < 0)
+                return r;
+
+        first_own = 0;
+        for (size_t i = 0; i < own.n; i++) {
+                _cleanup_free_ char *ppath = NULL, *real = NULL;
+                const char *dir = presets_dir_override ?: PRESETS_DIR;
+                const char *name = own.e[i].value;
+
+                if (!streq(own.e[i].key, "preset"))
+                        continue;
+                if (i != 0) {
+                        conf_error(err, path, own.e[i].line,
+                                   "preset must be the first key (the file's keys then override the preset's).");
+                        return -EINVAL;
+                }
+                if (!provider_name_valid(name, strlen(name))) {
+                        conf_error(err, path, own.e[i].line, "Invalid preset name '%.64s' (NAME of [A-Za-z0-9._-]).",
+                                   name);
+                        return -EINVAL;
+                }
+                if (asprintf(&ppath, "%s/%s.conf", dir, name) < 0)
+                        return -ENOMEM;
+                real = realpath(ppath, NULL);
+                if (!real) {
+                        conf_error(err, path, own.e[i].line, "preset '%s' not found: no %s (presets_dir '%s').", name,
+                                   ppath, dir);
+                        return -ENOENT;
+                }
+                /* the files of the chain so far, this one included */
+                for (size_t j = 0; j <= src; j++) {
+                        _cleanup_free_ char *other = realpath(l->sources[j].path, NULL);
+
+                        if (other && streq(other, real)) {
+                                if (j == src)
+                                        conf_error(err, path, own.e[i].line, "preset '%s' is this file itself.",
+                                                   name);
+                                else
+                                        conf_error(err, path, own.e[i].line,
+                                                   "preset '%s' makes a cycle: %s is already in the chain.", name,
+                                                   l->sources[j].path);
+                                return -ELOOP;
+                        }
+                }
+                if (src + 1 >= PRESET_DEPTH_MAX + 1) {
+                        conf_error(err, path, own.e[i].line, "Presets nest too deep (at most %d).", PRESET_DEPTH_MAX);
+                        return -ELOOP;
+                }
+                if (preset_name && !*preset_name && !(*preset_name = strdup(name)))
+                        return -ENOMEM;
+                r = entries_load(ppath, l, NULL, err);
+                if (r < 0)
+                        return r;
+                first_own = 1;
+        }
+
+        /* drop the preset's lines for every field this file sets */
+        for (size_t i = 0; i < l->n;) {
+                const ProviderKey *pk = provider_key_find(l->e[i].key);
+                bool drop = false;
+
+                for (size_t j = first_own; pk && j < own.n && !drop; j++) {
+                        const ProviderKey *ok = provider_key_find(own.e[j].key);
+                        drop = ok && ok->offset == pk->offset;
+                }
+                if (!drop) {
+                        i++;
+                        continue;
+                }
+                free(l->e[i].key);
+                secret_free(l->e[i].value);
+                memmove(l->e + i, l->e + i + 1, sizeof(ConfEntry) * (l->n - i - 1));
+                l->n--;
+        }
+        /* then the file's own */
+        for (size_t j = first_own; j < own.n; j++) {
+                ConfEntry *a = realloc(l->e, sizeof(ConfEntry) * (l->n + 1));
+
+                if (!a)
+                        return -ENOMEM;
+                l->e = a;
+                a[l->n++] = (ConfEntry) { .key = TAKE_PTR(own.e[j].key), .value = TAKE_PTR(own.e[j].value),
+                                          .line = own.e[j].line, .source = src };
+        }
+        return 0;
+}
+
+static bool list_mentions(const TemplateList *l, const char *needle) {
+        for (size_t i = 0; i < l->n; i++)
+                if (strstr(l->items[i], needle))
+                        return true;
+        return false;
+}
+
+static void provider_derive_flags(Provider *p) {
+        p->refresh_uses_access_token = list_mentions(&p->refresh_param, "${access_token}") ||
+                                       list_mentions(&p->refresh_header, "${access_token}") ||
+                                       (p->refresh_url && strstr(p->refresh_url, "${access_token}"));
+        p->revoke_per_token = (p->revoke_param.n == 0 && p->revoke_header.n == 0) ||
+                              list_mentions(&p->revoke_param, "${token") ||
+                              list_mentions(&p->revoke_header, "${token");
+}
+
 int provider_load(const char *path, Provider **ret, ConfError *err) {
         _cleanup_(provider_freep) Provider *p = NULL;
         const char *base = strrchr(path, '/'), *dot;
@@ -1445,17 +1709,28 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
         if (!p->name || !p->path)
                 return -ENOMEM;
 
-        {
-                struct stat st;
-
-                if (stat(path, &st) >= 0)
-                        p->file_mode = st.st_mode;
-        }
         n_load_refs = 0;
         load_refs_overflow = false;
-        r = ini_parse_file(path, provider_set, &(ProviderParse) { .p = p }, err);
-        if (r < 0)
-                return r;
+        {
+                _cleanup_(entry_list_done) EntryList l = {};
+                ProviderParse pp = { .p = p };
+                char *own_path = TAKE_PTR(p->path);
+
+                r = entries_load(path, &l, &p->preset, err);
+                /* Each key is applied as if in its file: errors name it,
+                 * relative secret files stay relative to this one. */
+                secret_base = own_path;
+                for (size_t i = 0; r >= 0 && i < l.n; i++) {
+                        p->path = l.sources[l.e[i].source].path;
+                        p->file_mode = l.sources[l.e[i].source].mode;
+                        r = provider_set("provider", l.e[i].key, l.e[i].value, l.e[i].line, &pp, err);
+                }
+                secret_base = NULL;
+                p->path = own_path;
+                p->file_mode = l.n_sources > 0 ? l.sources[0].mode : 0;
+                if (r < 0)
+                        return r;
+        }
 
 #define DEFAULT_STR(f, v) \
         if (!p->f && !(p->f = strdup(v))) return -ENOMEM
@@ -1478,6 +1753,7 @@ int provider_load(const char *path, Provider **ret, ConfError *err) {
 
         if (!p->refresh_body_set)
                 p->refresh_body = p->token_body;
+        provider_derive_flags(p);
 
         r = provider_check_refs(p, err);
         if (r < 0)
@@ -1562,6 +1838,7 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
         free(c->callback_listen);
         free(c->public_url);
         free(c->providers_dir);
+        free(c->presets_dir);
         free(c->admin_group);
         free(c->socket_group);
         free(c->notify_command);
@@ -1603,6 +1880,7 @@ static const char *const broker_keys[] = {
         "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
         "max_connections", "strict", "store", "store_password_file", "store_password_credential", "node_name",
         "trace_entries", "trace_connections",
+        "presets_dir", "refresh_token_warn",
 };
 
 typedef struct BrokerParse {
@@ -1664,6 +1942,15 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                 return make_path(c, value, &c->socket);
         if (streq(key, "providers_dir"))
                 return make_path(c, value, &c->providers_dir);
+        if (streq(key, "presets_dir"))
+                return make_path(c, value, &c->presets_dir);
+        if (streq(key, "refresh_token_warn")) {
+                if (parse_seconds(value, 10 * 365 * USEC_PER_DAY, &c->refresh_token_warn) < 0) {
+                        conf_error(err, c->path, line, "Invalid duration for %s: %.64s", key, value);
+                        return -EINVAL;
+                }
+                return 0;
+        }
         if (streq(key, "admin_group"))
                 return set_string(&c->admin_group, value);
         if (streq(key, "socket_group"))
@@ -1886,6 +2173,7 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         c->max_connections = 1000000;
         c->trace_entries = TRACE_ENTRIES_DEFAULT;
         c->trace_connections = TRACE_CONNECTIONS_DEFAULT;
+        c->refresh_token_warn = 14 * USEC_PER_DAY;
         bp.c = c;
 
         r = ini_parse_file(path, broker_set, &bp, err);
@@ -1898,6 +2186,7 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         DEFAULT_STR(socket, "/run/tokenbroker/tokenbroker.sock");
         DEFAULT_STR(callback_listen, "127.0.0.1:8421");
         DEFAULT_STR(providers_dir, "/etc/tokenbroker/providers.d");
+        DEFAULT_STR(presets_dir, PRESETS_DIR);
         DEFAULT_STR(key_credential, "tokenbroker.key");
 #undef DEFAULT_STR
         if (!c->key_file) {
@@ -1930,7 +2219,14 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
                         return -ENOMEM;
         }
         load_strict = c->strict;
-        r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")], err);
+        {
+                const char *saved = presets_dir_override;
+
+                presets_dir_override = c->presets_dir;
+                r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")],
+                                   err);
+                presets_dir_override = saved;
+        }
         load_strict = false;
         if (r < 0)
                 return r;

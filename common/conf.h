@@ -109,6 +109,8 @@ typedef struct ProviderMetadata {
         char *query;              /* NULL: from the token response */
         unsigned line;
 } ProviderMetadata;
+#define PROVIDER_SECRETS_MAX 4
+#define PRESET_DEPTH_MAX 4
 
 typedef struct Provider {
         char *name;               /* the file's base name */
@@ -120,6 +122,7 @@ typedef struct Provider {
         char *token_url;
         char *revoke_url;
         char *test_url;
+        char *test_method;        /* NULL: GET (Dropbox's RPC endpoints want POST) */
         char *refresh_url;        /* NULL: token_url; may hold placeholders, as token_url */
         char *device_authorization_url;  /* RFC 8628 */
         char *userinfo_url;
@@ -162,7 +165,12 @@ typedef struct Provider {
         unsigned grant_line;
 
         char *client_id;
-        char *client_secret;      /* wiped on free */
+        char *client_secret;      /* wiped on free; the one in use */
+        /* client_secret_file repeated: the next ones, tried in order on
+         * invalid_client (provider_next_client_secret()); wiped on free. */
+        char *client_secret_next[PROVIDER_SECRETS_MAX - 1];
+        size_t n_client_secret_next;
+        unsigned n_client_secret_files;
         ClientAuth client_auth;
         Pkce pkce;
 
@@ -203,9 +211,41 @@ typedef struct Provider {
         size_t n_api_url;
         usec_t api_timeout;       /* a proxied request fails after this long without a byte either way */
         unsigned api_max_connections;   /* proxied requests to this provider at once */
+
+        /* preset = NAME: the installed preset this file builds on */
+        char *preset;
+
+        /* ${access_token} in a refresh template: a refresh needs no refresh
+         * token (Meta's fb_exchange_token, Instagram's refresh_access_token) */
+        bool refresh_uses_access_token;
+
+        /* Revocation templates for providers that are not RFC 7009: any
+         * revoke_param replaces token/token_type_hint; without ${token} in
+         * them, one request revokes the grant. */
+        char *revoke_method;      /* NULL: POST */
+        BodyType revoke_body;
+        TemplateList revoke_header, revoke_param;
+        bool revoke_per_token;    /* the templates name ${token}: one request per token */
+        char *revoke_ok_pointer;  /* a 200 answer must hold true there (Slack's /ok) */
+        char *revoke_error_pointer; /* a 200 answer with a value there failed */
+
+        /* The refresh token's end: from the answer (seconds) and/or an
+         * absolute lifetime counted from the authorization (0: none). */
+        char *ptr_refresh_token_expires_in;
+        usec_t refresh_token_lifetime;
 } Provider;
 
 const ProviderParam *provider_find_param(const Provider *p, const char *name);
+
+extern const char *const placeholders_revoke[];
+
+/* Makes the next client secret of a repeated client_secret_file the one in
+ * use (the one in use goes last); false when there is only one. */
+bool provider_next_client_secret(Provider *p);
+
+/* Where `preset = NAME` looks for NAME.conf while provider_load() runs
+ * outside broker_config_load() (tests, tools); NULL: PRESETS_DIR. */
+void conf_set_presets_dir(const char *dir);
 
 Provider *provider_free(Provider *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Provider *, provider_free);
@@ -261,6 +301,8 @@ typedef struct BrokerConfig {
         char *public_url;
         bool public_url_set;      /* public_url given (not the callback_listen default) */
         char *providers_dir;
+        char *presets_dir;        /* where preset = NAME looks; default PRESETS_DIR */
+        usec_t refresh_token_warn;/* warn this long before a refresh token's end */
         char *admin_group;
         char *socket_group;       /* group of the API socket; NULL: unchanged */
         char *notify_command;     /* run on needs_reauth and recovery */

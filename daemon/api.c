@@ -249,6 +249,27 @@ static void member_object(StrBuf *b, bool *first, const char *key, const json_t 
         object_write(b, o);
 }
 
+/* Refresh-token ends (daemon/rtend.c): read off the heap top and a
+ * counter, never a walk of the connections. */
+static void metrics_rt_ends(Manager *m, StrBuf *b) {
+        usec_t end = rtend_earliest(m);
+
+        strbuf_puts(b, "# HELP tokenbroker_earliest_refresh_token_end_seconds Seconds until the earliest known "
+                       "refresh-token end.\n"
+                       "# TYPE tokenbroker_earliest_refresh_token_end_seconds gauge\n");
+        if (end > 0)
+                strbuf_printf(b, "tokenbroker_earliest_refresh_token_end_seconds %.3f\n",
+                              ((double) end - (double) now(CLOCK_REALTIME)) / (double) USEC_PER_SEC);
+        strbuf_printf(b, "# HELP tokenbroker_refresh_token_end_unknown Connections holding a refresh token whose "
+                         "end is unknown.\n"
+                         "# TYPE tokenbroker_refresh_token_end_unknown gauge\n"
+                         "tokenbroker_refresh_token_end_unknown %" PRIu64 "\n"
+                         "# HELP tokenbroker_refresh_token_warnings_total Refresh-token end warnings given.\n"
+                         "# TYPE tokenbroker_refresh_token_warnings_total counter\n"
+                         "tokenbroker_refresh_token_warnings_total %" PRIu64 "\n",
+                      m->rt.n_unknown, m->rt.warnings);
+}
+
 /* The JSON of a connection (never a token). */
 static void connection_write(StrBuf *b, const Connection *c) {
         bool first = true;
@@ -263,6 +284,7 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member(b, &first, "has_refresh_token");
         strbuf_puts(b, c->refresh_token ? "true" : "false");
         member_time(b, &first, "expires_at", c->access_token ? c->expires_at : 0);
+        member_time(b, &first, "refresh_token_ends_at", c->refresh_token ? c->rt_end : 0);
         member_time(b, &first, "created_at", c->created_at);
         member_time(b, &first, "updated_at", c->updated_at);
         member_time(b, &first, "last_refresh_at", c->last_refresh_at);
@@ -285,6 +307,9 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_object(b, &first, "metadata", c->metadata);
         if (c->access_token && c->expires_at > 0)
                 member_int(b, &first, "expires_in", (int64_t) (connection_ttl(c) / USEC_PER_SEC));
+        if (c->refresh_token && c->rt_end > 0)
+                member_int(b, &first, "refresh_token_ends_in",
+                           (int64_t) (usec_sub(c->rt_end, now(CLOCK_REALTIME)) / USEC_PER_SEC));
         if (connection_busy(c)) {
                 member(b, &first, "refreshing");
                 strbuf_puts(b, "true");
@@ -1239,7 +1264,7 @@ static void route_providers(ApiRequest *r) {
         for (size_t i = 0; a && i < cfg->n_providers; i++) {
                 const Provider *p = cfg->providers[i];
                 json_array_append_new(a, json_pack("{s:s, s:s, s:s?, s:s, s:s?, s:s, s:s, s:s?, s:b, s:s?, s:s?, "
-                                                   "s:s?, s:s?, s:s?, s:s?}",
+                                                   "s:s?, s:s?, s:s?, s:s?, s:s}",
                                                    "name", p->name,
                                                    "grant", grant_to_string(p->grant),
                                                    "authorize_url", p->authorize_url,
@@ -1254,7 +1279,8 @@ static void route_providers(ApiRequest *r) {
                                                    "userinfo_url", p->userinfo_url,
                                                    "test_url", p->test_url,
                                                    "issuer", p->issuer,
-                                                   "redirect_uri", p->redirect_uri));
+                                                   "redirect_uri", p->redirect_uri,
+                                                   "test_method", p->test_method ?: "GET"));
         }
         answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
 }
@@ -1552,6 +1578,7 @@ static void route_metrics(ApiRequest *r) {
         if (earliest > 0)
                 strbuf_printf(&b, "tokenbroker_earliest_expiry_seconds %.3f\n",
                               ((double) earliest - (double) now(CLOCK_REALTIME)) / (double) USEC_PER_SEC);
+        metrics_rt_ends(m, &b);
         strbuf_printf(&b, "# HELP tokenbroker_start_time_seconds Start time of the daemon since the epoch.\n"
                           "# TYPE tokenbroker_start_time_seconds gauge\n"
                           "tokenbroker_start_time_seconds %" PRIu64 "\n", m->started_at / USEC_PER_SEC);

@@ -67,6 +67,12 @@ typedef struct Connection {
         usec_t created_at, updated_at, last_refresh_at;
         uint64_t refreshes;
 
+        /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown;
+         * the end already warned about; positions in Manager.rt's heaps. */
+        usec_t rt_end, rt_warned;
+        size_t rt_idx[2];
+        bool rt_unknown;           /* counted in Manager.rt.n_unknown */
+
         /* pending authorization */
         char *state_hash;
         /* secret: the PKCE verifier of a pending code flow, the device_code

@@ -117,6 +117,7 @@ Manager *manager_free(Manager *m) {
         ordmap_init(&m->ordered, order_key);
         hashmap_free(m->pending);
         free(m->expiry);
+        rtend_done(m);
         for (size_t i = 0; i < m->n_stats; i++)
                 free(m->stats[i].name);
         free(m->stats);
@@ -247,6 +248,7 @@ static void heap_remove(Manager *m, Connection *c) {
 }
 
 void manager_expiry_update(Manager *m, Connection *c) {
+        rtend_update(m, c);   /* the refresh token's end, beside */
         bool want = c->access_token && c->expires_at > 0;
         bool have = c->expiry_idx != SIZE_MAX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
 
@@ -320,6 +322,7 @@ static const struct {
         { "authorization-started", "e8e1b5c1ebf14937aac7e15abc8a0a1e" },
         { "authorization-failed", "914c637577144fb08b5937c183a4660d" },
         { "admin", "014a32e19a2f4ea6a0f70163d99fbe89" },
+        { "refresh-token-expiring", "fd94e4d883904e85879047ee7cc7e3b5" },
 };
 
 static void manager_event_va(Manager *m, const char *name, const char *provider, const char *kind,
@@ -552,6 +555,7 @@ static int manager_link(Manager *m, Connection *c) {
         assert(r == 0);
         c->manager = m;
         c->expiry_idx = SIZE_MAX;
+        c->rt_idx[0] = c->rt_idx[1] = SIZE_MAX;
         count_state(m, c, +1);
         manager_expiry_update(m, c);
         return 0;
@@ -564,6 +568,7 @@ static void manager_unlink_fresh(Manager *m, Connection *c) {
         manager_pending_unlink(m, c);
         count_state(m, c, -1);
         heap_remove(m, c);
+        rtend_remove(m, c);
 }
 
 static void write_done(int result, const char *error, void *userdata) {
@@ -604,6 +609,7 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         manager_pending_unlink(m, c);
         count_state(m, c, -1);
         heap_remove(m, c);
+        rtend_remove(m, c);
         connection_free(c);
         manager_wheel_rearm(m);
         return 0;

@@ -8,6 +8,7 @@
 #include "daemon/cluster.h"
 #include "daemon/connection.h"
 #include "daemon/http.h"
+#include "daemon/rtend.h"
 #include "daemon/store.h"
 #include "daemon/timerwheel.h"
 #include "daemon/trace.h"
@@ -88,6 +89,7 @@ struct Manager {
         /* min-heap of connections by access token expiry (for metrics) */
         Connection **expiry;
         size_t n_expiry, expiry_cap;
+        RtEnds rt;                 /* refresh-token ends (daemon/rtend.c) */
 
         ProviderStats *stats;
         size_t n_stats;

@@ -173,6 +173,12 @@ static const char *expand_raw(Expand *x, const char *name, size_t len) {
                 return v->refresh_token;
         if (IS("device_code"))
                 return v->device_code;
+        if (IS("access_token"))
+                return v->access_token;
+        if (IS("token"))
+                return v->token;
+        if (IS("token_type_hint"))
+                return v->token_type_hint;
         if (IS("token_url"))
                 return x->p->token_url;
         {
@@ -216,11 +222,13 @@ static const char *expand_lookup(const char *name, size_t len, void *userdata) {
         v = expand_raw(x, name, len);
         if (!v) {
                 /* known but unset? */
-                const char *const *known = placeholders_token;
-                for (size_t k = 0; k < 2; k++, known = placeholders_refresh)
+                const char *const *lists[] = { placeholders_token, placeholders_refresh, placeholders_revoke };
+                for (size_t k = 0; k < ELEMENTSOF(lists); k++) {
+                        const char *const *known = lists[k];
                         for (size_t i = 0; known[i]; i++)
                                 if (strlen(known[i]) == len && memcmp(known[i], name, len) == 0)
                                         return "";
+                }
                 return NULL;
         }
         if (!x->escape || x->n_scratch >= SCRATCH_MAX)
@@ -441,9 +449,17 @@ int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const P
                 headers = p->refresh_header.n > 0 ? &p->refresh_header : &p->token_header;
                 params = &p->refresh_param;
                 break;
-        case REQUEST_DEVICE:
         case REQUEST_REVOKE:
-                url_tmpl = kind == REQUEST_DEVICE ? p->device_authorization_url : p->revoke_url;
+                url_tmpl = p->revoke_url;
+                /* a plain URL: discovery may fill it */
+                literal_url = true;
+                method = p->revoke_method ?: "POST";
+                bt = p->revoke_body;
+                headers = p->revoke_header.n > 0 ? &p->revoke_header : &p->token_header;
+                params = &p->revoke_param;
+                break;
+        case REQUEST_DEVICE:
+                url_tmpl = p->device_authorization_url;
                 /* Plain URLs, not templates: neither key is checked as one
                  * at load, and discovery may fill them. */
                 literal_url = true;
@@ -591,20 +607,18 @@ int oauth_token_request(Http *h, const Provider *p, const Param *params, size_t 
 }
 
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
-                         HttpRequest **ret) {
-        return oauth_revoke_request_vars(h, p, token, hint, NULL, ret);
-}
-
-int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
-                              const RequestVars *v, HttpRequest **ret) {
+                         const RequestVars *v, HttpRequest **ret) {
         const Param params[] = {
                 { "token", token },
                 { "token_type_hint", hint },
         };
+        RequestVars vars = v ? *v : (RequestVars) {};
 
         if (!p->revoke_url)
                 return -EOPNOTSUPP;
-        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), v, ret);
+        vars.token = token;
+        vars.token_type_hint = hint;
+        return oauth_provider_request(h, p, REQUEST_REVOKE, params, ELEMENTSOF(params), &vars, ret);
 }
 
 static int dup_string_at(json_t *root, const char *ptr, char **ret) {
@@ -787,6 +801,15 @@ static OAuthOutcome parse_token_response(const Provider *p, long status, const c
                         *ret_error = strdup("access token looks like a JWT but does not decode (truncated?)");
                         goto out;
                 }
+        }
+        /* The refresh token's end, when the answer says (GitHub's
+         * refresh_token_expires_in); a bad value is ignored: unknown. */
+        if (p->ptr_refresh_token_expires_in && t.refresh_token) {
+                double rin;
+
+                if (jsonptr_get_number(root, p->ptr_refresh_token_expires_in, &rin) >= 0 && rin > 0 &&
+                    rin <= EXPIRES_IN_MAX)
+                        t.refresh_expires_at = sent_at + (usec_t) (rin * (double) USEC_PER_SEC);
         }
         if (!t.token_type) {
                 *ret_error = strdup("out of memory");
@@ -1353,4 +1376,60 @@ out:
         json_decref(doc);
         free(b.s);
         return r;
+}
+
+/* ---- revocation answers --------------------------------------------- */
+
+bool oauth_revoke_response(const Provider *p, const HttpRequest *req, char **ret_error) {
+        _cleanup_free_ char *code = NULL;
+        json_t *root = NULL, *v = NULL;
+        bool ok = true;
+
+        *ret_error = NULL;
+        if (req->result != CURLE_OK || req->too_large) {
+                *ret_error = strdup(http_request_strerror(req));
+                return false;
+        }
+        if (req->status != 200) {
+                /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike */
+                code = oauth_error_code(p, req);
+                if (asprintf(ret_error, "revocation endpoint refused: HTTP %ld%s%s", req->status, code ? ": " : "",
+                             code ?: "") < 0)
+                        *ret_error = NULL;
+                return false;
+        }
+        if (!p->revoke_ok_pointer && !p->revoke_error_pointer)
+                return true;
+        /* An error answered with HTTP 200 (Slack's {"ok": false, "error": …}). */
+        if (req->body && req->body_len > 0)
+                root = json_loadb(req->body, req->body_len, 0, NULL);
+        if (p->revoke_ok_pointer) {
+                if (!root || !json_is_object(root) || jsonptr_get(root, p->revoke_ok_pointer, &v) < 0)
+                        v = NULL;
+                ok = v && (json_is_true(v) || (json_is_string(v) && streq(json_string_value(v), "true")));
+        }
+        if (ok && p->revoke_error_pointer && root && json_is_object(root)) {
+                if (jsonptr_get(root, p->revoke_error_pointer, &v) < 0)
+                        v = NULL;
+                ok = !v || json_is_null(v) || json_is_false(v) ||
+                     (json_is_string(v) && json_string_length(v) == 0);
+        }
+        if (!ok) {
+                const char *c = NULL;
+                _cleanup_free_ char *s = NULL;
+
+                if (root && json_is_object(root))
+                        (void) jsonptr_get_string(root, p->ptr_error, &c);
+                if (c) {
+                        Secrets sent = {};
+
+                        secrets_from_request(p, req, &sent);
+                        s = sanitize_redacted(&sent, c, 64);
+                        secrets_done(&sent);
+                }
+                if (asprintf(ret_error, "revocation refused with HTTP 200: %s", s ?: "no success in the answer") < 0)
+                        *ret_error = NULL;
+        }
+        json_decref(root);
+        return ok;
 }

@@ -17,6 +17,7 @@ typedef struct TokenSet {
         char *scope;              /* NULL when the answer had none */
         char *id_token;           /* secret-ish: holds personal data */
         usec_t expires_at;        /* realtime; 0 = never expires */
+        usec_t refresh_expires_at;/* realtime, from refresh_token_expires_in_pointer; 0 = not said */
 } TokenSet;
 
 void token_set_done(TokenSet *t);
@@ -71,6 +72,9 @@ typedef struct RequestVars {
         const json_t *params;     /* ${param.X}: the connection's parameters */
         const json_t *metadata;   /* ${metadata.X}: what the provider returned */
         bool preview;             /* generated values (${uuid}, ${timestamp_unix}...) as <name> */
+        const char *access_token; /* secret: refresh and revoke templates */
+        const char *token;        /* secret: the token a revocation revokes */
+        const char *token_type_hint;
 } RequestVars;
 
 /* Builds a provider request from its templates: the URL (placeholders in
@@ -81,12 +85,14 @@ typedef struct RequestVars {
  * expanded header value holds a line break. */
 int oauth_provider_request(Http *h, const Provider *p, RequestKind kind, const Param *defaults, size_t n,
                            const RequestVars *v, HttpRequest **ret);
-/* RFC 7009 revocation of one token. */
+/* RFC 7009 revocation of one token, or the provider's revoke_* templates
+ * (v gives ${access_token} and ${refresh_token}; may be NULL). */
 int oauth_revoke_request(Http *h, const Provider *p, const char *token, const char *hint,
-                         HttpRequest **ret);
-/* The same for a connection: its ${param.X} and ${metadata.X} (v may be NULL). */
-int oauth_revoke_request_vars(Http *h, const Provider *p, const char *token, const char *hint,
-                              const RequestVars *v, HttpRequest **ret);
+                         const RequestVars *v, HttpRequest **ret);
+/* Whether a finished revocation succeeded: HTTP 200 and, when the provider
+ * says so, no error in the answer (revoke_ok_pointer true,
+ * revoke_error_pointer absent). *ret_error: why not, never a token. */
+bool oauth_revoke_response(const Provider *p, const HttpRequest *req, char **ret_error);
 
 /* Parses a finished token request. On OAUTH_OK fills *ret; otherwise
  * *ret_error says why, safe to log (never a token). */

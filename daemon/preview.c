@@ -207,9 +207,9 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 add_request(&x, "test", "client", "tokenctl test NAME checks the token", r, req);
         }
         if (p->revoke_url) {
-                r = oauth_revoke_request(h, &q, "<refresh_token>", "refresh_token", &req);
+                r = oauth_revoke_request(h, &q, "<refresh_token>", "refresh_token", &v, &req);
                 add_request(&x, "revoke", "broker", "tokenctl revoke NAME: the refresh token first (RFC 7009)", r, req);
-                r = oauth_revoke_request(h, &q, "<access_token>", "access_token", &req);
+                r = oauth_revoke_request(h, &q, "<access_token>", "access_token", &v, &req);
                 add_request(&x, "revoke", "broker", "then the access token", r, req);
         }
         redactor_done(&x.red);

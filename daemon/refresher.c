@@ -48,6 +48,8 @@ typedef struct Op {
         Connection *conn;
         OpKind kind;
         unsigned revoke_step;
+        unsigned secret_tries;    /* other client secrets tried after invalid_client */
+        char *code;               /* secret: a code exchange's code, to retry with the next client secret */
         bool used_refresh_token;
 } Op;
 
@@ -69,6 +71,7 @@ struct Staged {
         char *identity;            /* a grant's, from its ID token; NULL: none */
         json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
         usec_t expires_at, obtained_at, last_refresh_at;
+        usec_t rt_end;             /* the refresh token's end (daemon/rtend.c) */
 };
 
 static Staged *staged_free(Staged *st) {
@@ -100,6 +103,7 @@ void refresher_image(const Connection *c, Connection *ret) {
         if (st->metadata)
                 ret->metadata = st->metadata;
         ret->expires_at = st->expires_at;
+        ret->rt_end = st->rt_end;
         ret->obtained_at = st->obtained_at;
         ret->last_refresh_at = ret->updated_at = st->last_refresh_at;
         ret->last_error = NULL;
@@ -191,6 +195,7 @@ static bool provider_has_slot(Manager *m, const Connection *c) {
 static void op_free(Connection *c) {
         if (!c->inflight)
                 return;
+        secret_free(((Op *) c->inflight->userdata)->code);
         free(c->inflight->userdata);
         c->inflight = http_request_free(c->inflight);
 }
@@ -381,6 +386,7 @@ static RequestVars request_vars(Manager *m _unused_, const Connection *c, const 
                 /* a password grant keeps the connection's password there */
                 .password = p->grant == GRANT_PASSWORD ? c->code_verifier : NULL,
                 .refresh_token = c->refresh_token,
+                .access_token = c->access_token,
                 .state = c->auth_state,
                 .params = c->params,
                 .metadata = c->metadata,
@@ -427,7 +433,9 @@ static int refresh_start(Manager *m, Connection *c) {
                 return -ENOLINK;
         }
         v = request_vars(m, c, p);
-        if (c->refresh_token)
+        /* ${access_token} in the refresh templates: the current access token
+         * is what buys the next one (Meta, Instagram) */
+        if (c->refresh_token || (p->refresh_uses_access_token && c->access_token))
                 r = step_refresh_request(m->http, p, &v, &req);
         else if (p->grant == GRANT_CLIENT_CREDENTIALS)
                 r = step_client_credentials_request(m->http, p, &v, &req);
@@ -572,10 +580,13 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
         {
-                /* "metadata NAME = /pointer": updated on every answer that has it */
                 const Provider *p = manager_provider(m, c);
+
+                /* "metadata NAME = /pointer": updated on every answer that has it */
                 if (p && metadata_from_token_response(p, req->body, req->body_len, c->metadata, &st->metadata) < 0)
                         return log_oom();
+                st->rt_end = rtend_compute(c->rt_end, grant, p ? p->refresh_token_lifetime : 0, t->refresh_expires_at,
+                                           req->sent_at);
         }
         c->staged = st;
         r = queue_commit(m, c, st);
@@ -766,6 +777,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 c->metadata = TAKE_PTR(st->metadata);
         }
         c->expires_at = st->expires_at;
+        c->rt_end = st->rt_end;
         c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
         c->obtained_at = st->obtained_at;
         c->last_refresh_at = c->updated_at = st->last_refresh_at;
@@ -784,7 +796,8 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         manager_maybe_exit(m);
 }
 
-static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token) {
+static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token,
+                         unsigned secret_tries) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
         TokenSet t = {};
@@ -797,6 +810,21 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
         if (!p)
                 error = strdup("provider is no longer configured");
+
+        /* client_secret_file repeated: on invalid_client try the next
+         * secret (each once a round); the one that works stays in use. */
+        if (o == OAUTH_PERMANENT && p && p->n_client_secret_next > 0 && secret_tries < p->n_client_secret_next) {
+                _cleanup_free_ char *code = oauth_error_code(p, req);
+
+                if (code && streq(code, "invalid_client") && provider_next_client_secret((Provider *) p)) {
+                        log_warning("%s: the client secret in use was refused (invalid_client); trying the next "
+                                    "client_secret_file of provider %s.", c->name, p->name);
+                        if (refresh_start(m, c) >= 0) {
+                                ((Op *) c->inflight->userdata)->secret_tries = secret_tries + 1;
+                                return;
+                        }
+                }
+        }
 
         /* Grants that need no user can mint a new grant when the refresh
          * token they were handed dies: drop it and run the grant again. */
@@ -980,13 +1008,29 @@ static void grant_committed(Manager *m, Connection *c, Staged *st) {
         authorized_finish(m, c);
 }
 
-static void exchange_done(Manager *m, Connection *c, HttpRequest *req) {
+static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w, unsigned secret_tries);
+
+static void exchange_done(Manager *m, Connection *c, HttpRequest *req, char *code, unsigned secret_tries) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
+        _cleanup_secret_ char *code_owned = code;
         TokenSet t = {};
         OAuthOutcome o;
 
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_PERMANENT;
+        /* client_secret_file repeated: the next secret on invalid_client,
+         * with the same code (the provider refused the client, not it). */
+        if (o == OAUTH_PERMANENT && p && code && p->n_client_secret_next > 0 &&
+            secret_tries < p->n_client_secret_next) {
+                _cleanup_free_ char *ecode = oauth_error_code(p, req);
+
+                if (ecode && streq(ecode, "invalid_client") && provider_next_client_secret((Provider *) p)) {
+                        log_warning("%s: the client secret in use was refused (invalid_client); trying the next "
+                                    "client_secret_file of provider %s.", c->name, p->name);
+                        if (exchange_start(m, c, code, NULL, secret_tries + 1) >= 0)
+                                return;   /* the waiters stay, woken by the retry */
+                }
+        }
         if (o != OAUTH_OK) {
                 log_warning("%s: code exchange failed: %s", c->name, strempty(error));
                 set_last_error(c, error ?: "provider is no longer configured");
@@ -1138,14 +1182,17 @@ static void revoke_finish(Connection *c, int result) {
 }
 
 static void revoke_done(Manager *m, Connection *c, HttpRequest *req, unsigned step) {
+        const Provider *p = manager_provider(m, c);
+        _cleanup_free_ char *error = NULL;
         int r;
 
-        if (req->result != CURLE_OK || req->status != 200) {
-                /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike. */
-                set_last_error(c, req->result != CURLE_OK ? http_request_strerror(req)
-                                                          : "revocation endpoint refused");
+        /* RFC 7009 section 2.2: 200 for valid and invalid tokens alike; and
+         * for providers that answer errors with 200, revoke_ok_pointer /
+         * revoke_error_pointer. */
+        if (!p || !oauth_revoke_response(p, req, &error)) {
+                set_last_error(c, error ?: "revocation endpoint refused");
                 log_warning("%s: revocation at the provider failed: %s (HTTP %ld)", c->name,
-                            http_request_strerror(req), req->status);
+                            strempty(error), req->status);
                 revoke_finish(c, -EPROTO);
                 return;
         }
@@ -1161,6 +1208,7 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
         const char *token = NULL, *hint = NULL;
+        unsigned first = step;
         int r;
 
         for (; step < 2 && !token; step++) {
@@ -1175,10 +1223,12 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
         if (!token || !p || !p->revoke_url)
                 return 0;
         {
-                /* only the connection's params and metadata: the revocation
-                 * request has no templates of its own */
-                const RequestVars v = { .params = c->params, .metadata = c->metadata };
-                r = oauth_revoke_request_vars(m->http, p, token, hint, &v, &req);
+                /* Templates without ${token}: one request revokes the grant. */
+                RequestVars v = request_vars(m, c, p);
+
+                if (!p->revoke_per_token && first > 0)
+                        return 0;
+                r = oauth_revoke_request(m->http, p, token, hint, &v, &req);
         }
         if (r < 0)
                 return r;
@@ -1205,6 +1255,10 @@ int refresher_revoke(Manager *m, Connection *c, Waiter *w) {
 }
 
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w) {
+        return exchange_start(m, c, code, w, 0);
+}
+
+static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w, unsigned secret_tries) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
         int r;
@@ -1222,7 +1276,16 @@ int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter 
         }
         if (r < 0)
                 return r;
-        return start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
+        r = start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
+        if (r >= 0 && c->inflight) {
+                Op *op = c->inflight->userdata;
+
+                op->secret_tries = secret_tries;
+                /* kept only when another secret may be tried with it */
+                if (p->n_client_secret_next > 0 && secret_tries < p->n_client_secret_next)
+                        op->code = strdup(code);
+        }
+        return r;
 }
 
 static void on_request_done(HttpRequest *req, void *userdata) {
@@ -1232,6 +1295,8 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         OpKind kind = op->kind;
         unsigned step = op->revoke_step;
         bool used_refresh_token = op->used_refresh_token;
+        unsigned secret_tries = op->secret_tries;
+        char *code = TAKE_PTR(op->code);
 
         /* `tokenctl trace`, before the answer is parsed (and wiped) */
         trace_record(&m->trace, m->config, c, manager_provider(m, c), op_name[kind], req);
@@ -1257,10 +1322,10 @@ static void on_request_done(HttpRequest *req, void *userdata) {
 
         switch (kind) {
         case OP_REFRESH:
-                refresh_done(m, c, req, used_refresh_token);
+                refresh_done(m, c, req, used_refresh_token, secret_tries);
                 break;
         case OP_EXCHANGE:
-                exchange_done(m, c, req);
+                exchange_done(m, c, req, TAKE_PTR(code), secret_tries);
                 break;
         case OP_DEVICE_AUTH:
                 device_auth_finished(m, c, req);
@@ -1275,6 +1340,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
                 revoke_done(m, c, req, step);
                 break;
         }
+        secret_free(code);   /* an exchange's, when not handed on */
         http_request_free(req);
         drain_queue(m);
         manager_wheel_rearm(m);

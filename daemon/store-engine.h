@@ -47,6 +47,7 @@ struct StoreRow {
         uint8_t *sealed[STORE_SEALED_MAX];   /* ciphertext, bound to id; NULL: none */
         size_t sealed_size[STORE_SEALED_MAX];
         usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
+        usec_t rt_end, rt_warned;   /* the refresh token's end (daemon/rtend.c), and the one warned about */
         uint64_t refreshes;
 };
 

@@ -25,7 +25,8 @@ struct StoreDb {
 #define ROW_COLUMNS                                                                                            \
         "id, name, provider, state, requested_scope, scope, identity, token_type, access_token, refresh_token, " \
         "expires_at, obtained_at, state_hash, code_verifier, pending_until, allow_users, allow_groups, "        \
-        "last_error, refreshes, created_at, updated_at, last_refresh_at, username, device_interval, params, metadata"
+        "last_error, refreshes, created_at, updated_at, last_refresh_at, username, device_interval, params, metadata, " \
+        "rt_end, rt_warned"
 
 _printf_(2, 3) static void set_error(StoreDb *d, const char *fmt, ...) {
         va_list ap;
@@ -177,8 +178,10 @@ static void bind_row(PgParams *p, const StoreRow *row) {
         pg_param_int64(p, (int64_t) row->device_interval);            /* $22 */
         pg_param_text(p, row->text[ROW_PARAMS]);                      /* $23 */
         pg_param_text(p, row->text[ROW_METADATA]);                    /* $24 */
-        pg_param_text(p, row->text[ROW_NAME]);                        /* $25 */
-        pg_param_int64(p, (int64_t) row->created_at);                 /* $26 */
+        pg_param_int64(p, (int64_t) row->rt_end);                     /* $25 */
+        pg_param_int64(p, (int64_t) row->rt_warned);                  /* $26 */
+        pg_param_text(p, row->text[ROW_NAME]);                        /* $27 */
+        pg_param_int64(p, (int64_t) row->created_at);                 /* $28 */
 }
 
 static int pgs_row_insert(StoreDb *d, const StoreRow *row) {
@@ -191,9 +194,9 @@ static int pgs_row_insert(StoreDb *d, const StoreRow *row) {
                         "INSERT INTO connections (id, provider, state, requested_scope, scope, identity, token_type, "
                         "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                         "pending_until, allow_users, allow_groups, last_error, refreshes, updated_at, "
-                        "last_refresh_at, username, device_interval, params, metadata, name, created_at) VALUES ($1, "
-                        "$2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, "
-                        "$22, $23, $24, $25, $26)",
+                        "last_refresh_at, username, device_interval, params, metadata, rt_end, rt_warned, name, "
+                        "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
+                        "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
                         &p, NULL);
         return r < 0 ? r : 0;
 }
@@ -211,7 +214,8 @@ static int pgs_row_save(StoreDb *d, const StoreRow *row) {
                         "obtained_at = $11, state_hash = $12, code_verifier = $13, pending_until = $14, "
                         "allow_users = $15, allow_groups = $16, last_error = $17, refreshes = $18, "
                         "updated_at = $19, last_refresh_at = $20, username = $21, device_interval = $22, "
-                        "params = $23, metadata = $24, version = nextval('connections_version') WHERE id = $1",
+                        "params = $23, metadata = $24, rt_end = $25, rt_warned = $26, "
+                        "version = nextval('connections_version') WHERE id = $1",
                         &p, NULL);
         if (r == 0) {
                 set_error(d, "connection %" PRId64 " is not in the store", row->id);
@@ -264,6 +268,8 @@ static int load_one(const PGresult *res, void *userdata) {
                 .updated_at = (usec_t) pg_get_int64(res, 0, 20),
                 .last_refresh_at = (usec_t) pg_get_int64(res, 0, 21),
                 .device_interval = (usec_t) pg_get_int64(res, 0, 23),
+                .rt_end = (usec_t) pg_get_int64(res, 0, 26),
+                .rt_warned = (usec_t) pg_get_int64(res, 0, 27),
         };
 
         row.state = conn_state_from_string(view_text(res, 3) ?: "");

@@ -31,7 +31,7 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
                 "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
                 "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20, username = ?21, "
-                "device_interval = ?22, params = ?23, metadata = ?24 WHERE id = ?1",
+                "device_interval = ?22, params = ?23, metadata = ?24, rt_end = ?25, rt_warned = ?26 WHERE id = ?1",
         [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
         [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
         /* Keep the table bounded: the integer key grows by one per event. */
@@ -336,6 +336,8 @@ static int sq_row_save(StoreDb *d, const StoreRow *row) {
         (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) row->device_interval);
         bind_text(st, 23, row->text[ROW_PARAMS]);
         bind_text(st, 24, row->text[ROW_METADATA]);
+        (void) sqlite3_bind_int64(st, 25, (sqlite3_int64) row->rt_end);
+        (void) sqlite3_bind_int64(st, 26, (sqlite3_int64) row->rt_warned);
         r = step_done(st);
         if (r >= 0 && sqlite3_changes(d->db) != 1) {
                 set_error(d, "connection %" PRId64 " is not in the store", row->id);
@@ -389,7 +391,8 @@ static int sq_rows_load(StoreDb *d, int (*fn)(const StoreRow *row, void *userdat
                 "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
                 "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                 "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
-                "updated_at, last_refresh_at, username, device_interval, params, metadata FROM connections ORDER BY id";
+                "updated_at, last_refresh_at, username, device_interval, params, metadata, rt_end, rt_warned "
+                "FROM connections ORDER BY id";
         sqlite3_stmt *st = NULL;
         int rc, r = 0;
 
@@ -409,6 +412,8 @@ static int sq_rows_load(StoreDb *d, int (*fn)(const StoreRow *row, void *userdat
                         .updated_at = (usec_t) sqlite3_column_int64(st, 20),
                         .last_refresh_at = (usec_t) sqlite3_column_int64(st, 21),
                         .device_interval = (usec_t) sqlite3_column_int64(st, 23),
+                        .rt_end = (usec_t) sqlite3_column_int64(st, 26),
+                        .rt_warned = (usec_t) sqlite3_column_int64(st, 27),
                 };
                 const char *users = column_text(st, 15), *groups = column_text(st, 16);
 

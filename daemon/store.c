@@ -453,6 +453,8 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 .updated_at = c->updated_at,
                 .last_refresh_at = c->last_refresh_at,
                 .device_interval = c->device_interval,
+                .rt_end = c->rt_end,
+                .rt_warned = c->rt_warned,
                 .refreshes = c->refreshes,
         };
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
@@ -619,6 +621,8 @@ static int load_row(const StoreRow *row, void *userdata) {
         c->updated_at = row->updated_at;
         c->last_refresh_at = row->last_refresh_at;
         c->device_interval = row->device_interval;
+        c->rt_end = row->rt_end;
+        c->rt_warned = row->rt_warned;
         return l->fn(TAKE_PTR(c), l->userdata);
 }
 

@@ -444,9 +444,9 @@ static int do_providers(int argc _unused_, char **argv _unused_) {
 }
 
 static void print_connection_row(const char *name, const char *provider, const char *state,
-                                 const char *expires, const char *identity) {
-        printf("%-24s %-16s %-13s %-9s %s\n", strempty(tty_safe(name)), strempty(tty_safe(provider)),
-               strempty(tty_safe(state)), expires, tty_safe(identity) ?: "-");
+                                 const char *expires, const char *rt_ends, const char *identity) {
+        printf("%-24s %-16s %-13s %-9s %-8s %s\n", strempty(tty_safe(name)), strempty(tty_safe(provider)),
+               strempty(tty_safe(state)), expires, rt_ends, tty_safe(identity) ?: "-");
 }
 
 /* ---- a listing page, read without building it ------------------------- */
@@ -567,13 +567,24 @@ static void print_row_json(const char *p, const char *end) {
                             *type = json_member_string(p, end, "token_type"),
                             *identity = json_member_string(p, end, "identity");
         const char *ve, *v = json_member(p, end, "expires_in", &ve);
-        char exp[32] = "-";
+        const char *rve, *rv = json_member(p, end, "refresh_token_ends_in", &rve);
+        const char *hve, *hv = json_member(p, end, "has_refresh_token", &hve);
+        char exp[32] = "-", rt[32] = "-";
 
         if (v && *v != 'n')
                 snprintf(exp, sizeof exp, "%llds", strtoll(v, NULL, 10));
         else if (type)
                 snprintf(exp, sizeof exp, "never");
-        print_connection_row(name, provider, state, exp, identity);
+        /* the refresh token's end: days when far, seconds when near */
+        if (rv && *rv != 'n') {
+                long long s = strtoll(rv, NULL, 10);
+                if (s >= 2 * 86400)
+                        snprintf(rt, sizeof rt, "%lldd", s / 86400);
+                else
+                        snprintf(rt, sizeof rt, "%llds", s);
+        } else if (hv && *hv == 't')
+                snprintf(rt, sizeof rt, "unknown");
+        print_connection_row(name, provider, state, exp, rt, identity);
 }
 
 /* "1,000,000" */
@@ -685,7 +696,7 @@ static int do_list(int argc, char **argv) {
         if (arg_json)
                 printf("[");
         else
-                printf("%-24s %-16s %-13s %-9s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "IDENTITY");
+                printf("%-24s %-16s %-13s %-9s %-8s %s\n", "NAME", "PROVIDER", "STATE", "EXPIRES", "RT ENDS", "IDENTITY");
         for (unsigned pages = 0;; pages++) {
                 unsigned long long want = API_LIST_LIMIT_DEFAULT;
                 StrBuf q = {};
@@ -835,6 +846,8 @@ static void print_connection(json_t *c) {
                 print_kv("expires:", buf);
         }
         print_kv("refresh token:", json_is_true(json_object_get(c, "has_refresh_token")) ? "held" : "none");
+        if (json_is_true(json_object_get(c, "has_refresh_token")))
+                print_kv("refresh token ends:", jstr(c, "refresh_token_ends_at") ?: "unknown");
         snprintf(buf, sizeof buf, "%lld", (long long) json_integer_value(json_object_get(c, "refreshes")));
         print_kv("refreshes:", buf);
         print_kv("last refresh:", jstr(c, "last_refresh_at"));
@@ -1572,7 +1585,7 @@ static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
 
 /* GET the provider's test_url with the token as its usage rule says. */
 static int do_test(int argc _unused_, char **argv) {
-        const char *provider, *test_url = NULL, *key;
+        const char *provider, *test_url = NULL, *test_method = "GET", *key;
         json_t *a, *p, *v;
         Reply conn, provs, tok;
         StrBuf url = {};
@@ -1596,7 +1609,10 @@ static int do_test(int argc _unused_, char **argv) {
         a = json_object_get(provs.json, "providers");
         json_array_foreach(a, i, p)
                 if (provider && jstr(p, "name") && streq(jstr(p, "name"), provider))
+                {
                         test_url = jstr(p, "test_url");
+                        test_method = jstr(p, "test_method") ?: "GET";
+                }
         if (test_url && jstr(conn.json, "test_url_error")) {
                 fprintf(stderr, "tokenctl: the test_url of %s cannot be expanded: %s\n", argv[1],
                         tty_safe(jstr(conn.json, "test_url_error")) ?: "?");
@@ -1643,6 +1659,12 @@ static int do_test(int argc _unused_, char **argv) {
                 goto out;
         }
         curl_easy_setopt(c, CURLOPT_URL, url.s);
+        if (streq(test_method, "POST")) {
+                /* an RPC endpoint (Dropbox): POST without a body */
+                curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+                curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+        } else if (!streq(test_method, "GET"))
+                curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, test_method);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
@@ -1657,7 +1679,7 @@ static int do_test(int argc _unused_, char **argv) {
         }
         curl_easy_cleanup(c);
         if (cc != CURLE_OK) {
-                fprintf(stderr, "tokenctl: GET %s failed: %s\n", test_url, curl_easy_strerror(cc));
+                fprintf(stderr, "tokenctl: %s %s failed: %s\n", test_method, test_url, curl_easy_strerror(cc));
                 k = EXIT_FAILURE_GENERIC;
                 goto out;
         }

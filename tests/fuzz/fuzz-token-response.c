@@ -37,7 +37,8 @@ static const long statuses[16] = {
 
 /* bit 0: Slack-like nested answer (/authed_user/...)
  * bit 1: error object ({"error": {"code": ..., "message": ...}})
- * bit 2: default_lifetime = 1 h, and a usage_query
+ * bit 2: default_lifetime = 1 h, a usage_query, and the refresh token's
+ *        end at /refresh_token_expires_in (issue 12)
  * bit 3: answer inside an array (/data/0/...), expires_in via ~1 escape */
 static Provider *make_provider(unsigned bits) {
         Provider *p = calloc(1, sizeof *p);
@@ -88,6 +89,7 @@ static Provider *make_provider(unsigned bits) {
         if (bits & 4) {
                 p->default_lifetime = 3600 * USEC_PER_SEC;
                 SET(usage_query, "access_token=${access_token}");
+                SET(ptr_refresh_token_expires_in, "/refresh_token_expires_in");
         }
         SET(usage_header[0], "Authorization: ${token_type} ${access_token}");
         p->n_usage_header = ok ? 1 : 0;
@@ -110,6 +112,12 @@ static void check_ok(const Provider *p, const TokenSet *t) {
                 abort();   /* an empty refresh token is dropped */
         if (strcasecmp(t->token_type, "bearer") == 0 && !streq(t->token_type, "Bearer"))
                 abort();   /* normalised */
+        /* A refresh-token end only with a refresh token and a pointer, after
+         * the request was sent and at most ten years later. */
+        if (t->refresh_expires_at &&
+            (!t->refresh_token || !p->ptr_refresh_token_expires_in || t->refresh_expires_at <= SENT_AT ||
+             t->refresh_expires_at > SENT_AT + (usec_t) 10 * 366 * USEC_PER_DAY))
+                abort();
 
         /* What the daemon does next with a fresh token set. */
         r = oauth_usage_headers(p, t->access_token, t->token_type, &lines, &n, &query);

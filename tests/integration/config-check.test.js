@@ -22,7 +22,8 @@ function workdir(t) {
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.mkdirSync(path.join(dir, 'providers.d'));
   fs.mkdirSync(path.join(dir, 'secrets'));
-  fs.writeFileSync(path.join(dir, 'tb.conf'), `[broker]\nstate_dir = state\nsocket = tb.sock\nproviders_dir = providers.d\ncallback_listen = 127.0.0.1:1\n`);
+  // presets_dir = providers.d: a preset file naming another (preset = slack) finds it beside it.
+  fs.writeFileSync(path.join(dir, 'tb.conf'), `[broker]\nstate_dir = state\nsocket = tb.sock\nproviders_dir = providers.d\npresets_dir = providers.d\ncallback_listen = 127.0.0.1:1\n`);
   return dir;
 }
 

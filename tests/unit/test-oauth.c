@@ -382,11 +382,11 @@ TEST(revoke_request) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         HttpRequest *none = NULL;
 
-        CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", &none), -EOPNOTSUPP);
+        CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", NULL, &none), -EOPNOTSUPP);
         CHECK(!none);
 
         set_str(&p->revoke_url, "https://auth.example.com/revoke");
-        CHECK_EQ_INT(oauth_revoke_request(NULL, p, "45ghiukldjahdnhzdauz/", "refresh_token", &req), 0);
+        CHECK_EQ_INT(oauth_revoke_request(NULL, p, "45ghiukldjahdnhzdauz/", "refresh_token", NULL, &req), 0);
         CHECK(req && streq(req->post_data, "token=45ghiukldjahdnhzdauz%2F&token_type_hint=refresh_token"));
 
         /* A plain URL, never a template (discovery may have filled it). */
@@ -395,7 +395,7 @@ TEST(revoke_request) {
 
                 set_str(&p->client_secret, "s3cret");
                 set_str(&p->revoke_url, "https://auth.example.com/revoke?x=${client_secret}");
-                CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", &lit), 0);
+                CHECK_EQ_INT(oauth_revoke_request(NULL, p, "tok", "refresh_token", NULL, &lit), 0);
                 char *u = NULL;
                 CHECK(lit);
                 if (lit)
