@@ -1013,7 +1013,7 @@ static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w
 static void exchange_done(Manager *m, Connection *c, HttpRequest *req, char *code, unsigned secret_tries) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
-        _cleanup_secret_ char *code_owned = code;
+        _cleanup_secret_ _unused_ char *code_owned = code;   /* freed (wiped) on the way out */
         TokenSet t = {};
         OAuthOutcome o;
 
