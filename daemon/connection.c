@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "common/intern.h"
 #include "daemon/connection.h"
 
 static const char *const conn_state_table[_CONN_STATE_MAX] = {
@@ -31,6 +32,20 @@ void connection_clear_device(Connection *c) {
         c->device_next_poll = 0;
 }
 
+Connection *connection_new(const char *name) {
+        size_t n = strlen(name);
+        Connection *c = malloc(sizeof(Connection) + n + 1);
+        char *copy;
+
+        if (!c)
+                return NULL;
+        *c = (Connection) {};
+        copy = (char *) (c + 1);
+        memcpy(copy, name, n + 1);
+        c->name = copy;
+        return c;
+}
+
 Connection *connection_free(Connection *c) {
         if (!c)
                 return NULL;
@@ -39,11 +54,10 @@ Connection *connection_free(Connection *c) {
         c->auth_state = secret_free(c->auth_state);
         free(c->username);
         connection_clear_device(c);
-        free(c->name);
-        free(c->provider);
-        free(c->token_type);
-        free(c->scope);
-        free(c->requested_scope);
+        intern_unref(c->provider);
+        intern_unref(c->token_type);
+        intern_unref(c->scope);
+        intern_unref(c->requested_scope);
         free(c->identity);
         free(c->previous_identity);
         free(c->last_error);

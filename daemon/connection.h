@@ -43,15 +43,15 @@ typedef struct Connection {
 
         Manager *manager;
         int64_t id;
-        char *name;
-        char *provider;            /* provider name; resolved per use */
+        const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
+        const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
         ConnState state;
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon */
-        char *token_type;
-        char *scope;               /* granted */
-        char *requested_scope;
+        const char *token_type;    /* interned, like scope and requested_scope */
+        const char *scope;         /* granted */
+        const char *requested_scope;
         char *identity;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
         bool importing;            /* memory only: the next refresh proves an imported refresh token */
@@ -99,6 +99,9 @@ typedef struct Connection {
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;
 
+/* A zeroed connection with a copy of name in the same allocation (one
+ * malloc chunk instead of two; a name never changes). NULL on -ENOMEM. */
+Connection *connection_new(const char *name);
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 

@@ -11,6 +11,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "common/api.h"
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/acl.h"
@@ -396,7 +397,7 @@ static void env_clean(char *s) {
 void manager_notify(Manager *m, Connection *c, const char *event) {
         char e_conn[CONNECTION_NAME_MAX + 32], e_prov[PROVIDER_NAME_MAX + 32], e_event[64], e_reason[400],
                 e_state[64];
-        char *const argv[] = { m->config->notify_command, (char *) event, c->name, NULL };
+        char *const argv[] = { m->config->notify_command, (char *) event, (char *) c->name, NULL };
         char *envp[8];
         posix_spawn_file_actions_t fa;
         sd_event_source *src = NULL;
@@ -666,22 +667,21 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         }
 
         if (!c) {
-                fresh = new0(Connection, 1);
+                fresh = connection_new(req->name);
                 if (!fresh)
                         return -ENOMEM;
-                fresh->name = strdup(req->name);
-                fresh->provider = strdup(p->name);
-                if (!fresh->name || !fresh->provider)
+                fresh->provider = intern(p->name);
+                if (!fresh->provider)
                         return -ENOMEM;
                 fresh->state = CONN_PENDING;
                 fresh->created_at = fresh->updated_at = t;
                 c = fresh;
         }
         if (req->scope) {
-                char *s = strdup(req->scope);
+                const char *s = intern(req->scope);
                 if (!s)
                         return -ENOMEM;
-                free(c->requested_scope);
+                intern_unref(c->requested_scope);
                 c->requested_scope = s;
         }
         if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {

@@ -18,6 +18,7 @@
  * (connection_busy()): no other refresh may present the refresh token the
  * staged answer rotated. */
 
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/manager.h"
@@ -56,8 +57,8 @@ struct Staged {
         bool grant;                /* a grant (code exchange, device approval), not a refresh */
         char *access_token;        /* secret */
         char *refresh_token;       /* secret; NULL: the answer kept the old one */
-        char *token_type;
-        char *scope;               /* NULL: unchanged */
+        const char *token_type;    /* interned */
+        const char *scope;         /* interned; NULL: unchanged */
         char *identity;            /* a grant's, from its ID token; NULL: none */
         usec_t expires_at, obtained_at, last_refresh_at;
 };
@@ -67,8 +68,8 @@ static Staged *staged_free(Staged *st) {
                 return NULL;
         secret_free(st->access_token);
         secret_free(st->refresh_token);
-        free(st->token_type);
-        free(st->scope);
+        intern_unref(st->token_type);
+        intern_unref(st->scope);
         free(st->identity);
         free(st);
         return NULL;
@@ -537,13 +538,15 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .grant = grant,
                 .access_token = TAKE_PTR(t->access_token),
                 .refresh_token = TAKE_PTR(t->refresh_token),
-                .token_type = TAKE_PTR(t->token_type),
-                .scope = TAKE_PTR(t->scope),
+                .token_type = intern(t->token_type),
+                .scope = intern(t->scope),
                 .identity = identity,
                 .expires_at = t->expires_at,
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
+        if ((t->token_type && !st->token_type) || (t->scope && !st->scope))
+                return log_oom();
         c->staged = st;
         refresher_image(c, &img);
         r = store_row_new(m->store, &img, &row);
@@ -642,10 +645,10 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 secret_free(c->refresh_token);
                 c->refresh_token = TAKE_PTR(st->refresh_token);
         }
-        free(c->token_type);
+        intern_unref(c->token_type);
         c->token_type = TAKE_PTR(st->token_type);
         if (st->scope) {
-                free(c->scope);
+                intern_unref(c->scope);
                 c->scope = TAKE_PTR(st->scope);
         }
         c->expires_at = st->expires_at;

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "common/intern.h"
 #include "common/util.h"
 #include "daemon/crypt.h"
 #include "daemon/store.h"
@@ -796,6 +797,24 @@ static int column_strdup(sqlite3_stmt *st, int i, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
+/* A column of few distinct values (provider, scopes, token type): a
+ * reference to its interned copy, not a copy of its own. */
+static int column_intern(sqlite3_stmt *st, int i, const char **ret) {
+        const unsigned char *t;
+        int n;
+
+        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+                *ret = NULL;
+                return 0;
+        }
+        t = sqlite3_column_blob(st, i);
+        n = sqlite3_column_bytes(st, i);
+        if (!t && n > 0)
+                return -ENOMEM;
+        *ret = intern_n(t ? (const char *) t : "", (size_t) n);
+        return *ret ? 0 : -ENOMEM;
+}
+
 /* A secret column: opened under the key, bound to this row and column. A
  * value that does not open stops the load: it was modified, copied from
  * another row or column, or sealed under another key. */
@@ -839,9 +858,20 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
 
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 _cleanup_(connection_freep) Connection *c = NULL;
+                const char *name = (const char *) sqlite3_column_text(st, 1);
                 ConnState state;
 
-                c = new0(Connection, 1);
+                if (!name) {
+                        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        store_set_error(s, "connection %" PRId64 ": no name or provider",
+                                        (int64_t) sqlite3_column_int64(st, 0));
+                        r = -EBADMSG;
+                        break;
+                }
+                c = connection_new(name);
                 if (!c) {
                         r = -ENOMEM;
                         break;
@@ -854,17 +884,16 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                         break;
                 }
                 c->state = state;
-                if ((r = column_strdup(st, 1, &c->name)) < 0 ||
-                    (r = column_strdup(st, 2, &c->provider)) < 0 ||
-                    (r = column_strdup(st, 4, &c->requested_scope)) < 0 ||
-                    (r = column_strdup(st, 5, &c->scope)) < 0 ||
+                if ((r = column_intern(st, 2, &c->provider)) < 0 ||
+                    (r = column_intern(st, 4, &c->requested_scope)) < 0 ||
+                    (r = column_intern(st, 5, &c->scope)) < 0 ||
                     (r = column_strdup(st, 6, &c->identity)) < 0 ||
-                    (r = column_strdup(st, 7, &c->token_type)) < 0 ||
+                    (r = column_intern(st, 7, &c->token_type)) < 0 ||
                     (r = column_strdup(st, 12, &c->state_hash)) < 0 ||
                     (r = column_strdup(st, 17, &c->last_error)) < 0 ||
                     (r = column_strdup(st, 22, &c->username)) < 0)
                         break;
-                if (!c->name || !c->provider) {
+                if (!c->provider) {
                         store_set_error(s, "connection %" PRId64 ": no name or provider", c->id);
                         r = -EBADMSG;
                         break;

@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include "common/intern.h"
 #include "common/macro.h"
 #include "daemon/store.h"
 
@@ -150,15 +151,14 @@ static int load_all(Store *s, Loaded *l) {
 }
 
 static Connection *conn_new(const char *name, const char *provider, ConnState state) {
-        Connection *c = new0(Connection, 1);
+        Connection *c = connection_new(name);
 
         if (!c)
                 return NULL;
-        c->name = strdup(name);
-        c->provider = strdup(provider);
+        c->provider = intern(provider);
         c->state = state;
         c->created_at = c->updated_at = UINT64_C(1700000000) * USEC_PER_SEC;
-        if (!c->name || !c->provider)
+        if (!c->provider)
                 return connection_free(c);
         return c;
 }
@@ -171,9 +171,9 @@ static Connection *conn_full(void) {
                 return NULL;
         c->access_token = strdup("gho_AccessToken'\"; DROP TABLE connections;--");
         c->refresh_token = strdup("ghr_Refresh\xc3\xa9token");
-        c->token_type = strdup("Bearer");
-        c->scope = strdup("repo read:org");
-        c->requested_scope = strdup("repo read:org user");
+        c->token_type = intern("Bearer");
+        c->scope = intern("repo read:org");
+        c->requested_scope = intern("repo read:org user");
         c->identity = strdup("alice@example.com");
         c->last_error = strdup("HTTP 503: temporarily_unavailable");
         c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
@@ -424,7 +424,7 @@ TEST(save_changes_every_field) {
         c->state_hash = strdup("aaaa");
         c->code_verifier = strdup("verifier");
         c->pending_until = 42;
-        c->requested_scope = strdup("openid email");
+        c->requested_scope = intern("openid email");
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1)
@@ -435,12 +435,12 @@ TEST(save_changes_every_field) {
         c->state_hash = mfree(c->state_hash);
         c->code_verifier = secret_free(c->code_verifier);
         c->pending_until = 0;
-        c->provider = mfree(c->provider);
-        c->provider = strdup("google2");
+        c->provider = intern_unref(c->provider);
+        c->provider = intern("google2");
         c->access_token = strdup("ya29.token");
         c->refresh_token = strdup("1//refresh");
-        c->token_type = strdup("Bearer");
-        c->scope = strdup("openid email");
+        c->token_type = intern("Bearer");
+        c->scope = intern("openid email");
         c->identity = strdup("bob@example.com");
         c->expires_at = UINT64_C(2000000000) * USEC_PER_SEC;
         c->obtained_at = UINT64_C(1999996400) * USEC_PER_SEC;
