@@ -235,7 +235,7 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_int(b, &first, "refreshes", (int64_t) c->refreshes);
         member_str(b, &first, "last_error", c->last_error);
         member_ids(b, &first, "allow_users", (const unsigned *) c->allow_users, c->n_allow_users);
-        member_ids(b, &first, "allow_groups", (const unsigned *) c->allow_groups, c->n_allow_groups);
+        member_ids(b, &first, "allow_groups", (const unsigned *) connection_allow_groups(c), c->n_allow_groups);
         member_time(b, &first, "authorization_pending_until",
                     c->state_hash || connection_device_pending(c) ? c->pending_until : 0);
         if (connection_device_pending(c) && c->user_code) {
@@ -1456,7 +1456,7 @@ static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, 
                 return;
         changed = old && (old->n_allow_users != nu || old->n_allow_groups != ng ||
                           (nu && memcmp(old->allow_users, users, sizeof(uid_t) * nu) != 0) ||
-                          (ng && memcmp(old->allow_groups, groups, sizeof(gid_t) * ng) != 0));
+                          (ng && memcmp(connection_allow_groups(old), groups, sizeof(gid_t) * ng) != 0));
         strbuf_puts(&b, changed ? "ACL changed to " : old ? "ACL unchanged, " : "ACL ");
         audit_ids(&b, "users", (const unsigned *) users, nu);
         audit_ids(&b, " groups", (const unsigned *) groups, ng);

@@ -85,7 +85,6 @@ int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, cons
         }
         free(c->allow_users);
         c->allow_users = block;
-        c->allow_groups = n_groups > 0 ? block + n_users : NULL;
         c->n_allow_users = n_users;
         c->n_allow_groups = n_groups;
         return 0;

@@ -31,14 +31,15 @@ typedef struct Staged Staged;
 #define ACL_MAX 32
 
 typedef struct Connection {
+        /* Memory (issue 9; README, "At scale"): ordered so that the small
+         * fields share words instead of each padding one; what only a
+         * pending authorization needs is next to go out of line. */
         HashmapNode by_name;       /* Manager.connections, key = name */
         HashmapNode by_state;      /* Manager.pending, key = state_hash */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
-        bool pending_linked;
-        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         TimerEntry timer;          /* next refresh, or pending expiry */
+        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
-        bool queued;
         usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
         Manager *manager;
@@ -46,6 +47,11 @@ typedef struct Connection {
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
         ConnState state;
+        unsigned failures;         /* refresh failures in a row */
+        unsigned n_allow_users, n_allow_groups;
+        bool pending_linked;
+        bool queued;
+        bool importing;            /* memory only: the next refresh proves an imported refresh token */
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon */
@@ -54,7 +60,6 @@ typedef struct Connection {
         const char *requested_scope;
         char *identity;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
-        bool importing;            /* memory only: the next refresh proves an imported refresh token */
         char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
@@ -78,13 +83,12 @@ typedef struct Connection {
         char *verification_uri;
         char *verification_uri_complete;
 
-        /* The ACL: one allocation holding both lists (allow_groups points
-         * into allow_users' block), NULL when both are empty; set with
-         * connection_set_acl(). Out of line: most connections have none or
-         * one entry, and two ACL_MAX arrays were 256 bytes of each. */
+        /* The ACL: one allocation holding both lists (the groups follow
+         * the n_allow_users users; connection_allow_groups()), NULL when
+         * both are empty; set with connection_set_acl(). Out of line: most
+         * connections have none or one entry, and two ACL_MAX arrays were
+         * 256 bytes of each. */
         uid_t *allow_users;        /* NULL when both lists are empty */
-        gid_t *allow_groups;       /* NULL when it is empty */
-        unsigned n_allow_users, n_allow_groups;
 
         /* refresh bookkeeping */
         struct HttpRequest *inflight;
@@ -92,7 +96,6 @@ typedef struct Connection {
          * (daemon/refresher.c): until it is, the fields above keep what
          * clients get. */
         Staged *staged;
-        unsigned failures;
         usec_t retry_at;           /* monotonic; 0 none */
         usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
         Waiter *waiters;           /* suspended API requests */
@@ -108,6 +111,11 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 /* Replaces the ACL with copies of these lists (each at most ACL_MAX; the
  * rest is dropped). 0, or -ENOMEM (the old ACL is kept). */
 int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, const gid_t *groups, unsigned n_groups);
+
+/* The ACL's groups (n_allow_groups of them), NULL when it has none. */
+static inline const gid_t *connection_allow_groups(const Connection *c) {
+        return c->n_allow_groups > 0 ? (const gid_t *) c->allow_users + c->n_allow_users : NULL;
+}
 
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);

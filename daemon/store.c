@@ -665,7 +665,7 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
         if (r < 0)
                 return r;
-        r = id_list_format((const unsigned *) c->allow_groups, c->n_allow_groups, row->groups, sizeof row->groups);
+        r = id_list_format((const unsigned *) connection_allow_groups(c), c->n_allow_groups, row->groups, sizeof row->groups);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < _ROW_TEXT_MAX; i++)

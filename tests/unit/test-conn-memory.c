@@ -35,20 +35,20 @@
 #endif
 #endif
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+_unused_ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
         (void) st;
         (void) ftw;
         return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
-static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
+_unused_ static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
 
 typedef struct Loaded {
         Connection **c;
         size_t n;
 } Loaded;
 
-static int collect(Connection *c, void *userdata) {
+_unused_ static int collect(Connection *c, void *userdata) {
         Loaded *l = userdata;
 
         if (l->n >= N) {
@@ -59,7 +59,7 @@ static int collect(Connection *c, void *userdata) {
         return 0;
 }
 
-static void release(Loaded *l) {
+_unused_ static void release(Loaded *l) {
         for (size_t i = 0; i < l->n; i++)
                 connection_free(l->c[i]);
         l->n = 0;

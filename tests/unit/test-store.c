@@ -222,7 +222,7 @@ static void check_same(const Connection *a, const Connection *b) {
                 CHECK_EQ_INT(a->allow_users[i], b->allow_users[i]);
         CHECK_EQ_INT(a->n_allow_groups, b->n_allow_groups);
         for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
-                CHECK_EQ_INT(a->allow_groups[i], b->allow_groups[i]);
+                CHECK_EQ_INT(connection_allow_groups(a)[i], connection_allow_groups(b)[i]);
 }
 
 /* ---- tests ------------------------------------------------------------ */
@@ -459,7 +459,7 @@ TEST(save_changes_every_field) {
                 CHECK_EQ_INT(connection_set_acl(c, users, ACL_MAX + 1, groups, ACL_MAX + 1), 0);
                 CHECK_EQ_INT(c->n_allow_users, ACL_MAX);
                 CHECK_EQ_INT(c->n_allow_groups, ACL_MAX);
-                CHECK_EQ_INT(c->allow_groups[ACL_MAX - 1], ACL_MAX - 1);
+                CHECK_EQ_INT(connection_allow_groups(c)[ACL_MAX - 1], ACL_MAX - 1);
         }
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
@@ -472,7 +472,7 @@ TEST(save_changes_every_field) {
         c->last_error = strdup("HTTP 400: invalid_grant");
         CHECK_EQ_INT(connection_set_acl(c, c->allow_users, c->n_allow_users, NULL, 0), 0);
         CHECK_EQ_INT(c->n_allow_groups, 0);
-        CHECK(!c->allow_groups);
+        CHECK(!connection_allow_groups(c));
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1) {
