@@ -187,10 +187,28 @@ static int step_done(sqlite3_stmt *st) {
  * associated data and a value copied elsewhere fails to open. */
 #define SEAL_AAD_MAX 64
 static size_t seal_aad(char buf[static SEAL_AAD_MAX], int64_t id, const char *column) {
-        int k = snprintf(buf, SEAL_AAD_MAX, "connections.%s:%" PRId64, column, id);
+        /* "connections.%s:%" PRId64, by hand: snprintf() was 5 % of the
+         * time to load a million rows (two values a row). */
+        static const char prefix[] = "connections.";
+        size_t n = sizeof(prefix) - 1, k = strlen(column), d = 0;
+        uint64_t u = id < 0 ? -(uint64_t) id : (uint64_t) id;
+        char digits[20];
 
-        assert(k > 0 && k < SEAL_AAD_MAX);
-        return (size_t) k;
+        assert(n + k + 2 + sizeof(digits) < SEAL_AAD_MAX);
+        memcpy(buf, prefix, n);
+        memcpy(buf + n, column, k);
+        n += k;
+        buf[n++] = ':';
+        if (id < 0)
+                buf[n++] = '-';
+        do {
+                digits[d++] = (char) ('0' + u % 10);
+                u /= 10;
+        } while (u > 0);
+        while (d > 0)
+                buf[n++] = digits[--d];
+        buf[n] = 0;
+        return n;
 }
 
 static int seal_value(Store *s, int64_t id, const char *column, const void *p, size_t n, uint8_t **ret,
@@ -840,6 +858,24 @@ static int column_unseal(Store *s, sqlite3_stmt *st, int i, const Connection *c,
                 return -EBADMSG;
         }
         return 0;
+}
+
+size_t store_connection_count_hint(Store *s) {
+        sqlite3_stmt *st = NULL;
+        size_t n = 0;
+
+        /* Two lookups at the ends of the rowid tree, where COUNT(*) would
+         * read every page of the table. */
+        if (sqlite3_prepare_v2(s->db, "SELECT MIN(id), MAX(id) FROM connections", -1, &st, NULL) != SQLITE_OK)
+                return 0;
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+                int64_t lo = sqlite3_column_int64(st, 0), hi = sqlite3_column_int64(st, 1);
+
+                if (hi >= lo && (uint64_t) (hi - lo) < SIZE_MAX)
+                        n = (size_t) (hi - lo) + 1;
+        }
+        sqlite3_finalize(st);
+        return n;
 }
 
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
