@@ -42,7 +42,7 @@ COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/
 	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/intern.c
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
-	daemon/timerwheel.c daemon/crypt.c daemon/route.c
+	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/heap.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 
 LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o

@@ -17,6 +17,7 @@
 #include "daemon/acl.h"
 #include "daemon/api.h"
 #include "daemon/callback.h"
+#include "daemon/heap.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
 
@@ -588,6 +589,10 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         manager_wheel_rearm(m);
         return 0;
 }
+
+/* What a loaded connection takes of the heap, about (tests/unit/
+ * test-conn-memory.c measures it), tokens included: for heap_prepare(). */
+#define HEAP_PER_CONNECTION ((size_t) 640)
 
 static int load_one(Connection *c, void *userdata) {
         Manager *m = userdata;
@@ -1179,6 +1184,7 @@ static int manager_bind_api(Manager *m, int *ret) {
 int manager_startup(Manager *m) {
         _cleanup_free_ char *db = NULL, *sockdir = NULL;
         usec_t load_t0, load_cpu0;
+        size_t n_hint;
         sigset_t mask;
         char *slash;
         int r;
@@ -1220,9 +1226,11 @@ int manager_startup(Manager *m) {
         load_cpu0 = now(CLOCK_PROCESS_CPUTIME_ID);
         /* One bucket array for them all: no resizes (and lookups in two
          * arrays) while a million are put. */
-        (void) hashmap_reserve(m->connections, MIN(store_connection_count_hint(m->store),
-                                                   (size_t) m->config->max_connections));
+        n_hint = MIN(store_connection_count_hint(m->store), (size_t) m->config->max_connections);
+        (void) hashmap_reserve(m->connections, n_hint);
+        heap_prepare(n_hint * HEAP_PER_CONNECTION);
         r = store_load_connections(m->store, load_one, m);
+        heap_prepare_done();
         (void) hashmap_reserve(m->connections, 0);
         if (r < 0)
                 return log_error_errno(r, "Failed to load connections from '%s': %s", db,
