@@ -72,6 +72,7 @@ int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, cons
 
         assert(c);
         _Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t), "ids are 32-bit");
+        _Static_assert(ACL_MAX <= UINT8_MAX, "ACL counts are 8-bit");
         n_users = MIN(n_users, ACL_MAX);
         n_groups = MIN(n_groups, ACL_MAX);
         if (n_users + n_groups > 0) {
@@ -85,8 +86,8 @@ int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, cons
         }
         free(c->allow_users);
         c->allow_users = block;
-        c->n_allow_users = n_users;
-        c->n_allow_groups = n_groups;
+        c->n_allow_users = (uint8_t) n_users;
+        c->n_allow_groups = (uint8_t) n_groups;
         return 0;
 }
 

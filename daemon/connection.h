@@ -28,7 +28,7 @@ typedef struct Waiter Waiter;
 typedef struct Manager Manager;
 typedef struct Staged Staged;
 
-#define ACL_MAX 32
+#define ACL_MAX 32   /* fits Connection's uint8_t counts */
 
 typedef struct Connection {
         /* Memory (issue 9; README, "At scale"): ordered so that the small
@@ -42,13 +42,12 @@ typedef struct Connection {
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
         usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
-        Manager *manager;
         int64_t id;
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
         ConnState state;
         unsigned failures;         /* refresh failures in a row */
-        unsigned n_allow_users, n_allow_groups;
+        uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
         bool queued;
         bool importing;            /* memory only: the next refresh proves an imported refresh token */

@@ -532,7 +532,6 @@ static int manager_link(Manager *m, Connection *c) {
         /* Cannot fail: the hash map has just taken the same name. */
         r = ordmap_put(&m->ordered, &c->by_order);
         assert(r == 0);
-        c->manager = m;
         c->expiry_idx = SIZE_MAX;
         count_state(m, c, +1);
         manager_expiry_update(m, c);
