@@ -30,10 +30,31 @@ typedef struct Staged Staged;
 
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
 
+/* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
+ * 9-byte name, a 23-byte identity, one provider, scope and token type for
+ * all; malloc chunks with their headers, measured by
+ * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
+ *
+ *                                      before    now
+ *   struct (+ the name, same chunk)    480+32    448   424 B struct; 104 B of
+ *                                                      it pending/device fields
+ *   provider, scope x2, token type     4 x 32      0   interned (common/intern.c)
+ *   identity                               32     32
+ *   access + refresh token (82 B)      2 x 48  2 x 48  one chunk would save 16
+ *   misc (SQLite's row, rounding)         ~32    ~31
+ *   heap, per connection                  800    607   beyond tokens 718 -> 525
+ *   hash bucket (load factor <= 1)       8-16   8-16   presized at start
+ *   expiry heap slot                        8      8
+ *   wheel, ordered map, hash node           0      0   intrusive (in the struct)
+ *
+ * What is left of the struct: 3 x 24 B hash/ordered nodes, the 32-byte
+ * timer entry, 13 pointers and 12 timestamps; the pending-authorization
+ * and device fields (state_hash ... verification_uri_complete, 80 B) and
+ * the refresh bookkeeping (~80 B) could go out of line, allocated only
+ * while used. */
 typedef struct Connection {
-        /* Memory (issue 9; README, "At scale"): ordered so that the small
-         * fields share words instead of each padding one; what only a
-         * pending authorization needs is next to go out of line. */
+        /* Ordered so that the small fields share words instead of each
+         * padding one. */
         HashmapNode by_name;       /* Manager.connections, key = name */
         HashmapNode by_state;      /* Manager.pending, key = state_hash */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
