@@ -238,12 +238,12 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_ids(b, &first, "allow_groups", (const unsigned *) connection_allow_groups(c), c->n_allow_groups);
         member_time(b, &first, "authorization_pending_until",
                     c->state_hash || connection_device_pending(c) ? c->pending_until : 0);
-        if (connection_device_pending(c) && c->user_code) {
-                member_str(b, &first, "user_code", c->user_code);
-                member_str(b, &first, "verification_uri", c->verification_uri);
-                if (c->verification_uri_complete)
-                        member_str(b, &first, "verification_uri_complete", c->verification_uri_complete);
-                member_int(b, &first, "device_interval", (int64_t) (c->device_interval / USEC_PER_SEC));
+        if (connection_device_pending(c) && c->device->user_code) {
+                member_str(b, &first, "user_code", c->device->user_code);
+                member_str(b, &first, "verification_uri", c->device->verification_uri);
+                if (c->device->verification_uri_complete)
+                        member_str(b, &first, "verification_uri_complete", c->device->verification_uri_complete);
+                member_int(b, &first, "device_interval", (int64_t) (c->device->interval / USEC_PER_SEC));
         }
         if (c->username)
                 member_str(b, &first, "username", c->username);

@@ -24,12 +24,34 @@ void connection_clear_tokens(Connection *c) {
         c->refresh_token = secret_free(c->refresh_token);
 }
 
+int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
+                          char **verification_uri_complete) {
+        ConnDevice *d;
+
+        assert(interval > 0);
+        d = new0(ConnDevice, 1);
+        if (!d)
+                return -ENOMEM;
+        connection_clear_device(c);
+        *d = (ConnDevice) {
+                .interval = interval,
+                .user_code = user_code ? TAKE_PTR(*user_code) : NULL,
+                .verification_uri = verification_uri ? TAKE_PTR(*verification_uri) : NULL,
+                .verification_uri_complete = verification_uri_complete ? TAKE_PTR(*verification_uri_complete) : NULL,
+        };
+        c->device = d;
+        return 0;
+}
+
 void connection_clear_device(Connection *c) {
-        c->user_code = mfree(c->user_code);
-        c->verification_uri = mfree(c->verification_uri);
-        c->verification_uri_complete = mfree(c->verification_uri_complete);
-        c->device_interval = 0;
-        c->device_next_poll = 0;
+        ConnDevice *d = TAKE_PTR(c->device);
+
+        if (!d)
+                return;
+        free(d->user_code);
+        free(d->verification_uri);
+        free(d->verification_uri_complete);
+        free(d);
 }
 
 Connection *connection_new(const char *name) {

@@ -28,6 +28,15 @@ typedef struct Waiter Waiter;
 typedef struct Manager Manager;
 typedef struct Staged Staged;
 
+/* A pending device authorization (RFC 8628). */
+typedef struct ConnDevice {
+        usec_t interval;           /* > 0 */
+        usec_t next_poll;          /* DEADLINE_CLOCK; 0: one interval from now */
+        char *user_code;           /* memory only: shown once */
+        char *verification_uri;
+        char *verification_uri_complete;
+} ConnDevice;
+
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
 
 /* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
@@ -49,7 +58,8 @@ typedef struct Staged Staged;
  *
  * What is left of the struct: 3 x 24 B hash/ordered nodes, the 32-byte
  * timer entry, 13 pointers and 12 timestamps; the pending-authorization
- * and device fields (state_hash ... verification_uri_complete, 80 B) and
+ * fields (state_hash ... username, 40 B; the device ones are out of line
+ * already) and
  * the refresh bookkeeping (~80 B) could go out of line, allocated only
  * while used. */
 typedef struct Connection {
@@ -96,12 +106,9 @@ typedef struct Connection {
         char *auth_state;          /* secret: the plain state, for ${state}; memory only */
         char *username;            /* password grant */
 
-        /* pending device authorization (RFC 8628) */
-        usec_t device_interval;    /* > 0 while pending */
-        usec_t device_next_poll;   /* DEADLINE_CLOCK; 0: one interval from now */
-        char *user_code;           /* memory only: shown once */
-        char *verification_uri;
-        char *verification_uri_complete;
+        /* A pending device authorization (RFC 8628), NULL when none: out
+         * of line, 8 bytes a connection instead of 40. */
+        ConnDevice *device;
 
         /* The ACL: one allocation holding both lists (the groups follow
          * the n_allow_users users; connection_allow_groups()), NULL when
@@ -137,10 +144,18 @@ static inline const gid_t *connection_allow_groups(const Connection *c) {
         return c->n_allow_groups > 0 ? (const gid_t *) c->allow_users + c->n_allow_users : NULL;
 }
 
+/* Starts a pending device authorization polled every interval (> 0),
+ * replacing any; the strings given are taken over. 0 or -ENOMEM (nothing
+ * changed, nothing taken). */
+int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
+                          char **verification_uri_complete);
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);
 static inline bool connection_device_pending(const Connection *c) {
-        return c->device_interval > 0;
+        return c->device != NULL;
+}
+static inline usec_t connection_device_interval(const Connection *c) {
+        return c->device ? c->device->interval : 0;
 }
 
 /* A provider request in flight, or its answer being committed. */

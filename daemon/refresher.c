@@ -100,7 +100,7 @@ void refresher_image(const Connection *c, Connection *ret) {
                 ret->state_hash = NULL;
                 ret->code_verifier = NULL;
                 ret->pending_until = 0;
-                ret->device_interval = 0;
+                ret->device = NULL;
                 if (st->identity)
                         ret->identity = st->identity;
         }
@@ -243,9 +243,9 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = MIN(due, deadline_from_realtime(c->pending_until));
         /* A device authorization: the next poll, and its end. */
         if (connection_device_pending(c)) {
-                if (c->device_next_poll == 0)
-                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
-                due = MIN(due, c->device_next_poll);
+                if (c->device->next_poll == 0)
+                        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                due = MIN(due, c->device->next_poll);
                 if (c->pending_until > 0)
                         due = MIN(due, deadline_from_realtime(c->pending_until));
         }
@@ -305,12 +305,13 @@ void refresher_on_timer(Manager *m, Connection *c) {
                         manager_event(m, c, "authorization-expired", "device code expired before the user approved");
                         clear_pending(m, c);
                         (void) save(m, c);
-                } else if (c->device_next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
+                } else if (c->device->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
                         int r = device_poll(m, c);
                         if (r >= 0)
                                 return;
                         log_warning_errno(r, "%s: cannot poll the token endpoint: %m", c->name);
-                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                        if (c->device)
+                                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
                 }
         }
 
@@ -966,12 +967,13 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         clear_pending(m, c);
+        if (connection_set_device(c, d.interval, &d.user_code, &d.verification_uri, &d.verification_uri_complete) < 0) {
+                device_auth_done(&d);
+                device_failed(m, c, "authorization-failed", "out of memory", -ENOMEM, true);
+                return;
+        }
         c->code_verifier = TAKE_PTR(d.device_code);
-        c->user_code = TAKE_PTR(d.user_code);
-        c->verification_uri = TAKE_PTR(d.verification_uri);
-        c->verification_uri_complete = TAKE_PTR(d.verification_uri_complete);
-        c->device_interval = d.interval;
-        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
+        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
         c->pending_until = now(CLOCK_REALTIME) + d.expires_in;
         c->last_error = mfree(c->last_error);
         device_auth_done(&d);
@@ -980,7 +982,7 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         manager_event(m, c, "authorization-started", "device authorization started: user code %s at %s",
-                      c->user_code, c->verification_uri);
+                      c->device->user_code, c->device->verification_uri);
         refresher_schedule(m, c);
         wake_waiters(c, 0);
 }
@@ -1028,20 +1030,20 @@ static void device_poll_done(Manager *m, Connection *c, HttpRequest *req) {
         }
         code = p ? oauth_error_code(p, req) : NULL;
         if (code && streq(code, "slow_down"))
-                c->device_interval = MIN(c->device_interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
+                c->device->interval = MIN(c->device->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
         if (code && streq(code, "expired_token")) {
                 c->pending_until = now(CLOCK_REALTIME);   /* the timer removes it */
-                c->device_next_poll = now(DEADLINE_CLOCK);
+                c->device->next_poll = now(DEADLINE_CLOCK);
         } else if (o == OAUTH_PERMANENT && !(code && (streq(code, "authorization_pending") || streq(code, "slow_down")))) {
                 device_failed(m, c, "authorization-failed", error, -EKEYREJECTED, false);
                 return;
         } else if (code && (streq(code, "authorization_pending") || streq(code, "slow_down")))
                 log_debug("%s: device authorization %s; next poll in %" PRIu64 " s.", c->name, code,
-                          c->device_interval / USEC_PER_SEC);
+                          c->device->interval / USEC_PER_SEC);
         else
                 log_warning("%s: device polling failed, trying again: %s", c->name, strempty(error));
         if (!(code && streq(code, "expired_token")))
-                c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
         (void) save(m, c);   /* a slowed interval survives a restart */
         refresher_schedule(m, c);
 }

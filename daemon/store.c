@@ -677,7 +677,7 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 .created_at = c->created_at,
                 .updated_at = c->updated_at,
                 .last_refresh_at = c->last_refresh_at,
-                .device_interval = c->device_interval,
+                .device_interval = connection_device_interval(c),
                 .refreshes = c->refreshes,
         };
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
@@ -955,7 +955,11 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
                 c->created_at = (usec_t) sqlite3_column_int64(st, 19);
                 c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
                 c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
-                c->device_interval = (usec_t) sqlite3_column_int64(st, 23);
+                if (sqlite3_column_int64(st, 23) > 0 &&
+                    connection_set_device(c, (usec_t) sqlite3_column_int64(st, 23), NULL, NULL, NULL) < 0) {
+                        r = -ENOMEM;
+                        break;
+                }
 
                 r = fn(TAKE_PTR(c), userdata);
                 if (r < 0)
