@@ -44,24 +44,26 @@ typedef struct ConnDevice {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                      before    now
- *   struct (+ the name, same chunk)    480+32    448   424 B struct; 104 B of
- *                                                      it pending/device fields
- *   provider, scope x2, token type     4 x 32      0   interned (common/intern.c)
- *   identity                               32     32
- *   access + refresh token (82 B)      2 x 48  2 x 48  one chunk would save 16
- *   misc (SQLite's row, rounding)         ~32    ~31
- *   heap, per connection                  800    607   beyond tokens 718 -> 525
- *   hash bucket (load factor <= 1)       8-16   8-16   presized at start
- *   expiry heap slot                        8      8
- *   wheel, ordered map, hash node           0      0   intrusive (in the struct)
+ *                                     main 12-02    now
+ *   struct (+ the name, same chunk)     480+32      416   392 B struct
+ *   provider, scope x2, token type      4 x 32        0   interned (common/intern.c)
+ *   identity                                32       32
+ *   access + refresh token (82 B)       2 x 48   2 x 48   one chunk would save 16
+ *   misc (SQLite's row, rounding)          ~32      ~31
+ *   heap, per connection                   800      575   beyond tokens 718 -> 493
+ *   hash bucket (load factor <= 1)        8-16     8-16   presized at start
+ *   expiry heap slot                         8        8
+ *   wheel, ordered map, hash node            0        0   intrusive (in the struct)
  *
- * What is left of the struct: 3 x 24 B hash/ordered nodes, the 32-byte
- * timer entry, 13 pointers and 12 timestamps; the pending-authorization
- * fields (state_hash ... username, 40 B; the device ones are out of line
- * already) and
- * the refresh bookkeeping (~80 B) could go out of line, allocated only
- * while used. */
+ * Out of line, allocated only while used: the ACL, a pending device
+ * authorization. What is left of the struct: 2 x 24 B hash nodes, the
+ * 16-byte ordered-map node, the 32-byte timer entry, 17 pointers, 14
+ * 8-byte times and counters. Next: the pending-authorization fields
+ * (by_state, state_hash, code_verifier, pending_until, auth_state,
+ * username: 64 B) and the refresh bookkeeping (queue links, inflight,
+ * staged, retry_at, client_refresh_at, notified_at, waiters: ~80 B) out
+ * of line; the tokens in one chunk; the hash node's key pointer (it is the
+ * name). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */

@@ -289,9 +289,14 @@ static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *
 }
 
 void manager_status_changed(Manager *m) {
+        /* asked once: getenv() walks the environment, and this runs on
+         * every state change (a million times at start) */
+        static int notify = -1;
         int enabled = SD_EVENT_OFF;
 
-        if (!m->status_timer || !getenv("NOTIFY_SOCKET"))
+        if (notify < 0)
+                notify = getenv("NOTIFY_SOCKET") != NULL;
+        if (!m->status_timer || !notify)
                 return;
         if (sd_event_source_get_enabled(m->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
                 return;   /* already due */
