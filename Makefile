@@ -21,7 +21,7 @@ DESTDIR ?=
 CC ?= gcc
 BUILD ?= build
 SAN ?= 0
-PKGS := libmicrohttpd libcurl sqlite3 jansson libsystemd libcrypto
+PKGS := libmicrohttpd libcurl sqlite3 jansson libsystemd libcrypto libpq
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral -Wmissing-prototypes \
 	-Wstrict-prototypes -Wno-missing-field-initializers
@@ -39,23 +39,28 @@ ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE
 LIBS = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c \
-	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/intern.c
+	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/httpfwd.c common/intern.c
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
-	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/heap.c
+	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c \
+	daemon/links.c daemon/link-token.c daemon/heap.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
+PG_MIGRATIONS := $(sort $(wildcard sql/pg/[0-9]*.sql))
 
-LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o
+LIB_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC)) $(BUILD)/sql.o $(BUILD)/sql-pg.o
 UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+# Tests that need a PostgreSQL server: run by tests/integration/store-pg.test.js
+# against its throwaway cluster, not by run-unit.sh.
+PG_TEST_BIN := $(patsubst tests/pg/%.c,$(BUILD)/pg-tests/%,$(sort $(wildcard tests/pg/test-*.c)))
 UNIT_OBJ := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%.o,$(UNIT_SRC))
 # Made only through pattern rules, the unit-test objects would be
 # intermediates that make deletes at the end of every run ("rm
 # build/tests/unit/*.o", then `make run` recompiles them all): keep them.
-.SECONDARY: $(UNIT_OBJ)
+.SECONDARY: $(UNIT_OBJ) $(patsubst %,%.o,$(PG_TEST_BIN))
 
 all: $(BUILD)/tokenbrokerd $(BUILD)/tokenctl $(UNIT_BIN) $(BUILD)/tools/notify-listen $(BUILD)/bench/seed \
-	$(BUILD)/tools/realtime-shift.so
+	$(BUILD)/tools/realtime-shift.so $(PG_TEST_BIN)
 
 $(BUILD)/tools/%: tests/tools/%.c
 	@mkdir -p $(dir $@)
@@ -78,18 +83,34 @@ $(BUILD)/sql.c: sql/embed.sh $(MIGRATIONS)
 $(BUILD)/sql.o: $(BUILD)/sql.c
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
+$(BUILD)/sql-pg.c: sql/embed.sh $(PG_MIGRATIONS)
+	@mkdir -p $(BUILD)
+	sh sql/embed.sh -n store_pg $(PG_MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/sql-pg.o: $(BUILD)/sql-pg.c
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
 $(BUILD)/libtokenbroker.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/tokenbrokerd: $(BUILD)/daemon/main.o $(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/libtokenbroker.a
+$(BUILD)/tokenctl: $(BUILD)/daemon/tokenctl.o $(BUILD)/daemon/tokenctl-integrations.o $(BUILD)/daemon/tokenctl-proxy.o \
+		$(BUILD)/libtokenbroker.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+
+$(BUILD)/pg-tests/%: $(BUILD)/pg-tests/%.o $(BUILD)/libtokenbroker.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lpthread
+
+$(BUILD)/pg-tests/%.o: tests/pg/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -c $< -o $@
 
 $(BUILD)/tests/unit/%.o: tests/unit/%.c
 	@mkdir -p $(dir $@)

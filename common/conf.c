@@ -599,7 +599,7 @@ static int secret_exposed(Provider *p, unsigned line, const char *key, const cha
         return 0;
 }
 
-static int read_secret_file(const char *path, char **ret, mode_t *ret_mode) {
+int conf_read_secret_file(const char *path, char **ret, mode_t *ret_mode) {
         _cleanup_free_ char *text = NULL;
         size_t len;
         int r;
@@ -967,7 +967,7 @@ static int provider_set_one(Provider *p, const ProviderKey *k, const char *secti
                         if (r < 0)
                                 return r;
                 }
-                r = read_secret_file(path, &secret, &mode);
+                r = conf_read_secret_file(path, &secret, &mode);
                 if (r < 0) {
                         conf_error(err, p->path, line, "Cannot read %s from '%s': %s",
                                    startswith(key, "password") ? "password" : "client secret",
@@ -1227,6 +1227,10 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
         free(c->admin_group);
         free(c->socket_group);
         free(c->notify_command);
+        free(c->store);
+        free(c->store_password_file);
+        free(c->store_password_credential);
+        free(c->node_name);
         for (size_t i = 0; i < c->n_providers; i++)
                 provider_free(c->providers[i]);
         free(c->providers);
@@ -1259,7 +1263,7 @@ static const char *const broker_keys[] = {
         "state_dir", "key_file", "key_credential", "socket", "providers_dir", "admin_group", "socket_group",
         "notify_command", "callback_listen", "public_url", "socket_mode", "refresh_margin", "refresh_jitter",
         "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
-        "max_connections", "strict",
+        "max_connections", "strict", "store", "store_password_file", "store_password_credential", "node_name",
 };
 
 typedef struct BrokerParse {
@@ -1351,6 +1355,8 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                 r = set_string(&c->public_url, value);
                 if (r >= 0 && n > 0 && c->public_url[n - 1] == '/')
                         c->public_url[n - 1] = 0;
+                if (r >= 0)
+                        c->public_url_set = true;
                 return r;
         }
         if (streq(key, "socket_mode")) {
@@ -1407,6 +1413,37 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                         return -EINVAL;
                 }
                 return 0;
+        }
+        if (streq(key, "store")) {
+                if (!startswith(value, "postgresql://") && !startswith(value, "postgres://")) {
+                        conf_error(err, c->path, line, "store must be a postgresql:// URI (leave it out for SQLite "
+                                   "in state_dir).");
+                        return -EINVAL;
+                }
+                return set_string(&c->store, value);
+        }
+        if (streq(key, "store_password_file")) {
+                if (isempty(value)) {
+                        conf_error(err, c->path, line, "store_password_file must not be empty.");
+                        return -EINVAL;
+                }
+                return make_path(c, value, &c->store_password_file);
+        }
+        if (streq(key, "store_password_credential")) {
+                if (isempty(value) || strchr(value, '/') || streq(value, ".") || streq(value, "..")) {
+                        conf_error(err, c->path, line, "Invalid credential name for store_password_credential: %.64s",
+                                   value);
+                        return -EINVAL;
+                }
+                return set_string(&c->store_password_credential, value);
+        }
+        if (streq(key, "node_name")) {
+                size_t n = strlen(value);
+                if (n == 0 || n > 64 || strspn(value, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_") != n) {
+                        conf_error(err, c->path, line, "node_name must be 1 to 64 of A-Z a-z 0-9 . - _: %.64s", value);
+                        return -EINVAL;
+                }
+                return set_string(&c->node_name, value);
         }
         conf_error(err, c->path, line, "Unknown key '%s'.", key);
         return -EINVAL;
@@ -1520,6 +1557,24 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
         }
         if (!c->public_url) {
                 if (asprintf(&c->public_url, "http://%s", c->callback_listen) < 0)
+                        return -ENOMEM;
+        }
+        if (!c->store && (c->store_password_file || c->store_password_credential)) {
+                const char *k = c->store_password_file ? "store_password_file" : "store_password_credential";
+
+                conf_error(err, c->path, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), k)],
+                           "%s needs store = postgresql://... (without store, SQLite in state_dir needs no password).",
+                           k);
+                return -EINVAL;
+        }
+        if (!c->node_name) {
+                char host[256] = "";
+
+                if (gethostname(host, sizeof host - 1) < 0 || !host[0])
+                        snprintf(host, sizeof host, "localhost");
+                host[64] = 0;
+                c->node_name = strdup(host);
+                if (!c->node_name)
                         return -ENOMEM;
         }
         load_strict = c->strict;

@@ -197,6 +197,11 @@ void conf_set_warning(conf_warning_fn fn);
  * would follow the link. "conf/dev" + "../../.run/state" is ".run/state". */
 int conf_path_join(const char *dir, const char *value, char **ret);
 
+/* A secret from a file (at most 64 KiB, one trailing newline dropped):
+ * -EINVAL when empty or binary; *ret_mode the file's mode, for the
+ * caller's group/other check. */
+int conf_read_secret_file(const char *path, char **ret, mode_t *ret_mode);
+
 /* The error class and hint an error answer gets from the provider's
  * error_map, else RFC 6749 section 5.2's defaults; *ret_hint is borrowed. */
 ErrorClass provider_classify_error(const Provider *p, long status, const char *code, const char *desc,
@@ -211,6 +216,7 @@ typedef struct BrokerConfig {
         unsigned socket_mode;
         char *callback_listen;    /* host:port */
         char *public_url;
+        bool public_url_set;      /* public_url given (not the callback_listen default) */
         char *providers_dir;
         char *admin_group;
         char *socket_group;       /* group of the API socket; NULL: unchanged */
@@ -225,6 +231,14 @@ typedef struct BrokerConfig {
         usec_t pending_ttl;       /* life of an authorization's state */
         unsigned max_connections;
         bool strict;              /* secrets in files others can read: an error, not a warning */
+
+        /* The store: NULL for SQLite in state_dir, else a PostgreSQL URI,
+         * its password from a file or a systemd credential (read by the
+         * daemon when it opens the store; NULL both: libpq's own ways). */
+        char *store;
+        char *store_password_file;
+        char *store_password_credential;
+        char *node_name;          /* default: the host name */
 
         Provider **providers;
         size_t n_providers;

@@ -18,6 +18,7 @@
 #include "common/util.h"
 #include "daemon/acl.h"
 #include "daemon/api.h"
+#include "daemon/links.h"
 #include "daemon/mhd.h"
 #include "common/template.h"
 #include "daemon/oauth.h"
@@ -115,7 +116,6 @@ struct ApiRequest {
         Connection *target;
         sd_event_source *wait_timer;   /* ?wait=: the longest we hold the answer */
         Route route;
-        bool events_synced;        /* GET /v1/events: the writes queued before it are committed */
 
         /* the answer, once known */
         bool answered;
@@ -1207,11 +1207,29 @@ static void route_status(ApiRequest *r) {
         answer(r, 200, dump(j));
 }
 
+/* A page of events, read on the store writer's thread (never on the
+ * loop: on PostgreSQL a read is a network round trip) after the writes
+ * queued before the request are committed, then answered on the loop.
+ * manager_free() flushes the writer before api_free(), so the request is
+ * still suspended when the read comes back. */
 typedef struct EventPage {
-        json_t *events;
+        ApiRequest *r;
+        char *connection;          /* NULL: every connection */
+        long long before_id;
         unsigned limit;
+        json_t *events;
         bool more;                 /* a row beyond the limit came back */
 } EventPage;
+
+static EventPage *event_page_free(EventPage *p) {
+        if (!p)
+                return NULL;
+        free(p->connection);
+        json_decref(p->events);
+        free(p);
+        return NULL;
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(EventPage *, event_page_free);
 
 static int event_json(const StoreEvent *e, void *userdata) {
         EventPage *p = userdata;
@@ -1235,18 +1253,34 @@ static int event_json(const StoreEvent *e, void *userdata) {
                        : 0;
 }
 
-static void route_events(ApiRequest *r);
+/* On the writer's thread: touches the page only. Runs again from the
+ * start if its batch is retried. */
+static int events_read(Store *s, void *userdata) {
+        EventPage *p = userdata;
 
-/* Events are written by the store writer: a reader sees those queued
- * before its request once they are committed (manager_free() flushes the
- * writer before api_free(), so r is still suspended here). */
-static void on_events_synced(int result _unused_, const char *error _unused_, void *userdata) {
-        ApiRequest *r = userdata;
+        json_array_clear(p->events);
+        p->more = false;
+        /* one more than the page: whether there is a next one */
+        return store_events_list(s, p->connection, p->before_id, p->limit + 1, event_json, p);
+}
+
+static void on_events_read(int result, const char *error _unused_, void *userdata) {
+        _cleanup_(event_page_freep) EventPage *p = userdata;
+        ApiRequest *r = p->r;
+        json_t *last;
 
         if (!r->suspended)
                 return;
-        r->events_synced = true;
-        route_events(r);
+        if (result < 0)
+                answer_error(r, 500, API_ERR_SERVER, "cannot read events");
+        else {
+                last = json_array_get(p->events, json_array_size(p->events) - 1);
+                if (p->more && last)
+                        answer(r, 200, dump(json_pack("{s:O, s:O}", "events", p->events, "next",
+                                                      json_object_get(last, "id"))));
+                else
+                        answer(r, 200, dump(json_pack("{s:O}", "events", p->events)));
+        }
         resume(r);
         mhd_loop_kick(&r->api->loop);
 }
@@ -1259,8 +1293,7 @@ static void route_events(ApiRequest *r) {
                    *before = arg_checked(r, "before", &bad);
         unsigned limit = API_EVENTS_LIMIT_DEFAULT;
         long long before_id = 0;
-        EventPage page = {};
-        json_t *last;
+        _cleanup_(event_page_freep) EventPage *p = NULL;
         int k;
 
         if (bad)
@@ -1276,26 +1309,17 @@ static void route_events(ApiRequest *r) {
                 if (!*before || *end || errno || before_id < 0)
                         return answer_error(r, 400, API_ERR_INVALID_REQUEST, "before must be an event id");
         }
-        if (!r->events_synced && store_writer_pending(r->api->manager->writer) > 0 &&
-            store_writer_barrier(r->api->manager->writer, on_events_synced, r) >= 0) {
-                suspend(r, NULL);
-                return;
-        }
-        page.limit = limit;
-        page.events = json_array();   /* after the checks: their early answers left it behind */
-        if (!page.events)
+        p = new0(EventPage, 1);
+        if (!p || !(p->events = json_array()) || (conn && !(p->connection = strdup(conn))))
                 return answer_error(r, 500, API_ERR_SERVER, "out of memory");
-        /* one more than the page: whether there is a next one */
-        k = store_events_list(r->api->manager->store, conn, before_id, limit + 1, event_json, &page);
-        if (k < 0) {
-                json_decref(page.events);
-                return answer_error(r, 500, API_ERR_SERVER, "cannot read events");
-        }
-        last = json_array_get(page.events, json_array_size(page.events) - 1);
-        if (page.more && last)
-                answer(r, 200, dump(json_pack("{s:o, s:O}", "events", page.events, "next", json_object_get(last, "id"))));
-        else
-                answer(r, 200, dump(json_pack("{s:o}", "events", page.events)));
+        p->r = r;
+        p->before_id = before_id;
+        p->limit = limit;
+        k = store_writer_custom(r->api->manager->writer, events_read, p, NULL, on_events_read, p);
+        if (k < 0)
+                return answer_error(r, k == -ESHUTDOWN ? 503 : 500, API_ERR_SERVER, "cannot read events");
+        TAKE_PTR(p);
+        suspend(r, NULL);
 }
 
 /* Prometheus text format 0.0.4. Every figure is a counter kept as things
@@ -1391,6 +1415,8 @@ static bool refuse_unprivileged(ApiRequest *r, const char *method, const char *u
         int k;
 
         assert(r->peer && !r->peer->admin);
+        if (links_api_path(url))
+                return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed"), true;
         k = api_route_match(method, url, &rt);
         if (k == -ENAMETOOLONG)
                 return answer_error(r, 404, API_ERR_NOT_FOUND, "unknown connection"), true;
@@ -1468,6 +1494,37 @@ static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, 
         strbuf_free(&b);
 }
 
+/* /v1/links (daemon/links.c): an answer now, or once its write is durable. */
+static void on_links_written(int result, const char *error _unused_, void *userdata) {
+        ApiRequest *r = userdata;
+
+        if (!r->suspended)
+                return;
+        if (result < 0)
+                answer_error(r, 500, API_ERR_SERVER, "cannot store the link change");
+        resume(r);
+        mhd_loop_kick(&r->api->loop);
+}
+
+static void route_links(ApiRequest *r, const char *method, const char *url) {
+        bool bad = false;
+        const char *conn = arg_checked(r, "connection", &bad);
+        unsigned status = 500;
+        char *body = NULL;
+        int k;
+
+        if (bad)
+                return answer_error(r, 400, API_ERR_INVALID_REQUEST, "a query parameter holds a NUL byte");
+        if (streq(method, "POST") || streq(method, "DELETE"))
+                audit_begin(r, streq(method, "POST") ? "link" : "unlink", NULL);
+        k = links_api(r->api->manager, method, url, conn, r->body, r->body_len, r->peer->uid, &status, &body,
+                      on_links_written, r);
+        answer(r, status, body);
+        audit_record(r);
+        if (k > 0)
+                suspend(r, NULL);
+}
+
 static void dispatch(ApiRequest *r, const char *method, const char *url) {
         Manager *m = r->api->manager;
         Connection *c;
@@ -1477,6 +1534,11 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
         if (r->too_large) {
                 answer_error(r, 413, API_ERR_INVALID_REQUEST, "request body too large");
                 return;
+        }
+        if (links_api_path(url)) {
+                if (!r->peer->admin)
+                        return answer_error(r, 403, API_ERR_FORBIDDEN, "admin route: peer not allowed");
+                return route_links(r, method, url);
         }
         k = api_route_match(method, url, &rt);
         if (k == -ENAMETOOLONG)

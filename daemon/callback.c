@@ -7,6 +7,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/callback.h"
+#include "daemon/links.h"
 #include "daemon/mhd.h"
 #include "daemon/route.h"
 
@@ -423,6 +424,18 @@ static bool has_body(struct MHD_Connection *conn) {
         return len && strspn(len, "0") != strlen(len);
 }
 
+/* A link's form posts nothing (a browser may send a few bytes): the
+ * body is read and dropped, up to this much. */
+#define LINK_BODY_MAX 1024
+
+static bool body_too_large(struct MHD_Connection *conn) {
+        const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+        if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+                return true;
+        return len && (strspn(len, "0123456789") != strlen(len) || strlen(len) > 4 || atoi(len) > LINK_BODY_MAX);
+}
+
 static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version _unused_,
                                   const char *upload_data _unused_, size_t *upload_data_size,
@@ -436,9 +449,11 @@ static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *con
                 r->started = true;
                 /* No route takes a body: refuse at once rather than read
                  * it (MHD then closes the connection after the answer). */
-                if (!streq(method, "GET") && !streq(method, "HEAD"))
+                /* A re-authorization link's button POSTs (an empty form). */
+                bool link = streq(method, "POST") && startswith(url, LINK_PATH);
+                if (!streq(method, "GET") && !streq(method, "HEAD") && !link)
                         answer(r, 405, "Method not allowed", "Only GET is served here.");
-                else if (has_body(conn))
+                else if (link ? body_too_large(conn) : has_body(conn))
                         answer(r, 413, "Request too large", "A request here has no body.");
                 else
                         return MHD_YES;
@@ -449,6 +464,11 @@ static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *con
         if (*upload_data_size > 0) {
                 *upload_data_size = 0;   /* no route takes a body (see above) */
                 return MHD_YES;
+        }
+        if (!r->answered && !r->suspended && (tail = startswith(url, LINK_PATH))) {
+                r->answered = true;
+                cb_conn_deadline(conn, 0);
+                return links_serve(r->cb->manager, conn, method, tail);
         }
         if (!r->answered && !r->suspended) {
                 if (!streq(method, "GET") && !streq(method, "HEAD"))

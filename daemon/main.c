@@ -14,6 +14,7 @@
 static const char *arg_config = DEFAULT_CONFIG_FILE;
 static bool arg_check_config = false;
 static const char *arg_rotate_key = NULL;
+static const char *arg_copy_from = NULL, *arg_copy_to = NULL;
 
 static void help(void) {
         printf("Usage: tokenbrokerd [OPTIONS]\n\n"
@@ -24,6 +25,11 @@ static void help(void) {
                "      --rotate-key NEW_KEY_FILE\n"
                "                       re-seal the store under the key in NEW_KEY_FILE, then exit\n"
                "                       (the daemon stopped; then put that key in place of the old)\n"
+               "      --copy-store FROM TO\n"
+               "                       copy every connection, event and sealed value from one\n"
+               "                       store to an empty other, then exit (each a SQLite file or\n"
+               "                       a postgresql:// URI; the key and store password from the\n"
+               "                       configuration; the daemon stopped)\n"
                "  -h, --help           show this help\n"
                "      --version        show the version\n\n"
                "Signals: SIGTERM/SIGINT stop; SIGHUP reloads providers.\n"
@@ -32,11 +38,12 @@ static void help(void) {
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_CHECK = 0x100, ARG_VERSION, ARG_ROTATE_KEY };
+        enum { ARG_CHECK = 0x100, ARG_VERSION, ARG_ROTATE_KEY, ARG_COPY_STORE };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, ARG_CHECK },
                 { "rotate-key", required_argument, NULL, ARG_ROTATE_KEY },
+                { "copy-store", required_argument, NULL, ARG_COPY_STORE },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {}
@@ -54,6 +61,9 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_ROTATE_KEY:
                         arg_rotate_key = optarg;
                         break;
+                case ARG_COPY_STORE:
+                        arg_copy_from = optarg;
+                        break;
                 case 'h':
                         help();
                         return 0;
@@ -63,8 +73,16 @@ static int parse_argv(int argc, char *argv[]) {
                 default:
                         return -EINVAL;
                 }
-        if (arg_check_config && arg_rotate_key) {
-                fprintf(stderr, "tokenbrokerd: --check-config and --rotate-key do not go together\n");
+        if (arg_copy_from) {
+                /* --copy-store FROM TO: TO is the next argument */
+                if (optind >= argc) {
+                        fprintf(stderr, "tokenbrokerd: --copy-store needs FROM and TO\n");
+                        return -EINVAL;
+                }
+                arg_copy_to = argv[optind++];
+        }
+        if ((arg_check_config ? 1 : 0) + (arg_rotate_key ? 1 : 0) + (arg_copy_from ? 1 : 0) > 1) {
+                fprintf(stderr, "tokenbrokerd: --check-config, --rotate-key and --copy-store do not go together\n");
                 return -EINVAL;
         }
         if (optind < argc) {
@@ -214,6 +232,10 @@ static int run(int argc, char *argv[]) {
         }
         if (arg_rotate_key) {
                 r = manager_rotate_key(m, arg_rotate_key, rotate_before_commit);
+                return r < 0 ? 1 : 0;
+        }
+        if (arg_copy_from) {
+                r = manager_copy_store(m, arg_copy_from, arg_copy_to);
                 return r < 0 ? 1 : 0;
         }
         r = take_listen_fds(m);

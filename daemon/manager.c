@@ -18,8 +18,10 @@
 #include "daemon/api.h"
 #include "daemon/callback.h"
 #include "daemon/heap.h"
+#include "daemon/links.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
+#include "daemon/pg.h"
 
 static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
 
@@ -101,6 +103,7 @@ Manager *manager_free(Manager *m) {
                 log_warning("Writes still queued after flushing the store writer; they are committed at exit.");
         api_free(m->api);
         callback_free(m->callback);
+        m->links = links_free(m->links);
         if (m->connections) {
                 while ((n = hashmap_iter_next(m->connections, &it))) {
                         Connection *c = container_of(n, Connection, by_name);
@@ -404,7 +407,8 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         char e_conn[CONNECTION_NAME_MAX + 32], e_prov[PROVIDER_NAME_MAX + 32], e_event[64], e_reason[400],
                 e_state[64];
         char *const argv[] = { m->config->notify_command, (char *) event, (char *) c->name, NULL };
-        char *envp[8];
+        char *envp[9];
+        _cleanup_secret_ char *e_link = NULL;
         posix_spawn_file_actions_t fa;
         sd_event_source *src = NULL;
         usec_t t = now(DEADLINE_CLOCK);
@@ -441,6 +445,15 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         envp[n++] = e_event;
         envp[n++] = e_state;
         envp[n++] = e_reason;
+        if (streq(event, "needs-reauth")) {
+                _cleanup_secret_ char *link = NULL;
+
+                links_mint_automatic(m, c, &link);
+                if (link && asprintf(&e_link, "TOKENBROKER_REAUTH_URL=%s", link) < 0)
+                        e_link = NULL;
+                if (e_link)
+                        envp[n++] = e_link;
+        }
         envp[n++] = (char *) "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
         envp[n] = NULL;
 
@@ -888,10 +901,72 @@ static int key_load_logged(const char *path, const char *what, bool create, Cryp
         return 0;
 }
 
-static int manager_open_store(Manager *m, const char *db) {
+/* The PostgreSQL role's password: the credential, else the file; NULL
+ * when neither is set (libpq's own ways: PGPASSFILE, ~/.pgpass). */
+static int manager_store_password(Manager *m, char **ret) {
+        const BrokerConfig *c = m->config;
+        _cleanup_free_ char *path = NULL;
+        mode_t mode = 0;
+        int r;
+
+        *ret = NULL;
+        if (c->store_password_credential) {
+                const char *dir = getenv("CREDENTIALS_DIRECTORY");
+
+                if (!dir)
+                        return log_error_errno(ENOENT, "store_password_credential is set but $CREDENTIALS_DIRECTORY "
+                                               "is not (LoadCredential= missing?).");
+                if (asprintf(&path, "%s/%s", dir, c->store_password_credential) < 0)
+                        return log_oom();
+        } else if (c->store_password_file) {
+                path = strdup(c->store_password_file);
+                if (!path)
+                        return log_oom();
+        } else
+                return 0;
+        r = conf_read_secret_file(path, ret, &mode);
+        if (r < 0)
+                return log_error_errno(r, "Cannot read the store's password from '%s': %s", path,
+                                       r == -EINVAL ? "empty or binary" : strerror(-r));
+        if (!c->store_password_credential && (mode & 0077)) {
+                if (c->strict) {
+                        *ret = secret_free(*ret);
+                        return log_error_errno(EPERM, "'%s' (store_password_file) is readable by group or others "
+                                               "(mode %04o): refused under strict = true; chmod 0600 it.", path,
+                                               (unsigned) (mode & 07777));
+                }
+                log_warning("'%s' (store_password_file) is readable by group or others (mode %04o) and holds the "
+                            "store's password: chmod 0600 it.", path, (unsigned) (mode & 07777));
+        }
+        return 0;
+}
+
+/* Where the store is: the PostgreSQL URI of `store`, else the SQLite file
+ * in state_dir; *ret_shown is what messages say (a URI's password, if it
+ * holds one, replaced). */
+static int manager_store_target(Manager *m, char **ret_where, char **ret_shown) {
+        if (m->config->store) {
+                *ret_where = strdup(m->config->store);
+                *ret_shown = pg_uri_redact(m->config->store);
+        } else {
+                if (asprintf(ret_where, "%s/tokenbroker.db", m->config->state_dir) < 0)
+                        *ret_where = NULL;
+                *ret_shown = *ret_where ? strdup(*ret_where) : NULL;
+        }
+        if (!*ret_where || !*ret_shown) {
+                *ret_where = mfree(*ret_where);
+                *ret_shown = mfree(*ret_shown);
+                return log_oom();
+        }
+        return 0;
+}
+
+static int manager_open_store(Manager *m, const char *where, const char *db) {
         _cleanup_(crypt_key_freep) CryptKey *key = NULL;
         _cleanup_free_ char *path = NULL;
+        _cleanup_secret_ char *password = NULL;
         bool credential = false, created = false;
+        char error[512];
         const char *what;
         int r;
 
@@ -903,7 +978,10 @@ static int manager_open_store(Manager *m, const char *db) {
         if (r < 0)
                 return r;
 
-        r = store_open(db, key, &m->store);
+        r = manager_store_password(m, &password);
+        if (r < 0)
+                return r;
+        r = store_open_with(where, &(StoreOptions) { .password = password }, key, &m->store, error, sizeof error);
         if (r == -EKEYREJECTED) {
                 /* A key made just now cannot be the right one: do not leave
                  * it behind to be mistaken for it. */
@@ -913,7 +991,11 @@ static int manager_open_store(Manager *m, const char *db) {
                                        what, path, created ? ", which was missing" : "");
         }
         if (r < 0)
-                return log_error_errno(r, "Failed to open database '%s': %m", db);
+                return log_error_errno(r, "Failed to open database '%s': %s", db, error);
+        if (store_lock_single_node(m->store) < 0)
+                return log_error_errno(EBUSY, "Another tokenbrokerd uses the database '%s': not starting a second "
+                                       "one on it (several nodes on one PostgreSQL need the leases of issue 10, "
+                                       "not built yet).", db);
         if (created)
                 log_notice("Created encryption key file '%s'. Keep a copy: the tokens in '%s' cannot be read "
                            "without it.", path, db);
@@ -1030,8 +1112,10 @@ static void manager_private_file(const char *path, const char *suffix) {
 
 int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void)) {
         _cleanup_(crypt_key_freep) CryptKey *old_key = NULL, *new_key = NULL;
-        _cleanup_free_ char *path = NULL, *db = NULL, *msg = NULL;
+        _cleanup_free_ char *path = NULL, *where = NULL, *db = NULL, *msg = NULL;
+        _cleanup_secret_ char *password = NULL;
         _cleanup_(store_closep) Store *s = NULL;
+        char error[512];
         bool credential = false;
         const char *what;
         int r, n = 0;
@@ -1052,17 +1136,22 @@ int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commi
         if (memcmp(old_key->bytes, new_key->bytes, CRYPT_KEY_SIZE) == 0)
                 return log_error_errno(EINVAL, "The new key file '%s' holds the current key: nothing to rotate.",
                                        new_key_file);
-        if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
-                return log_oom();
-        if (access(db, F_OK) < 0)
+        r = manager_store_target(m, &where, &db);
+        if (r < 0)
+                return r;
+        if (!m->config->store && access(db, F_OK) < 0)
                 return log_error_errno(errno, "No store at '%s': %m", db);
-
-        r = store_open(db, old_key, &s);
+        r = manager_store_password(m, &password);
+        if (r < 0)
+                return r;
+        r = store_open_with(where, &(StoreOptions) { .password = password }, old_key, &s, error, sizeof error);
         if (r == -EKEYREJECTED)
                 return log_error_errno(r, "%s was sealed with another key than the current one (%s %s): "
                                        "refusing to rotate.", db, what, path);
         if (r < 0)
-                return log_error_errno(r, "Failed to open database '%s': %m", db);
+                return log_error_errno(r, "Failed to open database '%s': %s", db, error);
+        if (store_lock_single_node(s) < 0)
+                return log_error_errno(EBUSY, "A tokenbrokerd runs on '%s': stop it before rotating the key.", db);
         if (asprintf(&msg, "the store was re-sealed under a new key (by uid %u)", (unsigned) getuid()) < 0)
                 return log_oom();
         r = store_rekey(s, new_key, msg, before_commit, &n);
@@ -1072,6 +1161,80 @@ int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commi
         log_notice("Re-sealed the secrets of %d connection%s in '%s' under the key in '%s'. Now put that key "
                    "in place of %s (%s) and start tokenbrokerd: the old key no longer opens the store.",
                    n, n == 1 ? "" : "s", db, new_key_file, path, what);
+        return 0;
+}
+
+/* Opens one side of --copy-store: a SQLite file (FROM must exist) or a
+ * PostgreSQL URI, under the daemon's key, with no daemon on it. */
+static int copy_open(const char *where, const char *password, CryptKey *key, const char *what,
+                     const char *key_path, bool must_exist, Store **ret) {
+        _cleanup_free_ char *shown = NULL;
+        char error[512];
+        bool pg = store_is_postgresql(where);
+        int r;
+
+        shown = pg ? pg_uri_redact(where) : strdup(where);
+        if (!shown)
+                return log_oom();
+        if (!pg && must_exist && access(where, F_OK) < 0)
+                return log_error_errno(errno, "No store at '%s' (%s): %m", shown, what);
+        r = store_open_with(where, &(StoreOptions) { .password = password }, key, ret, error, sizeof error);
+        if (r == -EKEYREJECTED)
+                return log_error_errno(r, "%s '%s' was sealed with another key than %s: nothing copied.", what, shown,
+                                       key_path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open %s '%s': %s", what, shown, error);
+        if (store_lock_single_node(*ret) < 0)
+                return log_error_errno(EBUSY, "A tokenbrokerd runs on %s '%s': stop it first.", what, shown);
+        return 0;
+}
+
+int manager_copy_store(Manager *m, const char *from, const char *to) {
+        _cleanup_(crypt_key_freep) CryptKey *key = NULL;
+        _cleanup_(store_closep) Store *src = NULL, *dst = NULL;
+        _cleanup_free_ char *path = NULL, *from_shown = NULL, *to_shown = NULL;
+        _cleanup_secret_ char *password = NULL;
+        unsigned n = 0, k = 0;
+        bool credential = false;
+        int r;
+
+        if (streq(from, to))
+                return log_error_errno(EINVAL, "--copy-store: FROM and TO are the same store.");
+        /* No daemon on this state_dir while the stores change hands. */
+        r = mkdir_p(m->config->state_dir, 0700);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create state directory '%s': %m", m->config->state_dir);
+        r = manager_lock_store(m, true);
+        if (r < 0)
+                return r;
+        r = crypt_key_find(m->config->key_credential, m->config->key_file, &path, &credential);
+        if (r < 0)
+                return log_error_errno(r, "Failed to find the encryption key: %m");
+        r = key_load_logged(path, credential ? "credential" : "key file", false, &key, NULL);
+        if (r < 0)
+                return r;
+        r = manager_store_password(m, &password);
+        if (r < 0)
+                return r;
+        from_shown = store_is_postgresql(from) ? pg_uri_redact(from) : strdup(from);
+        to_shown = store_is_postgresql(to) ? pg_uri_redact(to) : strdup(to);
+        if (!from_shown || !to_shown)
+                return log_oom();
+        r = copy_open(from, password, key, "the source", path, true, &src);
+        if (r < 0)
+                return r;
+        r = copy_open(to, password, key, "the target", path, false, &dst);
+        if (r < 0)
+                return r;
+        r = store_copy(src, dst, &n, &k);
+        if (r == -ENOTEMPTY)
+                return log_error_errno(r, "The target '%s' is not empty (%s): refusing to copy over it.", to_shown,
+                                       store_last_error(dst));
+        if (r < 0)
+                return log_error_errno(r, "Failed to copy '%s' to '%s' (nothing was copied): %s", from_shown,
+                                       to_shown, store_last_error(dst));
+        log_notice("Copied %u connection%s and %u event%s from '%s' (%s) to '%s' (%s).", n, n == 1 ? "" : "s", k,
+                   k == 1 ? "" : "s", from_shown, store_engine_name(src), to_shown, store_engine_name(dst));
         return 0;
 }
 
@@ -1186,7 +1349,7 @@ static int manager_bind_api(Manager *m, int *ret) {
 }
 
 int manager_startup(Manager *m) {
-        _cleanup_free_ char *db = NULL, *sockdir = NULL;
+        _cleanup_free_ char *where = NULL, *db = NULL, *sockdir = NULL;
         usec_t load_t0, load_cpu0;
         size_t n_hint;
         sigset_t mask;
@@ -1214,15 +1377,18 @@ int manager_startup(Manager *m) {
         r = manager_lock_store(m, false);
         if (r < 0)
                 return r;
-        if (asprintf(&db, "%s/tokenbroker.db", m->config->state_dir) < 0)
-                return log_oom();
+        r = manager_store_target(m, &where, &db);
+        if (r < 0)
+                return r;
         /* A database left group- or other-readable by an older version:
          * its own before it is opened, so the -wal and -shm SQLite makes
          * with the database's mode are private too. */
-        manager_private_file(db, "");
-        manager_private_file(db, "-wal");
-        manager_private_file(db, "-shm");
-        r = manager_open_store(m, db);
+        if (!m->config->store) {
+                manager_private_file(db, "");
+                manager_private_file(db, "-wal");
+                manager_private_file(db, "-shm");
+        }
+        r = manager_open_store(m, where, db);
         if (r < 0)
                 return r;
 
@@ -1250,6 +1416,13 @@ int manager_startup(Manager *m) {
         if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
                 log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
                             "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));
+        /* Links live in a SQLite table for now: on PostgreSQL there are
+         * none (the API says so) until the HA work brings them over. */
+        if (store_sqlite(m->store)) {
+                r = links_new(m, &m->links);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to load re-authorization links from '%s': %m", db);
+        }
         log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization) in %" PRIu64
                  " ms (%" PRIu64 " ms CPU).",
                  hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],

@@ -12,6 +12,7 @@
 
 typedef struct Api Api;
 typedef struct Callback Callback;
+typedef struct Links Links;
 
 /* Prometheus histogram bounds for provider request latency, seconds. */
 #define LATENCY_BOUNDS { 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 }
@@ -60,6 +61,7 @@ struct Manager {
 
         Api *api;
         Callback *callback;
+        Links *links;              /* re-authorization links (daemon/links.c) */
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
 
@@ -113,6 +115,11 @@ int manager_reload(Manager *m);
  * taken, or refused), re-seals the store under the key in new_key_file in
  * one transaction. The caller then swaps the key files. */
 int manager_rotate_key(Manager *m, const char *new_key_file, void (*before_commit)(void));
+/* tokenbrokerd --copy-store FROM TO: every connection, event and sealed
+ * value from one store (a SQLite file or a postgresql:// URI) into an
+ * empty other, under the configured key and store password; the daemon
+ * must not run. */
+int manager_copy_store(Manager *m, const char *from, const char *to);
 /* Runs notify_command for a connection event ("needs-reauth",
  * "recovered"), rate limited per connection; never with a secret. */
 void manager_notify(Manager *m, Connection *c, const char *event);

@@ -1,63 +1,50 @@
 /* SPDX-License-Identifier: MIT */
+
+/* The store, the same on every engine (daemon/store-engine.h): sealing,
+ * the key check, ids, row images and the writer thread. The SQL is the
+ * engine's: daemon/store-sqlite.c (the default, one file) or
+ * daemon/store-pg.c (PostgreSQL, several nodes). */
+
 #include <pthread.h>
 #include <signal.h>
-#include <sqlite3.h>
+#include <stdarg.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "common/intern.h"
 #include "common/util.h"
 #include "daemon/crypt.h"
+#include "daemon/store-engine.h"
 #include "daemon/store.h"
 
-enum {
-        STMT_INSERT,
-        STMT_SAVE,
-        STMT_DELETE,
-        STMT_EVENT_ADD,
-        STMT_EVENT_TRIM,
-        _STMT_MAX,
-};
-
-static const char *const stmt_sql[_STMT_MAX] = {
-        [STMT_INSERT] =
-                "INSERT INTO connections (id, name, provider, state, created_at, updated_at) "
-                "VALUES (?5, ?1, ?2, ?3, ?4, ?4)",   /* ?5 NULL: the next rowid */
-        [STMT_SAVE] =
-                "UPDATE connections SET provider = ?2, state = ?3, requested_scope = ?4, scope = ?5, "
-                "identity = ?6, token_type = ?7, access_token = ?8, refresh_token = ?9, "
-                "expires_at = ?10, obtained_at = ?11, state_hash = ?12, code_verifier = ?13, "
-                "pending_until = ?14, allow_users = ?15, allow_groups = ?16, last_error = ?17, "
-                "refreshes = ?18, updated_at = ?19, last_refresh_at = ?20, username = ?21, "
-                "device_interval = ?22 WHERE id = ?1",
-        [STMT_DELETE] = "DELETE FROM connections WHERE id = ?1",
-        [STMT_EVENT_ADD] = "INSERT INTO events (at, connection, kind, message) VALUES (?1, ?2, ?3, ?4)",
-        /* Keep the table bounded: the integer key grows by one per event. */
-        [STMT_EVENT_TRIM] = "DELETE FROM events WHERE id <= ?1",
-};
-
 struct Store {
-        sqlite3 *db;               /* first: the unit tests peek at it */
-        sqlite3_stmt *stmt[_STMT_MAX];
-        unsigned version;
+        const StoreEngine *engine;
+        StoreDb *db;
         CryptKey *key;             /* seals the secret columns; wiped on close */
-        char error[256];           /* what went wrong beyond SQLite, if anything */
+        char error[256];           /* what went wrong beyond the engine, if anything */
         int64_t next_id;           /* store_connection_id_new() */
-        char *path;
+        char *where;               /* the file or URI, for the writer's own handle */
+        char *password;            /* the same */
 };
 
-/* The secret columns, sealed with the row's id and the column's name as
- * associated data (see seal_aad()). */
-static const char *const sealed_columns[] = { "access_token", "refresh_token", "code_verifier" };
+const char *const store_sealed_columns[STORE_SEALED_MAX] = { "access_token", "refresh_token", "code_verifier" };
 
 /* The key check: this constant, sealed under the key, in key_check. */
 #define KEY_CHECK_AAD "tokenbroker key_check"
 #define KEY_CHECK_TEXT "tokenbroker: the key that sealed this database"
 
+bool store_is_postgresql(const char *where) {
+        return where && (startswith(where, "postgresql://") || startswith(where, "postgres://"));
+}
+
+const StoreEngine *store_engine_for(const char *where) {
+        return store_is_postgresql(where) ? &store_engine_pg : &store_engine_sqlite;
+}
+
 const char *store_last_error(Store *s) {
         if (!s || !s->db)
                 return "out of memory";
-        return s->error[0] ? s->error : sqlite3_errmsg(s->db);
+        return s->error[0] ? s->error : s->engine->error(s->db);
 }
 
 _printf_(2, 3) static void store_set_error(Store *s, const char *fmt, ...) {
@@ -69,115 +56,47 @@ _printf_(2, 3) static void store_set_error(Store *s, const char *fmt, ...) {
 }
 
 unsigned store_schema_version(Store *s) {
-        return s->version;
+        return s->engine->schema_version(s->db);
 }
 
-static int sqlite_to_errno(int rc) {
-        /* The connection is opened with SQLITE_OPEN_EXRESCODE: map the
-         * extended codes (SQLITE_CONSTRAINT_UNIQUE, ...) by their primary. */
-        switch (rc & 0xff) {
-        case SQLITE_OK:
-        case SQLITE_DONE:
-        case SQLITE_ROW:
-                return 0;
-        case SQLITE_NOMEM:
-                return -ENOMEM;
-        case SQLITE_BUSY:
-        case SQLITE_LOCKED:
-                return -EBUSY;
-        case SQLITE_CONSTRAINT:
-                return -EEXIST;
-        case SQLITE_FULL:
-                return -ENOSPC;
-        case SQLITE_CANTOPEN:
-        case SQLITE_PERM:
-        case SQLITE_READONLY:
-                return -EACCES;
-        case SQLITE_CORRUPT:
-        case SQLITE_NOTADB:
-                return -EBADMSG;
-        default:
-                return -EIO;
-        }
+const char *store_engine_name(Store *s) {
+        return s->engine->name;
 }
 
-static int exec(Store *s, const char *sql) {
-        return sqlite_to_errno(sqlite3_exec(s->db, sql, NULL, NULL, NULL));
+int store_lock_single_node(Store *s) {
+        s->error[0] = 0;
+        return s->engine->lock_single_node(s->db);
 }
 
 Store *store_close(Store *s) {
         if (!s)
                 return NULL;
-        for (size_t i = 0; i < _STMT_MAX; i++)
-                sqlite3_finalize(s->stmt[i]);
         if (s->db)
-                sqlite3_close_v2(s->db);
+                s->engine->close(s->db);
         crypt_key_free(s->key);
-        free(s->path);
+        free(s->where);
+        secret_free(s->password);
         free(s);
         return NULL;
 }
 
-static int store_get_version(Store *s, unsigned *ret) {
-        sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(s->db, "SELECT version FROM schema_version", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        rc = sqlite3_step(st);
-        *ret = rc == SQLITE_ROW ? (unsigned) sqlite3_column_int(st, 0) : 0;
-        sqlite3_finalize(st);
-        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+/* Everything in one transaction, or nothing. */
+static int begin(Store *s) {
+        s->error[0] = 0;
+        return s->engine->begin(s->db);
 }
 
-/* Each migration and the version bump commit together: a crash mid-way
- * leaves the previous version intact. */
-static int store_migrate(Store *s) {
-        unsigned v;
-        int r;
+static int commit(Store *s) {
+        int r = s->engine->commit(s->db);
 
-        r = exec(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)");
         if (r < 0)
-                return r;
-        r = store_get_version(s, &v);
-        if (r < 0)
-                return r;
-        if (v > store_migrations[store_n_migrations - 1].version)
-                return -EPROTONOSUPPORT;   /* a newer tokenbroker wrote this */
-
-        for (size_t i = 0; i < store_n_migrations; i++) {
-                const Migration *m = &store_migrations[i];
-                char bump[128];
-
-                if (m->version <= v)
-                        continue;
-                r = exec(s, "BEGIN IMMEDIATE");
-                if (r < 0)
-                        return r;
-                snprintf(bump, sizeof bump,
-                         "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%u)", m->version);
-                r = exec(s, m->sql);
-                if (r >= 0)
-                        r = exec(s, bump);
-                if (r >= 0)
-                        r = exec(s, "COMMIT");
-                if (r < 0) {
-                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-                        return r;
-                }
-                v = m->version;
-        }
-        s->version = v;
-        return 0;
+                s->engine->rollback(s->db);
+        return r;
 }
 
-static int step_done(sqlite3_stmt *st) {
-        int rc = sqlite3_step(st);
-
-        (void) sqlite3_reset(st);
-        (void) sqlite3_clear_bindings(st);
-        return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+static int fail(Store *s, int r) {
+        s->engine->rollback(s->db);
+        return r;
 }
 
 /* ---- sealing ---------------------------------------------------------- */
@@ -228,22 +147,15 @@ static int open_value(Store *s, int64_t id, const char *column, const void *p, s
  * no check yet (nothing sealed), -EKEYREJECTED when it was sealed under
  * another key. Reads one row and nothing else. */
 static int store_check_key(Store *s) {
-        sqlite3_stmt *st = NULL;
+        _cleanup_free_ uint8_t *sealed = NULL;
         _cleanup_secret_ char *text = NULL;
-        size_t n = 0;
-        int rc, r;
+        size_t size = 0, n = 0;
+        int r;
 
-        rc = sqlite3_prepare_v2(s->db, "SELECT value FROM key_check WHERE id = 1", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW) {
-                sqlite3_finalize(st);
-                return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
-        }
-        r = crypt_open(s->key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), sqlite3_column_blob(st, 0),
-                       (size_t) sqlite3_column_bytes(st, 0), &text, &n);
-        sqlite3_finalize(st);
+        r = s->engine->key_check_get(s->db, &sealed, &size);
+        if (r <= 0)
+                return r;
+        r = crypt_open(s->key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), sealed, size, &text, &n);
         if (r == -ENOMEM)
                 return r;
         if (r < 0 || n != strlen(KEY_CHECK_TEXT) || memcmp(text, KEY_CHECK_TEXT, n) != 0) {
@@ -253,290 +165,196 @@ static int store_check_key(Store *s) {
         return 1;
 }
 
-/* First start with a key on a file of schema version 1: seal the plain
- * secrets of every row and write the key check, all in one transaction, so
- * a crash leaves either the plain file or the sealed one. "No key check"
- * is therefore the same as "nothing sealed yet". Returns how many rows
- * held secrets. */
-/* UPDATE connections SET the sealed columns (?2..) WHERE id = ?1: the
- * values of sealed[] (NULL ones as NULL), for the two passes that re-seal
- * every row (sealing a store from before encryption, rotating the key). */
-static int update_sealed_row(sqlite3_stmt *upd, int64_t id, uint8_t *const *sealed, const size_t *size) {
-        (void) sqlite3_bind_int64(upd, 1, id);
-        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
-                if (sealed[j])
-                        (void) sqlite3_bind_blob(upd, (int) j + 2, sealed[j], (int) size[j], SQLITE_STATIC);
-                else
-                        (void) sqlite3_bind_null(upd, (int) j + 2);
-        return step_done(upd);
-}
-
-static int store_seal_plain(Store *s) {
-        static const char sel_sql[] =
-                "SELECT id, access_token, refresh_token, code_verifier FROM connections "
-                "WHERE id > ?1 ORDER BY id LIMIT 1";
-        static const char upd_sql[] =
-                "UPDATE connections SET access_token = ?2, refresh_token = ?3, code_verifier = ?4 WHERE id = ?1";
-        sqlite3_stmt *sel = NULL, *upd = NULL, *ins = NULL;
+static int write_key_check(Store *s, CryptKey *key, bool replace) {
         _cleanup_free_ uint8_t *check = NULL;
         size_t check_size;
-        int64_t last = 0;
-        int rc, r, n = 0;
+        int r;
 
-        r = exec(s, "BEGIN IMMEDIATE");
+        r = crypt_seal(key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), KEY_CHECK_TEXT, strlen(KEY_CHECK_TEXT), &check,
+                       &check_size);
         if (r < 0)
                 return r;
-        /* Another broker on the same file may have been first. */
-        r = store_check_key(s);
-        if (r != 0) {
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-                return r < 0 ? r : 0;
-        }
+        return s->engine->key_check_set(s->db, check, check_size, replace);
+}
 
-        rc = sqlite3_prepare_v2(s->db, sel_sql, -1, &sel, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(s->db, upd_sql, -1, &upd, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(s->db, "INSERT INTO key_check (id, value) VALUES (1, ?1)", -1, &ins,
-                                        NULL);
-        r = sqlite_to_errno(rc);
+/* The two passes that re-seal every row (sealing a store from before
+ * encryption, rotating the key), inside the caller's transaction: one row
+ * at a time by id, so the walk never meets a row it changed. transform
+ * turns one column's stored value into its new sealed value. Returns how
+ * many rows held a value. */
+typedef int (*reseal_fn)(Store *s, int64_t id, const char *column, const uint8_t *value, size_t n,
+                         uint8_t **ret, size_t *ret_size, void *userdata);
 
-        /* One row at a time by id: the scan never meets a row it changed. */
-        while (r >= 0) {
-                uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
-                size_t size[ELEMENTSOF(sealed_columns)] = {};
+static int reseal_rows(Store *s, reseal_fn transform, void *userdata) {
+        int64_t last = 0;
+        int r = 0, n = 0;
+
+        for (;;) {
+                _cleanup_free_ uint8_t *old0 = NULL, *old1 = NULL, *old2 = NULL;
+                uint8_t *old[STORE_SEALED_MAX] = {}, *sealed[STORE_SEALED_MAX] = {};
+                size_t old_size[STORE_SEALED_MAX] = {}, size[STORE_SEALED_MAX] = {};
                 bool any = false;
-                int64_t id;
+                int64_t id = 0;
 
-                (void) sqlite3_bind_int64(sel, 1, last);
-                rc = sqlite3_step(sel);
-                if (rc != SQLITE_ROW) {
-                        r = rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
-                        (void) sqlite3_reset(sel);
+                r = s->engine->sealed_next(s->db, last, &id, old, old_size);
+                if (r <= 0)
                         break;
-                }
-                id = sqlite3_column_int64(sel, 0);
-                for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++) {
-                        const void *p;
-                        int m;
-
-                        if (sqlite3_column_type(sel, (int) j + 1) == SQLITE_NULL)
+                old0 = old[0], old1 = old[1], old2 = old[2];
+                for (size_t j = 0; j < STORE_SEALED_MAX && r >= 0; j++) {
+                        if (!old[j])
                                 continue;
-                        p = sqlite3_column_blob(sel, (int) j + 1);
-                        m = sqlite3_column_bytes(sel, (int) j + 1);
-                        if (!p && m > 0)
-                                r = -ENOMEM;
-                        else
-                                r = seal_value(s, id, sealed_columns[j], p ?: "", (size_t) m, &sealed[j],
-                                               &size[j]);
+                        r = transform(s, id, store_sealed_columns[j], old[j], old_size[j], &sealed[j], &size[j],
+                                      userdata);
                         any = true;
                 }
-                (void) sqlite3_reset(sel);
                 if (r >= 0 && any) {
-                        r = update_sealed_row(upd, id, sealed, size);
+                        r = s->engine->sealed_update(s->db, id, sealed, size);
                         if (r >= 0)
                                 n++;
                 }
-                for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+                for (size_t j = 0; j < STORE_SEALED_MAX; j++)
                         free(sealed[j]);
+                if (r < 0)
+                        break;
                 last = id;
         }
+        return r < 0 ? r : n;
+}
 
-        if (r >= 0)
-                r = crypt_seal(s->key, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), KEY_CHECK_TEXT,
-                               strlen(KEY_CHECK_TEXT), &check, &check_size);
-        if (r >= 0) {
-                (void) sqlite3_bind_blob(ins, 1, check, (int) check_size, SQLITE_STATIC);
-                r = step_done(ins);
-        }
-        sqlite3_finalize(sel);
-        sqlite3_finalize(upd);
-        sqlite3_finalize(ins);
-        if (r >= 0)
-                r = exec(s, "COMMIT");
-        if (r < 0) {
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+static int seal_plain_value(Store *s, int64_t id, const char *column, const uint8_t *value, size_t n,
+                            uint8_t **ret, size_t *ret_size, void *userdata _unused_) {
+        return seal_value(s, id, column, value, n, ret, ret_size);
+}
+
+/* First start with a key on a store from before encryption (SQLite
+ * schema version 1): seal the plain secrets of every row and write the key
+ * check, all in one transaction, so a crash leaves either the plain file
+ * or the sealed one. "No key check" is therefore the same as "nothing
+ * sealed yet". Returns how many rows held secrets. */
+static int store_seal_plain(Store *s) {
+        int r, n;
+
+        r = begin(s);
+        if (r < 0)
                 return r;
+        /* Another broker on the same store may have been first. */
+        r = store_check_key(s);
+        if (r != 0)
+                return fail(s, r < 0 ? r : 0);
+        n = reseal_rows(s, seal_plain_value, NULL);
+        if (n < 0)
+                return fail(s, n);
+        r = write_key_check(s, s->key, false);
+        if (r == -EEXIST) {
+                /* Another node sealed it between our check and our write
+                 * (PostgreSQL; on SQLite BEGIN IMMEDIATE keeps it out):
+                 * its key must be ours. */
+                (void) fail(s, r);
+                r = store_check_key(s);
+                if (r == 0) {
+                        store_set_error(s, "the key check could not be written");
+                        return -EEXIST;
+                }
+                return r < 0 ? r : 0;
         }
-        /* The old pages with the plain values are zeroed in the file
-         * (secure_delete), but older copies may sit in the WAL: fold it in
-         * and cut it to nothing. Best effort: a reader may hold it open. */
+        if (r < 0)
+                return fail(s, r);
+        r = commit(s);
+        if (r < 0)
+                return r;
         if (n > 0)
-                (void) sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+                s->engine->forget_old_values(s->db);
         return n;
+}
+
+static int rekey_value(Store *s, int64_t id, const char *column, const uint8_t *value, size_t n, uint8_t **ret,
+                       size_t *ret_size, void *userdata) {
+        CryptKey *nk = userdata;
+        char aad[SEAL_AAD_MAX], *plain = NULL;
+        size_t aad_size = seal_aad(aad, id, column), m = 0;
+        int r;
+
+        r = crypt_open(s->key, aad, aad_size, value, n, &plain, &m);
+        if (r == -EBADMSG) {
+                store_set_error(s, "a sealed value does not open with the current key");
+                r = -EKEYREJECTED;
+        }
+        if (r >= 0)
+                r = crypt_seal(nk, aad, aad_size, plain, m, ret, ret_size);
+        if (plain) {
+                explicit_wipe(plain, m);
+                free(plain);
+        }
+        return r;
 }
 
 /* Key rotation: every sealed value opened under the store's key and
  * sealed again under new_key, and the key check replaced, in one
- * transaction: a crash before COMMIT leaves the file as it was (it opens
- * with the old key), after it the file opens with the new key only.
+ * transaction: a crash before COMMIT leaves the store as it was (it opens
+ * with the old key), after it the store opens with the new key only.
  * before_commit (may be NULL) runs inside the transaction, just before
  * COMMIT (a test hook). Returns how many connections held sealed values.
  * On success the store itself goes on with new_key. */
 int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, void (*before_commit)(void),
                 int *ret_n) {
-        static const char sel_sql[] =
-                "SELECT id, access_token, refresh_token, code_verifier FROM connections "
-                "WHERE id > ?1 ORDER BY id LIMIT 1";
-        static const char upd_sql[] =
-                "UPDATE connections SET access_token = ?2, refresh_token = ?3, code_verifier = ?4 WHERE id = ?1";
         _cleanup_(crypt_key_freep) CryptKey *nk = NULL;
-        sqlite3_stmt *sel = NULL, *upd = NULL, *chk = NULL, *ev = NULL;
-        _cleanup_free_ uint8_t *check = NULL;
-        size_t check_size;
-        int64_t last = 0;
-        int rc, r, n = 0;
+        int r, n;
 
         r = crypt_key_dup(new_key, &nk);
         if (r < 0)
                 return r;
-        r = exec(s, "BEGIN IMMEDIATE");
+        r = begin(s);
         if (r < 0)
                 return r;
         /* Under the write lock: still sealed with our key. */
         r = store_check_key(s);
-        if (r < 0) {
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-                return r;
-        }
-        rc = sqlite3_prepare_v2(s->db, sel_sql, -1, &sel, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(s->db, upd_sql, -1, &upd, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO key_check (id, value) VALUES (1, ?1)", -1,
-                                        &chk, NULL);
-        if (rc == SQLITE_OK)
-                rc = sqlite3_prepare_v2(s->db, "INSERT INTO events (at, connection, kind, message) "
-                                               "VALUES (?1, NULL, 'key-rotated', ?2)", -1, &ev, NULL);
-        r = sqlite_to_errno(rc);
-
-        /* One row at a time by id, as store_seal_plain(). */
-        while (r >= 0) {
-                uint8_t *sealed[ELEMENTSOF(sealed_columns)] = {};
-                size_t size[ELEMENTSOF(sealed_columns)] = {};
-                bool any = false;
-                int64_t id;
-
-                (void) sqlite3_bind_int64(sel, 1, last);
-                rc = sqlite3_step(sel);
-                if (rc != SQLITE_ROW) {
-                        r = rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
-                        (void) sqlite3_reset(sel);
-                        break;
-                }
-                id = sqlite3_column_int64(sel, 0);
-                for (size_t j = 0; j < ELEMENTSOF(sealed_columns) && r >= 0; j++) {
-                        char aad[SEAL_AAD_MAX], *plain = NULL;
-                        size_t aad_size = seal_aad(aad, id, sealed_columns[j]), m = 0;
-
-                        if (sqlite3_column_type(sel, (int) j + 1) == SQLITE_NULL)
-                                continue;
-                        r = crypt_open(s->key, aad, aad_size, sqlite3_column_blob(sel, (int) j + 1),
-                                       (size_t) sqlite3_column_bytes(sel, (int) j + 1), &plain, &m);
-                        if (r == -EBADMSG) {
-                                store_set_error(s, "a sealed value does not open with the current key");
-                                r = -EKEYREJECTED;
-                        }
-                        if (r >= 0)
-                                r = crypt_seal(nk, aad, aad_size, plain, m, &sealed[j], &size[j]);
-                        if (plain) {
-                                explicit_wipe(plain, m);
-                                free(plain);
-                        }
-                        any = true;
-                }
-                (void) sqlite3_reset(sel);
-                if (r >= 0 && any) {
-                        r = update_sealed_row(upd, id, sealed, size);
-                        if (r >= 0)
-                                n++;
-                }
-                for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
-                        free(sealed[j]);
-                last = id;
-        }
-
-        if (r >= 0)
-                r = crypt_seal(nk, KEY_CHECK_AAD, strlen(KEY_CHECK_AAD), KEY_CHECK_TEXT, strlen(KEY_CHECK_TEXT),
-                               &check, &check_size);
-        if (r >= 0) {
-                (void) sqlite3_bind_blob(chk, 1, check, (int) check_size, SQLITE_STATIC);
-                r = step_done(chk);
-        }
-        if (r >= 0 && event_message) {
-                (void) sqlite3_bind_int64(ev, 1, (sqlite3_int64) now(CLOCK_REALTIME));
-                (void) sqlite3_bind_text(ev, 2, event_message, -1, SQLITE_STATIC);
-                r = step_done(ev);
-        }
-        sqlite3_finalize(sel);
-        sqlite3_finalize(upd);
-        sqlite3_finalize(chk);
-        sqlite3_finalize(ev);
-        if (r >= 0 && before_commit)
+        if (r < 0)
+                return fail(s, r);
+        n = reseal_rows(s, rekey_value, nk);
+        if (n < 0)
+                return fail(s, n);
+        r = write_key_check(s, nk, true);
+        if (r >= 0 && event_message)
+                r = s->engine->event_add(s->db, now(CLOCK_REALTIME), NULL, "key-rotated", event_message);
+        if (r < 0)
+                return fail(s, r);
+        if (before_commit)
                 before_commit();
-        if (r >= 0)
-                r = exec(s, "COMMIT");
-        if (r < 0) {
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        r = commit(s);
+        if (r < 0)
                 return r;
-        }
         crypt_key_free(s->key);
         s->key = TAKE_PTR(nk);
-        /* Values under the old key may sit in the WAL: fold it in. */
-        (void) sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        /* Values under the old key may linger (SQLite's WAL): make them go. */
+        s->engine->forget_old_values(s->db);
         if (ret_n)
                 *ret_n = n;
         return 0;
-}
-
-/* The rowid b-tree's last entry: O(log n). */
-static int store_max_id(Store *s, int64_t *ret) {
-        sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(s->db, "SELECT MAX(id) FROM connections", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        rc = sqlite3_step(st);
-        *ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-        sqlite3_finalize(st);
-        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }
 
 int64_t store_connection_id_new(Store *s) {
         return s->next_id++;
 }
 
-int store_open(const char *path, const CryptKey *key, Store **ret) {
+int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
+                    size_t error_size) {
         _cleanup_(store_closep) Store *s = NULL;
-        int rc, r, sealed;
+        int r, sealed;
 
         assert(key);
+        assert(error && error_size > 0);
 
+        error[0] = 0;
         s = new0(Store, 1);
         if (!s)
                 return -ENOMEM;
-        rc = sqlite3_open_v2(path, &s->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
-                                     SQLITE_OPEN_EXRESCODE,
-                             NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc & 0xff);
-
-        /* WAL with synchronous=FULL: a commit is fsynced before it returns,
-         * so a token change is durable when the call that made it returns. */
-        r = exec(s, "PRAGMA journal_mode = WAL");
-        if (r >= 0)
-                r = exec(s, "PRAGMA synchronous = FULL");
-        if (r >= 0)
-                r = exec(s, "PRAGMA foreign_keys = ON");
-        if (r >= 0)
-                r = exec(s, "PRAGMA secure_delete = ON");   /* freed pages held tokens */
-        if (r < 0)
-                return r;
-        (void) sqlite3_busy_timeout(s->db, 5000);
-
-        r = store_migrate(s);
+        s->engine = store_engine_for(where);
+        s->where = strdup(where);
+        if (!s->where || (options && options->password && !(s->password = strdup(options->password)))) {
+                snprintf(error, error_size, "out of memory");
+                return -ENOMEM;
+        }
+        r = s->engine->open(where, options, &s->db, error, error_size);
         if (r < 0)
                 return r;
 
@@ -549,38 +367,27 @@ int store_open(const char *path, const CryptKey *key, Store **ret) {
                 r = store_seal_plain(s);
         else if (r > 0)
                 r = 0;
-        if (r < 0)
-                return r;
-        sealed = r;
-
-        for (size_t i = 0; i < _STMT_MAX; i++) {
-                rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i], NULL);
-                if (rc != SQLITE_OK)
-                        return sqlite_to_errno(rc);
+        if (r >= 0) {
+                sealed = r;
+                r = s->engine->max_id(s->db, &s->next_id);
         }
-        r = store_max_id(s, &s->next_id);
-        if (r < 0)
+        if (r < 0) {
+                snprintf(error, error_size, "%s", store_last_error(s));
                 return r;
+        }
         s->next_id++;
-        s->path = strdup(path);
-        if (!s->path)
-                return -ENOMEM;
         *ret = TAKE_PTR(s);
         return sealed;
 }
 
-static void bind_text(sqlite3_stmt *st, int i, const char *s) {
-        if (s)
-                (void) sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-        else
-                (void) sqlite3_bind_null(st, i);
+int store_open(const char *path, const CryptKey *key, Store **ret) {
+        char error[512];
+
+        return store_open_with(path, NULL, key, ret, error, sizeof error);
 }
 
-static void bind_sealed(sqlite3_stmt *st, int i, const uint8_t *p, size_t n) {
-        if (p)
-                (void) sqlite3_bind_blob(st, i, p, (int) n, SQLITE_STATIC);
-        else
-                (void) sqlite3_bind_null(st, i);
+struct sqlite3 *store_sqlite_handle(Store *s) {
+        return s && s->engine == &store_engine_sqlite && s->db ? store_sqlite_db(s->db) : NULL;
 }
 
 static int id_list_format(const unsigned *ids, unsigned n, char *buf, size_t size) {
@@ -612,36 +419,12 @@ static void id_list_parse(const char *s, unsigned *ids, unsigned *n) {
 
 /* ---- row images ------------------------------------------------------ */
 
-enum {
-        ROW_NAME,
-        ROW_PROVIDER,
-        ROW_REQUESTED_SCOPE,
-        ROW_SCOPE,
-        ROW_IDENTITY,
-        ROW_TOKEN_TYPE,
-        ROW_STATE_HASH,
-        ROW_LAST_ERROR,
-        ROW_USERNAME,
-        _ROW_TEXT_MAX,
-};
-
-struct StoreRow {
-        int64_t id;
-        ConnState state;
-        char *text[_ROW_TEXT_MAX];
-        char users[ACL_MAX * 12], groups[ACL_MAX * 12];
-        uint8_t *sealed[ELEMENTSOF(sealed_columns)];   /* ciphertext, bound to id */
-        size_t sealed_size[ELEMENTSOF(sealed_columns)];
-        usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
-        uint64_t refreshes;
-};
-
 StoreRow *store_row_free(StoreRow *row) {
         if (!row)
                 return NULL;
         for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
                 free(row->text[i]);
-        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
                 free(row->sealed[j]);
         free(row);
         return NULL;
@@ -662,7 +445,7 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 [ROW_LAST_ERROR] = c->last_error,
                 [ROW_USERNAME] = c->username,
         };
-        const char *secret[ELEMENTSOF(sealed_columns)] = { c->access_token, c->refresh_token, c->code_verifier };
+        const char *secret[STORE_SEALED_MAX] = { c->access_token, c->refresh_token, c->code_verifier };
         int r;
 
         row = new0(StoreRow, 1);
@@ -689,10 +472,10 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
         for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
                 if (text[i] && !(row->text[i] = strdup(text[i])))
                         return -ENOMEM;
-        for (size_t j = 0; j < ELEMENTSOF(sealed_columns); j++)
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
                 if (secret[j]) {
-                        r = seal_value(s, c->id, sealed_columns[j], secret[j], strlen(secret[j]), &row->sealed[j],
-                                       &row->sealed_size[j]);
+                        r = seal_value(s, c->id, store_sealed_columns[j], secret[j], strlen(secret[j]),
+                                       &row->sealed[j], &row->sealed_size[j]);
                         if (r < 0)
                                 return r;
                 }
@@ -700,83 +483,28 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
         return 0;
 }
 
-static int row_save(Store *s, const StoreRow *row) {
-        sqlite3_stmt *st = s->stmt[STMT_SAVE];
-        int r;
-
-        (void) sqlite3_bind_int64(st, 1, row->id);
-        bind_text(st, 2, row->text[ROW_PROVIDER]);
-        bind_text(st, 3, conn_state_to_string(row->state));
-        bind_text(st, 4, row->text[ROW_REQUESTED_SCOPE]);
-        bind_text(st, 5, row->text[ROW_SCOPE]);
-        bind_text(st, 6, row->text[ROW_IDENTITY]);
-        bind_text(st, 7, row->text[ROW_TOKEN_TYPE]);
-        bind_sealed(st, 8, row->sealed[0], row->sealed_size[0]);
-        bind_sealed(st, 9, row->sealed[1], row->sealed_size[1]);
-        (void) sqlite3_bind_int64(st, 10, (sqlite3_int64) row->expires_at);
-        (void) sqlite3_bind_int64(st, 11, (sqlite3_int64) row->obtained_at);
-        bind_text(st, 12, row->text[ROW_STATE_HASH]);
-        bind_sealed(st, 13, row->sealed[2], row->sealed_size[2]);
-        (void) sqlite3_bind_int64(st, 14, (sqlite3_int64) row->pending_until);
-        bind_text(st, 15, row->users);
-        bind_text(st, 16, row->groups);
-        bind_text(st, 17, row->text[ROW_LAST_ERROR]);
-        (void) sqlite3_bind_int64(st, 18, (sqlite3_int64) row->refreshes);
-        (void) sqlite3_bind_int64(st, 19, (sqlite3_int64) row->updated_at);
-        (void) sqlite3_bind_int64(st, 20, (sqlite3_int64) row->last_refresh_at);
-        bind_text(st, 21, row->text[ROW_USERNAME]);
-        (void) sqlite3_bind_int64(st, 22, (sqlite3_int64) row->device_interval);
-        r = step_done(st);
-        if (r >= 0 && sqlite3_changes(s->db) != 1) {
-                store_set_error(s, "connection %" PRId64 " is not in the store", row->id);
-                r = -ENOENT;
-        }
-        return r;
-}
-
-/* The bare row with the given id (0: the next rowid); returns the id. */
-static int row_insert_bare(Store *s, const Connection *c, int64_t id, int64_t *ret_id) {
-        sqlite3_stmt *st = s->stmt[STMT_INSERT];
-        int r;
-
-        bind_text(st, 1, c->name);
-        bind_text(st, 2, c->provider);
-        bind_text(st, 3, conn_state_to_string(c->state));
-        (void) sqlite3_bind_int64(st, 4, (sqlite3_int64) c->created_at);
-        if (id > 0)
-                (void) sqlite3_bind_int64(st, 5, id);
-        else
-                (void) sqlite3_bind_null(st, 5);
-        r = step_done(st);
-        if (r < 0)
-                return r;
-        *ret_id = sqlite3_last_insert_rowid(s->db);
-        if (*ret_id >= s->next_id)
-                s->next_id = *ret_id + 1;
-        return 0;
-}
-
 /* Insert and the first save are one transaction: one fsync, and no
- * half-written row can hold the name after a failure or a crash. */
+ * half-written row can hold the name after a failure or a crash. Sets
+ * c->id: c->id when it is > 0 already, else the next free one. */
 int store_connection_insert(Store *s, Connection *c) {
-        int64_t given = c->id, id = 0;
+        _cleanup_(store_row_freep) StoreRow *row = NULL;
+        int64_t given = c->id;
         int r;
 
         s->error[0] = 0;
-        r = exec(s, "BEGIN IMMEDIATE");
-        if (r < 0)
-                return r;
-        r = row_insert_bare(s, c, given, &id);
-        if (r >= 0) {
-                c->id = id;
-                r = store_connection_save(s, c);
-        }
+        if (c->id <= 0)
+                c->id = store_connection_id_new(s);
+        else if (c->id >= s->next_id)
+                s->next_id = c->id + 1;
+        r = store_row_new(s, c, &row);
         if (r >= 0)
-                r = exec(s, "COMMIT");
-        if (r < 0) {
-                (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-                c->id = given;
+                r = begin(s);
+        if (r >= 0) {
+                r = s->engine->row_insert(s->db, row);
+                r = r < 0 ? fail(s, r) : commit(s);
         }
+        if (r < 0)
+                c->id = given;
         return r;
 }
 
@@ -788,242 +516,227 @@ int store_connection_save(Store *s, const Connection *c) {
         r = store_row_new(s, c, &row);
         if (r < 0)
                 return r;
-        return row_save(s, row);
+        return s->engine->row_save(s->db, row);
 }
 
 int store_connection_delete(Store *s, int64_t id) {
-        sqlite3_stmt *st = s->stmt[STMT_DELETE];
-
         s->error[0] = 0;
-        (void) sqlite3_bind_int64(st, 1, id);
-        return step_done(st);
+        return s->engine->row_delete(s->db, id);
 }
 
-static int column_strdup(sqlite3_stmt *st, int i, char **ret) {
-        const unsigned char *t;
-        int n;
-
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+static int text_dup(const char *t, char **ret) {
+        if (!t) {
                 *ret = NULL;
                 return 0;
         }
-        t = sqlite3_column_blob(st, i);
-        n = sqlite3_column_bytes(st, i);
-        if (!t && n > 0)
-                return -ENOMEM;
-        *ret = strndup(t ? (const char *) t : "", (size_t) n);
+        *ret = strdup(t);
         return *ret ? 0 : -ENOMEM;
 }
 
-/* A column of few distinct values (provider, scopes, token type): a
+/* A value of few distinct values (provider, scopes, token type): a
  * reference to its interned copy, not a copy of its own. */
-static int column_intern(sqlite3_stmt *st, int i, const char **ret) {
-        const unsigned char *t;
-        int n;
-
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+static int text_intern(const char *t, const char **ret) {
+        if (!t) {
                 *ret = NULL;
                 return 0;
         }
-        t = sqlite3_column_blob(st, i);
-        n = sqlite3_column_bytes(st, i);
-        if (!t && n > 0)
-                return -ENOMEM;
-        *ret = intern_n(t ? (const char *) t : "", (size_t) n);
+        *ret = intern(t);
         return *ret ? 0 : -ENOMEM;
 }
 
 /* A secret column: opened under the key, bound to this row and column. A
  * value that does not open stops the load: it was modified, copied from
  * another row or column, or sealed under another key. */
-static int column_unseal(Store *s, sqlite3_stmt *st, int i, const Connection *c, const char *column,
-                         char **ret) {
-        const void *p;
-        int n, r;
+static int unseal(Store *s, const StoreRow *row, size_t j, const char *name, char **ret) {
+        int r;
 
-        if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+        if (!row->sealed[j]) {
                 *ret = NULL;
                 return 0;
         }
-        p = sqlite3_column_blob(st, i);
-        n = sqlite3_column_bytes(st, i);
-        if (!p && n > 0)
-                return -ENOMEM;
-        r = open_value(s, c->id, column, p ?: "", (size_t) n, ret);
+        r = open_value(s, row->id, store_sealed_columns[j], row->sealed[j], row->sealed_size[j], ret);
         if (r == -ENOMEM)
                 return r;
         if (r < 0) {
                 store_set_error(s, "connection %" PRId64 " ('%.64s'): %s does not open under this key "
-                                "(modified, or copied from elsewhere)", c->id, c->name, column);
+                                "(modified, or copied from elsewhere)", row->id, name, store_sealed_columns[j]);
                 return -EBADMSG;
         }
         return 0;
 }
 
 size_t store_connection_count_hint(Store *s) {
-        sqlite3_stmt *st = NULL;
-        size_t n = 0;
+        /* ids count from 1 and are never reused: the largest is an upper
+         * bound, known since the store was opened */
+        return s->next_id > 1 ? (size_t) (s->next_id - 1) : 0;
+}
 
-        /* Two lookups at the ends of the rowid tree, where COUNT(*) would
-         * read every page of the table. */
-        if (sqlite3_prepare_v2(s->db, "SELECT MIN(id), MAX(id) FROM connections", -1, &st, NULL) != SQLITE_OK)
-                return 0;
-        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-                int64_t lo = sqlite3_column_int64(st, 0), hi = sqlite3_column_int64(st, 1);
+typedef struct LoadContext {
+        Store *store;
+        int (*fn)(Connection *c, void *userdata);
+        void *userdata;
+} LoadContext;
 
-                if (hi >= lo && (uint64_t) (hi - lo) < SIZE_MAX)
-                        n = (size_t) (hi - lo) + 1;
+static int load_row(const StoreRow *row, void *userdata) {
+        LoadContext *l = userdata;
+        Store *s = l->store;
+        _cleanup_(connection_freep) Connection *c = NULL;
+        unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
+        int r;
+
+        if (!row->text[ROW_NAME] || !row->text[ROW_PROVIDER]) {
+                store_set_error(s, "connection %" PRId64 ": no name or provider", row->id);
+                return -EBADMSG;
         }
-        sqlite3_finalize(st);
-        return n;
+        c = connection_new(row->text[ROW_NAME]);
+        if (!c)
+                return -ENOMEM;
+        c->id = row->id;
+        c->state = row->state;
+        if ((r = text_intern(row->text[ROW_PROVIDER], &c->provider)) < 0 ||
+            (r = text_intern(row->text[ROW_REQUESTED_SCOPE], &c->requested_scope)) < 0 ||
+            (r = text_intern(row->text[ROW_SCOPE], &c->scope)) < 0 ||
+            (r = text_dup(row->text[ROW_IDENTITY], &c->identity)) < 0 ||
+            (r = text_intern(row->text[ROW_TOKEN_TYPE], &c->token_type)) < 0 ||
+            (r = text_dup(row->text[ROW_STATE_HASH], &c->state_hash)) < 0 ||
+            (r = text_dup(row->text[ROW_LAST_ERROR], &c->last_error)) < 0 ||
+            (r = text_dup(row->text[ROW_USERNAME], &c->username)) < 0)
+                return r;
+        if ((r = unseal(s, row, 0, c->name, &c->access_token)) < 0 ||
+            (r = unseal(s, row, 1, c->name, &c->refresh_token)) < 0 ||
+            (r = unseal(s, row, 2, c->name, &c->code_verifier)) < 0)
+                return r;
+        c->expires_at = row->expires_at;
+        c->obtained_at = row->obtained_at;
+        c->pending_until = row->pending_until;
+        id_list_parse(row->users, users, &nu);
+        id_list_parse(row->groups, groups, &ng);
+        if (connection_set_acl(c, users, nu, groups, ng) < 0)
+                return -ENOMEM;
+        c->refreshes = row->refreshes;
+        c->created_at = row->created_at;
+        c->updated_at = row->updated_at;
+        c->last_refresh_at = row->last_refresh_at;
+        if (row->device_interval > 0 && connection_set_device(c, row->device_interval, NULL, NULL, NULL) < 0)
+                return -ENOMEM;
+        return l->fn(TAKE_PTR(c), l->userdata);
 }
 
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
-        static const char sql[] =
-                "SELECT id, name, provider, state, requested_scope, scope, identity, token_type, "
-                "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
-                "pending_until, allow_users, allow_groups, last_error, refreshes, created_at, "
-                "updated_at, last_refresh_at, username, device_interval FROM connections ORDER BY id";
-        sqlite3_stmt *st = NULL;
-        int rc, r = 0;
+        LoadContext l = { .store = s, .fn = fn, .userdata = userdata };
 
         s->error[0] = 0;
-        rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
+        return s->engine->rows_load(s->db, load_row, &l);
+}
 
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                _cleanup_(connection_freep) Connection *c = NULL;
-                const char *name = (const char *) sqlite3_column_text(st, 1);
-                ConnState state;
+/* ---- copying between stores -------------------------------------------- */
 
-                if (!name) {
-                        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        store_set_error(s, "connection %" PRId64 ": no name or provider",
-                                        (int64_t) sqlite3_column_int64(st, 0));
-                        r = -EBADMSG;
-                        break;
-                }
-                c = connection_new(name);
-                if (!c) {
-                        r = -ENOMEM;
-                        break;
-                }
-                c->id = sqlite3_column_int64(st, 0);
-                state = conn_state_from_string((const char *) sqlite3_column_text(st, 3) ?: "");
-                if (state < 0) {
-                        store_set_error(s, "connection %" PRId64 ": invalid state", c->id);
-                        r = -EBADMSG;
-                        break;
-                }
-                c->state = state;
-                if ((r = column_intern(st, 2, &c->provider)) < 0 ||
-                    (r = column_intern(st, 4, &c->requested_scope)) < 0 ||
-                    (r = column_intern(st, 5, &c->scope)) < 0 ||
-                    (r = column_strdup(st, 6, &c->identity)) < 0 ||
-                    (r = column_intern(st, 7, &c->token_type)) < 0 ||
-                    (r = column_strdup(st, 12, &c->state_hash)) < 0 ||
-                    (r = column_strdup(st, 17, &c->last_error)) < 0 ||
-                    (r = column_strdup(st, 22, &c->username)) < 0)
-                        break;
-                if (!c->provider) {
-                        store_set_error(s, "connection %" PRId64 ": no name or provider", c->id);
-                        r = -EBADMSG;
-                        break;
-                }
-                if ((r = column_unseal(s, st, 8, c, "access_token", &c->access_token)) < 0 ||
-                    (r = column_unseal(s, st, 9, c, "refresh_token", &c->refresh_token)) < 0 ||
-                    (r = column_unseal(s, st, 13, c, "code_verifier", &c->code_verifier)) < 0)
-                        break;
-                c->expires_at = (usec_t) sqlite3_column_int64(st, 10);
-                c->obtained_at = (usec_t) sqlite3_column_int64(st, 11);
-                c->pending_until = (usec_t) sqlite3_column_int64(st, 14);
-                {
-                        unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
+typedef struct CopyContext {
+        Store *from, *to;
+        unsigned n;
+        StoreEvent *events;        /* newest first, copies */
+        size_t n_events;
+} CopyContext;
 
-                        id_list_parse((const char *) sqlite3_column_text(st, 15), users, &nu);
-                        id_list_parse((const char *) sqlite3_column_text(st, 16), groups, &ng);
-                        if (connection_set_acl(c, users, nu, groups, ng) < 0) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                }
-                c->refreshes = (uint64_t) sqlite3_column_int64(st, 18);
-                c->created_at = (usec_t) sqlite3_column_int64(st, 19);
-                c->updated_at = (usec_t) sqlite3_column_int64(st, 20);
-                c->last_refresh_at = (usec_t) sqlite3_column_int64(st, 21);
-                if (sqlite3_column_int64(st, 23) > 0 &&
-                    connection_set_device(c, (usec_t) sqlite3_column_int64(st, 23), NULL, NULL, NULL) < 0) {
-                        r = -ENOMEM;
-                        break;
-                }
+static int copy_row(const StoreRow *row, void *userdata) {
+        CopyContext *x = userdata;
+        int r;
 
-                r = fn(TAKE_PTR(c), userdata);
-                if (r < 0)
-                        break;
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++) {
+                _cleanup_secret_ char *plain = NULL;
+
+                if (!row->sealed[j])
+                        continue;
+                r = unseal(x->from, row, j, row->text[ROW_NAME] ?: "?", &plain);
+                if (r < 0) {
+                        store_set_error(x->to, "%s", store_last_error(x->from));
+                        return r;
+                }
         }
-        if (r >= 0 && rc != SQLITE_DONE)
-                r = sqlite_to_errno(rc);
-        sqlite3_finalize(st);
-        return r;
+        r = x->to->engine->row_insert(x->to->db, row);
+        if (r < 0)
+                return r;
+        x->n++;
+        return 0;
+}
+
+static int copy_event(const StoreEvent *e, void *userdata) {
+        CopyContext *x = userdata;
+        StoreEvent *c = &x->events[x->n_events];
+
+        *c = (StoreEvent) { .id = e->id, .at = e->at };
+        if ((e->connection && !(c->connection = strdup(e->connection))) ||
+            !(c->kind = strdup(e->kind ?: "")) || !(c->message = strdup(e->message ?: ""))) {
+                free((char *) c->connection);
+                free((char *) c->kind);
+                return -ENOMEM;
+        }
+        x->n_events++;
+        return 0;
+}
+
+static int count_one(const StoreEvent *e _unused_, void *userdata) {
+        (*(unsigned *) userdata)++;
+        return 0;
+}
+
+int store_copy(Store *from, Store *to, unsigned *ret_connections, unsigned *ret_events) {
+        CopyContext x = { .from = from, .to = to };
+        int64_t max = 0;
+        unsigned any = 0;
+        int r;
+
+        from->error[0] = to->error[0] = 0;
+        r = to->engine->max_id(to->db, &max);
+        if (r >= 0)
+                r = to->engine->events_list(to->db, NULL, 0, 1, count_one, &any);
+        if (r < 0)
+                return r;
+        if (max > 0 || any > 0) {
+                store_set_error(to, "the target holds %s already", max > 0 ? "connections" : "events");
+                return -ENOTEMPTY;
+        }
+        /* Events are bounded (STORE_EVENTS_MAX, trimmed every 64): newest
+         * first, then written oldest first. */
+        x.events = new0(StoreEvent, STORE_EVENTS_MAX + 64);
+        if (!x.events)
+                return -ENOMEM;
+        r = from->engine->events_list(from->db, NULL, 0, STORE_EVENTS_MAX + 64, copy_event, &x);
+        if (r >= 0)
+                r = begin(to);
+        if (r >= 0) {
+                r = from->engine->rows_load(from->db, copy_row, &x);
+                for (size_t i = x.n_events; r >= 0 && i > 0; i--) {
+                        const StoreEvent *e = &x.events[i - 1];
+                        r = to->engine->event_add(to->db, e->at, e->connection, e->kind, e->message);
+                }
+                r = r < 0 ? fail(to, r) : commit(to);
+        }
+        for (size_t i = 0; i < x.n_events; i++) {
+                free((char *) x.events[i].connection);
+                free((char *) x.events[i].kind);
+                free((char *) x.events[i].message);
+        }
+        free(x.events);
+        if (r < 0)
+                return r;
+        to->next_id = MAX(to->next_id, from->next_id);
+        if (ret_connections)
+                *ret_connections = x.n;
+        if (ret_events)
+                *ret_events = (unsigned) x.n_events;
+        return 0;
 }
 
 int store_event_add(Store *s, usec_t at, const char *connection, const char *kind, const char *message) {
-        sqlite3_stmt *st = s->stmt[STMT_EVENT_ADD];
-        sqlite3_int64 id;
-        int r;
-
         s->error[0] = 0;
-        (void) sqlite3_bind_int64(st, 1, (sqlite3_int64) at);
-        bind_text(st, 2, connection);
-        bind_text(st, 3, kind);
-        bind_text(st, 4, message);
-        r = step_done(st);
-        if (r < 0)
-                return r;
-        id = sqlite3_last_insert_rowid(s->db);
-        if (id > STORE_EVENTS_MAX && id % 64 == 0) {
-                st = s->stmt[STMT_EVENT_TRIM];
-                (void) sqlite3_bind_int64(st, 1, id - STORE_EVENTS_MAX);
-                r = step_done(st);
-        }
-        return r;
+        return s->engine->event_add(s->db, at, connection, kind, message);
 }
 
 int store_events_list(Store *s, const char *connection, int64_t before_id, unsigned limit,
                       int (*fn)(const StoreEvent *e, void *userdata), void *userdata) {
-        static const char sql[] =
-                "SELECT id, at, connection, kind, message FROM events "
-                "WHERE (?1 IS NULL OR connection = ?1) AND (?2 <= 0 OR id < ?2) "
-                "ORDER BY id DESC LIMIT ?3";
-        sqlite3_stmt *st = NULL;
-        int rc, r = 0;
-
-        rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        bind_text(st, 1, connection);
-        (void) sqlite3_bind_int64(st, 2, before_id);
-        (void) sqlite3_bind_int64(st, 3, limit);
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                StoreEvent e = {
-                        .id = sqlite3_column_int64(st, 0),
-                        .at = (usec_t) sqlite3_column_int64(st, 1),
-                        .connection = (const char *) sqlite3_column_text(st, 2),
-                        .kind = (const char *) sqlite3_column_text(st, 3),
-                        .message = (const char *) sqlite3_column_text(st, 4),
-                };
-                r = fn(&e, userdata);
-                if (r < 0)
-                        break;
-        }
-        if (r >= 0 && rc != SQLITE_DONE)
-                r = sqlite_to_errno(rc);
-        sqlite3_finalize(st);
-        return r;
+        s->error[0] = 0;
+        return s->engine->events_list(s->db, connection, before_id, limit, fn, userdata);
 }
 
 /* ---- the writer: group commit off the loop ----------------------------- */
@@ -1034,6 +747,7 @@ typedef enum WriteKind {
         WRITE_DELETE,
         WRITE_EVENT,
         WRITE_BARRIER,
+        WRITE_CUSTOM,
 } WriteKind;
 
 typedef struct Write {
@@ -1047,6 +761,9 @@ typedef struct Write {
         void *userdata;
         int result;
         char *error;
+        store_custom_fn run;          /* custom */
+        void *data;
+        void (*data_free)(void *data);
 } Write;
 
 typedef struct WriteList {
@@ -1119,6 +836,8 @@ static Write *write_free(Write *x) {
         free(x->event_kind);
         free(x->message);
         free(x->error);
+        if (x->data_free)
+                x->data_free(x->data);
         free(x);
         return NULL;
 }
@@ -1126,32 +845,20 @@ static Write *write_free(Write *x) {
 /* One change inside the batch's transaction. -ENOENT (a save of a row
  * that is gone) fails that change alone, not the transaction. */
 static int write_run(Store *s, Write *x) {
-        int64_t id;
-        int r;
-
         s->error[0] = 0;
         switch (x->kind) {
-        case WRITE_INSERT: {
-                /* the bare row, then the image: as store_connection_insert() */
-                Connection bare = {
-                        .name = x->row->text[ROW_NAME],
-                        .provider = x->row->text[ROW_PROVIDER],
-                        .state = x->row->state,
-                        .created_at = x->row->created_at,
-                };
-                r = row_insert_bare(s, &bare, x->row->id, &id);
-                if (r >= 0)
-                        r = row_save(s, x->row);
-                return r;
-        }
+        case WRITE_INSERT:
+                return s->engine->row_insert(s->db, x->row);
         case WRITE_SAVE:
-                return row_save(s, x->row);
+                return s->engine->row_save(s->db, x->row);
         case WRITE_DELETE:
                 return store_connection_delete(s, x->id);
         case WRITE_EVENT:
                 return store_event_add(s, x->at, x->connection, x->event_kind, x->message);
         case WRITE_BARRIER:
                 return 0;
+        case WRITE_CUSTOM:
+                return x->run(s, x->data);
         }
         return -EINVAL;
 }
@@ -1170,7 +877,7 @@ static void writer_commit(StoreWriter *w, Write *batch) {
         bool failed;
         int r;
 
-        r = exec(s, "BEGIN IMMEDIATE");
+        r = begin(s);
         failed = r < 0;
         for (Write *x = batch; x && !failed; x = x->next) {
                 x->result = write_run(s, x);
@@ -1180,20 +887,20 @@ static void writer_commit(StoreWriter *w, Write *batch) {
                         failed = true;
         }
         if (!failed)
-                failed = exec(s, "COMMIT") < 0;
+                failed = s->engine->commit(s->db) < 0;
         if (!failed)
-                return;   /* durable: synchronous=FULL fsyncs the WAL at COMMIT */
+                return;   /* durable: the engine's COMMIT returns once it is */
 
-        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        s->engine->rollback(s->db);
         for (Write *x = batch; x; x = x->next) {
-                r = exec(s, "BEGIN IMMEDIATE");
+                r = begin(s);
                 if (r >= 0)
                         r = write_run(s, x);
                 if (r >= 0)
-                        r = exec(s, "COMMIT");
+                        r = s->engine->commit(s->db);
                 if (r < 0) {
                         write_failed(s, x, r);
-                        (void) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+                        s->engine->rollback(s->db);
                 } else
                         x->result = 0;
         }
@@ -1291,9 +998,14 @@ int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
         pthread_cond_init(&w->wake, NULL);
         pthread_cond_init(&w->idle, NULL);
 
-        r = store_open(s->path, s->key, &w->db);
-        if (r < 0)
-                return r;
+        {
+                StoreOptions o = { .password = s->password };
+                char error[512];
+
+                r = store_open_with(s->where, &o, s->key, &w->db, error, sizeof error);
+                if (r < 0)
+                        return r;
+        }
         stall = getenv("TOKENBROKER_TEST_WRITER_STALL");
         if (stall && *stall && !(w->stall_path = strdup(stall)))
                 return -ENOMEM;
@@ -1383,6 +1095,28 @@ int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata) {
                 return -ENOMEM;
         *x = (Write) { .kind = WRITE_BARRIER, .fn = fn, .userdata = userdata };
         return writer_submit(w, x);
+}
+
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata) {
+        Write *x = new0(Write, 1);
+
+        if (!x) {
+                if (data_free)
+                        data_free(data);
+                return -ENOMEM;
+        }
+        *x = (Write) { .kind = WRITE_CUSTOM, .run = run, .data = data, .data_free = data_free, .fn = fn,
+                       .userdata = userdata };
+        return writer_submit(w, x);
+}
+
+sqlite3 *store_sqlite(Store *s) {
+        return store_sqlite_handle(s);
+}
+
+void store_custom_error(Store *s, const char *error) {
+        snprintf(s->error, sizeof s->error, "%s", error);
 }
 
 size_t store_writer_pending(StoreWriter *w) {

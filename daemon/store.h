@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <sqlite3.h>
 #include <systemd/sd-event.h>
 
 #include "daemon/connection.h"
 #include "daemon/crypt.h"
 
-/* SQLite in the state directory: WAL, synchronous=FULL. Numbered
- * migrations from sql/ are compiled in and applied at open. Library-level:
+/* The connections, their sealed secrets and the events, on SQLite in the
+ * state directory (WAL, synchronous=FULL) or on PostgreSQL
+ * (daemon/store-engine.h has the engines). Numbered migrations from sql/
+ * (sql/pg/) are compiled in and applied at open. Library-level:
  * returns -errno-style codes and never logs; store_last_error() says what
  * went wrong.
  *
@@ -45,6 +48,25 @@ extern const size_t store_n_migrations;
  * many connections that sealed (0 on every later open). The store keeps
  * its own copy of key. */
 int store_open(const char *path, const CryptKey *key, Store **ret);
+
+/* The same on any engine: where is a SQLite file path, or a PostgreSQL
+ * connection URI (postgresql://USER@HOST:PORT/DB?..., see daemon/pg.h),
+ * with options->password for it (NULL options or password: libpq's own
+ * ways). On failure error says why, never with the password in it. */
+typedef struct StoreOptions {
+        const char *password;
+} StoreOptions;
+int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
+                    size_t error_size);
+/* "sqlite" or "postgresql". */
+const char *store_engine_name(Store *s);
+/* Whether where names a PostgreSQL database (postgresql:// or
+ * postgres://) rather than a SQLite file. */
+bool store_is_postgresql(const char *where);
+/* One daemon per database (a SQLite file is guarded by the lock on
+ * state_dir; a PostgreSQL database by a session advisory lock, kept while
+ * the handle's session lasts): -EBUSY when another daemon holds it. */
+int store_lock_single_node(Store *s);
 /* Re-seals every sealed value and the key check under new_key in one
  * transaction (with a 'key-rotated' event carrying event_message, if not
  * NULL); before_commit, if not NULL, runs just before COMMIT. From then on
@@ -52,6 +74,13 @@ int store_open(const char *path, const CryptKey *key, Store **ret);
  * was. *ret_n: connections re-sealed. */
 int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, void (*before_commit)(void),
                 int *ret_n);
+/* Copies every connection (its sealed values as they are: both stores
+ * must be open under the same key) and every event from one store into
+ * another, of either engine, in one transaction on the target: all or
+ * nothing. Each sealed value is opened first, so a damaged one stops the
+ * copy. -ENOTEMPTY when the target holds a connection or an event. */
+int store_copy(Store *from, Store *to, unsigned *ret_connections, unsigned *ret_events);
+
 Store *store_close(Store *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Store *, store_close);
 const char *store_last_error(Store *s);
@@ -143,6 +172,24 @@ int store_writer_event(StoreWriter *w, usec_t at, const char *connection, const 
 /* Nothing to write: fn runs once everything queued before it is done
  * (read-your-writes for a reader of the loop's handle). */
 int store_writer_barrier(StoreWriter *w, store_done_fn fn, void *userdata);
+
+/* Work on the writer's thread, in order with the changes queued: a change
+ * of a table the store itself does not know (daemon/links.c), or a read
+ * that must not block the loop (the events listing: on PostgreSQL every
+ * statement is a network round trip). run(s, data) runs inside the
+ * batch's transaction with the writer's own handle, after every change
+ * queued before it (and again if its batch is retried alone: it must start
+ * from scratch); it returns 0 or -errno (store_custom_error() says why) and
+ * touches nothing the loop uses. fn gets its result on the loop;
+ * data_free(data), if not NULL, runs when the change is done with, on the
+ * loop. */
+typedef int (*store_custom_fn)(Store *s, void *data);
+int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*data_free)(void *data),
+                        store_done_fn fn, void *userdata);
+/* The SQLite handle: the loop's for reads at startup, the writer's inside
+ * a store_custom_fn; NULL on PostgreSQL. */
+sqlite3 *store_sqlite(Store *s);
+void store_custom_error(Store *s, const char *error);
 
 /* Changes queued whose completion has not run yet. */
 size_t store_writer_pending(StoreWriter *w);

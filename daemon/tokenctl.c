@@ -19,18 +19,13 @@
 #include "common/api.h"
 #include "common/macro.h"
 #include "common/util.h"
+#include "daemon/link-token.h"
+#include "daemon/tokenctl.h"
 
 static const char *arg_socket = NULL;
 static bool arg_json = false;
 
-typedef struct Reply {
-        long status;
-        char *body;
-        size_t len;
-        json_t *json;
-} Reply;
-
-static void reply_done(Reply *r) {
+void reply_done(Reply *r) {
         if (r->body)
                 explicit_wipe(r->body, r->len);
         free(r->body);
@@ -55,7 +50,7 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
         return k;
 }
 
-static const char *socket_path(void) {
+const char *socket_path(void) {
         return arg_socket ?: getenv(SOCKET_ENV) ?: DEFAULT_SOCKET_PATH;
 }
 
@@ -160,7 +155,7 @@ static int api_call(const char *method, const char *path, json_t *body, Reply *r
         return api_call_parse(method, path, body, true, ret);
 }
 
-static const char *jstr(json_t *o, const char *key) {
+const char *jstr(json_t *o, const char *key) {
         json_t *v = json_object_get(o, key);
         return json_is_string(v) ? json_string_value(v) : NULL;
 }
@@ -312,7 +307,7 @@ static int api_error(const Reply *r) {
 }
 
 /* GET/POST/DELETE and on success hand the JSON to the caller. */
-static int call_ok(const char *method, const char *path, json_t *body, Reply *r) {
+int call_ok(const char *method, const char *path, json_t *body, Reply *r) {
         int k = api_call(method, path, body, r);
 
         if (k != EXIT_OK)
@@ -345,7 +340,7 @@ static void print_json(json_t *j) {
         free(s);
 }
 
-static bool name_ok(const char *name) {
+bool name_ok(const char *name) {
         if (!connection_name_valid(name)) {
                 fprintf(stderr, "tokenctl: invalid connection name '%s' (1-%d of A-Z a-z 0-9 . _ -)\n", name,
                         CONNECTION_NAME_MAX);
@@ -846,7 +841,7 @@ static bool json_has_ctl(json_t *j, unsigned depth) {
         return false;
 }
 
-static int token_reply(const char *name, const char *min_ttl, Reply *r) {
+int token_reply(const char *name, const char *min_ttl, Reply *r) {
         char path[256];
         int k;
 
@@ -1205,9 +1200,131 @@ static void print_device(const char *name, const char *provider, json_t *j) {
         fflush(stdout);
 }
 
+/* ---- re-authorization links (daemon/links.c) --------------------------- */
+
+/* tokenctl authorize NAME --link [--valid TIME] [--provider P] [--scope S] */
+static int authorize_link(const char *name, const char *provider, const char *scope, const char *valid) {
+        usec_t v = 0;
+        json_t *body;
+        struct passwd *pw;
+        const char *url;
+        Reply r;
+        int k;
+
+        if (!name_ok(name))
+                return EXIT_USAGE;
+        if (valid && (k = link_valid_parse(valid, &v)) < 0) {
+                fprintf(stderr, "tokenctl: --valid takes a time from 1s to 30d: a number with s, m, h or d "
+                                "(seconds without); got '%s'%s\n", valid, k == -ERANGE ? " (out of range)" : "");
+                return EXIT_USAGE;
+        }
+        body = json_pack("{s:s}", "name", name);
+        if (provider)
+                json_object_set_new(body, "provider", json_string(provider));
+        if (scope)
+                json_object_set_new(body, "scope", json_string(scope));
+        if (v)
+                json_object_set_new(body, "valid", json_integer((json_int_t) (v / USEC_PER_SEC)));
+        pw = getpwuid(getuid());
+        if (pw && pw->pw_name)
+                json_object_set_new(body, "requested_by", json_string(pw->pw_name));
+        target_name = name;
+        target_provider = provider;
+        k = call_ok("POST", "/v1/links", body, &r);
+        json_decref(body);
+        if (k)
+                return k;
+        url = jstr(r.json, "url");
+        if (arg_json)
+                print_json(r.json);
+        else if (url)
+                printf("Re-authorization link %lld for '%s' at %s, valid once until %s:\n\n  %s\n\n"
+                       "Whoever opens it sees what it is for and signs in at the provider; revoke it with "
+                       "`tokenctl unlink %lld`.\n",
+                       (long long) json_integer_value(json_object_get(r.json, "id")), name,
+                       tty_safe(jstr(r.json, "provider")) ?: "", tty_safe(jstr(r.json, "expires_at")) ?: "", url,
+                       (long long) json_integer_value(json_object_get(r.json, "id")));
+        reply_done(&r);
+        return url ? EXIT_OK : EXIT_FAILURE_GENERIC;
+}
+
+static int do_links(int argc _unused_, char **argv) {
+        char path[256] = "/v1/links";
+        json_t *a, *l;
+        size_t i;
+        Reply r;
+        int k;
+
+        if (argv[1]) {
+                if (!name_ok(argv[1]))
+                        return EXIT_USAGE;
+                snprintf(path, sizeof path, "/v1/links?connection=%s", argv[1]);
+        }
+        k = call_ok("GET", path, NULL, &r);
+        if (k)
+                return k;
+        a = json_object_get(r.json, "links");
+        if (arg_json)
+                print_json(a);
+        else {
+                printf("%-6s %-8s %-24s %-12s %-21s %s\n", "ID", "STATE", "CONNECTION", "PROVIDER", "EXPIRES",
+                       "CREATED BY");
+                json_array_foreach(a, i, l) {
+                        json_t *by = json_object_get(l, "created_by");
+                        char who[96];
+
+                        if (json_is_integer(by))
+                                snprintf(who, sizeof who, "uid %lld%s%s%s", (long long) json_integer_value(by),
+                                         jstr(l, "created_by_name") ? " (" : "",
+                                         tty_safe(jstr(l, "created_by_name")) ?: "",
+                                         jstr(l, "created_by_name") ? ")" : "");
+                        else
+                                snprintf(who, sizeof who, "the broker (needs-reauth)");
+                        printf("%-6lld %-8s %-24s %-12s %-21s %s\n", (long long) json_integer_value(json_object_get(l, "id")),
+                               tty_safe(jstr(l, "state")) ?: "", tty_safe(jstr(l, "connection")) ?: "",
+                               tty_safe(jstr(l, "provider")) ?: "", tty_safe(jstr(l, "expires_at")) ?: "", who);
+                }
+                if (json_array_size(a) == 0)
+                        printf("(no links)\n");
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
+static int do_unlink(int argc _unused_, char **argv) {
+        const char *arg = argv[1];
+        char path[256];
+        json_t *ids, *id;
+        size_t i;
+        Reply r;
+        int k;
+
+        if (strspn(arg, "0123456789") != strlen(arg) && !name_ok(arg))
+                return EXIT_USAGE;
+        if (strlen(arg) > 128) {
+                fprintf(stderr, "tokenctl: '%s' is neither a link id nor a connection name\n", arg);
+                return EXIT_USAGE;
+        }
+        snprintf(path, sizeof path, "/v1/links/%s", arg);
+        k = call_ok("DELETE", path, NULL, &r);
+        if (k)
+                return k;
+        ids = json_object_get(r.json, "revoked");
+        if (arg_json)
+                print_json(r.json);
+        else {
+                printf("Revoked link");
+                json_array_foreach(ids, i, id)
+                        printf("%s %lld", i ? "," : (json_array_size(ids) > 1 ? "s" : ""), (long long) json_integer_value(id));
+                printf(".\n");
+        }
+        reply_done(&r);
+        return EXIT_OK;
+}
+
 static int do_authorize(int argc, char **argv) {
         enum { O_PROVIDER = 'p', O_SCOPE = 's', O_USER = 'u', O_GROUP = 'g', O_NOWAIT = 0x100, O_TIMEOUT, O_DEVICE,
-               O_USERNAME };
+               O_USERNAME, O_LINK, O_VALID };
         static const struct option options[] = {
                 { "username", required_argument, NULL, O_USERNAME },
                 { "provider", required_argument, NULL, O_PROVIDER },
@@ -1217,6 +1334,8 @@ static int do_authorize(int argc, char **argv) {
                 { "no-wait", no_argument, NULL, O_NOWAIT },
                 { "timeout", required_argument, NULL, O_TIMEOUT },
                 { "device", no_argument, NULL, O_DEVICE },
+                { "link", no_argument, NULL, O_LINK },
+                { "valid", required_argument, NULL, O_VALID },
                 {}
         };
         json_t *body, *users = json_array(), *groups = json_array();
@@ -1225,7 +1344,8 @@ static int do_authorize(int argc, char **argv) {
         _cleanup_secret_ char *secret = NULL;
         _cleanup_free_ char *previous_identity = NULL;
         StrBuf scope = {};
-        bool nowait = false;
+        bool nowait = false, link = false, other = false;
+        const char *valid = NULL;
         unsigned timeout = 0;
         Reply r;
         int c, k;
@@ -1273,13 +1393,34 @@ static int do_authorize(int argc, char **argv) {
                 case O_USERNAME:
                         username = optarg;
                         break;
+                case O_LINK:
+                        link = true;
+                        break;
+                case O_VALID:
+                        valid = optarg;
+                        break;
                 default:
                         json_decref(users);
                         json_decref(groups);
                         strbuf_free(&scope);
                         return EXIT_USAGE;
                 }
-        if (optind != argc - 1 || !provider || (import && (device || username))) {
+        other = json_array_size(users) || json_array_size(groups) || nowait || timeout || device || username;
+        if (!import && (link || valid)) {
+                json_decref(users);
+                json_decref(groups);
+                if (optind != argc - 1 || !link || other) {
+                        fprintf(stderr, "tokenctl: usage: tokenctl authorize NAME --link [--valid TIME] [--provider P] "
+                                        "[--scope S]...\n(--valid needs --link; --link takes no --allow-*, --device, "
+                                        "--username, --no-wait or --timeout)\n");
+                        strbuf_free(&scope);
+                        return EXIT_USAGE;
+                }
+                k = authorize_link(argv[optind], provider, scope.len ? scope.s : NULL, valid);
+                strbuf_free(&scope);
+                return k;
+        }
+        if (optind != argc - 1 || !provider || (import && (device || username || link || valid))) {
                 fprintf(stderr, "tokenctl: usage: tokenctl %s NAME --provider P [--scope S]... "
                                 "[--allow-user U]... [--allow-group G]... [--no-wait]%s\n",
                         argv[0], import ? " < refresh-token" : " [--device] [--username U]");
@@ -1474,8 +1615,9 @@ static const Verb verbs[] = {
           "list connections, sorted by name, page by page; a summary line", 0, 8, do_list },
         { "show", "NAME", "show one connection (never its tokens)", 1, 1, do_show },
         { "authorize", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--device] "
-                       "[--username U] [--no-wait] [--timeout S]",
-          "start (or redo) an authorization and wait for it; --username reads the password from stdin", 1, 64,
+                       "[--username U] [--no-wait] [--timeout S] | NAME --link [--valid TIME] [--provider P] [--scope S]...",
+          "start (or redo) an authorization and wait for it; --username reads the password from stdin; --link "
+          "prints a single-use re-authorization link to send on instead (valid 7d unless --valid, at most 30d)", 1, 64,
           do_authorize },
         { "import", "NAME --provider P [--scope S]... [--allow-user U]... [--allow-group G]... [--timeout S]",
           "adopt a refresh token obtained elsewhere (read from stdin), prove it with a refresh", 1, 64, do_authorize },
@@ -1485,6 +1627,17 @@ static const Verb verbs[] = {
         { "refresh", "NAME", "refresh the tokens now", 1, 1, do_refresh },
         { "revoke", "NAME", "revoke at the provider and delete", 1, 1, do_revoke },
         { "events", "[NAME] [--limit N]", "recent events, of one connection or all", 0, 3, do_events },
+        { "links", "[NAME]", "list re-authorization links (never their secret)", 0, 1, do_links },
+        { "unlink", "ID|NAME", "revoke a re-authorization link, or every unused one of a connection", 1, 1, do_unlink },
+        { "exec", "NAME [--env VAR] [--min-ttl S] -- CMD [ARGS]...",
+          "run CMD with a token (at least --min-ttl, default 300 s) in $VAR (default TOKENBROKER_ACCESS_TOKEN)",
+          2, 1 << 24, do_exec },
+        { "git-credential", "[--connection NAME] [--map HOST[/PATH]=NAME]... [--username U] [--allow-http] "
+                            "get|store|erase",
+          "git's credential helper: the token of the connection mapped to the host git asks about", 1, 200,
+          do_git_credential },
+        { "proxy", "NAME --listen ADDRESS:PORT",
+          "forward HTTP on a loopback port to the connection's proxy route on the socket, as you", 2, 3, do_proxy },
 };
 
 static void help(FILE *f) {
@@ -1572,7 +1725,7 @@ int main(int argc, char *argv[]) {
         }
         argc -= optind;
         argv += optind;
-        for (int i = 1; i < argc; i++)
+        for (int i = 1; i < argc && !streq(argv[i], "--"); i++)
                 if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
                         printf("Usage: tokenctl [--socket PATH] [--json] %s %s\n\n%s\n", v->name, v->args, v->summary);
                         return EXIT_OK;

@@ -14,7 +14,7 @@
 
 FUZZ_CC ?= clang
 FUZZ_OUT := build-fuzz
-FUZZ_NAMES := token-response jwt conf jsonptr template url callback-query api-route text-escape
+FUZZ_NAMES := token-response jwt conf jsonptr template url callback-query api-route text-escape link http-forward
 FUZZ_PKGS := $(or $(PKGS),libmicrohttpd libcurl sqlite3 jansson libsystemd libcrypto)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS ?= -O1 -g

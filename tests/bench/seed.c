@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "daemon/connection.h"
 #include "daemon/crypt.h"
+#include "daemon/store-engine.h"
 #include "daemon/store.h"
 
 #define TOKEN_LENGTH_MAX 4096U
@@ -372,11 +373,11 @@ static int load_key(const BrokerConfig *cfg, CryptKey **ret) {
         return 0;
 }
 
-/* The store's handle: Store keeps it as its first member, which the unit
- * tests rely on too (tests/unit/test-store.c). Used only for BEGIN/COMMIT
- * and the bare INSERT that store_connection_save() then fills in. */
+/* The SQLite store's own handle (store_sqlite_handle()). Used only for
+ * BEGIN/COMMIT and the bare INSERT that store_connection_save() then
+ * fills in. */
 static sqlite3 *store_db(Store *s) {
-        return *(sqlite3 **) s;
+        return store_sqlite_handle(s);
 }
 
 static char *identity_for(const char *name) {

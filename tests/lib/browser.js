@@ -308,4 +308,5 @@ async function approveDeviceInBrowser(target, {
   });
 }
 
-module.exports = { authorizeInBrowser, approveDeviceInBrowser, CHROMIUM_ARGS };
+// runFlow and commonStep: for flows that start on a page of the broker (tests/integration/reauth-link.test.js).
+module.exports = { authorizeInBrowser, approveDeviceInBrowser, runFlow, commonStep, CHROMIUM_ARGS };

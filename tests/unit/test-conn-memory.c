@@ -14,6 +14,7 @@
 
 #include "common/macro.h"
 #include "daemon/connection.h"
+#include "daemon/store-engine.h"
 #include "daemon/store.h"
 
 #define TESTS_MAIN
@@ -84,7 +85,7 @@ TEST(loaded_connection_fits_the_budget) {
         if (!s)
                 goto out;
         /* the test's own rows need no fsync each */
-        CHECK_EQ_INT(sqlite3_exec(*(sqlite3 **) s, "PRAGMA synchronous=OFF", NULL, NULL, NULL), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(store_sqlite_handle(s), "PRAGMA synchronous=OFF", NULL, NULL, NULL), SQLITE_OK);
         memset(access, 'a', TOKEN_LENGTH);
         memset(refresh, 'r', TOKEN_LENGTH);
         access[TOKEN_LENGTH] = refresh[TOKEN_LENGTH] = 0;

@@ -11,10 +11,12 @@
 
 #include "common/intern.h"
 #include "common/macro.h"
+#include "daemon/store-engine.h"
 #include "daemon/store.h"
 
 #define TESTS_MAIN
 #include "tests.h"
+#include "store-fixtures.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -106,12 +108,11 @@ static char *db_text(sqlite3 *db, const char *sql) {
         return v;
 }
 
-/* The Store's own connection. struct Store is private to store.c; its first
- * member is the sqlite3 handle. Per-connection settings (synchronous) can
- * only be seen there. store_db() checks that the handle really is the
- * connection to path before anyone trusts it. */
+/* The Store's own connection (store_sqlite_handle()). Per-connection
+ * settings (synchronous) can only be seen there. store_db() checks that
+ * the handle really is the connection to path before anyone trusts it. */
 static sqlite3 *store_db(Store *s, const char *path) {
-        sqlite3 *db = *(sqlite3 **) s;
+        sqlite3 *db = store_sqlite_handle(s);
         const char *f = db ? sqlite3_db_filename(db, "main") : NULL;
         _cleanup_free_ char *want = realpath(path, NULL);
 
@@ -120,109 +121,6 @@ static sqlite3 *store_db(Store *s, const char *path) {
                 return NULL;
         }
         return db;
-}
-
-/* Collects loaded connections. */
-typedef struct Loaded {
-        Connection *c[64];
-        size_t n;
-} Loaded;
-
-static int collect(Connection *c, void *userdata) {
-        Loaded *l = userdata;
-
-        if (l->n >= ELEMENTSOF(l->c)) {
-                connection_free(c);
-                return -E2BIG;
-        }
-        l->c[l->n++] = c;
-        return 0;
-}
-
-static void loaded_done(Loaded *l) {
-        for (size_t i = 0; i < l->n; i++)
-                connection_free(l->c[i]);
-        l->n = 0;
-}
-
-static int load_all(Store *s, Loaded *l) {
-        loaded_done(l);
-        return store_load_connections(s, collect, l);
-}
-
-static Connection *conn_new(const char *name, const char *provider, ConnState state) {
-        Connection *c = connection_new(name);
-
-        if (!c)
-                return NULL;
-        c->provider = intern(provider);
-        c->state = state;
-        c->created_at = c->updated_at = UINT64_C(1700000000) * USEC_PER_SEC;
-        if (!c->provider)
-                return connection_free(c);
-        return c;
-}
-
-/* Every persistent field set to a distinctive value. */
-static Connection *conn_full(void) {
-        Connection *c = conn_new("full-conn_1.x", "github", CONN_ACTIVE);
-
-        if (!c)
-                return NULL;
-        c->access_token = strdup("gho_AccessToken'\"; DROP TABLE connections;--");
-        c->refresh_token = strdup("ghr_Refresh\xc3\xa9token");
-        c->token_type = intern("Bearer");
-        c->scope = intern("repo read:org");
-        c->requested_scope = intern("repo read:org user");
-        c->identity = strdup("alice@example.com");
-        c->last_error = strdup("HTTP 503: temporarily_unavailable");
-        c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
-        c->obtained_at = UINT64_C(1893452400) * USEC_PER_SEC + 1;
-        c->created_at = UINT64_C(1700000000) * USEC_PER_SEC + 7;
-        c->updated_at = UINT64_C(1893452400) * USEC_PER_SEC + 2;
-        c->last_refresh_at = UINT64_C(1893452400) * USEC_PER_SEC + 3;
-        c->refreshes = UINT64_C(123456789012);
-        c->state_hash = strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        c->code_verifier = strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        c->pending_until = UINT64_C(1893453000) * USEC_PER_SEC;
-        if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
-                return connection_free(c);
-        if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
-            !c->identity || !c->last_error || !c->state_hash || !c->code_verifier)
-                return connection_free(c);
-        return c;
-}
-
-static void check_same(const Connection *a, const Connection *b) {
-        CHECK(a && b);
-        if (!a || !b)
-                return;
-        CHECK_EQ_INT(a->id, b->id);
-        CHECK_STREQ(a->name, b->name);
-        CHECK_STREQ(a->provider, b->provider);
-        CHECK_EQ_INT(a->state, b->state);
-        CHECK(streq_ptr(a->access_token, b->access_token));
-        CHECK(streq_ptr(a->refresh_token, b->refresh_token));
-        CHECK(streq_ptr(a->token_type, b->token_type));
-        CHECK(streq_ptr(a->scope, b->scope));
-        CHECK(streq_ptr(a->requested_scope, b->requested_scope));
-        CHECK(streq_ptr(a->identity, b->identity));
-        CHECK(streq_ptr(a->last_error, b->last_error));
-        CHECK(streq_ptr(a->state_hash, b->state_hash));
-        CHECK(streq_ptr(a->code_verifier, b->code_verifier));
-        CHECK(a->expires_at == b->expires_at);
-        CHECK(a->obtained_at == b->obtained_at);
-        CHECK(a->created_at == b->created_at);
-        CHECK(a->updated_at == b->updated_at);
-        CHECK(a->last_refresh_at == b->last_refresh_at);
-        CHECK(a->refreshes == b->refreshes);
-        CHECK(a->pending_until == b->pending_until);
-        CHECK_EQ_INT(a->n_allow_users, b->n_allow_users);
-        for (unsigned i = 0; i < a->n_allow_users && i < b->n_allow_users; i++)
-                CHECK_EQ_INT(a->allow_users[i], b->allow_users[i]);
-        CHECK_EQ_INT(a->n_allow_groups, b->n_allow_groups);
-        for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
-                CHECK_EQ_INT(connection_allow_groups(a)[i], connection_allow_groups(b)[i]);
 }
 
 /* ---- tests ------------------------------------------------------------ */

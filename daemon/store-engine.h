@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* What a database engine does for the store: SQL, and nothing else.
+ *
+ * daemon/store.c keeps everything that is the same on every engine: the
+ * sealing of secrets (values reach an engine sealed and leave it sealed),
+ * the meaning of the key check, row images, ids, and the writer thread
+ * with its batches and completions. An engine (store-sqlite.c,
+ * store-pg.c) keeps a handle on one database and turns those into
+ * statements. Every call blocks: engines are called at start, by tools,
+ * and on the writer's thread, never for a client on the event loop.
+ *
+ * Library-level: -errno codes, never logs; error() says what went wrong,
+ * never with a secret in it (a password, a sealed value). */
+
+#include "daemon/store.h"
+
+enum {
+        ROW_NAME,
+        ROW_PROVIDER,
+        ROW_REQUESTED_SCOPE,
+        ROW_SCOPE,
+        ROW_IDENTITY,
+        ROW_TOKEN_TYPE,
+        ROW_STATE_HASH,
+        ROW_LAST_ERROR,
+        ROW_USERNAME,
+        _ROW_TEXT_MAX,
+};
+
+/* The secret columns, sealed with the row's id and the column's name as
+ * associated data: access_token, refresh_token, code_verifier. */
+#define STORE_SEALED_MAX 3
+extern const char *const store_sealed_columns[STORE_SEALED_MAX];
+
+/* One connections row. Written: an image store_row_new() made, owning
+ * its strings. Loaded: the engine's view of a row, borrowed (valid until
+ * the callback returns). allow_users/allow_groups: comma-separated ids. */
+struct StoreRow {
+        int64_t id;
+        ConnState state;
+        char *text[_ROW_TEXT_MAX];
+        char users[ACL_MAX * 12], groups[ACL_MAX * 12];
+        uint8_t *sealed[STORE_SEALED_MAX];   /* ciphertext, bound to id; NULL: none */
+        size_t sealed_size[STORE_SEALED_MAX];
+        usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
+        uint64_t refreshes;
+};
+
+typedef struct StoreDb StoreDb;
+
+typedef struct StoreEngine {
+        const char *name;   /* "sqlite", "postgresql" */
+
+        /* Opens (creating the database's tables if needed) and applies
+         * the engine's migrations. On failure error says why. */
+        int (*open)(const char *where, const StoreOptions *options, StoreDb **ret, char *error, size_t error_size);
+        void (*close)(StoreDb *db);
+        const char *(*error)(StoreDb *db);
+        unsigned (*schema_version)(StoreDb *db);
+
+        /* A write transaction; commit() returns once it is durable. */
+        int (*begin)(StoreDb *db);
+        int (*commit)(StoreDb *db);
+        void (*rollback)(StoreDb *db);
+
+        /* The sealed key check: 1 and a copy in *ret, or 0 when there is
+         * none yet. set() inserts it (-EEXIST when there is one: another
+         * node wrote it first), or replaces it (a key rotation). */
+        int (*key_check_get)(StoreDb *db, uint8_t **ret, size_t *ret_size);
+        int (*key_check_set)(StoreDb *db, const uint8_t *p, size_t n, bool replace);
+
+        int (*max_id)(StoreDb *db, int64_t *ret);
+        /* -EEXIST: the name (or id) is taken. */
+        int (*row_insert)(StoreDb *db, const StoreRow *row);
+        /* -ENOENT: no row with that id. */
+        int (*row_save)(StoreDb *db, const StoreRow *row);
+        int (*row_delete)(StoreDb *db, int64_t id);
+        /* Every row, by id; fn's row is borrowed. A row whose state is not
+         * one of ConnState is -EBADMSG. */
+        int (*rows_load)(StoreDb *db, int (*fn)(const StoreRow *row, void *userdata), void *userdata);
+
+        /* For re-sealing every row (sealing a store from before
+         * encryption, rotating the key), one row at a time by id: the
+         * sealed columns of the first row with id > after, as copies
+         * (1), or 0 when there is none. */
+        int (*sealed_next)(StoreDb *db, int64_t after, int64_t *ret_id, uint8_t *ret[STORE_SEALED_MAX],
+                           size_t ret_size[STORE_SEALED_MAX]);
+        int (*sealed_update)(StoreDb *db, int64_t id, uint8_t *const sealed[STORE_SEALED_MAX],
+                             const size_t size[STORE_SEALED_MAX]);
+        /* After a re-seal committed: old copies of the values may linger
+         * (SQLite's WAL): make them go, as far as the engine can. */
+        void (*forget_old_values)(StoreDb *db);
+
+        /* Until several nodes share a database by leases (issue 10), one
+         * daemon per database: -EBUSY when another holds it. Held as long
+         * as this handle's session lasts. */
+        int (*lock_single_node)(StoreDb *db);
+
+        int (*event_add)(StoreDb *db, usec_t at, const char *connection, const char *kind, const char *message);
+        int (*events_list)(StoreDb *db, const char *connection, int64_t before_id, unsigned limit,
+                           int (*fn)(const StoreEvent *e, void *userdata), void *userdata);
+} StoreEngine;
+
+extern const StoreEngine store_engine_sqlite;
+extern const StoreEngine store_engine_pg;
+
+/* The engine a store target names: a postgresql:// or postgres:// URI,
+ * or a file path (SQLite). */
+const StoreEngine *store_engine_for(const char *where);
+
+/* For tests that look beneath the API at a SQLite store: its handle. */
+struct sqlite3;
+struct sqlite3 *store_sqlite_handle(Store *s);
+struct sqlite3 *store_sqlite_db(StoreDb *db);   /* store_engine_sqlite's handles only */
