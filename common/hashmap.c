@@ -22,6 +22,7 @@ struct Hashmap {
         size_t n_old;
         size_t old_pos;
         size_t size;
+        size_t min_buckets;   /* hashmap_reserve(): no shrinking below it */
         uint64_t k0, k1;      /* SipHash key */
 };
 
@@ -229,11 +230,11 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
                 migrate(h, MIGRATE_STEP);
         else if (h->size + 1 > h->n_buckets && h->n_buckets < BUCKETS_MAX)
                 (void) resize(h, h->n_buckets * 2); /* on ENOMEM carry on */
-        else if (h->n_buckets > BUCKETS_MIN && (h->size + 1) < h->n_buckets / 8) {
+        else if (h->n_buckets > MAX(BUCKETS_MIN, h->min_buckets) && (h->size + 1) < h->n_buckets / 8) {
                 /* Shrink to the smallest size with load >= 1/4. */
                 size_t m = h->n_buckets;
 
-                while (m > BUCKETS_MIN && (h->size + 1) < m / 4)
+                while (m > MAX(BUCKETS_MIN, h->min_buckets) && (h->size + 1) < m / 4)
                         m /= 2;
                 (void) resize(h, m);
         }
@@ -245,6 +246,27 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
         h->buckets[i] = n;
         h->size++;
         return 0;
+}
+
+int hashmap_reserve(Hashmap *h, size_t n) {
+        size_t m = BUCKETS_MIN;
+
+        if (!h)
+                return -EINVAL;
+        if (n == 0) {
+                h->min_buckets = 0;
+                return 0;
+        }
+        if (n > BUCKETS_MAX)
+                return -ENOMEM;
+        while (m < n)
+                m *= 2;
+        h->min_buckets = m;
+        if (m <= h->n_buckets)
+                return 0;
+        /* no migration needed when empty; otherwise the usual
+         * incremental one */
+        return resize(h, m);
 }
 
 HashmapNode *hashmap_get(Hashmap *h, const char *key) {

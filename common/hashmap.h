@@ -52,6 +52,11 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Hashmap *, hashmap_free)
  * arguments, -ENOMEM only if the very first bucket array cannot be
  * allocated. Must not be called while iterating. */
 int hashmap_put(Hashmap *h, HashmapNode *n, const char *key);
+/* Makes room for n entries at load factor 1 now (one bucket array, no
+ * resize while they are put) and keeps the array from shrinking below
+ * that until hashmap_reserve(h, 0). For a bulk load whose size is known.
+ * 0, -EINVAL, or -ENOMEM (the map is unchanged). */
+int hashmap_reserve(Hashmap *h, size_t n);
 /* NULL if absent (or h/key NULL). */
 HashmapNode *hashmap_get(Hashmap *h, const char *key);
 /* Unlink and return the node with this key, NULL if absent. */

@@ -82,7 +82,7 @@ bool peer_may_read(const Peer *p, const Connection *c) {
                 if (c->allow_users[i] == p->uid)
                         return true;
         for (unsigned i = 0; i < c->n_allow_groups; i++)
-                if (peer_in_group(p, c->allow_groups[i]))
+                if (peer_in_group(p, connection_allow_groups(c)[i]))
                         return true;
         return false;
 }

@@ -291,15 +291,15 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_int(b, &first, "refreshes", (int64_t) c->refreshes);
         member_str(b, &first, "last_error", c->last_error);
         member_ids(b, &first, "allow_users", (const unsigned *) c->allow_users, c->n_allow_users);
-        member_ids(b, &first, "allow_groups", (const unsigned *) c->allow_groups, c->n_allow_groups);
+        member_ids(b, &first, "allow_groups", (const unsigned *) connection_allow_groups(c), c->n_allow_groups);
         member_time(b, &first, "authorization_pending_until",
                     c->state_hash || connection_device_pending(c) ? c->pending_until : 0);
-        if (connection_device_pending(c) && c->user_code) {
-                member_str(b, &first, "user_code", c->user_code);
-                member_str(b, &first, "verification_uri", c->verification_uri);
-                if (c->verification_uri_complete)
-                        member_str(b, &first, "verification_uri_complete", c->verification_uri_complete);
-                member_int(b, &first, "device_interval", (int64_t) (c->device_interval / USEC_PER_SEC));
+        if (connection_device_pending(c) && c->device->user_code) {
+                member_str(b, &first, "user_code", c->device->user_code);
+                member_str(b, &first, "verification_uri", c->device->verification_uri);
+                if (c->device->verification_uri_complete)
+                        member_str(b, &first, "verification_uri_complete", c->device->verification_uri_complete);
+                member_int(b, &first, "device_interval", (int64_t) (c->device->interval / USEC_PER_SEC));
         }
         if (c->username)
                 member_str(b, &first, "username", c->username);
@@ -1703,7 +1703,7 @@ static void audit_acl(ApiRequest *r, const Connection *old, const uid_t *users, 
                 return;
         changed = old && (old->n_allow_users != nu || old->n_allow_groups != ng ||
                           (nu && memcmp(old->allow_users, users, sizeof(uid_t) * nu) != 0) ||
-                          (ng && memcmp(old->allow_groups, groups, sizeof(gid_t) * ng) != 0));
+                          (ng && memcmp(connection_allow_groups(old), groups, sizeof(gid_t) * ng) != 0));
         strbuf_puts(&b, changed ? "ACL changed to " : old ? "ACL unchanged, " : "ACL ");
         audit_ids(&b, "users", (const unsigned *) users, nu);
         audit_ids(&b, " groups", (const unsigned *) groups, ng);

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "common/intern.h"
 #include "daemon/connection.h"
 
 static const char *const conn_state_table[_CONN_STATE_MAX] = {
@@ -23,12 +24,48 @@ void connection_clear_tokens(Connection *c) {
         c->refresh_token = secret_free(c->refresh_token);
 }
 
+int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
+                          char **verification_uri_complete) {
+        ConnDevice *d;
+
+        assert(interval > 0);
+        d = new0(ConnDevice, 1);
+        if (!d)
+                return -ENOMEM;
+        connection_clear_device(c);
+        *d = (ConnDevice) {
+                .interval = interval,
+                .user_code = user_code ? TAKE_PTR(*user_code) : NULL,
+                .verification_uri = verification_uri ? TAKE_PTR(*verification_uri) : NULL,
+                .verification_uri_complete = verification_uri_complete ? TAKE_PTR(*verification_uri_complete) : NULL,
+        };
+        c->device = d;
+        return 0;
+}
+
 void connection_clear_device(Connection *c) {
-        c->user_code = mfree(c->user_code);
-        c->verification_uri = mfree(c->verification_uri);
-        c->verification_uri_complete = mfree(c->verification_uri_complete);
-        c->device_interval = 0;
-        c->device_next_poll = 0;
+        ConnDevice *d = TAKE_PTR(c->device);
+
+        if (!d)
+                return;
+        free(d->user_code);
+        free(d->verification_uri);
+        free(d->verification_uri_complete);
+        free(d);
+}
+
+Connection *connection_new(const char *name) {
+        size_t n = strlen(name);
+        Connection *c = malloc(sizeof(Connection) + n + 1);
+        char *copy;
+
+        if (!c)
+                return NULL;
+        *c = (Connection) {};
+        copy = (char *) (c + 1);
+        memcpy(copy, name, n + 1);
+        c->name = copy;
+        return c;
 }
 
 Connection *connection_free(Connection *c) {
@@ -41,11 +78,10 @@ Connection *connection_free(Connection *c) {
         json_decref(c->metadata);
         free(c->username);
         connection_clear_device(c);
-        free(c->name);
-        free(c->provider);
-        free(c->token_type);
-        free(c->scope);
-        free(c->requested_scope);
+        intern_unref(c->provider);
+        intern_unref(c->token_type);
+        intern_unref(c->scope);
+        intern_unref(c->requested_scope);
         free(c->identity);
         free(c->previous_identity);
         free(c->last_error);
@@ -60,6 +96,7 @@ int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, cons
 
         assert(c);
         _Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t), "ids are 32-bit");
+        _Static_assert(ACL_MAX <= UINT8_MAX, "ACL counts are 8-bit");
         n_users = MIN(n_users, ACL_MAX);
         n_groups = MIN(n_groups, ACL_MAX);
         if (n_users + n_groups > 0) {
@@ -73,9 +110,8 @@ int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, cons
         }
         free(c->allow_users);
         c->allow_users = block;
-        c->allow_groups = n_groups > 0 ? block + n_users : NULL;
-        c->n_allow_users = n_users;
-        c->n_allow_groups = n_groups;
+        c->n_allow_users = (uint8_t) n_users;
+        c->n_allow_groups = (uint8_t) n_groups;
         return 0;
 }
 

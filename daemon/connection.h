@@ -29,37 +29,74 @@ typedef struct Waiter Waiter;
 typedef struct Manager Manager;
 typedef struct Staged Staged;
 
-#define ACL_MAX 32
+/* A pending device authorization (RFC 8628). */
+typedef struct ConnDevice {
+        usec_t interval;           /* > 0 */
+        usec_t next_poll;          /* DEADLINE_CLOCK; 0: one interval from now */
+        char *user_code;           /* memory only: shown once */
+        char *verification_uri;
+        char *verification_uri_complete;
+} ConnDevice;
 
+#define ACL_MAX 32   /* fits Connection's uint8_t counts */
+
+/* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
+ * 9-byte name, a 23-byte identity, one provider, scope and token type for
+ * all; malloc chunks with their headers, measured by
+ * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
+ *
+ *                                     main 12-02    now
+ *   struct (+ the name, same chunk)     480+32      416   392 B struct
+ *   provider, scope x2, token type      4 x 32        0   interned (common/intern.c)
+ *   identity                                32       32
+ *   access + refresh token (82 B)       2 x 48   2 x 48   one chunk would save 16
+ *   misc (SQLite's row, rounding)          ~32      ~31
+ *   heap, per connection                   800      575   beyond tokens 718 -> 493
+ *   hash bucket (load factor <= 1)        8-16     8-16   presized at start
+ *   expiry heap slot                         8        8
+ *   wheel, ordered map, hash node            0        0   intrusive (in the struct)
+ *
+ * Out of line, allocated only while used: the ACL, a pending device
+ * authorization. What is left of the struct: 2 x 24 B hash nodes, the
+ * 16-byte ordered-map node, the 32-byte timer entry, 17 pointers, 14
+ * 8-byte times and counters. Next: the pending-authorization fields
+ * (by_state, state_hash, code_verifier, pending_until, auth_state,
+ * username: 64 B) and the refresh bookkeeping (queue links, inflight,
+ * staged, retry_at, client_refresh_at, notified_at, waiters: ~80 B) out
+ * of line; the tokens in one chunk; the hash node's key pointer (it is the
+ * name). */
 typedef struct Connection {
+        /* Ordered so that the small fields share words instead of each
+         * padding one. */
         HashmapNode by_name;       /* Manager.connections, key = name */
         HashmapNode by_state;      /* Manager.pending, key = state_hash */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
-        bool pending_linked;
-        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         TimerEntry timer;          /* next refresh, or pending expiry */
+        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
-        bool queued;
         usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
-        Manager *manager;
         int64_t id;
-        char *name;
-        char *provider;            /* provider name; resolved per use */
+        const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
+        const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
         ConnState state;
+        unsigned failures;         /* refresh failures in a row */
+        uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
+        bool pending_linked;
+        bool queued;
+        bool importing;            /* memory only: the next refresh proves an imported refresh token */
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon */
-        char *token_type;
-        char *scope;               /* granted */
-        char *requested_scope;
+        const char *token_type;    /* interned, like scope and requested_scope */
+        const char *scope;         /* granted */
+        const char *requested_scope;
         char *identity;
         /* Connection parameters and response metadata (common/params.h):
          * JSON objects of strings, NULL when empty; never secrets. */
         json_t *params;
         json_t *metadata;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
-        bool importing;            /* memory only: the next refresh proves an imported refresh token */
         char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
@@ -82,20 +119,16 @@ typedef struct Connection {
         char *auth_state;          /* secret: the plain state, for ${state}; memory only */
         char *username;            /* password grant */
 
-        /* pending device authorization (RFC 8628) */
-        usec_t device_interval;    /* > 0 while pending */
-        usec_t device_next_poll;   /* DEADLINE_CLOCK; 0: one interval from now */
-        char *user_code;           /* memory only: shown once */
-        char *verification_uri;
-        char *verification_uri_complete;
+        /* A pending device authorization (RFC 8628), NULL when none: out
+         * of line, 8 bytes a connection instead of 40. */
+        ConnDevice *device;
 
-        /* The ACL: one allocation holding both lists (allow_groups points
-         * into allow_users' block), NULL when both are empty; set with
-         * connection_set_acl(). Out of line: most connections have none or
-         * one entry, and two ACL_MAX arrays were 256 bytes of each. */
+        /* The ACL: one allocation holding both lists (the groups follow
+         * the n_allow_users users; connection_allow_groups()), NULL when
+         * both are empty; set with connection_set_acl(). Out of line: most
+         * connections have none or one entry, and two ACL_MAX arrays were
+         * 256 bytes of each. */
         uid_t *allow_users;        /* NULL when both lists are empty */
-        gid_t *allow_groups;       /* NULL when it is empty */
-        unsigned n_allow_users, n_allow_groups;
 
         /* refresh bookkeeping */
         struct HttpRequest *inflight;
@@ -103,13 +136,15 @@ typedef struct Connection {
          * (daemon/refresher.c): until it is, the fields above keep what
          * clients get. */
         Staged *staged;
-        unsigned failures;
         usec_t retry_at;           /* monotonic; 0 none */
         usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
         Waiter *waiters;           /* suspended API requests */
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;
 
+/* A zeroed connection with a copy of name in the same allocation (one
+ * malloc chunk instead of two; a name never changes). NULL on -ENOMEM. */
+Connection *connection_new(const char *name);
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 
@@ -117,10 +152,23 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
  * rest is dropped). 0, or -ENOMEM (the old ACL is kept). */
 int connection_set_acl(Connection *c, const uid_t *users, unsigned n_users, const gid_t *groups, unsigned n_groups);
 
+/* The ACL's groups (n_allow_groups of them), NULL when it has none. */
+static inline const gid_t *connection_allow_groups(const Connection *c) {
+        return c->n_allow_groups > 0 ? (const gid_t *) c->allow_users + c->n_allow_users : NULL;
+}
+
+/* Starts a pending device authorization polled every interval (> 0),
+ * replacing any; the strings given are taken over. 0 or -ENOMEM (nothing
+ * changed, nothing taken). */
+int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
+                          char **verification_uri_complete);
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);
 static inline bool connection_device_pending(const Connection *c) {
-        return c->device_interval > 0;
+        return c->device != NULL;
+}
+static inline usec_t connection_device_interval(const Connection *c) {
+        return c->device ? c->device->interval : 0;
 }
 
 /* A provider request in flight, or its answer being committed. */

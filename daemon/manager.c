@@ -11,11 +11,13 @@
 #include <systemd/sd-daemon.h>
 
 #include "common/api.h"
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/acl.h"
 #include "daemon/api.h"
 #include "daemon/callback.h"
+#include "daemon/heap.h"
 #include "daemon/links.h"
 #include "daemon/manager.h"
 #include "daemon/oauth.h"
@@ -299,9 +301,14 @@ static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *
 }
 
 void manager_status_changed(Manager *m) {
+        /* asked once: getenv() walks the environment, and this runs on
+         * every state change (a million times at start) */
+        static int notify = -1;
         int enabled = SD_EVENT_OFF;
 
-        if (!m->status_timer || !getenv("NOTIFY_SOCKET"))
+        if (notify < 0)
+                notify = getenv("NOTIFY_SOCKET") != NULL;
+        if (!m->status_timer || !notify)
                 return;
         if (sd_event_source_get_enabled(m->status_timer, &enabled) >= 0 && enabled != SD_EVENT_OFF)
                 return;   /* already due */
@@ -409,7 +416,7 @@ static void env_clean(char *s) {
 void manager_notify(Manager *m, Connection *c, const char *event) {
         char e_conn[CONNECTION_NAME_MAX + 32], e_prov[PROVIDER_NAME_MAX + 32], e_event[64], e_reason[400],
                 e_state[64];
-        char *const argv[] = { m->config->notify_command, (char *) event, c->name, NULL };
+        char *const argv[] = { m->config->notify_command, (char *) event, (char *) c->name, NULL };
         char *envp[9];
         _cleanup_secret_ char *e_link = NULL;
         posix_spawn_file_actions_t fa;
@@ -553,7 +560,6 @@ static int manager_link(Manager *m, Connection *c) {
         /* Cannot fail: the hash map has just taken the same name. */
         r = ordmap_put(&m->ordered, &c->by_order);
         assert(r == 0);
-        c->manager = m;
         c->expiry_idx = SIZE_MAX;
         c->rt_idx[0] = c->rt_idx[1] = SIZE_MAX;
         count_state(m, c, +1);
@@ -614,6 +620,10 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         manager_wheel_rearm(m);
         return 0;
 }
+
+/* What a loaded connection takes of the heap, about (tests/unit/
+ * test-conn-memory.c measures it), tokens included: for heap_prepare(). */
+#define HEAP_PER_CONNECTION ((size_t) 640)
 
 static int load_one(Connection *c, void *userdata) {
         Manager *m = userdata;
@@ -698,22 +708,21 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         }
 
         if (!c) {
-                fresh = new0(Connection, 1);
+                fresh = connection_new(req->name);
                 if (!fresh)
                         return -ENOMEM;
-                fresh->name = strdup(req->name);
-                fresh->provider = strdup(p->name);
-                if (!fresh->name || !fresh->provider)
+                fresh->provider = intern(p->name);
+                if (!fresh->provider)
                         return -ENOMEM;
                 fresh->state = CONN_PENDING;
                 fresh->created_at = fresh->updated_at = t;
                 c = fresh;
         }
         if (req->scope) {
-                char *s = strdup(req->scope);
+                const char *s = intern(req->scope);
                 if (!s)
                         return -ENOMEM;
-                free(c->requested_scope);
+                intern_unref(c->requested_scope);
                 c->requested_scope = s;
         }
         /* NULL: keep what the connection has (a re-authorization link) */
@@ -1385,6 +1394,8 @@ static int manager_bind_api(Manager *m, int *ret) {
 
 int manager_startup(Manager *m) {
         _cleanup_free_ char *where = NULL, *db = NULL, *sockdir = NULL;
+        usec_t load_t0, load_cpu0;
+        size_t n_hint;
         sigset_t mask;
         char *slash;
         int r;
@@ -1425,7 +1436,16 @@ int manager_startup(Manager *m) {
         if (r < 0)
                 return r;
 
+        load_t0 = now(CLOCK_MONOTONIC);
+        load_cpu0 = now(CLOCK_PROCESS_CPUTIME_ID);
+        /* One bucket array for them all: no resizes (and lookups in two
+         * arrays) while a million are put. */
+        n_hint = MIN(store_connection_count_hint(m->store), (size_t) m->config->max_connections);
+        (void) hashmap_reserve(m->connections, n_hint);
+        heap_prepare(n_hint * HEAP_PER_CONNECTION);
         r = store_load_connections(m->store, load_one, m);
+        heap_prepare_done();
+        (void) hashmap_reserve(m->connections, 0);
         if (r < 0)
                 return log_error_errno(r, "Failed to load connections from '%s': %s", db,
                                        store_last_error(m->store));
@@ -1447,9 +1467,11 @@ int manager_startup(Manager *m) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to load re-authorization links from '%s': %m", db);
         }
-        log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization).",
+        log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization) in %" PRIu64
+                 " ms (%" PRIu64 " ms CPU).",
                  hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],
-                 m->n_state[CONN_NEEDS_REAUTH]);
+                 m->n_state[CONN_NEEDS_REAUTH], usec_sub(now(CLOCK_MONOTONIC), load_t0) / USEC_PER_MSEC,
+                 usec_sub(now(CLOCK_PROCESS_CPUTIME_ID), load_cpu0) / USEC_PER_MSEC);
 
         /* Sockets passed by systemd are used as they are. */
         if (m->api_fd < 0) {

@@ -18,6 +18,7 @@
  * (connection_busy()): no other refresh may present the refresh token the
  * staged answer rotated. */
 
+#include "common/intern.h"
 #include "common/log.h"
 #include "common/params.h"
 #include "common/util.h"
@@ -66,8 +67,8 @@ struct Staged {
         bool grant;                /* a grant (code exchange, device approval), not a refresh */
         char *access_token;        /* secret */
         char *refresh_token;       /* secret; NULL: the answer kept the old one */
-        char *token_type;
-        char *scope;               /* NULL: unchanged */
+        const char *token_type;    /* interned */
+        const char *scope;         /* interned; NULL: unchanged */
         char *identity;            /* a grant's, from its ID token; NULL: none */
         json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
         usec_t expires_at, obtained_at, last_refresh_at;
@@ -79,8 +80,8 @@ static Staged *staged_free(Staged *st) {
                 return NULL;
         secret_free(st->access_token);
         secret_free(st->refresh_token);
-        free(st->token_type);
-        free(st->scope);
+        intern_unref(st->token_type);
+        intern_unref(st->scope);
         free(st->identity);
         json_decref(st->metadata);
         free(st);
@@ -115,7 +116,7 @@ void refresher_image(const Connection *c, Connection *ret) {
                 ret->state_hash = NULL;
                 ret->code_verifier = NULL;
                 ret->pending_until = 0;
-                ret->device_interval = 0;
+                ret->device = NULL;
                 if (st->identity)
                         ret->identity = st->identity;
         }
@@ -259,9 +260,9 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = MIN(due, deadline_from_realtime(c->pending_until));
         /* A device authorization: the next poll, and its end. */
         if (connection_device_pending(c)) {
-                if (c->device_next_poll == 0)
-                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
-                due = MIN(due, c->device_next_poll);
+                if (c->device->next_poll == 0)
+                        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                due = MIN(due, c->device->next_poll);
                 if (c->pending_until > 0)
                         due = MIN(due, deadline_from_realtime(c->pending_until));
         }
@@ -321,12 +322,13 @@ void refresher_on_timer(Manager *m, Connection *c) {
                         manager_event(m, c, "authorization-expired", "device code expired before the user approved");
                         clear_pending(m, c);
                         (void) save(m, c);
-                } else if (c->device_next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
+                } else if (c->device->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
                         int r = device_poll(m, c);
                         if (r >= 0)
                                 return;
                         log_warning_errno(r, "%s: cannot poll the token endpoint: %m", c->name);
-                        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                        if (c->device)
+                                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
                 }
         }
 
@@ -572,13 +574,15 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .grant = grant,
                 .access_token = TAKE_PTR(t->access_token),
                 .refresh_token = TAKE_PTR(t->refresh_token),
-                .token_type = TAKE_PTR(t->token_type),
-                .scope = TAKE_PTR(t->scope),
+                .token_type = intern(t->token_type),
+                .scope = intern(t->scope),
                 .identity = identity,
                 .expires_at = t->expires_at,
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
         };
+        if ((t->token_type && !st->token_type) || (t->scope && !st->scope))
+                return log_oom();
         {
                 const Provider *p = manager_provider(m, c);
 
@@ -766,10 +770,10 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 secret_free(c->refresh_token);
                 c->refresh_token = TAKE_PTR(st->refresh_token);
         }
-        free(c->token_type);
+        intern_unref(c->token_type);
         c->token_type = TAKE_PTR(st->token_type);
         if (st->scope) {
-                free(c->scope);
+                intern_unref(c->scope);
                 c->scope = TAKE_PTR(st->scope);
         }
         if (st->metadata) {
@@ -1096,12 +1100,13 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         clear_pending(m, c);
+        if (connection_set_device(c, d.interval, &d.user_code, &d.verification_uri, &d.verification_uri_complete) < 0) {
+                device_auth_done(&d);
+                device_failed(m, c, "authorization-failed", "out of memory", -ENOMEM, true);
+                return;
+        }
         c->code_verifier = TAKE_PTR(d.device_code);
-        c->user_code = TAKE_PTR(d.user_code);
-        c->verification_uri = TAKE_PTR(d.verification_uri);
-        c->verification_uri_complete = TAKE_PTR(d.verification_uri_complete);
-        c->device_interval = d.interval;
-        c->device_next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
+        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
         c->pending_until = now(CLOCK_REALTIME) + d.expires_in;
         c->last_error = mfree(c->last_error);
         device_auth_done(&d);
@@ -1110,7 +1115,7 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         manager_event(m, c, "authorization-started", "device authorization started: user code %s at %s",
-                      c->user_code, c->verification_uri);
+                      c->device->user_code, c->device->verification_uri);
         refresher_schedule(m, c);
         wake_waiters(c, 0);
 }
@@ -1151,20 +1156,20 @@ static void device_poll_done(Manager *m, Connection *c, HttpRequest *req) {
         }
         code = p ? oauth_error_code(p, req) : NULL;
         if (code && streq(code, "slow_down"))
-                c->device_interval = MIN(c->device_interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
+                c->device->interval = MIN(c->device->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
         if (code && streq(code, "expired_token")) {
                 c->pending_until = now(CLOCK_REALTIME);   /* the timer removes it */
-                c->device_next_poll = now(DEADLINE_CLOCK);
+                c->device->next_poll = now(DEADLINE_CLOCK);
         } else if (o == OAUTH_PERMANENT && !(code && (streq(code, "authorization_pending") || streq(code, "slow_down")))) {
                 device_failed(m, c, "authorization-failed", error, -EKEYREJECTED, false);
                 return;
         } else if (code && (streq(code, "authorization_pending") || streq(code, "slow_down")))
                 log_debug("%s: device authorization %s; next poll in %" PRIu64 " s.", c->name, code,
-                          c->device_interval / USEC_PER_SEC);
+                          c->device->interval / USEC_PER_SEC);
         else
                 log_warning("%s: device polling failed, trying again: %s", c->name, strempty(error));
         if (!(code && streq(code, "expired_token")))
-                c->device_next_poll = usec_add(now(DEADLINE_CLOCK), c->device_interval);
+                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
         (void) save(m, c);   /* a slowed interval survives a restart */
         refresher_schedule(m, c);
 }

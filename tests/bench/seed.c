@@ -474,8 +474,10 @@ static int seed_one(Seeder *sd, unsigned number) {
                 c.n_allow_users = 1;
         }
         if (arg_allow_group >= 0) {
+                /* the groups follow the users in the same block */
                 acl[1] = group;
-                c.allow_groups = acl + 1;
+                if (!c.allow_users)
+                        c.allow_users = acl + 1;
                 c.n_allow_groups = 1;
         }
 

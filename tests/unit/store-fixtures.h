@@ -5,6 +5,7 @@
  * store's tests on each engine (tests/unit/test-store.c on SQLite,
  * tests/pg/test-store-pg.c on PostgreSQL). Include after tests.h. */
 
+#include "common/intern.h"
 #include "common/macro.h"
 #include "common/util.h"
 #include "daemon/connection.h"
@@ -39,15 +40,14 @@ static inline int load_all(Store *s, Loaded *l) {
 }
 
 static inline Connection *conn_new(const char *name, const char *provider, ConnState state) {
-        Connection *c = new0(Connection, 1);
+        Connection *c = connection_new(name);
 
         if (!c)
                 return NULL;
-        c->name = strdup(name);
-        c->provider = strdup(provider);
+        c->provider = intern(provider);
         c->state = state;
         c->created_at = c->updated_at = UINT64_C(1700000000) * USEC_PER_SEC;
-        if (!c->name || !c->provider)
+        if (!c->provider)
                 return connection_free(c);
         return c;
 }
@@ -60,9 +60,9 @@ static inline Connection *conn_full(void) {
                 return NULL;
         c->access_token = strdup("gho_AccessToken'\"; DROP TABLE connections;--");
         c->refresh_token = strdup("ghr_Refresh\xc3\xa9token");
-        c->token_type = strdup("Bearer");
-        c->scope = strdup("repo read:org");
-        c->requested_scope = strdup("repo read:org user");
+        c->token_type = intern("Bearer");
+        c->scope = intern("repo read:org");
+        c->requested_scope = intern("repo read:org user");
         c->identity = strdup("alice@example.com");
         c->last_error = strdup("HTTP 503: temporarily_unavailable");
         c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
@@ -115,7 +115,7 @@ static inline void check_same(const Connection *a, const Connection *b) {
                 CHECK_EQ_INT(a->allow_users[i], b->allow_users[i]);
         CHECK_EQ_INT(a->n_allow_groups, b->n_allow_groups);
         for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
-                CHECK_EQ_INT(a->allow_groups[i], b->allow_groups[i]);
+                CHECK_EQ_INT(connection_allow_groups(a)[i], connection_allow_groups(b)[i]);
         /* params and metadata: the same objects (NULL and {} alike) */
         CHECK(json_object_size(a->params) == json_object_size(b->params));
         CHECK(json_object_size(a->metadata) == json_object_size(b->metadata));

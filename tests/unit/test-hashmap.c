@@ -400,3 +400,38 @@ TEST(seeded_per_map) {
         CHECK(same < 64);
         CHECK(ia[0].node.hash != ib[0].node.hash);
 }
+
+TEST(reserve_presizes) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item *items = new0(Item, 1000);
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h) {
+                free(items);
+                return;
+        }
+        CHECK_EQ_INT(hashmap_reserve(NULL, 10), -EINVAL);
+        CHECK_EQ_INT(hashmap_reserve(h, 1000), 0);
+        CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
+        for (unsigned i = 0; i < 1000; i++) {
+                snprintf(items[i].name, sizeof items[i].name, "k%u", i);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                /* never a resize while the reserved room lasts */
+                CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
+                CHECK_EQ_INT((int) hashmap_resizing(h), 0);
+        }
+        /* no shrinking below the reservation */
+        for (unsigned i = 1; i < 1000; i++)
+                hashmap_remove_node(h, &items[i].node);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
+        /* released: the next put shrinks it */
+        hashmap_remove_node(h, &items[1].node);
+        CHECK_EQ_INT(hashmap_reserve(h, 0), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK((int) hashmap_buckets(h) < 1024);
+        CHECK(hashmap_get(h, "k0") == &items[0].node);
+        CHECK(hashmap_get(h, "k1") == &items[1].node);
+        free(items);
+}

@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include "common/intern.h"
 #include "common/macro.h"
 #include "daemon/store-engine.h"
 #include "daemon/store.h"
@@ -321,7 +322,7 @@ TEST(save_changes_every_field) {
         c->state_hash = strdup("aaaa");
         c->code_verifier = strdup("verifier");
         c->pending_until = 42;
-        c->requested_scope = strdup("openid email");
+        c->requested_scope = intern("openid email");
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1)
@@ -332,12 +333,12 @@ TEST(save_changes_every_field) {
         c->state_hash = mfree(c->state_hash);
         c->code_verifier = secret_free(c->code_verifier);
         c->pending_until = 0;
-        c->provider = mfree(c->provider);
-        c->provider = strdup("google2");
+        c->provider = intern_unref(c->provider);
+        c->provider = intern("google2");
         c->access_token = strdup("ya29.token");
         c->refresh_token = strdup("1//refresh");
-        c->token_type = strdup("Bearer");
-        c->scope = strdup("openid email");
+        c->token_type = intern("Bearer");
+        c->scope = intern("openid email");
         c->identity = strdup("bob@example.com");
         c->expires_at = UINT64_C(2000000000) * USEC_PER_SEC;
         c->obtained_at = UINT64_C(1999996400) * USEC_PER_SEC;
@@ -356,7 +357,7 @@ TEST(save_changes_every_field) {
                 CHECK_EQ_INT(connection_set_acl(c, users, ACL_MAX + 1, groups, ACL_MAX + 1), 0);
                 CHECK_EQ_INT(c->n_allow_users, ACL_MAX);
                 CHECK_EQ_INT(c->n_allow_groups, ACL_MAX);
-                CHECK_EQ_INT(c->allow_groups[ACL_MAX - 1], ACL_MAX - 1);
+                CHECK_EQ_INT(connection_allow_groups(c)[ACL_MAX - 1], ACL_MAX - 1);
         }
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
@@ -369,7 +370,7 @@ TEST(save_changes_every_field) {
         c->last_error = strdup("HTTP 400: invalid_grant");
         CHECK_EQ_INT(connection_set_acl(c, c->allow_users, c->n_allow_users, NULL, 0), 0);
         CHECK_EQ_INT(c->n_allow_groups, 0);
-        CHECK(!c->allow_groups);
+        CHECK(!connection_allow_groups(c));
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1) {
