@@ -18,7 +18,7 @@ SUITE=bookworm
 # systemd + dbus to boot; procps for /bin/kill (ExecReload=); the rest are
 # what `ldd build/tokenbrokerd build/tokenctl` needs (their dependencies
 # come along).
-INCLUDE=systemd,systemd-sysv,dbus,procps,libmicrohttpd12,libcurl4,libsqlite3-0,libjansson4,libsystemd0,libssl3,ca-certificates
+INCLUDE=systemd,systemd-sysv,dbus,procps,libmicrohttpd12,libcurl4,libsqlite3-0,libjansson4,libsystemd0,libssl3,libpq5,ca-certificates
 STAMP_TEXT="tokenbroker-test-root v1 $SUITE minbase $INCLUDE"
 
 log() { echo "make-root: $*" >&2; }
