@@ -134,17 +134,26 @@ static void sq_close(StoreDb *d) {
         free(d);
 }
 
-static int get_version(StoreDb *d, unsigned *ret) {
+/* The one integer a query answers (0 when it answers no row). */
+static int query_int64(StoreDb *d, const char *sql, int64_t *ret) {
         sqlite3_stmt *st = NULL;
         int rc;
 
-        rc = sqlite3_prepare_v2(d->db, "SELECT version FROM schema_version", -1, &st, NULL);
+        rc = sqlite3_prepare_v2(d->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
         rc = sqlite3_step(st);
-        *ret = rc == SQLITE_ROW ? (unsigned) sqlite3_column_int(st, 0) : 0;
+        *ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
         sqlite3_finalize(st);
         return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+static int get_version(StoreDb *d, unsigned *ret) {
+        int64_t v = 0;
+        int r = query_int64(d, "SELECT version FROM schema_version", &v);
+
+        *ret = (unsigned) v;
+        return r;
 }
 
 /* Each migration and the version bump commit together: a crash mid-way
@@ -295,16 +304,7 @@ static int sq_key_check_set(StoreDb *d, const uint8_t *p, size_t n, bool replace
 
 /* The rowid b-tree's last entry: O(log n). */
 static int sq_max_id(StoreDb *d, int64_t *ret) {
-        sqlite3_stmt *st = NULL;
-        int rc;
-
-        rc = sqlite3_prepare_v2(d->db, "SELECT MAX(id) FROM connections", -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return sqlite_to_errno(rc);
-        rc = sqlite3_step(st);
-        *ret = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-        sqlite3_finalize(st);
-        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+        return query_int64(d, "SELECT MAX(id) FROM connections", ret);
 }
 
 static int sq_row_save(StoreDb *d, const StoreRow *row) {

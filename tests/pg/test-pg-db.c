@@ -15,63 +15,11 @@
 
 #define TESTS_MAIN
 #include "tests.h"
-
-static char password[256];
-
-static void load_password(void) {
-        const char *path = getenv("TB_PG_PASSWORD_FILE");
-        FILE *f = path ? fopen(path, "re") : NULL;
-
-        if (!f) {
-                fprintf(stderr, "TB_PG_URI and TB_PG_PASSWORD_FILE must name a running cluster\n");
-                exit(2);
-        }
-        if (!fgets(password, sizeof password, f))
-                password[0] = 0;
-        password[strcspn(password, "\n")] = 0;
-        fclose(f);
-}
-
-static char *uri_for(const char *db) {
-        const char *base = getenv("TB_PG_URI");
-        char *u = NULL;
-
-        if (!base) {
-                fprintf(stderr, "TB_PG_URI is not set\n");
-                exit(2);
-        }
-        return asprintf(&u, "%s%s", base, db) < 0 ? NULL : u;
-}
-
-static PgDb *connect_to(const char *db) {
-        _cleanup_free_ char *u = uri_for(db);
-        char err[512];
-        PgDb *d = NULL;
-        int r;
-
-        if (!password[0])
-                load_password();
-        r = pg_db_connect(u, password, &d, err, sizeof err);
-        if (r < 0)
-                fprintf(stderr, "  connect %s: %s\n", db, err);
-        return d;
-}
+#include "pg-env.h"
 
 /* A fresh, empty database for one test. */
 static PgDb *fresh_db(const char *name) {
-        _cleanup_(pg_db_closep) PgDb *admin = connect_to("postgres");
-        char sql[256];
-
-        if (!admin)
-                return NULL;
-        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", name);
-        (void) pg_db_exec(admin, sql);
-        snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-        if (pg_db_exec(admin, sql) < 0) {
-                fprintf(stderr, "  %s: %s\n", sql, pg_db_error(admin));
-                return NULL;
-        }
-        return connect_to(name);
+        return pg_env_recreate(name) < 0 ? NULL : pg_env_connect(name);
 }
 
 static unsigned last_version(void) {
@@ -79,26 +27,26 @@ static unsigned last_version(void) {
 }
 
 TEST(connect_errors_say_why_and_never_the_password) {
-        _cleanup_free_ char *u = uri_for("postgres");
-        _cleanup_free_ char *nodb = uri_for("no_such_database");
+        _cleanup_free_ char *u = pg_env_uri("postgres");
+        _cleanup_free_ char *nodb = pg_env_uri("no_such_database");
         _cleanup_free_ char *with_pw = NULL;
         char err[512];
         PgDb *d = NULL;
         int r;
 
-        load_password();
         r = pg_db_connect(u, "not-the-password-1234", &d, err, sizeof err);
         CHECK_EQ_INT(r, -EACCES);
         CHECK(!d);
         CHECK(strstr(err, "password authentication failed"));
         CHECK(!strstr(err, "not-the-password-1234"));
 
-        r = pg_db_connect(nodb, password, &d, err, sizeof err);
+        r = pg_db_connect(nodb, pg_env_get_password(), &d, err, sizeof err);
         CHECK_EQ_INT(r, -ENOENT);
         CHECK(strstr(err, "no_such_database"));
 
         /* a port nothing listens on */
-        r = pg_db_connect("postgresql://tokenbroker@127.0.0.1:1/x?connect_timeout=5", password, &d, err, sizeof err);
+        r = pg_db_connect("postgresql://tokenbroker@127.0.0.1:1/x?connect_timeout=5", pg_env_get_password(), &d, err,
+                          sizeof err);
         CHECK_EQ_INT(r, -ECONNREFUSED);
         CHECK(strstr(err, "127.0.0.1:1"));
 
@@ -146,7 +94,7 @@ TEST(migrate_refuses_a_newer_schema) {
         CHECK(strstr(pg_db_error(db), "newer"));
         /* the advisory lock was let go: another session can take it */
         {
-                _cleanup_(pg_db_closep) PgDb *other = connect_to("t_newer");
+                _cleanup_(pg_db_closep) PgDb *other = pg_env_connect("t_newer");
                 PGresult *res = NULL;
 
                 CHECK(other);
@@ -166,7 +114,7 @@ struct racer {
 
 static void *race_migrate(void *userdata) {
         struct racer *x = userdata;
-        _cleanup_(pg_db_closep) PgDb *db = connect_to("t_race");
+        _cleanup_(pg_db_closep) PgDb *db = pg_env_connect("t_race");
 
         x->r = db ? pg_db_migrate(db, &x->v) : -ENOTCONN;
         return NULL;
@@ -251,7 +199,7 @@ TEST(errors_map_to_errno) {
  * statement says so and the handle reports itself broken. */
 TEST(a_lost_session_is_reported) {
         _cleanup_(pg_db_closep) PgDb *db = fresh_db("t_lost");
-        _cleanup_(pg_db_closep) PgDb *admin = connect_to("postgres");
+        _cleanup_(pg_db_closep) PgDb *admin = pg_env_connect("postgres");
         PGresult *res = NULL;
         PgParams p = { 0 };
         int r;

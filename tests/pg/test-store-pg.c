@@ -22,70 +22,19 @@
 #define TESTS_MAIN
 #include "tests.h"
 #include "store-fixtures.h"
+#include "pg-env.h"
 
 static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
 static const CryptKey other_key = { .bytes = "fedcba9876543210fedcba9876543210" };
 
-static char password[256];
-
-static const char *get_password(void) {
-        const char *path = getenv("TB_PG_PASSWORD_FILE");
-        FILE *f;
-
-        if (password[0])
-                return password;
-        f = path ? fopen(path, "re") : NULL;
-        if (!f) {
-                fprintf(stderr, "TB_PG_URI and TB_PG_PASSWORD_FILE must name a running cluster\n");
-                exit(2);
-        }
-        if (!fgets(password, sizeof password, f))
-                password[0] = 0;
-        password[strcspn(password, "\n")] = 0;
-        fclose(f);
-        return password;
-}
-
-static char *uri_for(const char *db) {
-        const char *base = getenv("TB_PG_URI");
-        char *u = NULL;
-
-        if (!base) {
-                fprintf(stderr, "TB_PG_URI is not set\n");
-                exit(2);
-        }
-        return asprintf(&u, "%s%s", base, db) < 0 ? NULL : u;
-}
-
-static PgDb *connect_to(const char *db) {
-        _cleanup_free_ char *u = uri_for(db);
-        char err[512];
-        PgDb *d = NULL;
-
-        if (pg_db_connect(u, get_password(), &d, err, sizeof err) < 0)
-                fprintf(stderr, "  connect %s: %s\n", db, err);
-        return d;
-}
 
 /* A fresh, empty database; returns its URI. */
 static char *fresh_db(const char *name) {
-        _cleanup_(pg_db_closep) PgDb *admin = connect_to("postgres");
-        char sql[256];
-
-        if (!admin)
-                return NULL;
-        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", name);
-        (void) pg_db_exec(admin, sql);
-        snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-        if (pg_db_exec(admin, sql) < 0) {
-                fprintf(stderr, "  %s: %s\n", sql, pg_db_error(admin));
-                return NULL;
-        }
-        return uri_for(name);
+        return pg_env_recreate(name) < 0 ? NULL : pg_env_uri(name);
 }
 
 static int open_store(const char *uri, const CryptKey *key, Store **ret) {
-        StoreOptions o = { .password = get_password() };
+        StoreOptions o = { .password = pg_env_get_password() };
         char err[512];
         int r;
 
@@ -96,7 +45,7 @@ static int open_store(const char *uri, const CryptKey *key, Store **ret) {
 }
 
 static int64_t db_int(const char *db, const char *sql) {
-        _cleanup_(pg_db_closep) PgDb *d = connect_to(db);
+        _cleanup_(pg_db_closep) PgDb *d = pg_env_connect(db);
         PGresult *res = NULL;
         int64_t v = -1;
 
@@ -185,7 +134,7 @@ TEST(sealed_at_rest_and_bound_to_the_key) {
                      1);
         /* another key: refused before any row is read */
         {
-                StoreOptions o = { .password = get_password() };
+                StoreOptions o = { .password = pg_env_get_password() };
 
                 CHECK_EQ_INT(store_open_with(uri, &o, &other_key, &s, err, sizeof err), -EKEYREJECTED);
                 CHECK(!s);
@@ -218,23 +167,6 @@ TEST(names_and_states_unique_delete) {
         /* a save of a row that is gone says so */
         CHECK_EQ_INT(store_connection_save(s, a), -ENOENT);
         store_close(s);
-}
-
-typedef struct Done {
-        unsigned n;
-        int order[16];
-        int result[16];
-} Done;
-
-static Done done;
-
-static void on_done(int result, const char *error, void *userdata) {
-        (void) error;
-        if (done.n < ELEMENTSOF(done.order)) {
-                done.order[done.n] = (int) (intptr_t) userdata;
-                done.result[done.n] = result;
-        }
-        done.n++;
 }
 
 static int queue(Store *s, StoreWriter *w, Connection *c, bool insert, int i) {

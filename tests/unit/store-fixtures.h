@@ -123,3 +123,23 @@ static inline void check_same(const Connection *a, const Connection *b) {
         CHECK(!a->metadata || !b->metadata || json_equal(a->metadata, b->metadata));
 }
 
+/* The store writer's completions, in the order they ran: userdata is the
+ * change's number. */
+typedef struct Done {
+        unsigned n;
+        int order[16];
+        int result[16];
+} Done;
+
+static Done done;
+
+static inline void on_done(int result, const char *error, void *userdata) {
+        int i = (int) (intptr_t) userdata;
+
+        (void) error;
+        if (done.n < ELEMENTSOF(done.order)) {
+                done.order[done.n] = i;
+                done.result[done.n] = result;
+        }
+        done.n++;
+}

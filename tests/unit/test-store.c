@@ -1039,25 +1039,6 @@ TEST(plain_file_untouched_when_sealing_fails) {
 
 /* ---- the writer (group commit) ----------------------------------------- */
 
-typedef struct Done {
-        unsigned n;
-        int order[16];
-        int result[16];
-} Done;
-
-static Done done;
-
-static void on_done(int result, const char *error, void *userdata) {
-        int i = (int) (intptr_t) userdata;
-
-        (void) error;
-        if (done.n < ELEMENTSOF(done.order)) {
-                done.order[done.n] = i;
-                done.result[done.n] = result;
-        }
-        done.n++;
-}
-
 static int queue_save(Store *s, StoreWriter *w, Connection *c, int i) {
         StoreRow *row = NULL;
         int r = store_row_new(s, c, &row);
