@@ -456,3 +456,42 @@ test('proxy to oidc-provider userinfo: the token reaches it, a revoked one is re
   assert.equal(gone.json.error, 'needs_reauth');
   assert.equal(op.refreshRequests().length - n1, 1);
 });
+
+test('tokenctl proxy --listen in front of the real proxy route: the API gets the token, the loopback client never does', { timeout: 120000 }, async (t) => {
+  const { api, b, token, noToken } = await setup(t);
+  const tok = await token('c');
+  const { BUILD } = require('../lib/broker.js');
+  const p = spawn(require('node:path').join(BUILD, 'tokenctl'), ['--socket', b.socket, 'proxy', 'c', '--listen', '127.0.0.1:0'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout.on('data', (d) => { out += d; });
+  p.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise((resolve) => p.on('exit', resolve));
+  t.after(async () => {
+    p.kill('SIGTERM');
+    await Promise.race([exited, sleep(10000)]);
+    if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+  const port = Number(await waitFor(() => (/forwarding http:\/\/127\.0\.0\.1:(\d+)\//.exec(out) || [])[1],
+    { what: 'tokenctl proxy to listen', timeoutMs: 30000 }));
+  const res = await new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: '/user/repos?per_page=2', agent: false,
+      headers: { authorization: 'Bearer the-clients-own', 'x-custom': 'kept' }, timeout: 30000 }, (r) => {
+      let text = '';
+      r.on('data', (d) => { text += d; });
+      r.on('end', () => resolve({ status: r.statusCode, headers: r.headers, rawHeaders: r.rawHeaders, text }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', reject);
+    req.end();
+  });
+  assert.equal(res.status, 200, res.text);
+  const json = JSON.parse(res.text);
+  assert.equal(json.path, '/user/repos');
+  assert.equal(json.query, '?per_page=2');
+  assert.equal(json['x-custom'], 'kept');
+  const seen = api.requests.at(-1);
+  assert.equal(seen.token, tok, 'the API did not receive the broker-held token');
+  assert.equal(seen.headers.authorization, `Bearer ${tok}`, 'the client Authorization went on');
+  noToken(res, 'through tokenctl proxy');
+});
