@@ -737,7 +737,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         }
         assert(c->staged == st);
         c->staged = NULL;
-        if (result < 0 && !st->grant && st->refresh_token && !m->stopping) {
+        if (result < 0 && result != -ENOENT && !st->grant && st->refresh_token && !m->stopping) {
                 log_warning_errno(result, "%s: failed to store new tokens (%s): the refresh token rotated, so "
                                   "the answer is kept and stored again in %u s; the current token is served "
                                   "meanwhile.", c->name, strempty(error),
