@@ -1287,33 +1287,30 @@ static void route_providers(ApiRequest *r) {
 
 /* The store: its engine, and on PostgreSQL whether the last heartbeat
  * reached it (from memory: daemon/cluster.c). */
-static json_t *store_json(Manager *m) {
-        ClusterView v = { .reachable = true };
+static json_t *store_json(Manager *m, const ClusterView *cv) {
+        static const ClusterView sqlite = { .reachable = true };
+        const ClusterView *v = cv ?: &sqlite;
         char b[32];
         json_t *j;
 
-        if (m->cluster)
-                cluster_view(m->cluster, &v);
         j = json_pack("{s:s, s:s, s:b}", "engine", store_engine_name(m->store), "node", m->config->node_name,
-                      "reachable", v.reachable);
-        if (j && m->cluster && v.last_ok)
-                json_object_set_new(j, "last_reached", json_string(format_timestamp(b, sizeof b, v.last_ok)));
-        if (j && !v.reachable && v.error[0])
-                json_object_set_new(j, "error", json_string(v.error));
+                      "reachable", v->reachable);
+        if (j && cv && v->last_ok)
+                json_object_set_new(j, "last_reached", json_string(format_timestamp(b, sizeof b, v->last_ok)));
+        if (j && !v->reachable && v->error[0])
+                json_object_set_new(j, "error", json_string(v->error));
         return j;
 }
 
 /* The nodes of the database, as the last heartbeat saw them. Until leases
  * exist one daemon holds a database: this node refreshes every
  * connection. */
-static json_t *nodes_json(Manager *m) {
-        ClusterView v;
+static json_t *nodes_json(Manager *m, const ClusterView *v) {
         json_t *a = json_array();
         char b[32];
 
-        cluster_view(m->cluster, &v);
-        for (size_t i = 0; a && i < v.n; i++) {
-                const ClusterNode *n = &v.nodes[i];
+        for (size_t i = 0; a && i < v->n; i++) {
+                const ClusterNode *n = &v->nodes[i];
 
                 json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:I, s:b, s:b, s:I}", "name", n->name,
                                                    "version", n->version, "heartbeat",
@@ -1327,6 +1324,7 @@ static json_t *nodes_json(Manager *m) {
 
 static void route_status(ApiRequest *r) {
         Manager *m = r->api->manager;
+        ClusterView view;
         usec_t next = manager_next_refresh(m), t = now(DEADLINE_CLOCK);
         char b[32];
         json_t *j;
@@ -1346,10 +1344,12 @@ static void route_status(ApiRequest *r) {
                       "tokens_served", (json_int_t) m->tokens_served);
         if (j && next != USEC_INFINITY)
                 json_object_set_new(j, "next_wakeup_in", json_integer((json_int_t) (usec_sub(next, t) / USEC_PER_SEC)));
+        if (m->cluster)
+                cluster_view(m->cluster, &view);   /* once: the store line and the nodes agree */
         if (j)
-                json_object_set_new(j, "store", store_json(m));
+                json_object_set_new(j, "store", store_json(m, m->cluster ? &view : NULL));
         if (j && m->cluster)
-                json_object_set_new(j, "nodes", nodes_json(m));
+                json_object_set_new(j, "nodes", nodes_json(m, &view));
         answer(r, 200, dump(j));
 }
 

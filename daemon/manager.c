@@ -290,13 +290,11 @@ static int on_status(sd_event_source *s _unused_, uint64_t usec _unused_, void *
 
         if (next != USEC_INFINITY)
                 snprintf(when, sizeof when, "in %" PRIu64 "s", usec_sub(next, t) / USEC_PER_SEC);
-        ClusterView v = { .reachable = true };
+        bool reachable = !m->cluster || cluster_reachable(m->cluster);
 
-        if (m->cluster)
-                cluster_view(m->cluster, &v);
         (void) sd_notifyf(false, "STATUS=%u active, %u pending, %u need re-authorization; next wake-up %s%s",
                           m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING], m->n_state[CONN_NEEDS_REAUTH],
-                          when, v.reachable ? "" : "; the store's database is unreachable");
+                          when, reachable ? "" : "; the store's database is unreachable");
         return 0;
 }
 

@@ -113,7 +113,6 @@ extern const StoreEngine store_engine_pg;
  * or a file path (SQLite). */
 const StoreEngine *store_engine_for(const char *where);
 
-/* For tests that look beneath the API at a SQLite store: its handle. */
+/* The SQLite engine's handle of db (store_sqlite() is the Store's). */
 struct sqlite3;
-struct sqlite3 *store_sqlite_handle(Store *s);
 struct sqlite3 *store_sqlite_db(StoreDb *db);   /* store_engine_sqlite's handles only */

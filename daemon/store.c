@@ -386,7 +386,7 @@ int store_open(const char *path, const CryptKey *key, Store **ret) {
         return store_open_with(path, NULL, key, ret, error, sizeof error);
 }
 
-struct sqlite3 *store_sqlite_handle(Store *s) {
+sqlite3 *store_sqlite(Store *s) {
         return s && s->engine == &store_engine_sqlite && s->db ? store_sqlite_db(s->db) : NULL;
 }
 
@@ -1149,10 +1149,6 @@ int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*
         *x = (Write) { .kind = WRITE_CUSTOM, .run = run, .data = data, .data_free = data_free, .fn = fn,
                        .userdata = userdata };
         return writer_submit(w, x);
-}
-
-sqlite3 *store_sqlite(Store *s) {
-        return store_sqlite_handle(s);
 }
 
 void store_custom_error(Store *s, const char *error) {

@@ -373,11 +373,11 @@ static int load_key(const BrokerConfig *cfg, CryptKey **ret) {
         return 0;
 }
 
-/* The SQLite store's own handle (store_sqlite_handle()). Used only for
+/* The SQLite store's own handle (store_sqlite()). Used only for
  * BEGIN/COMMIT and the bare INSERT that store_connection_save() then
  * fills in. */
 static sqlite3 *store_db(Store *s) {
-        return store_sqlite_handle(s);
+        return store_sqlite(s);
 }
 
 static char *identity_for(const char *name) {

@@ -88,7 +88,7 @@ TEST(loaded_connection_fits_the_budget) {
         if (!s)
                 goto out;
         /* the test's own rows need no fsync each */
-        CHECK_EQ_INT(sqlite3_exec(store_sqlite_handle(s), "PRAGMA synchronous=OFF", NULL, NULL, NULL), SQLITE_OK);
+        CHECK_EQ_INT(sqlite3_exec(store_sqlite(s), "PRAGMA synchronous=OFF", NULL, NULL, NULL), SQLITE_OK);
         memset(access, 'a', TOKEN_LENGTH);
         memset(refresh, 'r', TOKEN_LENGTH);
         access[TOKEN_LENGTH] = refresh[TOKEN_LENGTH] = 0;

@@ -108,11 +108,11 @@ static char *db_text(sqlite3 *db, const char *sql) {
         return v;
 }
 
-/* The Store's own connection (store_sqlite_handle()). Per-connection
+/* The Store's own connection (store_sqlite()). Per-connection
  * settings (synchronous) can only be seen there. store_db() checks that
  * the handle really is the connection to path before anyone trusts it. */
 static sqlite3 *store_db(Store *s, const char *path) {
-        sqlite3 *db = store_sqlite_handle(s);
+        sqlite3 *db = store_sqlite(s);
         const char *f = db ? sqlite3_db_filename(db, "main") : NULL;
         _cleanup_free_ char *want = realpath(path, NULL);
 
