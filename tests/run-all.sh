@@ -10,10 +10,27 @@
 #   TB_BUILDS="build-x build-x-asan"   the two build folders (default: build build-asan)
 #   TB_TESTS="tests/integration/a.test.js ..."   the integration files (default: all)
 #   TB_SKIP_FUZZ=1                     skip the fuzz smoke run
+#   TB_FILE_LIMIT=900                  seconds one integration file may take
+#                                      before it is killed (a failure)
+#   TB_DEADLINE=EPOCH                  stop starting files after this time
+#                                      (.ci/run sets it inside CI's limit)
+#
+# Every integration file runs in its own `node --test` under timeout, so a
+# file that hangs (a child that never exits, a hook that never returns)
+# is killed and named instead of eating the whole run. The end of the
+# output says how long each step and the slowest files took.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 total_pass=0 total_fail=0
 read -r -a builds <<< "${TB_BUILDS:-build build-asan}"
+FILE_LIMIT=${TB_FILE_LIMIT:-900}
+DEADLINE=${TB_DEADLINE:-0}
+suite_start=$(date +%s)
+steps=()        # "SECONDS what" per step, for the summary
+killed=()       # files killed by the limit or the deadline
+not_run=0       # files not started because the deadline had passed
+step_start=$suite_start
+step_done() { local now; now=$(date +%s); steps+=("$((now - step_start)) $1"); step_start=$now; }
 
 count() {   # adds up the last "N passed, M failed" in file $1; $2 is the step's exit status
         local line rc=${2:-0}
@@ -37,8 +54,12 @@ count() {   # adds up the last "N passed, M failed" in file $1; $2 is the step's
 # node --test, TAP reporter, output in $log; adds pass and fail + cancelled
 # + failed todos (+1 for a non-zero exit that no count explains).
 node_tests() {
-        node --test --test-reporter=tap --test-concurrency=1 "$@" 2>&1 | tee "$log"
+        timeout -k 20 "$FILE_LIMIT" node --test --test-reporter=tap --test-concurrency=1 "$@" 2>&1 | tee "$log"
         local rc=${PIPESTATUS[0]}
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+                echo "!! killed after ${FILE_LIMIT} s: $*"
+                killed+=("$*")
+        fi
         local p f c todo
         p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -n 1)
         f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -n 1)
@@ -69,12 +90,14 @@ trap 'rm -f "$log"' EXIT
 for b in "${builds[@]}"; do
         bash tests/run-unit.sh "$b" 2>&1 | tee "$log"
         count "$log" "${PIPESTATUS[0]}"
+        step_done "unit tests ($b)"
 done
 
 # Fuzzing: a short run of every libFuzzer target, plus its regression inputs.
 if [ "${TB_SKIP_FUZZ:-0}" != 1 ]; then
         make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
         count "$log" "${PIPESTATUS[0]}"
+        step_done "fuzz smoke (build and run)"
 fi
 
 # Every secret a test uses and every daemon log and events table are kept
@@ -87,6 +110,7 @@ trap 'rm -f "$log"; rm -rf "$TB_SUITE_DIR"' EXIT
 # The harness's own self-tests (oidc-provider and its records, the leak scan).
 echo "== test harness self-tests"
 node_tests tests/lib/selftest-*.test.js
+step_done "harness self-tests"
 
 # Files, not a folder: `node --test DIR` means something else on node 21+.
 if [ -n "${TB_TESTS:-}" ]; then
@@ -98,15 +122,43 @@ if [ ! -e "${files[0]}" ]; then
         echo "!! no integration test files: counted as a failure"
         total_fail=$((total_fail + 1))
 else
+        times=$(mktemp)
         for b in "${builds[@]}"; do
                 echo "== integration tests against $b"
-                TOKENBROKER_BUILD="$PWD/$b" node_tests "${files[@]}"
+                for f in "${files[@]}"; do
+                        if [ "$DEADLINE" != 0 ] && [ "$(date +%s)" -ge "$DEADLINE" ]; then
+                                echo "!! not started, the run's deadline has passed: $b $f"
+                                not_run=$((not_run + 1))
+                                continue
+                        fi
+                        limit=$FILE_LIMIT
+                        if [ "$DEADLINE" != 0 ] && [ $((DEADLINE - $(date +%s))) -lt "$limit" ]; then
+                                limit=$((DEADLINE - $(date +%s)))
+                        fi
+                        fstart=$(date +%s)
+                        echo "== $b $f"
+                        FILE_LIMIT=$limit TOKENBROKER_BUILD="$PWD/$b" node_tests "$f"
+                        echo "$(( $(date +%s) - fstart )) $b $(basename "$f")" >> "$times"
+                done
+                step_done "integration tests ($b, ${#files[@]} files)"
         done
+        total_fail=$((total_fail + not_run))
 fi
 
 echo "== leak scan over the whole suite"
 node tests/lib/suite.js "$TB_SUITE_DIR" 2>&1 | tee "$log"
 count "$log" "${PIPESTATUS[0]}"
 
+step_done "leak scan"
+
+echo "== time: $(( $(date +%s) - suite_start )) s in all"
+for st in "${steps[@]}"; do printf '   %5s s  %s\n' "${st%% *}" "${st#* }"; done
+if [ -n "${times:-}" ] && [ -s "$times" ]; then
+        echo "   slowest files:"
+        sort -rn "$times" | head -n 6 | while read -r sec b f; do printf '   %5s s  %s %s\n' "$sec" "$b" "$f"; done
+        rm -f "$times"
+fi
+for k in "${killed[@]}"; do echo "!! killed (took longer than its limit): $k"; done
+[ "$not_run" = 0 ] || echo "!! $not_run integration files not started: the run's deadline (TB_DEADLINE) had passed"
 echo "all tests: $total_pass passed, $total_fail failed"
 [ "$total_fail" = 0 ]
