@@ -1302,10 +1302,9 @@ static json_t *store_json(Manager *m, const ClusterView *cv) {
         return j;
 }
 
-/* The nodes of the database, as the last heartbeat saw them. Until leases
- * exist one daemon holds a database: this node refreshes every
- * connection. */
-static json_t *nodes_json(Manager *m, const ClusterView *v) {
+/* The nodes of the database, as the last heartbeat saw them, with the
+ * leases each holds: the connections it refreshes (daemon/cluster.h). */
+static json_t *nodes_json(Manager *m _unused_, const ClusterView *v) {
         json_t *a = json_array();
         char b[32];
 
@@ -1317,7 +1316,7 @@ static json_t *nodes_json(Manager *m, const ClusterView *v) {
                                                    format_timestamp(b, sizeof b, n->heartbeat_at), "heartbeat_age",
                                                    (json_int_t) (n->age / USEC_PER_SEC), "alive", n->alive, "self",
                                                    n->self, "holds",
-                                                   (json_int_t) (n->self ? hashmap_size(m->connections) : 0)));
+                                                   (json_int_t) n->holds));
         }
         return a;
 }

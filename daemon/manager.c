@@ -591,6 +591,14 @@ int manager_save(Manager *m, Connection *c) {
         r = store_row_new(m->store, &img, &row);
         if (r < 0)
                 return r;
+        /* On a cluster the tokens are the lease holder's to write. */
+        if (m->cluster) {
+                int64_t epoch;
+                usec_t until;
+
+                if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0)
+                        store_row_keep_tokens(row);
+        }
         return store_writer_save(m->writer, TAKE_PTR(row), write_done, (void *) "save");
 }
 
@@ -1017,7 +1025,9 @@ static int manager_open_store(Manager *m, const char *where, const char *db) {
         r = manager_store_password(m, &password);
         if (r < 0)
                 return r;
-        r = store_open_with(where, &(StoreOptions) { .password = password }, key, &m->store, error, sizeof error);
+        r = store_open_with(where,
+                            &(StoreOptions) { .password = password, .node = m->config->store ? m->config->node_name : NULL },
+                            key, &m->store, error, sizeof error);
         if (r == -EKEYREJECTED) {
                 /* A key made just now cannot be the right one: do not leave
                  * it behind to be mistaken for it. */
@@ -1028,10 +1038,14 @@ static int manager_open_store(Manager *m, const char *where, const char *db) {
         }
         if (r < 0)
                 return log_error_errno(r, "Failed to open database '%s': %s", db, error);
-        if (store_lock_single_node(m->store) < 0)
-                return log_error_errno(EBUSY, "Another tokenbrokerd uses the database '%s': not starting a second "
-                                       "one on it (several nodes on one PostgreSQL need the leases of issue 10, "
-                                       "not built yet).", db);
+        /* Several nodes share a PostgreSQL database (leases, daemon/cluster.h),
+         * but not a node_name. */
+        if (m->config->store) {
+                r = store_lock_node(m->store, m->config->node_name);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot join the cluster on '%s' as node '%s': %s: not starting.",
+                                               db, m->config->node_name, store_last_error(m->store));
+        }
         if (m->config->store) {
                 r = cluster_new(where, password, m->config->node_name, m->started_at, m->event, on_cluster_change, m,
                                 &m->cluster);

@@ -23,6 +23,10 @@
 extern const Migration store_pg_migrations[];
 extern const size_t store_pg_n_migrations;
 
+/* Where every change of a connection is announced (daemon/store-pg.c,
+ * daemon/follower.c). */
+#define PG_CHANGES_CHANNEL "tokenbroker_changes"
+
 typedef struct PgDb PgDb;
 
 /* Connects to uri (a libpq connection URI, postgresql://..., or a

@@ -25,6 +25,7 @@ struct Store {
         int64_t next_id;           /* store_connection_id_new() */
         char *where;               /* the file or URI, for the writer's own handle */
         char *password;            /* the same */
+        char *node;                /* the same: StoreOptions.node */
 };
 
 const char *const store_sealed_columns[STORE_SEALED_MAX] = { "access_token", "refresh_token", "code_verifier" };
@@ -63,6 +64,11 @@ const char *store_engine_name(Store *s) {
         return s->engine->name;
 }
 
+int store_lock_node(Store *s, const char *node) {
+        s->error[0] = 0;
+        return s->engine->lock_node(s->db, node);
+}
+
 int store_lock_single_node(Store *s) {
         s->error[0] = 0;
         return s->engine->lock_single_node(s->db);
@@ -76,6 +82,7 @@ Store *store_close(Store *s) {
         crypt_key_free(s->key);
         free(s->where);
         secret_free(s->password);
+        free(s->node);
         free(s);
         return NULL;
 }
@@ -350,7 +357,8 @@ int store_open_with(const char *where, const StoreOptions *options, const CryptK
                 return -ENOMEM;
         s->engine = store_engine_for(where);
         s->where = strdup(where);
-        if (!s->where || (options && options->password && !(s->password = strdup(options->password)))) {
+        if (!s->where || (options && options->password && !(s->password = strdup(options->password))) ||
+            (options && options->node && !(s->node = strdup(options->node)))) {
                 snprintf(error, error_size, "out of memory");
                 return -ENOMEM;
         }
@@ -428,6 +436,19 @@ StoreRow *store_row_free(StoreRow *row) {
                 free(row->sealed[j]);
         free(row);
         return NULL;
+}
+
+void store_row_fence(StoreRow *row, int64_t epoch) {
+        row->fence_epoch = epoch;
+}
+
+int store_row_save(Store *s, const StoreRow *row) {
+        s->error[0] = 0;
+        return s->engine->row_save(s->db, row);
+}
+
+void store_row_keep_tokens(StoreRow *row) {
+        row->keep_tokens = true;
 }
 
 /* Seals every secret again, each with a fresh nonce: this runs on writes
@@ -921,7 +942,7 @@ static void writer_commit(StoreWriter *w, Write *batch) {
         failed = r < 0;
         for (Write *x = batch; x && !failed; x = x->next) {
                 x->result = write_run(s, x);
-                if (x->result == -ENOENT)
+                if (x->result == -ENOENT || x->result == -ESTALE)   /* gone, or the lease lost */
                         write_failed(s, x, x->result);
                 else if (x->result < 0)
                         failed = true;
@@ -1039,7 +1060,7 @@ int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
         pthread_cond_init(&w->idle, NULL);
 
         {
-                StoreOptions o = { .password = s->password };
+                StoreOptions o = { .password = s->password, .node = s->node };
                 char error[512];
 
                 r = store_open_with(s->where, &o, s->key, &w->db, error, sizeof error);

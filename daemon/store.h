@@ -55,6 +55,10 @@ int store_open(const char *path, const CryptKey *key, Store **ret);
  * ways). On failure error says why, never with the password in it. */
 typedef struct StoreOptions {
         const char *password;
+        /* PostgreSQL, several nodes (issue 10): the node this handle
+         * writes for (its lease fences refreshes' commits, and every
+         * change it announces names it); NULL: a tool, no node. */
+        const char *node;
 } StoreOptions;
 int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
                     size_t error_size);
@@ -67,6 +71,13 @@ bool store_is_postgresql(const char *where);
  * state_dir; a PostgreSQL database by a session advisory lock, kept while
  * the handle's session lasts): -EBUSY when another daemon holds it. */
 int store_lock_single_node(Store *s);
+/* A node of a cluster on PostgreSQL (issue 10): shares the database with
+ * other nodes (a shared advisory lock, so that the tools that want it
+ * alone, store_lock_single_node(), are refused while a node runs), but
+ * not its name: -EBUSY when a running node already has that node_name.
+ * Held while the handle's session lasts. A no-op on SQLite (state_dir's
+ * lock guards the file). */
+int store_lock_node(Store *s, const char *node);
 /* Re-seals every sealed value and the key check under new_key in one
  * transaction (with a 'key-rotated' event carrying event_message, if not
  * NULL); before_commit, if not NULL, runs just before COMMIT. From then on
@@ -132,6 +143,16 @@ int64_t store_connection_id_new(Store *s);
 typedef struct StoreRow StoreRow;
 int store_row_new(Store *s, const Connection *c, StoreRow **ret);
 StoreRow *store_row_free(StoreRow *row);
+/* Several nodes on PostgreSQL (issue 10; no effect on SQLite): a
+ * refresh's answer, committed only while this node holds the
+ * connection's lease at epoch (else its completion gets -ESTALE and
+ * nothing is written); or a save by a node without the lease, which
+ * leaves the token columns to the holder. */
+void store_row_fence(StoreRow *row, int64_t epoch);
+void store_row_keep_tokens(StoreRow *row);
+/* Synchronous, like store_connection_save(), for an image (tests and
+ * tools): -ESTALE for a fenced image whose lease moved. */
+int store_row_save(Store *s, const StoreRow *row);
 DEFINE_TRIVIAL_CLEANUP_FUNC(StoreRow *, store_row_free);
 
 typedef struct StoreWriter StoreWriter;
