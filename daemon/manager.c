@@ -97,6 +97,7 @@ Manager *manager_free(Manager *m) {
 
         if (!m)
                 return NULL;
+        m->follower = follower_free(m->follower);   /* other nodes' changes: no more */
         /* First, while everything its completions touch is alive: commit
          * what is queued (bounded: each batch is) and run the completions. */
         if (m->writer && store_writer_flush(m->writer) < 0)
@@ -614,6 +615,11 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         r = store_writer_delete(m->writer, c->id, fn, userdata);
         if (r < 0)
                 return r;
+        manager_forget(m, c);
+        return 0;
+}
+
+void manager_forget(Manager *m, Connection *c) {
         refresher_cancel(m, c);
         trace_forget(m->trace, c->name);
         hashmap_remove_node(m->connections, &c->by_name);
@@ -624,12 +630,23 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         rtend_remove(m, c);
         connection_free(c);
         manager_wheel_rearm(m);
-        return 0;
 }
 
 /* What a loaded connection takes of the heap, about (tests/unit/
  * test-conn-memory.c measures it), tokens included: for heap_prepare(). */
 #define HEAP_PER_CONNECTION ((size_t) 640)
+
+int manager_adopt(Manager *m, Connection *c) {
+        int r;
+
+        c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
+        r = manager_link(m, c);
+        if (r < 0)
+                return r;
+        refresher_schedule(m, c);
+        manager_wheel_rearm(m);
+        return 0;
+}
 
 static int load_one(Connection *c, void *userdata) {
         Manager *m = userdata;
@@ -1407,6 +1424,7 @@ static int manager_bind_api(Manager *m, int *ret) {
 int manager_startup(Manager *m) {
         _cleanup_free_ char *where = NULL, *db = NULL, *sockdir = NULL;
         usec_t load_t0, load_cpu0;
+        int64_t since = 0;
         size_t n_hint;
         sigset_t mask;
         char *slash;
@@ -1455,7 +1473,11 @@ int manager_startup(Manager *m) {
         n_hint = MIN(store_connection_count_hint(m->store), (size_t) m->config->max_connections);
         (void) hashmap_reserve(m->connections, n_hint);
         heap_prepare(n_hint * HEAP_PER_CONNECTION);
-        r = store_load_connections(m->store, load_one, m);
+        /* Several nodes: other nodes' changes from here on are followed
+         * (daemon/follower.h); read before the rows, none is missed. */
+        r = store_max_version(m->store, &since);
+        if (r >= 0)
+                r = store_load_connections(m->store, load_one, m);
         heap_prepare_done();
         (void) hashmap_reserve(m->connections, 0);
         if (r < 0)
@@ -1469,6 +1491,11 @@ int manager_startup(Manager *m) {
         r = store_writer_new(m->store, m->event, &m->writer);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the store writer for '%s': %m", db);
+        if (m->cluster) {
+                r = follower_new(m, since, &m->follower);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to follow the other nodes' changes: %m");
+        }
         if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
                 log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
                             "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));

@@ -76,6 +76,12 @@ int pg_db_query_each(PgDb *db, const char *sql, const PgParams *p, int (*fn)(con
 /* Reconnects a broken handle with the parameters it was opened with. */
 int pg_db_reset(PgDb *db);
 
+/* Waits up to timeout for notifications (LISTEN) and hands each to fn
+ * (payload as sent); returns how many, 0 on a timeout, or -errno
+ * (-ECONNRESET: the session is gone). Notifications already received
+ * are handed over without waiting. */
+int pg_db_wait_notify(PgDb *db, usec_t timeout, int (*fn)(const char *payload, void *userdata), void *userdata);
+
 /* Values of a binary result. */
 bool pg_get_null(const PGresult *res, int row, int col);
 int64_t pg_get_int64(const PGresult *res, int row, int col);     /* NULL: 0 */

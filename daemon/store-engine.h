@@ -111,6 +111,16 @@ typedef struct StoreEngine {
         /* One node of several (store_lock_node()). */
         int (*lock_node)(StoreDb *db, const char *node);
 
+        /* Followers (several nodes; NULL on SQLite): see store_changes_*()
+         * in daemon/store.h. */
+        int (*changes_listen)(StoreDb *db);
+        int (*max_version)(StoreDb *db, int64_t *ret);
+        int (*changes_wait)(StoreDb *db, usec_t timeout,
+                            int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                            void *userdata);
+        int (*rows_changed)(StoreDb *db, const int64_t *ids, size_t n, int64_t after_version,
+                            int (*fn)(const StoreRow *row, void *userdata), void *userdata);
+
         int (*event_add)(StoreDb *db, usec_t at, const char *connection, const char *kind, const char *message);
         int (*events_list)(StoreDb *db, const char *connection, int64_t before_id, unsigned limit,
                            int (*fn)(const StoreEvent *e, void *userdata), void *userdata);

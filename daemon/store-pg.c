@@ -193,8 +193,8 @@ static void bind_row(PgParams *p, const StoreRow *row) {
 
 /* Every change of a connection is announced to the other nodes in its own
  * transaction (NOTIFY is delivered at COMMIT, and never for a rollback):
- * "ID VERSION NODE" on PG_CHANGES_CHANNEL, VERSION "-" for a delete, NODE
- * the writer (empty for a tool). A data-modifying WITH and the notify in
+ * "ID VERSION NODE" on PG_CHANGES_CHANNEL (NODE the writer, empty for a
+ * tool), or "ID - NODE NAME" for a delete (NODE "-" for a tool). A data-modifying WITH and the notify in
  * one statement: one round trip, and its row count is the rows changed. */
 #define NOTIFY_SELECT(node_param)                                                                              \
         " SELECT pg_notify('" PG_CHANGES_CHANNEL "', u.id::text || ' ' || u.version::text || ' ' || "            \
@@ -279,8 +279,9 @@ static int pgs_row_delete(StoreDb *d, int64_t id) {
         pg_param_int64(&p, id);
         pg_param_text(&p, d->node);
         r = pg_db_query(d->pg,
-                        "WITH u AS (DELETE FROM connections WHERE id = $1 RETURNING id, '-' AS version)"
-                        NOTIFY_SELECT("$2::text"),
+                        "WITH u AS (DELETE FROM connections WHERE id = $1 RETURNING id, '-' AS version, name) "
+                        "SELECT pg_notify('" PG_CHANGES_CHANNEL "', u.id::text || ' - ' || "
+                        "COALESCE(NULLIF($2::text, ''), '-') || ' ' || u.name) FROM u",
                         &p, NULL);
         return r < 0 ? r : 0;
 }
@@ -321,6 +322,7 @@ static int load_one(const PGresult *res, void *userdata) {
                 .device_interval = (usec_t) pg_get_int64(res, 0, 23),
                 .rt_end = (usec_t) pg_get_int64(res, 0, 26),
                 .rt_warned = (usec_t) pg_get_int64(res, 0, 27),
+                .version = PQnfields(res) > 28 ? pg_get_int64(res, 0, 28) : 0,
         };
 
         row.state = conn_state_from_string(view_text(res, 3) ?: "");
@@ -352,6 +354,77 @@ static int pgs_rows_load(StoreDb *d, int (*fn)(const StoreRow *row, void *userda
 
         d->error[0] = 0;
         return pg_db_query_each(d->pg, "SELECT " ROW_COLUMNS " FROM connections ORDER BY id", NULL, load_one, &l);
+}
+
+static int pgs_max_version(StoreDb *d, int64_t *ret) {
+        PGresult *res = NULL;
+        int r;
+
+        d->error[0] = 0;
+        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(version), 0)::bigint FROM connections", NULL, &res);
+        if (r < 0)
+                return r;
+        *ret = pg_get_int64(res, 0, 0);
+        PQclear(res);
+        return 0;
+}
+
+static int pgs_changes_listen(StoreDb *d) {
+        return pgs_exec(d, "LISTEN " PG_CHANGES_CHANNEL);
+}
+
+typedef struct WaitContext {
+        int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata);
+        void *userdata;
+} WaitContext;
+
+/* "ID VERSION NODE" or "ID - NODE NAME" (a delete): anything else is
+ * not ours and is skipped. */
+static int wait_one(const char *payload, void *userdata) {
+        WaitContext *w = userdata;
+        char node[128] = "";
+        long long id, version = -1;
+        int n = 0;
+
+        if (sscanf(payload, "%lld %lld %127s", &id, &version, node) >= 2 && id > 0 && version > 0)
+                return w->fn(id, version, node, NULL, w->userdata);
+        if (sscanf(payload, "%lld - %127s %n", &id, node, &n) == 2 && id > 0 && n > 0)
+                return w->fn(id, -1, node, payload + n, w->userdata);
+        return 0;
+}
+
+static int pgs_changes_wait(StoreDb *d, usec_t timeout,
+                            int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                            void *userdata) {
+        WaitContext w = { .fn = fn, .userdata = userdata };
+
+        d->error[0] = 0;
+        return pg_db_wait_notify(d->pg, timeout, wait_one, &w);
+}
+
+static int pgs_rows_changed(StoreDb *d, const int64_t *ids, size_t n, int64_t after_version,
+                            int (*fn)(const StoreRow *row, void *userdata), void *userdata) {
+        LoadContext l = { .d = d, .fn = fn, .userdata = userdata };
+        _cleanup_free_ char *list = NULL;
+        PgParams p = { 0 };
+        size_t size = 0;
+        FILE *f;
+
+        d->error[0] = 0;
+        f = open_memstream(&list, &size);
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s%" PRId64, i > 0 ? "," : "", ids[i]);
+        if (fclose(f) != 0 || !list)
+                return -ENOMEM;
+        pg_param_text(&p, list);
+        pg_param_int64(&p, after_version);
+        return pg_db_query_each(d->pg,
+                                "SELECT " ROW_COLUMNS ", version FROM connections WHERE "
+                                "($1 <> '' AND id = ANY(string_to_array($1, ',')::bigint[])) OR "
+                                "($1 = '' AND version > $2) ORDER BY version",
+                                &p, load_one, &l);
 }
 
 static int pgs_sealed_next(StoreDb *d, int64_t after, int64_t *ret_id, uint8_t *ret[STORE_SEALED_MAX],
@@ -545,6 +618,10 @@ const StoreEngine store_engine_pg = {
         .forget_old_values = pgs_forget_old_values,
         .lock_single_node = pgs_lock_single_node,
         .lock_node = pgs_lock_node,
+        .changes_listen = pgs_changes_listen,
+        .max_version = pgs_max_version,
+        .changes_wait = pgs_changes_wait,
+        .rows_changed = pgs_rows_changed,
         .event_add = pgs_event_add,
         .events_list = pgs_events_list,
 };

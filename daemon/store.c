@@ -634,9 +634,7 @@ bad:
         return -EBADMSG;
 }
 
-static int load_row(const StoreRow *row, void *userdata) {
-        LoadContext *l = userdata;
-        Store *s = l->store;
+int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
         _cleanup_(connection_freep) Connection *c = NULL;
         unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
         int r;
@@ -680,8 +678,102 @@ static int load_row(const StoreRow *row, void *userdata) {
                 return -ENOMEM;
         c->rt_end = row->rt_end;
         c->rt_warned = row->rt_warned;
-        return l->fn(TAKE_PTR(c), l->userdata);
+        *ret = TAKE_PTR(c);
+        return 0;
 }
+
+static int load_row(const StoreRow *row, void *userdata) {
+        LoadContext *l = userdata;
+        Connection *c = NULL;
+        int r;
+
+        r = store_row_to_connection(l->store, row, &c);
+        if (r < 0)
+                return r;
+        return l->fn(c, l->userdata);
+}
+
+/* ---- followers ----------------------------------------------------------- */
+
+int store_changes_listen(Store *s) {
+        s->error[0] = 0;
+        return s->engine->changes_listen ? s->engine->changes_listen(s->db) : -EOPNOTSUPP;
+}
+
+int store_open_again(Store *s, Store **ret, char *error, size_t error_size) {
+        StoreOptions o = { .password = s->password, .node = s->node };
+
+        return store_open_with(s->where, &o, s->key, ret, error, error_size);
+}
+
+int store_max_version(Store *s, int64_t *ret) {
+        s->error[0] = 0;
+        *ret = 0;
+        return s->engine->max_version ? s->engine->max_version(s->db, ret) : 0;
+}
+
+int store_changes_wait(Store *s, usec_t timeout,
+                       int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                       void *userdata) {
+        s->error[0] = 0;
+        return s->engine->changes_wait ? s->engine->changes_wait(s->db, timeout, fn, userdata) : -EOPNOTSUPP;
+}
+
+static int row_dup(const StoreRow *row, StoreRow **ret) {
+        _cleanup_(store_row_freep) StoreRow *x = NULL;
+
+        x = new(StoreRow, 1);
+        if (!x)
+                return -ENOMEM;
+        *x = *row;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                x->text[i] = NULL;
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
+                x->sealed[j] = NULL;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                if (row->text[i] && !(x->text[i] = strdup(row->text[i])))
+                        return -ENOMEM;
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
+                if (row->sealed[j]) {
+                        x->sealed[j] = malloc(MAX(row->sealed_size[j], (size_t) 1));
+                        if (!x->sealed[j])
+                                return -ENOMEM;
+                        memcpy(x->sealed[j], row->sealed[j], row->sealed_size[j]);
+                }
+        *ret = TAKE_PTR(x);
+        return 0;
+}
+
+typedef struct ChangedContext {
+        int (*fn)(StoreRow *row, void *userdata);
+        void *userdata;
+} ChangedContext;
+
+static int changed_row(const StoreRow *row, void *userdata) {
+        ChangedContext *x = userdata;
+        StoreRow *copy = NULL;
+        int r;
+
+        r = row_dup(row, &copy);
+        if (r < 0)
+                return r;
+        return x->fn(copy, x->userdata);
+}
+
+int store_rows_changed(Store *s, const int64_t *ids, size_t n, int64_t after_version,
+                       int (*fn)(StoreRow *row, void *userdata), void *userdata) {
+        ChangedContext x = { .fn = fn, .userdata = userdata };
+
+        s->error[0] = 0;
+        if (!s->engine->rows_changed)
+                return -EOPNOTSUPP;
+        return s->engine->rows_changed(s->db, ids, n, after_version, changed_row, &x);
+}
+
+int64_t store_row_version(const StoreRow *row) {
+        return row->version;
+}
+
 
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
         LoadContext l = { .store = s, .fn = fn, .userdata = userdata };

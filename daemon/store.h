@@ -155,6 +155,36 @@ void store_row_keep_tokens(StoreRow *row);
 int store_row_save(Store *s, const StoreRow *row);
 DEFINE_TRIVIAL_CLEANUP_FUNC(StoreRow *, store_row_free);
 
+/* ---- followers (several nodes on PostgreSQL, daemon/follower.c) --------
+ *
+ * Every change of a connection is announced to every node in the
+ * transaction that makes it (LISTEN/NOTIFY on PostgreSQL). On a handle of
+ * its own, a follower listens, reads the rows that changed, and hands
+ * them to the loop, which turns them into connections. -EOPNOTSUPP on
+ * SQLite (one node: nothing to follow). */
+/* Another handle on s's database, as s was opened (a thread's own: s's
+ * target, password, key and node never change after the open). */
+int store_open_again(Store *s, Store **ret, char *error, size_t error_size);
+int store_changes_listen(Store *s);
+/* The highest version of any row now (0 on SQLite): read before the
+ * rows are loaded, it is where a follower starts. */
+int store_max_version(Store *s, int64_t *ret);
+/* Waits up to timeout; fn gets each change: version -1 and the name for a
+ * delete, node the node that made it ("" or "-": a tool). Returns how
+ * many, 0 on a timeout, -errno (the handle is then to be closed). */
+int store_changes_wait(Store *s, usec_t timeout,
+                       int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                       void *userdata);
+/* The rows with these ids (n > 0), or every row whose version is above
+ * after_version (n == 0: a catch-up), by version; fn takes ownership of
+ * a copy of each. */
+int store_rows_changed(Store *s, const int64_t *ids, size_t n, int64_t after_version,
+                       int (*fn)(StoreRow *row, void *userdata), void *userdata);
+int64_t store_row_version(const StoreRow *row);
+/* A connection made from a row (its secrets opened under s's key): on
+ * the loop, which owns the interned strings. */
+int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret);
+
 typedef struct StoreWriter StoreWriter;
 
 /* Called on the loop when a queued change is durable (result 0) or failed
