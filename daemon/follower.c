@@ -9,12 +9,22 @@
 #include "daemon/follower.h"
 #include "daemon/manager.h"
 
-/* A change for the loop: a row (a copy, sealed), or a delete by name. */
+/* A change for the loop: a row (a copy, sealed), a delete by name, or
+ * another node's request to refresh (name, id); or, the other way, this
+ * node's request for the thread to send. */
 typedef struct Change {
         struct Change *next;
         StoreRow *row;
         char *deleted;
+        char *requested;
+        int64_t id;
 } Change;
+
+/* A refresh asked of another node, not arrived yet (the loop's). */
+typedef struct Asked {
+        char *name;
+        usec_t deadline;           /* DEADLINE_CLOCK */
+} Asked;
 
 /* Ids changed by one wait, read back together. */
 #define IDS_MAX 256
@@ -30,10 +40,15 @@ struct Follower {
         pthread_cond_t wake;
         bool stopping;                /* under lock */
         Change *head, **tail;         /* under lock: for the loop, in order */
+        Change *out;                  /* under lock: requests for the thread to send */
 
         int efd;                      /* the thread -> the loop: changes queued */
+        int wake_efd;                 /* the loop -> the thread: requests queued */
         sd_event_source *source;
         uint64_t applied;             /* the loop's */
+        Asked *asked;                 /* the loop's */
+        size_t n_asked;
+        sd_event_source *asked_timer;
 
         /* the thread's */
         int64_t since;                /* the highest version seen */
@@ -46,6 +61,7 @@ struct Follower {
 static Change *change_free(Change *x) {
         store_row_free(x->row);
         free(x->deleted);
+        free(x->requested);
         free(x);
         return NULL;
 }
@@ -88,6 +104,17 @@ static int on_change(int64_t id, int64_t version, const char *node, const char *
         f->since = MAX(f->since, version);
         if (streq(node, f->node))
                 return 0;   /* this node's own: already in its memory */
+        if (version == -2) {
+                Change *x = new0(Change, 1);
+
+                if (!x || !(x->requested = strdup(name))) {
+                        free(x);
+                        return -ENOMEM;
+                }
+                x->id = id;
+                batch_add(f, x);
+                return 0;
+        }
         if (version < 0) {
                 Change *x = new0(Change, 1);
 
@@ -164,10 +191,33 @@ static void *follower_thread(void *userdata) {
                         last_scan = now(CLOCK_MONOTONIC);
                 }
 
+                /* this node's requests to the holders */
+                {
+                        Change *out;
+
+                        pthread_mutex_lock(&f->lock);
+                        out = f->out;
+                        f->out = NULL;
+                        pthread_mutex_unlock(&f->lock);
+                        r = 0;
+                        while (out) {
+                                Change *x = out;
+
+                                out = x->next;
+                                if (r >= 0)
+                                        r = store_changes_request(s, x->id, x->requested);
+                                change_free(x);
+                        }
+                        if (r < 0) {
+                                s = store_close(s);
+                                continue;
+                        }
+                }
+
                 before = f->since;
                 f->n_ids = 0;
                 f->overflow = false;
-                r = store_changes_wait(s, FOLLOWER_WAIT, on_change, f);
+                r = store_changes_wait(s, FOLLOWER_WAIT, f->wake_efd, on_change, f);
                 if (r >= 0 && f->overflow)
                         r = store_rows_changed(s, NULL, 0, before, on_row, f);
                 else if (r >= 0 && f->n_ids > 0)
@@ -228,6 +278,108 @@ static void take_others(Connection *c, Connection *x) {
         c->updated_at = MAX(c->updated_at, x->updated_at);
 }
 
+static void asked_arm(Follower *f);
+
+/* The refresh asked for c arrived (or will not): its waiters are answered. */
+static void asked_done(Follower *f, Connection *c, int result) {
+        for (size_t i = 0; i < f->n_asked; i++)
+                if (streq(f->asked[i].name, c->name)) {
+                        free(f->asked[i].name);
+                        f->asked[i--] = f->asked[--f->n_asked];
+                }
+        refresher_wake(c, result);
+}
+
+static int on_asked_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Follower *f = userdata;
+        usec_t t = now(DEADLINE_CLOCK);
+
+        for (size_t i = 0; i < f->n_asked; i++) {
+                Connection *c;
+                char *name;
+
+                if (f->asked[i].deadline > t)
+                        continue;
+                name = f->asked[i].name;
+                f->asked[i--] = f->asked[--f->n_asked];
+                c = manager_get(f->manager, name);
+                if (c) {
+                        log_info("%s: the node holding the lease did not refresh it within %u s.", name,
+                                 (unsigned) (FOLLOWER_REQUEST_WAIT / USEC_PER_SEC));
+                        refresher_wake(c, -ETIMEDOUT);
+                }
+                free(name);
+        }
+        asked_arm(f);
+        return 0;
+}
+
+static void asked_arm(Follower *f) {
+        usec_t first = USEC_INFINITY;
+
+        for (size_t i = 0; i < f->n_asked; i++)
+                first = MIN(first, f->asked[i].deadline);
+        if (first == USEC_INFINITY) {
+                if (f->asked_timer)
+                        (void) sd_event_source_set_enabled(f->asked_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (!f->asked_timer) {
+                if (sd_event_add_time(f->manager->event, &f->asked_timer, DEADLINE_CLOCK, first, 0, on_asked_timer,
+                                      f) >= 0)
+                        (void) sd_event_source_set_description(f->asked_timer, "follower-asked");
+                return;
+        }
+        (void) sd_event_source_set_time(f->asked_timer, first);
+        (void) sd_event_source_set_enabled(f->asked_timer, SD_EVENT_ONESHOT);
+}
+
+int follower_request_refresh(Follower *f, Connection *c, Waiter *w) {
+        Change *x;
+        Asked *a;
+        bool known = false;
+
+        for (size_t i = 0; i < f->n_asked; i++)
+                known = known || streq(f->asked[i].name, c->name);
+        if (!known) {
+                a = reallocarray(f->asked, f->n_asked + 1, sizeof *a);
+                if (!a)
+                        return -ENOMEM;
+                f->asked = a;
+                x = new0(Change, 1);
+                if (!x || !(x->requested = strdup(c->name)) || !(a[f->n_asked].name = strdup(c->name))) {
+                        if (x)
+                                change_free(x);
+                        return -ENOMEM;
+                }
+                a[f->n_asked++].deadline = usec_add(now(DEADLINE_CLOCK), FOLLOWER_REQUEST_WAIT);
+                x->id = c->id;
+                pthread_mutex_lock(&f->lock);
+                x->next = f->out;
+                f->out = x;
+                pthread_mutex_unlock(&f->lock);
+                (void) eventfd_write(f->wake_efd, 1);
+                asked_arm(f);
+                log_debug("%s: refresh asked of the node holding its lease.", c->name);
+        }
+        refresher_add_waiter(c, w);
+        return 0;
+}
+
+/* Another node asks this one, the holder, to refresh. */
+static void apply_request(Follower *f, int64_t id, const char *name) {
+        Manager *m = f->manager;
+        Connection *c = manager_get(m, name);
+        int64_t epoch;
+        usec_t until;
+
+        if (!c || c->id != id || cluster_lease(m->cluster, c->id, &epoch, &until) <= 0)
+                return;   /* not ours (any more): the asker times out, or asks the new holder */
+        log_debug("%s: refresh asked by another node.", name);
+        if (refresher_refresh(m, c, NULL) >= 0)
+                manager_wheel_rearm(m);
+}
+
 static void apply_row(Follower *f, const StoreRow *row) {
         Manager *m = f->manager;
         _cleanup_(connection_freep) Connection *x = NULL;
@@ -275,6 +427,8 @@ static void apply_row(Follower *f, const StoreRow *row) {
                 take_tokens(m, c, x);
                 refresher_schedule(m, c);
                 manager_wheel_rearm(m);
+                if (c->waiters)
+                        asked_done(f, c, 0);   /* a refresh asked of the holder: here it is */
         }
         f->applied++;
 }
@@ -311,6 +465,8 @@ static int on_follower_event(sd_event_source *s _unused_, int fd, uint32_t reven
                 list = x->next;
                 if (x->row)
                         apply_row(f, x->row);
+                else if (x->requested)
+                        apply_request(f, x->id, x->requested);
                 else
                         apply_delete(f, x->deleted);
                 change_free(x);
@@ -341,7 +497,7 @@ int follower_new(Manager *m, int64_t since, Follower **ret) {
         f = new0(Follower, 1);
         if (!f)
                 return -ENOMEM;
-        f->efd = -EBADF;
+        f->efd = f->wake_efd = -EBADF;
         f->manager = m;
         f->store = m->store;
         f->since = since;
@@ -352,6 +508,9 @@ int follower_new(Manager *m, int64_t since, Follower **ret) {
         pthread_cond_init(&f->wake, NULL);
         f->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (f->efd < 0)
+                return -errno;
+        f->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (f->wake_efd < 0)
                 return -errno;
         r = sd_event_add_io(m->event, &f->source, f->efd, EPOLLIN, on_follower_event, f);
         if (r < 0)
@@ -391,8 +550,19 @@ Follower *follower_free(Follower *f) {
                 f->batch = x->next;
                 change_free(x);
         }
+        while (f->out) {
+                Change *x = f->out;
+
+                f->out = x->next;
+                change_free(x);
+        }
+        for (size_t i = 0; i < f->n_asked; i++)
+                free(f->asked[i].name);
+        free(f->asked);
+        sd_event_source_disable_unref(f->asked_timer);
         sd_event_source_disable_unref(f->source);
         safe_close(f->efd);
+        safe_close(f->wake_efd);
         pthread_cond_destroy(&f->wake);
         pthread_mutex_destroy(&f->lock);
         free(f);

@@ -36,5 +36,14 @@ typedef struct Manager Manager;
 int follower_new(Manager *m, int64_t since, Follower **ret);
 Follower *follower_free(Follower *f);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Follower *, follower_free);
+/* On a node without c's lease: asks the node holding it to refresh c;
+ * w is woken (0) when the refreshed tokens arrive from the database, or
+ * with -ETIMEDOUT after FOLLOWER_REQUEST_WAIT (no node holds the lease
+ * yet: its holder died and the lease has not lapsed). */
+#define FOLLOWER_REQUEST_WAIT (30 * USEC_PER_SEC)
+typedef struct Connection Connection;
+typedef struct Waiter Waiter;
+int follower_request_refresh(Follower *f, Connection *c, Waiter *w);
+
 /* Changes applied since the start (for tests and metrics). */
 uint64_t follower_applied(Follower *f);

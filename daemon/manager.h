@@ -212,6 +212,9 @@ void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
 /* Waits for whatever the connection does next (exchange, refresh). */
 void refresher_add_waiter(Connection *c, Waiter *w);
+/* Wakes every waiter of c with result (daemon/follower.c: a refresh asked
+ * of another node arrived, or did not in time). */
+void refresher_wake(Connection *c, int result);
 
 /* Code exchange after the callback: calls fn when done. */
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,22 +215,30 @@ static int drain_notifies(PgDb *db, int (*fn)(const char *payload, void *userdat
         return r < 0 ? r : k;
 }
 
-int pg_db_wait_notify(PgDb *db, usec_t timeout, int (*fn)(const char *payload, void *userdata), void *userdata) {
-        struct pollfd p = { .fd = PQsocket(db->conn), .events = POLLIN };
+int pg_db_wait_notify(PgDb *db, usec_t timeout, int wake_fd, int (*fn)(const char *payload, void *userdata),
+                      void *userdata) {
+        struct pollfd p[2] = { { .fd = PQsocket(db->conn), .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
         int r;
 
-        if (p.fd < 0 || PQstatus(db->conn) != CONNECTION_OK) {
+        if (p[0].fd < 0 || PQstatus(db->conn) != CONNECTION_OK) {
                 pg_set_error(db, "the database connection was lost");
                 return -ECONNRESET;
         }
         r = drain_notifies(db, fn, userdata);
         if (r != 0)
                 return r;
-        r = poll(&p, 1, (int) MIN(timeout / USEC_PER_MSEC, (usec_t) INT_MAX));
+        r = poll(p, wake_fd >= 0 ? 2 : 1, (int) MIN(timeout / USEC_PER_MSEC, (usec_t) INT_MAX));
         if (r < 0)
                 return errno == EINTR ? 0 : -errno;
         if (r == 0)
                 return 0;
+        if (wake_fd >= 0 && (p[1].revents & POLLIN)) {
+                eventfd_t x;
+
+                (void) eventfd_read(wake_fd, &x);
+                if (!(p[0].revents & POLLIN))
+                        return 0;
+        }
         if (!PQconsumeInput(db->conn) || PQstatus(db->conn) != CONNECTION_OK) {
                 char line[256];
 

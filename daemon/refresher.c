@@ -137,6 +137,10 @@ static void wake_waiters(Connection *c, int result) {
         }
 }
 
+void refresher_wake(Connection *c, int result) {
+        wake_waiters(c, result);
+}
+
 void refresher_detach_waiter(Connection *c, Waiter *w) {
         for (Waiter **p = &c->waiters; *p; p = &(*p)->next)
                 if (*p == w) {
@@ -536,6 +540,24 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
             (manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE ||
              manager_provider(m, c)->grant == GRANT_DEVICE_CODE || connection_device_pending(c)))
                 return -EAGAIN;
+        /* Several nodes: the holder of the lease refreshes. A client's
+         * demand here (tokenctl refresh, min_ttl, invalidate) is passed on
+         * to it, and answered when its commit arrives (daemon/follower.h);
+         * a due refresh is looked at again after the next heartbeat, when
+         * the lease may have come here. */
+        if (m->follower) {
+                int64_t epoch;
+                usec_t until;
+
+                if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0) {
+                        if (!w) {
+                                c->retry_at = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);
+                                refresher_schedule(m, c);
+                                return 0;
+                        }
+                        return follower_request_refresh(m->follower, c, w);
+                }
+        }
         timerwheel_cancel(m->wheel, &c->timer);
         if (m->refreshing >= m->config->max_parallel_refreshes || !provider_has_slot(m, c)) {
                 queue_append(m, c);

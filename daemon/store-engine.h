@@ -115,7 +115,8 @@ typedef struct StoreEngine {
          * in daemon/store.h. */
         int (*changes_listen)(StoreDb *db);
         int (*max_version)(StoreDb *db, int64_t *ret);
-        int (*changes_wait)(StoreDb *db, usec_t timeout,
+        int (*changes_request)(StoreDb *db, int64_t id, const char *name);
+        int (*changes_wait)(StoreDb *db, usec_t timeout, int wake_fd,
                             int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
                             void *userdata);
         int (*rows_changed)(StoreDb *db, const int64_t *ids, size_t n, int64_t after_version,

@@ -370,7 +370,23 @@ static int pgs_max_version(StoreDb *d, int64_t *ret) {
 }
 
 static int pgs_changes_listen(StoreDb *d) {
-        return pgs_exec(d, "LISTEN " PG_CHANGES_CHANNEL);
+        int r = pgs_exec(d, "LISTEN " PG_CHANGES_CHANNEL);
+
+        return r < 0 ? r : pgs_exec(d, "LISTEN " PG_REQUESTS_CHANNEL);
+}
+
+/* "? NODE ID NAME": NODE asks the holder of ID's lease to refresh it. */
+static int pgs_changes_request(StoreDb *d, int64_t id, const char *name) {
+        PgParams p = { 0 };
+        int r;
+
+        d->error[0] = 0;
+        pg_param_text(&p, d->node ?: "-");
+        pg_param_int64(&p, id);
+        pg_param_text(&p, name);
+        r = pg_db_query(d->pg, "SELECT pg_notify('" PG_REQUESTS_CHANNEL "', '? ' || $1 || ' ' || $2::text || ' ' || $3)",
+                        &p, NULL);
+        return r < 0 ? r : 0;
 }
 
 typedef struct WaitContext {
@@ -390,16 +406,18 @@ static int wait_one(const char *payload, void *userdata) {
                 return w->fn(id, version, node, NULL, w->userdata);
         if (sscanf(payload, "%lld - %127s %n", &id, node, &n) == 2 && id > 0 && n > 0)
                 return w->fn(id, -1, node, payload + n, w->userdata);
+        if (sscanf(payload, "? %127s %lld %n", node, &id, &n) == 2 && id > 0 && n > 0)
+                return w->fn(id, -2, node, payload + n, w->userdata);
         return 0;
 }
 
-static int pgs_changes_wait(StoreDb *d, usec_t timeout,
+static int pgs_changes_wait(StoreDb *d, usec_t timeout, int wake_fd,
                             int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
                             void *userdata) {
         WaitContext w = { .fn = fn, .userdata = userdata };
 
         d->error[0] = 0;
-        return pg_db_wait_notify(d->pg, timeout, wait_one, &w);
+        return pg_db_wait_notify(d->pg, timeout, wake_fd, wait_one, &w);
 }
 
 static int pgs_rows_changed(StoreDb *d, const int64_t *ids, size_t n, int64_t after_version,
@@ -619,6 +637,7 @@ const StoreEngine store_engine_pg = {
         .lock_single_node = pgs_lock_single_node,
         .lock_node = pgs_lock_node,
         .changes_listen = pgs_changes_listen,
+        .changes_request = pgs_changes_request,
         .max_version = pgs_max_version,
         .changes_wait = pgs_changes_wait,
         .rows_changed = pgs_rows_changed,

@@ -712,11 +712,16 @@ int store_max_version(Store *s, int64_t *ret) {
         return s->engine->max_version ? s->engine->max_version(s->db, ret) : 0;
 }
 
-int store_changes_wait(Store *s, usec_t timeout,
+int store_changes_wait(Store *s, usec_t timeout, int wake_fd,
                        int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
                        void *userdata) {
         s->error[0] = 0;
-        return s->engine->changes_wait ? s->engine->changes_wait(s->db, timeout, fn, userdata) : -EOPNOTSUPP;
+        return s->engine->changes_wait ? s->engine->changes_wait(s->db, timeout, wake_fd, fn, userdata) : -EOPNOTSUPP;
+}
+
+int store_changes_request(Store *s, int64_t id, const char *name) {
+        s->error[0] = 0;
+        return s->engine->changes_request ? s->engine->changes_request(s->db, id, name) : -EOPNOTSUPP;
 }
 
 static int row_dup(const StoreRow *row, StoreRow **ret) {

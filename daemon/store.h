@@ -166,13 +166,17 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(StoreRow *, store_row_free);
  * target, password, key and node never change after the open). */
 int store_open_again(Store *s, Store **ret, char *error, size_t error_size);
 int store_changes_listen(Store *s);
+/* Asks the node holding connection id's lease to refresh it. */
+int store_changes_request(Store *s, int64_t id, const char *name);
 /* The highest version of any row now (0 on SQLite): read before the
  * rows are loaded, it is where a follower starts. */
 int store_max_version(Store *s, int64_t *ret);
-/* Waits up to timeout; fn gets each change: version -1 and the name for a
- * delete, node the node that made it ("" or "-": a tool). Returns how
- * many, 0 on a timeout, -errno (the handle is then to be closed). */
-int store_changes_wait(Store *s, usec_t timeout,
+/* Waits up to timeout (or until wake_fd, an eventfd or -1, is readable);
+ * fn gets each change: version -1 and the name for a delete, version -2
+ * and the name for a refresh request (store_changes_request()), node the
+ * node that made it ("" or "-": a tool). Returns how many, 0 on a
+ * timeout, -errno (the handle is then to be closed). */
+int store_changes_wait(Store *s, usec_t timeout, int wake_fd,
                        int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
                        void *userdata);
 /* The rows with these ids (n > 0), or every row whose version is above

@@ -9,7 +9,9 @@
  *   out the same token, active at the provider -> for 60 s, after every
  *   refresh all three serve the new token within 1 s -> the provider saw
  *   one refresh per due time: no refresh token presented twice, no
- *   invalid_grant, the grant never revoked.
+ *   invalid_grant, the grant never revoked -> tokenctl refresh and min_ttl
+ *   on the nodes without the lease reach its holder and answer with the
+ *   new token.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -132,6 +134,26 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
     assert.ok(s.all, `token ${r.seq} never reached all three nodes`);
     lags.push(s.all - r.time);
   }
+  // One node did the refreshing: the lease holder.
+  const holds = (await a.api('GET', '/v1/status')).json.nodes.map((n) => n.holds);
+  assert.equal(holds.reduce((x, y) => x + y, 0), 1, JSON.stringify(holds));
+
+  // 4. tokenctl refresh, and min_ttl, on the nodes that do not hold the
+  // lease: passed to the holder, answered once its new token is here.
+  const holder = (await a.api('GET', '/v1/status')).json.nodes.find((n) => n.holds === 1).name;
+  const others = nodes.filter((n, i) => names[i] !== holder);
+  const before = await tokenOf(others[0], 'alice');
+  const n0 = op.refreshRequests().length;
+  const rr = await others[0].ctl(['refresh', 'alice']);
+  assert.equal(rr.code, 0, rr.stderr);
+  const afterRefresh = await tokenOf(others[0], 'alice');
+  assert.notEqual(afterRefresh, before, 'tokenctl refresh on a node without the lease answered the old token');
+  assert.ok(op.refreshRequests().length > n0);
+  const mt = await others[1].api('GET', '/v1/connections/alice/token?min_ttl=60');
+  assert.equal(mt.status, 200, mt.text);
+  assert.notEqual(mt.json.access_token, afterRefresh, 'min_ttl on a node without the lease did not refresh');
+  assert.equal((await op.introspect(mt.json.access_token)).active, true);
+
   // No refresh token presented twice, anywhere.
   const presented = op.tokenRequests.filter((r) => r.refresh_token_hash).map((r) => r.refresh_token_hash);
   assert.equal(new Set(presented).size, presented.length, 'a refresh token was presented twice');
@@ -145,10 +167,6 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
   const worst = Math.max(...lags);
   t.diagnostic(`${refreshes.length} refreshes in 60 s; new token on all three nodes after ${Math.min(...lags)}..${worst} ms (poll ${POLL} ms)`);
   assert.ok(worst <= 1000 + POLL, `a new token took ${worst} ms to reach all three nodes`);
-
-  // One node did the refreshing: the lease holder.
-  const holds = (await a.api('GET', '/v1/status')).json.nodes.map((n) => n.holds);
-  assert.equal(holds.reduce((x, y) => x + y, 0), 1, JSON.stringify(holds));
 
   const current = await tokenOf(b, 'alice');
   assert.equal((await op.introspect(current)).active, true);
