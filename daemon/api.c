@@ -1600,6 +1600,11 @@ static void route_metrics(ApiRequest *r) {
                 for (size_t i = 0; i < v.n; i++)
                         strbuf_printf(&b, "tokenbroker_node_heartbeat_age_seconds{node=\"%s\"} %.3f\n", v.nodes[i].name,
                                       (double) v.nodes[i].age / (double) USEC_PER_SEC);
+                strbuf_puts(&b, "# HELP tokenbroker_node_leases Connections whose lease each node holds (it refreshes "
+                                "them).\n# TYPE tokenbroker_node_leases gauge\n");
+                for (size_t i = 0; i < v.n; i++)
+                        strbuf_printf(&b, "tokenbroker_node_leases{node=\"%s\"} %zu\n", v.nodes[i].name,
+                                      v.nodes[i].holds);
         }
         r->content_type = "text/plain; version=0.0.4; charset=utf-8";
         answer(r, 200, strbuf_steal(&b));

@@ -137,6 +137,10 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
   // One node did the refreshing: the lease holder.
   const holds = (await a.api('GET', '/v1/status')).json.nodes.map((n) => n.holds);
   assert.equal(holds.reduce((x, y) => x + y, 0), 1, JSON.stringify(holds));
+  const metrics = (await c.api('GET', '/metrics')).text;
+  const leases = [...metrics.matchAll(/^tokenbroker_node_leases\{node="([abc])"\} (\d+)$/gm)];
+  assert.equal(leases.length, 3, metrics);
+  assert.equal(leases.reduce((x, m) => x + Number(m[2]), 0), 1);
 
   // 4. tokenctl refresh, and min_ttl, on the nodes that do not hold the
   // lease: passed to the holder, answered once its new token is here.
