@@ -11,7 +11,8 @@
  *   one refresh per due time: no refresh token presented twice, no
  *   invalid_grant, the grant never revoked -> tokenctl refresh and min_ttl
  *   on the nodes without the lease reach its holder and answer with the
- *   new token.
+ *   new token -> the holder is SIGKILLed: another node takes its lease
+ *   over once it lapses and refreshes on from the newest refresh token.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -172,7 +173,36 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
   t.diagnostic(`${refreshes.length} refreshes in 60 s; new token on all three nodes after ${Math.min(...lags)}..${worst} ms (poll ${POLL} ms)`);
   assert.ok(worst <= 1000 + POLL, `a new token took ${worst} ms to reach all three nodes`);
 
-  const current = await tokenOf(b, 'alice');
+  // 5. The holder dies (SIGKILL): once its lease lapses (15 s) another
+  // node takes it over and refreshes on, from the newest refresh token.
+  const dead = nodes[names.indexOf(holder)];
+  const alive = nodes.filter((n) => n !== dead);
+  await dead.kill('SIGKILL');
+  const killedAt = Date.now();
+  const newHolder = await waitFor(async () => {
+    const st = (await alive[0].api('GET', '/v1/status')).json.nodes;
+    const h = st.find((n) => n.holds === 1 && n.name !== holder);
+    return h ? h.name : null;
+  }, { timeoutMs: 40000, what: 'another node taking the lease over' });
+  t.diagnostic(`node ${newHolder} took the lease of dead node ${holder} after ${Date.now() - killedAt} ms`);
+  const n1 = op.refreshRequests().length;
+  await waitFor(() => op.refreshRequests().length >= n1 + 2, { timeoutMs: 30000, what: '2 refreshes by the new holder' });
+  const last = op.refreshRequests().slice(-1)[0];
+  await waitFor(async () => {
+    const toks = await Promise.all(alive.map((n) => tokenOf(n, 'alice')));
+    return toks.every((x) => x && hash(x) === last.issued_access_token_hash);
+  }, { timeoutMs: 5000, what: 'the new holder\'s token on both live nodes' });
+
+  // No refresh token presented twice, before or after the takeover.
+  for (const r of op.refreshRequests()) {
+    assert.equal(r.ok, true, `refresh failed: ${JSON.stringify(r)}`);
+    assert.equal(r.refresh_token_was_current, true, 'a rotated-out refresh token was presented');
+  }
+  const presentedAll = op.tokenRequests.filter((r) => r.refresh_token_hash).map((r) => r.refresh_token_hash);
+  assert.equal(new Set(presentedAll).size, presentedAll.length, 'a refresh token was presented twice');
+  assert.equal(op.tokenRequests.filter((r) => r.error === 'invalid_grant').length, 0, 'invalid_grant');
+
+  const current = await tokenOf(alive[0], 'alice');
   assert.equal((await op.introspect(current)).active, true);
   assert.equal([...op.grants.values()][0].revoked, false);
 });
