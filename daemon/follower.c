@@ -263,8 +263,21 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
         manager_expiry_update(m, c);
 }
 
-/* The fields beyond the tokens: the row's. */
-static void take_others(Connection *c, Connection *x) {
+/* The fields beyond the tokens: the row's. A pending authorization
+ * started on another node replaces one started here (the later one is
+ * in the database; the callback for either lands on its own node). */
+static void take_others(Manager *m, Connection *c, Connection *x) {
+        if (!connection_busy(c) && !streq_ptr(c->state_hash, x->state_hash)) {
+                manager_pending_unlink(m, c);
+                free(c->state_hash);
+                c->state_hash = TAKE_PTR(x->state_hash);
+                secret_free(c->code_verifier);
+                c->code_verifier = TAKE_PTR(x->code_verifier);
+                c->auth_state = secret_free(c->auth_state);
+                c->pending_until = x->pending_until;
+                if (manager_pending_link(m, c) < 0)
+                        log_oom();
+        }
         intern_unref(c->requested_scope);
         c->requested_scope = TAKE_PTR(x->requested_scope);
         free(c->identity);
@@ -422,7 +435,7 @@ static void apply_row(Follower *f, const StoreRow *row) {
          * than its own (a grant on another node); everyone else the row's. */
         holder = m->cluster && cluster_lease(m->cluster, c->id, &epoch, &until) > 0;
         tokens = !connection_busy(c) && !c->queued && (!holder || x->obtained_at > c->obtained_at);
-        take_others(c, x);
+        take_others(m, c, x);
         if (tokens) {
                 take_tokens(m, c, x);
                 refresher_schedule(m, c);

@@ -144,7 +144,6 @@ TEST(a_save_without_the_lease_keeps_the_tokens) {
         _cleanup_(connection_freep) Connection *c = conn_full();
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         _cleanup_(pg_db_closep) PgDb *da = NULL;
-        _cleanup_free_ char *at = NULL;
         Store *a = NULL, *b = NULL;
         unsigned users[1] = { 4242 };
         int64_t ea = 0;
