@@ -476,12 +476,10 @@ async function runPreset(t, server, tls, name, fx) {
 
 const fixtures = loadFixtures();
 
-/* Presets whose fixture is still being written (none when done). */
-const PENDING = new Set(['auth0', 'intuit', 'keycloak', 'linkedin', 'okta', 'spotify', 'zendesk']);
 
 test('every preset has a contract fixture naming its sources and the date it was checked', () => {
   const presets = presetNames();
-  const missing = presets.filter((p) => !fixtures[p] && !PENDING.has(p));
+  const missing = presets.filter((p) => !fixtures[p]);
   assert.deepEqual(missing, [], 'presets without tests/fixtures/providers/NAME/contract.json');
   for (const [name, fx] of Object.entries(fixtures)) {
     assert.ok(presets.includes(name), `fixture ${name} has no preset`);
