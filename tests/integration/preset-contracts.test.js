@@ -295,6 +295,7 @@ function assertClean(server, run, what) {
 async function runPreset(t, server, tls, name, fx) {
   const clientSecret = fx.client_secret ?? `sec-${crypto.randomBytes(16).toString('hex')}`;
   const code = `code-${rand(12)}`;
+  recordSecret(code);
   const config = [...(fx.config ?? [])];
   const clientId = (config.find((l) => /^client_id\s*=/.test(l)) ?? '').replace(/^client_id\s*=\s*/, '');
   assert.ok(clientId, `${name}: the fixture's config must set client_id`);
@@ -325,7 +326,10 @@ async function runPreset(t, server, tls, name, fx) {
     },
     fresh: {},
     problems: [],
-    secretValues() { return [clientSecret, this.values.access_token, this.values.refresh_token, ...Object.values(this.fresh)]; },
+    secretValues() {
+      return [clientSecret, code, this.values.basic_auth, this.values.state, this.values.access_token, this.values.refresh_token,
+        ...Object.values(this.fresh)];
+    },
   };
   server.run = run;
   server.unexpected = [];
