@@ -3,11 +3,15 @@
  * [broker] ca_file and connect_to (what every outgoing request trusts and
  * where it connects; used end to end by preset-contracts.test.js):
  * --check-config accepts them, and each malformed value is "file:line:"
- * with a clear message and a non-zero exit.
+ * with a clear message and a non-zero exit; OIDC discovery at load (a
+ * blocking request outside the daemon's HTTP client) goes through both:
+ * a provider's issuer on a private CA behind connect_to is discovered,
+ * and without ca_file TLS verification refuses it.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { spawnSync } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
+const https = require('node:https');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -56,4 +60,56 @@ test('bad ca_file and connect_to values are file:line errors', { timeout: 60000 
     assert.match(r.stderr, new RegExp(`^${r.conf.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:6: `), `${line}: ${r.stderr}`);
     assert.match(r.stderr, want, line);
   }
+});
+
+function openssl(args, cwd) {
+  const r = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+}
+
+/* tokenbrokerd --check-config without blocking this process (its HTTPS server answers meanwhile). */
+function checkAsync(conf) {
+  return new Promise((resolve) => {
+    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['--check-config', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = { stdout: '', stderr: '' };
+    p.stdout.on('data', (d) => { out.stdout += d; });
+    p.stderr.on('data', (d) => { out.stderr += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), 30000);
+    p.on('close', (code) => { clearTimeout(timer); noteRun('egress discovery', out.stdout + out.stderr); resolve({ ...out, status: code }); });
+  });
+}
+
+test('discovery at load goes through ca_file and connect_to', { timeout: 120000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-egress-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=egress test CA'], dir);
+  openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=login.contoso.example'], dir);
+  fs.writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=DNS:login.contoso.example\n');
+  openssl(['x509', '-req', '-in', 'srv.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'srv.pem', '-days', '2', '-extfile', 'ext.cnf'], dir);
+  const issuer = 'https://login.contoso.example';
+  let asked = 0;
+  const server = https.createServer({ key: fs.readFileSync(path.join(dir, 'srv.key')), cert: fs.readFileSync(path.join(dir, 'srv.pem')) }, (req, res) => {
+    asked++;
+    assert.equal(req.headers.host, 'login.contoso.example');
+    res.writeHead(req.url === '/.well-known/openid-configuration' ? 200 : 404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ issuer, authorization_endpoint: `${issuer}/authorize`, token_endpoint: `${issuer}/token` }));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => server.close());
+  fs.mkdirSync(path.join(dir, 'providers.d'));
+  fs.writeFileSync(path.join(dir, 'providers.d', 'contoso.conf'), `[provider]\nissuer = ${issuer}\nclient_id = x\nclient_auth = none\n`);
+  const conf = (extra) => {
+    const f = path.join(dir, 'tb.conf');
+    fs.writeFileSync(f, `[broker]\nstate_dir = state\nsocket = tb.sock\nproviders_dir = providers.d\ncallback_listen = 127.0.0.1:1\n` +
+      `connect_to = login.contoso.example:443:127.0.0.1:${server.address().port}\n${extra}`);
+    return f;
+  };
+  let r = await checkAsync(conf('ca_file = ca.pem\n'));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /contoso\.conf: authorization_code, https:\/\/login\.contoso\.example\/token/);
+  assert.equal(asked, 1);
+  // the system's CAs do not know this one: discovery fails, no token_url
+  r = await checkAsync(conf(''));
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /discovery at https:\/\/login\.contoso\.example failed/);
 });
