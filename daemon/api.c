@@ -1498,6 +1498,16 @@ static void route_preview(ApiRequest *r) {
                                                     "params must be a JSON object of strings");
                         }
         }
+        /* every declared parameter is needed to build the URLs that hold it */
+        for (size_t i = 0; i < p->n_params; i++)
+                if (!pj || !json_is_string(json_object_get(pj, p->params[i].name))) {
+                        char msg[160];
+
+                        json_decref(pj);
+                        snprintf(msg, sizeof msg, "provider '%s' needs parameter '%s' (--param %s=VALUE)", p->name,
+                                 p->params[i].name, p->params[i].name);
+                        return answer_error(r, 400, API_ERR_INVALID_REQUEST, msg);
+                }
         q = preview_provider(m->http, p, pj, &j);
         json_decref(pj);
         if (q < 0)
