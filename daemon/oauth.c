@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "common/egress.h"
 #include "common/b64.h"
 #include "common/jsonptr.h"
 #include "common/jwt.h"
@@ -1303,6 +1304,8 @@ int oauth_discover(Provider *p, char **ret_reason) {
         char errbuf[CURL_ERROR_SIZE] = "";
         Body b = {};
         json_t *doc = NULL;
+        const BrokerConfig *bc = conf_loading_broker();
+        struct curl_slist *connect_to = NULL;
         CURL *c;
         CURLcode cc;
         long status = 0;
@@ -1329,10 +1332,15 @@ int oauth_discover(Provider *p, char **ret_reason) {
         (void) curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discovery_write);
         (void) curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
         (void) curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+        if (bc && egress_apply(c, bc->ca_file, bc->connect_to, bc->n_connect_to, &connect_to) < 0) {
+                curl_easy_cleanup(c);
+                return -ENOMEM;
+        }
         cc = curl_easy_perform(c);
         if (cc == CURLE_OK)
                 (void) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_cleanup(c);
+        curl_slist_free_all(connect_to);
         if (cc != CURLE_OK) {
                 *ret_reason = strdup(errbuf[0] ? errbuf : curl_easy_strerror(cc));
                 r = -EHOSTUNREACH;

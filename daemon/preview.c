@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <strings.h>
 
@@ -77,10 +78,8 @@ static void add_authorize(Preview *x, const RequestVars *v) {
         json_t *s;
         int r;
 
-        /* with the connection parameters: ${param.X} may stand in its host */
-        r = oauth_authorize_url_params(p, p->redirect_uri, v->state,
-                                       p->pkce == PKCE_NONE ? NULL : "<code_challenge>", v->scope, v->params, &url,
-                                       NULL);
+        r = oauth_authorize_url_params(p, p->redirect_uri, v->state, p->pkce == PKCE_NONE ? NULL : "<code_challenge>",
+                                       v->scope, v->params, &url, NULL);
         if (r < 0) {
                 x->error = r;
                 return;
@@ -163,7 +162,27 @@ static void add_usage_request(Preview *x, const char *step, const char *from, co
         add_step(x, s);
 }
 
-int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
+/* The given parameters, and each declared one not given as its name in
+ * capitals ("TENANT", '_' as '-': it may stand in a host name): the
+ * preview names what it cannot resolve instead of leaving it empty. */
+static json_t *named_params(const Provider *p, json_t *params) {
+        json_t *all = params ? json_deep_copy(params) : json_object();
+
+        for (size_t i = 0; all && i < p->n_params; i++)
+                if (!json_object_get(all, p->params[i].name)) {
+                        char ph[128];
+                        size_t k;
+
+                        for (k = 0; p->params[i].name[k] && k < sizeof ph - 1; k++)
+                                ph[k] = p->params[i].name[k] == '_' ? '-' : (char) toupper(p->params[i].name[k]);
+                        ph[k] = 0;
+                        json_object_set_new(all, p->params[i].name, json_string(ph));
+                }
+        return all;
+}
+
+int preview_provider(Http *h, const Provider *p, json_t *given, json_t **ret) {
+        json_t *params = named_params(p, given);
         static const char *const secrets[] = {
                 "client_secret", "code", "code_verifier", "code_challenge", "state", "refresh_token",
                 "access_token", "device_code", "password", "username",
@@ -198,8 +217,12 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 redactor_add(&x.red, secrets[i], ph);
         }
         x.steps = json_array();
-        if (!x.steps)
+        if (!x.steps || !params) {
+                json_decref(x.steps);
+                json_decref(params);
+                redactor_done(&x.red);
                 return -ENOMEM;
+        }
 
         switch (p->grant) {
         case GRANT_AUTHORIZATION_CODE:
@@ -254,10 +277,12 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
         redactor_done(&x.red);
         if (x.error < 0) {
                 json_decref(x.steps);
+                json_decref(params);
                 return x.error;
         }
         j = json_pack("{s:s, s:s, s:O?, s:o}", "provider", p->name, "grant", grant_to_string(p->grant), "params",
-                      params, "steps", x.steps);
+                      given, "steps", x.steps);
+        json_decref(params);
         if (!j)
                 return -ENOMEM;
         *ret = j;
