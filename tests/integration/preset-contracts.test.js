@@ -402,8 +402,20 @@ async function runPreset(t, server, tls, name, fx) {
 
   /* d.: two refreshes, each presenting the refresh token the last answer gave */
   const refreshes = stepsOf(fx, 'refresh');
-  assert.ok(refreshes.length >= 1, `${name}: the fixture needs "refresh" exchanges`);
-  for (let i = 0; i < 2; i++) {
+  /* "no_refresh": true, for a provider whose tokens never expire and come
+   * without a refresh token (Mailchimp): the broker refuses a refresh
+   * itself, nothing reaches the provider and the connection stays; there
+   * is no permanent error to play (and no revocation, for now) */
+  if (fx.no_refresh === true) {
+    assert.equal(refreshes.length + stepsOf(fx, 'permanent-error').length + stepsOf(fx, 'revoke').length, 0,
+      `${name}: "no_refresh" excludes refresh, permanent-error and revoke exchanges`);
+    server.unexpected = [];
+    const r = await b.ctl(['refresh', conn]);
+    assert.notEqual(r.code, 0, `${name}: a refresh without a refresh token fails`);
+    assert.deepEqual(server.unexpected.splice(0), [], `${name}: the refused refresh sent nothing`);
+    assert.equal((await b.api('GET', `/v1/connections/${conn}`)).json.state, 'active', `${name}: still active`);
+  } else assert.ok(refreshes.length >= 1, `${name}: the fixture needs "refresh" exchanges`);
+  for (let i = 0; i < (fx.no_refresh === true ? 0 : 2); i++) {
     const x = refreshes[Math.min(i, refreshes.length - 1)];
     run.fresh = {};
     await expectExchange(server, `refresh ${i + 1}`, x, async () => {
@@ -436,6 +448,7 @@ async function runPreset(t, server, tls, name, fx) {
 
   /* f.: a permanent error */
   const perm = stepsOf(fx, 'permanent-error')[0];
+  if (fx.no_refresh === true) return;
   assert.ok(perm, `${name}: the fixture needs a "permanent-error" exchange`);
   await expectExchange(server, 'permanent-error', perm, async () => {
     const r = await b.ctl(['refresh', conn]);
