@@ -832,8 +832,23 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         return parse_token_response(p, status, body, len, sent_at, NULL, ret, ret_error);
 }
 
+/* Protocol words a request carries (grant_type, token_type_hint) are no
+ * secrets: redacted, they would mangle the provider's error codes
+ * ("invalid_refresh_token", Slack; "bad_refresh_token", GitHub). */
+static bool protocol_word(const char *v, size_t len) {
+        static const char *const words[] = {
+                "authorization_code", "refresh_token", "client_credentials", "access_token",
+                "urn:ietf:params:oauth:grant-type:device_code", "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(words); i++)
+                if (strlen(words[i]) == len && memcmp(words[i], v, len) == 0)
+                        return true;
+        return false;
+}
+
 static void secrets_add(Secrets *s, const char *v, size_t len) {
-        if (len < REDACT_MIN || s->n >= REDACT_MAX)
+        if (len < REDACT_MIN || s->n >= REDACT_MAX || protocol_word(v, len))
                 return;
         for (size_t i = 0; i < s->n; i++)
                 if (strlen(s->v[i]) == len && memcmp(s->v[i], v, len) == 0)

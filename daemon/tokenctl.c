@@ -1679,9 +1679,12 @@ static int do_test(int argc _unused_, char **argv) {
         }
         curl_easy_setopt(c, CURLOPT_URL, url.s);
         if (streq(test_method, "POST")) {
-                /* an RPC endpoint (Dropbox): POST without a body */
+                /* an RPC endpoint (Dropbox): POST without a body, and
+                 * without the form Content-Type curl would add (Dropbox
+                 * refuses application/x-www-form-urlencoded) */
                 curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
                 curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+                h = curl_slist_append(h, "Content-Type:");
         } else if (!streq(test_method, "GET"))
                 curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, test_method);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
