@@ -232,7 +232,6 @@ function startServer(tls) {
       const run = server.run;
       const problems = matchRequest(next.exchange.request, got, run);
       server.seen.push({ step: next.step, problems });
-      if (next.onRequest) next.onRequest(got);
       const rsp = next.exchange.response ?? { status: 200 };
       const headers = { ...(rsp.headers ?? {}) };
       let body = '';
