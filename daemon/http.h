@@ -54,6 +54,14 @@ int http_new(sd_event *event, Http **ret);
 Http *http_free(Http *h);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Http *, http_free);
 unsigned http_in_flight(const Http *h);
+/* Runs what curl asked to run at once (new requests) now rather than on
+ * the loop's next turn; true if there was something. From the loop only,
+ * never from a curl callback. */
+bool http_run_pending(Http *h);
+/* fn runs after each time curl was driven from the loop (its io, its
+ * timer), outside any curl callback: the proxy answers from there what
+ * curl's callbacks made ready, without another turn of the loop. */
+void http_set_after(Http *h, void (*fn)(void *userdata), void *userdata);
 curl_socket_t http_open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a);
 
 int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret);
