@@ -12,6 +12,8 @@ typedef struct HttpSocket {
         bool idle;                 /* curl no longer watches it (a kept-alive connection) */
 } HttpSocket;
 
+#define HTTP_POOL_MAX 64
+
 struct Http {
         sd_event *event;
         CURLM *multi;
@@ -26,6 +28,11 @@ struct Http {
         size_t n_sockets;
         void (*after)(void *userdata);
         void *after_userdata;
+        /* finished easy handles, reset, for the next requests: no
+         * curl_easy_init() and cleanup (a few KiB zeroed, buffers
+         * allocated) per request */
+        CURL *pool[HTTP_POOL_MAX];
+        unsigned n_pool;
 };
 
 static void http_check_done(Http *h) {
@@ -321,6 +328,8 @@ Http *http_free(Http *h) {
         for (size_t i = 0; i < h->n_sockets; i++)
                 socket_free(h, h->sockets[i]);
         free(h->sockets);
+        while (h->n_pool > 0)
+                curl_easy_cleanup(h->pool[--h->n_pool]);
         sd_event_source_disable_unref(h->timer);
         sd_event_source_disable_unref(h->asap);
         sd_event_unref(h->event);
@@ -410,7 +419,8 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
         r->http = h;
         snprintf(r->method, sizeof r->method, "%s", method);
         r->url = strdup(url);
-        r->easy = curl_easy_init();
+        /* h is NULL for a request only built, never sent (tests, preview) */
+        r->easy = h && h->n_pool > 0 ? h->pool[--h->n_pool] : curl_easy_init();
         if (!r->easy || !r->url)
                 return -ENOMEM;
 
@@ -510,7 +520,12 @@ HttpRequest *http_request_free(HttpRequest *r) {
                 (void) curl_multi_remove_handle(r->http->multi, r->easy);
                 r->http->in_flight--;
         }
-        if (r->easy)
+        if (r->easy && r->http && r->http->n_pool < HTTP_POOL_MAX) {
+                /* every option back to its default (headers, body, URL,
+                 * callbacks); the connection cache is the multi's */
+                curl_easy_reset(r->easy);
+                r->http->pool[r->http->n_pool++] = r->easy;
+        } else if (r->easy)
                 curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->headers);   /* may hold an Authorization header */
         secret_free(r->url);
