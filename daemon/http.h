@@ -45,6 +45,8 @@ struct HttpRequest {
         usec_t sent_at;           /* realtime, when the request started */
         usec_t duration;
 
+        struct curl_slist *connect_to;   /* [broker] connect_to, read by curl during the transfer */
+
         http_done_fn done;
         void *userdata;
         bool running;
@@ -62,6 +64,9 @@ bool http_run_pending(Http *h);
  * timer), outside any curl callback: the proxy answers from there what
  * curl's callbacks made ready, without another turn of the loop. */
 void http_set_after(Http *h, void (*fn)(void *userdata), void *userdata);
+/* [broker] ca_file and connect_to for the requests made from now on
+ * (copied); at start and at each reload. */
+int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_t n);
 curl_socket_t http_open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a);
 
 int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret);
