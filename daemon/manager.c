@@ -55,7 +55,9 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         m->config_path = strdup(config_path);
         if (!m->config_path)
                 return -ENOMEM;
-        r = sd_event_default(&m->event);
+        /* not sd_event_default(): its thread check costs a gettid() on
+         * every turn of the loop */
+        r = sd_event_new(&m->event);
         if (r < 0)
                 return r;
         (void) sd_event_set_watchdog(m->event, true);
