@@ -98,6 +98,19 @@ static int leases_append(PGresult *res, int n, Lease **l, size_t *n_l) {
         return 0;
 }
 
+/* Runs one lease UPDATE ... RETURNING id, lease_epoch and appends its rows. */
+static int leases_query(PgDb *db, const char *sql, const PgParams *p, Lease **l, size_t *n_l) {
+        PGresult *res = NULL;
+        int r;
+
+        r = pg_db_query(db, sql, p, &res);
+        if (r < 0)
+                return r;
+        r = leases_append(res, r, l, n_l);
+        PQclear(res);
+        return r;
+}
+
 int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_ids, int64_t **ret_epochs,
                          size_t *ret_n, size_t *ret_connections) {
         _cleanup_free_ Lease *l = NULL;
@@ -121,14 +134,10 @@ int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_
         pg_param_text(&p, node);
         pg_param_int64(&p, fair);
         pg_param_int64(&p, db_now + (int64_t) CLUSTER_LEASE_TIME);
-        r = pg_db_query(db,
-                        "UPDATE connections SET lease_until = $3 WHERE id IN (SELECT id FROM connections "
-                        "WHERE lease_node = $1 ORDER BY id LIMIT $2) RETURNING id, lease_epoch",
-                        &p, &res);
-        if (r < 0)
-                return r;
-        r = leases_append(res, r, &l, &n);
-        PQclear(res);
+        r = leases_query(db,
+                         "UPDATE connections SET lease_until = $3 WHERE id IN (SELECT id FROM connections "
+                         "WHERE lease_node = $1 ORDER BY id LIMIT $2) RETURNING id, lease_epoch",
+                         &p, &l, &n);
         if (r < 0)
                 return r;
 
@@ -140,17 +149,13 @@ int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_
                 pg_param_int64(&p, fair - (int64_t) n);
                 pg_param_int64(&p, db_now + (int64_t) CLUSTER_LEASE_TIME);
                 pg_param_int64(&p, db_now);
-                r = pg_db_query(db,
-                                "UPDATE connections SET lease_node = $1, lease_until = $3, "
-                                "lease_epoch = lease_epoch + 1 WHERE id IN (SELECT id FROM connections "
-                                "WHERE lease_node IS NULL OR lease_until < $4 ORDER BY id LIMIT $2 "
-                                "FOR UPDATE SKIP LOCKED) AND (lease_node IS NULL OR lease_until < $4) "
-                                "RETURNING id, lease_epoch",
-                                &p, &res);
-                if (r < 0)
-                        return r;
-                r = leases_append(res, r, &l, &n);
-                PQclear(res);
+                r = leases_query(db,
+                                 "UPDATE connections SET lease_node = $1, lease_until = $3, "
+                                 "lease_epoch = lease_epoch + 1 WHERE id IN (SELECT id FROM connections "
+                                 "WHERE lease_node IS NULL OR lease_until < $4 ORDER BY id LIMIT $2 "
+                                 "FOR UPDATE SKIP LOCKED) AND (lease_node IS NULL OR lease_until < $4) "
+                                 "RETURNING id, lease_epoch",
+                                 &p, &l, &n);
                 if (r < 0)
                         return r;
         }

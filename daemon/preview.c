@@ -103,6 +103,17 @@ static void add_authorize(Preview *x, const RequestVars *v) {
         add_step(x, s);
 }
 
+/* The usage rule's headers and query on step s; frees lines. */
+static void add_usage_lines(Preview *x, json_t *s, char **lines, size_t n, const char *query) {
+        for (size_t i = 0; i < n; i++) {
+                add_header(x, s, redact_header(&x->red, lines[i], PREVIEW_MAX));
+                free(lines[i]);
+        }
+        free(lines);
+        if (query)
+                set_str(x, s, "query", redact_text(&x->red, query, strlen(query), PREVIEW_MAX));
+}
+
 static void add_use(Preview *x) {
         _cleanup_free_ char *query = NULL;
         char **lines = NULL;
@@ -116,13 +127,7 @@ static void add_use(Preview *x) {
                 return;
         }
         s = step_new("use", "client", "api", "how a client presents the token (tokenctl header NAME)");
-        for (size_t i = 0; i < n; i++) {
-                add_header(x, s, redact_header(&x->red, lines[i], PREVIEW_MAX));
-                free(lines[i]);
-        }
-        free(lines);
-        if (query)
-                set_str(x, s, "query", redact_text(&x->red, query, strlen(query), PREVIEW_MAX));
+        add_usage_lines(x, s, lines, n, query);
         add_step(x, s);
 }
 
@@ -151,13 +156,7 @@ static void add_usage_request(Preview *x, const char *step, const char *from, co
         s = step_new(step, from, "provider", desc);
         set_str(x, s, "method", strdup("GET"));
         set_str(x, s, "url", strdup(url));
-        for (size_t i = 0; i < n; i++) {
-                add_header(x, s, redact_header(&x->red, lines[i], PREVIEW_MAX));
-                free(lines[i]);
-        }
-        free(lines);
-        if (query)
-                set_str(x, s, "query", redact_text(&x->red, query, strlen(query), PREVIEW_MAX));
+        add_usage_lines(x, s, lines, n, query);
         free(query);
         add_step(x, s);
 }
