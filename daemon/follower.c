@@ -431,6 +431,14 @@ static void apply_row(Follower *f, const StoreRow *row) {
                 return;
         }
 
+        /* A row older than what this node holds: a catch-up scan read this
+         * node's own earlier commit while a newer change of it still waited
+         * in the writer (seen setting up 5,000 connections on one node: a
+         * connection just authorized went back to pending for a moment).
+         * Nothing in it is news. */
+        if (x->updated_at < c->updated_at)
+                return;
+
         /* This node's own refresh in flight or committing: its tokens are
          * the ones that count. The lease holder takes tokens only newer
          * than its own (a grant on another node); everyone else the row's. */
