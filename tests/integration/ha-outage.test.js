@@ -248,8 +248,19 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
     assert.deepEqual(refreshesDuring.map((r) => new Date(r.time).toISOString()), [], 'refresh requests reached the provider during the outage');
     assert.deepEqual(served.expired, [], 'a node served a token past its expiry during the outage');
     assert.deepEqual(served.longMissing, [], 'a node did not serve a valid token during the outage');
+    // Every answer during the outage comes at once: a valid token, or 503
+    // for one that ran out (no wait for a refresh that cannot happen, nor
+    // for a lease holder that cannot be asked).
+    assert.deepEqual(served.slow, [], 'token requests waited during the outage');
+    assert.deepEqual(served.slowDemands, [], 'refresh demands waited during the outage');
+    assert.deepEqual(Object.keys(served.shortGone), ['503'], 'an expired token\'s answer was not 503');
     assert.ok(served.long > 0 && Object.keys(served.shortGone).length > 0, 'the outage outlived no short token: the test checked nothing');
     assert.equal(s.invalidGrant, 0);
+    // No node died here: a grace reuse means a refresh token was sent again
+    // after its answer had been received (the answer kept through the
+    // outage, then dropped): a provider without a grace period revokes
+    // the grant for that.
+    assert.equal(s.graceAccepted, 0, 'a spent refresh token was presented again after the outage');
     assert.equal(s.graceAfterSeen, 0, 'an access token was served before its refresh token was committed');
     assert.ok([...grantOf.values()].every((gid) => !fp.grants.get(gid).revoked), 'a grant was revoked');
     passed = true;
