@@ -39,7 +39,8 @@ ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fstack-protector-strong -D_FORTIFY_SOURCE
 LIBS = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/b64.c common/params.c \
-	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/httpfwd.c common/intern.c
+	common/jsonptr.c common/jwt.c common/hashmap.c common/ordmap.c common/httpfwd.c common/intern.c \
+	common/egress.c
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c daemon/follower.c \

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "common/conf.h"
+#include "common/egress.h"
 #include "common/jsonptr.h"
 #include "common/params.h"
 #include "common/template.h"
@@ -1485,6 +1486,11 @@ static bool provider_name_valid(const char *s, size_t n) {
 #endif
 
 static const char *presets_dir_override = NULL;
+static const BrokerConfig *loading_broker = NULL;
+
+const BrokerConfig *conf_loading_broker(void) {
+        return loading_broker;
+}
 
 void conf_set_presets_dir(const char *dir) {
         presets_dir_override = dir;
@@ -1846,6 +1852,10 @@ BrokerConfig *broker_config_free(BrokerConfig *c) {
         free(c->store_password_file);
         free(c->store_password_credential);
         free(c->node_name);
+        free(c->ca_file);
+        for (size_t i = 0; i < c->n_connect_to; i++)
+                free(c->connect_to[i]);
+        free(c->connect_to);
         for (size_t i = 0; i < c->n_providers; i++)
                 provider_free(c->providers[i]);
         free(c->providers);
@@ -1880,7 +1890,7 @@ static const char *const broker_keys[] = {
         "pending_ttl", "notify_interval", "backoff_max", "refresh_ratio", "max_parallel_refreshes",
         "max_connections", "strict", "store", "store_password_file", "store_password_credential", "node_name",
         "trace_entries", "trace_connections",
-        "presets_dir", "refresh_token_warn",
+        "presets_dir", "refresh_token_warn", "ca_file",
 };
 
 typedef struct BrokerParse {
@@ -1944,6 +1954,50 @@ static int broker_set_one(const char *section, const char *key, const char *valu
                 return make_path(c, value, &c->providers_dir);
         if (streq(key, "presets_dir"))
                 return make_path(c, value, &c->presets_dir);
+        if (streq(key, "ca_file")) {
+                _cleanup_free_ char *p = NULL;
+
+                if (isempty(value)) {
+                        conf_error(err, c->path, line, "ca_file must name a PEM file of CA certificates.");
+                        return -EINVAL;
+                }
+                r = make_path(c, value, &p);
+                if (r < 0)
+                        return r;
+                r = egress_check_ca_file(p);
+                if (r < 0) {
+                        conf_error(err, c->path, line, "ca_file %.256s: %s", p,
+                                   r == -EBADMSG ? "no PEM certificate in it" : strerror(-r));
+                        return -EINVAL;
+                }
+                free(c->ca_file);
+                c->ca_file = TAKE_PTR(p);
+                return 0;
+        }
+        if (streq(key, "connect_to")) {
+                /* repeatable: one line per HOST:PORT */
+                char **l;
+                const char *why = egress_check_connect_to(value);
+
+                if (why) {
+                        conf_error(err, c->path, line, "connect_to must be HOST:PORT:CONNECT-HOST:CONNECT-PORT "
+                                   "(%s): %.128s", why, value);
+                        return -EINVAL;
+                }
+                if (c->n_connect_to >= EGRESS_CONNECT_TO_MAX) {
+                        conf_error(err, c->path, line, "at most %u connect_to lines.", EGRESS_CONNECT_TO_MAX);
+                        return -EINVAL;
+                }
+                l = reallocarray(c->connect_to, c->n_connect_to + 1, sizeof(char *));
+                if (!l)
+                        return -ENOMEM;
+                c->connect_to = l;
+                l[c->n_connect_to] = strdup(value);
+                if (!l[c->n_connect_to])
+                        return -ENOMEM;
+                c->n_connect_to++;
+                return 0;
+        }
         if (streq(key, "refresh_token_warn")) {
                 if (parse_seconds(value, 10 * 365 * USEC_PER_DAY, &c->refresh_token_warn) < 0) {
                         conf_error(err, c->path, line, "Invalid duration for %s: %.64s", key, value);
@@ -2223,9 +2277,11 @@ int broker_config_load(const char *path, BrokerConfig **ret, ConfError *err) {
                 const char *saved = presets_dir_override;
 
                 presets_dir_override = c->presets_dir;
+                loading_broker = c;
                 r = load_providers(c, bp.seen[table_lookup(broker_keys, ELEMENTSOF(broker_keys), "providers_dir")],
                                    err);
                 presets_dir_override = saved;
+                loading_broker = NULL;
         }
         load_strict = false;
         if (r < 0)

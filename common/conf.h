@@ -247,6 +247,11 @@ bool provider_next_client_secret(Provider *p);
  * outside broker_config_load() (tests, tools); NULL: PRESETS_DIR. */
 void conf_set_presets_dir(const char *dir);
 
+/* The broker configuration broker_config_load() is loading (its [broker]
+ * section parsed), for the discovery hook's outgoing request; NULL
+ * outside a load. */
+const struct BrokerConfig *conf_loading_broker(void);
+
 Provider *provider_free(Provider *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Provider *, provider_free);
 
@@ -326,6 +331,12 @@ typedef struct BrokerConfig {
         char *store_password_file;
         char *store_password_credential;
         char *node_name;          /* default: the host name */
+
+        /* Outgoing requests (common/egress.h): a CA bundle instead of the
+         * system's, and curl CONNECT_TO lines HOST:PORT:CHOST:CPORT. */
+        char *ca_file;
+        char **connect_to;
+        size_t n_connect_to;
 
         Provider **providers;
         size_t n_providers;

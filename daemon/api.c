@@ -1286,7 +1286,20 @@ static void route_providers(ApiRequest *r) {
                                                    "redirect_uri", p->redirect_uri,
                                                    "test_method", p->test_method ?: "GET"));
         }
-        answer(r, 200, dump(json_pack("{s:o}", "providers", a)));
+        {
+                /* [broker] ca_file and connect_to: tokenctl test reaches test_url the same way */
+                json_t *ct = json_array(), *o;
+
+                for (size_t i = 0; ct && i < cfg->n_connect_to; i++)
+                        json_array_append_new(ct, json_string(cfg->connect_to[i]));
+                o = json_pack("{s:o}", "providers", a);
+                if (o && cfg->ca_file)
+                        json_object_set_new(o, "ca_file", json_string(cfg->ca_file));
+                if (o && cfg->n_connect_to > 0)
+                        json_object_set(o, "connect_to", ct);
+                json_decref(ct);
+                answer(r, 200, dump(o));
+        }
 }
 
 /* The store: its engine, and on PostgreSQL whether the last heartbeat

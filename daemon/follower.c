@@ -415,6 +415,7 @@ static void apply_row(Follower *f, const StoreRow *row) {
                 c = NULL;
         }
         if (!c) {
+                store_connection_id_seen(m->store, x->id);
                 if (hashmap_size(m->connections) >= m->config->max_connections) {
                         log_warning("%s: made on another node, but this node holds max_connections already.",
                                     x->name);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <strings.h>
 
+#include "common/egress.h"
 #include "common/util.h"
 #include "daemon/http.h"
 
@@ -10,7 +11,40 @@ struct Http {
         sd_event_source *timer;
         sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
         unsigned in_flight;
+        char *ca_file;             /* [broker] ca_file, connect_to */
+        char **connect_to;
+        size_t n_connect_to;
 };
+
+static void egress_clear(Http *h) {
+        for (size_t i = 0; i < h->n_connect_to; i++)
+                free(h->connect_to[i]);
+        free(h->connect_to);
+        free(h->ca_file);
+        h->connect_to = NULL;
+        h->n_connect_to = 0;
+        h->ca_file = NULL;
+}
+
+int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_t n) {
+        egress_clear(h);
+        if (ca_file && !(h->ca_file = strdup(ca_file)))
+                return -ENOMEM;
+        if (n == 0)
+                return 0;
+        h->connect_to = new0(char *, n);
+        if (!h->connect_to)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                h->connect_to[i] = strdup(connect_to[i]);
+                if (!h->connect_to[i]) {
+                        egress_clear(h);
+                        return -ENOMEM;
+                }
+                h->n_connect_to = i + 1;
+        }
+        return 0;
+}
 
 /* Per-socket context that curl hands back to us via curl_multi_assign. */
 typedef struct HttpSocket {
@@ -166,6 +200,7 @@ Http *http_free(Http *h) {
         sd_event_source_disable_unref(h->timer);
         sd_event_source_disable_unref(h->asap);
         sd_event_unref(h->event);
+        egress_clear(h);
         free(h);
         return NULL;
 }
@@ -273,6 +308,9 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
             curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_OPENSOCKETFUNCTION, http_open_socket) != CURLE_OK)
                 return -EINVAL;
+        /* h is NULL for a request only built, never sent (tests, preview) */
+        if (h && egress_apply(r->easy, h->ca_file, h->connect_to, h->n_connect_to, &r->connect_to) < 0)
+                return -EINVAL;
         if (streq(method, "GET"))
                 (void) curl_easy_setopt(r->easy, CURLOPT_HTTPGET, 1L);
 
@@ -352,6 +390,7 @@ HttpRequest *http_request_free(HttpRequest *r) {
         if (r->easy)
                 curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->headers);   /* may hold an Authorization header */
+        curl_slist_free_all(r->connect_to);
         secret_free(r->url);
         if (r->post_data)
                 explicit_wipe(r->post_data, r->post_len);

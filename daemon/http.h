@@ -45,6 +45,8 @@ struct HttpRequest {
         usec_t sent_at;           /* realtime, when the request started */
         usec_t duration;
 
+        struct curl_slist *connect_to;   /* [broker] connect_to, read by curl during the transfer */
+
         http_done_fn done;
         void *userdata;
         bool running;
@@ -54,6 +56,9 @@ int http_new(sd_event *event, Http **ret);
 Http *http_free(Http *h);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Http *, http_free);
 unsigned http_in_flight(const Http *h);
+/* [broker] ca_file and connect_to for the requests made from now on
+ * (copied); at start and at each reload. */
+int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_t n);
 curl_socket_t http_open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a);
 
 int http_request_new(Http *h, const char *method, const char *url, HttpRequest **ret);

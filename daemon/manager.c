@@ -80,6 +80,9 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         r = http_new(m->event, &m->http);
         if (r < 0)
                 return r;
+        r = http_set_egress(m->http, config->ca_file, config->connect_to, config->n_connect_to);
+        if (r < 0)
+                return r;
         r = sd_event_add_time(m->event, &m->status_timer, CLOCK_MONOTONIC, USEC_INFINITY, USEC_PER_SEC / 4,
                               on_status, m);
         if (r < 0)
@@ -892,6 +895,11 @@ int manager_reload(Manager *m) {
         free(fresh->state_dir);
         fresh->state_dir = strdup(m->config->state_dir);
         if (!fresh->socket || !fresh->callback_listen || !fresh->state_dir) {
+                broker_config_free(fresh);
+                (void) sd_notify(false, "READY=1");
+                return log_oom();
+        }
+        if (http_set_egress(m->http, fresh->ca_file, fresh->connect_to, fresh->n_connect_to) < 0) {
                 broker_config_free(fresh);
                 (void) sd_notify(false, "READY=1");
                 return log_oom();

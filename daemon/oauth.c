@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "common/egress.h"
 #include "common/b64.h"
 #include "common/jsonptr.h"
 #include "common/jwt.h"
@@ -831,8 +832,23 @@ OAuthOutcome oauth_parse_token_response(const Provider *p, long status, const ch
         return parse_token_response(p, status, body, len, sent_at, NULL, ret, ret_error);
 }
 
+/* Protocol words a request carries (grant_type, token_type_hint) are no
+ * secrets: redacted, they would mangle the provider's error codes
+ * ("invalid_refresh_token", Slack; "bad_refresh_token", GitHub). */
+static bool protocol_word(const char *v, size_t len) {
+        static const char *const words[] = {
+                "authorization_code", "refresh_token", "client_credentials", "access_token",
+                "urn:ietf:params:oauth:grant-type:device_code", "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(words); i++)
+                if (strlen(words[i]) == len && memcmp(words[i], v, len) == 0)
+                        return true;
+        return false;
+}
+
 static void secrets_add(Secrets *s, const char *v, size_t len) {
-        if (len < REDACT_MIN || s->n >= REDACT_MAX)
+        if (len < REDACT_MIN || s->n >= REDACT_MAX || protocol_word(v, len))
                 return;
         for (size_t i = 0; i < s->n; i++)
                 if (strlen(s->v[i]) == len && memcmp(s->v[i], v, len) == 0)
@@ -1303,6 +1319,8 @@ int oauth_discover(Provider *p, char **ret_reason) {
         char errbuf[CURL_ERROR_SIZE] = "";
         Body b = {};
         json_t *doc = NULL;
+        const BrokerConfig *bc = conf_loading_broker();
+        struct curl_slist *connect_to = NULL;
         CURL *c;
         CURLcode cc;
         long status = 0;
@@ -1329,10 +1347,15 @@ int oauth_discover(Provider *p, char **ret_reason) {
         (void) curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discovery_write);
         (void) curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
         (void) curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+        if (bc && egress_apply(c, bc->ca_file, bc->connect_to, bc->n_connect_to, &connect_to) < 0) {
+                curl_easy_cleanup(c);
+                return -ENOMEM;
+        }
         cc = curl_easy_perform(c);
         if (cc == CURLE_OK)
                 (void) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_cleanup(c);
+        curl_slist_free_all(connect_to);
         if (cc != CURLE_OK) {
                 *ret_reason = strdup(errbuf[0] ? errbuf : curl_easy_strerror(cc));
                 r = -EHOSTUNREACH;

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <strings.h>
 
@@ -77,8 +78,8 @@ static void add_authorize(Preview *x, const RequestVars *v) {
         json_t *s;
         int r;
 
-        r = oauth_authorize_url(p, p->redirect_uri, v->state, p->pkce == PKCE_NONE ? NULL : "<code_challenge>",
-                                v->scope, &url);
+        r = oauth_authorize_url_params(p, p->redirect_uri, v->state, p->pkce == PKCE_NONE ? NULL : "<code_challenge>",
+                                       v->scope, v->params, &url, NULL);
         if (r < 0) {
                 x->error = r;
                 return;
@@ -125,7 +126,63 @@ static void add_use(Preview *x) {
         add_step(x, s);
 }
 
-int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
+/* A GET with the token (userinfo, test). A URL that starts with response
+ * metadata (${metadata.api_domain}/...) has no value before a grant: it
+ * is shown as it stands in the file, with the usage headers. */
+static void add_usage_request(Preview *x, const char *step, const char *from, const char *desc, const char *url,
+                              const UsageVars *uv) {
+        HttpRequest *req = NULL;
+        char **lines = NULL;
+        size_t n = 0;
+        char *query = NULL;
+        json_t *s;
+        int r;
+
+        r = step_usage_request(x->http, x->p, url, uv, &req);
+        if (r != -EINVAL || !strstr(url, "${metadata.")) {
+                add_request(x, step, from, desc, r, req);
+                return;
+        }
+        r = oauth_usage_headers(x->p, "<access_token>", "Bearer", &lines, &n, &query);
+        if (r < 0) {
+                x->error = r;
+                return;
+        }
+        s = step_new(step, from, "provider", desc);
+        set_str(x, s, "method", strdup("GET"));
+        set_str(x, s, "url", strdup(url));
+        for (size_t i = 0; i < n; i++) {
+                add_header(x, s, redact_header(&x->red, lines[i], PREVIEW_MAX));
+                free(lines[i]);
+        }
+        free(lines);
+        if (query)
+                set_str(x, s, "query", redact_text(&x->red, query, strlen(query), PREVIEW_MAX));
+        free(query);
+        add_step(x, s);
+}
+
+/* The given parameters, and each declared one not given as its name in
+ * capitals ("TENANT", '_' as '-': it may stand in a host name): the
+ * preview names what it cannot resolve instead of leaving it empty. */
+static json_t *named_params(const Provider *p, json_t *params) {
+        json_t *all = params ? json_deep_copy(params) : json_object();
+
+        for (size_t i = 0; all && i < p->n_params; i++)
+                if (!json_object_get(all, p->params[i].name)) {
+                        char ph[128];
+                        size_t k;
+
+                        for (k = 0; p->params[i].name[k] && k < sizeof ph - 1; k++)
+                                ph[k] = p->params[i].name[k] == '_' ? '-' : (char) toupper(p->params[i].name[k]);
+                        ph[k] = 0;
+                        json_object_set_new(all, p->params[i].name, json_string(ph));
+                }
+        return all;
+}
+
+int preview_provider(Http *h, const Provider *p, json_t *given, json_t **ret) {
+        json_t *params = named_params(p, given);
         static const char *const secrets[] = {
                 "client_secret", "code", "code_verifier", "code_challenge", "state", "refresh_token",
                 "access_token", "device_code", "password", "username",
@@ -160,8 +217,12 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 redactor_add(&x.red, secrets[i], ph);
         }
         x.steps = json_array();
-        if (!x.steps)
+        if (!x.steps || !params) {
+                json_decref(x.steps);
+                json_decref(params);
+                redactor_done(&x.red);
                 return -ENOMEM;
+        }
 
         switch (p->grant) {
         case GRANT_AUTHORIZATION_CODE:
@@ -192,21 +253,22 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
                 r = step_device_poll_request(h, &q, &v, &req);
                 add_request(&x, "device_poll", "broker", d2, r, req);
         }
-        if (p->userinfo_url) {
-                r = step_usage_request(h, &q, p->userinfo_url, &uv, &req);
-                add_request(&x, "userinfo", "broker", "the broker asks who authorized", r, req);
-        }
+        if (p->userinfo_url)
+                add_usage_request(&x, "userinfo", "broker", "the broker asks who authorized", p->userinfo_url, &uv);
         if (p->grant != GRANT_CLIENT_CREDENTIALS) {
                 r = step_refresh_request(h, &q, &v, &req);
                 add_request(&x, "refresh", "broker", "the broker refreshes ahead of expiry (when a refresh token came)",
                             r, req);
         }
         add_use(&x);
-        if (p->test_url) {
-                r = step_usage_request(h, &q, p->test_url, &uv, &req);
-                add_request(&x, "test", "client", "tokenctl test NAME checks the token", r, req);
-        }
-        if (p->revoke_url) {
+        if (p->test_url)
+                add_usage_request(&x, "test", "client", "tokenctl test NAME checks the token", p->test_url, &uv);
+        if (p->revoke_url && !p->revoke_per_token) {
+                /* templates that never name ${token}: one request for the grant */
+                v.access_token = "<access_token>";
+                r = oauth_revoke_request(h, &q, "<refresh_token>", "refresh_token", &v, &req);
+                add_request(&x, "revoke", "broker", "tokenctl revoke NAME: one request for the grant", r, req);
+        } else if (p->revoke_url) {
                 r = oauth_revoke_request(h, &q, "<refresh_token>", "refresh_token", &v, &req);
                 add_request(&x, "revoke", "broker", "tokenctl revoke NAME: the refresh token first (RFC 7009)", r, req);
                 r = oauth_revoke_request(h, &q, "<access_token>", "access_token", &v, &req);
@@ -215,10 +277,12 @@ int preview_provider(Http *h, const Provider *p, json_t *params, json_t **ret) {
         redactor_done(&x.red);
         if (x.error < 0) {
                 json_decref(x.steps);
+                json_decref(params);
                 return x.error;
         }
         j = json_pack("{s:s, s:s, s:O?, s:o}", "provider", p->name, "grant", grant_to_string(p->grant), "params",
-                      params, "steps", x.steps);
+                      given, "steps", x.steps);
+        json_decref(params);
         if (!j)
                 return -ENOMEM;
         *ret = j;

@@ -448,10 +448,8 @@ static int refresh_start(Manager *m, Connection *c) {
                 usec_t until, left;
 
                 if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0 ||
-                    (left = usec_sub(until, now(CLOCK_BOOTTIME))) < CLUSTER_LEASE_MIN_LEFT) {
-                        c->retry_at = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);
-                        return -EREMOTE;
-                }
+                    (left = usec_sub(until, now(CLOCK_BOOTTIME))) < CLUSTER_LEASE_MIN_LEFT)
+                        return -EREMOTE;   /* the caller: lease_wait() */
                 timeout = MIN(p->timeout, left - CLUSTER_LEASE_MARGIN);
         }
         /* A refresh token is sent only when its result can be committed:
@@ -492,6 +490,13 @@ static int refresh_start(Manager *m, Connection *c) {
         return 0;
 }
 
+/* Not this node's to refresh now (no lease, or too little of it left):
+ * looked at again after the next heartbeat. Not a retry_at: that means a
+ * failed refresh to the API, and nothing failed. */
+static void lease_wait(Manager *m, Connection *c) {
+        timerwheel_add(m->wheel, &c->timer, usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT));
+}
+
 static void drain_queue(Manager *m) {
         /* Round robin over the providers' queues, one at a time, while
          * the global cap allows: O(providers) per pass. */
@@ -516,7 +521,10 @@ static void drain_queue(Manager *m) {
                                 else
                                         log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
                                 wake_waiters(c, r);
-                                refresher_schedule(m, c);
+                                if (r == -EREMOTE)
+                                        lease_wait(m, c);
+                                else
+                                        refresher_schedule(m, c);
                         }
                         /* refresh_start may grow m->stats: ps is not used after this */
                 }
@@ -559,8 +567,7 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
 
                 if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0) {
                         if (!w) {
-                                c->retry_at = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);
-                                refresher_schedule(m, c);
+                                lease_wait(m, c);
                                 return 0;
                         }
                         return follower_request_refresh(m->follower, c, w);
@@ -573,6 +580,10 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 return 0;
         }
         r = refresh_start(m, c);
+        if (r == -EREMOTE) {
+                lease_wait(m, c);
+                return r;
+        }
         if (r < 0) {
                 refresher_schedule(m, c);
                 return r;

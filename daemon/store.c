@@ -343,6 +343,10 @@ int64_t store_connection_id_new(Store *s) {
         return s->next_id++;
 }
 
+void store_connection_id_seen(Store *s, int64_t id) {
+        s->next_id = MAX(s->next_id, id + 1);
+}
+
 int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
                     size_t error_size) {
         _cleanup_(store_closep) Store *s = NULL;

@@ -137,6 +137,9 @@ int store_events_list(Store *s, const char *connection, int64_t before_id, unsig
 /* An id for a new connection, without touching the disk: one more than
  * the highest id the file had at open or handed out since. */
 int64_t store_connection_id_new(Store *s);
+/* A connection another node made (daemon/follower.c): the next id is
+ * above it. */
+void store_connection_id_seen(Store *s, int64_t id);
 
 /* An image of one connections row, its secrets sealed under the store's
  * key (bound to c->id), everything copied: c may change or go at once. */

@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <termios.h>
 
+#include "common/egress.h"
 #include "common/api.h"
 #include "common/macro.h"
 #include "common/util.h"
@@ -1583,13 +1584,31 @@ static size_t discard_cb(char *p _unused_, size_t size, size_t n, void *ud) {
         return size * n;
 }
 
+/* The daemon's [broker] ca_file and connect_to (from /v1/providers), so
+ * the test request goes where the daemon's requests go. */
+static int test_egress(CURL *c, json_t *provs, struct curl_slist **keep) {
+        const char *ca = jstr(provs, "ca_file");
+        json_t *a = json_object_get(provs, "connect_to"), *v;
+        char *lines[EGRESS_CONNECT_TO_MAX];
+        size_t n = 0, i;
+
+        json_array_foreach(a, i, v)
+                if (json_is_string(v) && n < EGRESS_CONNECT_TO_MAX)
+                        lines[n++] = (char *) json_string_value(v);
+        if (egress_apply(c, ca, lines, n, keep) < 0) {
+                fprintf(stderr, "tokenctl: cannot set ca_file or connect_to on the test request\n");
+                return EXIT_FAILURE_GENERIC;
+        }
+        return EXIT_OK;
+}
+
 /* GET the provider's test_url with the token as its usage rule says. */
 static int do_test(int argc _unused_, char **argv) {
         const char *provider, *test_url = NULL, *test_method = "GET", *key;
         json_t *a, *p, *v;
         Reply conn, provs, tok;
         StrBuf url = {};
-        struct curl_slist *h = NULL;
+        struct curl_slist *h = NULL, *connect_to = NULL;
         CURL *c;
         CURLcode cc;
         long status = 0;
@@ -1660,9 +1679,12 @@ static int do_test(int argc _unused_, char **argv) {
         }
         curl_easy_setopt(c, CURLOPT_URL, url.s);
         if (streq(test_method, "POST")) {
-                /* an RPC endpoint (Dropbox): POST without a body */
+                /* an RPC endpoint (Dropbox): POST without a body, and
+                 * without the form Content-Type curl would add (Dropbox
+                 * refuses application/x-www-form-urlencoded) */
                 curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
                 curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+                h = curl_slist_append(h, "Content-Type:");
         } else if (!streq(test_method, "GET"))
                 curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, test_method);
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -1672,6 +1694,11 @@ static int do_test(int argc _unused_, char **argv) {
         curl_easy_setopt(c, CURLOPT_USERAGENT, "tokenctl/" TOKENBROKER_VERSION);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_cb);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &bytes);
+        k = test_egress(c, provs.json, &connect_to);
+        if (k) {
+                curl_easy_cleanup(c);
+                goto out;
+        }
         cc = curl_easy_perform(c);
         if (cc == CURLE_OK) {
                 curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
@@ -1694,6 +1721,7 @@ static int do_test(int argc _unused_, char **argv) {
         k = status >= 200 && status < 300 ? EXIT_OK : EXIT_FAILURE_GENERIC;
 out:
         curl_slist_free_all(h);
+        curl_slist_free_all(connect_to);
         strbuf_free(&url);
         reply_done(&tok);
         reply_done(&conn);

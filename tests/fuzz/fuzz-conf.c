@@ -7,9 +7,11 @@
  *   3. broker_config_load() on the same file.
  * DIR is a temporary folder made once per process; it also holds what the
  * files may refer to: a client secret ("secret"), an empty and a binary
- * file, credentials ($CREDENTIALS_DIRECTORY=DIR/creds, with "cred") and a
+ * file, a CA file ("ca.pem"), credentials ($CREDENTIALS_DIRECTORY=DIR/creds,
+ * with "cred") and a
  * providers.d/ with one valid provider. Inputs that would make the loaders
- * read outside DIR (an absolute or ".." client_secret_file or providers_dir)
+ * read outside DIR (an absolute or ".." client_secret_file, providers_dir
+ * or ca_file)
  * skip steps 2 and 3, so runs stay hermetic.
  *
  * Invariants:
@@ -80,6 +82,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         write_file(path, "", 0);
         snprintf(path, sizeof path, "%s/binary", dir);
         write_file(path, "ab\0cd\n", 6);
+        snprintf(path, sizeof path, "%s/ca.pem", dir);   /* [broker] ca_file */
+        write_file(path, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", 59);
         snprintf(path, sizeof path, "%s/creds", dir);
         if (mkdir(path, 0700) < 0)
                 abort();
@@ -170,7 +174,7 @@ static int ini_check(const char *section, const char *key, const char *value, un
         c->last_line = line;
 
         /* Would a loader read a file outside DIR? */
-        if ((streq(key, "client_secret_file") || streq(key, "providers_dir")) &&
+        if ((streq(key, "client_secret_file") || streq(key, "providers_dir") || streq(key, "ca_file")) &&
             (value[0] == '/' || strstr(value, "..")))
                 c->unsafe = true;
         return 0;

@@ -75,7 +75,7 @@ test('curl and tokenctl hand out the same valid token; revoke revokes at the pro
   const gone = await b.ctl(['show', 'alice']);
   assert.equal(gone.code, 4, 'show of a revoked connection must exit 4 (unknown connection)');
   assert.equal(b.sql("SELECT count(*) AS n FROM connections WHERE name = 'alice'")[0].n, 0);
-  assert.ok(b.sql("SELECT kind FROM events WHERE connection = 'alice'").some((e) => e.kind === 'revoked'));
+  await waitFor(() => b.sql("SELECT kind FROM events WHERE connection = 'alice'").some((e) => e.kind === 'revoked'), { what: 'the revoked event' });
 });
 
 test('bad state, reused state and provider errors leave the store unchanged', { timeout: 120000 }, async (t) => {

@@ -54,7 +54,10 @@ test('bad provider answers: logged, an event, the old token kept, nothing lost',
     assert.ok(Date.now() - started < 20000, `${c.name}: took ${Date.now() - started} ms`);
     // logged, an event, the old token still served, the connection active
     await waitFor(() => c.log.test(b.log()), { what: `${c.name} in the log` });
-    const ev = b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'refresh-failed' ORDER BY id DESC");
+    // events are written by the store's writer thread, after the answer
+    const failedEvents = () => b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'refresh-failed' ORDER BY id DESC");
+    await waitFor(() => failedEvents().length >= events + 1, { what: `${c.name}: the refresh-failed event` });
+    const ev = failedEvents();
     assert.equal(ev.length, events + 1, c.name);
     assert.match(ev[0].message, c.log);
     const tok = await b.api('GET', '/v1/connections/c/token');

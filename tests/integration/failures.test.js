@@ -55,7 +55,9 @@ test('503 burst: backoff within bounds, old token served, then recovery', { time
   await waitFor(async () => (await b.api('GET', '/v1/connections/c')).json.last_error == null, { timeoutMs: 5000, what: 'recovery' });
   const after = await b.api('GET', '/v1/connections/c/token');
   assert.notEqual(after.json.access_token, old);
-  const kinds = b.sql("SELECT kind FROM events WHERE connection = 'c' ORDER BY id").map((e) => e.kind);
+  const eventKinds = () => b.sql("SELECT kind FROM events WHERE connection = 'c' ORDER BY id").map((e) => e.kind);
+  await waitFor(() => eventKinds().includes('recovered'), { what: 'the recovered event' });
+  const kinds = eventKinds();
   assert.deepEqual(kinds.filter((k) => k === 'refresh-failed').length, 3);
   assert.ok(kinds.includes('recovered'), kinds.join(','));
 });
@@ -92,7 +94,7 @@ test('invalid_grant: needs_reauth, 409 for clients, an event, no retries', { tim
   const show = (await b.api('GET', '/v1/connections/c')).json;
   assert.equal(show.state, 'needs_reauth');
   assert.match(show.last_error, /invalid_grant/);
-  assert.ok(b.sql("SELECT kind FROM events WHERE connection = 'c'").some((e) => e.kind === 'needs-reauth'));
+  await waitFor(() => b.sql("SELECT kind FROM events WHERE connection = 'c'").some((e) => e.kind === 'needs-reauth'), { what: 'the needs-reauth event' });
   await sleep(3000);
   assert.equal(tokenRequests(fp, t0).length, 1, 'a dead grant must not be retried');
   // Re-authorizing in place brings it back.

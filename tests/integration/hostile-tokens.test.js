@@ -63,8 +63,10 @@ test('hostile tokens: control characters refused like a malformed answer; tokenc
     assert.equal(res.code, 8, `${c.name}: ${res.stderr}`);
     assert.match(res.stderr, c.log, c.name);
     await waitFor(() => c.log.test(b.log()), { what: `${c.name} in the log` });
-    const ev = b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'refresh-failed' ORDER BY id DESC");
-    assert.equal(ev.length, events + 1, c.name);
+    // events are written by the store's writer thread, after the answer
+    const failedEvents = () => b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'refresh-failed' ORDER BY id DESC");
+    await waitFor(() => failedEvents().length >= events + 1, { what: `${c.name}: the refresh-failed event` });
+    assert.equal(failedEvents().length, events + 1, c.name);
     const tok = await b.api('GET', '/v1/connections/c/token');
     assert.equal(tok.status, 200, c.name);
     assert.equal(tok.json.access_token, before.access_token, `${c.name}: the old token was not kept`);

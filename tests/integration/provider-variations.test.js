@@ -440,7 +440,7 @@ test('device flow: user code printed, polling at the interval, slow_down honoure
   assert.ok(n >= 1 && n <= 4, `${n} polls of the short code`);
   await sleep(2000);
   assert.equal(polls.filter((p) => p.code === 'dc-short').length, n);
-  assert.ok(b.sql("SELECT kind FROM events WHERE connection = 'never'").some((e) => e.kind === 'authorization-expired'));
+  await waitFor(() => b.sql("SELECT kind FROM events WHERE connection = 'never'").some((e) => e.kind === 'authorization-expired'), { what: 'the authorization-expired event' });
 });
 
 test('error_map: provider codes and descriptions to retry, re-authorize or configuration error, with hints', { timeout: 120000 }, async (t) => {
@@ -473,6 +473,7 @@ test('error_map: provider codes and descriptions to retry, re-authorize or confi
   await waitFor(async () => JSON.parse((await b.ctl(['--json', 'show', 'c'])).stdout).state === 'needs_reauth', { timeoutMs: 20000, what: 'needs_reauth' });
   show = JSON.parse((await b.ctl(['--json', 'show', 'c'])).stdout);
   assert.match(show.last_error, /AADSTS700082.*hint: the refresh token expired after 90 days/);
+  await waitFor(() => b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'needs-reauth'").length > 0, { what: 'the needs-reauth event' });
   assert.ok(b.sql("SELECT message FROM events WHERE connection = 'c' AND kind = 'needs-reauth'")[0].message.includes('hint'));
 
   // Google's testing-mode message, matched by a regular expression.

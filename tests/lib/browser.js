@@ -175,12 +175,29 @@ async function runFlow(startUrl, opts, step) {
       await withTimeout(context.close(), 10000, 'closing chromium').catch(() => {});
     }
     if (lateLaunch) await withTimeout(lateLaunch, 35000, 'late chromium launch').catch(() => {});
+    // A chromium that did not close keeps its pipes, and with them this
+    // test file's process, alive for ever: kill whatever still runs with
+    // this profile folder.
+    killProfileProcesses(tmpdir);
     // Chromium's helper processes may still write for a moment after a
     // failed launch: retry for up to 5 s, never mask the flow's own outcome.
     for (let i = 0; i < 25; i++) {
       try { fs.rmSync(tmpdir, { recursive: true, force: true }); } catch { /* retry */ }
       if (!fs.existsSync(tmpdir)) break;
       await sleep(200);
+    }
+  }
+}
+
+/** SIGKILLs every process whose command line names the profile folder dir. */
+function killProfileProcesses(dir) {
+  let names = [];
+  try { names = fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n)); } catch { return; }
+  for (const pid of names.slice(0, 100000)) {
+    let cmd;
+    try { cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1'); } catch { continue; }
+    if (cmd.includes(dir)) {
+      try { process.kill(Number(pid), 'SIGKILL'); } catch { /* gone already */ }
     }
   }
 }
