@@ -251,8 +251,9 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
 
     const lost = new Map();
     const lose = (name, why) => { if (!lost.has(name)) lost.set(name, why); };
-    const reader = { ok: 0, mismatch: 0, expired: 0, needsReauth: 0, other: {}, otherSeen: [], down: 0, perNode: [0, 0, 0] };
+    const reader = { slowest: {}, ok: 0, mismatch: 0, expired: 0, needsReauth: 0, other: {}, otherSeen: [], down: 0, perNode: [0, 0, 0] };
     const expiredSeen = [];
+    let cutOn = false;   // node c's database link is cut
     const up = (i) => nodes[i].running() && !pending.has(i);
 
     /* One served access token checked: of its grant, not past its expiry. */
@@ -300,6 +301,9 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
               await sleep(20);
               continue;
             }
+            const took = Date.now() - sentAt;
+            const lk = `${kind}${cutOn && i === 2 ? ' on c during the cut' : ''}`;
+            if (!(took <= (reader.slowest[lk]?.ms ?? -1))) reader.slowest[lk] = { ms: took, what: `${names[i]} ${method} ${name} ${r.status}` };
             if (r.status === 200) check(i, name, r.json.access_token, sentAt);
             else if (r.status === 409) { reader.needsReauth++; lose(name, `node ${names[i]}: 409 ${r.json?.error}`); }
             else {
@@ -334,7 +338,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     // 3. The torture.
     const PG_AT = Math.max(1, Math.floor(KILLS / 3));
     const CUT_AT = Math.max(2, Math.floor((2 * KILLS) / 3));
-    let kills = 0, earlyKills = 0, cutOn = false, pgRestartMs = 0, cutDone = null;
+    let kills = 0, earlyKills = 0, pgRestartMs = 0, cutDone = null;
     const killsPer = [0, 0, 0];
     const restartMs = [];
     const failures = [];
@@ -457,6 +461,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
       `unknown ${s.unknownToken}, revoked ${s.revokedGrant}; refreshes per connection min ${Math.min(...perGrant)} max ${Math.max(...perGrant)}`);
     console.log(`  readers: ${reader.ok} tokens checked (a/b/c ${reader.perNode.join('/')}), ${reader.mismatch} mismatches, ` +
       `${reader.expired} expired, ${reader.needsReauth} needs_reauth, other ${JSON.stringify(reader.other)}, ${reader.down} while down`);
+    console.log(`  slowest answers: ${Object.entries(reader.slowest).map(([k, v]) => `${k}: ${v.ms} ms (${v.what})`).join('; ')}`);
     console.log(`  daemon logs a/b/c: lease-lost ${logCount(/lease-lost|lease lost/i)}, store errors ${logCount(/failed to (store|commit)|store unreachable|database unreachable/i)}`);
     for (const o of reader.otherSeen) console.log(`  reader answer: ${o}`);
     for (const e of expiredSeen) console.log(`  EXPIRED ${e}`);
