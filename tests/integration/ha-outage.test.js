@@ -56,6 +56,12 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
     const names = ['a', 'b', 'c'];
     const nodes = [];
     for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
+    let passed = false;
+    t.after(async () => {
+      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
+      await pg.destroy();
+      await fp.close();
+    });
     const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
     for (let i = 0; i < 3; i++) {
       nodes[i].opts = {
@@ -71,12 +77,6 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
       nodes[i].writeConfig();
       await nodes[i].launch();
     }
-    let passed = false;
-    t.after(async () => {
-      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
-      await pg.destroy();
-      await fp.close();
-    });
     await waitFor(async () => {
       for (const n of nodes) {
         const st = await n.api('GET', '/v1/status');

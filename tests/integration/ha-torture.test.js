@@ -172,6 +172,24 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     const names = ['a', 'b', 'c'];
     const nodes = [];
     for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
+    let readersOn = false;
+    const readerTasks = [];
+    const pending = new Map();   // node index -> its restart in the background
+    let stray = null;
+    let passed = false;
+    // Registered before any launch: a node that fails to start still
+    // leaves nothing running.
+    t.after(async () => {
+      readersOn = false;
+      await Promise.all(readerTasks);
+      await Promise.allSettled([...pending.values()]);
+      if (stray) await killRaw(stray).catch(() => {});
+      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
+      await proxy.close();
+      await pg.destroy();
+      await fp.close();
+    });
+
     const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
     for (let i = 0; i < 3; i++) {
       nodes[i].opts = {
@@ -193,22 +211,6 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
       nodes[i].writeConfig();
       await nodes[i].launch();   // a first: it makes the key the others share
     }
-    let readersOn = false;
-    const readerTasks = [];
-    const pending = new Map();   // node index -> its restart in the background
-    let stray = null;
-    let passed = false;
-    t.after(async () => {
-      readersOn = false;
-      await Promise.all(readerTasks);
-      await Promise.allSettled([...pending.values()]);
-      if (stray) await killRaw(stray).catch(() => {});
-      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
-      await proxy.close();
-      await pg.destroy();
-      await fp.close();
-    });
-
     // 1. CONNS connections through the code flow, on node a.
     const a = nodes[0];
     const conns = Array.from({ length: CONNS }, (_, i) => `ha-${String(i).padStart(4, '0')}`);
