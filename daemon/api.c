@@ -774,6 +774,10 @@ static void route_refresh(ApiRequest *r, Connection *c) {
         r->route = ROUTE_REFRESH;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         k = refresher_refresh(m, c, &r->waiter);
+        if (k == -ENOLINK) {   /* the store's database is away: nothing is sent */
+                answer_unavailable(r, "the store's database is unreachable", CLUSTER_HEARTBEAT);
+                return;
+        }
         if (k < 0) {
                 answer_error(r, 409, k == -EBUSY ? API_ERR_CONFLICT : API_ERR_NEEDS_REAUTH,
                              c->last_error ?: "cannot refresh this connection");

@@ -113,6 +113,11 @@ static int leases_query(PgDb *db, const char *sql, const PgParams *p, Lease **l,
 
 int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_ids, int64_t **ret_epochs,
                          size_t *ret_n, size_t *ret_connections) {
+        return cluster_leases_renew_full(db, node, live, true, ret_ids, ret_epochs, ret_n, ret_connections);
+}
+
+int cluster_leases_renew_full(PgDb *db, const char *node, size_t live, bool take_lapsed, int64_t **ret_ids,
+                              int64_t **ret_epochs, size_t *ret_n, size_t *ret_connections) {
         _cleanup_free_ Lease *l = NULL;
         _cleanup_free_ int64_t *ids = NULL, *epochs = NULL;
         PGresult *res = NULL;
@@ -156,11 +161,12 @@ int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_
                 pg_param_int64(&p, fair - (int64_t) n);
                 pg_param_int64(&p, db_now + (int64_t) CLUSTER_LEASE_TIME);
                 pg_param_int64(&p, db_now);
+                pg_param_int64(&p, take_lapsed ? 1 : 0);
                 r = leases_query(db,
                                  "UPDATE connections SET lease_node = $1, lease_until = $3, "
                                  "lease_epoch = lease_epoch + 1 WHERE id IN (SELECT id FROM connections "
-                                 "WHERE lease_node IS NULL OR lease_until < $4 ORDER BY id LIMIT $2 "
-                                 "FOR UPDATE SKIP LOCKED) AND (lease_node IS NULL OR lease_until < $4) "
+                                 "WHERE lease_node IS NULL OR ($5 = 1 AND lease_until < $4) ORDER BY id LIMIT $2 "
+                                 "FOR UPDATE SKIP LOCKED) AND (lease_node IS NULL OR ($5 = 1 AND lease_until < $4)) "
                                  "RETURNING id, lease_epoch",
                                  &p, &l, &n);
                 if (r < 0)
@@ -258,6 +264,7 @@ static void *cluster_thread(void *userdata) {
         Cluster *c = userdata;
         _cleanup_(pg_db_closep) PgDb *db = NULL;
         ClusterView v = {};
+        usec_t back_at = 0;   /* when the database came back after heartbeats failed */
 
         for (;;) {
                 struct timespec until;
@@ -279,7 +286,16 @@ static void *cluster_thread(void *userdata) {
 
                                 for (size_t i = 0; i < v.n; i++)
                                         live += v.nodes[i].alive;
-                                r = cluster_leases_renew(db, c->name, live, &ids, &epochs, &n, &v.connections);
+                                /* Back after heartbeats failed: every other node's
+                                 * leases may have lapsed meanwhile, and their
+                                 * holders may have answers to commit (rotated
+                                 * refresh tokens). Leave them one lease time to
+                                 * come back and renew before taking them over. */
+                                if (v.failures > 0)
+                                        back_at = t0;
+                                r = cluster_leases_renew_full(db, c->name, live,
+                                                              back_at == 0 || t0 >= back_at + CLUSTER_LEASE_TIME,
+                                                              &ids, &epochs, &n, &v.connections);
                                 if (r >= 0) {
                                         v.leases = n;
                                         v.live = live;

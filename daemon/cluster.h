@@ -92,3 +92,8 @@ int cluster_lease(Cluster *c, int64_t id, int64_t *ret_epoch, usec_t *ret_until)
 typedef struct PgDb PgDb;
 int cluster_leases_renew(PgDb *db, const char *node, size_t live, int64_t **ret_ids, int64_t **ret_epochs,
                          size_t *ret_n, size_t *ret_connections);
+/* The same; without take_lapsed only unleased connections are taken, none
+ * whose lease lapsed (a node back after losing the database leaves the
+ * others one lease time to come back and renew theirs). */
+int cluster_leases_renew_full(PgDb *db, const char *node, size_t live, bool take_lapsed, int64_t **ret_ids,
+                              int64_t **ret_epochs, size_t *ret_n, size_t *ret_connections);

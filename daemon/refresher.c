@@ -540,6 +540,14 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 return -EBUSY;
         if (m->stopping)
                 return -ESHUTDOWN;
+        /* A client's demand while the store's database is away cannot be
+         * met: no refresh token is sent, the lease holder cannot be asked,
+         * and an answer kept for its commit waits for the database. Answered
+         * now from what is held (a valid token, else 503), not after 30 s. */
+        if (w && m->cluster && !cluster_reachable(m->cluster)) {
+                set_last_error(c, "the store's database is unreachable");
+                return -ENOLINK;
+        }
         if (connection_busy(c) || c->queued) {
                 refresher_add_waiter(c, w);   /* single-flight: join the one running (or committing) */
                 return 0;
