@@ -547,10 +547,13 @@ void manager_pending_unlink(Manager *m, Connection *c) {
         c->pending_linked = false;
 }
 
-static int manager_link(Manager *m, Connection *c) {
+/* loaded: from the store at start, whose names are unique (the schema
+ * says so): put without looking for the name first. */
+static int manager_link_as(Manager *m, Connection *c, bool loaded) {
         int r;
 
-        r = hashmap_put(m->connections, &c->by_name, c->name);
+        r = loaded ? hashmap_put_unique(m->connections, &c->by_name, c->name)
+                   : hashmap_put(m->connections, &c->by_name, c->name);
         if (r < 0)
                 return r;
         r = manager_pending_link(m, c);
@@ -566,6 +569,10 @@ static int manager_link(Manager *m, Connection *c) {
         count_state(m, c, +1);
         manager_expiry_update(m, c);
         return 0;
+}
+
+static int manager_link(Manager *m, Connection *c) {
+        return manager_link_as(m, c, false);
 }
 
 /* Undoes manager_link() of a connection that never reached the store. */
@@ -631,7 +638,7 @@ static int load_one(Connection *c, void *userdata) {
         int r;
 
         c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
-        r = manager_link(m, c);
+        r = manager_link_as(m, c, true);
         if (r < 0) {
                 connection_free(c);
                 return r;
