@@ -241,9 +241,9 @@ static void heap_remove(Manager *m, Connection *c) {
         size_t i = c->expiry_idx;
         Connection *last;
 
-        if (i == SIZE_MAX || i >= m->n_expiry || m->expiry[i] != c)
+        if (i == CONN_NO_IDX || i >= m->n_expiry || m->expiry[i] != c)
                 return;
-        c->expiry_idx = SIZE_MAX;
+        c->expiry_idx = CONN_NO_IDX;
         last = m->expiry[--m->n_expiry];
         if (i == m->n_expiry)
                 return;
@@ -255,7 +255,7 @@ static void heap_remove(Manager *m, Connection *c) {
 void manager_expiry_update(Manager *m, Connection *c) {
         rtend_update(m, c);   /* the refresh token's end, beside */
         bool want = c->access_token && c->expires_at > 0;
-        bool have = c->expiry_idx != SIZE_MAX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
+        bool have = c->expiry_idx != CONN_NO_IDX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
 
         if (!want) {
                 if (have)
@@ -528,23 +528,51 @@ usec_t manager_next_refresh(Manager *m) {
 
 /* ---- connections ---------------------------------------------------- */
 
+/* A pending authorization's node in Manager.pending, out of line: only the
+ * few connections with an authorization under way pay for it (24 bytes of
+ * every connection before). Its key is the connection's state_hash, which
+ * stays unchanged while it is linked (unlink first, then change it). */
+typedef struct PendingNode {
+        HashmapNode node;
+        Connection *conn;
+} PendingNode;
+
 int manager_pending_link(Manager *m, Connection *c) {
+        PendingNode *p;
         int r;
 
         if (c->pending_linked || !c->state_hash)
                 return 0;
-        r = hashmap_put(m->pending, &c->by_state, c->state_hash);
-        if (r < 0)
+        p = new(PendingNode, 1);
+        if (!p)
+                return -ENOMEM;
+        p->conn = c;
+        r = hashmap_put(m->pending, &p->node, c->state_hash);
+        if (r < 0) {
+                free(p);
                 return r;
+        }
         c->pending_linked = true;
         return 0;
 }
 
 void manager_pending_unlink(Manager *m, Connection *c) {
+        HashmapNode *n;
+
         if (!c->pending_linked)
                 return;
-        hashmap_remove_node(m->pending, &c->by_state);
+        /* A state hash is linked once (hashmap_put() refuses a second):
+         * the node of this key is this connection's. */
+        n = hashmap_remove(m->pending, c->state_hash);
+        assert(n && container_of(n, PendingNode, node)->conn == c);
+        free(n ? container_of(n, PendingNode, node) : NULL);
         c->pending_linked = false;
+}
+
+Connection *manager_get_pending(Manager *m, const char *state_hash) {
+        HashmapNode *n = hashmap_get(m->pending, state_hash);
+
+        return n ? container_of(n, PendingNode, node)->conn : NULL;
 }
 
 /* loaded: from the store at start, whose names are unique (the schema
@@ -564,8 +592,8 @@ static int manager_link_as(Manager *m, Connection *c, bool loaded) {
         /* Cannot fail: the hash map has just taken the same name. */
         r = ordmap_put(&m->ordered, &c->by_order);
         assert(r == 0);
-        c->expiry_idx = SIZE_MAX;
-        c->rt_idx[0] = c->rt_idx[1] = SIZE_MAX;
+        c->expiry_idx = CONN_NO_IDX;
+        c->rt_idx[0] = c->rt_idx[1] = CONN_NO_IDX;
         count_state(m, c, +1);
         manager_expiry_update(m, c);
         return 0;
