@@ -51,8 +51,8 @@ typedef struct ConnDevice {
  *   struct (+ the name, same chunk)     480+32      480           432   408 B struct
  *   provider, scope x2, token type      4 x 32        0             0   interned (common/intern.c)
  *   identity                                32       32            32
- *   access + refresh token (82 B)       2 x 64   2 x 64        2 x 64   one chunk (96) would save 32
- *   heap, per connection                   800      639           591   beyond tokens 718 -> 557 -> 509
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559   beyond tokens 718 -> 557 -> 477
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8
  *   wheel, ordered map, hash node            0        0             0   intrusive (in the struct)
@@ -67,8 +67,7 @@ typedef struct ConnDevice {
  * pending_until, auth_state, username: 40 B) and the refresh bookkeeping
  * (queue links, inflight, staged, retry_at, client_refresh_at,
  * notified_at, waiters: ~72 B) out of line (both are mostly
- * daemon/refresher.c's); the tokens in one chunk (32 B); the hash node's
- * key pointer (it is the name: 8 B); a slab for the structs (the malloc
+ * daemon/refresher.c's); the hash node's key pointer (it is the name: 8 B); a slab for the structs (the malloc
  * header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
@@ -89,13 +88,14 @@ typedef struct Connection {
         bool queued;
         bool importing;            /* memory only: the next refresh proves an imported refresh token */
         bool rt_unknown;           /* counted in Manager.rt.n_unknown (daemon/rtend.c) */
+        bool tokens_joined;        /* refresh_token is in access_token's chunk (connection_join_tokens()) */
         /* Positions in Manager.expiry and Manager.rt's two heaps, or
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
         uint32_t expiry_idx;
         uint32_t rt_idx[2];
 
         char *access_token;        /* secret */
-        char *refresh_token;       /* secret, never leaves the daemon */
+        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
         const char *token_type;    /* interned, like scope and requested_scope */
         const char *scope;         /* granted */
         const char *requested_scope;
@@ -184,6 +184,17 @@ static inline bool connection_busy(const Connection *c) {
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);
+/* The tokens in one allocation (issue 9: one malloc chunk instead of two,
+ * 32 bytes less for 40-character tokens): refresh_token then points into
+ * access_token's chunk and tokens_joined is set. Only these functions (and
+ * connection_clear_tokens()) may replace or free a token of a connection:
+ * never secret_free() c->refresh_token directly. 0, or -ENOMEM (left as
+ * it was, still valid). */
+int connection_join_tokens(Connection *c);
+/* Replace one token (taken over; NULL drops it), the old one wiped.
+ * Never fails; the tokens are separate afterwards (join again). */
+void connection_set_access_token(Connection *c, char *access);
+void connection_set_refresh_token(Connection *c, char *refresh);
 /* Deadlines (refresh, retry, expiry) run on CLOCK_BOOTTIME: it neither
  * jumps with the wall clock nor stops during a suspend, so neither can make
  * the broker hand out an expired token or stampede the provider. */

@@ -803,8 +803,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 char *rt = strdup(req->refresh_token);
                 if (!rt)
                         return -ENOMEM;
-                secret_free(c->refresh_token);
-                c->refresh_token = rt;
+                connection_set_refresh_token(c, rt);
         }
         c->updated_at = t;
 

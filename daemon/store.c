@@ -642,7 +642,8 @@ static int load_row(const StoreRow *row, void *userdata) {
                 return r;
         if ((r = unseal(s, row, 0, c->name, &c->access_token)) < 0 ||
             (r = unseal(s, row, 1, c->name, &c->refresh_token)) < 0 ||
-            (r = unseal(s, row, 2, c->name, &c->code_verifier)) < 0)
+            (r = unseal(s, row, 2, c->name, &c->code_verifier)) < 0 ||
+            (r = connection_join_tokens(c)) < 0)
                 return r;
         c->expires_at = row->expires_at;
         c->obtained_at = row->obtained_at;
