@@ -5,7 +5,9 @@
 #   make deps            install the Debian packages needed to build and test
 #   make run             build and run the daemon on conf/dev (no root needed)
 #   make check           unit tests, integration tests, both builds
-#   make bench           token handout throughput against a bare MHD floor
+#   make bench           token handout throughput against a bare MHD floor,
+#                        then the proxy row (bench-proxy)
+#   make bench-proxy     the auth-injecting proxy beside the same server direct
 #   make bench-scale     a million connections: start, memory, storm, listing
 #                        (BENCH_SCALE_CONNECTIONS=N for a smaller run)
 #   make install         PREFIX=/usr/local DESTDIR= (binaries, units, man pages)
@@ -43,7 +45,7 @@ COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/
 	common/egress.c
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
-	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c \
+	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c daemon/follower.c \
 	daemon/links.c daemon/link-token.c daemon/heap.c \
 	daemon/proxy.c daemon/proxy-path.c \
 	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c \
@@ -157,6 +159,10 @@ bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.packa
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
 
+# issue 13's proxy row alone (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS)
+bench-proxy: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
+	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
+
 # issue 9's table at a million connections (minutes; not part of check).
 BENCH_SCALE_CONNECTIONS ?= 1000000
 bench-scale: all $(BUILD)/bench/fastprovider $(BUILD)/bench/loadgen
@@ -215,7 +221,7 @@ uninstall:
 clean:
 	rm -rf build build-asan build-fuzz
 
-.PHONY: all sanitize check check-unit bench bench-scale deps run install uninstall clean
+.PHONY: all sanitize check check-unit bench bench-proxy bench-scale deps run install uninstall clean
 .DELETE_ON_ERROR:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

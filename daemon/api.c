@@ -1315,10 +1315,9 @@ static json_t *store_json(Manager *m, const ClusterView *cv) {
         return j;
 }
 
-/* The nodes of the database, as the last heartbeat saw them. Until leases
- * exist one daemon holds a database: this node refreshes every
- * connection. */
-static json_t *nodes_json(Manager *m, const ClusterView *v) {
+/* The nodes of the database, as the last heartbeat saw them, with the
+ * leases each holds: the connections it refreshes (daemon/cluster.h). */
+static json_t *nodes_json(Manager *m _unused_, const ClusterView *v) {
         json_t *a = json_array();
         char b[32];
 
@@ -1330,7 +1329,7 @@ static json_t *nodes_json(Manager *m, const ClusterView *v) {
                                                    format_timestamp(b, sizeof b, n->heartbeat_at), "heartbeat_age",
                                                    (json_int_t) (n->age / USEC_PER_SEC), "alive", n->alive, "self",
                                                    n->self, "holds",
-                                                   (json_int_t) (n->self ? hashmap_size(m->connections) : 0)));
+                                                   (json_int_t) n->holds));
         }
         return a;
 }
@@ -1614,6 +1613,11 @@ static void route_metrics(ApiRequest *r) {
                 for (size_t i = 0; i < v.n; i++)
                         strbuf_printf(&b, "tokenbroker_node_heartbeat_age_seconds{node=\"%s\"} %.3f\n", v.nodes[i].name,
                                       (double) v.nodes[i].age / (double) USEC_PER_SEC);
+                strbuf_puts(&b, "# HELP tokenbroker_node_leases Connections whose lease each node holds (it refreshes "
+                                "them).\n# TYPE tokenbroker_node_leases gauge\n");
+                for (size_t i = 0; i < v.n; i++)
+                        strbuf_printf(&b, "tokenbroker_node_leases{node=\"%s\"} %zu\n", v.nodes[i].name,
+                                      v.nodes[i].holds);
         }
         r->content_type = "text/plain; version=0.0.4; charset=utf-8";
         answer(r, 200, strbuf_steal(&b));

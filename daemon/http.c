@@ -5,12 +5,35 @@
 #include "common/util.h"
 #include "daemon/http.h"
 
+/* Per-socket context that curl hands back to us via curl_multi_assign. */
+typedef struct HttpSocket {
+        sd_event_source *io;
+        curl_socket_t fd;
+        bool owned;                /* opened by open_socket(): closed through close_socket() */
+        bool idle;                 /* curl no longer watches it (a kept-alive connection) */
+} HttpSocket;
+
+#define HTTP_POOL_MAX 64
+
 struct Http {
         sd_event *event;
         CURLM *multi;
         sd_event_source *timer;
+        usec_t armed;              /* when the timer fires; USEC_INFINITY: off */
         sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
         unsigned in_flight;
+        /* every socket with an io source, by descriptor: an idle kept-alive
+         * connection keeps its source (no epoll_ctl() pair per request)
+         * until curl closes the socket (close_socket()) */
+        HttpSocket **sockets;
+        size_t n_sockets;
+        void (*after)(void *userdata);
+        void *after_userdata;
+        /* finished easy handles, reset, for the next requests: no
+         * curl_easy_init() and cleanup (a few KiB zeroed, buffers
+         * allocated) per request */
+        CURL *pool[HTTP_POOL_MAX];
+        unsigned n_pool;
         char *ca_file;             /* [broker] ca_file, connect_to */
         char **connect_to;
         size_t n_connect_to;
@@ -46,11 +69,6 @@ int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_
         return 0;
 }
 
-/* Per-socket context that curl hands back to us via curl_multi_assign. */
-typedef struct HttpSocket {
-        sd_event_source *io;
-} HttpSocket;
-
 static void http_check_done(Http *h) {
         CURLMsg *msg;
         int left;
@@ -73,9 +91,24 @@ static void http_check_done(Http *h) {
         }
 }
 
-static int on_io(sd_event_source *s _unused_, int fd, uint32_t revents, void *userdata) {
+static void after(Http *h) {
+        if (h->after)
+                h->after(h->after_userdata);
+}
+
+static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Http *h = userdata;
+        HttpSocket *hs = (size_t) fd < h->n_sockets ? h->sockets[fd] : NULL;
         int action = 0, running;
+
+        if (hs && hs->idle) {
+                /* a kept-alive connection curl does not watch: the server
+                 * closed it (or sent what nobody asked for). Out of the
+                 * loop until curl reuses it (its check finds it dead) or
+                 * closes it. */
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                return 0;
+        }
 
         if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 action |= CURL_CSELECT_IN;
@@ -85,20 +118,99 @@ static int on_io(sd_event_source *s _unused_, int fd, uint32_t revents, void *us
                 action |= CURL_CSELECT_ERR;
         (void) curl_multi_socket_action(h->multi, fd, action, &running);
         http_check_done(h);
+        after(h);
         return 0;
 }
 
-static int on_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
-        Http *h = userdata;
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp);
+
+static void run_timeouts(Http *h) {
+        long ms = -1;
         int running;
 
         (void) curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         http_check_done(h);
+        /* the timer may have fired before curl's deadline (it only ever
+         * moves earlier, below), and curl names a deadline only once: ask */
+        if (h->armed == USEC_INFINITY && curl_multi_timeout(h->multi, &ms) == CURLM_OK && ms >= 0)
+                (void) timer_cb(h->multi, ms, h);
+}
+
+static int on_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
+        Http *h = userdata;
+
+        h->armed = USEC_INFINITY;
+        run_timeouts(h);
+        after(h);
         return 0;
 }
 
-static int on_asap(sd_event_source *s, void *userdata) {
-        return on_timer(s, 0, userdata);
+static int on_asap(sd_event_source *s _unused_, void *userdata) {
+        Http *h = userdata;
+
+        run_timeouts(h);
+        after(h);
+        return 0;
+}
+
+bool http_run_pending(Http *h) {
+        int enabled = SD_EVENT_OFF;
+
+        if (!h->asap || sd_event_source_get_enabled(h->asap, &enabled) < 0 || enabled == SD_EVENT_OFF)
+                return false;
+        (void) sd_event_source_set_enabled(h->asap, SD_EVENT_OFF);
+        run_timeouts(h);
+        return true;
+}
+
+void http_set_after(Http *h, void (*fn)(void *userdata), void *userdata) {
+        h->after = fn;
+        h->after_userdata = userdata;
+}
+
+static HttpSocket *socket_free(Http *h, HttpSocket *hs) {
+        if (!hs)
+                return NULL;
+        if ((size_t) hs->fd < h->n_sockets && h->sockets[hs->fd] == hs)
+                h->sockets[hs->fd] = NULL;
+        sd_event_source_disable_unref(hs->io);
+        free(hs);
+        return NULL;
+}
+
+/* The table slot of descriptor fd, grown as needed; NULL: out of memory. */
+static HttpSocket **socket_slot(Http *h, curl_socket_t fd) {
+        if (fd < 0)
+                return NULL;
+        if ((size_t) fd >= h->n_sockets) {
+                size_t n = MAX((size_t) fd + 1, h->n_sockets * 2);
+                HttpSocket **a = reallocarray(h->sockets, n, sizeof *a);
+
+                if (!a)
+                        return NULL;
+                memset(a + h->n_sockets, 0, (n - h->n_sockets) * sizeof *a);
+                h->sockets = a;
+                h->n_sockets = n;
+        }
+        return &h->sockets[fd];
+}
+
+static HttpSocket *socket_new(Http *h, curl_socket_t fd, bool owned) {
+        HttpSocket **slot = socket_slot(h, fd);
+        HttpSocket *hs;
+
+        if (!slot)
+                return NULL;
+        /* a stale entry (its descriptor closed behind our back): dropped
+         * while the new descriptor of that number is in no epoll set */
+        socket_free(h, *slot);
+        hs = new0(HttpSocket, 1);
+        if (!hs)
+                return NULL;
+        hs->fd = fd;
+        hs->owned = owned;
+        *slot = hs;
+        return hs;
 }
 
 static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *userp, void *socketp) {
@@ -106,12 +218,24 @@ static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *user
         HttpSocket *hs = socketp;
         uint32_t events = 0;
 
+        if (!hs && fd >= 0 && (size_t) fd < h->n_sockets)
+                hs = h->sockets[fd];   /* one of ours, new or idle */
         if (what == CURL_POLL_REMOVE) {
-                if (hs) {
-                        sd_event_source_disable_unref(hs->io);
-                        free(hs);
-                        (void) curl_multi_assign(h->multi, fd, NULL);
+                if (!hs)
+                        return 0;
+                (void) curl_multi_assign(h->multi, fd, NULL);
+                if (!hs->owned || !hs->io) {
+                        /* not a connection of ours (the threaded resolver's
+                         * socket pair, closed without close_socket()): out
+                         * of epoll now, while the descriptor is open */
+                        socket_free(h, hs);
+                        return 0;
                 }
+                /* a kept-alive connection: stays in epoll, reading, until
+                 * curl uses or closes it */
+                hs->idle = true;
+                if (sd_event_source_get_io_events(hs->io, &events) >= 0 && events != EPOLLIN)
+                        (void) sd_event_source_set_io_events(hs->io, EPOLLIN);
                 return 0;
         }
         if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
@@ -119,43 +243,80 @@ static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *user
         if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
                 events |= EPOLLOUT;
 
-        if (hs) {
-                if (sd_event_source_set_io_events(hs->io, events) < 0)
+        if (!hs && !(hs = socket_new(h, fd, false)))
+                return -1;
+        if (!socketp && curl_multi_assign(h->multi, fd, hs) != CURLM_OK)
+                return -1;
+        hs->idle = false;
+        if (!hs->io) {
+                if (sd_event_add_io(h->event, &hs->io, fd, events, on_io, h) < 0) {
+                        (void) curl_multi_assign(h->multi, fd, NULL);
+                        socket_free(h, hs);
                         return -1;
+                }
+                (void) sd_event_source_set_description(hs->io, "curl-io");
+                return 0;
+        }
+        {
+                uint32_t old = 0;
+                int enabled = SD_EVENT_OFF;
+
+                if ((sd_event_source_get_io_events(hs->io, &old) < 0 || old != events) &&
+                    sd_event_source_set_io_events(hs->io, events) < 0)
+                        return -1;
+                if (sd_event_source_get_enabled(hs->io, &enabled) >= 0 && enabled == SD_EVENT_ON)
+                        return 0;
                 return sd_event_source_set_enabled(hs->io, SD_EVENT_ON) < 0 ? -1 : 0;
         }
-        hs = new0(HttpSocket, 1);
-        if (!hs)
-                return -1;
-        if (sd_event_add_io(h->event, &hs->io, fd, events, on_io, h) < 0) {
-                free(hs);
-                return -1;
-        }
-        (void) sd_event_source_set_description(hs->io, "curl-io");
-        if (curl_multi_assign(h->multi, fd, hs) != CURLM_OK) {
-                sd_event_source_disable_unref(hs->io);
-                free(hs);
-                return -1;
-        }
-        return 0;
 }
 
+/* Every socket curl opens for a connection of the multi: ours until
+ * close_socket(). */
+static curl_socket_t open_socket(void *userdata, curlsocktype purpose, struct curl_sockaddr *a) {
+        Http *h = userdata;
+        curl_socket_t fd = http_open_socket(NULL, purpose, a);
+
+        if (fd >= 0 && h && !socket_new(h, fd, true)) {
+                close(fd);
+                return CURL_SOCKET_BAD;
+        }
+        return fd;
+}
+
+/* Every socket curl closes: its io source goes first (out of epoll while
+ * the descriptor is still open, so a new socket of the same number starts
+ * clean). CURLOPT_CLOSESOCKETDATA is the Http, which outlives the
+ * connections (curl_multi_cleanup() closes them first). */
+static int close_socket(void *userdata, curl_socket_t fd) {
+        Http *h = userdata;
+
+        if (h && fd >= 0 && (size_t) fd < h->n_sockets)
+                socket_free(h, h->sockets[fd]);
+        return close(fd);
+}
+
+/* Curl's deadlines: the timer only ever moves earlier (a request's
+ * connect and speed limits move with each request; moving the timerfd
+ * each time costs a syscall, on a VM a hypervisor exit), and a timer that
+ * fires early asks curl for the real deadline (run_timeouts()). "No
+ * deadline" leaves it armed: one early wake-up at most. */
 static int timer_cb(CURLM *multi _unused_, long timeout_ms, void *userp) {
         Http *h = userp;
         usec_t when;
 
         if (timeout_ms < 0)
-                return sd_event_source_set_enabled(h->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
-        if (timeout_ms == 0 && h->asap) {
-                /* every new request asks for this: on the loop's next turn,
-                 * without moving the timerfd there and back */
-                (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+                return 0;
+        if (timeout_ms == 0 && h->asap)
+                /* every new request asks for this: on the loop's next turn */
                 return sd_event_source_set_enabled(h->asap, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
-        }
         when = usec_add(now(CLOCK_MONOTONIC), (usec_t) timeout_ms * USEC_PER_MSEC);
-        if (sd_event_source_set_time(h->timer, when) < 0)
+        if (h->armed != USEC_INFINITY && h->armed <= when)
+                return 0;
+        if (sd_event_source_set_time(h->timer, when) < 0 ||
+            sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT) < 0)
                 return -1;
-        return sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
+        h->armed = when;
+        return 0;
 }
 
 int http_new(sd_event *event, Http **ret) {
@@ -174,6 +335,7 @@ int http_new(sd_event *event, Http **ret) {
                 return r;
         (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
         (void) sd_event_source_set_description(h->timer, "curl-timer");
+        h->armed = USEC_INFINITY;
         r = sd_event_add_defer(event, &h->asap, on_asap, h);
         if (r < 0)
                 return r;
@@ -196,7 +358,12 @@ Http *http_free(Http *h) {
                 return NULL;
         /* Requests are owned by their callers, who free them first. */
         if (h->multi)
-                curl_multi_cleanup(h->multi);
+                curl_multi_cleanup(h->multi);   /* closes its connections: close_socket() */
+        for (size_t i = 0; i < h->n_sockets; i++)
+                socket_free(h, h->sockets[i]);
+        free(h->sockets);
+        while (h->n_pool > 0)
+                curl_easy_cleanup(h->pool[--h->n_pool]);
         sd_event_source_disable_unref(h->timer);
         sd_event_source_disable_unref(h->asap);
         sd_event_unref(h->event);
@@ -287,7 +454,8 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
         r->http = h;
         snprintf(r->method, sizeof r->method, "%s", method);
         r->url = strdup(url);
-        r->easy = curl_easy_init();
+        /* h is NULL for a request only built, never sent (tests, preview) */
+        r->easy = h && h->n_pool > 0 ? h->pool[--h->n_pool] : curl_easy_init();
         if (!r->easy || !r->url)
                 return -ENOMEM;
 
@@ -306,7 +474,10 @@ int http_request_new(Http *h, const char *method, const char *url, HttpRequest *
             curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "tokenbroker/0.1") != CURLE_OK ||
             curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK ||
-            curl_easy_setopt(r->easy, CURLOPT_OPENSOCKETFUNCTION, http_open_socket) != CURLE_OK)
+            curl_easy_setopt(r->easy, CURLOPT_OPENSOCKETFUNCTION, open_socket) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_OPENSOCKETDATA, h) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket) != CURLE_OK ||
+            curl_easy_setopt(r->easy, CURLOPT_CLOSESOCKETDATA, h) != CURLE_OK)
                 return -EINVAL;
         /* h is NULL for a request only built, never sent (tests, preview) */
         if (h && egress_apply(r->easy, h->ca_file, h->connect_to, h->n_connect_to, &r->connect_to) < 0)
@@ -387,7 +558,12 @@ HttpRequest *http_request_free(HttpRequest *r) {
                 (void) curl_multi_remove_handle(r->http->multi, r->easy);
                 r->http->in_flight--;
         }
-        if (r->easy)
+        if (r->easy && r->http && r->http->n_pool < HTTP_POOL_MAX) {
+                /* every option back to its default (headers, body, URL,
+                 * callbacks); the connection cache is the multi's */
+                curl_easy_reset(r->easy);
+                r->http->pool[r->http->n_pool++] = r->easy;
+        } else if (r->easy)
                 curl_easy_cleanup(r->easy);
         curl_slist_free_all(r->headers);   /* may hold an Authorization header */
         curl_slist_free_all(r->connect_to);

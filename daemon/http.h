@@ -56,6 +56,14 @@ int http_new(sd_event *event, Http **ret);
 Http *http_free(Http *h);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Http *, http_free);
 unsigned http_in_flight(const Http *h);
+/* Runs what curl asked to run at once (new requests) now rather than on
+ * the loop's next turn; true if there was something. From the loop only,
+ * never from a curl callback. */
+bool http_run_pending(Http *h);
+/* fn runs after each time curl was driven from the loop (its io, its
+ * timer), outside any curl callback: the proxy answers from there what
+ * curl's callbacks made ready, without another turn of the loop. */
+void http_set_after(Http *h, void (*fn)(void *userdata), void *userdata);
 /* [broker] ca_file and connect_to for the requests made from now on
  * (copied); at start and at each reload. */
 int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_t n);

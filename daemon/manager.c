@@ -55,7 +55,9 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         m->config_path = strdup(config_path);
         if (!m->config_path)
                 return -ENOMEM;
-        r = sd_event_default(&m->event);
+        /* not sd_event_default(): its thread check costs a gettid() on
+         * every turn of the loop */
+        r = sd_event_new(&m->event);
         if (r < 0)
                 return r;
         (void) sd_event_set_watchdog(m->event, true);
@@ -100,6 +102,7 @@ Manager *manager_free(Manager *m) {
 
         if (!m)
                 return NULL;
+        m->follower = follower_free(m->follower);   /* other nodes' changes: no more */
         /* First, while everything its completions touch is alive: commit
          * what is queued (bounded: each batch is) and run the completions. */
         if (m->writer && store_writer_flush(m->writer) < 0)
@@ -629,6 +632,14 @@ int manager_save(Manager *m, Connection *c) {
         r = store_row_new(m->store, &img, &row);
         if (r < 0)
                 return r;
+        /* On a cluster the tokens are the lease holder's to write. */
+        if (m->cluster) {
+                int64_t epoch;
+                usec_t until;
+
+                if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0)
+                        store_row_keep_tokens(row);
+        }
         return store_writer_save(m->writer, TAKE_PTR(row), write_done, (void *) "save");
 }
 
@@ -644,6 +655,11 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         r = store_writer_delete(m->writer, c->id, fn, userdata);
         if (r < 0)
                 return r;
+        manager_forget(m, c);
+        return 0;
+}
+
+void manager_forget(Manager *m, Connection *c) {
         refresher_cancel(m, c);
         trace_forget(m->trace, c->name);
         hashmap_remove_node(m->connections, &c->by_name);
@@ -654,12 +670,23 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
         rtend_remove(m, c);
         connection_free(c);
         manager_wheel_rearm(m);
-        return 0;
 }
 
 /* What a loaded connection takes of the heap, about (tests/unit/
  * test-conn-memory.c measures it), tokens included: for heap_prepare(). */
 #define HEAP_PER_CONNECTION ((size_t) 640)
+
+int manager_adopt(Manager *m, Connection *c) {
+        int r;
+
+        c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
+        r = manager_link(m, c);
+        if (r < 0)
+                return r;
+        refresher_schedule(m, c);
+        manager_wheel_rearm(m);
+        return 0;
+}
 
 static int load_one(Connection *c, void *userdata) {
         Manager *m = userdata;
@@ -1059,7 +1086,9 @@ static int manager_open_store(Manager *m, const char *where, const char *db) {
         r = manager_store_password(m, &password);
         if (r < 0)
                 return r;
-        r = store_open_with(where, &(StoreOptions) { .password = password }, key, &m->store, error, sizeof error);
+        r = store_open_with(where,
+                            &(StoreOptions) { .password = password, .node = m->config->store ? m->config->node_name : NULL },
+                            key, &m->store, error, sizeof error);
         if (r == -EKEYREJECTED) {
                 /* A key made just now cannot be the right one: do not leave
                  * it behind to be mistaken for it. */
@@ -1070,10 +1099,14 @@ static int manager_open_store(Manager *m, const char *where, const char *db) {
         }
         if (r < 0)
                 return log_error_errno(r, "Failed to open database '%s': %s", db, error);
-        if (store_lock_single_node(m->store) < 0)
-                return log_error_errno(EBUSY, "Another tokenbrokerd uses the database '%s': not starting a second "
-                                       "one on it (several nodes on one PostgreSQL need the leases of issue 10, "
-                                       "not built yet).", db);
+        /* Several nodes share a PostgreSQL database (leases, daemon/cluster.h),
+         * but not a node_name. */
+        if (m->config->store) {
+                r = store_lock_node(m->store, m->config->node_name);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot join the cluster on '%s' as node '%s': %s: not starting.",
+                                               db, m->config->node_name, store_last_error(m->store));
+        }
         if (m->config->store) {
                 r = cluster_new(where, password, m->config->node_name, m->started_at, m->event, on_cluster_change, m,
                                 &m->cluster);
@@ -1435,6 +1468,7 @@ static int manager_bind_api(Manager *m, int *ret) {
 int manager_startup(Manager *m) {
         _cleanup_free_ char *where = NULL, *db = NULL, *sockdir = NULL;
         usec_t load_t0, load_cpu0;
+        int64_t since = 0;
         size_t n_hint;
         sigset_t mask;
         char *slash;
@@ -1483,7 +1517,11 @@ int manager_startup(Manager *m) {
         n_hint = MIN(store_connection_count_hint(m->store), (size_t) m->config->max_connections);
         (void) hashmap_reserve(m->connections, n_hint);
         heap_prepare(n_hint * HEAP_PER_CONNECTION);
-        r = store_load_connections(m->store, load_one, m);
+        /* Several nodes: other nodes' changes from here on are followed
+         * (daemon/follower.h); read before the rows, none is missed. */
+        r = store_max_version(m->store, &since);
+        if (r >= 0)
+                r = store_load_connections(m->store, load_one, m);
         heap_prepare_done();
         (void) hashmap_reserve(m->connections, 0);
         if (r < 0)
@@ -1497,6 +1535,11 @@ int manager_startup(Manager *m) {
         r = store_writer_new(m->store, m->event, &m->writer);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the store writer for '%s': %m", db);
+        if (m->cluster) {
+                r = follower_new(m, since, &m->follower);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to follow the other nodes' changes: %m");
+        }
         if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
                 log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
                             "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));

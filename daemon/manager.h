@@ -7,6 +7,7 @@
 #include "common/hashmap.h"
 #include "daemon/cluster.h"
 #include "daemon/connection.h"
+#include "daemon/follower.h"
 #include "daemon/http.h"
 #include "daemon/rtend.h"
 #include "daemon/store.h"
@@ -68,6 +69,7 @@ struct Manager {
         Api *api;
         Callback *callback;
         Links *links;              /* re-authorization links (daemon/links.c) */
+        Follower *follower;        /* PostgreSQL: other nodes' changes (daemon/follower.h); NULL on SQLite */
         Cluster *cluster;          /* PostgreSQL: the nodes' heartbeats (daemon/cluster.h); NULL on SQLite */
         int api_fd, callback_fd;   /* passed by systemd, or -EBADF */
         bool api_passed, callback_passed;
@@ -183,6 +185,11 @@ int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userd
  * tokens: see refresher_image()); durable some milliseconds later, in
  * order with every other write. Fails only for memory. */
 int manager_save(Manager *m, Connection *c);
+/* Several nodes (daemon/follower.c): a connection another node made
+ * joins memory (takes c; on failure the caller still owns it), and one
+ * another node deleted leaves it (nothing is written). */
+int manager_adopt(Manager *m, Connection *c);
+void manager_forget(Manager *m, Connection *c);
 
 /* refresher.c */
 typedef struct Waiter Waiter;
@@ -207,6 +214,9 @@ void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
 /* Waits for whatever the connection does next (exchange, refresh). */
 void refresher_add_waiter(Connection *c, Waiter *w);
+/* Wakes every waiter of c with result (daemon/follower.c: a refresh asked
+ * of another node arrived, or did not in time). */
+void refresher_wake(Connection *c, int result);
 
 /* Code exchange after the callback: calls fn when done. */
 int refresher_exchange_code(Manager *m, Connection *c, const char *code, Waiter *w);

@@ -5,15 +5,14 @@
  * from their last activity); moving our timer each time costs more than
  * waking early now and then. So only ever move it earlier, and re-arm from
  * scratch when it fires. */
-static void mhd_rearm(MhdLoop *l) {
-        MHD_UNSIGNED_LONG_LONG ms;
+static void mhd_rearm(MhdLoop *l, MHD_UNSIGNED_LONG_LONG ms) {
         usec_t when;
 
-        if (MHD_get_timeout(l->daemon, &ms) != MHD_YES) {
-                if (l->armed != USEC_INFINITY) {
-                        (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
-                        l->armed = USEC_INFINITY;
-                }
+        if (ms == 0 && l->asap) {
+                /* MHD has work now (a connection with data read ahead, one
+                 * resumed): a defer, not a timerfd moved to now and back,
+                 * which costs a hypervisor exit each time on a VM */
+                (void) sd_event_source_set_enabled(l->asap, SD_EVENT_ONESHOT);
                 return;
         }
         when = usec_add(now(CLOCK_MONOTONIC), ms * USEC_PER_MSEC);
@@ -25,8 +24,33 @@ static void mhd_rearm(MhdLoop *l) {
 }
 
 void mhd_loop_kick(MhdLoop *l) {
-        (void) MHD_run(l->daemon);
-        mhd_rearm(l);
+        MHD_UNSIGNED_LONG_LONG ms = 0;
+
+        /* MHD moves a connection one step a run (a request answered, then
+         * the next one read): a few runs while it says it has more to do
+         * now, each an epoll_wait() on its own set, rather than a turn of
+         * the loop each. No timeout at all (every connection suspended, or
+         * none): the timer stays as it is, one early MHD_run() at most,
+         * rather than a timerfd switched off and on around every suspended
+         * request. */
+        for (unsigned i = 0; i < 3; i++) {
+                (void) MHD_run(l->daemon);
+                if (MHD_get_timeout(l->daemon, &ms) != MHD_YES) {
+                        ms = UINT64_MAX;
+                        break;
+                }
+                if (ms > 0)
+                        break;
+        }
+        if (ms != UINT64_MAX)
+                mhd_rearm(l, ms);
+        if (l->after)
+                l->after(l->after_userdata);
+}
+
+static int on_asap(sd_event_source *s _unused_, void *userdata) {
+        mhd_loop_kick(userdata);
+        return 0;
 }
 
 static int on_io(sd_event_source *s _unused_, int fd _unused_, uint32_t revents _unused_, void *userdata) {
@@ -44,6 +68,7 @@ static int on_time(sd_event_source *s _unused_, uint64_t usec _unused_, void *us
 
 int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const char *name) {
         const union MHD_DaemonInfo *info;
+        MHD_UNSIGNED_LONG_LONG ms;
         int r;
 
         l->daemon = d;
@@ -59,13 +84,19 @@ int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const cha
                 return r;
         (void) sd_event_source_set_enabled(l->timer, SD_EVENT_OFF);
         l->armed = USEC_INFINITY;
-        mhd_rearm(l);
+        r = sd_event_add_defer(event, &l->asap, on_asap, l);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(l->asap, SD_EVENT_OFF);
+        if (MHD_get_timeout(d, &ms) == MHD_YES)
+                mhd_rearm(l, ms);
         return 0;
 }
 
 void mhd_loop_detach(MhdLoop *l) {
         l->io = sd_event_source_disable_unref(l->io);
         l->timer = sd_event_source_disable_unref(l->timer);
+        l->asap = sd_event_source_disable_unref(l->asap);
         if (l->daemon)
                 MHD_stop_daemon(l->daemon);
         l->daemon = NULL;

@@ -14,7 +14,11 @@ typedef struct MhdLoop {
         struct MHD_Daemon *daemon;
         sd_event_source *io;
         sd_event_source *timer;
+        sd_event_source *asap;    /* MHD_get_timeout() said 0: run on the loop's next turn */
         usec_t armed;             /* when the timer fires; USEC_INFINITY: off */
+        /* runs after each MHD_run() from the loop, outside MHD's callbacks */
+        void (*after)(void *userdata);
+        void *after_userdata;
 } MhdLoop;
 
 int mhd_loop_attach(MhdLoop *l, sd_event *event, struct MHD_Daemon *d, const char *name);

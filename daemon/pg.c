@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #include <endian.h>
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +200,53 @@ int pg_db_connect(const char *uri, const char *password, PgDb **ret, char *error
         }
         *ret = TAKE_PTR(db);
         return 0;
+}
+
+static int drain_notifies(PgDb *db, int (*fn)(const char *payload, void *userdata), void *userdata) {
+        PGnotify *n;
+        int k = 0, r = 0;
+
+        while ((n = PQnotifies(db->conn))) {
+                if (r >= 0)
+                        r = fn(n->extra ? n->extra : "", userdata);
+                PQfreemem(n);
+                k++;
+        }
+        return r < 0 ? r : k;
+}
+
+int pg_db_wait_notify(PgDb *db, usec_t timeout, int wake_fd, int (*fn)(const char *payload, void *userdata),
+                      void *userdata) {
+        struct pollfd p[2] = { { .fd = PQsocket(db->conn), .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+        int r;
+
+        if (p[0].fd < 0 || PQstatus(db->conn) != CONNECTION_OK) {
+                pg_set_error(db, "the database connection was lost");
+                return -ECONNRESET;
+        }
+        r = drain_notifies(db, fn, userdata);
+        if (r != 0)
+                return r;
+        r = poll(p, wake_fd >= 0 ? 2 : 1, (int) MIN(timeout / USEC_PER_MSEC, (usec_t) INT_MAX));
+        if (r < 0)
+                return errno == EINTR ? 0 : -errno;
+        if (r == 0)
+                return 0;
+        if (wake_fd >= 0 && (p[1].revents & POLLIN)) {
+                eventfd_t x;
+
+                (void) eventfd_read(wake_fd, &x);
+                if (!(p[0].revents & POLLIN))
+                        return 0;
+        }
+        if (!PQconsumeInput(db->conn) || PQstatus(db->conn) != CONNECTION_OK) {
+                char line[256];
+
+                copy_message(line, sizeof line, PQerrorMessage(db->conn));
+                pg_set_error(db, "the database connection was lost: %s", line);
+                return -ECONNRESET;
+        }
+        return drain_notifies(db, fn, userdata);
 }
 
 PgDb *pg_db_close(PgDb *db) {

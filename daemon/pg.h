@@ -23,6 +23,13 @@
 extern const Migration store_pg_migrations[];
 extern const size_t store_pg_n_migrations;
 
+/* Where every change of a connection is announced (daemon/store-pg.c,
+ * daemon/follower.c). */
+#define PG_CHANGES_CHANNEL "tokenbroker_changes"
+/* Where a node without a connection's lease asks its holder to refresh
+ * it (tokenctl refresh, min_ttl, invalidate on any node). */
+#define PG_REQUESTS_CHANNEL "tokenbroker_requests"
+
 typedef struct PgDb PgDb;
 
 /* Connects to uri (a libpq connection URI, postgresql://..., or a
@@ -71,6 +78,14 @@ int pg_db_query_each(PgDb *db, const char *sql, const PgParams *p, int (*fn)(con
                      void *userdata);
 /* Reconnects a broken handle with the parameters it was opened with. */
 int pg_db_reset(PgDb *db);
+
+/* Waits up to timeout for notifications (LISTEN) and hands each to fn
+ * (payload as sent); returns how many, 0 on a timeout or when wake_fd
+ * (an eventfd, or -1) became readable (it is read), or -errno
+ * (-ECONNRESET: the session is gone). Notifications already received
+ * are handed over without waiting. */
+int pg_db_wait_notify(PgDb *db, usec_t timeout, int wake_fd, int (*fn)(const char *payload, void *userdata),
+                      void *userdata);
 
 /* Values of a binary result. */
 bool pg_get_null(const PGresult *res, int row, int col);

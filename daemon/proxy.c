@@ -45,6 +45,8 @@ struct ProxyCtx {
         Proxy *all;
         ProviderCount *counts;
         sd_event_source *kick;     /* runs MHD once after connections were resumed */
+        bool kicked;               /* kick enabled */
+        bool pumping;
 };
 
 typedef enum RetryHow {
@@ -160,15 +162,44 @@ static void wake(Proxy *p) {
         MHD_resume_connection(p->conn);
         /* MHD handles a resumed connection on its next run: have one soon,
          * from the loop (never from inside curl's or MHD's callbacks) */
-        if (p->ctx && p->ctx->kick)
+        if (p->ctx && p->ctx->kick && !p->ctx->kicked) {
                 (void) sd_event_source_set_enabled(p->ctx->kick, SD_EVENT_ONESHOT);
+                p->ctx->kicked = true;
+        }
 }
 
 static int on_kick(sd_event_source *s _unused_, void *userdata) {
         ProxyCtx *x = userdata;
 
+        x->kicked = false;
         mhd_loop_kick(x->loop);
         return 0;
+}
+
+/* After MHD ran (a request started a transfer: curl asked to run at once)
+ * or curl ran (a transfer woke a suspended request): the other side's
+ * turn now, in the same turn of the loop, rather than through a defer
+ * source each (a loop turn costs an epoll_wait() and more). Outside both
+ * libraries' callbacks; a few rounds at most, the rest on the next turn. */
+static void pump(void *userdata) {
+        ProxyCtx *x = userdata;
+
+        if (x->pumping)
+                return;   /* called from the kick or the curl run below */
+        x->pumping = true;
+        for (unsigned i = 0; i < 4; i++) {
+                bool did = http_run_pending(x->manager->http);
+
+                if (x->kicked) {
+                        x->kicked = false;
+                        (void) sd_event_source_set_enabled(x->kick, SD_EVENT_OFF);
+                        mhd_loop_kick(x->loop);
+                        did = true;
+                }
+                if (!did)
+                        break;
+        }
+        x->pumping = false;
 }
 
 static void fail(Proxy *p, unsigned status, const char *error, const char *desc) {
@@ -923,6 +954,9 @@ ProxyCtx *proxy_ctx_new(Manager *m, MhdLoop *loop) {
         }
         (void) sd_event_source_set_enabled(x->kick, SD_EVENT_OFF);
         (void) sd_event_source_set_description(x->kick, "proxy-kick");
+        loop->after = pump;
+        loop->after_userdata = x;
+        http_set_after(m->http, pump, x);
         return x;
 }
 
@@ -944,6 +978,9 @@ ProxyCtx *proxy_ctx_free(ProxyCtx *x) {
                 provider_count_put(p);
         }
         x->all = NULL;
+        if (x->loop->after_userdata == x)
+                x->loop->after = NULL;
+        http_set_after(x->manager->http, NULL, NULL);
         x->kick = sd_event_source_disable_unref(x->kick);
         while (x->counts) {
                 ProviderCount *pc = x->counts;

@@ -52,6 +52,7 @@ typedef struct Op {
         unsigned secret_tries;    /* other client secrets tried after invalid_client */
         char *code;               /* secret: a code exchange's code, to retry with the next client secret */
         bool used_refresh_token;
+        int64_t lease_epoch;      /* a refresh on a cluster: the lease it was sent under (0: none) */
 } Op;
 
 /* RFC 8628 section 3.5: slow_down adds 5 seconds to the interval. */
@@ -73,6 +74,7 @@ struct Staged {
         json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
         usec_t expires_at, obtained_at, last_refresh_at;
         usec_t rt_end;             /* the refresh token's end (daemon/rtend.c) */
+        int64_t lease_epoch;       /* > 0: commit only under this lease (daemon/cluster.h) */
 };
 
 static Staged *staged_free(Staged *st) {
@@ -133,6 +135,10 @@ static void wake_waiters(Connection *c, int result) {
                 w->fn(c, result, w->userdata);
                 w = next;
         }
+}
+
+void refresher_wake(Connection *c, int result) {
+        wake_waiters(c, result);
 }
 
 void refresher_detach_waiter(Connection *c, Waiter *w) {
@@ -356,16 +362,19 @@ void refresher_on_timer(Manager *m, Connection *c) {
 
 static void on_request_done(HttpRequest *req, void *userdata);
 
-static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *req) {
+/* timeout 0: the provider's. */
+static int start_request_leased(Manager *m, Connection *c, OpKind kind, HttpRequest *req, usec_t timeout,
+                                int64_t lease_epoch) {
         Op *op;
         int r;
 
         op = new0(Op, 1);
         if (!op)
                 return -ENOMEM;
-        *op = (Op) { .manager = m, .conn = c, .kind = kind, .used_refresh_token = kind == OP_REFRESH && c->refresh_token };
+        *op = (Op) { .manager = m, .conn = c, .kind = kind, .used_refresh_token = kind == OP_REFRESH && c->refresh_token,
+                     .lease_epoch = lease_epoch };
         req->keep_headers = trace_enabled(m->config);
-        r = http_request_start(req, manager_provider(m, c)->timeout, on_request_done, op);
+        r = http_request_start(req, timeout ?: manager_provider(m, c)->timeout, on_request_done, op);
         if (r < 0) {
                 free(op);
                 return r;
@@ -378,6 +387,10 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
                         ps->in_flight++;
         }
         return 0;
+}
+
+static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *req) {
+        return start_request_leased(m, c, kind, req, 0, 0);
 }
 
 static RequestVars request_vars(Manager *m _unused_, const Connection *c, const Provider *p) {
@@ -417,12 +430,27 @@ static int start_now(Manager *m, Connection *c, OpKind kind, HttpRequest *req, W
 static int refresh_start(Manager *m, Connection *c) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
         const Provider *p = manager_provider(m, c);
+        usec_t timeout = 0;
+        int64_t epoch = 0;
         RequestVars v;
         int r;
 
         if (!p) {
                 set_last_error(c, "provider is no longer configured");
                 return -ENOENT;
+        }
+        /* Several nodes (daemon/cluster.h): only the holder of the
+         * connection's lease refreshes, with time left to commit the
+         * answer under it. The others serve what the holder commits
+         * (daemon/follower.c) and look again after the next heartbeat,
+         * when the lease may have come to them (its holder died). */
+        if (m->cluster) {
+                usec_t until, left;
+
+                if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0 ||
+                    (left = usec_sub(until, now(CLOCK_BOOTTIME))) < CLUSTER_LEASE_MIN_LEFT)
+                        return -EREMOTE;   /* the caller: lease_wait() */
+                timeout = MIN(p->timeout, left - CLUSTER_LEASE_MARGIN);
         }
         /* A refresh token is sent only when its result can be committed:
          * with the store's database away the answer (and a rotated
@@ -455,11 +483,18 @@ static int refresh_start(Manager *m, Connection *c) {
         }
         if (r < 0)
                 return r;
-        r = start_request(m, c, OP_REFRESH, req);
+        r = start_request_leased(m, c, OP_REFRESH, req, timeout, epoch);
         if (r < 0)
                 return r;
         TAKE_PTR(req);
         return 0;
+}
+
+/* Not this node's to refresh now (no lease, or too little of it left):
+ * looked at again after the next heartbeat. Not a retry_at: that means a
+ * failed refresh to the API, and nothing failed. */
+static void lease_wait(Manager *m, Connection *c) {
+        timerwheel_add(m->wheel, &c->timer, usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT));
 }
 
 static void drain_queue(Manager *m) {
@@ -481,10 +516,15 @@ static void drain_queue(Manager *m) {
                                 if (r == -ENOLINK)
                                         log_debug("%s: refresh postponed: the store's database is unreachable",
                                                   c->name);
+                                else if (r == -EREMOTE)
+                                        log_debug("%s: refresh left to the node holding its lease", c->name);
                                 else
                                         log_warning_errno(r, "%s: cannot start refresh: %m", c->name);
                                 wake_waiters(c, r);
-                                refresher_schedule(m, c);
+                                if (r == -EREMOTE)
+                                        lease_wait(m, c);
+                                else
+                                        refresher_schedule(m, c);
                         }
                         /* refresh_start may grow m->stats: ps is not used after this */
                 }
@@ -508,6 +548,23 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
             (manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE ||
              manager_provider(m, c)->grant == GRANT_DEVICE_CODE || connection_device_pending(c)))
                 return -EAGAIN;
+        /* Several nodes: the holder of the lease refreshes. A client's
+         * demand here (tokenctl refresh, min_ttl, invalidate) is passed on
+         * to it, and answered when its commit arrives (daemon/follower.h);
+         * a due refresh is looked at again after the next heartbeat, when
+         * the lease may have come here. */
+        if (m->follower) {
+                int64_t epoch;
+                usec_t until;
+
+                if (cluster_lease(m->cluster, c->id, &epoch, &until) <= 0) {
+                        if (!w) {
+                                lease_wait(m, c);
+                                return 0;
+                        }
+                        return follower_request_refresh(m->follower, c, w);
+                }
+        }
         timerwheel_cancel(m->wheel, &c->timer);
         if (m->refreshing >= m->config->max_parallel_refreshes || !provider_has_slot(m, c)) {
                 queue_append(m, c);
@@ -515,6 +572,10 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 return 0;
         }
         r = refresh_start(m, c);
+        if (r == -EREMOTE) {
+                lease_wait(m, c);
+                return r;
+        }
         if (r < 0) {
                 refresher_schedule(m, c);
                 return r;
@@ -549,8 +610,10 @@ static int queue_commit(Manager *m, Connection *c, Staged *st) {
 
         refresher_image(c, &img);
         r = store_row_new(m->store, &img, &row);
-        if (r >= 0)
+        if (r >= 0) {
+                store_row_fence(row, st->lease_epoch);
                 r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
+        }
         if (r >= 0)
                 m->committing++;
         return r;
@@ -558,7 +621,8 @@ static int queue_commit(Manager *m, Connection *c, Staged *st) {
 
 /* Stages new tokens and queues their commit; tokens_committed() makes
  * them visible once it is durable. Takes t's tokens and identity. */
-static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool grant, char *identity) {
+static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool grant, char *identity,
+                        int64_t lease_epoch) {
         _cleanup_(staged_freep) Staged *st = NULL;
         int r;
 
@@ -580,6 +644,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .expires_at = t->expires_at,
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
+                .lease_epoch = lease_epoch,
         };
         if ((t->token_type && !st->token_type) || (t->scope && !st->scope))
                 return log_oom();
@@ -737,6 +802,18 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         }
         assert(c->staged == st);
         c->staged = NULL;
+        if (result == -ESTALE) {
+                /* Fenced (daemon/cluster.h): another node took the lease
+                 * over meanwhile and refreshes from what it committed;
+                 * this answer is not handed out. */
+                log_warning("%s: refreshed tokens discarded: %s", c->name, strempty(error));
+                manager_event(m, c, "lease-lost", "a refresh answer was discarded: the lease moved to another node");
+                refresher_schedule(m, c);
+                wake_waiters(c, -EAGAIN);
+                manager_wheel_rearm(m);
+                manager_maybe_exit(m);
+                return;
+        }
         if (result < 0 && result != -ENOENT && !st->grant && st->refresh_token && !m->stopping) {
                 log_warning_errno(result, "%s: failed to store new tokens (%s): the refresh token rotated, so "
                                   "the answer is kept and stored again in %u s; the current token is served "
@@ -799,7 +876,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
 }
 
 static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_refresh_token,
-                         unsigned secret_tries) {
+                         unsigned secret_tries, int64_t lease_epoch) {
         const Provider *p = manager_provider(m, c);
         _cleanup_free_ char *error = NULL;
         TokenSet t = {};
@@ -851,7 +928,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         }
                 }
 
-                r = apply_tokens(m, c, &t, req, false, NULL);
+                r = apply_tokens(m, c, &t, req, false, NULL, lease_epoch);
                 token_set_done(&t);
                 if (r >= 0)
                         return;   /* refresh_committed() once it is durable */
@@ -973,7 +1050,7 @@ static void grant_completed(Manager *m, Connection *c, TokenSet *t, const HttpRe
 
         if (t->id_token)
                 (void) oauth_identity_from_claims(p, t->id_token, &identity);
-        r = apply_tokens(m, c, t, req, true, identity);
+        r = apply_tokens(m, c, t, req, true, identity, 0);
         token_set_done(t);
         if (r < 0) {
                 /* the state stays spent: pending_linked is false */
@@ -1299,6 +1376,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         unsigned step = op->revoke_step;
         bool used_refresh_token = op->used_refresh_token;
         unsigned secret_tries = op->secret_tries;
+        int64_t lease_epoch = op->lease_epoch;
         char *code = TAKE_PTR(op->code);
 
         /* `tokenctl trace`, before the answer is parsed (and wiped) */
@@ -1325,7 +1403,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
 
         switch (kind) {
         case OP_REFRESH:
-                refresh_done(m, c, req, used_refresh_token, secret_tries);
+                refresh_done(m, c, req, used_refresh_token, secret_tries, lease_epoch);
                 break;
         case OP_EXCHANGE:
                 exchange_done(m, c, req, TAKE_PTR(code), secret_tries);

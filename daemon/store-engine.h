@@ -49,6 +49,14 @@ struct StoreRow {
         usec_t expires_at, obtained_at, pending_until, created_at, updated_at, last_refresh_at, device_interval;
         usec_t rt_end, rt_warned;   /* the refresh token's end (daemon/rtend.c), and the one warned about */
         uint64_t refreshes;
+
+        /* Several nodes on PostgreSQL (issue 10); SQLite ignores these
+         * (its one daemon holds every lease). */
+        int64_t fence_epoch;   /* > 0: a refresh's commit: the token columns only, and only while this node
+                                * holds the connection's lease at this epoch (else -ESTALE, nothing written) */
+        bool keep_tokens;      /* a save by a node that does not hold the lease: every column but the token
+                                * columns, which are the lease holder's to write */
+        int64_t version;       /* loaded: the row's version (0 on SQLite) */
 };
 
 typedef struct StoreDb StoreDb;
@@ -100,6 +108,19 @@ typedef struct StoreEngine {
          * daemon per database: -EBUSY when another holds it. Held as long
          * as this handle's session lasts. */
         int (*lock_single_node)(StoreDb *db);
+        /* One node of several (store_lock_node()). */
+        int (*lock_node)(StoreDb *db, const char *node);
+
+        /* Followers (several nodes; NULL on SQLite): see store_changes_*()
+         * in daemon/store.h. */
+        int (*changes_listen)(StoreDb *db);
+        int (*max_version)(StoreDb *db, int64_t *ret);
+        int (*changes_request)(StoreDb *db, int64_t id, const char *name);
+        int (*changes_wait)(StoreDb *db, usec_t timeout, int wake_fd,
+                            int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                            void *userdata);
+        int (*rows_changed)(StoreDb *db, const int64_t *ids, size_t n, int64_t after_version,
+                            int (*fn)(const StoreRow *row, void *userdata), void *userdata);
 
         int (*event_add)(StoreDb *db, usec_t at, const char *connection, const char *kind, const char *message);
         int (*events_list)(StoreDb *db, const char *connection, int64_t before_id, unsigned limit,

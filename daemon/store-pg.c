@@ -17,6 +17,7 @@
 
 struct StoreDb {
         PgDb *pg;
+        char *node;                /* StoreOptions.node; NULL: a tool */
         unsigned version;
         bool in_transaction;
         char error[512];
@@ -50,6 +51,7 @@ static void pgs_close(StoreDb *d) {
         if (!d)
                 return;
         pg_db_close(d->pg);
+        free(d->node);
         free(d);
 }
 
@@ -61,6 +63,11 @@ static int pgs_open(const char *where, const StoreOptions *options, StoreDb **re
         d = new0(StoreDb, 1);
         if (!d) {
                 snprintf(error, error_size, "out of memory");
+                return -ENOMEM;
+        }
+        if (options && options->node && !(d->node = strdup(options->node))) {
+                snprintf(error, error_size, "out of memory");
+                free(d);
                 return -ENOMEM;
         }
         r = pg_db_connect(where, options ? options->password : NULL, &d->pg, error, error_size);
@@ -184,22 +191,47 @@ static void bind_row(PgParams *p, const StoreRow *row) {
         pg_param_int64(p, (int64_t) row->created_at);                 /* $28 */
 }
 
+/* Every change of a connection is announced to the other nodes in its own
+ * transaction (NOTIFY is delivered at COMMIT, and never for a rollback):
+ * "ID VERSION NODE" on PG_CHANGES_CHANNEL (NODE the writer, empty for a
+ * tool), or "ID - NODE NAME" for a delete (NODE "-" for a tool). A data-modifying WITH and the notify in
+ * one statement: one round trip, and its row count is the rows changed. */
+#define NOTIFY_SELECT(node_param)                                                                              \
+        " SELECT pg_notify('" PG_CHANGES_CHANNEL "', u.id::text || ' ' || u.version::text || ' ' || "            \
+        "COALESCE(" node_param ", '')) FROM u"
+
 static int pgs_row_insert(StoreDb *d, const StoreRow *row) {
         PgParams p = { 0 };
         int r;
 
         d->error[0] = 0;
         bind_row(&p, row);
+        pg_param_text(&p, d->node);                                   /* $29 */
         r = pg_db_query(d->pg,
-                        "INSERT INTO connections (id, provider, state, requested_scope, scope, identity, token_type, "
-                        "access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
+                        "WITH u AS (INSERT INTO connections (id, provider, state, requested_scope, scope, identity, "
+                        "token_type, access_token, refresh_token, expires_at, obtained_at, state_hash, code_verifier, "
                         "pending_until, allow_users, allow_groups, last_error, refreshes, updated_at, "
                         "last_refresh_at, username, device_interval, params, metadata, rt_end, rt_warned, name, "
                         "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, "
-                        "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                        "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) RETURNING id, version)"
+                        NOTIFY_SELECT("$29::text"),
                         &p, NULL);
         return r < 0 ? r : 0;
 }
+
+/* The columns a refresh writes: the lease holder's (the tokens and what
+ * comes with them). A save by a node without the lease writes the
+ * others only, so that a node whose memory is a moment behind (a
+ * notification on its way) never puts back a refresh token that was
+ * spent. */
+#define SET_TOKENS                                                                                             \
+        "state = $3, scope = $5, token_type = $7, access_token = $8, refresh_token = $9, expires_at = $10, "   \
+        "obtained_at = $11, last_error = $17, refreshes = $18, last_refresh_at = $20, metadata = $24, "        \
+        "rt_end = $25, rt_warned = $26, "
+#define SET_OTHERS                                                                                             \
+        "provider = $2, requested_scope = $4, identity = $6, state_hash = $12, code_verifier = $13, "          \
+        "pending_until = $14, allow_users = $15, allow_groups = $16, updated_at = $19, username = $21, "       \
+        "device_interval = $22, params = $23, "
 
 static int pgs_row_save(StoreDb *d, const StoreRow *row) {
         PgParams p = { 0 };
@@ -207,16 +239,31 @@ static int pgs_row_save(StoreDb *d, const StoreRow *row) {
 
         d->error[0] = 0;
         bind_row(&p, row);
-        p.n -= 2;   /* name and created_at do not change */
-        r = pg_db_query(d->pg,
-                        "UPDATE connections SET provider = $2, state = $3, requested_scope = $4, scope = $5, "
-                        "identity = $6, token_type = $7, access_token = $8, refresh_token = $9, expires_at = $10, "
-                        "obtained_at = $11, state_hash = $12, code_verifier = $13, pending_until = $14, "
-                        "allow_users = $15, allow_groups = $16, last_error = $17, refreshes = $18, "
-                        "updated_at = $19, last_refresh_at = $20, username = $21, device_interval = $22, "
-                        "params = $23, metadata = $24, rt_end = $25, rt_warned = $26, "
-                        "version = nextval('connections_version') WHERE id = $1",
-                        &p, NULL);
+        pg_param_text(&p, d->node);                                   /* $29 */
+        if (row->fence_epoch > 0) {
+                /* A refresh's answer: only under the lease it was sent
+                 * under. 0 rows: taken over (or gone): nothing written. */
+                pg_param_int64(&p, row->fence_epoch);                 /* $30 */
+                r = pg_db_query(d->pg,
+                                "WITH u AS (UPDATE connections SET " SET_TOKENS "updated_at = $19, identity = $6, "
+                                "version = nextval('connections_version') WHERE id = $1 AND lease_node = $29 AND "
+                                "lease_epoch = $30 RETURNING id, version)" NOTIFY_SELECT("$29::text"),
+                                &p, NULL);
+                if (r == 0) {
+                        set_error(d, "connection %" PRId64 ": this node (%s) no longer holds its lease (epoch %" PRId64
+                                  "): another node took it over", row->id, d->node ?: "?", row->fence_epoch);
+                        return -ESTALE;
+                }
+        } else
+                r = pg_db_query(d->pg,
+                                row->keep_tokens
+                                ? "WITH u AS (UPDATE connections SET " SET_OTHERS
+                                  "version = nextval('connections_version') WHERE id = $1 RETURNING id, version)"
+                                  NOTIFY_SELECT("$29::text")
+                                : "WITH u AS (UPDATE connections SET " SET_TOKENS SET_OTHERS
+                                  "version = nextval('connections_version') WHERE id = $1 RETURNING id, version)"
+                                  NOTIFY_SELECT("$29::text"),
+                                &p, NULL);
         if (r == 0) {
                 set_error(d, "connection %" PRId64 " is not in the store", row->id);
                 return -ENOENT;
@@ -230,7 +277,12 @@ static int pgs_row_delete(StoreDb *d, int64_t id) {
 
         d->error[0] = 0;
         pg_param_int64(&p, id);
-        r = pg_db_query(d->pg, "DELETE FROM connections WHERE id = $1", &p, NULL);
+        pg_param_text(&p, d->node);
+        r = pg_db_query(d->pg,
+                        "WITH u AS (DELETE FROM connections WHERE id = $1 RETURNING id, '-' AS version, name) "
+                        "SELECT pg_notify('" PG_CHANGES_CHANNEL "', u.id::text || ' - ' || "
+                        "COALESCE(NULLIF($2::text, ''), '-') || ' ' || u.name) FROM u",
+                        &p, NULL);
         return r < 0 ? r : 0;
 }
 
@@ -270,6 +322,7 @@ static int load_one(const PGresult *res, void *userdata) {
                 .device_interval = (usec_t) pg_get_int64(res, 0, 23),
                 .rt_end = (usec_t) pg_get_int64(res, 0, 26),
                 .rt_warned = (usec_t) pg_get_int64(res, 0, 27),
+                .version = PQnfields(res) > 28 ? pg_get_int64(res, 0, 28) : 0,
         };
 
         row.state = conn_state_from_string(view_text(res, 3) ?: "");
@@ -301,6 +354,95 @@ static int pgs_rows_load(StoreDb *d, int (*fn)(const StoreRow *row, void *userda
 
         d->error[0] = 0;
         return pg_db_query_each(d->pg, "SELECT " ROW_COLUMNS " FROM connections ORDER BY id", NULL, load_one, &l);
+}
+
+static int pgs_max_version(StoreDb *d, int64_t *ret) {
+        PGresult *res = NULL;
+        int r;
+
+        d->error[0] = 0;
+        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(version), 0)::bigint FROM connections", NULL, &res);
+        if (r < 0)
+                return r;
+        *ret = pg_get_int64(res, 0, 0);
+        PQclear(res);
+        return 0;
+}
+
+static int pgs_changes_listen(StoreDb *d) {
+        int r = pgs_exec(d, "LISTEN " PG_CHANGES_CHANNEL);
+
+        return r < 0 ? r : pgs_exec(d, "LISTEN " PG_REQUESTS_CHANNEL);
+}
+
+/* "? NODE ID NAME": NODE asks the holder of ID's lease to refresh it. */
+static int pgs_changes_request(StoreDb *d, int64_t id, const char *name) {
+        PgParams p = { 0 };
+        int r;
+
+        d->error[0] = 0;
+        pg_param_text(&p, d->node ?: "-");
+        pg_param_int64(&p, id);
+        pg_param_text(&p, name);
+        r = pg_db_query(d->pg, "SELECT pg_notify('" PG_REQUESTS_CHANNEL "', '? ' || $1 || ' ' || $2::text || ' ' || $3)",
+                        &p, NULL);
+        return r < 0 ? r : 0;
+}
+
+typedef struct WaitContext {
+        int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata);
+        void *userdata;
+} WaitContext;
+
+/* "ID VERSION NODE" or "ID - NODE NAME" (a delete): anything else is
+ * not ours and is skipped. */
+static int wait_one(const char *payload, void *userdata) {
+        WaitContext *w = userdata;
+        char node[128] = "";
+        long long id, version = -1;
+        int n = 0;
+
+        if (sscanf(payload, "%lld %lld %127s", &id, &version, node) >= 2 && id > 0 && version > 0)
+                return w->fn(id, version, node, NULL, w->userdata);
+        if (sscanf(payload, "%lld - %127s %n", &id, node, &n) == 2 && id > 0 && n > 0)
+                return w->fn(id, -1, node, payload + n, w->userdata);
+        if (sscanf(payload, "? %127s %lld %n", node, &id, &n) == 2 && id > 0 && n > 0)
+                return w->fn(id, -2, node, payload + n, w->userdata);
+        return 0;
+}
+
+static int pgs_changes_wait(StoreDb *d, usec_t timeout, int wake_fd,
+                            int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                            void *userdata) {
+        WaitContext w = { .fn = fn, .userdata = userdata };
+
+        d->error[0] = 0;
+        return pg_db_wait_notify(d->pg, timeout, wake_fd, wait_one, &w);
+}
+
+static int pgs_rows_changed(StoreDb *d, const int64_t *ids, size_t n, int64_t after_version,
+                            int (*fn)(const StoreRow *row, void *userdata), void *userdata) {
+        LoadContext l = { .d = d, .fn = fn, .userdata = userdata };
+        _cleanup_free_ char *list = NULL;
+        PgParams p = { 0 };
+        size_t size = 0;
+        FILE *f;
+
+        d->error[0] = 0;
+        f = open_memstream(&list, &size);
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s%" PRId64, i > 0 ? "," : "", ids[i]);
+        if (fclose(f) != 0 || !list)
+                return -ENOMEM;
+        pg_param_text(&p, list);
+        pg_param_int64(&p, after_version);
+        return pg_db_query_each(d->pg,
+                                "SELECT " ROW_COLUMNS ", version FROM connections WHERE "
+                                "($1 <> '' AND id = ANY(string_to_array($1, ',')::bigint[])) OR "
+                                "($1 = '' AND version > $2) ORDER BY version",
+                                &p, load_one, &l);
 }
 
 static int pgs_sealed_next(StoreDb *d, int64_t after, int64_t *ret_id, uint8_t *ret[STORE_SEALED_MAX],
@@ -356,25 +498,60 @@ static void pgs_forget_old_values(StoreDb *d _unused_) {
 /* "tokennod" as a bigint: the session lock of the one daemon. */
 #define PG_SINGLE_NODE_LOCK INT64_C(0x746f6b656e6e6f64)
 
-static int pgs_lock_single_node(StoreDb *d) {
+/* A node name's lock: 1953459054 ("tokn") and the name's hash. */
+
+
+static int try_lock(StoreDb *d, const char *sql, const PgParams *p) {
         PGresult *res = NULL;
-        PgParams p = { 0 };
         bool got;
         int r;
 
-        d->error[0] = 0;
-        pg_param_int64(&p, PG_SINGLE_NODE_LOCK);
-        r = pg_db_query(d->pg, "SELECT pg_try_advisory_lock($1)", &p, &res);
+        r = pg_db_query(d->pg, sql, p, &res);
         if (r < 0)
                 return r;
         /* a binary bool: one byte */
         got = r > 0 && PQgetlength(res, 0, 0) == 1 && PQgetvalue(res, 0, 0)[0] == 1;
         PQclear(res);
-        if (!got) {
+        return got;
+}
+
+/* Tools that want the database alone (a key rotation, a copy) take the
+ * lock exclusively; every running node holds it shared. */
+static int pgs_lock_single_node(StoreDb *d) {
+        PgParams p = { 0 };
+        int r;
+
+        d->error[0] = 0;
+        pg_param_int64(&p, PG_SINGLE_NODE_LOCK);
+        r = try_lock(d, "SELECT pg_try_advisory_lock($1)", &p);
+        if (r == 0) {
                 set_error(d, "another tokenbrokerd holds this database");
                 return -EBUSY;
         }
-        return 0;
+        return r < 0 ? r : 0;
+}
+
+static int pgs_lock_node(StoreDb *d, const char *node) {
+        PgParams p = { 0 };
+        int r;
+
+        d->error[0] = 0;
+        pg_param_int64(&p, PG_SINGLE_NODE_LOCK);
+        r = try_lock(d, "SELECT pg_try_advisory_lock_shared($1)", &p);
+        if (r == 0) {
+                set_error(d, "a tool (a key rotation, --copy-store) holds this database");
+                return -EBUSY;
+        }
+        if (r < 0)
+                return r;
+        p = (PgParams) { 0 };
+        pg_param_text(&p, node);
+        r = try_lock(d, "SELECT pg_try_advisory_lock(1953459054, hashtext($1))", &p);
+        if (r == 0) {
+                set_error(d, "a running node already has node_name '%s' on this database", node);
+                return -EADDRINUSE;
+        }
+        return r < 0 ? r : 0;
 }
 
 static int pgs_event_add(StoreDb *d, usec_t at, const char *connection, const char *kind, const char *message) {
@@ -458,6 +635,12 @@ const StoreEngine store_engine_pg = {
         .sealed_update = pgs_sealed_update,
         .forget_old_values = pgs_forget_old_values,
         .lock_single_node = pgs_lock_single_node,
+        .lock_node = pgs_lock_node,
+        .changes_listen = pgs_changes_listen,
+        .changes_request = pgs_changes_request,
+        .max_version = pgs_max_version,
+        .changes_wait = pgs_changes_wait,
+        .rows_changed = pgs_rows_changed,
         .event_add = pgs_event_add,
         .events_list = pgs_events_list,
 };

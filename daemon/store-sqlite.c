@@ -567,6 +567,10 @@ static int sq_lock_single_node(StoreDb *d _unused_) {
         return 0;
 }
 
+static int sq_lock_node(StoreDb *d _unused_, const char *node _unused_) {
+        return 0;
+}
+
 sqlite3 *store_sqlite_db(StoreDb *d) {
         return d->db;
 }
@@ -591,6 +595,7 @@ const StoreEngine store_engine_sqlite = {
         .sealed_update = sq_sealed_update,
         .forget_old_values = sq_forget_old_values,
         .lock_single_node = sq_lock_single_node,
+        .lock_node = sq_lock_node,
         .event_add = sq_event_add,
         .events_list = sq_events_list,
 };

@@ -25,6 +25,7 @@ struct Store {
         int64_t next_id;           /* store_connection_id_new() */
         char *where;               /* the file or URI, for the writer's own handle */
         char *password;            /* the same */
+        char *node;                /* the same: StoreOptions.node */
 };
 
 const char *const store_sealed_columns[STORE_SEALED_MAX] = { "access_token", "refresh_token", "code_verifier" };
@@ -63,6 +64,11 @@ const char *store_engine_name(Store *s) {
         return s->engine->name;
 }
 
+int store_lock_node(Store *s, const char *node) {
+        s->error[0] = 0;
+        return s->engine->lock_node(s->db, node);
+}
+
 int store_lock_single_node(Store *s) {
         s->error[0] = 0;
         return s->engine->lock_single_node(s->db);
@@ -76,6 +82,7 @@ Store *store_close(Store *s) {
         crypt_key_free(s->key);
         free(s->where);
         secret_free(s->password);
+        free(s->node);
         free(s);
         return NULL;
 }
@@ -343,6 +350,10 @@ int64_t store_connection_id_new(Store *s) {
         return s->next_id++;
 }
 
+void store_connection_id_seen(Store *s, int64_t id) {
+        s->next_id = MAX(s->next_id, id + 1);
+}
+
 int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
                     size_t error_size) {
         _cleanup_(store_closep) Store *s = NULL;
@@ -357,7 +368,8 @@ int store_open_with(const char *where, const StoreOptions *options, const CryptK
                 return -ENOMEM;
         s->engine = store_engine_for(where);
         s->where = strdup(where);
-        if (!s->where || (options && options->password && !(s->password = strdup(options->password)))) {
+        if (!s->where || (options && options->password && !(s->password = strdup(options->password))) ||
+            (options && options->node && !(s->node = strdup(options->node)))) {
                 snprintf(error, error_size, "out of memory");
                 return -ENOMEM;
         }
@@ -435,6 +447,19 @@ StoreRow *store_row_free(StoreRow *row) {
                 free(row->sealed[j]);
         free(row);
         return NULL;
+}
+
+void store_row_fence(StoreRow *row, int64_t epoch) {
+        row->fence_epoch = epoch;
+}
+
+int store_row_save(Store *s, const StoreRow *row) {
+        s->error[0] = 0;
+        return s->engine->row_save(s->db, row);
+}
+
+void store_row_keep_tokens(StoreRow *row) {
+        row->keep_tokens = true;
 }
 
 /* Seals every secret again, each with a fresh nonce: this runs on writes
@@ -661,9 +686,7 @@ bad:
         return -EBADMSG;
 }
 
-static int load_row(const StoreRow *row, void *userdata) {
-        LoadContext *l = userdata;
-        Store *s = l->store;
+int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
         _cleanup_(connection_freep) Connection *c = NULL;
         unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
         int r;
@@ -706,8 +729,107 @@ static int load_row(const StoreRow *row, void *userdata) {
                 return -ENOMEM;
         c->rt_end = row->rt_end;
         c->rt_warned = row->rt_warned;
-        return l->fn(TAKE_PTR(c), l->userdata);
+        *ret = TAKE_PTR(c);
+        return 0;
 }
+
+static int load_row(const StoreRow *row, void *userdata) {
+        LoadContext *l = userdata;
+        Connection *c = NULL;
+        int r;
+
+        r = store_row_to_connection(l->store, row, &c);
+        if (r < 0)
+                return r;
+        return l->fn(c, l->userdata);
+}
+
+/* ---- followers ----------------------------------------------------------- */
+
+int store_changes_listen(Store *s) {
+        s->error[0] = 0;
+        return s->engine->changes_listen ? s->engine->changes_listen(s->db) : -EOPNOTSUPP;
+}
+
+int store_open_again(Store *s, Store **ret, char *error, size_t error_size) {
+        StoreOptions o = { .password = s->password, .node = s->node };
+
+        return store_open_with(s->where, &o, s->key, ret, error, error_size);
+}
+
+int store_max_version(Store *s, int64_t *ret) {
+        s->error[0] = 0;
+        *ret = 0;
+        return s->engine->max_version ? s->engine->max_version(s->db, ret) : 0;
+}
+
+int store_changes_wait(Store *s, usec_t timeout, int wake_fd,
+                       int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                       void *userdata) {
+        s->error[0] = 0;
+        return s->engine->changes_wait ? s->engine->changes_wait(s->db, timeout, wake_fd, fn, userdata) : -EOPNOTSUPP;
+}
+
+int store_changes_request(Store *s, int64_t id, const char *name) {
+        s->error[0] = 0;
+        return s->engine->changes_request ? s->engine->changes_request(s->db, id, name) : -EOPNOTSUPP;
+}
+
+static int row_dup(const StoreRow *row, StoreRow **ret) {
+        _cleanup_(store_row_freep) StoreRow *x = NULL;
+
+        x = new(StoreRow, 1);
+        if (!x)
+                return -ENOMEM;
+        *x = *row;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                x->text[i] = NULL;
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
+                x->sealed[j] = NULL;
+        for (size_t i = 0; i < _ROW_TEXT_MAX; i++)
+                if (row->text[i] && !(x->text[i] = strdup(row->text[i])))
+                        return -ENOMEM;
+        for (size_t j = 0; j < STORE_SEALED_MAX; j++)
+                if (row->sealed[j]) {
+                        x->sealed[j] = malloc(MAX(row->sealed_size[j], (size_t) 1));
+                        if (!x->sealed[j])
+                                return -ENOMEM;
+                        memcpy(x->sealed[j], row->sealed[j], row->sealed_size[j]);
+                }
+        *ret = TAKE_PTR(x);
+        return 0;
+}
+
+typedef struct ChangedContext {
+        int (*fn)(StoreRow *row, void *userdata);
+        void *userdata;
+} ChangedContext;
+
+static int changed_row(const StoreRow *row, void *userdata) {
+        ChangedContext *x = userdata;
+        StoreRow *copy = NULL;
+        int r;
+
+        r = row_dup(row, &copy);
+        if (r < 0)
+                return r;
+        return x->fn(copy, x->userdata);
+}
+
+int store_rows_changed(Store *s, const int64_t *ids, size_t n, int64_t after_version,
+                       int (*fn)(StoreRow *row, void *userdata), void *userdata) {
+        ChangedContext x = { .fn = fn, .userdata = userdata };
+
+        s->error[0] = 0;
+        if (!s->engine->rows_changed)
+                return -EOPNOTSUPP;
+        return s->engine->rows_changed(s->db, ids, n, after_version, changed_row, &x);
+}
+
+int64_t store_row_version(const StoreRow *row) {
+        return row->version;
+}
+
 
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata) {
         LoadContext l = { .store = s, .fn = fn, .userdata = userdata };
@@ -968,7 +1090,7 @@ static void writer_commit(StoreWriter *w, Write *batch) {
         failed = r < 0;
         for (Write *x = batch; x && !failed; x = x->next) {
                 x->result = write_run(s, x);
-                if (x->result == -ENOENT)
+                if (x->result == -ENOENT || x->result == -ESTALE)   /* gone, or the lease lost */
                         write_failed(s, x, x->result);
                 else if (x->result < 0)
                         failed = true;
@@ -1086,7 +1208,7 @@ int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
         pthread_cond_init(&w->idle, NULL);
 
         {
-                StoreOptions o = { .password = s->password };
+                StoreOptions o = { .password = s->password, .node = s->node };
                 char error[512];
 
                 r = store_open_with(s->where, &o, s->key, &w->db, error, sizeof error);

@@ -55,6 +55,10 @@ int store_open(const char *path, const CryptKey *key, Store **ret);
  * ways). On failure error says why, never with the password in it. */
 typedef struct StoreOptions {
         const char *password;
+        /* PostgreSQL, several nodes (issue 10): the node this handle
+         * writes for (its lease fences refreshes' commits, and every
+         * change it announces names it); NULL: a tool, no node. */
+        const char *node;
 } StoreOptions;
 int store_open_with(const char *where, const StoreOptions *options, const CryptKey *key, Store **ret, char *error,
                     size_t error_size);
@@ -67,6 +71,13 @@ bool store_is_postgresql(const char *where);
  * state_dir; a PostgreSQL database by a session advisory lock, kept while
  * the handle's session lasts): -EBUSY when another daemon holds it. */
 int store_lock_single_node(Store *s);
+/* A node of a cluster on PostgreSQL (issue 10): shares the database with
+ * other nodes (a shared advisory lock, so that the tools that want it
+ * alone, store_lock_single_node(), are refused while a node runs), but
+ * not its name: -EBUSY when a running node already has that node_name.
+ * Held while the handle's session lasts. A no-op on SQLite (state_dir's
+ * lock guards the file). */
+int store_lock_node(Store *s, const char *node);
 /* Re-seals every sealed value and the key check under new_key in one
  * transaction (with a 'key-rotated' event carrying event_message, if not
  * NULL); before_commit, if not NULL, runs just before COMMIT. From then on
@@ -126,13 +137,60 @@ int store_events_list(Store *s, const char *connection, int64_t before_id, unsig
 /* An id for a new connection, without touching the disk: one more than
  * the highest id the file had at open or handed out since. */
 int64_t store_connection_id_new(Store *s);
+/* A connection another node made (daemon/follower.c): the next id is
+ * above it. */
+void store_connection_id_seen(Store *s, int64_t id);
 
 /* An image of one connections row, its secrets sealed under the store's
  * key (bound to c->id), everything copied: c may change or go at once. */
 typedef struct StoreRow StoreRow;
 int store_row_new(Store *s, const Connection *c, StoreRow **ret);
 StoreRow *store_row_free(StoreRow *row);
+/* Several nodes on PostgreSQL (issue 10; no effect on SQLite): a
+ * refresh's answer, committed only while this node holds the
+ * connection's lease at epoch (else its completion gets -ESTALE and
+ * nothing is written); or a save by a node without the lease, which
+ * leaves the token columns to the holder. */
+void store_row_fence(StoreRow *row, int64_t epoch);
+void store_row_keep_tokens(StoreRow *row);
+/* Synchronous, like store_connection_save(), for an image (tests and
+ * tools): -ESTALE for a fenced image whose lease moved. */
+int store_row_save(Store *s, const StoreRow *row);
 DEFINE_TRIVIAL_CLEANUP_FUNC(StoreRow *, store_row_free);
+
+/* ---- followers (several nodes on PostgreSQL, daemon/follower.c) --------
+ *
+ * Every change of a connection is announced to every node in the
+ * transaction that makes it (LISTEN/NOTIFY on PostgreSQL). On a handle of
+ * its own, a follower listens, reads the rows that changed, and hands
+ * them to the loop, which turns them into connections. -EOPNOTSUPP on
+ * SQLite (one node: nothing to follow). */
+/* Another handle on s's database, as s was opened (a thread's own: s's
+ * target, password, key and node never change after the open). */
+int store_open_again(Store *s, Store **ret, char *error, size_t error_size);
+int store_changes_listen(Store *s);
+/* Asks the node holding connection id's lease to refresh it. */
+int store_changes_request(Store *s, int64_t id, const char *name);
+/* The highest version of any row now (0 on SQLite): read before the
+ * rows are loaded, it is where a follower starts. */
+int store_max_version(Store *s, int64_t *ret);
+/* Waits up to timeout (or until wake_fd, an eventfd or -1, is readable);
+ * fn gets each change: version -1 and the name for a delete, version -2
+ * and the name for a refresh request (store_changes_request()), node the
+ * node that made it ("" or "-": a tool). Returns how many, 0 on a
+ * timeout, -errno (the handle is then to be closed). */
+int store_changes_wait(Store *s, usec_t timeout, int wake_fd,
+                       int (*fn)(int64_t id, int64_t version, const char *node, const char *name, void *userdata),
+                       void *userdata);
+/* The rows with these ids (n > 0), or every row whose version is above
+ * after_version (n == 0: a catch-up), by version; fn takes ownership of
+ * a copy of each. */
+int store_rows_changed(Store *s, const int64_t *ids, size_t n, int64_t after_version,
+                       int (*fn)(StoreRow *row, void *userdata), void *userdata);
+int64_t store_row_version(const StoreRow *row);
+/* A connection made from a row (its secrets opened under s's key): on
+ * the loop, which owns the interned strings. */
+int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret);
 
 typedef struct StoreWriter StoreWriter;
 

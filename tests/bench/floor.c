@@ -10,7 +10,13 @@
  * loses against this number is the cost of the broker's own work, not of
  * HTTP or of the transport.
  *
- * Usage: floor SOCKET_PATH BODY_BYTES
+ * Usage: floor SOCKET_PATH BODY_BYTES [echo-auth]
+ *
+ * With echo-auth (the proxy bench's upstream), the body's first member is
+ * "auth":"H" instead, H the FNV-1a 64 hash (16 hex digits) of the request's
+ * Authorization header ("-" without one): a client can check which token
+ * the request carried without the answer ever holding the token. Each
+ * answer is then built per request (one allocation).
  */
 
 #include <errno.h>
@@ -49,6 +55,9 @@
 static int first_call_marker;
 
 static uint64_t n_requests;
+static const char *response_body;
+static bool echo_auth;
+static size_t body_size;
 static uint64_t n_connections;
 
 static _noreturn_ _printf_(1, 2) void die(const char *fmt, ...) {
@@ -95,6 +104,36 @@ static enum MHD_Result on_request(
         }
 
         n_requests++;
+        if (echo_auth) {
+                const char *auth = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Authorization");
+                struct MHD_Response *r;
+                enum MHD_Result ret;
+                uint64_t h = 0xcbf29ce484222325ULL;
+                char *b = malloc(body_size + 1);
+                int k;
+
+                if (!b)
+                        return MHD_NO;
+                for (const unsigned char *p = (const unsigned char *) auth; p && *p; p++)
+                        h = (h ^ *p) * 0x100000001b3ULL;
+                memcpy(b, response_body, body_size + 1);
+                /* same size as the fixed body: "auth" over "access_token"'s place */
+                k = snprintf(b, body_size + 1, "{\"auth\":\"%016" PRIx64 "\",\"pad\":\"", auth ? h : 0);
+                if (k > 0 && (size_t) k < body_size - 2)
+                        memset(b + k, 'x', body_size - 2 - (size_t) k);
+                memcpy(b + body_size - 2, "\"}", 2);
+                if (!auth)
+                        memcpy(b + 9, "-               ", 16);
+                r = MHD_create_response_from_buffer(body_size, b, MHD_RESPMEM_MUST_FREE);
+                if (!r) {
+                        free(b);
+                        return MHD_NO;
+                }
+                (void) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+                ret = MHD_queue_response(connection, MHD_HTTP_OK, r);
+                MHD_destroy_response(r);
+                return ret;
+        }
         /* The response is shared and reference-counted by MHD, so every
          * request costs no allocation here: this is the floor. */
         return MHD_queue_response(connection, MHD_HTTP_OK, response);
@@ -229,8 +268,10 @@ int main(int argc, char *argv[]) {
         int lfd, mhd_epfd;
         bool stop = false;
 
-        if (argc != 3) {
-                fprintf(stderr, "Usage: %s SOCKET_PATH BODY_BYTES\n", argv[0]);
+        if (argc == 4 && strcmp(argv[3], "echo-auth") == 0)
+                echo_auth = true;
+        else if (argc != 3) {
+                fprintf(stderr, "Usage: %s SOCKET_PATH BODY_BYTES [echo-auth]\n", argv[0]);
                 return EXIT_FAILURE;
         }
         path = argv[1];
@@ -240,9 +281,11 @@ int main(int argc, char *argv[]) {
         if (errno != 0 || end == argv[2] || *end != '\0')
                 die("invalid BODY_BYTES: %s", argv[2]);
         body = make_body(size);
-        if (!body)
-                die("BODY_BYTES must be between %zu and %u",
+        if (!body || (echo_auth && size < 64))
+                die("BODY_BYTES must be between %zu and %u (64 with echo-auth)",
                     strlen(BODY_PREFIX) + strlen(BODY_SUFFIX), BODY_MAX);
+        response_body = body;
+        body_size = size;
 
         raise_fd_limit();
 

@@ -128,6 +128,7 @@ static struct {
         uint64_t seed;
         bool verbose;
         bool count_expired;
+        const char *refuse;     /* an answer holding this (headers or body) is a mismatch */
         long long max_reconnects;       /* < 0: no limit */
 } arg = {
         .connections = 1,
@@ -154,6 +155,7 @@ static uint64_t n_measured;     /* responses completed inside the window */
 static uint64_t n_responses;    /* all responses, warm-up included */
 static uint64_t n_errors;
 static uint64_t n_mismatches;
+static uint64_t n_refused;
 /* --count-expired: 200 answers whose "expires_at" had passed when they
  * arrived (a token served past its expiry), and those without one. */
 static uint64_t n_expired, n_no_expiry;
@@ -582,6 +584,14 @@ static void conn_complete(Conn *c) {
                         log_failure(c, "%s: body (%zu bytes) lacks '%s'", c->req->path, body_len, c->req->expect);
         }
 
+        if (arg.refuse && memmem(c->buf, c->len, arg.refuse, strlen(arg.refuse))) {
+                /* e.g. the token, which a proxied answer must never carry
+                 * (never printed: it is a secret) */
+                n_refused++;
+                n_mismatches++;
+                log_failure(c, "%s: the answer holds the --refuse text", c->req->path);
+        }
+
         if (arg.count_expired && c->status == 200) {
                 int64_t e = body_expires_at(body, body_len);
                 struct timespec ts;
@@ -923,6 +933,7 @@ static void help(void) {
                "  --path-file FILE       requests, one 'PATH [EXPECTED_SUBSTRING]' per line\n"
                "  --expect-file FILE     same format as --path-file (use one or the other)\n"
                "  --expect TEXT          expected body substring where a line has none\n"
+               "  --refuse TEXT          an answer holding TEXT (headers or body) is a mismatch\n"
                "  --header 'NAME: VALUE' extra request header (repeatable)\n"
                "  --random               pick requests pseudo-randomly (default round-robin)\n"
                "  --seed N               seed for --random (1)\n"
@@ -968,6 +979,7 @@ int main(int argc, char *argv[]) {
                 ARG_PATH_FILE,
                 ARG_EXPECT_FILE,
                 ARG_EXPECT,
+                ARG_REFUSE,
                 ARG_HEADER,
                 ARG_RANDOM,
                 ARG_SEED,
@@ -987,6 +999,7 @@ int main(int argc, char *argv[]) {
                 { "path-file", required_argument, NULL, ARG_PATH_FILE },
                 { "expect-file", required_argument, NULL, ARG_EXPECT_FILE },
                 { "expect", required_argument, NULL, ARG_EXPECT },
+                { "refuse", required_argument, NULL, ARG_REFUSE },
                 { "header", required_argument, NULL, ARG_HEADER },
                 { "random", no_argument, NULL, ARG_RANDOM },
                 { "seed", required_argument, NULL, ARG_SEED },
@@ -1035,6 +1048,11 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_EXPECT:
                         expect = optarg;
+                        break;
+                case ARG_REFUSE:
+                        if (isempty(optarg))
+                                die("--refuse needs a non-empty text");
+                        arg.refuse = optarg;
                         break;
                 case ARG_HEADER: {
                         char *h;
@@ -1210,7 +1228,7 @@ int main(int argc, char *argv[]) {
                        ",\"p50_ms\":%.6f,\"p99_ms\":%.6f,\"p999_ms\":%.6f,\"max_ms\":%.6f"
                        ",\"min_ms\":%.6f,\"mean_ms\":%.6f"
                        ",\"errors\":%" PRIu64 ",\"mismatches\":%" PRIu64 ",\"bad_status\":%" PRIu64
-                       ",\"reconnects\":%" PRIu64 ",\"interrupted\":%s}\n",
+                       ",\"refused\":%" PRIu64 ",\"reconnects\":%" PRIu64 ",\"interrupted\":%s}\n",
                        arg.connections, measured, arg.warmup, n_measured, n_responses, rate,
                        ns_to_ms(hist_percentile(&hist, 50.0)),
                        ns_to_ms(hist_percentile(&hist, 99.0)),
@@ -1218,7 +1236,7 @@ int main(int argc, char *argv[]) {
                        ns_to_ms(hist.max),
                        ns_to_ms(hist.min),
                        hist.total > 0 ? (double) (hist.sum / hist.total) / (double) NSEC_PER_MSEC : 0.0,
-                       n_errors, n_mismatches, n_bad_status, n_reconnects,
+                       n_errors, n_mismatches, n_bad_status, n_refused, n_reconnects,
                        interrupted ? "true" : "false");
         }
         fflush(stdout);

@@ -31,6 +31,7 @@ function runBinary(bin, env, timeoutMs) {
 const BINARIES = [
   ['test-pg-db', 'daemon/pg.c: connect errors, migrations under the advisory lock, binary values, lost sessions', 7],
   ['test-store-pg', 'the store on PostgreSQL: every field, sealed at rest, the key, the writer, lost sessions, nodes opening at once', 9],
+  ['test-lease', 'leases and fencing: the loser of a takeover commits nothing, a node without the lease keeps the tokens, shares spread, two nodes racing never share a lease', 4],
 ];
 
 for (const [name, what, atLeast] of BINARIES) {
@@ -81,7 +82,7 @@ function variant(b, name, changes) {
   return p;
 }
 
-test('a daemon on PostgreSQL: grant, handout, refresh and events from the database, a SIGKILL and a restart keep everything; a second daemon and a wrong password are refused', { timeout: 180000 }, async (t) => {
+test('a daemon on PostgreSQL: grant, handout, refresh and events from the database, a SIGKILL and a restart keep everything; a second node with the same node_name and a wrong password are refused, another node_name joins', { timeout: 180000 }, async (t) => {
   const pg = await Postgres.start({ fsync: true });
   const fp = await startFakeProvider({ expiresIn: 5 });
   const b = await Broker.start({
@@ -166,14 +167,29 @@ test('a daemon on PostgreSQL: grant, handout, refresh and events from the databa
   assert.match(other.out, /was sealed with another key/, other.out);
   assert.equal(fs.existsSync(path.join(b.dir, 'state4', 'tokenbroker.key')), false, 'the new key was left behind');
 
-  // A second daemon on the same database with the same key (its own
-  // state_dir and socket) is refused; the first serves on.
+  // A second daemon on the same database with the same key and the same
+  // node_name (its own state_dir and socket) is refused; the first serves on.
   const key = path.join(b.dir, 'state', 'tokenbroker.key');
   const second2 = await runDaemon(variant(b, 'second', { state_dir: 'state2', key_file: key, socket: 'tb2.sock', callback_listen: '127.0.0.1:1', public_url: 'http://127.0.0.1:1' }));
   noteRun('second-daemon-on-pg', second2.out);
   assert.notEqual(second2.code, 0, second2.out);
-  assert.match(second2.out, /Another tokenbrokerd uses the database 'postgresql:\/\/tokenbroker@127\.0\.0\.1/, second2.out);
+  assert.match(second2.out, /Cannot join the cluster on 'postgresql:\/\/tokenbroker@127\.0\.0\.1.*as node 'node-a': a running node already has node_name 'node-a'/, second2.out);
   assert.equal((await b.api('GET', '/v1/connections/one/token')).status, 200);
+
+  // Another node_name joins the cluster and serves the same connection.
+  const nb = await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'store-pg-daemon-secret' },
+    broker: { store: pg.uri(), store_password_file: pg.passwordFile, node_name: 'node-b', key_file: key },
+  });
+  t.after(() => nb.stop());
+  const joined = await nb.api('GET', '/v1/connections/one/token');
+  assert.equal(joined.status, 200, joined.text);
+  await waitFor(async () => {
+    const st = await nb.api('GET', '/v1/status');
+    return (st.json.nodes ?? []).filter((n) => n.alive).length === 2;
+  }, { what: 'two live nodes in /v1/status' });
+  await nb.stop();
 
   // A wrong password: a clear error, and the password is not repeated.
   const wrong = path.join(b.dir, 'wrong.password');

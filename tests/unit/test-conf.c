@@ -513,7 +513,7 @@ TEST(provider_too_many_usage_headers) {
 
 TEST(provider_long_line) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
-        _cleanup_free_ char *text = NULL, *msg = NULL;
+        _cleanup_free_ char *text = NULL;
         size_t hdr = strlen(good_provider), pre = strlen("scopes = ");
         Provider *p = NULL;
         ConfError err;

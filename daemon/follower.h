@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Followers (issue 10): every node serves every connection from its own
+ * memory, and learns what the other nodes commit within a moment.
+ *
+ * Each commit of a connection on PostgreSQL announces "id version node"
+ * in its own transaction (daemon/store-pg.c). A thread of its own, with
+ * its own session, LISTENs, reads the rows that changed by id, and hands
+ * copies to the loop (an eventfd); the loop turns them into connections
+ * and merges them (follower_apply(): nothing waits on the network, a
+ * handout never waits on this). After every (re)connect, and every
+ * FOLLOWER_SCAN as a safety net, it reads every row whose version is above
+ * the highest it has seen: no lost notification leaves a node serving an
+ * old token for longer than that.
+ *
+ * Merging: a node that is refreshing the connection itself (busy) keeps
+ * its tokens; the lease holder takes tokens only when they are newer than
+ * its own (a grant on another node); every other node takes the row's.
+ * Fields beyond the tokens (the ACL, parameters, identity) are the row's.
+ * A connection another node made joins; one it deleted goes. */
+
+#include <systemd/sd-event.h>
+
+#include "common/macro.h"
+
+#define FOLLOWER_SCAN (30 * USEC_PER_SEC)
+#define FOLLOWER_WAIT (500 * USEC_PER_MSEC)
+
+typedef struct Follower Follower;
+typedef struct Manager Manager;
+
+/* Starts the thread (it connects by itself, with a handle like the
+ * manager's store, and again after every failure) from version since
+ * (read before the loop loaded the rows). */
+int follower_new(Manager *m, int64_t since, Follower **ret);
+Follower *follower_free(Follower *f);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Follower *, follower_free);
+/* On a node without c's lease: asks the node holding it to refresh c;
+ * w is woken (0) when the refreshed tokens arrive from the database, or
+ * with -ETIMEDOUT after FOLLOWER_REQUEST_WAIT (no node holds the lease
+ * yet: its holder died and the lease has not lapsed). */
+#define FOLLOWER_REQUEST_WAIT (30 * USEC_PER_SEC)
+typedef struct Connection Connection;
+typedef struct Waiter Waiter;
+int follower_request_refresh(Follower *f, Connection *c, Waiter *w);
+
+/* Changes applied since the start (for tests and metrics). */
+uint64_t follower_applied(Follower *f);
