@@ -20,13 +20,13 @@ ConnState conn_state_from_string(const char *s) {
 }
 
 void connection_clear_tokens(Connection *c) {
-        if (c->tokens_joined) {
+        if (c->tokens_joined && c->refresh_token)
                 /* inside the access token's chunk: wiped, freed with it */
                 explicit_wipe(c->refresh_token, strlen(c->refresh_token));
-                c->refresh_token = NULL;
-                c->tokens_joined = false;
-        } else
-                c->refresh_token = secret_free(c->refresh_token);
+        else
+                secret_free(c->refresh_token);
+        c->refresh_token = NULL;
+        c->tokens_joined = false;
         c->access_token = secret_free(c->access_token);
 }
 
