@@ -211,9 +211,10 @@ static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
         return NULL;
 }
 
+static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash);
+
 int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
         uint64_t hash;
-        size_t i;
 
         if (!h || !n || !key)
                 return -EINVAL;
@@ -221,6 +222,17 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
         hash = hash_key(h, key);
         if (find_slot(h, key, hash))
                 return -EEXIST;
+        return put_hashed(h, n, key, hash);
+}
+
+int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key) {
+        if (!h || !n || !key)
+                return -EINVAL;
+        return put_hashed(h, n, key, hash_key(h, key));
+}
+
+static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
+        size_t i;
 
         if (h->n_buckets == 0) {
                 int r = resize(h, BUCKETS_MIN);

@@ -92,12 +92,37 @@ static OrdNode *insert(const Ordmap *m, OrdNode *t, OrdNode *n, const char *key,
         return balance(t);
 }
 
+/* Appends n as the new greatest node: the right spine, no comparisons. */
+static OrdNode *insert_max(OrdNode *t, OrdNode *n) {
+        if (!t) {
+                n->link[0] = n->link[1] = 0;
+                set_height(n, 1);
+                return n;
+        }
+        set_child(t, 1, insert_max(child(t, 1), n));
+        return balance(t);
+}
+
 int ordmap_put(Ordmap *m, OrdNode *n) {
+        const char *key;
         int err = 0;
-        OrdNode *root;
+        OrdNode *root, *last;
 
         assert(m && n);
-        root = insert(m, m->root, n, m->key(n), &err);
+        key = m->key(n);
+        /* Keys often come in order (a load in id order of names made in
+         * sequence): past the greatest, one comparison instead of one per
+         * level (the right spine is walked without reading any key). */
+        if (m->root) {
+                for (last = m->root; child(last, 1); last = child(last, 1))
+                        ;
+                if (strcmp(key, m->key(last)) > 0) {
+                        m->root = insert_max(m->root, n);
+                        m->size++;
+                        return 0;
+                }
+        }
+        root = insert(m, m->root, n, key, &err);
         if (err < 0)
                 return err;
         m->root = root;

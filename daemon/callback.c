@@ -294,7 +294,6 @@ static void handle_callback(CbRequest *r, const char *via) {
         _cleanup_(callback_query_done) CallbackQuery q = {}, qc = {};
         Manager *m = r->cb->manager;
         const Provider *p;
-        HashmapNode *n;
         Connection *c;
         char hash[65];
         int k;
@@ -307,8 +306,7 @@ static void handle_callback(CbRequest *r, const char *via) {
                 return answer(r, 400, "Authorization failed", "The request has no valid state parameter.");
         if (sha256_hex(q.state, strlen(q.state), hash) < 0)
                 return answer(r, 500, "Authorization failed", "Internal error.");
-        n = hashmap_get(m->pending, hash);
-        c = n ? container_of(n, Connection, by_state) : NULL;
+        c = manager_get_pending(m, hash);
         if (!c || c->pending_until < now(CLOCK_REALTIME))
                 return answer(r, 400, "Authorization failed",
                               "Unknown or expired authorization request. Start it again with tokenctl authorize.");

@@ -20,8 +20,61 @@ ConnState conn_state_from_string(const char *s) {
 }
 
 void connection_clear_tokens(Connection *c) {
+        if (c->tokens_joined && c->refresh_token)
+                /* inside the access token's chunk: wiped, freed with it */
+                explicit_wipe(c->refresh_token, strlen(c->refresh_token));
+        else
+                secret_free(c->refresh_token);
+        c->refresh_token = NULL;
+        c->tokens_joined = false;
         c->access_token = secret_free(c->access_token);
-        c->refresh_token = secret_free(c->refresh_token);
+}
+
+int connection_join_tokens(Connection *c) {
+        size_t la, lr;
+        char *chunk;
+
+        if (c->tokens_joined || !c->access_token || !c->refresh_token)
+                return 0;
+        la = strlen(c->access_token);
+        lr = strlen(c->refresh_token);
+        chunk = malloc(la + 1 + lr + 1);
+        if (!chunk)
+                return -ENOMEM;
+        memcpy(chunk, c->access_token, la + 1);
+        memcpy(chunk + la + 1, c->refresh_token, lr + 1);
+        secret_free(c->access_token);
+        secret_free(c->refresh_token);
+        c->access_token = chunk;
+        c->refresh_token = chunk + la + 1;
+        c->tokens_joined = true;
+        return 0;
+}
+
+void connection_set_access_token(Connection *c, char *access) {
+        if (c->tokens_joined) {
+                /* The refresh token moves to the front of the chunk, which
+                 * it then owns alone (no allocation: this cannot fail). */
+                char *chunk = c->access_token, *rt = c->refresh_token;
+                size_t lr = strlen(rt), total = (size_t) (rt - chunk) + lr + 1;
+
+                memmove(chunk, rt, lr + 1);
+                explicit_wipe(chunk + lr + 1, total - (lr + 1));
+                c->refresh_token = chunk;
+                c->tokens_joined = false;
+        } else
+                secret_free(c->access_token);
+        c->access_token = access;
+}
+
+void connection_set_refresh_token(Connection *c, char *refresh) {
+        if (c->tokens_joined) {
+                /* wiped in place; the access token keeps the chunk */
+                explicit_wipe(c->refresh_token, strlen(c->refresh_token));
+                c->tokens_joined = false;
+        } else
+                secret_free(c->refresh_token);
+        c->refresh_token = refresh;
 }
 
 int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,

@@ -38,6 +38,8 @@ typedef struct ConnDevice {
         char *verification_uri_complete;
 } ConnDevice;
 
+#define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
+
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
 
 /* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
@@ -45,34 +47,34 @@ typedef struct ConnDevice {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02    now
- *   struct (+ the name, same chunk)     480+32      416   392 B struct
- *   provider, scope x2, token type      4 x 32        0   interned (common/intern.c)
- *   identity                                32       32
- *   access + refresh token (82 B)       2 x 48   2 x 48   one chunk would save 16
- *   misc (SQLite's row, rounding)          ~32      ~31
- *   heap, per connection                   800      575   beyond tokens 718 -> 493
- *   hash bucket (load factor <= 1)        8-16     8-16   presized at start
- *   expiry heap slot                         8        8
- *   wheel, ordered map, hash node            0        0   intrusive (in the struct)
+ *                                     main 12-02  12-03 (557 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432   408 B struct
+ *   provider, scope x2, token type      4 x 32        0             0   interned (common/intern.c)
+ *   identity                                32       32            32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559   beyond tokens 718 -> 557 -> 477
+ *   hash bucket (load factor <= 1)        8-16     8-16          8-16   presized at start
+ *   expiry heap slot                         8        8             8
+ *   wheel, ordered map, hash node            0        0             0   intrusive (in the struct)
  *
  * Out of line, allocated only while used: the ACL, a pending device
- * authorization. What is left of the struct: 2 x 24 B hash nodes, the
- * 16-byte ordered-map node, the 32-byte timer entry, 17 pointers, 14
- * 8-byte times and counters. Next: the pending-authorization fields
- * (by_state, state_hash, code_verifier, pending_until, auth_state,
- * username: 64 B) and the refresh bookkeeping (queue links, inflight,
- * staged, retry_at, client_refresh_at, notified_at, waiters: ~80 B) out
- * of line; the tokens in one chunk; the hash node's key pointer (it is the
- * name). */
+ * authorization, a pending authorization's node in Manager.pending
+ * (manager_pending_link(): 24 B of every connection before). The three
+ * heap positions are 32 bits. What is left of the struct: a 24 B hash
+ * node, the 16-byte ordered-map node, the 32-byte timer entry, pointers,
+ * 8-byte times and counters, one word of small fields. Next: the rest of the
+ * pending-authorization fields (state_hash, code_verifier,
+ * pending_until, auth_state, username: 40 B) and the refresh bookkeeping
+ * (queue links, inflight, staged, retry_at, client_refresh_at,
+ * notified_at, waiters: ~72 B) out of line (both are mostly
+ * daemon/refresher.c's); the hash node's key pointer (it is the name: 8 B); a slab for the structs (the malloc
+ * header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
         HashmapNode by_name;       /* Manager.connections, key = name */
-        HashmapNode by_state;      /* Manager.pending, key = state_hash */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         TimerEntry timer;          /* next refresh, or pending expiry */
-        size_t expiry_idx;         /* position in Manager.expiry heap, or SIZE_MAX */
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
         usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
@@ -85,9 +87,15 @@ typedef struct Connection {
         bool pending_linked;
         bool queued;
         bool importing;            /* memory only: the next refresh proves an imported refresh token */
+        bool rt_unknown;           /* counted in Manager.rt.n_unknown (daemon/rtend.c) */
+        bool tokens_joined;        /* refresh_token is in access_token's chunk (connection_join_tokens()) */
+        /* Positions in Manager.expiry and Manager.rt's two heaps, or
+         * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
+        uint32_t expiry_idx;
+        uint32_t rt_idx[2];
 
         char *access_token;        /* secret */
-        char *refresh_token;       /* secret, never leaves the daemon */
+        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
         const char *token_type;    /* interned, like scope and requested_scope */
         const char *scope;         /* granted */
         const char *requested_scope;
@@ -105,10 +113,8 @@ typedef struct Connection {
         uint64_t refreshes;
 
         /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown;
-         * the end already warned about; positions in Manager.rt's heaps. */
+         * the end already warned about. */
         usec_t rt_end, rt_warned;
-        size_t rt_idx[2];
-        bool rt_unknown;           /* counted in Manager.rt.n_unknown */
 
         /* pending authorization */
         char *state_hash;
@@ -178,6 +184,17 @@ static inline bool connection_busy(const Connection *c) {
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);
+/* The tokens in one allocation (issue 9: one malloc chunk instead of two,
+ * 32 bytes less for 40-character tokens): refresh_token then points into
+ * access_token's chunk and tokens_joined is set. Only these functions (and
+ * connection_clear_tokens()) may replace or free a token of a connection:
+ * never secret_free() c->refresh_token directly. 0, or -ENOMEM (left as
+ * it was, still valid). */
+int connection_join_tokens(Connection *c);
+/* Replace one token (taken over; NULL drops it), the old one wiped.
+ * Never fails; the tokens are separate afterwards (join again). */
+void connection_set_access_token(Connection *c, char *access);
+void connection_set_refresh_token(Connection *c, char *refresh);
 /* Deadlines (refresh, retry, expiry) run on CLOCK_BOOTTIME: it neither
  * jumps with the wall clock nor stops during a suspend, so neither can make
  * the broker hand out an expired token or stampede the provider. */

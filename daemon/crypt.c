@@ -285,11 +285,10 @@ int crypt_seal(CryptKey *k, const void *aad, size_t aad_size, const void *p, siz
         return 0;
 }
 
-int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char **ret,
-               size_t *ret_size) {
+int crypt_open_into(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char *out,
+                    size_t cap) {
         const uint8_t *in = sealed, *nonce, *ct, *tag;
         EVP_CIPHER_CTX *ctx;
-        char *out;
         size_t m;
         int len, ok, r;
 
@@ -303,6 +302,8 @@ int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed
         m = n - CRYPT_OVERHEAD;
         if (m > CRYPT_PLAINTEXT_MAX || aad_size > INT_MAX)
                 return -EFBIG;
+        if (cap < m + 1)
+                return -ENOBUFS;
         nonce = in + 1;
         ct = nonce + CRYPT_NONCE_SIZE;
         tag = ct + m;
@@ -310,9 +311,6 @@ int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed
         r = key_ctx(k, false, &ctx);
         if (r < 0)
                 return r;
-        out = malloc(m + 1);
-        if (!out)
-                return -ENOMEM;
 
         ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 &&
              EVP_DecryptUpdate(ctx, NULL, &len, in, 1) == 1 &&
@@ -325,12 +323,29 @@ int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed
         ok = ok && EVP_DecryptFinal_ex(ctx, (uint8_t *) out + len, &len) == 1 && len == 0;
         if (!ok) {
                 explicit_wipe(out, m + 1);
-                free(out);
                 return -EBADMSG;
         }
         out[m] = 0;
+        return (int) m;
+}
+
+int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char **ret,
+               size_t *ret_size) {
+        /* a size crypt_open_into() refuses gets a byte: it never writes it */
+        size_t cap = n >= CRYPT_OVERHEAD && n - CRYPT_OVERHEAD <= CRYPT_PLAINTEXT_MAX ? n - CRYPT_OVERHEAD + 1 : 1;
+        char *out;
+        int r;
+
+        out = malloc(cap);
+        if (!out)
+                return -ENOMEM;
+        r = crypt_open_into(k, aad, aad_size, sealed, n, out, cap);
+        if (r < 0) {
+                free(out);
+                return r;
+        }
         *ret = out;
         if (ret_size)
-                *ret_size = m;
+                *ret_size = (size_t) r;
         return 0;
 }

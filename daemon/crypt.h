@@ -71,3 +71,9 @@ int crypt_seal(CryptKey *k, const void *aad, size_t aad_size, const void *p, siz
  * -EPROTONOSUPPORT for a version byte this build does not know. */
 int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char **ret,
                size_t *ret_size);
+/* The same into out (cap bytes; the plaintext is n - CRYPT_OVERHEAD bytes
+ * and a NUL): its length, or the errors above, -ENOBUFS if cap is too
+ * small. On -EBADMSG out's first n - CRYPT_OVERHEAD + 1 bytes are wiped.
+ * For a load that puts two values in one allocation. */
+int crypt_open_into(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char *out,
+                    size_t cap);

@@ -237,10 +237,12 @@ static void *follower_thread(void *userdata) {
 
 /* Tokens and what comes with them, from x into c (the row's are newer). */
 static void take_tokens(Manager *m, Connection *c, Connection *x) {
-        secret_free(c->access_token);
+        /* the pair as it is (one allocation, connection_join_tokens()) */
+        connection_clear_tokens(c);
         c->access_token = TAKE_PTR(x->access_token);
-        secret_free(c->refresh_token);
         c->refresh_token = TAKE_PTR(x->refresh_token);
+        c->tokens_joined = x->tokens_joined;
+        x->tokens_joined = false;
         intern_unref(c->token_type);
         c->token_type = TAKE_PTR(x->token_type);
         intern_unref(c->scope);

@@ -244,9 +244,9 @@ static void heap_remove(Manager *m, Connection *c) {
         size_t i = c->expiry_idx;
         Connection *last;
 
-        if (i == SIZE_MAX || i >= m->n_expiry || m->expiry[i] != c)
+        if (i == CONN_NO_IDX || i >= m->n_expiry || m->expiry[i] != c)
                 return;
-        c->expiry_idx = SIZE_MAX;
+        c->expiry_idx = CONN_NO_IDX;
         last = m->expiry[--m->n_expiry];
         if (i == m->n_expiry)
                 return;
@@ -258,7 +258,7 @@ static void heap_remove(Manager *m, Connection *c) {
 void manager_expiry_update(Manager *m, Connection *c) {
         rtend_update(m, c);   /* the refresh token's end, beside */
         bool want = c->access_token && c->expires_at > 0;
-        bool have = c->expiry_idx != SIZE_MAX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
+        bool have = c->expiry_idx != CONN_NO_IDX && c->expiry_idx < m->n_expiry && m->expiry[c->expiry_idx] == c;
 
         if (!want) {
                 if (have)
@@ -531,29 +531,60 @@ usec_t manager_next_refresh(Manager *m) {
 
 /* ---- connections ---------------------------------------------------- */
 
+/* A pending authorization's node in Manager.pending, out of line: only the
+ * few connections with an authorization under way pay for it (24 bytes of
+ * every connection before). Its key is the connection's state_hash, which
+ * stays unchanged while it is linked (unlink first, then change it). */
+typedef struct PendingNode {
+        HashmapNode node;
+        Connection *conn;
+} PendingNode;
+
 int manager_pending_link(Manager *m, Connection *c) {
+        PendingNode *p;
         int r;
 
         if (c->pending_linked || !c->state_hash)
                 return 0;
-        r = hashmap_put(m->pending, &c->by_state, c->state_hash);
-        if (r < 0)
+        p = new(PendingNode, 1);
+        if (!p)
+                return -ENOMEM;
+        p->conn = c;
+        r = hashmap_put(m->pending, &p->node, c->state_hash);
+        if (r < 0) {
+                free(p);
                 return r;
+        }
         c->pending_linked = true;
         return 0;
 }
 
 void manager_pending_unlink(Manager *m, Connection *c) {
+        HashmapNode *n;
+
         if (!c->pending_linked)
                 return;
-        hashmap_remove_node(m->pending, &c->by_state);
+        /* A state hash is linked once (hashmap_put() refuses a second):
+         * the node of this key is this connection's. */
+        n = hashmap_remove(m->pending, c->state_hash);
+        assert(n && container_of(n, PendingNode, node)->conn == c);
+        free(n ? container_of(n, PendingNode, node) : NULL);
         c->pending_linked = false;
 }
 
-static int manager_link(Manager *m, Connection *c) {
+Connection *manager_get_pending(Manager *m, const char *state_hash) {
+        HashmapNode *n = hashmap_get(m->pending, state_hash);
+
+        return n ? container_of(n, PendingNode, node)->conn : NULL;
+}
+
+/* loaded: from the store at start, whose names are unique (the schema
+ * says so): put without looking for the name first. */
+static int manager_link_as(Manager *m, Connection *c, bool loaded) {
         int r;
 
-        r = hashmap_put(m->connections, &c->by_name, c->name);
+        r = loaded ? hashmap_put_unique(m->connections, &c->by_name, c->name)
+                   : hashmap_put(m->connections, &c->by_name, c->name);
         if (r < 0)
                 return r;
         r = manager_pending_link(m, c);
@@ -564,11 +595,15 @@ static int manager_link(Manager *m, Connection *c) {
         /* Cannot fail: the hash map has just taken the same name. */
         r = ordmap_put(&m->ordered, &c->by_order);
         assert(r == 0);
-        c->expiry_idx = SIZE_MAX;
-        c->rt_idx[0] = c->rt_idx[1] = SIZE_MAX;
+        c->expiry_idx = CONN_NO_IDX;
+        c->rt_idx[0] = c->rt_idx[1] = CONN_NO_IDX;
         count_state(m, c, +1);
         manager_expiry_update(m, c);
         return 0;
+}
+
+static int manager_link(Manager *m, Connection *c) {
+        return manager_link_as(m, c, false);
 }
 
 /* Undoes manager_link() of a connection that never reached the store. */
@@ -658,7 +693,7 @@ static int load_one(Connection *c, void *userdata) {
         int r;
 
         c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
-        r = manager_link(m, c);
+        r = manager_link_as(m, c, true);
         if (r < 0) {
                 connection_free(c);
                 return r;
@@ -795,8 +830,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 char *rt = strdup(req->refresh_token);
                 if (!rt)
                         return -ENOMEM;
-                secret_free(c->refresh_token);
-                c->refresh_token = rt;
+                connection_set_refresh_token(c, rt);
         }
         c->updated_at = t;
 

@@ -171,6 +171,8 @@ bool manager_wants_device(const Provider *p, const AuthorizeRequest *req);
 /* The index of pending authorizations by state hash; idempotent. */
 int manager_pending_link(Manager *m, Connection *c);
 void manager_pending_unlink(Manager *m, Connection *c);
+/* The connection whose pending authorization has this state hash, or NULL. */
+Connection *manager_get_pending(Manager *m, const char *state_hash);
 
 /* Removes a connection from memory at once and queues its deletion from
  * the store. */

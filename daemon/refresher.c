@@ -848,13 +848,11 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 return;
         }
 
-        secret_free(c->access_token);
-        c->access_token = TAKE_PTR(st->access_token);
+        connection_set_access_token(c, TAKE_PTR(st->access_token));
         /* A refresh answer without a refresh token keeps the old one. */
-        if (st->refresh_token) {
-                secret_free(c->refresh_token);
-                c->refresh_token = TAKE_PTR(st->refresh_token);
-        }
+        if (st->refresh_token)
+                connection_set_refresh_token(c, TAKE_PTR(st->refresh_token));
+        (void) connection_join_tokens(c);   /* on ENOMEM they stay apart */
         intern_unref(c->token_type);
         c->token_type = TAKE_PTR(st->token_type);
         if (st->scope) {
@@ -921,7 +919,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
             (p->grant == GRANT_CLIENT_CREDENTIALS || p->grant == GRANT_PASSWORD)) {
                 log_info("%s: refresh token refused (%s); running the %s grant again.", c->name, strempty(error),
                          grant_to_string(p->grant));
-                c->refresh_token = secret_free(c->refresh_token);
+                connection_set_refresh_token(c, NULL);
                 (void) save(m, c);
                 if (refresh_start(m, c) >= 0)
                         return;
@@ -972,7 +970,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         if (o == OAUTH_PERMANENT && used_refresh_token && importing) {
                 /* Imported over an existing connection: the refused token
                  * replaced the old one; hold no token known to be bad. */
-                c->refresh_token = secret_free(c->refresh_token);
+                connection_set_refresh_token(c, NULL);
                 manager_event(m, c, "authorization-failed",
                               "import failed: the provider refused the refresh token: %s; token dropped",
                               strempty(error));

@@ -42,15 +42,15 @@ static void down(RtEnds *rt, int k, size_t i) {
 
 static bool member(const RtEnds *rt, int k, const Connection *c) {
         size_t i = c->rt_idx[k];
-        return i != SIZE_MAX && i < rt->n[k] && rt->h[k][i] == c;
+        return i != CONN_NO_IDX && i < rt->n[k] && rt->h[k][i] == c;
 }
 
 static void heap_del(RtEnds *rt, int k, Connection *c) {
         size_t i = c->rt_idx[k];
         Connection *last;
 
-        c->rt_idx[k] = SIZE_MAX;
-        if (i == SIZE_MAX || i >= rt->n[k] || rt->h[k][i] != c)
+        c->rt_idx[k] = CONN_NO_IDX;
+        if (i == CONN_NO_IDX || i >= rt->n[k] || rt->h[k][i] != c)
                 return;
         last = rt->h[k][--rt->n[k]];
         if (i == rt->n[k])

@@ -150,6 +150,13 @@ static int open_value(Store *s, int64_t id, const char *column, const void *p, s
         return crypt_open(s->key, aad, seal_aad(aad, id, column), p, n, ret, NULL);
 }
 
+static int open_value_into(Store *s, int64_t id, const char *column, const void *p, size_t n, char *out,
+                           size_t cap) {
+        char aad[SEAL_AAD_MAX];
+
+        return crypt_open_into(s->key, aad, seal_aad(aad, id, column), p, n, out, cap);
+}
+
 /* 1 when key_check holds the constant sealed under our key, 0 when there is
  * no check yet (nothing sealed), -EKEYREJECTED when it was sealed under
  * another key. Reads one row and nothing else. */
@@ -603,6 +610,47 @@ static int unseal(Store *s, const StoreRow *row, size_t j, const char *name, cha
         return 0;
 }
 
+/* Both tokens into one allocation, opened in place (issue 9: one malloc a
+ * connection instead of three, see connection_join_tokens()); a row with
+ * one token or none goes through unseal(). */
+static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
+        size_t m0, m1;
+        char *chunk;
+        int r;
+
+        if (!row->sealed[0] || !row->sealed[1] || row->sealed_size[0] < CRYPT_OVERHEAD ||
+            row->sealed_size[1] < CRYPT_OVERHEAD || row->sealed_size[0] - CRYPT_OVERHEAD > CRYPT_PLAINTEXT_MAX ||
+            row->sealed_size[1] - CRYPT_OVERHEAD > CRYPT_PLAINTEXT_MAX) {
+                if ((r = unseal(s, row, 0, c->name, &c->access_token)) < 0 ||
+                    (r = unseal(s, row, 1, c->name, &c->refresh_token)) < 0)
+                        return r;
+                return connection_join_tokens(c);
+        }
+        m0 = row->sealed_size[0] - CRYPT_OVERHEAD;
+        m1 = row->sealed_size[1] - CRYPT_OVERHEAD;
+        chunk = malloc(m0 + 1 + m1 + 1);
+        if (!chunk)
+                return -ENOMEM;
+        for (size_t j = 0; j < 2; j++) {
+                r = open_value_into(s, row->id, store_sealed_columns[j], row->sealed[j], row->sealed_size[j],
+                                    j == 0 ? chunk : chunk + m0 + 1, j == 0 ? m0 + 1 : m1 + 1);
+                if (r < 0) {
+                        explicit_wipe(chunk, m0 + 1 + m1 + 1);
+                        free(chunk);
+                        if (r == -ENOMEM)
+                                return r;
+                        store_set_error(s, "connection %" PRId64 " ('%.64s'): %s does not open under this key "
+                                        "(modified, or copied from elsewhere)", row->id, c->name,
+                                        store_sealed_columns[j]);
+                        return -EBADMSG;
+                }
+        }
+        c->access_token = chunk;
+        c->refresh_token = chunk + m0 + 1;
+        c->tokens_joined = true;
+        return 0;
+}
+
 size_t store_connection_count_hint(Store *s) {
         /* ids count from 1 and are never reused: the largest is an upper
          * bound, known since the store was opened */
@@ -663,8 +711,7 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
             (r = json_column(s, row, ROW_PARAMS, "params", &c->params)) < 0 ||
             (r = json_column(s, row, ROW_METADATA, "metadata", &c->metadata)) < 0)
                 return r;
-        if ((r = unseal(s, row, 0, c->name, &c->access_token)) < 0 ||
-            (r = unseal(s, row, 1, c->name, &c->refresh_token)) < 0 ||
+        if ((r = unseal_tokens(s, row, c)) < 0 ||
             (r = unseal(s, row, 2, c->name, &c->code_verifier)) < 0)
                 return r;
         c->expires_at = row->expires_at;

@@ -29,9 +29,14 @@
  * after interning, the name in the struct, the struct packed and the
  * device fields out of line; 557 B once the same day's merges added the
  * parameters and metadata (16 B of pointers) and the refresh token's end
- * (rt_end, rt_warned, two heap positions, a flag: about 40 B). A guard
- * against regressions, not the target (300 B: issue 9). */
-#define BUDGET_BEYOND_TOKENS 560
+ * (rt_end, rt_warned, two heap positions, a flag: about 40 B); 509 B
+ * with the pending-authorization hash node out of line and the three heap
+ * positions in 32 bits (a 408-byte struct, 432 with its name and malloc
+ * header); 477 B with both tokens in one chunk (96 B instead of 2 x 64).
+ * A guard against regressions, not the target (300 B: issue 9): 8 bytes
+ * more in the struct cross the next 16-byte malloc size and fail it, and
+ * so do the tokens apart again. */
+#define BUDGET_BEYOND_TOKENS 480
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1

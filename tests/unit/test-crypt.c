@@ -405,3 +405,27 @@ TEST(credential_preferred_over_key_file) {
         else
                 (void) unsetenv("CREDENTIALS_DIRECTORY");
 }
+
+TEST(open_into_a_buffer) {
+        _cleanup_free_ uint8_t *sealed = NULL;
+        char out[64];
+        size_t n = 0;
+
+        CHECK_EQ_INT(crypt_seal(&key_a, AAD("connections.refresh_token:7"), "rt-0123456789", 13, &sealed, &n), 0);
+        if (!sealed)
+                return;
+        /* exactly the value and its NUL, or -ENOBUFS without writing */
+        memset(out, 'X', sizeof out);
+        CHECK_EQ_INT(crypt_open_into(&key_a, AAD("connections.refresh_token:7"), sealed, n, out, 13), -ENOBUFS);
+        CHECK(out[0] == 'X');
+        CHECK_EQ_INT(crypt_open_into(&key_a, AAD("connections.refresh_token:7"), sealed, n, out, 14), 13);
+        CHECK_STREQ(out, "rt-0123456789");
+        CHECK(out[14] == 'X');
+        /* bound to its aad like crypt_open(); the buffer is wiped */
+        CHECK_EQ_INT(crypt_open_into(&key_a, AAD("connections.refresh_token:8"), sealed, n, out, sizeof out),
+                     -EBADMSG);
+        CHECK(out[0] == 0 && out[12] == 0);
+        sealed[0] ^= 0x80;
+        CHECK_EQ_INT(crypt_open_into(&key_a, AAD("connections.refresh_token:7"), sealed, n, out, sizeof out),
+                     -EPROTONOSUPPORT);
+}

@@ -435,3 +435,30 @@ TEST(reserve_presizes) {
         CHECK(hashmap_get(h, "k1") == &items[1].node);
         free(items);
 }
+
+TEST(put_unique_skips_the_lookup) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item *items = new0(Item, 5000);
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h) {
+                free(items);
+                return;
+        }
+        CHECK_EQ_INT(hashmap_put_unique(NULL, &items[0].node, "x"), -EINVAL);
+        CHECK_EQ_INT(hashmap_put_unique(h, NULL, "x"), -EINVAL);
+        CHECK_EQ_INT(hashmap_put_unique(h, &items[0].node, NULL), -EINVAL);
+        /* grows like hashmap_put() (no reservation), mixed with it */
+        for (unsigned i = 0; i < 5000; i++) {
+                snprintf(items[i].name, sizeof items[i].name, "c%07u", i);
+                CHECK_EQ_INT(i % 3 ? hashmap_put_unique(h, &items[i].node, items[i].name)
+                                   : hashmap_put(h, &items[i].node, items[i].name), 0);
+        }
+        CHECK_EQ_INT((int) hashmap_size(h), 5000);
+        for (unsigned i = 0; i < 5000; i++)
+                CHECK(hashmap_get(h, items[i].name) == &items[i].node);
+        /* hashmap_put() still refuses a name put without the lookup */
+        CHECK_EQ_INT(hashmap_put(h, &items[0].node, items[1].name), -EEXIST);
+        free(items);
+}

@@ -100,7 +100,7 @@ TEST(state_is_random_hashed_and_indexed) {
         CHECK(state && strlen(state) == 43);   /* 32 random bytes */
         CHECK(sha256_hex(state, strlen(state), hash) == 0);
         CHECK_STREQ(c->state_hash, hash);
-        CHECK(hashmap_get(m->pending, hash) == &c->by_state);
+        CHECK(manager_get_pending(m, hash) == c);
         /* the state itself is kept nowhere */
         CHECK(!strstr(c->state_hash, state));
         challenge = query_param(url, "code_challenge");
@@ -126,7 +126,7 @@ TEST(states_differ_and_reauthorize_replaces) {
         s3 = query_param(u3, "state");
         CHECK(!streq(s1, s3));
         CHECK(hashmap_get(m->pending, old_hash) == NULL);
-        CHECK(hashmap_get(m->pending, a->state_hash) == &a->by_state);
+        CHECK(manager_get_pending(m, a->state_hash) == a);
         CHECK_EQ_INT(hashmap_size(m->pending), 2);
         CHECK_EQ_INT(hashmap_size(m->connections), 2);
         manager_teardown(m);

@@ -184,3 +184,40 @@ TEST(sorted_inserts_stay_shallow) {
         CHECK_EQ_INT(ordmap_size(&m), N / 2);
         free(items);
 }
+
+/* ordmap_put()'s shortcut past the greatest key: appends, a key equal to
+ * the greatest, and keys inside, interleaved; the tree stays right. */
+TEST(appends_mixed_with_inserts) {
+        enum { N = 4000 };
+        Item *items = calloc(N, sizeof(Item));
+        Item dup = {};
+        Ordmap m;
+        OrdIter it;
+        unsigned n = 0;
+
+        if (!items) {
+                CHECK(false);
+                return;
+        }
+        ordmap_init(&m, item_key);
+        /* even numbers ascending (each one the new greatest), then every
+         * odd one inside, descending */
+        for (unsigned i = 0; i < N; i += 2) {
+                snprintf(items[i].name, sizeof items[i].name, "c%07u", i);
+                CHECK_EQ_INT(ordmap_put(&m, &items[i].node), 0);
+                snprintf(dup.name, sizeof dup.name, "c%07u", i);
+                CHECK_EQ_INT(ordmap_put(&m, &dup.node), -EEXIST);
+        }
+        CHECK_EQ_INT(ordmap_verify(&m), 0);
+        for (unsigned i = N - 1; i < N; i -= 2) {
+                snprintf(items[i].name, sizeof items[i].name, "c%07u", i);
+                CHECK_EQ_INT(ordmap_put(&m, &items[i].node), 0);
+        }
+        CHECK_EQ_INT(ordmap_verify(&m), 0);
+        CHECK_EQ_INT(ordmap_size(&m), N);
+        ordmap_seek(&m, &it, NULL, false);
+        for (OrdNode *x; (x = ordmap_iter_next(&it)); n++)
+                CHECK(item_of(x) == &items[n]);
+        CHECK_EQ_INT(n, N);
+        free(items);
+}

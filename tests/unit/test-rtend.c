@@ -33,7 +33,7 @@ TEST(heaps_and_unknown_count) {
         char rt[] = "rt";
 
         for (size_t i = 0; i < 64; i++) {
-                c[i].rt_idx[0] = c[i].rt_idx[1] = SIZE_MAX;
+                c[i].rt_idx[0] = c[i].rt_idx[1] = CONN_NO_IDX;
                 c[i].refresh_token = rt;
                 c[i].rt_end = i % 4 == 0 ? 0 : NOW + (usec_t) ((i * 37) % 64 + 1) * USEC_PER_SEC;
                 rtend_update(&m, &c[i]);
@@ -80,7 +80,7 @@ TEST(heap_order_under_removal) {
         usec_t last = 0;
 
         for (size_t i = 0; i < 100; i++) {
-                c[i].rt_idx[0] = c[i].rt_idx[1] = SIZE_MAX;
+                c[i].rt_idx[0] = c[i].rt_idx[1] = CONN_NO_IDX;
                 c[i].refresh_token = rt;
                 c[i].rt_end = NOW + (usec_t) ((i * 7919) % 1000 + 1);
                 rtend_update(&m, &c[i]);
