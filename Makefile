@@ -46,7 +46,7 @@ COMMON_SRC := common/log.c common/conf.c common/template.c common/util.c common/
 DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c daemon/manager.c \
 	daemon/refresher.c daemon/mhd.c daemon/api.c daemon/callback.c daemon/acl.c \
 	daemon/timerwheel.c daemon/crypt.c daemon/route.c daemon/pg.c daemon/store-sqlite.c daemon/store-pg.c daemon/cluster.c daemon/follower.c \
-	daemon/links.c daemon/link-token.c daemon/heap.c \
+	daemon/links.c daemon/links-db.c daemon/link-token.c daemon/heap.c daemon/store-wait.c daemon/pending.c \
 	daemon/proxy.c daemon/proxy-path.c \
 	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c \
 	daemon/rtend.c

@@ -1748,6 +1748,18 @@ static void on_links_written(int result, const char *error _unused_, void *userd
         mhd_loop_kick(&r->api->loop);
 }
 
+/* On PostgreSQL the answer comes after the links were read. */
+static void on_links_answer(unsigned status, char *body, void *userdata) {
+        ApiRequest *r = userdata;
+
+        if (!r->suspended) {
+                free(body);
+                return;
+        }
+        answer(r, status, body);
+        audit_record(r);
+}
+
 static void route_links(ApiRequest *r, const char *method, const char *url) {
         bool bad = false;
         const char *conn = arg_checked(r, "connection", &bad);
@@ -1760,7 +1772,11 @@ static void route_links(ApiRequest *r, const char *method, const char *url) {
         if (streq(method, "POST") || streq(method, "DELETE"))
                 audit_begin(r, streq(method, "POST") ? "link" : "unlink", NULL);
         k = links_api(r->api->manager, method, url, conn, r->body, r->body_len, r->peer->uid, &status, &body,
-                      on_links_written, r);
+                      on_links_written, on_links_answer, r);
+        if (k == 2) {
+                free(body);
+                return suspend(r, NULL);   /* answered and recorded by on_links_answer() */
+        }
         answer(r, status, body);
         audit_record(r);
         if (k > 0)

@@ -10,6 +10,7 @@
 #include "daemon/callback.h"
 #include "daemon/links.h"
 #include "daemon/mhd.h"
+#include "daemon/pending.h"
 #include "daemon/route.h"
 
 #define CALLBACK_CONNECTIONS_MAX 256
@@ -62,6 +63,8 @@ struct CbRequest {
         Connection *target;
         bool started;              /* on_request() has seen it */
         bool suspended, answered;
+        StoreWait *wait;           /* the store read it is suspended for (links, pending.h) */
+        bool looked_up;            /* the state was looked up in the database */
         CbRequest *next, *prev;
         unsigned status;
         char *page;
@@ -252,6 +255,26 @@ static void cb_resume(CbRequest *r) {
         MHD_resume_connection(r->conn);
 }
 
+static void cb_suspend(CbRequest *r) {
+        /* Waiting for the provider or the database is not the client's
+         * slowness. */
+        cb_conn_deadline(r->conn, 0);
+        MHD_suspend_connection(r->conn);
+        r->suspended = true;
+        r->next = r->cb->suspended;
+        if (r->cb->suspended)
+                r->cb->suspended->prev = r;
+        r->cb->suspended = r;
+}
+
+/* A store read it waited for is there (or its time is up). */
+static void cb_wake(void *userdata) {
+        CbRequest *r = userdata;
+
+        cb_resume(r);
+        mhd_loop_kick(&r->cb->loop);
+}
+
 static void on_exchanged(Connection *c, int result, void *userdata) {
         CbRequest *r = userdata;
         char msg[512];
@@ -307,6 +330,14 @@ static void handle_callback(CbRequest *r, const char *via) {
         if (sha256_hex(q.state, strlen(q.state), hash) < 0)
                 return answer(r, 500, "Authorization failed", "Internal error.");
         c = manager_get_pending(m, hash);
+        /* Started on another node, not brought by the follower yet: the
+         * database has it. */
+        if (!c && !r->looked_up) {
+                r->looked_up = true;
+                if (pending_lookup(m, hash, &r->wait, cb_wake, r) > 0)
+                        return cb_suspend(r);
+        }
+        r->wait = store_wait_release(r->wait);
         if (!c || c->pending_until < now(CLOCK_REALTIME))
                 return answer(r, 400, "Authorization failed",
                               "Unknown or expired authorization request. Start it again with tokenctl authorize.");
@@ -382,14 +413,7 @@ static void handle_callback(CbRequest *r, const char *via) {
         r->target = c;
         manager_wheel_rearm(m);
 
-        /* Waiting for the provider is not the client's slowness. */
-        cb_conn_deadline(r->conn, 0);
-        MHD_suspend_connection(r->conn);
-        r->suspended = true;
-        r->next = r->cb->suspended;
-        if (r->cb->suspended)
-                r->cb->suspended->prev = r;
-        r->cb->suspended = r;
+        cb_suspend(r);
 }
 
 static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void **req_cls,
@@ -400,6 +424,7 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void *
         cb_conn_deadline(conn, CALLBACK_TIMEOUT_SEC * USEC_PER_SEC);
         if (!r)
                 return;
+        r->wait = store_wait_release(r->wait);
         explicit_wipe(r->query, r->query_len);   /* it holds the code */
         free(r->query);
         free(r->page);
@@ -480,9 +505,15 @@ static enum MHD_Result on_request(void *cls _unused_, struct MHD_Connection *con
                 return MHD_YES;
         }
         if (!r->answered && !r->suspended && (tail = startswith(url, LINK_PATH))) {
+                enum MHD_Result ret = MHD_NO;
+
+                if (links_serve(r->cb->manager, conn, method, tail, &r->wait, cb_wake, r, &ret) > 0) {
+                        cb_suspend(r);
+                        return MHD_YES;
+                }
                 r->answered = true;
                 cb_conn_deadline(conn, 0);
-                return links_serve(r->cb->manager, conn, method, tail);
+                return ret;
         }
         if (!r->answered && !r->suspended) {
                 if (!streq(method, "GET") && !streq(method, "HEAD"))

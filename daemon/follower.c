@@ -56,6 +56,7 @@ struct Follower {
         size_t n_ids;
         bool overflow;
         Change *batch, **batch_tail;
+        usec_t test_delay;            /* TOKENBROKER_TEST_FOLLOWER_DELAY_MS: a test hook */
 };
 
 static Change *change_free(Change *x) {
@@ -71,10 +72,14 @@ static void batch_add(Follower *f, Change *x) {
         f->batch_tail = &x->next;
 }
 
+static bool wait_stop(Follower *f, usec_t usec);
+
 /* Hands the thread's batch to the loop. */
 static void batch_flush(Follower *f) {
         if (!f->batch)
                 return;
+        if (f->test_delay > 0)
+                (void) wait_stop(f, f->test_delay);   /* a test's slow follower */
         pthread_mutex_lock(&f->lock);
         *f->tail = f->batch;
         f->tail = f->batch_tail;
@@ -528,6 +533,15 @@ int follower_new(Manager *m, int64_t since, Follower **ret) {
         f->tail = &f->head;
         f->batch_tail = &f->batch;
         snprintf(f->node, sizeof f->node, "%s", m->config->node_name ?: "");
+        {
+                const char *d = getenv("TOKENBROKER_TEST_FOLLOWER_DELAY_MS");
+
+                if (d && atoi(d) > 0) {
+                        f->test_delay = MIN((usec_t) atoi(d), (usec_t) 30000) * USEC_PER_MSEC;
+                        log_warning("TOKENBROKER_TEST_FOLLOWER_DELAY_MS is set: other nodes' changes reach this node "
+                                    "%u ms late (a test hook).", (unsigned) (f->test_delay / USEC_PER_MSEC));
+                }
+        }
         pthread_mutex_init(&f->lock, NULL);
         pthread_cond_init(&f->wake, NULL);
         f->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -595,4 +609,8 @@ Follower *follower_free(Follower *f) {
 
 uint64_t follower_applied(Follower *f) {
         return f ? f->applied : 0;
+}
+
+void follower_apply(Follower *f, const StoreRow *row) {
+        apply_row(f, row);
 }

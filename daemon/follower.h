@@ -47,3 +47,9 @@ int follower_request_refresh(Follower *f, Connection *c, Waiter *w);
 
 /* Changes applied since the start (for tests and metrics). */
 uint64_t follower_applied(Follower *f);
+
+/* A row read outside the thread (daemon/pending.c: a callback for an
+ * authorization another node started, before the thread brought it):
+ * merged as if the thread had. */
+typedef struct StoreRow StoreRow;
+void follower_apply(Follower *f, const StoreRow *row);

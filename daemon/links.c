@@ -6,56 +6,45 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/callback.h"
+#include "daemon/links-db.h"
 #include "daemon/links.h"
+#include "daemon/store-wait.h"
 
-struct Link {
-        Link *next, *prev;
-        int64_t id;
-        char hash[65];
-        char *connection, *provider, *scope, *by_name;
-        bool creates;
-        int64_t by;                 /* uid, or -1: the broker */
-        usec_t created_at, expires_at, used_at, revoked_at;   /* CLOCK_REALTIME */
-};
+/* Ids each node keeps reserved on PostgreSQL (links_id): a mint takes
+ * one without a round trip, and two nodes never give the same. */
+#define LINK_IDS_MAX 16
+
+/* How long a page of the callback listener waits for the database (a link
+ * another node made, the click's claim) before it says to try again. */
+#define LINK_DB_WAIT (10 * USEC_PER_SEC)
 
 struct Links {
         Manager *manager;
-        Link *head, *tail;          /* oldest first */
+        Link *head, *tail;          /* oldest first (by id) */
         size_t n;
-        int64_t next_id;
+        int64_t next_id;            /* SQLite */
+        /* PostgreSQL: the table is shared with other nodes; memory is a
+         * cache that every listing, revocation and page refreshes first */
+        bool shared;
+        int64_t ids[LINK_IDS_MAX];
+        size_t n_ids;
+        bool refilling;
 };
 
 /* ---- rows ------------------------------------------------------------------ */
 
 typedef enum LinkOp {
         LINK_OP_INSERT,
-        LINK_OP_USED,
-        LINK_OP_REVOKED,
-        LINK_OP_DELETE_OLD,
+        LINK_OP_MARK,
 } LinkOp;
 
 typedef struct LinkWrite {
         LinkOp op;
+        LinkMark mark;
         int64_t id;
         usec_t at;                  /* used, revoked; delete: expired before */
         Link row;                   /* insert: strings owned */
 } LinkWrite;
-
-static void link_strings_free(Link *l) {
-        free(l->connection);
-        free(l->provider);
-        free(l->scope);
-        free(l->by_name);
-}
-
-static Link *link_free(Link *l) {
-        if (!l)
-                return NULL;
-        link_strings_free(l);
-        explicit_wipe(l->hash, sizeof l->hash);
-        free(l);
-        return NULL;
-}
 
 static void link_write_free(void *data) {
         LinkWrite *w = data;
@@ -67,59 +56,15 @@ static void link_write_free(void *data) {
         free(w);
 }
 
-static void bind_opt_text(sqlite3_stmt *st, int i, const char *s) {
-        if (s)
-                sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-        else
-                sqlite3_bind_null(st, i);
-}
-
 /* On the writer thread, inside its transaction. */
 static int link_write_run(Store *s, void *data) {
-        static const char *const sql[] = {
-                [LINK_OP_INSERT] = ("INSERT INTO links (id, hash, connection, provider, scope, creates, created_by, "
-                                    "created_by_name, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)"),
-                [LINK_OP_USED] = "UPDATE links SET used_at = ? WHERE id = ?",
-                [LINK_OP_REVOKED] = "UPDATE links SET revoked_at = ? WHERE id = ?",
-                [LINK_OP_DELETE_OLD] = "DELETE FROM links WHERE expires_at < ?",
-        };
         LinkWrite *w = data;
-        sqlite3 *db = store_sqlite(s);
-        sqlite3_stmt *st = NULL;
-        int rc;
+        int r;
 
-        rc = sqlite3_prepare_v2(db, sql[w->op], -1, &st, NULL);
-        if (rc != SQLITE_OK) {
-                store_custom_error(s, sqlite3_errmsg(db));
-                return -EIO;
-        }
-        switch (w->op) {
-        case LINK_OP_INSERT:
-                sqlite3_bind_int64(st, 1, w->row.id);
-                sqlite3_bind_text(st, 2, w->row.hash, -1, SQLITE_TRANSIENT);
-                sqlite3_bind_text(st, 3, w->row.connection, -1, SQLITE_TRANSIENT);
-                sqlite3_bind_text(st, 4, w->row.provider, -1, SQLITE_TRANSIENT);
-                bind_opt_text(st, 5, w->row.scope);
-                sqlite3_bind_int(st, 6, w->row.creates);
-                sqlite3_bind_int64(st, 7, w->row.by);
-                bind_opt_text(st, 8, w->row.by_name);
-                sqlite3_bind_int64(st, 9, (sqlite3_int64) w->row.created_at);
-                sqlite3_bind_int64(st, 10, (sqlite3_int64) w->row.expires_at);
-                break;
-        case LINK_OP_USED:
-        case LINK_OP_REVOKED:
-                sqlite3_bind_int64(st, 1, (sqlite3_int64) w->at);
-                sqlite3_bind_int64(st, 2, w->id);
-                break;
-        case LINK_OP_DELETE_OLD:
-                sqlite3_bind_int64(st, 1, (sqlite3_int64) w->at);
-                break;
-        }
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_DONE)
-                store_custom_error(s, sqlite3_errmsg(db));
-        sqlite3_finalize(st);
-        return rc == SQLITE_DONE ? 0 : -EIO;
+        if (w->op == LINK_OP_INSERT)
+                return links_db_insert(s, &w->row);
+        r = links_db_mark(s, w->mark, w->id, w->at);
+        return r < 0 ? r : 0;
 }
 
 static void link_write_done(int result, const char *error, void *userdata _unused_) {
@@ -136,29 +81,19 @@ static int link_queue(Manager *m, LinkWrite *w, store_done_fn fn, void *userdata
                                    fn ? userdata : NULL);
 }
 
-static int link_queue_mark(Manager *m, LinkOp op, int64_t id, usec_t at, store_done_fn fn, void *userdata) {
+static int link_queue_mark(Manager *m, LinkMark op, int64_t id, usec_t at, store_done_fn fn, void *userdata) {
         LinkWrite *w = new0(LinkWrite, 1);
 
         if (!w)
                 return -ENOMEM;
-        w->op = op;
+        w->op = LINK_OP_MARK;
+        w->mark = op;
         w->id = id;
         w->at = at;
         return link_queue(m, w, fn, userdata);
 }
 
 /* ---- the list ------------------------------------------------------------ */
-
-static void links_append(Links *L, Link *l) {
-        l->prev = L->tail;
-        l->next = NULL;
-        if (L->tail)
-                L->tail->next = l;
-        else
-                L->head = l;
-        L->tail = l;
-        L->n++;
-}
 
 static void links_remove(Links *L, Link *l) {
         if (l->prev)
@@ -188,7 +123,7 @@ static void links_purge(Manager *m) {
                 }
         }
         if (any)
-                (void) link_queue_mark(m, LINK_OP_DELETE_OLD, 0, before, NULL, NULL);
+                (void) link_queue_mark(m, LINK_MARK_DELETE_OLD, 0, before, NULL, NULL);
 }
 
 static Link *links_find_hash(Links *L, const char *hash) {
@@ -213,77 +148,130 @@ static bool link_live(const Link *l, usec_t t) {
         return !l->used_at && !l->revoked_at && t < l->expires_at;
 }
 
-static char *column_dup(sqlite3_stmt *st, int i) {
-        const unsigned char *s = sqlite3_column_text(st, i);
+/* Puts l (a row read from the table) into the list, in id order: a link
+ * this node holds takes the row's use and revocation (another node's),
+ * never losing its own (a change of its own may still be queued). */
+static void links_merge(Links *L, Link *l) {
+        Link *at;
 
-        return s ? strdup((const char *) s) : NULL;
+        for (at = L->tail; at && at->id > l->id; at = at->prev)
+                ;
+        if (at && at->id == l->id) {
+                at->used_at = at->used_at ?: l->used_at;
+                at->revoked_at = at->revoked_at ?: l->revoked_at;
+                link_free(l);
+                return;
+        }
+        if (L->n >= LINKS_MAX) {
+                link_free(l);
+                return;
+        }
+        /* after at (NULL: first) */
+        l->prev = at;
+        l->next = at ? at->next : L->head;
+        if (l->next)
+                l->next->prev = l;
+        else
+                L->tail = l;
+        if (at)
+                at->next = l;
+        else
+                L->head = l;
+        L->n++;
+}
+
+typedef struct LoadAll {
+        Links *L;
+        usec_t before;
+        bool old;
+        int64_t max_id;
+} LoadAll;
+
+static int load_one(Link *l, void *userdata) {
+        LoadAll *a = userdata;
+
+        a->max_id = MAX(a->max_id, l->id);
+        if (l->expires_at < a->before) {
+                a->old = true;
+                link_free(l);
+                return 0;
+        }
+        links_merge(a->L, l);
+        return 0;
+}
+
+/* PostgreSQL: reserves LINK_IDS_MAX ids in the background when fewer than
+ * half are left. */
+typedef struct IdRefill {
+        Links *L;
+        int64_t ids[LINK_IDS_MAX];
+} IdRefill;
+
+static int id_refill_run(Store *s, void *data) {
+        IdRefill *x = data;
+
+        return links_db_reserve_ids(s, x->ids, LINK_IDS_MAX);
+}
+
+static void id_refill_done(int result, const char *error, void *userdata) {
+        IdRefill *x = userdata;
+        Links *L = x->L;
+
+        L->refilling = false;
+        if (result < 0)
+                log_warning("Cannot reserve ids for re-authorization links: %s", error ?: "unknown error");
+        else
+                for (size_t i = 0; i < LINK_IDS_MAX && L->n_ids < LINK_IDS_MAX; i++)
+                        L->ids[L->n_ids++] = x->ids[i];
+        free(x);
+}
+
+static void ids_refill(Manager *m) {
+        Links *L = m->links;
+        IdRefill *x;
+
+        if (!L || !L->shared || L->refilling || L->n_ids >= LINK_IDS_MAX / 2 || !m->writer)
+                return;
+        x = new0(IdRefill, 1);
+        if (!x)
+                return;
+        x->L = L;
+        if (store_writer_custom(m->writer, id_refill_run, x, NULL, id_refill_done, x) < 0) {
+                free(x);
+                return;
+        }
+        L->refilling = true;
 }
 
 int links_new(Manager *m, Links **ret) {
         _cleanup_free_ Links *L = NULL;
-        sqlite3 *db = store_sqlite(m->store);
-        sqlite3_stmt *st = NULL;
-        usec_t before = usec_sub(now(CLOCK_REALTIME), LINK_KEEP_AFTER_EXPIRY);
-        bool old = false;
-        int rc, r = 0;
+        LoadAll a = {};
+        int r;
 
         L = new0(Links, 1);
         if (!L)
                 return -ENOMEM;
         L->manager = m;
         L->next_id = 1;
-        rc = sqlite3_prepare_v2(db,
-                                "SELECT id, hash, connection, provider, scope, creates, created_by, created_by_name, "
-                                "created_at, expires_at, used_at, revoked_at FROM links ORDER BY id",
-                                -1, &st, NULL);
-        if (rc != SQLITE_OK)
-                return log_error_errno(EIO, "Failed to read re-authorization links: %s", sqlite3_errmsg(db));
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                int64_t id = sqlite3_column_int64(st, 0);
-                const unsigned char *hash = sqlite3_column_text(st, 1);
-                Link *l;
-
-                L->next_id = MAX(L->next_id, id + 1);
-                if ((usec_t) sqlite3_column_int64(st, 9) < before) {
-                        old = true;
-                        continue;
-                }
-                if (!hash || strlen((const char *) hash) != 64 || L->n >= LINKS_MAX)
-                        continue;
-                l = new0(Link, 1);
-                if (!l) {
-                        r = -ENOMEM;
-                        break;
-                }
-                l->id = id;
-                memcpy(l->hash, hash, 65);
-                l->connection = column_dup(st, 2);
-                l->provider = column_dup(st, 3);
-                l->scope = column_dup(st, 4);
-                l->creates = sqlite3_column_int(st, 5) != 0;
-                l->by = sqlite3_column_int64(st, 6);
-                l->by_name = column_dup(st, 7);
-                l->created_at = (usec_t) sqlite3_column_int64(st, 8);
-                l->expires_at = (usec_t) sqlite3_column_int64(st, 9);
-                l->used_at = (usec_t) sqlite3_column_int64(st, 10);
-                l->revoked_at = (usec_t) sqlite3_column_int64(st, 11);
-                if (!l->connection || !l->provider) {
-                        link_free(l);
-                        r = -ENOMEM;
-                        break;
-                }
-                links_append(L, l);
+        L->shared = !store_sqlite(m->store);
+        a.L = L;
+        a.before = usec_sub(now(CLOCK_REALTIME), LINK_KEEP_AFTER_EXPIRY);
+        /* at the start, before the loop serves anyone: blocking is fine */
+        r = links_db_load(m->store, NULL, load_one, &a);
+        if (r >= 0 && L->shared) {
+                r = links_db_reserve_ids(m->store, L->ids, LINK_IDS_MAX);
+                if (r >= 0)
+                        L->n_ids = LINK_IDS_MAX;
         }
-        if (r >= 0 && rc != SQLITE_DONE)
-                r = log_error_errno(EIO, "Failed to read re-authorization links: %s", sqlite3_errmsg(db));
-        sqlite3_finalize(st);
         if (r < 0) {
+                log_error("Failed to read re-authorization links: %s", store_last_error(m->store));
                 while (L->head)
                         links_remove(L, L->head);
-                return r;
+                return r == -ENOMEM ? r : -EIO;
         }
-        if (old)
-                (void) link_queue_mark(m, LINK_OP_DELETE_OLD, 0, before, NULL, NULL);
+        L->next_id = a.max_id + 1;
+        if (a.old)
+                (void) link_queue_mark(m, LINK_MARK_DELETE_OLD, 0, a.before, NULL, NULL);
         *ret = TAKE_PTR(L);
         return 0;
 }
@@ -369,6 +357,12 @@ int links_mint(Manager *m, const char *name, const char *provider, const char *s
                 return -E2BIG;
         }
 
+        if (L->shared && L->n_ids == 0) {
+                ids_refill(m);
+                *ret_error = "no link id is reserved yet (the database is slow or away): try again";
+                return -EAGAIN;
+        }
+
         r = random_token(LINK_TOKEN_BYTES, &token);
         if (r < 0)
                 return r;
@@ -381,7 +375,7 @@ int links_mint(Manager *m, const char *name, const char *provider, const char *s
                 link_free(l);
                 return -ENOMEM;
         }
-        l->id = L->next_id;
+        l->id = L->shared ? L->ids[0] : L->next_id;
         l->connection = strdup(name);
         l->provider = strdup(p->name);
         l->scope = scope ? strdup(scope) : NULL;
@@ -409,8 +403,13 @@ int links_mint(Manager *m, const char *name, const char *provider, const char *s
                 *ret_error = "cannot store the link";
                 return r;
         }
-        L->next_id++;
-        links_append(L, l);
+        if (L->shared) {
+                memmove(L->ids, L->ids + 1, (L->n_ids - 1) * sizeof L->ids[0]);
+                L->n_ids--;
+                ids_refill(m);
+        } else
+                L->next_id++;
+        links_merge(L, l);
         format_who(who, sizeof who, by, by_name);
         (void) format_timestamp(until, sizeof until, l->expires_at);
         manager_event_named(m, name, "link-created", "re-authorization link %lld made by %s, valid until %s",
@@ -425,7 +424,7 @@ static int link_revoke(Manager *m, Link *l, const char *who, store_done_fn fn, v
         int r;
 
         l->revoked_at = now(CLOCK_REALTIME);
-        r = link_queue_mark(m, LINK_OP_REVOKED, l->id, l->revoked_at, fn, userdata);
+        r = link_queue_mark(m, LINK_MARK_REVOKED, l->id, l->revoked_at, fn, userdata);
         manager_event_named(m, l->connection, "link-revoked", "re-authorization link %lld revoked by %s",
                             (long long) l->id, who);
         return r;
@@ -557,10 +556,10 @@ static int api_mint(Manager *m, const char *body, size_t body_len, uid_t uid, un
         json_decref(root);
         if (k < 0) {
                 unsigned status = k == -ENOENT ? 404 : k == -EEXIST || k == -E2BIG ? 409 : k == -EOPNOTSUPP ? 422
-                                : k == -EINVAL || k == -ERANGE ? 400 : 500;
+                                : k == -EINVAL || k == -ERANGE ? 400 : k == -EAGAIN ? 503 : 500;
                 const char *code = status == 404 ? API_ERR_NOT_FOUND : status == 409 ? API_ERR_CONFLICT
                                  : status == 422 ? API_ERR_UNSUPPORTED : status == 400 ? API_ERR_INVALID_REQUEST
-                                 : API_ERR_SERVER;
+                                 : status == 503 ? API_ERR_UNAVAILABLE : API_ERR_SERVER;
                 return API_ANSWER(status, error_json(code, error ?: "cannot make the link"));
         }
         {
@@ -627,14 +626,11 @@ static int api_unlink(Manager *m, const char *arg, uid_t uid, unsigned *ret_stat
         return 1;
 }
 
-int links_api(Manager *m, const char *method, const char *url, const char *query_connection, const char *body,
-              size_t body_len, uid_t uid, unsigned *ret_status, char **ret_body, store_done_fn fn,
-              void *userdata) {
+static int links_api_now(Manager *m, const char *method, const char *url, const char *query_connection,
+                         const char *body, size_t body_len, uid_t uid, unsigned *ret_status, char **ret_body,
+                         store_done_fn fn, void *userdata) {
         const char *arg = startswith(url, "/v1/links/");
 
-        if (!m->links && m->store && !store_sqlite(m->store))
-                return API_ANSWER(501, error_json(API_ERR_UNAVAILABLE,
-                                                  "re-authorization links need the SQLite store for now"));
         if (!m->links)
                 return API_ANSWER(503, error_json(API_ERR_UNAVAILABLE, "shutting down"));
         if (!arg || !*arg) {
@@ -649,6 +645,131 @@ int links_api(Manager *m, const char *method, const char *url, const char *query
         if (streq(method, "DELETE"))
                 return api_unlink(m, arg, uid, ret_status, ret_body, fn, userdata);
         return API_ANSWER(405, error_json(API_ERR_METHOD, "method not allowed"));
+}
+
+/* PostgreSQL: other nodes mint, use and revoke links in the same table.
+ * Every API call first reads it on the writer's thread (after this
+ * node's own queued changes), merges it into memory, then runs as on
+ * SQLite. At most LINKS_MAX rows: one round trip. */
+typedef struct ApiCall {
+        Manager *manager;
+        char *method, *url, *query, *body;
+        size_t body_len;
+        uid_t uid;
+        store_done_fn fn;
+        links_answer_fn answer;
+        void *userdata;
+        Link *loaded;               /* the writer's, then the loop's: next-linked */
+} ApiCall;
+
+static void loaded_free(Link **list) {
+        while (*list) {
+                Link *l = *list;
+
+                *list = l->next;
+                link_free(l);
+        }
+}
+
+static void api_call_free(ApiCall *c) {
+        if (!c)
+                return;
+        free(c->method);
+        free(c->url);
+        free(c->query);
+        if (c->body)
+                explicit_wipe(c->body, c->body_len);
+        free(c->body);
+        loaded_free(&c->loaded);
+        free(c);
+}
+
+static int collect(Link *l, void *userdata) {
+        Link **list = userdata;
+
+        l->next = *list;   /* newest first: merged from the back */
+        *list = l;
+        return 0;
+}
+
+static int api_call_run(Store *s, void *data) {
+        ApiCall *c = data;
+
+        loaded_free(&c->loaded);   /* a retried batch starts again */
+        return links_db_load(s, NULL, collect, &c->loaded);
+}
+
+/* Merges a next-linked list of rows into memory (none left in it). */
+static void merge_loaded(Manager *m, Link **list) {
+        while (*list) {
+                Link *l = *list;
+
+                *list = l->next;
+                l->next = NULL;
+                if (m->links)
+                        links_merge(m->links, l);
+                else
+                        link_free(l);
+        }
+}
+
+static void api_call_done(int result, const char *error, void *userdata) {
+        ApiCall *c = userdata;
+        Manager *m = c->manager;
+        unsigned status = 500;
+        char *body = NULL;
+        int k = 0;
+
+        if (result < 0) {
+                log_warning("Cannot read re-authorization links: %s", error ?: "unknown error");
+                status = 503;
+                body = error_json(API_ERR_UNAVAILABLE, "cannot read the links from the database");
+        } else {
+                merge_loaded(m, &c->loaded);
+                k = links_api_now(m, c->method, c->url, c->query, c->body, c->body_len, c->uid, &status, &body,
+                                  c->fn, c->userdata);
+        }
+        c->answer(status, body, c->userdata);
+        if (k <= 0)
+                c->fn(0, NULL, c->userdata);   /* the answer is ready: resume */
+        api_call_free(c);
+}
+
+int links_api(Manager *m, const char *method, const char *url, const char *query_connection, const char *body,
+              size_t body_len, uid_t uid, unsigned *ret_status, char **ret_body, store_done_fn fn,
+              links_answer_fn answer, void *userdata) {
+        ApiCall *c;
+        int r;
+
+        if (!m->links || !m->links->shared)
+                return links_api_now(m, method, url, query_connection, body, body_len, uid, ret_status, ret_body, fn,
+                                     userdata);
+        c = new0(ApiCall, 1);
+        if (!c || !(c->method = strdup(method)) || !(c->url = strdup(url)) ||
+            (query_connection && !(c->query = strdup(query_connection))) ||
+            (body && !(c->body = malloc(body_len + 1)))) {
+                api_call_free(c);
+                return API_ANSWER(500, error_json(API_ERR_SERVER, "out of memory"));
+        }
+        if (body) {
+                memcpy(c->body, body, body_len);
+                c->body[body_len] = 0;
+        }
+        c->manager = m;
+        c->body_len = body_len;
+        c->uid = uid;
+        c->fn = fn;
+        c->answer = answer;
+        c->userdata = userdata;
+        r = m->writer ? store_writer_custom(m->writer, api_call_run, c, NULL, api_call_done, c) : -ESHUTDOWN;
+        if (r < 0) {
+                api_call_free(c);
+                return API_ANSWER(503, error_json(API_ERR_UNAVAILABLE, "shutting down"));
+        }
+        /* answered by api_call_done() */
+        *ret_status = 500;
+        *ret_body = NULL;
+        return 2;
 }
 
 /* ---- the page ------------------------------------------------------------ */
@@ -788,28 +909,33 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, unsigned statu
         return respond(conn, status, error_page(title, message), CSP_BASE "; form-action 'none'", NULL);
 }
 
-enum MHD_Result links_serve(Manager *m, struct MHD_Connection *conn, const char *method, const char *token) {
-        Links *L = m->links;
+static void link_unclaim(Manager *m, Link *l, usec_t at) {
+        if (l->used_at != at)
+                return;
+        l->used_at = 0;
+        (void) link_queue_mark(m, LINK_MARK_UNUSED, l->id, at, NULL, NULL);
+}
+
+/* The page for link l (NULL: none) at t, or the click's answer. claimed:
+ * the database marked it used at claimed_at for this click (PostgreSQL);
+ * undone when the authorization cannot start. */
+static enum MHD_Result links_page(Manager *m, struct MHD_Connection *conn, const char *method, Link *l,
+                                  bool claimed, usec_t claimed_at, usec_t t) {
         _cleanup_free_ char *origin = NULL, *csp = NULL;
         _cleanup_secret_ char *url = NULL;
         const char *error = NULL;
         const Provider *p;
         Connection *c;
-        char hash[65], at[64];
-        usec_t t = now(CLOCK_REALTIME);
-        Link *l = NULL;
+        char at[64];
         int k;
 
-        if (L && link_token_hash(token, hash) >= 0)
-                l = links_find_hash(L, hash);
-        explicit_wipe(hash, sizeof hash);
         if (!l) {
                 log_debug("callback: a re-authorization link that does not exist was opened.");
                 return respond_error(conn, 404, "Unknown link",
                                      "This re-authorization link does not exist (it may be mistyped, or forgotten "
                                      "a day after it expired).");
         }
-        if (l->used_at) {
+        if (l->used_at && !claimed) {
                 char msg[200];
 
                 snprintf(msg, sizeof msg, "This re-authorization link was already used, at %s. Each link works once.",
@@ -823,11 +949,17 @@ enum MHD_Result links_serve(Manager *m, struct MHD_Connection *conn, const char 
         c = manager_get(m, l->connection);
         p = broker_config_find_provider(m->config, l->provider);
         /* A connection of that name made after the link is another one. */
-        if (!l->creates && (!c || c->created_at > l->created_at))
+        if (!l->creates && (!c || c->created_at > l->created_at)) {
+                if (claimed)
+                        link_unclaim(m, l, claimed_at);
                 return respond_error(conn, 410, "Connection gone",
                                      "The connection this link was made for no longer exists.");
-        if (!p)
+        }
+        if (!p) {
+                if (claimed)
+                        link_unclaim(m, l, claimed_at);
                 return respond_error(conn, 410, "Provider gone", "The provider of this link is no longer configured.");
+        }
 
         if (!streq(method, "POST")) {
                 /* The button's form posts here; the redirect that follows
@@ -839,6 +971,12 @@ enum MHD_Result links_serve(Manager *m, struct MHD_Connection *conn, const char 
                 return respond(conn, 200, link_page(m, l, c, p), csp, NULL);
         }
 
+        /* On PostgreSQL the database's claim decides (another node may
+         * have been clicked at the same instant). */
+        if (m->links && m->links->shared && !claimed)
+                return respond_error(conn, 410, "Link already used",
+                                     "This re-authorization link was already used. Each link works once.");
+
         /* The click: only now are state and PKCE made. */
         {
                 AuthorizeRequest req = { .name = l->connection, .provider = l->provider, .scope = l->scope };
@@ -848,15 +986,127 @@ enum MHD_Result links_serve(Manager *m, struct MHD_Connection *conn, const char 
         if (k < 0 || !url) {
                 char msg[300];
 
+                if (claimed)
+                        link_unclaim(m, l, claimed_at);
                 snprintf(msg, sizeof msg, "The authorization could not be started: %s. The link was not used; try "
                                           "again later.", error ?: k < 0 ? strerror(-k) : "the provider needs no browser");
                 return respond_error(conn, k == -EBUSY || k == -EEXIST ? 409 : 500, "Cannot start", msg);
         }
-        l->used_at = t;
-        (void) link_queue_mark(m, LINK_OP_USED, l->id, t, NULL, NULL);
+        if (!claimed) {
+                l->used_at = t;
+                (void) link_queue_mark(m, LINK_MARK_USED, l->id, t, NULL, NULL);
+        }
         manager_event_named(m, l->connection, "link-used",
                             "re-authorization link %lld used: authorization started at provider %s",
                             (long long) l->id, l->provider);
         return respond(conn, 303, message_page("Continue at the provider", "Continue at the provider's sign-in page.", NULL),
                        CSP_BASE "; form-action 'none'", url);
 }
+
+/* PostgreSQL: the link as the table has it now (another node may have
+ * made, used or revoked it), and on the button the claim: one
+ * conditional UPDATE, so of two nodes clicked at once one starts the
+ * authorization and the other says "already used". */
+typedef struct ServeOp {
+        char hash[65];
+        bool claim;
+        usec_t at;                  /* the claim's time */
+        bool claimed;
+        Link *loaded;               /* the writer's, then the loop's */
+} ServeOp;
+
+static void serve_op_free(void *data) {
+        ServeOp *op = data;
+
+        if (!op)
+                return;
+        loaded_free(&op->loaded);
+        explicit_wipe(op->hash, sizeof op->hash);
+        free(op);
+}
+
+static int serve_op_run(Store *s, void *data) {
+        ServeOp *op = data;
+        int k;
+
+        loaded_free(&op->loaded);
+        op->claimed = false;
+        k = links_db_load(s, op->hash, collect, &op->loaded);
+        if (k < 0 || !op->claim || !op->loaded)
+                return k;
+        k = links_db_mark(s, LINK_MARK_USED, op->loaded->id, op->at);
+        if (k < 0)
+                return k;
+        op->claimed = k > 0;
+        if (op->claimed) {
+                op->loaded->used_at = op->at;
+                return 0;
+        }
+        /* Not ours: used, revoked or expired, maybe by another node's
+         * click that this UPDATE waited for. Read it again as it is now. */
+        loaded_free(&op->loaded);
+        return links_db_load(s, op->hash, collect, &op->loaded);
+}
+
+static void serve_op_done(Manager *m, int result, void *data, bool abandoned) {
+        ServeOp *op = data;
+
+        if (result < 0)
+                return;
+        if (abandoned && op->claimed) {
+                /* nobody waits for the claim any more: the link stays usable */
+                op->claimed = false;
+                op->loaded->used_at = 0;
+                (void) link_queue_mark(m, LINK_MARK_UNUSED, op->loaded->id, op->at, NULL, NULL);
+        }
+        merge_loaded(m, &op->loaded);
+}
+
+int links_serve(Manager *m, struct MHD_Connection *conn, const char *method, const char *token, StoreWait **wait,
+                void (*wake)(void *userdata), void *userdata, enum MHD_Result *ret) {
+        Links *L = m->links;
+        char hash[65] = "";
+        usec_t t = now(CLOCK_REALTIME), claimed_at = 0;
+        bool claimed = false;
+        Link *l = NULL;
+        int k;
+
+        if (*wait) {
+                ServeOp *op = store_wait_data(*wait);
+
+                k = store_wait_result(*wait);
+                claimed = k >= 0 && op->claimed;
+                claimed_at = op->at;
+                l = k >= 0 && L ? links_find_hash(L, op->hash) : NULL;
+                *wait = store_wait_release(*wait);
+                if (k < 0) {
+                        log_warning("callback: a re-authorization link could not be read from the database: %s",
+                                    k == -ETIMEDOUT ? "no answer in time" : strerror(-k));
+                        *ret = respond_error(conn, 503, "Try again",
+                                             "The broker cannot reach its database just now. Try again in a minute.");
+                        return 0;
+                }
+                if (claimed && (!l || l->used_at != claimed_at))
+                        claimed = false;   /* cannot be: memory full */
+        } else if (L && L->shared && link_token_hash(token, hash) >= 0) {
+                ServeOp *op = new0(ServeOp, 1);
+
+                if (!op)
+                        return *ret = MHD_NO, 0;
+                memcpy(op->hash, hash, sizeof hash);
+                explicit_wipe(hash, sizeof hash);
+                op->claim = streq(method, "POST");
+                op->at = t;
+                k = store_wait_start(m, LINK_DB_WAIT, serve_op_run, serve_op_done, op, serve_op_free, wake, userdata,
+                                     wait);
+                if (k >= 0)
+                        return 1;
+                *ret = respond_error(conn, 503, "Try again", "The broker is busy or stopping. Try again in a minute.");
+                return 0;
+        } else if (L && link_token_hash(token, hash) >= 0)
+                l = links_find_hash(L, hash);
+        explicit_wipe(hash, sizeof hash);
+        *ret = links_page(m, conn, method, l, claimed, claimed_at, t);
+        return 0;
+}
+

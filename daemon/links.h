@@ -18,6 +18,7 @@
 /* ---- the daemon ------------------------------------------------------- */
 
 typedef struct Link Link;
+typedef struct StoreWait StoreWait;
 
 /* Loads the links table (at startup, before the loop serves anyone) and
  * queues the deletion of rows expired more than a day ago. */
@@ -49,13 +50,23 @@ void links_mint_automatic(Manager *m, Connection *c, char **ret_url);
  *   DELETE /v1/links/ID or /v1/links/NAME (every live link of NAME)
  * Fills *ret_status and *ret_body (JSON). Returns 1 when a write was
  * queued: fn(result, error, userdata) runs once it is durable (answer
- * then); 0 when the answer is ready now. */
+ * then); 0 when the answer is ready now. On PostgreSQL (other nodes share
+ * the table) it first reads the table on the writer's thread and returns
+ * 2 (no answer yet): answer(status, body, userdata) gives it later, then
+ * fn (result 0, or the write's) runs once it may be sent. */
+typedef void (*links_answer_fn)(unsigned status, char *body, void *userdata);
 bool links_api_path(const char *url);
 int links_api(Manager *m, const char *method, const char *url, const char *query_connection, const char *body,
               size_t body_len, uid_t uid, unsigned *ret_status, char **ret_body, store_done_fn fn,
-              void *userdata);
+              links_answer_fn answer, void *userdata);
 
 /* GET, HEAD or POST /oauth/start/TOKEN on the callback listener (token:
  * what follows LINK_PATH, as sent). Queues the answer (a page, or a 303
- * to the provider). */
-enum MHD_Result links_serve(Manager *m, struct MHD_Connection *conn, const char *method, const char *token);
+ * to the provider) and returns 0 (*ret: MHD's result). On PostgreSQL it
+ * first reads the link (and on POST claims it) on the writer's thread:
+ * it returns 1 with *wait set, the caller suspends the request, wake
+ * (userdata) runs once the answer is there (or LINK_DB_WAIT is up), and
+ * the caller calls again with the same *wait. A request that goes while
+ * suspended releases *wait (store_wait_release()). */
+int links_serve(Manager *m, struct MHD_Connection *conn, const char *method, const char *token, StoreWait **wait,
+                void (*wake)(void *userdata), void *userdata, enum MHD_Result *ret);

@@ -1543,13 +1543,9 @@ int manager_startup(Manager *m) {
         if (getenv("TOKENBROKER_TEST_WRITER_STALL"))
                 log_warning("TOKENBROKER_TEST_WRITER_STALL is set: the store writer holds each commit while '%s' "
                             "exists (a test hook).", getenv("TOKENBROKER_TEST_WRITER_STALL"));
-        /* Links live in a SQLite table for now: on PostgreSQL there are
-         * none (the API says so) until the HA work brings them over. */
-        if (store_sqlite(m->store)) {
-                r = links_new(m, &m->links);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to load re-authorization links from '%s': %m", db);
-        }
+        r = links_new(m, &m->links);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load re-authorization links from '%s': %m", db);
         log_info("Loaded %zu connections (%u active, %u pending, %u need re-authorization) in %" PRIu64
                  " ms (%" PRIu64 " ms CPU).",
                  hashmap_size(m->connections), m->n_state[CONN_ACTIVE], m->n_state[CONN_PENDING],

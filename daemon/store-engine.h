@@ -137,3 +137,6 @@ const StoreEngine *store_engine_for(const char *where);
 /* The SQLite engine's handle of db (store_sqlite() is the Store's). */
 struct sqlite3;
 struct sqlite3 *store_sqlite_db(StoreDb *db);   /* store_engine_sqlite's handles only */
+/* The PostgreSQL engine's (store_pg() is the Store's). */
+struct PgDb;
+struct PgDb *store_pg_db(StoreDb *db);          /* store_engine_pg's handles only */

@@ -615,6 +615,10 @@ static int pgs_events_list(StoreDb *d, const char *connection, int64_t before_id
                                 &p, event_one, &x);
 }
 
+PgDb *store_pg_db(StoreDb *d) {
+        return d->pg;
+}
+
 const StoreEngine store_engine_pg = {
         .name = "postgresql",
         .open = pgs_open,

@@ -409,6 +409,10 @@ sqlite3 *store_sqlite(Store *s) {
         return s && s->engine == &store_engine_sqlite && s->db ? store_sqlite_db(s->db) : NULL;
 }
 
+struct PgDb *store_pg(Store *s) {
+        return s && s->engine == &store_engine_pg && s->db ? store_pg_db(s->db) : NULL;
+}
+
 static int id_list_format(const unsigned *ids, unsigned n, char *buf, size_t size) {
         size_t off = 0;
 

@@ -247,6 +247,9 @@ int store_writer_custom(StoreWriter *w, store_custom_fn run, void *data, void (*
 /* The SQLite handle: the loop's for reads at startup, the writer's inside
  * a store_custom_fn; NULL on PostgreSQL. */
 sqlite3 *store_sqlite(Store *s);
+/* The same for PostgreSQL (daemon/pg.h): NULL on SQLite. */
+struct PgDb;
+struct PgDb *store_pg(Store *s);
 void store_custom_error(Store *s, const char *error);
 
 /* Changes queued whose completion has not run yet. */
