@@ -102,48 +102,55 @@ async function show(node, name) {
   return r.code === 0 ? JSON.parse(r.stdout) : null;
 }
 
-test('two nodes on one PostgreSQL: a link minted on a works once on b, links and unlink on any node, a callback on the node that did not start the authorization',
-  { timeout: 300000 }, async (t) => {
-    const pg = await Postgres.start({ fsync: false });
-    const lb = await startBalancer();
-    const a = await Broker.prepare();
-    const b = await Broker.prepare();
-    const op = await startOidc({
-      accessTokenTtl: 600,
-      redirectUris: [`${lb.url}/oauth/callback`, `${lb.url}/oauth/callback/local`],
-      quiet: true,
-    });
-    t.after(async () => {
-      await a.stop();
-      await b.stop();
-      await op.close();
-      await lb.close();
-      await pg.destroy();
-    });
-    const key = path.join(a.dir, 'state', 'tokenbroker.key');
-    for (const [node, name] of [[a, 'a'], [b, 'b']]) {
-      node.publicUrl = lb.url;   // both behind the balancer
-      node.opts = {
-        providers: { local: oidcProviderConf(op) },
-        secrets: { 'local.secret': op.clientSecret },
-        broker: {
-          store: pg.uri(),
-          store_password_file: pg.passwordFile,
-          node_name: name,
-          ...(node === b ? { key_file: key } : {}),
-        },
-        ...(node === b ? { env: { TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(FOLLOWER_DELAY_MS) } } : {}),
-      };
-      node.writeConfig();
-      await node.launch();   // a first: it makes the key b shares
+/** Two nodes a and b on one PostgreSQL behind the balancer; b's follower is held FOLLOWER_DELAY_MS behind. */
+async function cluster(t) {
+  const pg = await Postgres.start({ fsync: false });
+  const lb = await startBalancer();
+  const a = await Broker.prepare();
+  const b = await Broker.prepare();
+  const op = await startOidc({
+    accessTokenTtl: 600,
+    redirectUris: [`${lb.url}/oauth/callback`, `${lb.url}/oauth/callback/local`],
+    quiet: true,
+  });
+  t.after(async () => {
+    await a.stop();
+    await b.stop();
+    await op.close();
+    await lb.close();
+    await pg.destroy();
+  });
+  const key = path.join(a.dir, 'state', 'tokenbroker.key');
+  for (const [node, name] of [[a, 'a'], [b, 'b']]) {
+    node.publicUrl = lb.url;   // both behind the balancer
+    node.opts = {
+      providers: { local: oidcProviderConf(op) },
+      secrets: { 'local.secret': op.clientSecret },
+      broker: {
+        store: pg.uri(),
+        store_password_file: pg.passwordFile,
+        node_name: name,
+        ...(node === b ? { key_file: key } : {}),
+      },
+      ...(node === b ? { env: { TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(FOLLOWER_DELAY_MS) } } : {}),
+    };
+    node.writeConfig();
+    await node.launch();   // a first: it makes the key b shares
+  }
+  await waitFor(async () => {
+    for (const n of [a, b]) {
+      const st = await n.api('GET', '/v1/status');
+      if ((st.json.nodes ?? []).filter((x) => x.alive).length !== 2) return false;
     }
-    await waitFor(async () => {
-      for (const n of [a, b]) {
-        const st = await n.api('GET', '/v1/status');
-        if ((st.json.nodes ?? []).filter((x) => x.alive).length !== 2) return false;
-      }
-      return true;
-    }, { timeoutMs: 30000, what: 'two live nodes on both nodes' });
+    return true;
+  }, { timeoutMs: 30000, what: 'two live nodes on both nodes' });
+
+  return { pg, lb, a, b, op };
+}
+
+test('two nodes on one PostgreSQL: a link minted on a works once on b; tokenctl links and unlink on any node; two clicks at once start one authorization',
+  { timeout: 300000 }, async (t) => {
+    const { lb, a, b, op } = await cluster(t);
 
     // 1. A link minted on a, for a connection still to make.
     const link = await mint(a, ['alice', '--provider', 'local', '--link']);
@@ -208,7 +215,13 @@ test('two nodes on one PostgreSQL: a link minted on a works once on b, links and
     assert.match((pa.status === 410 ? pa : pb).text, /already used/);
     assert.match((pa.status === 303 ? pa : pb).headers.location, new RegExp(`^http://127\\.0\\.0\\.1:${op.port}/`));
 
-    // 7. An authorization started on a whose callback lands on b before b's
+  });
+
+test('two nodes on one PostgreSQL: the callback of an authorization started on a lands on b before b\'s follower brought it, and succeeds',
+  { timeout: 300000 }, async (t) => {
+    const { lb, a, b } = await cluster(t);
+
+    // An authorization started on a whose callback lands on b before b's
     // follower (held FOLLOWER_DELAY_MS behind) brought it.
     lb.target = b.port;
     const auth = a.ctlAsync(['authorize', 'bob', '--provider', 'local', '--timeout', '60']);
@@ -226,7 +239,7 @@ test('two nodes on one PostgreSQL: a link minted on a works once on b, links and
     assert.equal((await show(b, 'bob')).state, 'active');
     assert.equal((await show(a, 'bob')).state, 'active');
 
-    // 8. A state nobody started is still refused on b, after its look in the database.
+    // A state nobody started is still refused on b, after its look in the database.
     const bogus = await httpGet(`http://127.0.0.1:${b.port}/oauth/callback/local?state=nobody-started-this&code=x`);
     assert.equal(bogus.status, 400, bogus.text);
     assert.match(bogus.text, /Unknown or expired authorization request/);
