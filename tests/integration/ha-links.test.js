@@ -20,12 +20,14 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 
 const { startOidc } = require('../lib/oidc-server.js');
 const { runFlow, commonStep, authorizeInBrowser } = require('../lib/browser.js');
-const { Broker, waitFor, httpGet, oidcProviderConf } = require('../lib/broker.js');
+const { Broker, waitFor, httpGet, oidcProviderConf, noteRun, BUILD } = require('../lib/broker.js');
 const { recordSecret } = require('../lib/suite.js');
 const { Postgres } = require('../lib/pg.js');
 
@@ -243,4 +245,34 @@ test('two nodes on one PostgreSQL: the callback of an authorization started on a
     const bogus = await httpGet(`http://127.0.0.1:${b.port}/oauth/callback/local?state=nobody-started-this&code=x`);
     assert.equal(bogus.status, 400, bogus.text);
     assert.match(bogus.text, /Unknown or expired authorization request/);
+  });
+
+function runBinary(bin, env, timeoutMs) {
+  return new Promise((resolve) => {
+    const p = spawn(bin, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code, signal) => { clearTimeout(timer); resolve({ code, signal, out }); });
+  });
+}
+
+test('the links table on PostgreSQL (tests/pg/test-links-db.c): the statements as on SQLite, ids two nodes reserve never collide, two nodes claiming one link at once 100 times get it once each time, a pending authorization found by its state hash',
+  { timeout: 180000 }, async (t) => {
+    const pg = await Postgres.start({ fsync: false });
+    t.after(() => pg.destroy());
+    const bin = path.join(BUILD, 'pg-tests', 'test-links-db');
+    assert.ok(fs.existsSync(bin), `${bin} is not built (make)`);
+    const r = await runBinary(bin, {
+      TB_PG_URI: `postgresql://tokenbroker@127.0.0.1:${pg.port}/`,
+      TB_PG_PASSWORD_FILE: pg.passwordFile,
+    }, 150000);
+    noteRun('test-links-db', r.out);
+    const last = r.out.trim().split('\n').pop();
+    const m = /^(\d+) passed, (\d+) failed$/.exec(last);
+    assert.ok(m, `no summary line (exit ${r.code ?? r.signal}):\n${r.out.slice(-3000)}`);
+    assert.equal(Number(m[2]), 0, r.out.slice(-3000));
+    assert.ok(Number(m[1]) >= 4, `only ${m[1]} tests ran`);
+    assert.equal(r.code, 0, r.out.slice(-3000));
   });
