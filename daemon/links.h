@@ -4,8 +4,10 @@
 /* Re-authorization links: PUBLIC_URL/oauth/start/TOKEN on the callback
  * listener, single use, valid for a while (7 days unless said, at most
  * 30). TOKEN is 32 random bytes, base64url; only its SHA-256 is kept, in
- * memory and in the links table (sql/0004-links.sql), written through the
- * store writer. Opening the link shows a page (GET changes nothing); its
+ * memory and in the links table (sql/0004-links.sql; on PostgreSQL
+ * sql/pg/0004-links.sql, shared by every node: memory is then a cache the
+ * API and the page refresh from the table first, and the click claims the
+ * row in the database), written through the store writer. Opening the link shows a page (GET changes nothing); its
  * button POSTs to the same URL, which marks the link used and only then
  * starts the authorization (manager_authorize(): state, PKCE and the
  * pending_ttl window start at the click) with a 303 to the provider. */
