@@ -17,6 +17,9 @@
  *   whose callback the balancer sends to b, whose follower is held 8 s
  *   behind (a test hook), succeeds: b reads the pending authorization from
  *   the database.
+ *
+ * And the links table's statements on PostgreSQL (tests/pg/test-links-db.c,
+ * run here against its own throwaway cluster).
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
