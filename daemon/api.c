@@ -1044,6 +1044,8 @@ static void route_create(ApiRequest *r) {
                         answer_error(r, 422, API_ERR_UNSUPPORTED, error ?: "not supported by the provider");
                 else if (k == -EINVAL)
                         answer_error(r, 400, API_ERR_INVALID_REQUEST, error ?: "invalid request");
+                else if (k == -EAGAIN)
+                        answer_unavailable(r, error ?: "busy; retry in a moment", USEC_PER_SEC);
                 else
                         answer_error(r, k == -E2BIG ? 409 : 500, k == -E2BIG ? API_ERR_CONFLICT : API_ERR_SERVER,
                                      error ?: "cannot start the authorization");

@@ -841,6 +841,11 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                  * the disk. No token is in it yet, and the first grant's
                  * commit comes after it in the queue. */
                 c->id = store_connection_id_new(m->store);
+                if (c->id < 0) {
+                        /* several nodes: the next block of ids is on its way */
+                        *ret_error = "no connection id available yet (the store is busy); retry in a moment";
+                        return (int) c->id;
+                }
                 r = store_row_new(m->store, c, &row);
                 if (r < 0) {
                         *ret_error = "cannot store the connection";
