@@ -250,6 +250,20 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
         return due;
 }
 
+/* Several nodes: a connection of a grant without a user (client
+ * credentials, password) waits for its first grant, which the node that
+ * holds its lease makes (the node that made the connection seldom holds
+ * it: leases are the heartbeat's). */
+static bool first_grant_wanted(Manager *m, const Connection *c) {
+        const Provider *p;
+
+        if (!m->cluster || c->state != CONN_PENDING || c->refresh_token || c->access_token || c->state_hash ||
+            connection_device_pending(c))
+                return false;
+        p = manager_provider(m, c);
+        return p && (p->grant == GRANT_CLIENT_CREDENTIALS || p->grant == GRANT_PASSWORD);
+}
+
 void refresher_schedule(Manager *m, Connection *c) {
         usec_t due = USEC_INFINITY;
 
@@ -261,6 +275,8 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = deadline_from_realtime(c->pending_until);
         else if (c->state == CONN_ACTIVE)
                 due = refresh_due(m, c);
+        else if (first_grant_wanted(m, c))
+                due = now(DEADLINE_CLOCK);
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
                 due = MIN(due, deadline_from_realtime(c->pending_until));
@@ -354,7 +370,8 @@ void refresher_on_timer(Manager *m, Connection *c) {
         retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
         if (retry)
                 c->retry_at = 0;
-        if (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK))
+        if ((c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)) ||
+            first_grant_wanted(m, c))
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);
