@@ -125,15 +125,31 @@ void refresher_image(const Connection *c, Connection *ret) {
 }
 
 static void wake_waiters(Connection *c, int result) {
-        /* Waiters may add new waiters or free themselves: detach first. */
-        Waiter *w = c->waiters;
+        /* Waiters may add new waiters or free themselves: detach first.
+         * A waiter for the insert (Waiter.on_insert) stays, unless the
+         * connection goes. */
+        Waiter *w = c->waiters, *wake = NULL, **wake_tail = &wake, *keep = NULL, **keep_tail = &keep;
 
-        c->waiters = NULL;
         while (w) {
                 Waiter *next = w->next;
+
                 w->next = NULL;
-                w->fn(c, result, w->userdata);
+                if (w->on_insert && result != -ECANCELED) {
+                        *keep_tail = w;
+                        keep_tail = &w->next;
+                } else {
+                        *wake_tail = w;
+                        wake_tail = &w->next;
+                }
                 w = next;
+        }
+        c->waiters = keep;
+        while (wake) {
+                Waiter *next = wake->next;
+
+                wake->next = NULL;
+                wake->fn(c, result, wake->userdata);
+                wake = next;
         }
 }
 
