@@ -76,19 +76,15 @@ async function create(b, name) {
   }
 }
 
-test('three nodes on one PostgreSQL: 400 connections made on two nodes at once get distinct ids and reach every node; a delete missed during a database cut still reaches the node; the same name made on two nodes at once has one winner', { timeout: 300000 }, async (t) => {
-  const fp = await startFakeProvider({ record: false });
-  const pg = await Postgres.start({ fsync: false });
-  const proxy = await startCutProxy(pg.port);
-  const nodes = [];
-  for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
-  t.after(async () => {
-    for (const b of nodes) await b.stop().catch(() => {});
-    await proxy.close();
-    await pg.destroy();
-    await fp.close();
-  });
+let fp, pg, proxy;
+const nodes = [];
+let a, b, c;
 
+test.before(async () => {
+  fp = await startFakeProvider({ record: false });
+  pg = await Postgres.start({ fsync: false });
+  proxy = await startCutProxy(pg.port);
+  for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
   const names = ['a', 'b', 'c'];
   const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
   for (let i = 0; i < 3; i++) {
@@ -109,7 +105,7 @@ test('three nodes on one PostgreSQL: 400 connections made on two nodes at once g
     nodes[i].writeConfig();
     await nodes[i].launch();   // a first: it makes the key the others share
   }
-  const [a, b, c] = nodes;
+  [a, b, c] = nodes;
   await waitFor(async () => {
     for (const n of nodes) {
       const st = await n.api('GET', '/v1/status');
@@ -117,8 +113,16 @@ test('three nodes on one PostgreSQL: 400 connections made on two nodes at once g
     }
     return true;
   }, { timeoutMs: 30000, what: 'three live nodes on every node' });
+}, { timeout: 120000 });
 
-  // 1. 200 connections on a and 200 on b, at the same time.
+test.after(async () => {
+  for (const n of nodes) await n.stop().catch(() => {});
+  if (proxy) await proxy.close();
+  if (pg) await pg.destroy();
+  if (fp) await fp.close();
+});
+
+test('a and b create 200 connections each at the same time: 400 rows with distinct ids, every node serves every token', { timeout: 300000 }, async (t) => {
   const onA = Array.from({ length: PER_NODE }, (_, i) => `ida-${String(i).padStart(3, '0')}`);
   const onB = Array.from({ length: PER_NODE }, (_, i) => `idb-${String(i).padStart(3, '0')}`);
   const statuses = {};
@@ -147,16 +151,19 @@ test('three nodes on one PostgreSQL: 400 connections made on two nodes at once g
     return missing.length === 0;
   }, { timeoutMs: 90000, intervalMs: 1000, what: 'every token on every node' }).catch(async (e) => {
     const first = missing[0];
-    const seen = await Promise.all(nodes.map((n) => n.api('GET', `/v1/connections/${first}/token`).then((r) => `${r.status} ${r.json?.error ?? ''} ${r.json?.error_description ?? ''}`)));
-    const row = await pg.psql(`SELECT id, state, lease_node, last_error FROM connections WHERE name = '${first}'`);
+    const seen = await Promise.all(nodes.map((n) => n.api('GET', `/v1/connections/${first}/token`).then((r) => `${r.status} ${r.json?.error ?? ''}`)));
+    const row = await pg.psql(`SELECT id, state, lease_node FROM connections WHERE name = '${first}'`);
     throw new Error(`${e.message}: ${missing.length} missing or different (${missing.slice(0, 5).join(', ')}); ${first}: ${seen.join(' | ')}; row ${row.trim()}`);
   });
-  const grants = (await pg.psql('SELECT count(*) FROM connections WHERE state = \'active\'')).trim();
-  assert.equal(Number(grants), all.length);
+  t.diagnostic(`creates: ${JSON.stringify(statuses)}`);
+});
 
-  // 2. A revoke on a while c's database link is cut.
-  const victim = onA[7];
-  assert.ok(await tokenOf(c, victim));
+test('a connection revoked on a while c\'s database link is cut is gone from c within seconds after the link returns', { timeout: 120000 }, async (t) => {
+  const victim = 'cut-victim';
+  const other = 'cut-survivor';
+  for (const name of [victim, other]) assert.equal((await create(a, name)).status, 201);
+  await waitFor(async () => (await c.api('GET', `/v1/connections/${victim}`)).status === 200 &&
+    (await c.api('GET', `/v1/connections/${other}`)).status === 200, { timeoutMs: 20000, what: 'both on c' });
   proxy.cut();
   await sleep(1500);
   const del = await a.api('DELETE', `/v1/connections/${victim}`);
@@ -166,16 +173,17 @@ test('three nodes on one PostgreSQL: 400 connections made on two nodes at once g
     { timeoutMs: 10000, what: 'the delete on b' });
   await sleep(2000);
   // cut off, c still has it (it cannot know)
-  assert.equal((await c.api('GET', `/v1/connections/${victim}/token`)).status, 200, 'c learnt of the delete during the cut');
+  assert.equal((await c.api('GET', `/v1/connections/${victim}`)).status, 200, 'c learnt of the delete during the cut');
   proxy.restore();
   const back = Date.now();
   await waitFor(async () => (await c.api('GET', `/v1/connections/${victim}/token`)).status === 404,
     { timeoutMs: 15000, intervalMs: 200, what: 'the revoked connection gone from c after its link returned' });
   const goneAfter = Date.now() - back;
-  // everything else is still there on c
-  for (const name of [onA[0], onB[0], onA[8]]) assert.ok(await tokenOf(c, name), `${name} on c`);
+  assert.equal((await c.api('GET', `/v1/connections/${other}`)).status, 200, 'the other connection is still on c');
+  t.diagnostic(`the delete reached c ${goneAfter} ms after its link returned`);
+});
 
-  // 3. The same name on a and b at once.
+test('the same name created on a and b at once: one 201, one clear 409, both nodes end with the winner\'s connection', { timeout: 120000 }, async (t) => {
   const results = [];
   for (let round = 0; round < 3; round++) {
     const name = `same-${round}`;
@@ -185,14 +193,14 @@ test('three nodes on one PostgreSQL: 400 connections made on two nodes at once g
     assert.deepEqual(codes, [201, 409], `one winner, one clear 409: ${results.join('; ')} (${ra.text} ${rb.text})`);
     const loser = ra.status === 409 ? ra : rb;
     assert.equal(loser.json.error, 'conflict', loser.text);
-    assert.match(loser.json.error_description, /another node|exists/, loser.text);
-    const rows1 = (await pg.psql(`SELECT count(*) FROM connections WHERE name = '${name}'`)).trim();
-    assert.equal(rows1, '1');
+    assert.match(loser.json.error_description, /another node/, loser.text);
+    const rows = (await pg.psql(`SELECT count(*) FROM connections WHERE name = '${name}'`)).trim();
+    assert.equal(rows, '1');
     // both end with the winner's connection: the same token on a, b and c
     await waitFor(async () => {
       const toks = await Promise.all(nodes.map((n) => tokenOf(n, name)));
       return toks[0] && toks.every((x) => x === toks[0]);
     }, { timeoutMs: 30000, intervalMs: 250, what: `${name}: the winner's token on every node` });
   }
-  t.diagnostic(`creates: ${JSON.stringify(statuses)}; delete reached c ${goneAfter} ms after its link returned; ${results.join('; ')}`);
+  t.diagnostic(results.join('; '));
 });
