@@ -140,6 +140,9 @@ typedef struct StoreEngine {
         /* Of ids, those no row has (a full comparison), each to fn. */
         int (*ids_missing)(StoreDb *db, const int64_t *ids, size_t n, int (*fn)(int64_t id, void *userdata),
                            void *userdata);
+        /* How many connections there are (ids in blocks have gaps: the
+         * largest says little). */
+        int (*count)(StoreDb *db, int64_t *ret);
 } StoreEngine;
 
 extern const StoreEngine store_engine_sqlite;

@@ -762,6 +762,19 @@ static int pgs_ids_missing(StoreDb *d, const int64_t *ids, size_t n, int (*fn)(i
                                 &p, missing_one, &x);
 }
 
+static int pgs_count(StoreDb *d, int64_t *ret) {
+        PGresult *res = NULL;
+        int r;
+
+        d->error[0] = 0;
+        r = pg_db_query(d->pg, "SELECT count(*)::bigint FROM connections", NULL, &res);
+        if (r < 0)
+                return r;
+        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
+        PQclear(res);
+        return 0;
+}
+
 const StoreEngine store_engine_pg = {
         .name = "postgresql",
         .open = pgs_open,
@@ -795,4 +808,5 @@ const StoreEngine store_engine_pg = {
         .deleted_horizon = pgs_deleted_horizon,
         .deleted_prune = pgs_deleted_prune,
         .ids_missing = pgs_ids_missing,
+        .count = pgs_count,
 };

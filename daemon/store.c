@@ -23,6 +23,7 @@ struct Store {
         CryptKey *key;             /* seals the secret columns; wiped on close */
         char error[256];           /* what went wrong beyond the engine, if anything */
         int64_t next_id;           /* store_connection_id_new() */
+        int64_t count_hint;        /* the number of connections, counted at the first ask (ids with gaps) */
         char *where;               /* the file or URI, for the writer's own handle */
         char *password;            /* the same */
         char *node;                /* the same: StoreOptions.node */
@@ -671,6 +672,13 @@ static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
 }
 
 size_t store_connection_count_hint(Store *s) {
+        /* several nodes: counted (at start: a blocking read is fine),
+         * since ids come in blocks, with gaps */
+        if (s->engine->count) {
+                if (s->count_hint == 0 && s->engine->count(s->db, &s->count_hint) < 0)
+                        s->count_hint = 0;
+                return (size_t) MAX(s->count_hint, (int64_t) 0);
+        }
         /* ids count from 1 and are never reused: the largest is an upper
          * bound, known since the store was opened */
         return s->next_id > 1 ? (size_t) (s->next_id - 1) : 0;

@@ -99,7 +99,8 @@ unsigned store_schema_version(Store *s);
 
 /* Calls fn for each stored connection; fn takes ownership of c. */
 /* An upper bound of the number of connections (the span of their ids),
- * for presizing; 0 when there are none or on error. O(log n). */
+ * for presizing; 0 when there are none or on error. O(log n); on
+ * PostgreSQL (ids in blocks, with gaps) a count, read once. */
 size_t store_connection_count_hint(Store *s);
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata);
 
