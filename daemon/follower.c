@@ -167,7 +167,7 @@ static int on_deleted(int64_t id, int64_t version, const char *name, void *userd
 /* Everything with a version above after: rows, and the tombstones of
  * deletes. If tombstones above after were pruned already (a node cut off
  * for longer than STORE_TOMBSTONE_AGE), the loop compares everything it
- * holds with the table instead (follower_full_check()). */
+ * holds with the table instead (full_check_start()). */
 static int catch_up(Follower *f, Store *s, int64_t after) {
         int64_t horizon = 0;
         int r;
@@ -585,12 +585,15 @@ static void apply_delete(Follower *f, int64_t id, const char *name) {
  * those no row has any more. A connection made after the barrier is not
  * in the list, so nothing new is taken for deleted. */
 static void on_full_barrier(int result, const char *error _unused_, void *userdata) {
-        Follower *f = userdata;
-        Manager *m = f->manager;
-        size_t n = hashmap_size(m->connections), i = 0;
+        Manager *m = userdata;
+        Follower *f = m->follower;   /* NULL: stopped meanwhile (the barrier completes at the writer's flush) */
+        size_t n, i = 0;
         Change *x;
         OrdIter it;
 
+        if (!f || !m->connections)
+                return;
+        n = hashmap_size(m->connections);
         if (result < 0 || !(x = new0(Change, 1)))
                 goto fail;
         x->check_ids = new(int64_t, MAX(n, (size_t) 1));
@@ -627,8 +630,8 @@ fail:
 }
 
 static void full_check_start(Follower *f) {
-        if (!f->manager->writer || store_writer_barrier(f->manager->writer, on_full_barrier, f) < 0)
-                on_full_barrier(-ENOMEM, NULL, f);
+        if (!f->manager->writer || store_writer_barrier(f->manager->writer, on_full_barrier, f->manager) < 0)
+                on_full_barrier(-ENOMEM, NULL, f->manager);
 }
 
 /* A bounded number a wake-up: the rest on the next turn. */

@@ -183,6 +183,31 @@ test('a connection revoked on a while c\'s database link is cut is gone from c w
   t.diagnostic(`the delete reached c ${goneAfter} ms after its link returned`);
 });
 
+test('a delete whose tombstone was pruned while c was cut off: c compares what it holds with the table and forgets it', { timeout: 120000 }, async (t) => {
+  const victim = 'pruned-victim';
+  const other = 'pruned-survivor';
+  for (const name of [victim, other]) assert.equal((await create(a, name)).status, 201);
+  await waitFor(async () => (await c.api('GET', `/v1/connections/${victim}`)).status === 200 &&
+    (await c.api('GET', `/v1/connections/${other}`)).status === 200, { timeoutMs: 20000, what: 'both on c' });
+  proxy.cut();
+  await sleep(1500);
+  const del = await a.api('DELETE', `/v1/connections/${victim}`);
+  assert.ok(del.status === 200 || del.status === 204, `revoke: ${del.status} ${del.text}`);
+  // as a day's pruning would: the tombstone goes, the horizon passes it
+  await pg.psql('UPDATE deleted_connections_pruned SET version = (SELECT last_value FROM connections_version); ' +
+    'DELETE FROM deleted_connections');
+  assert.equal((await c.api('GET', `/v1/connections/${victim}`)).status, 200, 'c learnt of the delete during the cut');
+  proxy.restore();
+  const back = Date.now();
+  await waitFor(async () => (await c.api('GET', `/v1/connections/${victim}`)).status === 404,
+    { timeoutMs: 20000, intervalMs: 200, what: 'the connection gone from c by the full comparison' });
+  const goneAfter = Date.now() - back;
+  assert.equal((await c.api('GET', `/v1/connections/${other}`)).status, 200, 'the other connection is still on c');
+  assert.ok(await tokenOf(c, 'ida-000'), 'the first test\'s connections are still on c');
+  assert.match(c.log(), /Comparing \d+ connections with the database/);
+  t.diagnostic(`the full comparison removed it ${goneAfter} ms after the link returned`);
+});
+
 test('the same name created on a and b at once: one 201, one clear 409, both nodes end with the winner\'s connection', { timeout: 120000 }, async (t) => {
   const results = [];
   for (let round = 0; round < 3; round++) {
