@@ -194,8 +194,9 @@ test('a delete whose tombstone was pruned while c was cut off: c compares what i
   const del = await a.api('DELETE', `/v1/connections/${victim}`);
   assert.ok(del.status === 200 || del.status === 204, `revoke: ${del.status} ${del.text}`);
   // as a day's pruning would: the tombstone goes, the horizon passes it
-  await pg.psql('UPDATE deleted_connections_pruned SET version = (SELECT last_value FROM connections_version); ' +
-    'DELETE FROM deleted_connections');
+  // (an old build has no tombstones: nothing to prune, the check below fails)
+  const pruned = await pg.psql('UPDATE deleted_connections_pruned SET version = (SELECT last_value FROM connections_version); ' +
+    'DELETE FROM deleted_connections').then(() => true, (e) => { t.diagnostic(`no tombstones to prune: ${e.message}`); return false; });
   assert.equal((await c.api('GET', `/v1/connections/${victim}`)).status, 200, 'c learnt of the delete during the cut');
   proxy.restore();
   const back = Date.now();
@@ -204,6 +205,7 @@ test('a delete whose tombstone was pruned while c was cut off: c compares what i
   const goneAfter = Date.now() - back;
   assert.equal((await c.api('GET', `/v1/connections/${other}`)).status, 200, 'the other connection is still on c');
   assert.ok(await tokenOf(c, 'ida-000'), 'the first test\'s connections are still on c');
+  assert.ok(pruned, 'the tombstones were pruned');
   assert.match(c.log(), /Comparing \d+ connections with the database/);
   t.diagnostic(`the full comparison removed it ${goneAfter} ms after the link returned`);
 });
