@@ -131,7 +131,8 @@ struct ApiRequest {
         const char *content_type;   /* default application/json */
         ListStream *stream;         /* a listing, written as MHD sends it */
         bool status_created;        /* ROUTE_CREATE: 201, not 200 */
-        char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable */
+        char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable; a
+                                     * create on several nodes: the 201 body, once the insert is */
 
         /* the audit trail: a mutating admin route, recorded once its
          * handler has decided (audit_record()) */
@@ -663,6 +664,29 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
         }
 }
 
+/* A create on several nodes: its insert is durable, or failed. */
+static void on_inserted(Connection *c _unused_, int result, void *userdata) {
+        ApiRequest *r = userdata;
+        bool was_suspended = r->suspended;
+
+        r->target = NULL;
+        if (result == 0 && r->revoke_answer)
+                answer(r, 201, TAKE_PTR(r->revoke_answer));
+        else if (result == 0)
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+        else if (result == -EEXIST || result == -ECANCELED)
+                answer_error(r, 409, API_ERR_CONFLICT,
+                             "a connection of this name was made on another node at the same moment; that one "
+                             "exists, this one was not made");
+        else
+                answer_unavailable(r, "cannot store the connection (the store's database is out of reach); retry",
+                                   0);
+        if (was_suspended) {
+                resume(r);
+                mhd_loop_kick(&r->api->loop);
+        }
+}
+
 static int on_wait_timeout(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
         ApiRequest *r = userdata;
         Connection *c = r->target;
@@ -1044,6 +1068,8 @@ static void route_create(ApiRequest *r) {
                         answer_error(r, 422, API_ERR_UNSUPPORTED, error ?: "not supported by the provider");
                 else if (k == -EINVAL)
                         answer_error(r, 400, API_ERR_INVALID_REQUEST, error ?: "invalid request");
+                else if (k == -EAGAIN)
+                        answer_unavailable(r, error ?: "busy; retry in a moment", USEC_PER_SEC);
                 else
                         answer_error(r, k == -E2BIG ? 409 : 500, k == -E2BIG ? API_ERR_CONFLICT : API_ERR_SERVER,
                                      error ?: "cannot start the authorization");
@@ -1053,6 +1079,18 @@ static void route_create(ApiRequest *r) {
                 json_t *j = connection_json(m, c);
                 if (j && url)
                         json_object_set_new(j, "authorize_url", json_string(url));
+                if (!existed && m->cluster) {
+                        /* Several nodes: 201 once the insert is durable; a
+                         * 409 if the name was taken on another node at the
+                         * same moment (manager_insert_clustered()). */
+                        free(r->revoke_answer);
+                        r->revoke_answer = dump(j);
+                        r->route = ROUTE_CREATE;
+                        r->waiter = (Waiter) { .fn = on_inserted, .userdata = r, .on_insert = true };
+                        refresher_add_waiter(c, &r->waiter);
+                        suspend(r, c);
+                        return;
+                }
                 answer(r, existed ? 200 : 201, dump(j));
         }
 }

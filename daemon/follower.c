@@ -18,6 +18,10 @@ typedef struct Change {
         char *deleted;
         char *requested;
         int64_t id;
+        bool full;                 /* to the loop: compare everything held with the table */
+        int64_t *check_ids;        /* to the thread: what the loop held (ids, names) */
+        char **check_names;
+        size_t n_check;
 } Change;
 
 /* A refresh asked of another node, not arrived yet (the loop's). */
@@ -39,6 +43,7 @@ struct Follower {
         pthread_mutex_t lock;
         pthread_cond_t wake;
         bool stopping;                /* under lock */
+        bool full_retry;              /* under lock: the loop could not start the comparison */
         Change *head, **tail;         /* under lock: for the loop, in order */
         Change *out;                  /* under lock: requests for the thread to send */
 
@@ -57,12 +62,19 @@ struct Follower {
         bool overflow;
         Change *batch, **batch_tail;
         usec_t test_delay;            /* TOKENBROKER_TEST_FOLLOWER_DELAY_MS: a test hook */
+        bool full_asked;              /* a full comparison is on its way */
+        bool full_redo;               /* one failed: ask again */
+        usec_t last_prune;            /* CLOCK_MONOTONIC */
 };
 
 static Change *change_free(Change *x) {
         store_row_free(x->row);
         free(x->deleted);
         free(x->requested);
+        for (size_t i = 0; i < x->n_check; i++)
+                free(x->check_names[i]);
+        free(x->check_ids);
+        free(x->check_names);
         free(x);
         return NULL;
 }
@@ -127,6 +139,7 @@ static int on_change(int64_t id, int64_t version, const char *node, const char *
                         free(x);
                         return -ENOMEM;
                 }
+                x->id = id;
                 batch_add(f, x);
                 return 0;
         }
@@ -139,6 +152,97 @@ static int on_change(int64_t id, int64_t version, const char *node, const char *
         }
         f->ids[f->n_ids++] = id;
         return 0;
+}
+
+/* A tombstone (sql/pg/0005): a delete this node may have missed. */
+static int on_deleted(int64_t id, int64_t version, const char *name, void *userdata) {
+        Follower *f = userdata;
+        Change *x = new0(Change, 1);
+
+        f->since = MAX(f->since, version);
+        if (!x || !(x->deleted = strdup(name))) {
+                free(x);
+                return -ENOMEM;
+        }
+        x->id = id;
+        batch_add(f, x);
+        return 0;
+}
+
+/* Everything with a version above after: rows, and the tombstones of
+ * deletes. If tombstones above after were pruned already (a node cut off
+ * for longer than STORE_TOMBSTONE_AGE), the loop compares everything it
+ * holds with the table instead (full_check_start()). */
+static int catch_up(Follower *f, Store *s, int64_t after) {
+        int64_t horizon = 0;
+        int r;
+
+        pthread_mutex_lock(&f->lock);
+        if (f->full_retry) {
+                f->full_retry = false;
+                f->full_asked = false;
+                f->full_redo = true;
+        }
+        pthread_mutex_unlock(&f->lock);
+        r = store_rows_changed(s, NULL, 0, after, on_row, f);
+        if (r >= 0)
+                r = store_deleted_since(s, after, on_deleted, f);
+        if (r >= 0)
+                r = store_deleted_horizon(s, &horizon);
+        if (r >= 0 && (horizon > after || f->full_redo) && !f->full_asked) {
+                Change *x = new0(Change, 1);
+
+                if (!x)
+                        return -ENOMEM;
+                x->full = true;
+                f->full_asked = true;
+                f->full_redo = false;
+                f->since = MAX(f->since, horizon);
+                batch_add(f, x);
+        }
+        return r;
+}
+
+/* The loop's list of what it held: the ids no row has any more go back
+ * as deletes, in chunks. */
+#define CHECK_CHUNK 4096
+
+typedef struct CheckContext {
+        Follower *f;
+        const Change *list;
+        size_t from, n;
+} CheckContext;
+
+static int on_missing(int64_t id, void *userdata) {
+        CheckContext *k = userdata;
+
+        for (size_t i = k->from; i < k->from + k->n; i++)
+                if (k->list->check_ids[i] == id) {
+                        Change *x = new0(Change, 1);
+
+                        if (!x || !(x->deleted = strdup(k->list->check_names[i]))) {
+                                free(x);
+                                return -ENOMEM;
+                        }
+                        x->id = id;
+                        batch_add(k->f, x);
+                        break;
+                }
+        return 0;
+}
+
+static int full_check(Follower *f, Store *s, const Change *list) {
+        int r = 0;
+
+        for (size_t from = 0; from < list->n_check && r >= 0; from += CHECK_CHUNK) {
+                CheckContext k = { .f = f, .list = list, .from = from, .n = MIN(CHECK_CHUNK, list->n_check - from) };
+
+                r = store_ids_missing(s, list->check_ids + from, k.n, on_missing, &k);
+                batch_flush(f);
+        }
+        f->full_asked = false;
+        f->full_redo = r < 0;
+        return r;
 }
 
 static bool wait_stop(Follower *f, usec_t usec) {
@@ -185,7 +289,7 @@ static void *follower_thread(void *userdata) {
                                 r = store_changes_listen(s);
                         /* what changed while no one listened */
                         if (r >= 0)
-                                r = store_rows_changed(s, NULL, 0, f->since, on_row, f);
+                                r = catch_up(f, s, f->since);
                         batch_flush(f);
                         if (r < 0) {
                                 s = store_close(s);
@@ -209,7 +313,9 @@ static void *follower_thread(void *userdata) {
                                 Change *x = out;
 
                                 out = x->next;
-                                if (r >= 0)
+                                if (r >= 0 && x->check_ids)
+                                        r = full_check(f, s, x);
+                                else if (r >= 0 && x->requested)
                                         r = store_changes_request(s, x->id, x->requested);
                                 change_free(x);
                         }
@@ -224,13 +330,18 @@ static void *follower_thread(void *userdata) {
                 f->overflow = false;
                 r = store_changes_wait(s, FOLLOWER_WAIT, f->wake_efd, on_change, f);
                 if (r >= 0 && f->overflow)
-                        r = store_rows_changed(s, NULL, 0, before, on_row, f);
+                        r = catch_up(f, s, before);
                 else if (r >= 0 && f->n_ids > 0)
                         r = store_rows_changed(s, f->ids, f->n_ids, 0, on_row, f);
                 if (r >= 0 && usec_sub(now(CLOCK_MONOTONIC), last_scan) >= FOLLOWER_SCAN) {
                         /* the safety net: anything a notification missed */
-                        r = store_rows_changed(s, NULL, 0, before, on_row, f);
+                        r = catch_up(f, s, before);
                         last_scan = now(CLOCK_MONOTONIC);
+                }
+                if (r >= 0 && usec_sub(now(CLOCK_MONOTONIC), f->last_prune) >= FOLLOWER_PRUNE) {
+                        /* every node prunes: whichever comes first does it */
+                        (void) store_deleted_prune(s, STORE_TOMBSTONE_AGE);
+                        f->last_prune = now(CLOCK_MONOTONIC);
                 }
                 batch_flush(f);
                 if (r < 0)
@@ -462,15 +573,70 @@ static void apply_row(Follower *f, const StoreRow *row) {
         f->applied++;
 }
 
-static void apply_delete(Follower *f, const char *name) {
+static void apply_delete(Follower *f, int64_t id, const char *name) {
         Manager *m = f->manager;
         Connection *c = manager_get(m, name);
 
-        if (!c)
-                return;
+        if (!c || (id > 0 && c->id != id))
+                return;   /* gone already, or made again under the same name */
         log_debug("%s: deleted on another node.", name);
         manager_forget(m, c);
         f->applied++;
+}
+
+/* A full comparison (tombstones this node needed were pruned): once
+ * every insert queued before now is committed (a barrier), the ids and
+ * names of everything held go to the thread, which sends back as deletes
+ * those no row has any more. A connection made after the barrier is not
+ * in the list, so nothing new is taken for deleted. */
+static void on_full_barrier(int result, const char *error _unused_, void *userdata) {
+        Manager *m = userdata;
+        Follower *f = m->follower;   /* NULL: stopped meanwhile (the barrier completes at the writer's flush) */
+        size_t n, i = 0;
+        Change *x;
+        OrdIter it;
+
+        if (!f || !m->connections)
+                return;
+        n = hashmap_size(m->connections);
+        if (result < 0 || !(x = new0(Change, 1)))
+                goto fail;
+        x->check_ids = new(int64_t, MAX(n, (size_t) 1));
+        x->check_names = new0(char *, MAX(n, (size_t) 1));
+        if (!x->check_ids || !x->check_names) {
+                change_free(x);
+                goto fail;
+        }
+        ordmap_seek(&m->ordered, &it, NULL, false);
+        for (OrdNode *o; i < n && (o = ordmap_iter_next(&it)); i++) {
+                Connection *c = container_of(o, Connection, by_order);
+
+                x->check_ids[i] = c->id;
+                x->n_check = i + 1;
+                if (!(x->check_names[i] = strdup(c->name))) {
+                        change_free(x);
+                        goto fail;
+                }
+        }
+        log_info("Comparing %zu connections with the database: deletes older than the kept tombstones may have "
+                 "been missed.", x->n_check);
+        pthread_mutex_lock(&f->lock);
+        x->next = f->out;
+        f->out = x;
+        pthread_mutex_unlock(&f->lock);
+        (void) eventfd_write(f->wake_efd, 1);
+        return;
+fail:
+        log_oom();
+        /* the thread asks again at its next catch-up */
+        pthread_mutex_lock(&f->lock);
+        f->full_retry = true;
+        pthread_mutex_unlock(&f->lock);
+}
+
+static void full_check_start(Follower *f) {
+        if (!f->manager->writer || store_writer_barrier(f->manager->writer, on_full_barrier, f->manager) < 0)
+                on_full_barrier(-ENOMEM, NULL, f->manager);
 }
 
 /* A bounded number a wake-up: the rest on the next turn. */
@@ -496,8 +662,10 @@ static int on_follower_event(sd_event_source *s _unused_, int fd, uint32_t reven
                         apply_row(f, x->row);
                 else if (x->requested)
                         apply_request(f, x->id, x->requested);
+                else if (x->full)
+                        full_check_start(f);
                 else
-                        apply_delete(f, x->deleted);
+                        apply_delete(f, x->id, x->deleted);
                 change_free(x);
                 n++;
         }

@@ -18,7 +18,10 @@
  * its tokens; the lease holder takes tokens only when they are newer than
  * its own (a grant on another node); every other node takes the row's.
  * Fields beyond the tokens (the ACL, parameters, identity) are the row's.
- * A connection another node made joins; one it deleted goes. */
+ * A connection another node made joins; one it deleted goes: by its
+ * notification, or by its tombstone when the catch-up reads it (a node
+ * whose database link was cut), or, when the tombstones it needed were
+ * pruned already, by comparing every id held with the table. */
 
 #include <systemd/sd-event.h>
 
@@ -26,6 +29,8 @@
 
 #define FOLLOWER_SCAN (30 * USEC_PER_SEC)
 #define FOLLOWER_WAIT (500 * USEC_PER_MSEC)
+/* How often a node prunes tombstones older than STORE_TOMBSTONE_AGE. */
+#define FOLLOWER_PRUNE (10 * 60 * USEC_PER_SEC)
 
 typedef struct Follower Follower;
 typedef struct Manager Manager;

@@ -120,6 +120,7 @@ Manager *manager_free(Manager *m) {
                         connection_free(c);
                 }
                 hashmap_free(m->connections);
+                m->connections = NULL;   /* a late completion (insert_done()) finds none */
         }
         /* every node is gone with its connection */
         ordmap_init(&m->ordered, order_key);
@@ -623,6 +624,72 @@ static void write_done(int result, const char *error, void *userdata) {
                 log_error_errno(result, "Failed to %s a connection in the store: %s", what, strempty(error));
 }
 
+/* Several nodes: the name may be taken on another node at the same
+ * moment (the database's UNIQUE(name) lets one insert win). The loser
+ * forgets its copy once its insert fails, so no ghost stays in its
+ * memory (the winner's row arrives by the follower), and a client
+ * waiting for the insert (Waiter.on_insert, the API's create) learns
+ * which way it went. */
+typedef struct InsertDone {
+        Manager *m;
+        int64_t id;
+        char name[];
+} InsertDone;
+
+static void insert_done(int result, const char *error, void *userdata) {
+        InsertDone *x = userdata;
+        Connection *c = x->m->connections ? manager_get(x->m, x->name) : NULL;
+        Waiter *wake = NULL;
+
+        if (result == -EEXIST)
+                log_notice("%s: made on another node at the same moment; that one stays.", x->name);
+        else if (result < 0)
+                log_error_errno(result, "Failed to insert a connection in the store: %s", strempty(error));
+        if (c && c->id == x->id) {
+                for (Waiter **p = &c->waiters; *p;) {
+                        Waiter *w = *p;
+
+                        if (!w->on_insert) {
+                                p = &w->next;
+                                continue;
+                        }
+                        *p = w->next;
+                        w->next = wake;
+                        wake = w;
+                }
+                while (wake) {
+                        Waiter *w = wake;
+
+                        wake = w->next;
+                        w->next = NULL;
+                        w->fn(c, result, w->userdata);
+                }
+                /* never in the database: not in memory either */
+                c = manager_get(x->m, x->name);
+                if (result < 0 && c && c->id == x->id)
+                        manager_forget(x->m, c);
+        }
+        free(x);
+}
+
+int manager_insert_clustered(Manager *m, Connection *c, StoreRow *row) {
+        size_t n = strlen(c->name);
+        InsertDone *x = malloc(sizeof(InsertDone) + n + 1);
+        int r;
+
+        if (!x) {
+                store_row_free(row);
+                return -ENOMEM;
+        }
+        x->m = m;
+        x->id = c->id;
+        memcpy(x->name, c->name, n + 1);
+        r = store_writer_insert(m->writer, row, insert_done, x);
+        if (r < 0)
+                free(x);   /* not queued: no completion */
+        return r;
+}
+
 int manager_save(Manager *m, Connection *c) {
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         Connection img;
@@ -841,6 +908,11 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                  * the disk. No token is in it yet, and the first grant's
                  * commit comes after it in the queue. */
                 c->id = store_connection_id_new(m->store);
+                if (c->id < 0) {
+                        /* several nodes: the next block of ids is on its way */
+                        *ret_error = "no connection id available yet (the store is busy); retry in a moment";
+                        return (int) c->id;
+                }
                 r = store_row_new(m->store, c, &row);
                 if (r < 0) {
                         *ret_error = "cannot store the connection";
@@ -849,7 +921,8 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 r = manager_link(m, c);
                 if (r < 0)
                         return r;
-                r = store_writer_insert(m->writer, TAKE_PTR(row), write_done, (void *) "insert");
+                r = m->cluster ? manager_insert_clustered(m, c, TAKE_PTR(row))
+                               : store_writer_insert(m->writer, TAKE_PTR(row), write_done, (void *) "insert");
                 if (r < 0) {
                         manager_unlink_fresh(m, c);
                         *ret_error = "cannot store the connection";

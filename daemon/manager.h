@@ -165,6 +165,11 @@ typedef struct AuthorizeRequest {
 } AuthorizeRequest;
 int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_conn, char **ret_url,
                       const char **ret_error);
+/* Several nodes: queues a new connection's insert; a Waiter.on_insert of
+ * c's learns how it went, and a failed insert (the name taken on another
+ * node meanwhile: -EEXIST) takes c out of memory. row is consumed. */
+typedef struct StoreRow StoreRow;
+int manager_insert_clustered(Manager *m, Connection *c, StoreRow *row);
 /* Whether an authorization request runs the device flow. */
 bool manager_wants_device(const Provider *p, const AuthorizeRequest *req);
 
@@ -198,6 +203,9 @@ struct Waiter {
         Waiter *next;
         waiter_fn fn;
         void *userdata;
+        bool on_insert;            /* several nodes: woken by the new connection's insert (0, or why it
+                                    * failed: -EEXIST the name was taken on another node meanwhile), or
+                                    * -ECANCELED when the connection goes; never by a refresh */
 };
 void refresher_schedule(Manager *m, Connection *c);
 /* Starts a refresh unless one is running (single-flight). If w is given it

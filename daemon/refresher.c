@@ -125,15 +125,31 @@ void refresher_image(const Connection *c, Connection *ret) {
 }
 
 static void wake_waiters(Connection *c, int result) {
-        /* Waiters may add new waiters or free themselves: detach first. */
-        Waiter *w = c->waiters;
+        /* Waiters may add new waiters or free themselves: detach first.
+         * A waiter for the insert (Waiter.on_insert) stays, unless the
+         * connection goes. */
+        Waiter *w = c->waiters, *wake = NULL, **wake_tail = &wake, *keep = NULL, **keep_tail = &keep;
 
-        c->waiters = NULL;
         while (w) {
                 Waiter *next = w->next;
+
                 w->next = NULL;
-                w->fn(c, result, w->userdata);
+                if (w->on_insert && result != -ECANCELED) {
+                        *keep_tail = w;
+                        keep_tail = &w->next;
+                } else {
+                        *wake_tail = w;
+                        wake_tail = &w->next;
+                }
                 w = next;
+        }
+        c->waiters = keep;
+        while (wake) {
+                Waiter *next = wake->next;
+
+                wake->next = NULL;
+                wake->fn(c, result, wake->userdata);
+                wake = next;
         }
 }
 
@@ -250,6 +266,20 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
         return due;
 }
 
+/* Several nodes: a connection of a grant without a user (client
+ * credentials, password) waits for its first grant, which the node that
+ * holds its lease makes (the node that made the connection seldom holds
+ * it: leases are the heartbeat's). */
+static bool first_grant_wanted(Manager *m, const Connection *c) {
+        const Provider *p;
+
+        if (!m->cluster || c->state != CONN_PENDING || c->refresh_token || c->access_token || c->state_hash ||
+            connection_device_pending(c))
+                return false;
+        p = manager_provider(m, c);
+        return p && (p->grant == GRANT_CLIENT_CREDENTIALS || p->grant == GRANT_PASSWORD);
+}
+
 void refresher_schedule(Manager *m, Connection *c) {
         usec_t due = USEC_INFINITY;
 
@@ -261,6 +291,8 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = deadline_from_realtime(c->pending_until);
         else if (c->state == CONN_ACTIVE)
                 due = refresh_due(m, c);
+        else if (first_grant_wanted(m, c))
+                due = now(DEADLINE_CLOCK);
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
                 due = MIN(due, deadline_from_realtime(c->pending_until));
@@ -354,7 +386,8 @@ void refresher_on_timer(Manager *m, Connection *c) {
         retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
         if (retry)
                 c->retry_at = 0;
-        if (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK))
+        if ((c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)) ||
+            first_grant_wanted(m, c))
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);

@@ -125,6 +125,24 @@ typedef struct StoreEngine {
         int (*event_add)(StoreDb *db, usec_t at, const char *connection, const char *kind, const char *message);
         int (*events_list)(StoreDb *db, const char *connection, int64_t before_id, unsigned limit,
                            int (*fn)(const StoreEvent *e, void *userdata), void *userdata);
+
+        /* Several nodes (NULL on SQLite): a block of ids no other node
+         * gets, *ret_first..*ret_last, above every id in the table. */
+        int (*id_block)(StoreDb *db, int64_t *ret_first, int64_t *ret_last);
+        /* Tombstones (sql/pg/0005): deletes with version > after, by
+         * version; the highest version pruned so far; and the pruning of
+         * those older than age (the database's clock). */
+        int (*deleted_since)(StoreDb *db, int64_t after,
+                             int (*fn)(int64_t id, int64_t version, const char *name, void *userdata),
+                             void *userdata);
+        int (*deleted_horizon)(StoreDb *db, int64_t *ret);
+        int (*deleted_prune)(StoreDb *db, usec_t age);
+        /* Of ids, those no row has (a full comparison), each to fn. */
+        int (*ids_missing)(StoreDb *db, const int64_t *ids, size_t n, int (*fn)(int64_t id, void *userdata),
+                           void *userdata);
+        /* How many connections there are (ids in blocks have gaps: the
+         * largest says little). */
+        int (*count)(StoreDb *db, int64_t *ret);
 } StoreEngine;
 
 extern const StoreEngine store_engine_sqlite;

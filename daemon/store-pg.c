@@ -271,6 +271,9 @@ static int pgs_row_save(StoreDb *d, const StoreRow *row) {
         return r < 0 ? r : 0;
 }
 
+/* The database's clock, in microseconds since the epoch. */
+#define PGS_DB_NOW "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
+
 static int pgs_row_delete(StoreDb *d, int64_t id) {
         PgParams p = { 0 };
         int r;
@@ -278,10 +281,16 @@ static int pgs_row_delete(StoreDb *d, int64_t id) {
         d->error[0] = 0;
         pg_param_int64(&p, id);
         pg_param_text(&p, d->node);
+        /* The tombstone in the same statement (sql/pg/0005): a node that
+         * misses the notification learns of the delete by version. */
         r = pg_db_query(d->pg,
-                        "WITH u AS (DELETE FROM connections WHERE id = $1 RETURNING id, '-' AS version, name) "
-                        "SELECT pg_notify('" PG_CHANGES_CHANNEL "', u.id::text || ' - ' || "
-                        "COALESCE(NULLIF($2::text, ''), '-') || ' ' || u.name) FROM u",
+                        "WITH u AS (DELETE FROM connections WHERE id = $1 RETURNING id, name), "
+                        "t AS (INSERT INTO deleted_connections (id, name, version, deleted_at) "
+                        "SELECT id, name, nextval('connections_version'), " PGS_DB_NOW " FROM u "
+                        "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version, "
+                        "deleted_at = EXCLUDED.deleted_at RETURNING id, name) "
+                        "SELECT pg_notify('" PG_CHANGES_CHANNEL "', t.id::text || ' - ' || "
+                        "COALESCE(NULLIF($2::text, ''), '-') || ' ' || t.name) FROM t",
                         &p, NULL);
         return r < 0 ? r : 0;
 }
@@ -361,7 +370,12 @@ static int pgs_max_version(StoreDb *d, int64_t *ret) {
         int r;
 
         d->error[0] = 0;
-        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(version), 0)::bigint FROM connections", NULL, &res);
+        /* deletes count: a node that loaded every row has seen them too */
+        r = pg_db_query(d->pg,
+                        "SELECT GREATEST((SELECT COALESCE(MAX(version), 0) FROM connections), "
+                        "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections), "
+                        "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections_pruned))::bigint",
+                        NULL, &res);
         if (r < 0)
                 return r;
         *ret = pg_get_int64(res, 0, 0);
@@ -619,6 +633,152 @@ PgDb *store_pg_db(StoreDb *d) {
         return d->pg;
 }
 
+/* ---- ids in blocks, tombstones (issue 10) ------------------------------- */
+
+/* "tokenids" as a bigint: reservations of id blocks, one at a time. */
+#define PG_ID_BLOCK_LOCK INT64_C(0x746f6b656e696473)
+
+/* The next STORE_ID_BLOCK ids of connections_id, above every id in the
+ * table (rows copied in by --copy-store, or written by an older node),
+ * under an advisory lock so that no two reservations interleave. setval()
+ * is not transactional: a block once handed out is never handed out
+ * again, whatever happens to this session. */
+static int pgs_id_block(StoreDb *d, int64_t *ret_first, int64_t *ret_last) {
+        PGresult *res = NULL;
+        PgParams p = { 0 }, q = { 0 };
+        int r, u;
+
+        d->error[0] = 0;
+        if (pg_db_broken(d->pg) && !d->in_transaction) {
+                r = pg_db_reset(d->pg);
+                if (r < 0)
+                        return r;
+        }
+        pg_param_int64(&p, PG_ID_BLOCK_LOCK);
+        r = pg_db_query(d->pg, "SELECT pg_advisory_lock($1)", &p, NULL);
+        if (r < 0)
+                return r;
+        pg_param_int64(&q, STORE_ID_BLOCK);
+        r = pg_db_query(d->pg,
+                        "SELECT setval('connections_id', GREATEST((SELECT last_value FROM connections_id), "
+                        "(SELECT COALESCE(MAX(id), 0) FROM connections)) + $1)::bigint",
+                        &q, &res);
+        if (r > 0) {
+                *ret_last = pg_get_int64(res, 0, 0);
+                *ret_first = *ret_last - STORE_ID_BLOCK + 1;
+        } else if (r == 0)
+                r = -EIO;
+        PQclear(res);
+        if (pg_db_broken(d->pg))
+                return r < 0 ? r : -ECONNRESET;   /* the lock went with the session */
+        u = pg_db_query(d->pg, "SELECT pg_advisory_unlock($1)", &p, NULL);
+        return r < 0 ? r : u < 0 ? u : 0;
+}
+
+typedef struct DeletedContext {
+        int (*fn)(int64_t id, int64_t version, const char *name, void *userdata);
+        void *userdata;
+} DeletedContext;
+
+static int deleted_one(const PGresult *res, void *userdata) {
+        DeletedContext *x = userdata;
+
+        return x->fn(pg_get_int64(res, 0, 0), pg_get_int64(res, 0, 1), view_text(res, 2) ?: "", x->userdata);
+}
+
+static int pgs_deleted_since(StoreDb *d, int64_t after,
+                             int (*fn)(int64_t id, int64_t version, const char *name, void *userdata),
+                             void *userdata) {
+        DeletedContext x = { .fn = fn, .userdata = userdata };
+        PgParams p = { 0 };
+
+        d->error[0] = 0;
+        pg_param_int64(&p, after);
+        return pg_db_query_each(d->pg,
+                                "SELECT id, version, name FROM deleted_connections WHERE version > $1 "
+                                "ORDER BY version",
+                                &p, deleted_one, &x);
+}
+
+static int pgs_deleted_horizon(StoreDb *d, int64_t *ret) {
+        PGresult *res = NULL;
+        int r;
+
+        d->error[0] = 0;
+        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(version), 0)::bigint FROM deleted_connections_pruned", NULL,
+                        &res);
+        if (r < 0)
+                return r;
+        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
+        PQclear(res);
+        return 0;
+}
+
+/* One statement: the tombstones go and the horizon moves together. */
+static int pgs_deleted_prune(StoreDb *d, usec_t age) {
+        PgParams p = { 0 };
+        int r;
+
+        d->error[0] = 0;
+        pg_param_int64(&p, (int64_t) MIN(age, (usec_t) INT64_MAX));
+        r = pg_db_query(d->pg,
+                        "WITH g AS (DELETE FROM deleted_connections WHERE deleted_at < " PGS_DB_NOW " - $1 "
+                        "RETURNING version) "
+                        "UPDATE deleted_connections_pruned SET version = GREATEST(version, "
+                        "(SELECT COALESCE(MAX(version), 0) FROM g)) WHERE id = 1 AND EXISTS (SELECT 1 FROM g)",
+                        &p, NULL);
+        return r < 0 ? r : 0;
+}
+
+typedef struct MissingContext {
+        int (*fn)(int64_t id, void *userdata);
+        void *userdata;
+} MissingContext;
+
+static int missing_one(const PGresult *res, void *userdata) {
+        MissingContext *x = userdata;
+
+        return x->fn(pg_get_int64(res, 0, 0), x->userdata);
+}
+
+static int pgs_ids_missing(StoreDb *d, const int64_t *ids, size_t n, int (*fn)(int64_t id, void *userdata),
+                           void *userdata) {
+        MissingContext x = { .fn = fn, .userdata = userdata };
+        _cleanup_free_ char *list = NULL;
+        PgParams p = { 0 };
+        size_t size = 0;
+        FILE *f;
+
+        d->error[0] = 0;
+        if (n == 0)
+                return 0;
+        f = open_memstream(&list, &size);
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s%" PRId64, i > 0 ? "," : "", ids[i]);
+        if (fclose(f) != 0 || !list)
+                return -ENOMEM;
+        pg_param_text(&p, list);
+        return pg_db_query_each(d->pg,
+                                "SELECT x::bigint FROM unnest(string_to_array($1, ',')::bigint[]) AS x "
+                                "WHERE NOT EXISTS (SELECT 1 FROM connections c WHERE c.id = x)",
+                                &p, missing_one, &x);
+}
+
+static int pgs_count(StoreDb *d, int64_t *ret) {
+        PGresult *res = NULL;
+        int r;
+
+        d->error[0] = 0;
+        r = pg_db_query(d->pg, "SELECT count(*)::bigint FROM connections", NULL, &res);
+        if (r < 0)
+                return r;
+        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
+        PQclear(res);
+        return 0;
+}
+
 const StoreEngine store_engine_pg = {
         .name = "postgresql",
         .open = pgs_open,
@@ -647,4 +807,10 @@ const StoreEngine store_engine_pg = {
         .rows_changed = pgs_rows_changed,
         .event_add = pgs_event_add,
         .events_list = pgs_events_list,
+        .id_block = pgs_id_block,
+        .deleted_since = pgs_deleted_since,
+        .deleted_horizon = pgs_deleted_horizon,
+        .deleted_prune = pgs_deleted_prune,
+        .ids_missing = pgs_ids_missing,
+        .count = pgs_count,
 };

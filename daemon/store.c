@@ -23,10 +23,16 @@ struct Store {
         CryptKey *key;             /* seals the secret columns; wiped on close */
         char error[256];           /* what went wrong beyond the engine, if anything */
         int64_t next_id;           /* store_connection_id_new() */
+        int64_t count_hint;        /* the number of connections, counted at the first ask (ids with gaps) */
         char *where;               /* the file or URI, for the writer's own handle */
         char *password;            /* the same */
         char *node;                /* the same: StoreOptions.node */
+        struct IdPool *ids;        /* several nodes: ids in blocks from the database; NULL on SQLite */
 };
+
+static struct IdPool *id_pool_new(void);
+static void id_pool_free(struct IdPool *p);
+static int64_t id_pool_take(Store *s);
 
 const char *const store_sealed_columns[STORE_SEALED_MAX] = { "access_token", "refresh_token", "code_verifier" };
 
@@ -80,6 +86,7 @@ Store *store_close(Store *s) {
         if (s->db)
                 s->engine->close(s->db);
         crypt_key_free(s->key);
+        id_pool_free(s->ids);
         free(s->where);
         secret_free(s->password);
         free(s->node);
@@ -347,10 +354,14 @@ int store_rekey(Store *s, const CryptKey *new_key, const char *event_message, vo
 }
 
 int64_t store_connection_id_new(Store *s) {
+        if (s->ids)
+                return id_pool_take(s);
         return s->next_id++;
 }
 
 void store_connection_id_seen(Store *s, int64_t id) {
+        if (s->ids)
+                return;   /* another node's block: never ours */
         s->next_id = MAX(s->next_id, id + 1);
 }
 
@@ -376,6 +387,10 @@ int store_open_with(const char *where, const StoreOptions *options, const CryptK
         r = s->engine->open(where, options, &s->db, error, error_size);
         if (r < 0)
                 return r;
+        if (s->engine->id_block && !(s->ids = id_pool_new())) {
+                snprintf(error, error_size, "out of memory");
+                return -ENOMEM;
+        }
 
         /* The key is checked before any row is read or written. */
         r = crypt_key_dup(key, &s->key);
@@ -541,9 +556,14 @@ int store_connection_insert(Store *s, Connection *c) {
         int r;
 
         s->error[0] = 0;
-        if (c->id <= 0)
+        if (c->id <= 0) {
                 c->id = store_connection_id_new(s);
-        else if (c->id >= s->next_id)
+                if (c->id < 0) {
+                        r = (int) c->id;
+                        c->id = given;
+                        return r;
+                }
+        } else if (c->id >= s->next_id)
                 s->next_id = c->id + 1;
         r = store_row_new(s, c, &row);
         if (r >= 0)
@@ -656,6 +676,13 @@ static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
 }
 
 size_t store_connection_count_hint(Store *s) {
+        /* several nodes: counted (at start: a blocking read is fine),
+         * since ids come in blocks, with gaps */
+        if (s->engine->count) {
+                if (s->count_hint == 0 && s->engine->count(s->db, &s->count_hint) < 0)
+                        s->count_hint = 0;
+                return (size_t) MAX(s->count_hint, (int64_t) 0);
+        }
         /* ids count from 1 and are never reused: the largest is an upper
          * bound, known since the store was opened */
         return s->next_id > 1 ? (size_t) (s->next_id - 1) : 0;
@@ -1002,6 +1029,9 @@ struct StoreWriter {
         bool busy;                    /* a batch is being committed */
         bool stopping;
 
+        struct IdPool *pool;          /* the loop's store's ids (several nodes): this thread reserves them */
+        usec_t refill_retry;          /* the thread's: CLOCK_MONOTONIC, after a reservation failed */
+
         /* the loop's only */
         WriteList ready;              /* taken from done, completion not run */
         size_t pending;
@@ -1132,6 +1162,13 @@ static void writer_stall(StoreWriter *w) {
                 (void) usleep(5000);
 }
 
+static bool id_pool_wanted(struct IdPool *p);
+static void writer_refill(StoreWriter *w);
+
+static bool writer_refill_due(StoreWriter *w) {
+        return w->pool && id_pool_wanted(w->pool) && now(CLOCK_MONOTONIC) >= w->refill_retry;
+}
+
 static void *writer_thread(void *userdata) {
         StoreWriter *w = userdata;
 
@@ -1139,8 +1176,23 @@ static void *writer_thread(void *userdata) {
         for (;;) {
                 WriteList batch;
 
-                while (!w->queue.head && !w->stopping)
-                        pthread_cond_wait(&w->wake, &w->lock);
+                while (!w->queue.head && !w->stopping && !writer_refill_due(w)) {
+                        if (w->pool && id_pool_wanted(w->pool)) {
+                                /* a reservation failed: again in a moment */
+                                struct timespec until;
+
+                                (void) clock_gettime(CLOCK_REALTIME, &until);
+                                until.tv_sec++;
+                                (void) pthread_cond_timedwait(&w->wake, &w->lock, &until);
+                        } else
+                                pthread_cond_wait(&w->wake, &w->lock);
+                }
+                if (!w->stopping && writer_refill_due(w)) {
+                        pthread_mutex_unlock(&w->lock);
+                        writer_refill(w);
+                        pthread_mutex_lock(&w->lock);
+                        continue;
+                }
                 if (!w->queue.head)
                         break;   /* stopping, and everything is committed */
                 list_init(&batch);
@@ -1194,6 +1246,9 @@ static int on_writer_done(sd_event_source *src _unused_, int fd, uint32_t revent
         return 0;
 }
 
+static void writer_attach_ids(StoreWriter *w, Store *s);
+static void writer_detach_ids(StoreWriter *w);
+
 int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
         _cleanup_(store_writer_freep) StoreWriter *w = NULL;
         const char *stall;
@@ -1218,6 +1273,11 @@ int store_writer_new(Store *s, sd_event *event, StoreWriter **ret) {
                 r = store_open_with(s->where, &o, s->key, &w->db, error, sizeof error);
                 if (r < 0)
                         return r;
+        }
+        if (s->ids) {
+                /* The first block of ids now (the start: blocking is
+                 * fine), the next ones by the thread, ahead of need. */
+                writer_attach_ids(w, s);
         }
         stall = getenv("TOKENBROKER_TEST_WRITER_STALL");
         if (stall && *stall && !(w->stall_path = strdup(stall)))
@@ -1369,6 +1429,7 @@ StoreWriter *store_writer_free(StoreWriter *w) {
                 pthread_mutex_unlock(&w->lock);
                 (void) pthread_join(w->thread, NULL);
                 w->stopped = true;
+                writer_detach_ids(w);
                 /* what the last round of completions queued: committed by
                  * the thread before it ended; run their completions */
                 while (writer_dispatch(w, SIZE_MAX) > 0)
@@ -1385,4 +1446,177 @@ StoreWriter *store_writer_free(StoreWriter *w) {
         pthread_mutex_destroy(&w->lock);
         free(w);
         return NULL;
+}
+
+/* ---- ids in blocks (several nodes, issue 10) ----------------------------- */
+
+typedef struct IdPool {
+        pthread_mutex_t lock;
+        int64_t next, last;        /* the block in use: next..last; empty when next > last */
+        int64_t next2, last2;      /* the block reserved ahead; next2 == 0: none */
+        bool wanted;               /* the writer is to reserve the next */
+        StoreWriter *writer;       /* attached: it reserves, nobody blocks; NULL: the store reserves itself */
+} IdPool;
+
+static IdPool *id_pool_new(void) {
+        IdPool *p = new0(IdPool, 1);
+
+        if (!p)
+                return NULL;
+        pthread_mutex_init(&p->lock, NULL);
+        p->next = 1;
+        return p;
+}
+
+static void id_pool_free(IdPool *p) {
+        if (!p)
+                return;
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+}
+
+/* Under p->lock: a block reserved goes in use, or ahead. */
+static void id_pool_put_locked(IdPool *p, int64_t first, int64_t last) {
+        if (p->next > p->last) {
+                p->next = first;
+                p->last = last;
+        } else if (p->next2 == 0) {
+                p->next2 = first;
+                p->last2 = last;
+        }
+        /* else: two ahead can only come from a retry race: dropped, ids
+         * are plentiful and never reused */
+}
+
+static bool id_pool_wanted(IdPool *p) {
+        bool v;
+
+        pthread_mutex_lock(&p->lock);
+        v = p->wanted;
+        pthread_mutex_unlock(&p->lock);
+        return v;
+}
+
+static int64_t id_pool_take(Store *s) {
+        IdPool *p = s->ids;
+        StoreWriter *wake = NULL;
+        int64_t id;
+
+        pthread_mutex_lock(&p->lock);
+        if (p->next > p->last && p->next2 > 0) {
+                p->next = p->next2;
+                p->last = p->last2;
+                p->next2 = p->last2 = 0;
+        }
+        if (p->next > p->last && !p->writer) {
+                /* a tool, or a test: reserve here, blocking */
+                int64_t first = 0, last = 0;
+                int r;
+
+                pthread_mutex_unlock(&p->lock);
+                s->error[0] = 0;
+                r = s->engine->id_block(s->db, &first, &last);
+                if (r < 0)
+                        return r;
+                pthread_mutex_lock(&p->lock);
+                id_pool_put_locked(p, first, last);
+        }
+        if (p->next > p->last) {
+                store_set_error(s, "no connection id reserved yet (the database is busy or out of reach)");
+                id = -EAGAIN;
+        } else
+                id = p->next++;
+        if (p->writer && p->next2 == 0 && !p->wanted && p->last - p->next + 1 < STORE_ID_BLOCK / 2) {
+                p->wanted = true;
+                wake = p->writer;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (wake) {
+                pthread_mutex_lock(&wake->lock);
+                pthread_cond_signal(&wake->wake);
+                pthread_mutex_unlock(&wake->lock);
+        }
+        return id;
+}
+
+/* On the writer's thread, with its own handle, outside any batch. */
+static void writer_refill(StoreWriter *w) {
+        int64_t first = 0, last = 0;
+        int r;
+
+        r = w->db->engine->id_block(w->db->db, &first, &last);
+        if (r < 0) {
+                w->refill_retry = usec_add(now(CLOCK_MONOTONIC), USEC_PER_SEC);
+                return;
+        }
+        pthread_mutex_lock(&w->pool->lock);
+        id_pool_put_locked(w->pool, first, last);
+        w->pool->wanted = false;
+        pthread_mutex_unlock(&w->pool->lock);
+}
+
+static void writer_attach_ids(StoreWriter *w, Store *s) {
+        IdPool *p = s->ids;
+        int64_t first = 0, last = 0;
+        bool have = false;
+
+        pthread_mutex_lock(&p->lock);
+        have = p->next <= p->last;
+        pthread_mutex_unlock(&p->lock);
+        if (!have && s->engine->id_block(s->db, &first, &last) >= 0) {
+                pthread_mutex_lock(&p->lock);
+                id_pool_put_locked(p, first, last);
+                pthread_mutex_unlock(&p->lock);
+        }
+        pthread_mutex_lock(&p->lock);
+        p->writer = w;
+        p->wanted = p->next > p->last || p->last - p->next + 1 < STORE_ID_BLOCK / 2;
+        pthread_mutex_unlock(&p->lock);
+        w->pool = p;
+}
+
+static void writer_detach_ids(StoreWriter *w) {
+        if (!w->pool)
+                return;
+        pthread_mutex_lock(&w->pool->lock);
+        w->pool->writer = NULL;
+        w->pool->wanted = false;
+        pthread_mutex_unlock(&w->pool->lock);
+        w->pool = NULL;
+}
+
+int64_t store_ids_left(Store *s) {
+        int64_t n;
+
+        if (!s->ids)
+                return 0;
+        pthread_mutex_lock(&s->ids->lock);
+        n = (s->ids->next <= s->ids->last ? s->ids->last - s->ids->next + 1 : 0) +
+            (s->ids->next2 > 0 ? s->ids->last2 - s->ids->next2 + 1 : 0);
+        pthread_mutex_unlock(&s->ids->lock);
+        return n;
+}
+
+/* ---- tombstones (several nodes, issue 10) -------------------------------- */
+
+int store_deleted_since(Store *s, int64_t after,
+                        int (*fn)(int64_t id, int64_t version, const char *name, void *userdata), void *userdata) {
+        s->error[0] = 0;
+        return s->engine->deleted_since ? s->engine->deleted_since(s->db, after, fn, userdata) : -EOPNOTSUPP;
+}
+
+int store_deleted_horizon(Store *s, int64_t *ret) {
+        s->error[0] = 0;
+        *ret = 0;
+        return s->engine->deleted_horizon ? s->engine->deleted_horizon(s->db, ret) : -EOPNOTSUPP;
+}
+
+int store_deleted_prune(Store *s, usec_t age) {
+        s->error[0] = 0;
+        return s->engine->deleted_prune ? s->engine->deleted_prune(s->db, age) : -EOPNOTSUPP;
+}
+
+int store_ids_missing(Store *s, const int64_t *ids, size_t n, int (*fn)(int64_t id, void *userdata), void *userdata) {
+        s->error[0] = 0;
+        return s->engine->ids_missing ? s->engine->ids_missing(s->db, ids, n, fn, userdata) : -EOPNOTSUPP;
 }

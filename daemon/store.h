@@ -99,7 +99,8 @@ unsigned store_schema_version(Store *s);
 
 /* Calls fn for each stored connection; fn takes ownership of c. */
 /* An upper bound of the number of connections (the span of their ids),
- * for presizing; 0 when there are none or on error. O(log n). */
+ * for presizing; 0 when there are none or on error. O(log n); on
+ * PostgreSQL (ids in blocks, with gaps) a count, read once. */
 size_t store_connection_count_hint(Store *s);
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata);
 
@@ -134,11 +135,20 @@ int store_events_list(Store *s, const char *connection, int64_t before_id, unsig
  * out what it queued until that completion (daemon/refresher.c stages new
  * tokens beside the connection until then). */
 
-/* An id for a new connection, without touching the disk: one more than
- * the highest id the file had at open or handed out since. */
+/* An id for a new connection, without touching the disk: on SQLite one
+ * more than the highest id the file had at open or handed out since. On
+ * PostgreSQL (several nodes) from a block of STORE_ID_BLOCK ids reserved
+ * in the database for this node alone: the writer thread reserves the
+ * first at store_writer_new() and the next when half of the current one
+ * is used. -EAGAIN (never blocking) when a burst used the block up before
+ * the next arrived (or the database is out of reach): retry in a moment.
+ * A store without a writer (tools, tests) reserves its blocks itself,
+ * blocking. */
+#define STORE_ID_BLOCK 1000
 int64_t store_connection_id_new(Store *s);
-/* A connection another node made (daemon/follower.c): the next id is
- * above it. */
+/* A connection another node made (daemon/follower.c): on SQLite the next
+ * id is above it; on PostgreSQL nothing (ids come from this node's
+ * blocks, never from another's). */
 void store_connection_id_seen(Store *s, int64_t id);
 
 /* An image of one connections row, its secrets sealed under the store's
@@ -259,3 +269,22 @@ size_t store_writer_pending(StoreWriter *w);
  * (completions may queue more: those too, a bounded number of rounds).
  * For shutdown and unit tests, never for a loop that serves clients. */
 int store_writer_flush(StoreWriter *w);
+
+/* ---- several nodes: deletes by tombstone (issue 10) ----------------------
+ *
+ * A delete on PostgreSQL leaves a tombstone (id, name, version) written in
+ * the same statement, so that a node that missed its notification learns
+ * of it by version. -EOPNOTSUPP on SQLite. */
+int store_deleted_since(Store *s, int64_t after,
+                        int (*fn)(int64_t id, int64_t version, const char *name, void *userdata), void *userdata);
+/* The highest version whose tombstone was pruned: a node that has seen
+ * less than this compares what it holds with store_ids_missing() instead. */
+int store_deleted_horizon(Store *s, int64_t *ret);
+/* Prunes tombstones older than age. */
+#define STORE_TOMBSTONE_AGE (24 * 3600 * USEC_PER_SEC)
+int store_deleted_prune(Store *s, usec_t age);
+/* Of ids, those no connection has any more, each to fn. */
+int store_ids_missing(Store *s, const int64_t *ids, size_t n, int (*fn)(int64_t id, void *userdata), void *userdata);
+/* How many ids this store has reserved and not handed out yet (tests,
+ * metrics); 0 on SQLite. */
+int64_t store_ids_left(Store *s);
