@@ -189,6 +189,13 @@ class Cluster {
     return h ? h.name : null;
   }
 
+  /** The node holding connection name's lease now (on the database's clock), or null. */
+  async leaseOf(name) {
+    const out = await this.pg.psql(`SELECT lease_node FROM connections WHERE name = '${name.replace(/'/g, "''")}' ` +
+      'AND lease_until > (extract(epoch from clock_timestamp()) * 1000000)::bigint');
+    return out.trim() || null;
+  }
+
   async kill(i, signal = 'SIGKILL') { await this.nodes[i].kill(signal); }
 
   async restart(i) { await this.nodes[i].launch(); }
