@@ -27,6 +27,9 @@ typedef struct Change {
 /* A refresh asked of another node, not arrived yet (the loop's). */
 typedef struct Asked {
         char *name;
+        int64_t id;
+        usec_t asked_at;           /* DEADLINE_CLOCK */
+        usec_t next;               /* the next look at the lease (DEADLINE_CLOCK) */
         usec_t deadline;           /* DEADLINE_CLOCK */
 } Asked;
 
@@ -421,6 +424,87 @@ static void asked_done(Follower *f, Connection *c, int result) {
         refresher_wake(c, result);
 }
 
+/* Queues "refresh ID NAME" for the thread to NOTIFY the lease holder. */
+static int asked_send(Follower *f, int64_t id, const char *name) {
+        Change *x = new0(Change, 1);
+
+        if (!x || !(x->requested = strdup(name))) {
+                free(x);
+                return -ENOMEM;
+        }
+        x->id = id;
+        pthread_mutex_lock(&f->lock);
+        x->next = f->out;
+        f->out = x;
+        pthread_mutex_unlock(&f->lock);
+        (void) eventfd_write(f->wake_efd, 1);
+        return 0;
+}
+
+static int asked_add(Follower *f, const Connection *c, usec_t asked_at, usec_t deadline) {
+        Asked *a;
+        char *name;
+
+        a = reallocarray(f->asked, f->n_asked + 1, sizeof *a);
+        if (!a)
+                return -ENOMEM;
+        f->asked = a;
+        name = strdup(c->name);
+        if (!name)
+                return -ENOMEM;
+        a[f->n_asked++] = (Asked) {
+                .name = name,
+                .id = c->id,
+                .asked_at = asked_at,
+                .next = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT),
+                .deadline = deadline,
+        };
+        return 0;
+}
+
+/* A heartbeat after an ask, and every heartbeat on: the holder asked may
+ * have died. Once its lease lapsed and a heartbeat took it over, either
+ * this node holds it (it refreshes here, under that lease: the fencing is
+ * the lease's, as for any refresh) or another node does (asked again; a
+ * holder busy with the connection joins its refresh in flight). Returns 1
+ * when entry i is gone from the list. */
+static int asked_look(Follower *f, size_t i, usec_t t) {
+        Manager *m = f->manager;
+        Asked a = f->asked[i];
+        Connection *c = manager_get(m, a.name);
+        int64_t epoch;
+        usec_t until;
+        int r;
+
+        if (c && c->id == a.id && cluster_lease(m->cluster, c->id, &epoch, &until) <= 0) {
+                if (t >= usec_add(a.asked_at, FOLLOWER_RESEND_AFTER)) {
+                        log_debug("%s: refresh asked again of the node holding its lease.", a.name);
+                        (void) asked_send(f, c->id, a.name);
+                }
+                f->asked[i].next = usec_add(t, CLUSTER_HEARTBEAT);
+                return 0;
+        }
+        /* out of the list before the refresh: waking waiters may change it */
+        f->asked[i] = f->asked[--f->n_asked];
+        if (c && c->id == a.id) {
+                r = refresher_refresh(m, c, NULL);
+                if (r == -EREMOTE) {
+                        /* too little of the lease left: the next heartbeat renews it */
+                        if (asked_add(f, c, a.asked_at, a.deadline) < 0)
+                                refresher_wake(c, -ENOMEM);
+                } else {
+                        log_info("%s: its lease came to this node: refreshing here what was asked of its holder.",
+                                 a.name);
+                        if (r < 0)
+                                refresher_wake(c, r);
+                        else
+                                manager_wheel_rearm(m);
+                }
+        }
+        free(a.name);
+        return 1;
+}
+
 static int on_asked_timer(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
         Follower *f = userdata;
         usec_t t = now(DEADLINE_CLOCK);
@@ -429,8 +513,11 @@ static int on_asked_timer(sd_event_source *s _unused_, uint64_t usec _unused_, v
                 Connection *c;
                 char *name;
 
-                if (f->asked[i].deadline > t)
+                if (f->asked[i].deadline > t) {
+                        if (f->asked[i].next <= t && asked_look(f, i, t) > 0)
+                                i--;
                         continue;
+                }
                 name = f->asked[i].name;
                 f->asked[i--] = f->asked[--f->n_asked];
                 c = manager_get(f->manager, name);
@@ -449,7 +536,7 @@ static void asked_arm(Follower *f) {
         usec_t first = USEC_INFINITY;
 
         for (size_t i = 0; i < f->n_asked; i++)
-                first = MIN(first, f->asked[i].deadline);
+                first = MIN(first, MIN(f->asked[i].deadline, f->asked[i].next));
         if (first == USEC_INFINITY) {
                 if (f->asked_timer)
                         (void) sd_event_source_set_enabled(f->asked_timer, SD_EVENT_OFF);
@@ -466,30 +553,22 @@ static void asked_arm(Follower *f) {
 }
 
 int follower_request_refresh(Follower *f, Connection *c, Waiter *w) {
-        Change *x;
-        Asked *a;
         bool known = false;
+        int r;
 
         for (size_t i = 0; i < f->n_asked; i++)
                 known = known || streq(f->asked[i].name, c->name);
         if (!known) {
-                a = reallocarray(f->asked, f->n_asked + 1, sizeof *a);
-                if (!a)
-                        return -ENOMEM;
-                f->asked = a;
-                x = new0(Change, 1);
-                if (!x || !(x->requested = strdup(c->name)) || !(a[f->n_asked].name = strdup(c->name))) {
-                        if (x)
-                                change_free(x);
-                        return -ENOMEM;
+                usec_t t = now(DEADLINE_CLOCK);
+
+                r = asked_add(f, c, t, usec_add(t, FOLLOWER_REQUEST_WAIT));
+                if (r >= 0)
+                        r = asked_send(f, c->id, c->name);
+                if (r < 0) {
+                        if (f->n_asked > 0 && streq(f->asked[f->n_asked - 1].name, c->name))
+                                free(f->asked[--f->n_asked].name);
+                        return r;
                 }
-                a[f->n_asked++].deadline = usec_add(now(DEADLINE_CLOCK), FOLLOWER_REQUEST_WAIT);
-                x->id = c->id;
-                pthread_mutex_lock(&f->lock);
-                x->next = f->out;
-                f->out = x;
-                pthread_mutex_unlock(&f->lock);
-                (void) eventfd_write(f->wake_efd, 1);
                 asked_arm(f);
                 log_debug("%s: refresh asked of the node holding its lease.", c->name);
         }

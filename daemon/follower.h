@@ -44,8 +44,15 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Follower *, follower_free);
 /* On a node without c's lease: asks the node holding it to refresh c;
  * w is woken (0) when the refreshed tokens arrive from the database, or
  * with -ETIMEDOUT after FOLLOWER_REQUEST_WAIT (no node holds the lease
- * yet: its holder died and the lease has not lapsed). */
+ * yet: its holder died and the lease has not lapsed). Every heartbeat
+ * after the ask the lease is looked at again: once it came to this node
+ * (the holder died, its lease lapsed and this node's heartbeat took it)
+ * the refresh is done here; from FOLLOWER_RESEND_AFTER on, the request
+ * is sent again each heartbeat, so a new holder elsewhere gets it. A
+ * killed holder's demand is thus answered once its lease lapses (15 s
+ * plus a heartbeat), not after FOLLOWER_REQUEST_WAIT. */
 #define FOLLOWER_REQUEST_WAIT (30 * USEC_PER_SEC)
+#define FOLLOWER_RESEND_AFTER (6 * USEC_PER_SEC)
 typedef struct Connection Connection;
 typedef struct Waiter Waiter;
 int follower_request_refresh(Follower *f, Connection *c, Waiter *w);

@@ -17,12 +17,11 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
-const path = require('node:path');
 
 const { startOidc } = require('../lib/oidc-server.js');
 const { authorizeInBrowser } = require('../lib/browser.js');
-const { Broker, waitFor, sleep, oidcProviderConf } = require('../lib/broker.js');
-const { Postgres } = require('../lib/pg.js');
+const { waitFor, sleep, oidcProviderConf } = require('../lib/broker.js');
+const { Cluster, tokenOf } = require('../lib/cluster.js');
 
 const TTL = 5;          // access token lifetime at the provider, seconds
 const WATCH = 60000;    // how long the three are watched, ms
@@ -30,52 +29,27 @@ const POLL = 100;       // ms between two looks at every node
 
 function hash(t) { return crypto.createHash('sha256').update(t).digest('hex').slice(0, 16); }
 
-async function tokenOf(b, name) {
-  const r = await b.api('GET', `/v1/connections/${name}/token`);
-  return r.status === 200 ? r.json.access_token : null;
-}
-
 test('three nodes on one PostgreSQL: one refresher per connection, every node serves each new token within 1 s, no refresh token presented twice', { timeout: 300000 }, async (t) => {
-  const pg = await Postgres.start({ fsync: false });
-  const nodes = [];
-  for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
+  const cl = await Cluster.create({ nodes: 3 });
+  const { nodes, names } = cl;
   const op = await startOidc({
     accessTokenTtl: TTL,
     redirectUris: nodes.flatMap((b) => b.redirectUrisFor('local')),
     quiet: true,
   });
   t.after(async () => {
-    for (const b of nodes) await b.stop();
+    await cl.destroy();
     await op.close();
-    await pg.destroy();
   });
 
-  const names = ['a', 'b', 'c'];
-  const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
-  for (let i = 0; i < 3; i++) {
-    nodes[i].opts = {
-      providers: { local: oidcProviderConf(op) },
-      secrets: { 'local.secret': op.clientSecret },
-      broker: {
-        store: pg.uri(),
-        store_password_file: pg.passwordFile,
-        node_name: names[i],
-        ...(i > 0 ? { key_file: key } : {}),
-      },
-    };
-    nodes[i].writeConfig();
-    await nodes[i].launch();   // a first: it makes the key the others share
-  }
+  await cl.start(() => ({
+    providers: { local: oidcProviderConf(op) },
+    secrets: { 'local.secret': op.clientSecret },
+  }));
   const [a, b, c] = nodes;
 
   // Every node sees the other two alive.
-  await waitFor(async () => {
-    for (const n of nodes) {
-      const st = await n.api('GET', '/v1/status');
-      if ((st.json.nodes ?? []).filter((x) => x.alive).length !== 3) return false;
-    }
-    return true;
-  }, { timeoutMs: 30000, what: 'three live nodes on every node' });
+  await cl.waitLive({ count: 3, what: 'three live nodes on every node' });
 
   // 1. Authorize through node a's callback in a browser.
   const auth = a.ctlAsync(['authorize', 'alice', '--provider', 'local', '--timeout', '60']);
@@ -89,12 +63,7 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
   assert.equal(done.code, 0, done.stderr);
 
   // 2. b and c hand out the same token, and it is active at the provider.
-  const first = await waitFor(async () => {
-    const ta = await tokenOf(a, 'alice');
-    const tb = await tokenOf(b, 'alice');
-    const tc = await tokenOf(c, 'alice');
-    return ta && ta === tb && ta === tc ? ta : null;
-  }, { timeoutMs: 10000, what: 'the same token on a, b and c' });
+  const first = await cl.sameToken('alice', { what: 'the same token on a, b and c' });
   const intro = await op.introspect(first);
   assert.equal(intro.active, true);
   assert.equal(intro.sub, 'alice');
@@ -145,7 +114,8 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
 
   // 4. tokenctl refresh, and min_ttl, on the nodes that do not hold the
   // lease: passed to the holder, answered once its new token is here.
-  const holder = (await a.api('GET', '/v1/status')).json.nodes.find((n) => n.holds === 1).name;
+  const holder = await cl.holder(0);
+  assert.ok(holder, 'no node holds the lease');
   const others = nodes.filter((n, i) => names[i] !== holder);
   const before = await tokenOf(others[0], 'alice');
   const n0 = op.refreshRequests().length;
@@ -175,9 +145,9 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
 
   // 5. The holder dies (SIGKILL): once its lease lapses (15 s) another
   // node takes it over and refreshes on, from the newest refresh token.
-  const dead = nodes[names.indexOf(holder)];
+  const dead = cl.node(holder);
   const alive = nodes.filter((n) => n !== dead);
-  await dead.kill('SIGKILL');
+  await cl.kill(names.indexOf(holder));
   const killedAt = Date.now();
   const newHolder = await waitFor(async () => {
     const st = (await alive[0].api('GET', '/v1/status')).json.nodes;
@@ -188,10 +158,8 @@ test('three nodes on one PostgreSQL: one refresher per connection, every node se
   const n1 = op.refreshRequests().length;
   await waitFor(() => op.refreshRequests().length >= n1 + 2, { timeoutMs: 30000, what: '2 refreshes by the new holder' });
   const last = op.refreshRequests().slice(-1)[0];
-  await waitFor(async () => {
-    const toks = await Promise.all(alive.map((n) => tokenOf(n, 'alice')));
-    return toks.every((x) => x && hash(x) === last.issued_access_token_hash);
-  }, { timeoutMs: 5000, what: 'the new holder\'s token on both live nodes' });
+  await cl.sameToken('alice', { on: alive, timeoutMs: 5000, want: (x) => hash(x) === last.issued_access_token_hash,
+    what: 'the new holder\'s token on both live nodes' });
 
   // No refresh token presented twice, before or after the takeover.
   for (const r of op.refreshRequests()) {

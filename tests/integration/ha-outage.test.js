@@ -27,12 +27,11 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
-const path = require('node:path');
 
-const { Broker, sleep, waitFor, httpGet, iniProvider } = require('../lib/broker.js');
+const { sleep, waitFor } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
-const { Postgres } = require('../lib/pg.js');
+const { Cluster } = require('../lib/cluster.js');
+const { connectAll } = require('../lib/torture.js');
 
 const OUTAGE_MS = Number(process.env.OUTAGE_MS || 30000);
 const LONG = Number(process.env.OUTAGE_LONG || 6);
@@ -52,38 +51,9 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
         return life.get(grant);
       },
     });
-    const pg = await Postgres.start({ fsync: false });
-    const names = ['a', 'b', 'c'];
-    const nodes = [];
-    for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
-    let passed = false;
-    t.after(async () => {
-      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
-      await pg.destroy();
-      await fp.close();
-    });
-    const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
-    for (let i = 0; i < 3; i++) {
-      nodes[i].opts = {
-        providers: { fake: iniProvider(fp.providerConf()) },
-        secrets: { 'fake.secret': 'ha-outage-client-secret' },
-        broker: {
-          store: pg.uri(),
-          store_password_file: pg.passwordFile,
-          node_name: names[i],
-          ...(i > 0 ? { key_file: key } : {}),
-        },
-      };
-      nodes[i].writeConfig();
-      await nodes[i].launch();
-    }
-    await waitFor(async () => {
-      for (const n of nodes) {
-        const st = await n.api('GET', '/v1/status');
-        if ((st.json.nodes ?? []).filter((x) => x.alive).length !== 3) return false;
-      }
-      return true;
-    }, { timeoutMs: 30000, what: 'three live nodes on every node' });
+    const cl = await Cluster.onFakeProvider(t, fp, { secret: 'ha-outage-client-secret' });
+    const { nodes, names, pg } = cl;
+    await cl.waitLive({ count: 3, what: 'three live nodes on every node' });
 
     // Connections through the code flow on node a, one at a time (each
     // grant's lifetime is fixed when its code is exchanged).
@@ -92,15 +62,7 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
     const grantOf = new Map();
     for (const name of [...longs, ...shorts]) {
       nextLife = name.startsWith('long') ? LONG_S : SHORT_S;
-      const r = await nodes[0].api('POST', '/v1/connections', { name, provider: 'fake' });
-      assert.equal(r.status, 201, r.text);
-      const loc = await new Promise((resolve, reject) => {
-        const req = http.get(r.json.authorize_url, { timeout: 10000 }, (res) => { res.resume(); resolve(res.headers.location); });
-        req.on('timeout', () => req.destroy(new Error('authorize: timed out')));
-        req.on('error', reject);
-      });
-      const cb = await httpGet(loc);
-      assert.equal(cb.status, 200, cb.text);
+      await connectAll(nodes[0], [name], 'fake', { concurrency: 1 });
       const tok = await nodes[0].api('GET', `/v1/connections/${name}/token`);
       assert.equal(tok.status, 200, tok.text);
       grantOf.set(name, fp.tokens.get(tok.json.access_token).grant);
@@ -263,5 +225,5 @@ test(`database outage: PostgreSQL stopped for ${OUTAGE_MS / 1000} s under three 
     assert.equal(s.graceAccepted, 0, 'a spent refresh token was presented again after the outage');
     assert.equal(s.graceAfterSeen, 0, 'an access token was served before its refresh token was committed');
     assert.ok([...grantOf.values()].every((gid) => !fp.grants.get(gid).revoked), 'a grant was revoked');
-    passed = true;
+    cl.passed = true;
   });

@@ -44,21 +44,11 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
-const net = require('node:net');
-const path = require('node:path');
 
-const { Broker, sleep, waitFor, httpGet, iniProvider, freePort, BUILD } = require('../lib/broker.js');
+const { sleep, waitFor, BUILD } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
-const { Postgres } = require('../lib/pg.js');
-
-function num(name, dflt) {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`${name} must be a number: ${v}`);
-  return n;
-}
+const { Cluster } = require('../lib/cluster.js');
+const { num, prng, pool, killRaw, relaunch, tail, connectAll, Ledger } = require('../lib/torture.js');
 
 const QUICK = process.env.HA_QUICK === '1';
 const KILLS = num('HA_KILLS', 100);
@@ -73,81 +63,6 @@ const EXPIRES_SPREAD = Math.max(1, num('HA_EXPIRES_SPREAD_S', 4));
 const DELAY_MAX = num('HA_PROVIDER_DELAY_MS', 150);
 const SEED = num('HA_SEED', Date.now() % 2147483647);
 const SETTLE_MS = 30;
-
-/* mulberry32, as crash-torture: a failing schedule can be replayed. */
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-async function pool(items, concurrency, fn) {
-  let i = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (i < items.length) { const k = i++; await fn(items[k], k); }
-  }));
-}
-
-/*
- * A TCP proxy in front of PostgreSQL whose link can be cut: cut() destroys
- * every open connection and, until restore(), closes each new one at once.
- */
-async function startCutProxy(targetPort) {
-  const socks = new Set();
-  let cut = false;
-  const stats = { accepted: 0, refused: 0, dropped: 0 };
-  const server = net.createServer((down) => {
-    if (cut) { stats.refused++; down.destroy(); return; }
-    stats.accepted++;
-    const up = net.connect(targetPort, '127.0.0.1');
-    const pair = [down, up];
-    const end = () => { for (const s of pair) { s.destroy(); socks.delete(s); } };
-    for (const s of pair) { socks.add(s); s.on('error', end); s.on('close', end); }
-    down.pipe(up);
-    up.pipe(down);
-  });
-  const port = await freePort();
-  await new Promise((resolve, reject) => { server.once('error', reject); server.listen(port, '127.0.0.1', resolve); });
-  return {
-    port,
-    stats,
-    cut() { cut = true; for (const s of socks) { stats.dropped++; s.destroy(); } socks.clear(); },
-    restore() { cut = false; },
-    async close() {
-      for (const s of socks) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
-/* Starts a daemon without waiting for it (an early kill while it starts). */
-function spawnRaw(b) {
-  const { spawn } = require('node:child_process');
-  const fs = require('node:fs');
-  const log = fs.openSync(b.logPath, 'a');
-  const env = { ...process.env, TOKENBROKER_LOG_LEVEL: b.opts.logLevel ?? 'info' };
-  delete env.NOTIFY_SOCKET;
-  delete env.LISTEN_FDS;
-  delete env.LISTEN_PID;
-  const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', b.confPath], { stdio: ['ignore', log, log], env });
-  fs.closeSync(log);
-  return p;
-}
-async function killRaw(p) {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const gone = new Promise((r) => p.once('exit', r));
-  p.kill('SIGKILL');
-  let timer;
-  await Promise.race([gone, new Promise((r) => { timer = setTimeout(r, 10000); })]);
-  clearTimeout(timer);
-}
-
-function tail(text, lines = 30) { return text.split('\n').slice(-lines).join('\n'); }
 
 test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a ${CUT_MS / 1000} s database cut while ${CONNS} rotating connections refresh`,
   { timeout: 180000 + KILLS * 3000 }, async (t) => {
@@ -167,77 +82,35 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
       },
       tokenDelayMs: () => Math.floor(rand() * DELAY_MAX),
     });
-    const pg = await Postgres.start({ fsync: false });
-    const proxy = await startCutProxy(pg.port);
-    const names = ['a', 'b', 'c'];
-    const nodes = [];
-    for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
     let readersOn = false;
     const readerTasks = [];
     const pending = new Map();   // node index -> its restart in the background
     let stray = null;
-    let passed = false;
-    // Registered before any launch: a node that fails to start still
-    // leaves nothing running.
-    t.after(async () => {
-      readersOn = false;
-      await Promise.all(readerTasks);
-      await Promise.allSettled([...pending.values()]);
-      if (stray) await killRaw(stray).catch(() => {});
-      for (const b of nodes) await b.stop({ keep: !passed }).catch(() => {});
-      await proxy.close();
-      await pg.destroy();
-      await fp.close();
+    // c reaches the database through a proxy whose link is cut; the
+    // cleanup is registered before any launch: a node that fails to start
+    // still leaves nothing running.
+    const cl = await Cluster.onFakeProvider(t, fp, {
+      proxied: [2],
+      secret: 'ha-torture-client-secret',
+      broker: { refresh_margin: '20s', refresh_ratio: '0.1', refresh_jitter: '2s', max_parallel_refreshes: '64' },
+      logLevel: 'info',
+      cleanup: async () => {
+        readersOn = false;
+        await Promise.all(readerTasks);
+        await Promise.allSettled([...pending.values()]);
+        if (stray) await killRaw(stray).catch(() => {});
+      },
     });
-
-    const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
-    for (let i = 0; i < 3; i++) {
-      nodes[i].opts = {
-        providers: { fake: iniProvider(fp.providerConf()) },
-        secrets: { 'fake.secret': 'ha-torture-client-secret' },
-        broker: {
-          // c reaches the database through the proxy whose link is cut
-          store: i === 2 ? `postgresql://tokenbroker@127.0.0.1:${proxy.port}/tokenbroker` : pg.uri(),
-          store_password_file: pg.passwordFile,
-          node_name: names[i],
-          refresh_margin: '20s',
-          refresh_ratio: '0.1',
-          refresh_jitter: '2s',
-          max_parallel_refreshes: '64',
-          ...(i > 0 ? { key_file: key } : {}),
-        },
-        logLevel: 'info',
-      };
-      nodes[i].writeConfig();
-      await nodes[i].launch();   // a first: it makes the key the others share
-    }
+    const { nodes, names, pg } = cl;
+    const proxy = cl.proxies[2];
     // 1. CONNS connections through the code flow, on node a.
     const a = nodes[0];
     const conns = Array.from({ length: CONNS }, (_, i) => `ha-${String(i).padStart(4, '0')}`);
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-    await pool(conns, 8, async (name) => {
-      const r = await a.api('POST', '/v1/connections', { name, provider: 'fake' });
-      assert.equal(r.status, 201, `create ${name}: ${r.text}`);
-      const loc = await new Promise((resolve, reject) => {
-        const req = http.get(r.json.authorize_url, { agent, timeout: 10000 }, (res) => { res.resume(); resolve(res.headers.location); });
-        req.on('timeout', () => req.destroy(new Error('authorize: timed out')));
-        req.on('error', reject);
-      });
-      assert.ok(loc, `no redirect for ${name}`);
-      const cb = await httpGet(loc);
-      assert.equal(cb.status, 200, `callback ${name}: ${cb.status} ${cb.text.slice(0, 200)}`);
-    });
-    agent.destroy();
+    await connectAll(a, conns, 'fake');
 
-    const grantOf = new Map();
-    await pool(conns, 16, async (name) => {
-      const r = await a.api('GET', `/v1/connections/${name}/token`);
-      assert.equal(r.status, 200, `token ${name}: ${r.text}`);
-      const iss = fp.markSeen(r.json.access_token);
-      assert.ok(iss, `${name}: the provider never issued the access token it serves`);
-      grantOf.set(name, iss.grant);
-    });
-    assert.equal(new Set(grantOf.values()).size, CONNS, 'two connections share a grant');
+    const ledger = new Ledger(fp, conns, { life, nodeNames: names });
+    await ledger.learnGrants(a);
+    const { grantOf, reader, lost } = ledger;
     // Every node has every connection, and three live nodes.
     await waitFor(async () => {
       for (const n of nodes) {
@@ -250,30 +123,8 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     }, { timeoutMs: 60000, intervalMs: 500, what: 'every connection on every node, three live nodes' });
     const setupS = (Date.now() - t0) / 1000;
 
-    const lost = new Map();
-    const lose = (name, why) => { if (!lost.has(name)) lost.set(name, why); };
-    const reader = { slowest: {}, ok: 0, mismatch: 0, expired: 0, needsReauth: 0, other: {}, otherSeen: [], down: 0, perNode: [0, 0, 0] };
-    const expiredSeen = [];
     let cutOn = false;   // node c's database link is cut
     const up = (i) => nodes[i].running() && !pending.has(i);
-
-    /* One served access token checked: of its grant, not past its expiry. */
-    function check(i, name, tok, sentAt) {
-      const iss = fp.markSeen(tok);
-      if (!iss || iss.grant !== grantOf.get(name)) {
-        reader.mismatch++;
-        lose(name, `node ${names[i]} served an access token of another or no grant`);
-        return;
-      }
-      const expiry = iss.at + life.get(iss.grant) * 1000;
-      if (sentAt > expiry) {
-        reader.expired++;
-        if (expiredSeen.length < 10) expiredSeen.push(`node ${names[i]} ${name}: ${sentAt - expiry} ms past expiry`);
-        return;
-      }
-      reader.ok++;
-      reader.perNode[i]++;
-    }
 
     // 2. Readers on every node.
     readersOn = true;
@@ -303,14 +154,8 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
               continue;
             }
             const took = Date.now() - sentAt;
-            const lk = `${kind}${cutOn && i === 2 ? ' on c during the cut' : ''}`;
-            if (!(took <= (reader.slowest[lk]?.ms ?? -1))) reader.slowest[lk] = { ms: took, what: `${names[i]} ${method} ${name} ${r.status}` };
-            if (r.status === 200) check(i, name, r.json.access_token, sentAt);
-            else if (r.status === 409) { reader.needsReauth++; lose(name, `node ${names[i]}: 409 ${r.json?.error}`); }
-            else {
-              reader.other[r.status] = (reader.other[r.status] || 0) + 1;
-              if (reader.otherSeen.length < 10) reader.otherSeen.push(`${names[i]} ${method} ${name}: ${r.status} ${r.json?.error_description ?? ''}`);
-            }
+            ledger.took(`${kind}${cutOn && i === 2 ? ' on c during the cut' : ''}`, took, `${names[i]} ${method} ${name} ${r.status}`);
+            ledger.answer(i, name, r, sentAt, method);
             await sleep(kind === 'token' ? 10 : 150);
           }
         })());
@@ -318,23 +163,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     }
 
     /* Every connection listed and active on node i. */
-    async function checkListed(i, when) {
-      const byName = new Map();
-      let after = '';
-      for (let pages = 0; ; pages++) {
-        assert.ok(pages <= CONNS / 1000 + 1, `${when}: the listing did not end`);
-        const r = await nodes[i].api('GET', `/v1/connections?limit=1000${after ? `&after=${after}` : ''}`, undefined, { timeoutMs: 30000 });
-        assert.equal(r.status, 200, r.text);
-        for (const c of r.json.connections) byName.set(c.name, c);
-        if (!r.json.next) break;
-        after = encodeURIComponent(r.json.next);
-      }
-      for (const name of conns) {
-        const c = byName.get(name);
-        if (!c) lose(name, `${when}: missing on node ${names[i]}`);
-        else if (c.state !== 'active') lose(name, `${when}: ${c.state} on node ${names[i]} (${c.last_error})`);
-      }
-    }
+    const checkListed = (i, when) => ledger.checkListed(nodes[i], i, when);
 
     // 3. The torture.
     const PG_AT = Math.max(1, Math.floor(KILLS / 3));
@@ -344,21 +173,10 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     const restartMs = [];
     const failures = [];
     const restartOf = (i) => (async () => {
-      const b = nodes[i];
-      const r0 = Date.now();
       await sleep(SETTLE_MS);
-      if (rand() < EARLY) {
-        fp.newGeneration();
-        stray = spawnRaw(b);
-        await sleep(2 + rand() * 80);
-        await killRaw(stray);
-        stray = null;
-        earlyKills++;
-        await sleep(SETTLE_MS);
-      }
-      fp.newGeneration();
-      await b.launch();
-      restartMs.push(Date.now() - r0);
+      const rs = await relaunch(nodes[i], { fp, rand, early: EARLY, settleMs: SETTLE_MS, track: (p) => { stray = p; } });
+      restartMs.push(rs.ms);
+      if (rs.early) earlyKills++;
     })().catch((e) => { failures.push(`restart of node ${names[i]}: ${e.message}`); })
       .finally(() => pending.delete(i));
 
@@ -394,7 +212,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
         const j = [0, 1, 2].find(up);
         if (j !== undefined) await checkListed(j, `after kill ${kills}`);
       }
-      if (fp.stats.invalidGrant > 0 || fp.stats.graceAfterSeen > 0 || fp.stats.graceSameGeneration > 0 || lost.size > 0) {
+      if (ledger.broken()) {
         failures.push(`stopped after kill ${kills}`);
       }
     }
@@ -421,12 +239,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
       await pool(conns, 32, async (name) => {
         const i = Math.floor(Math.random() * 3);
         const r = await nodes[i].api('POST', `/v1/connections/${name}/refresh`, undefined, { timeoutMs: 60000 });
-        const g = fp.grants.get(grantOf.get(name));
-        if (r.status !== 200) return lose(name, `final refresh on ${names[i]}: ${r.status} ${r.text.slice(0, 200)}`);
-        if (r.json.state !== 'active') return lose(name, `final refresh on ${names[i]}: state ${r.json.state}`);
-        if (g.revoked) return lose(name, 'grant revoked at the provider');
-        if (!g.lastOk || g.lastOk.time < tVerify) return lose(name, `final refresh on ${names[i]} answered 200, the provider accepted nothing`);
-        return undefined;
+        ledger.refreshHeld(name, r, `final refresh on ${names[i]}`, { since: tVerify });
       });
     }
     for (let i = 0; i < 3; i++) await checkListed(i, 'at the end');
@@ -440,7 +253,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
           const sentAt = Date.now();
           const r = await nodes[i].api('GET', `/v1/connections/${name}/token`);
           if (r.status !== 200) { stale.set(`${names[i]}/${name}`, `${r.status}`); continue; }
-          check(i, name, r.json.access_token, sentAt);
+          ledger.check(i, name, r.json.access_token, sentAt);
           if (r.json.access_token !== want) stale.set(`${names[i]}/${name}`, 'not the newest token');
         }
       });
@@ -448,7 +261,7 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     }, { timeoutMs: 20000, intervalMs: 500, what: 'every node serving every connection\'s newest token' }).catch((e) => failures.push(e.message));
 
     const s = fp.stats;
-    const perGrant = [...grantOf.values()].map((gid) => fp.grants.get(gid).refreshes);
+    const per = ledger.refreshesPerGrant();
     const runtimeS = (Date.now() - t0) / 1000;
     const avg = (x) => (x.length ? x.reduce((p, q) => p + q, 0) / x.length : 0);
     const logs = nodes.map((n) => n.log());
@@ -458,36 +271,19 @@ test(`HA torture: ${KILLS} SIGKILLs over three nodes, a PostgreSQL restart and a
     console.log(`  seed=${SEED} build=${BUILD} setup ${setupS.toFixed(1)} s, kill loop ${loopS.toFixed(1)} s, ` +
       `PostgreSQL restart ${pgRestartMs} ms, cut ${CUT_MS} ms of node c (proxy: ${JSON.stringify(proxy.stats)})`);
     console.log(`  kills also during startup: ${earlyKills}; restart to answering: avg ${avg(restartMs).toFixed(0)} ms, max ${Math.max(0, ...restartMs)} ms`);
-    console.log(`  provider: backwards ${s.graceSameGeneration}, served-before-commit ${s.graceAfterSeen}, reuse refused ${s.reuseRefused}, ` +
-      `unknown ${s.unknownToken}, revoked ${s.revokedGrant}; refreshes per connection min ${Math.min(...perGrant)} max ${Math.max(...perGrant)}`);
-    console.log(`  readers: ${reader.ok} tokens checked (a/b/c ${reader.perNode.join('/')}), ${reader.mismatch} mismatches, ` +
-      `${reader.expired} expired, ${reader.needsReauth} needs_reauth, other ${JSON.stringify(reader.other)}, ${reader.down} while down`);
-    console.log(`  slowest answers: ${Object.entries(reader.slowest).map(([k, v]) => `${k}: ${v.ms} ms (${v.what})`).join('; ')}`);
+    console.log(ledger.report(t0));
     console.log(`  daemon logs a/b/c: lease-lost ${logCount(/lease-lost|lease lost/i)}, store errors ${logCount(/failed to (store|commit)|store unreachable|database unreachable/i)}`);
-    for (const o of reader.otherSeen) console.log(`  reader answer: ${o}`);
-    for (const e of expiredSeen) console.log(`  EXPIRED ${e}`);
-    for (const [name, why] of [...lost].slice(0, 20)) console.log(`  LOST ${name}: ${why}`);
     for (const [k, why] of [...stale].slice(0, 10)) console.log(`  STALE ${k}: ${why}`);
-    for (const rj of fp.rejections.slice(0, 20)) console.log(`  REJECTED grant ${rj.grant}: ${rj.reason} at +${rj.time - t0} ms`);
     if (failures.length) console.log(`  ${failures.join('; ')}`);
 
     assert.deepEqual(failures, []);
-    assert.equal(lost.size, 0, `lost connections: ${[...lost].slice(0, 5).map(([n, w]) => `${n}: ${w}`).join('; ')}`);
-    assert.equal(s.invalidGrant, 0, 'a refresh token the provider considers dead was presented');
+    ledger.assertClean();
     assert.equal(s.revokedGrant, 0);
     assert.ok([...grantOf.values()].every((gid) => !fp.grants.get(gid).revoked), 'a grant was revoked');
-    assert.equal(s.graceSameGeneration, 0, 'a live node went back to an older refresh token');
-    assert.equal(s.graceAfterSeen, 0, 'an access token was served before its refresh token was committed');
-    assert.equal(reader.mismatch, 0);
-    assert.equal(reader.needsReauth, 0);
-    assert.equal(reader.expired, 0, `tokens served past their expiry: ${expiredSeen.join('; ')}`);
-    // Every answer of a running node is a token: a 404, 500, 503 or 504
-    // means a node lost a connection or could not serve it for a while.
-    assert.deepEqual(reader.other, {}, `readers got answers other than 200: ${reader.otherSeen.join('; ')}`);
     assert.equal(stale.size, 0);
     assert.ok(reader.ok > 1000 && reader.perNode.every((x) => x > 0), `readers checked ${reader.ok} tokens`);
     assert.ok(kills >= KILLS && killsPer.every((x) => x > 0), `kills ${killsPer.join('/')}`);
     assert.ok(pgRestartMs > 0 && proxy.stats.dropped > 0, 'the PostgreSQL restart or the cut did not happen');
-    assert.ok(Math.min(...perGrant) >= 3, 'a connection refreshed fewer than 3 times');
-    passed = true;
+    assert.ok(per.min >= 3, 'a connection refreshed fewer than 3 times');
+    cl.passed = true;
   });
