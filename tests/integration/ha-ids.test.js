@@ -17,54 +17,12 @@
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const net = require('node:net');
-const path = require('node:path');
-
-const { Broker, sleep, waitFor, iniProvider, freePort } = require('../lib/broker.js');
+const { sleep, waitFor, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
-const { Postgres } = require('../lib/pg.js');
+const { Cluster, tokenOf } = require('../lib/cluster.js');
+const { pool } = require('../lib/torture.js');
 
 const PER_NODE = 200;
-
-async function pool(items, concurrency, fn) {
-  let i = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (i < items.length) { const k = i++; await fn(items[k], k); }
-  }));
-}
-
-/* A TCP proxy in front of PostgreSQL whose link can be cut (as in
- * ha-torture.test.js): cut() destroys every open connection and, until
- * restore(), closes each new one at once. */
-async function startCutProxy(targetPort) {
-  const socks = new Set();
-  let cut = false;
-  const server = net.createServer((down) => {
-    if (cut) { down.destroy(); return; }
-    const up = net.connect(targetPort, '127.0.0.1');
-    const pair = [down, up];
-    const end = () => { for (const s of pair) { s.destroy(); socks.delete(s); } };
-    for (const s of pair) { socks.add(s); s.on('error', end); s.on('close', end); }
-    down.pipe(up);
-    up.pipe(down);
-  });
-  const port = await freePort();
-  await new Promise((resolve, reject) => { server.once('error', reject); server.listen(port, '127.0.0.1', resolve); });
-  return {
-    port,
-    cut() { cut = true; for (const s of socks) s.destroy(); socks.clear(); },
-    restore() { cut = false; },
-    async close() {
-      for (const s of socks) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
-async function tokenOf(b, name) {
-  const r = await b.api('GET', `/v1/connections/${name}/token`);
-  return r.status === 200 ? r.json.access_token : null;
-}
 
 /* A create, retried while the node answers 503 (ids not reserved yet: a
  * clear, retryable answer), a bounded number of times. */
@@ -76,49 +34,28 @@ async function create(b, name) {
   }
 }
 
-let fp, pg, proxy;
-const nodes = [];
+let fp, cl, pg, proxy, nodes;
 let a, b, c;
 
 test.before(async () => {
   fp = await startFakeProvider({ record: false });
-  pg = await Postgres.start({ fsync: false });
-  proxy = await startCutProxy(pg.port);
-  for (let i = 0; i < 3; i++) nodes.push(await Broker.prepare());
-  const names = ['a', 'b', 'c'];
-  const key = path.join(nodes[0].dir, 'state', 'tokenbroker.key');
-  for (let i = 0; i < 3; i++) {
-    nodes[i].opts = {
-      providers: {
-        cc: iniProvider({ ...fp.providerConf({ grant: 'client_credentials', authorize_url: undefined }), revoke_url: undefined }),
-      },
-      secrets: { 'fake.secret': 'ha-ids-client-secret' },
-      broker: {
-        store: i === 2 ? `postgresql://tokenbroker@127.0.0.1:${proxy.port}/tokenbroker` : pg.uri(),
-        store_password_file: pg.passwordFile,
-        node_name: names[i],
-        max_parallel_refreshes: '64',
-        ...(i > 0 ? { key_file: key } : {}),
-      },
-      logLevel: 'info',
-    };
-    nodes[i].writeConfig();
-    await nodes[i].launch();   // a first: it makes the key the others share
-  }
+  cl = await Cluster.create({ nodes: 3, proxied: [2] });   // c reaches PostgreSQL through a cut proxy
+  ({ pg, nodes } = cl);
+  proxy = cl.proxies[2];
+  await cl.start(() => ({
+    providers: {
+      cc: iniProvider({ ...fp.providerConf({ grant: 'client_credentials', authorize_url: undefined }), revoke_url: undefined }),
+    },
+    secrets: { 'fake.secret': 'ha-ids-client-secret' },
+    broker: { max_parallel_refreshes: '64' },
+    logLevel: 'info',
+  }));
   [a, b, c] = nodes;
-  await waitFor(async () => {
-    for (const n of nodes) {
-      const st = await n.api('GET', '/v1/status');
-      if ((st.json.nodes ?? []).filter((x) => x.alive).length !== 3) return false;
-    }
-    return true;
-  }, { timeoutMs: 30000, what: 'three live nodes on every node' });
+  await cl.waitLive({ count: 3, what: 'three live nodes on every node' });
 }, { timeout: 120000 });
 
 test.after(async () => {
-  for (const n of nodes) await n.stop().catch(() => {});
-  if (proxy) await proxy.close();
-  if (pg) await pg.destroy();
+  if (cl) await cl.destroy();
   if (fp) await fp.close();
 });
 
