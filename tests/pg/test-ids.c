@@ -23,23 +23,7 @@
 #include "tests.h"
 #include "store-fixtures.h"
 #include "pg-env.h"
-
-static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
-
-static char *fresh_db(const char *name) {
-        return pg_env_recreate(name) < 0 ? NULL : pg_env_uri(name);
-}
-
-static int open_store(const char *uri, const char *node, Store **ret) {
-        StoreOptions o = { .password = pg_env_get_password(), .node = node };
-        char err[512];
-        int r;
-
-        r = store_open_with(uri, &o, &test_key, ret, err, sizeof err);
-        if (r < 0)
-                fprintf(stderr, "  open %s: %s\n", uri, err);
-        return r;
-}
+#include "pg-store-env.h"
 
 static int db_exec(const char *db, const char *sql) {
         _cleanup_(pg_db_closep) PgDb *d = pg_env_connect(db);
@@ -72,7 +56,7 @@ static void *node_thread(void *userdata) {
         StoreWriter *w = NULL;
         Store *s = NULL;
 
-        n->error = open_store(n->uri, n->name, &s);
+        n->error = pg_env_open_node(n->uri, n->name, &s);
         if (n->error < 0)
                 return NULL;
         if (n->writer && (n->error = store_writer_new(s, NULL, &w)) < 0) {
@@ -105,7 +89,7 @@ static int cmp64(const void *a, const void *b) {
 }
 
 static void two_nodes(const char *db, bool writer) {
-        _cleanup_free_ char *uri = fresh_db(db);
+        _cleanup_free_ char *uri = pg_env_fresh_db(db);
         static Node nodes[2];
         _cleanup_free_ int64_t *all = NULL;
         pthread_t t[2];
@@ -119,7 +103,7 @@ static void two_nodes(const char *db, bool writer) {
                 Store *s = NULL;
                 _cleanup_(connection_freep) Connection *c = conn_new("copied", "p", CONN_PENDING);
 
-                CHECK_EQ_INT(open_store(uri, NULL, &s), 0);
+                CHECK_EQ_INT(pg_env_open_node(uri, NULL, &s), 0);
                 if (!s || !c)
                         return;
                 c->id = 4321;
@@ -165,13 +149,13 @@ TEST(two_nodes_with_writers_reserving_ahead_all_distinct) {
 /* A connection another node made never moves this node into that node's
  * block; with a writer, the next block is reserved before this one ends. */
 TEST(an_id_seen_elsewhere_moves_nothing_and_blocks_come_ahead) {
-        _cleanup_free_ char *uri = fresh_db("i_seen");
+        _cleanup_free_ char *uri = pg_env_fresh_db("i_seen");
         StoreWriter *w = NULL;
         Store *a = NULL, *b = NULL;
         int64_t x, y, first;
         usec_t until;
 
-        if (!uri || open_store(uri, "a", &a) < 0 || open_store(uri, "b", &b) < 0)
+        if (!uri || pg_env_open_node(uri, "a", &a) < 0 || pg_env_open_node(uri, "b", &b) < 0)
                 goto out;
         CHECK_EQ_INT(store_writer_new(a, NULL, &w), 0);
         CHECK_EQ_INT((int) store_ids_left(a), STORE_ID_BLOCK);   /* the first block at start */
@@ -231,14 +215,14 @@ static int on_missing(int64_t id, void *userdata) {
  * catching up from below it; pruning moves the horizon past it; the ids
  * no row has any more are found. */
 TEST(tombstones_by_version_pruned_and_compared) {
-        _cleanup_free_ char *uri = fresh_db("i_tomb");
+        _cleanup_free_ char *uri = pg_env_fresh_db("i_tomb");
         _cleanup_(connection_freep) Connection *a = conn_new("gone", "p", CONN_PENDING);
         _cleanup_(connection_freep) Connection *b = conn_new("kept", "p", CONN_PENDING);
         Store *s = NULL, *other = NULL;
         int64_t before = 0, after = 0, horizon = -1;
         Seen seen = {};
 
-        if (!uri || !a || !b || open_store(uri, "a", &s) < 0 || open_store(uri, "b", &other) < 0)
+        if (!uri || !a || !b || pg_env_open_node(uri, "a", &s) < 0 || pg_env_open_node(uri, "b", &other) < 0)
                 goto out;
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
         CHECK_EQ_INT(store_connection_insert(s, b), 0);

@@ -23,23 +23,7 @@
 #include "tests.h"
 #include "store-fixtures.h"
 #include "pg-env.h"
-
-static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
-
-static char *fresh_db(const char *name) {
-        return pg_env_recreate(name) < 0 ? NULL : pg_env_uri(name);
-}
-
-static int open_node(const char *uri, const char *node, Store **ret) {
-        StoreOptions o = { .password = pg_env_get_password(), .node = node };
-        char err[512];
-        int r;
-
-        r = store_open_with(uri, &o, &test_key, ret, err, sizeof err);
-        if (r < 0)
-                fprintf(stderr, "  open %s: %s\n", uri, err);
-        return r;
-}
+#include "pg-store-env.h"
 
 static int64_t db_int(PgDb *d, const char *sql) {
         PGresult *res = NULL;
@@ -96,14 +80,14 @@ static char *stored_access_token(Store *s) {
 }
 
 TEST(the_loser_of_a_takeover_commits_nothing) {
-        _cleanup_free_ char *uri = fresh_db("l_fence");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_fence");
         _cleanup_(connection_freep) Connection *c = conn_full();
         _cleanup_(pg_db_closep) PgDb *da = NULL, *db = NULL;
         _cleanup_free_ char *at = NULL;
         Store *a = NULL, *b = NULL;
         int64_t ea = 0, eb = 0;
 
-        if (!uri || !c || open_node(uri, "a", &a) < 0 || open_node(uri, "b", &b) < 0)
+        if (!uri || !c || pg_env_open_node(uri, "a", &a) < 0 || pg_env_open_node(uri, "b", &b) < 0)
                 goto done;
         da = pg_env_connect("l_fence");
         db = pg_env_connect("l_fence");
@@ -140,7 +124,7 @@ done:
 /* A node without the lease writes everything but the tokens: an ACL
  * change on a node a moment behind never puts back a spent token. */
 TEST(a_save_without_the_lease_keeps_the_tokens) {
-        _cleanup_free_ char *uri = fresh_db("l_keep");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_keep");
         _cleanup_(connection_freep) Connection *c = conn_full();
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         _cleanup_(pg_db_closep) PgDb *da = NULL;
@@ -149,7 +133,7 @@ TEST(a_save_without_the_lease_keeps_the_tokens) {
         int64_t ea = 0;
         Loaded l = {};
 
-        if (!uri || !c || open_node(uri, "a", &a) < 0 || open_node(uri, "b", &b) < 0)
+        if (!uri || !c || pg_env_open_node(uri, "a", &a) < 0 || pg_env_open_node(uri, "b", &b) < 0)
                 goto done;
         da = pg_env_connect("l_keep");
         if (!da)
@@ -177,11 +161,11 @@ done:
 }
 
 TEST(shares_spread_over_live_nodes) {
-        _cleanup_free_ char *uri = fresh_db("l_share");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_share");
         _cleanup_(pg_db_closep) PgDb *da = NULL, *db = NULL;
         Store *a = NULL;
 
-        if (!uri || open_node(uri, "a", &a) < 0)
+        if (!uri || pg_env_open_node(uri, "a", &a) < 0)
                 goto done;
         for (unsigned i = 0; i < 5; i++) {
                 char name[16];
@@ -227,13 +211,13 @@ static void *race_thread(void *userdata) {
 /* Two nodes taking leases at once, over and over: every connection has
  * exactly one holder, never two. */
 TEST(two_nodes_racing_never_share_a_lease) {
-        _cleanup_free_ char *uri = fresh_db("l_race");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_race");
         _cleanup_(pg_db_closep) PgDb *d = NULL;
         struct racer x[2] = { { .node = "a" }, { .node = "b" } };
         pthread_t t[2];
         Store *a = NULL;
 
-        if (!uri || open_node(uri, "a", &a) < 0)
+        if (!uri || pg_env_open_node(uri, "a", &a) < 0)
                 goto done;
         for (unsigned i = 0; i < 100; i++) {
                 char name[16];

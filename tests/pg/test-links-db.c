@@ -22,43 +22,27 @@
 #include "tests.h"
 #include "links-db-cases.h"
 #include "pg-env.h"
-
-static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
-
-static char *fresh_db(const char *name) {
-        return pg_env_recreate(name) < 0 ? NULL : pg_env_uri(name);
-}
-
-static int open_node(const char *uri, const char *node, Store **ret) {
-        StoreOptions o = { .password = pg_env_get_password(), .node = node };
-        char err[512];
-        int r;
-
-        r = store_open_with(uri, &o, &test_key, ret, err, sizeof err);
-        if (r < 0)
-                fprintf(stderr, "  open %s: %s\n", uri, err);
-        return r;
-}
+#include "pg-store-env.h"
 
 TEST(links_db_on_postgresql) {
-        _cleanup_free_ char *uri = fresh_db("l_cases");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_cases");
         Store *s = NULL;
 
         CHECK(uri);
-        CHECK_EQ_INT(open_node(uri, "a", &s), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "a", &s), 0);
         if (s)
                 links_db_cases(s);
         store_close(s);
 }
 
 TEST(reserved_ids_never_collide_between_nodes) {
-        _cleanup_free_ char *uri = fresh_db("l_ids");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_ids");
         Store *a = NULL, *b = NULL;
         int64_t ia[16], ib[16];
 
         CHECK(uri);
-        CHECK_EQ_INT(open_node(uri, "a", &a), 0);
-        CHECK_EQ_INT(open_node(uri, "b", &b), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "a", &a), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "b", &b), 0);
         if (!a || !b)
                 goto out;
         for (int round = 0; round < 4; round++) {
@@ -94,14 +78,14 @@ static void *claim(void *userdata) {
 }
 
 TEST(two_nodes_claiming_at_once_get_a_link_once) {
-        _cleanup_free_ char *uri = fresh_db("l_race");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_race");
         const usec_t t = 1700000000ULL * USEC_PER_SEC;
         Store *a = NULL, *b = NULL;
         unsigned both = 0, none = 0;
 
         CHECK(uri);
-        CHECK_EQ_INT(open_node(uri, "a", &a), 0);
-        CHECK_EQ_INT(open_node(uri, "b", &b), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "a", &a), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "b", &b), 0);
         if (!a || !b)
                 goto out;
         for (int i = 1; i <= 100; i++) {
@@ -133,14 +117,14 @@ out:
 }
 
 TEST(pending_authorization_by_state_hash) {
-        _cleanup_free_ char *uri = fresh_db("l_pending");
+        _cleanup_free_ char *uri = pg_env_fresh_db("l_pending");
         _cleanup_(pg_db_closep) PgDb *d = NULL;
         Store *s = NULL;
         int64_t id = 0;
         char h[65];
 
         CHECK(uri);
-        CHECK_EQ_INT(open_node(uri, "a", &s), 0);
+        CHECK_EQ_INT(pg_env_open_node(uri, "a", &s), 0);
         d = pg_env_connect("l_pending");
         CHECK(d);
         if (!s || !d)
