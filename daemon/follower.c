@@ -312,7 +312,27 @@ static int on_asked_timer(sd_event_source *s _unused_, uint64_t usec _unused_, v
         for (size_t i = 0; i < f->n_asked; i++) {
                 Connection *c;
                 char *name;
+                int64_t epoch;
+                usec_t until;
 
+                /* The lease came here meanwhile (a single node takes a new
+                 * connection's lease at its next heartbeat; a holder died):
+                 * this node refreshes, and the waiters get its answer. */
+                c = manager_get(f->manager, f->asked[i].name);
+                if (c && f->manager->cluster && cluster_lease(f->manager->cluster, c->id, &epoch, &until) > 0 &&
+                    usec_sub(until, now(CLOCK_BOOTTIME)) >= CLUSTER_LEASE_MIN_LEFT) {
+                        int r;
+
+                        free(f->asked[i].name);
+                        f->asked[i--] = f->asked[--f->n_asked];
+                        log_debug("%s: the lease came to this node: refreshing here.", c->name);
+                        r = refresher_refresh(f->manager, c, NULL);
+                        if (r < 0)
+                                refresher_wake(c, r);
+                        else
+                                manager_wheel_rearm(f->manager);
+                        continue;
+                }
                 if (f->asked[i].deadline > t)
                         continue;
                 name = f->asked[i].name;
@@ -334,6 +354,9 @@ static void asked_arm(Follower *f) {
 
         for (size_t i = 0; i < f->n_asked; i++)
                 first = MIN(first, f->asked[i].deadline);
+        /* and, while any is asked, a look every 0.5 s: has its lease come here? */
+        if (first != USEC_INFINITY)
+                first = MIN(first, usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT / 4));
         if (first == USEC_INFINITY) {
                 if (f->asked_timer)
                         (void) sd_event_source_set_enabled(f->asked_timer, SD_EVENT_OFF);
@@ -448,10 +471,15 @@ static void apply_row(Follower *f, const StoreRow *row) {
         tokens = !connection_busy(c) && !c->queued && (!holder || x->obtained_at > c->obtained_at);
         take_others(m, c, x);
         if (tokens) {
+                /* Only a new access token answers a refresh asked of the
+                 * holder: a catch-up scan also reads this node's own last
+                 * commit back, and its (old) token is no answer. */
+                bool fresh = !streq_ptr(x->access_token, c->access_token);
+
                 take_tokens(m, c, x);
                 refresher_schedule(m, c);
                 manager_wheel_rearm(m);
-                if (c->waiters)
+                if (c->waiters && fresh)
                         asked_done(f, c, 0);   /* a refresh asked of the holder: here it is */
         }
         f->applied++;
