@@ -354,7 +354,12 @@ void refresher_on_timer(Manager *m, Connection *c) {
         retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
         if (retry)
                 c->retry_at = 0;
-        if (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK))
+        /* On a cluster a pending connection with a grant to prove (an
+         * import, a client_credentials or password grant) waited for its
+         * lease (lease_wait()): its first request, now that it may be here. */
+        bool starting = m->cluster && c->state == CONN_PENDING && !c->state_hash && !connection_busy(c) &&
+                        !connection_device_pending(c);
+        if (starting || (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)))
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);
