@@ -395,6 +395,9 @@ class Broker {
     this.storeEngine = 'postgresql';
   }
 
+  /** The store as the daemon names it in its messages: the SQLite file or the database's URI. */
+  get storeName() { return this.pgDb ? this.pg.uri(this.pgDb) : this.db; }
+
   /** The redirect URI the broker sends for provider NAME (its own, not the shared one). */
   redirectUriFor(name) {
     return `${this.redirectUri}/${name}`;
