@@ -250,6 +250,14 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
         return due;
 }
 
+/* On a cluster, a pending connection with a grant to prove (an import, a
+ * client_credentials or password grant) whose first request waits for the
+ * connection's lease (lease_wait()); not one that failed already. */
+static bool grant_waits_for_lease(Manager *m, const Connection *c) {
+        return m->cluster && c->state == CONN_PENDING && !c->state_hash && !c->last_error &&
+               !connection_device_pending(c);
+}
+
 void refresher_schedule(Manager *m, Connection *c) {
         usec_t due = USEC_INFINITY;
 
@@ -261,6 +269,8 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = deadline_from_realtime(c->pending_until);
         else if (c->state == CONN_ACTIVE)
                 due = refresh_due(m, c);
+        else if (grant_waits_for_lease(m, c))
+                due = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);   /* as lease_wait(): kept, not cancelled */
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
                 due = MIN(due, deadline_from_realtime(c->pending_until));
@@ -357,8 +367,8 @@ void refresher_on_timer(Manager *m, Connection *c) {
         /* On a cluster a pending connection with a grant to prove (an
          * import, a client_credentials or password grant) waited for its
          * lease (lease_wait()): its first request, now that it may be here. */
-        bool starting = m->cluster && c->state == CONN_PENDING && !c->state_hash && !connection_busy(c) &&
-                        !connection_device_pending(c);
+        bool starting = !connection_busy(c) && (grant_waits_for_lease(m, c) || (m->cluster && retry &&
+                                                                               c->state == CONN_PENDING && !c->state_hash));
         if (starting || (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)))
                 (void) refresher_refresh(m, c, NULL);
         else
