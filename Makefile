@@ -4,7 +4,10 @@
 #   make sanitize        the same with ASan+UBSan into build-asan/
 #   make deps            install the Debian packages needed to build and test
 #   make run             build and run the daemon on conf/dev (no root needed)
-#   make check           unit tests, integration tests, both builds
+#   make check           unit tests, integration tests, both builds (and the
+#                        store matrix on PostgreSQL, build/ only)
+#   make check-pg        the store matrix (tests/pg-matrix.txt) on PostgreSQL,
+#                        both builds
 #   make bench           token handout throughput against a bare MHD floor,
 #                        then the proxy row (bench-proxy)
 #   make bench-proxy     the auth-injecting proxy beside the same server direct
@@ -133,6 +136,14 @@ check-unit: all
 check: all sanitize tests/node_modules/.package-lock.json
 	@bash tests/run-all.sh
 
+# The store matrix (issue 10): the integration files of tests/pg-matrix.txt
+# (or PG_MATRIX="tests/integration/a.test.js ...") with every daemon on a
+# throwaway PostgreSQL 15 (TB_STORE=postgresql), against both builds, then
+# the leak scan. make check runs the same list on build/ only.
+PG_MATRIX ?=
+check-pg: all sanitize tests/node_modules/.package-lock.json
+	@TB_PG_ONLY=1 TB_PG_MATRIX="$(PG_MATRIX)" bash tests/run-all.sh
+
 tests/node_modules/.package-lock.json: tests/package.json tests/package-lock.json
 	cd tests && npm ci --no-audit --no-fund
 	@touch $@
@@ -221,7 +232,7 @@ uninstall:
 clean:
 	rm -rf build build-asan build-fuzz
 
-.PHONY: all sanitize check check-unit bench bench-proxy bench-scale deps run install uninstall clean
+.PHONY: all sanitize check check-pg check-unit bench bench-proxy bench-scale deps run install uninstall clean
 .DELETE_ON_ERROR:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

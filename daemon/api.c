@@ -755,7 +755,10 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
          * queued for a refresh slot) is refreshed, as a GET would. Joining
          * a refresh in flight or queued costs the provider nothing. */
         bool client_driven = c->access_token && ttl > 0;
-        if (client_driven && !connection_busy(c) && !c->queued) {
+        /* c->waiters: on a cluster, a refresh asked of the lease holder
+         * (daemon/follower.c) is one in flight too: joined, not limited */
+        bool awaited = connection_busy(c) || c->queued || c->waiters;
+        if (client_driven && !awaited) {
                 usec_t w = client_refresh_wait(c, route);
 
                 if (w > 0) {
@@ -775,7 +778,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         }
         r->route = route;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
-        bool starts = client_driven && !connection_busy(c) && !c->queued;
+        bool starts = client_driven && !awaited;
         k = refresher_refresh(m, c, &r->waiter);
         if (k < 0) {
                 answer_token(r, c, k);

@@ -643,10 +643,15 @@ static void apply_row(Follower *f, const StoreRow *row) {
         tokens = !connection_busy(c) && !c->queued && (!holder || x->obtained_at > c->obtained_at);
         take_others(m, c, x);
         if (tokens) {
+                /* Only a new access token answers a refresh asked of the
+                 * holder: a catch-up scan also reads this node's own last
+                 * commit back, and its (old) token is no answer. */
+                bool fresh = !streq_ptr(x->access_token, c->access_token);
+
                 take_tokens(m, c, x);
                 refresher_schedule(m, c);
                 manager_wheel_rearm(m);
-                if (c->waiters)
+                if (c->waiters && fresh)
                         asked_done(f, c, 0);   /* a refresh asked of the holder: here it is */
         }
         f->applied++;

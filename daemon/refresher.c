@@ -266,18 +266,12 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
         return due;
 }
 
-/* Several nodes: a connection of a grant without a user (client
- * credentials, password) waits for its first grant, which the node that
- * holds its lease makes (the node that made the connection seldom holds
- * it: leases are the heartbeat's). */
-static bool first_grant_wanted(Manager *m, const Connection *c) {
-        const Provider *p;
-
-        if (!m->cluster || c->state != CONN_PENDING || c->refresh_token || c->access_token || c->state_hash ||
-            connection_device_pending(c))
-                return false;
-        p = manager_provider(m, c);
-        return p && (p->grant == GRANT_CLIENT_CREDENTIALS || p->grant == GRANT_PASSWORD);
+/* On a cluster, a pending connection with a grant to prove (an import, a
+ * client_credentials or password grant) whose first request waits for the
+ * connection's lease (lease_wait()); not one that failed already. */
+static bool grant_waits_for_lease(Manager *m, const Connection *c) {
+        return m->cluster && c->state == CONN_PENDING && !c->state_hash && !c->last_error &&
+               !connection_device_pending(c);
 }
 
 void refresher_schedule(Manager *m, Connection *c) {
@@ -291,8 +285,8 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = deadline_from_realtime(c->pending_until);
         else if (c->state == CONN_ACTIVE)
                 due = refresh_due(m, c);
-        else if (first_grant_wanted(m, c))
-                due = now(DEADLINE_CLOCK);
+        else if (grant_waits_for_lease(m, c))
+                due = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);   /* as lease_wait(): kept, not cancelled */
         /* A re-authorization's state also expires; check it with the refresh. */
         if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
                 due = MIN(due, deadline_from_realtime(c->pending_until));
@@ -386,8 +380,12 @@ void refresher_on_timer(Manager *m, Connection *c) {
         retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
         if (retry)
                 c->retry_at = 0;
-        if ((c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)) ||
-            first_grant_wanted(m, c))
+        /* On a cluster a pending connection with a grant to prove (an
+         * import, a client_credentials or password grant) waited for its
+         * lease (lease_wait()): its first request, now that it may be here. */
+        bool starting = !connection_busy(c) && (grant_waits_for_lease(m, c) || (m->cluster && retry &&
+                                                                               c->state == CONN_PENDING && !c->state_hash));
+        if (starting || (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)))
                 (void) refresher_refresh(m, c, NULL);
         else
                 refresher_schedule(m, c);

@@ -14,6 +14,15 @@
 #                                      before it is killed (a failure)
 #   TB_DEADLINE=EPOCH                  stop starting files after this time
 #                                      (.ci/run sets it inside CI's limit)
+#   TB_PG_MATRIX="tests/integration/a.test.js ..."   the store matrix: these
+#                                      files again with every daemon on
+#                                      PostgreSQL (TB_STORE=postgresql), on
+#                                      the first build only (default: the
+#                                      list in tests/pg-matrix.txt; "none"
+#                                      skips the phase)
+#   TB_PG_ONLY=1                       the store matrix alone, on every build
+#                                      (make check-pg): no unit tests, fuzzing
+#                                      nor SQLite integration files
 #
 # Every integration file runs in its own `node --test` under timeout, so a
 # file that hangs (a child that never exits, a hook that never returns)
@@ -25,6 +34,14 @@ total_pass=0 total_fail=0
 read -r -a builds <<< "${TB_BUILDS:-build build-asan}"
 FILE_LIMIT=${TB_FILE_LIMIT:-900}
 DEADLINE=${TB_DEADLINE:-0}
+PG_ONLY=${TB_PG_ONLY:-0}
+if [ -n "${TB_PG_MATRIX:-}" ]; then
+        read -r -a pg_files <<< "$TB_PG_MATRIX"
+else
+        # a file a line; one marked check-pg-only runs in make check-pg alone
+        read -r -a pg_files <<< "$(awk -v all="$PG_ONLY" '/^[^#]/ && NF && (all == 1 || $2 != "check-pg-only") { printf "%s ", $1 }' tests/pg-matrix.txt 2>/dev/null)"
+fi
+[ "${pg_files[0]:-}" = none ] && pg_files=()
 suite_start=$(date +%s)
 steps=()        # "SECONDS what" per step, for the summary
 killed=()       # files killed by the limit or the deadline
@@ -97,13 +114,14 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 for b in "${builds[@]}"; do
+        [ "$PG_ONLY" = 1 ] && break
         bash tests/run-unit.sh "$b" 2>&1 | tee "$log"
         count "$log" "${PIPESTATUS[0]}"
         step_done "unit tests ($b)"
 done
 
 # Fuzzing: a short run of every libFuzzer target, plus its regression inputs.
-if [ "${TB_SKIP_FUZZ:-0}" != 1 ]; then
+if [ "${TB_SKIP_FUZZ:-0}" != 1 ] && [ "$PG_ONLY" != 1 ]; then
         make -s fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-10}" 2>&1 | tee "$log"
         count "$log" "${PIPESTATUS[0]}"
         step_done "fuzz smoke (build and run)"
@@ -117,9 +135,31 @@ chmod 0700 "$TB_SUITE_DIR"
 trap 'rm -f "$log"; rm -rf "$TB_SUITE_DIR"' EXIT
 
 # The harness's own self-tests (oidc-provider and its records, the leak scan).
-echo "== test harness self-tests"
-node_tests tests/lib/selftest-*.test.js
-step_done "harness self-tests"
+if [ "$PG_ONLY" != 1 ]; then
+        echo "== test harness self-tests"
+        node_tests tests/lib/selftest-*.test.js
+        step_done "harness self-tests"
+fi
+
+# One integration file against one build ($1 build, $2 file, $3 store):
+# bounded by FILE_LIMIT and the deadline, its time in $times.
+run_file() {
+        local b=$1 f=$2 store=$3 limit fstart
+        if [ "$DEADLINE" != 0 ] && [ "$(date +%s)" -ge "$DEADLINE" ]; then
+                echo "!! not started, the run's deadline has passed: $b $f$([ "$store" = sqlite ] || echo " on $store")"
+                not_run=$((not_run + 1))
+                return
+        fi
+        limit=$FILE_LIMIT
+        if [ "$DEADLINE" != 0 ] && [ $((DEADLINE - $(date +%s))) -lt "$limit" ]; then
+                limit=$((DEADLINE - $(date +%s)))
+        fi
+        fstart=$(date +%s)
+        echo "== $b $f$([ "$store" = sqlite ] || echo " on $store")"
+        FILE_LIMIT=$limit TB_STORE=$store TOKENBROKER_BUILD="$PWD/$b" node_tests "$f"
+        echo "$(( $(date +%s) - fstart )) $b $(basename "$f")$([ "$store" = sqlite ] || echo " on $store")" >> "$times"
+}
+times=$(mktemp)
 
 # Files, not a folder: `node --test DIR` means something else on node 21+.
 if [ -n "${TB_TESTS:-}" ]; then
@@ -127,32 +167,40 @@ if [ -n "${TB_TESTS:-}" ]; then
 else
         files=(tests/integration/*.test.js)
 fi
-if [ ! -e "${files[0]}" ]; then
+if [ "$PG_ONLY" = 1 ]; then
+        :
+elif [ ! -e "${files[0]}" ]; then
         echo "!! no integration test files: counted as a failure"
         total_fail=$((total_fail + 1))
 else
-        times=$(mktemp)
         for b in "${builds[@]}"; do
                 echo "== integration tests against $b"
                 for f in "${files[@]}"; do
-                        if [ "$DEADLINE" != 0 ] && [ "$(date +%s)" -ge "$DEADLINE" ]; then
-                                echo "!! not started, the run's deadline has passed: $b $f"
-                                not_run=$((not_run + 1))
-                                continue
-                        fi
-                        limit=$FILE_LIMIT
-                        if [ "$DEADLINE" != 0 ] && [ $((DEADLINE - $(date +%s))) -lt "$limit" ]; then
-                                limit=$((DEADLINE - $(date +%s)))
-                        fi
-                        fstart=$(date +%s)
-                        echo "== $b $f"
-                        FILE_LIMIT=$limit TOKENBROKER_BUILD="$PWD/$b" node_tests "$f"
-                        echo "$(( $(date +%s) - fstart )) $b $(basename "$f")" >> "$times"
+                        run_file "$b" "$f" sqlite
                 done
                 step_done "integration tests ($b, ${#files[@]} files)"
         done
-        total_fail=$((total_fail + not_run))
 fi
+
+# The store matrix (issue 10): the files whose behaviour is the store's,
+# again with every daemon on PostgreSQL (a throwaway cluster per file, a
+# database per daemon; tests/lib/broker.js). make check: the first build;
+# make check-pg: every build.
+if [ "${#pg_files[@]}" -gt 0 ]; then
+        pg_builds=("${builds[0]}")
+        [ "$PG_ONLY" = 1 ] && pg_builds=("${builds[@]}")
+        for b in "${pg_builds[@]}"; do
+                echo "== integration tests against $b on PostgreSQL (TB_STORE=postgresql)"
+                for f in "${pg_files[@]}"; do
+                        run_file "$b" "$f" postgresql
+                done
+                step_done "integration tests on PostgreSQL ($b, ${#pg_files[@]} files)"
+        done
+elif [ "$PG_ONLY" = 1 ]; then
+        echo "!! TB_PG_ONLY=1 with no store-matrix files: counted as a failure"
+        total_fail=$((total_fail + 1))
+fi
+total_fail=$((total_fail + not_run))
 
 echo "== leak scan over the whole suite"
 node tests/lib/suite.js "$TB_SUITE_DIR" 2>&1 | tee "$log"

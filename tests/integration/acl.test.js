@@ -157,7 +157,7 @@ async function authorize(b, name, extra = []) {
   return show;
 }
 
-function events(b) { return b.sql('SELECT * FROM events ORDER BY rowid'); }
+function events(b) { return b.sql('SELECT * FROM events ORDER BY id'); }
 
 function tokenRequests(fp) { return fp.requests.filter((r) => r.path === '/token').length; }
 

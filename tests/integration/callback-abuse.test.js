@@ -66,7 +66,7 @@ async function setup(t) {
 }
 
 function snapshot(b) {
-  return { store: b.dumpStore(), events: b.sql('SELECT * FROM events ORDER BY rowid') };
+  return { store: b.dumpStore(), events: b.sql('SELECT * FROM events ORDER BY id') };
 }
 
 /**

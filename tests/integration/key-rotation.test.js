@@ -136,13 +136,13 @@ test('--rotate-key: refused while the daemon runs; afterwards the new key serves
   // The old key is refused now, clearly.
   const stale = await runDaemon(b, []);
   assert.notEqual(stale.code, 0, stale.log);
-  assert.ok(stale.log.includes(`${b.db} was sealed with another key (key file ${keyPath(b)}): refusing to start`), stale.log);
+  assert.ok(stale.log.includes(`${b.storeName} was sealed with another key (key file ${keyPath(b)}): refusing to start`), stale.log);
 
   // Nor does a rotation start from the wrong current key.
   writeKey(path.join(b.dir, 'third.key'), crypto.randomBytes(32));
   const wrong = await runDaemon(b, ['--rotate-key', path.join(b.dir, 'third.key')]);
   assert.notEqual(wrong.code, 0, wrong.log);
-  assert.ok(wrong.log.includes(`${b.db} was sealed with another key than the current one (key file ${keyPath(b)}): refusing to rotate`), wrong.log);
+  assert.ok(wrong.log.includes(`${b.storeName} was sealed with another key than the current one (key file ${keyPath(b)}): refusing to rotate`), wrong.log);
 
   // Swap the key file: the same tokens, from the store.
   writeKey(keyPath(b), newKey);

@@ -24,7 +24,7 @@ const path = require('node:path');
 const { spawn, spawnSync } = require('node:child_process');
 
 const { startFakeProvider } = require('../lib/fake-provider.js');
-const { Broker, iniProvider, BUILD } = require('../lib/broker.js');
+const { Broker, iniProvider, waitFor, BUILD } = require('../lib/broker.js');
 const { recordSecret } = require('../lib/suite.js');
 
 const N = 20000;
@@ -49,6 +49,15 @@ test.before(async () => {
     { cwd: b.dir, encoding: 'utf8', timeout: 120000 });
   b.finding(seed.stderr && /Sanitizer|runtime error/.test(seed.stderr) ? `seed: ${seed.stderr}` : '');
   assert.equal(seed.status, 0, `seed: ${seed.stdout}${seed.stderr}`);
+  if (b.storeEngine === 'postgresql') {
+    // The store matrix: the seeder writes SQLite; --copy-store moves the
+    // 20,000 rows to this Broker's database, and the SQLite file goes.
+    const cp = spawnSync(path.join(BUILD, 'tokenbrokerd'), ['-c', b.confPath, '--copy-store', b.db, b.pg.uri(b.pgDb)],
+      { cwd: b.dir, encoding: 'utf8', timeout: 120000 });
+    b.finding(/Sanitizer|runtime error/.test(cp.stderr ?? '') ? `copy-store: ${cp.stderr}` : '');
+    assert.equal(cp.status, 0, `copy-store: ${cp.stdout}${cp.stderr}`);
+    for (const f of ['', '-wal', '-shm']) fs.rmSync(`${b.db}${f}`, { force: true });
+  }
   await b.launch();
 });
 
@@ -135,6 +144,10 @@ test('paging returns every connection exactly once while connections are added a
 });
 
 test('filters: state, provider, prefix; a filter that matches little examines at most 10,000 a page', { timeout: 120000 }, async () => {
+  // The client_credentials connections the last test added have their
+  // tokens (on PostgreSQL a new one waits for its lease: a heartbeat).
+  await waitFor(async () => (await b.api('GET', '/v1/status')).json.connections.pending === 0,
+    { timeoutMs: 30000, what: 'no pending connection left' });
   for (const name of ['p-one', 'p-two', 'p-three']) {
     const r = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
     assert.equal(r.status, 201, r.text);

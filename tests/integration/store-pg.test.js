@@ -31,6 +31,7 @@ function runBinary(bin, env, timeoutMs) {
 const BINARIES = [
   ['test-pg-db', 'daemon/pg.c: connect errors, migrations under the advisory lock, binary values, lost sessions', 7],
   ['test-store-pg', 'the store on PostgreSQL: every field, sealed at rest, the key, the writer, lost sessions, nodes opening at once', 9],
+  ['test-store-matrix', 'the store matrix: tests/unit/test-store.c\'s tests of the store\'s behaviour, each on a fresh PostgreSQL database', 12],
   ['test-lease', 'leases and fencing: the loser of a takeover commits nothing, a node without the lease keeps the tokens, shares spread, two nodes racing never share a lease', 4],
   ['test-ids', 'several nodes: ids in blocks never shared (2,000 each at once, with and without a writer reserving ahead), tombstones by version, pruned, compared', 4],
 ];

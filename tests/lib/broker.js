@@ -38,6 +38,42 @@ const { recordSecret, archive, archiveText } = require('./suite.js');
 const ROOT = path.resolve(__dirname, '..', '..');
 const BUILD = process.env.TOKENBROKER_BUILD || path.join(ROOT, 'build');
 
+/*
+ * The store matrix (issue 10): TB_STORE=postgresql makes every Broker of a
+ * test file keep its store in PostgreSQL 15 instead of state_dir's SQLite
+ * file: one throwaway cluster per test-file process (tests/lib/pg.js,
+ * started on the first Broker that needs it, stopped by its PID after the
+ * file's last test or when the process ends), a database of its own per
+ * Broker (CREATE DATABASE), `store` and `store_password_file` in its config.
+ * A Broker given opts.store === 'sqlite' (a test of the SQLite file itself)
+ * or its own `store` key stays where it is told. Every launch on
+ * PostgreSQL checks /v1/status says so: the matrix never falls back to
+ * SQLite silently. b.sql() and b.dumpStore() read either engine.
+ */
+const STORE = process.env.TB_STORE || 'sqlite';
+if (STORE !== 'sqlite' && STORE !== 'postgresql') {
+  throw new Error(`TB_STORE=${STORE}: expected sqlite or postgresql`);
+}
+let matrixPg = null;     // Promise of the file's Postgres, once started
+let matrixDbs = 0;
+async function matrixDatabase() {
+  if (!matrixPg) {
+    const { Postgres } = require('./pg.js');
+    matrixPg = Postgres.start({ fsync: false });
+  }
+  const pg = await matrixPg;
+  const db = `tb_${process.pid}_${++matrixDbs}`;
+  await pg.psql(`CREATE DATABASE ${db}`, 'postgres');
+  return { pg, db };
+}
+async function stopMatrixPg() {
+  if (!matrixPg) return;
+  const p = matrixPg;
+  matrixPg = null;
+  const pg = await p.catch(() => null);
+  if (pg) await pg.destroy();
+}
+
 function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
 
 // ---- central checks (see the head of this file) ----------------------------
@@ -74,7 +110,9 @@ function hookTests() {
     // Appended after the test's own t.after() hooks: they stop the daemons.
     t.after(() => finish(mine, t));
   });
-  nt.after(() => finish(fileScope, null));
+  nt.after(async () => {
+    try { await finish(fileScope, null); } finally { await stopMatrixPg(); }
+  });
 }
 
 function currentScope() { return scope ?? fileScope; }
@@ -270,6 +308,9 @@ class Broker {
     this.exits = [];
     this.findings = [];      // exits the harness did not ask for
     this.removeDir = false;  // stop() without keep: removed after the checks
+    this.storeEngine = 'sqlite';   // 'postgresql' under TB_STORE=postgresql (placeStore)
+    this.pg = null;
+    this.pgDb = null;
     this.archived = false;
     this.expecting = null;   // {pid, signal} while kill() waits
     this.launching = null;   // pid while launch() waits (it reports an early exit itself)
@@ -311,7 +352,11 @@ class Broker {
   archiveOnce() {
     if (this.archived) return;
     this.archived = true;
-    archive(this.dir, this.logPath, this.db);
+    let events = null;
+    if (this.pgDb) {
+      try { events = this.psqlSync('SELECT * FROM events', { sep: '|' }); } catch { /* no table yet */ }
+    }
+    archive(this.dir, this.logPath, this.db, events);
   }
 
   static async start(opts = {}) {
@@ -320,6 +365,7 @@ class Broker {
     b.port = opts.port ?? await freePort();
     b.publicUrl = `http://127.0.0.1:${b.port}`;
     b.redirectUri = `${b.publicUrl}/oauth/callback`;
+    await b.placeStore();
     b.writeConfig();
     await b.launch();
     return b;
@@ -332,8 +378,25 @@ class Broker {
     b.port = opts.port ?? await freePort();
     b.publicUrl = `http://127.0.0.1:${b.port}`;
     b.redirectUri = `${b.publicUrl}/oauth/callback`;
+    await b.placeStore();
     return b;
   }
+
+  /**
+   * Under TB_STORE=postgresql, a database of its own on the file's cluster
+   * (unless opts.store === 'sqlite' or opts.broker sets `store`).
+   */
+  async placeStore() {
+    const o = this.opts;
+    if (STORE !== 'postgresql' || o.store === 'sqlite' || (o.broker && o.broker.store !== undefined)) return;
+    const { pg, db } = await matrixDatabase();
+    this.pg = pg;
+    this.pgDb = db;
+    this.storeEngine = 'postgresql';
+  }
+
+  /** The store as the daemon names it in its messages: the SQLite file or the database's URI. */
+  get storeName() { return this.pgDb ? this.pg.uri(this.pgDb) : this.db; }
 
   /** The redirect URI the broker sends for provider NAME (its own, not the shared one). */
   redirectUriFor(name) {
@@ -358,6 +421,7 @@ class Broker {
       refresh_margin: '2s',
       refresh_ratio: '0.25',
       refresh_jitter: '0.5s',
+      ...(this.pgDb ? { store: this.pg.uri(this.pgDb), store_password_file: this.pg.passwordFile } : {}),
       ...(o.broker ?? {}),
     };
     fs.writeFileSync(this.confPath, '[broker]\n' + Object.entries(broker).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
@@ -389,6 +453,13 @@ class Broker {
           throw Object.assign(new Error(`tokenbrokerd exited early:\n${tailOf(this.log())}`), { fatal: true });
         }
         const r = await unixRequest(this.socket, 'GET', '/v1/status').catch(() => null);
+        if (r && r.status === 200 && this.pgDb) {
+          // The matrix must run where it says: never SQLite by mistake.
+          const engine = r.json && r.json.store && r.json.store.engine;
+          if (engine !== 'postgresql') {
+            throw Object.assign(new Error(`TB_STORE=postgresql, but /v1/status says the store is ${JSON.stringify(engine)}`), { fatal: true });
+          }
+        }
         return r && r.status === 200;
       }, { timeoutMs: 15000, what: 'tokenbrokerd to answer on its socket' });
     } finally {
@@ -432,8 +503,16 @@ class Broker {
 
   api(method, urlPath, body, o) { return unixRequest(this.socket, method, urlPath, body, o); }
 
-  /** The connections table as the SQLite file holds it (sqlite3 CLI). */
+  /**
+   * The connections table, one row a line, fields joined by '|' (tokens
+   * as upper-case hex): the same text from SQLite (sqlite3 CLI) and from
+   * PostgreSQL (psql), so a test compares dumps without knowing the engine.
+   */
   dumpStore() {
+    if (this.pgDb) {
+      return this.psqlSync('SELECT id,name,provider,state,scope,identity,upper(encode(access_token,\'hex\')),' +
+        'upper(encode(refresh_token,\'hex\')),expires_at,state_hash,last_error,updated_at FROM connections ORDER BY id', { sep: '|' });
+    }
     const r = spawnSync('sqlite3', ['-readonly', this.db,
       'SELECT id,name,provider,state,scope,identity,hex(access_token),hex(refresh_token),expires_at,state_hash,last_error,updated_at FROM connections ORDER BY id;'],
     { encoding: 'utf8' });
@@ -441,10 +520,36 @@ class Broker {
     return r.stdout;
   }
 
+  /**
+   * Rows of a query on the store, as objects (either engine). Write it in
+   * the SQL both speak: `ORDER BY id` (not rowid), count(*) AS n; hex() is
+   * SQLite's (in PostgreSQL: the harness's hex() is not there, use
+   * b.storeEngine to choose).
+   */
   sql(query) {
+    if (this.pgDb) {
+      const out = this.psqlSync(`SELECT coalesce(json_agg(row_to_json(q)), '[]'::json) FROM (${query.replace(/;\s*$/, '')}) q`);
+      return JSON.parse(out.trim() || '[]');
+    }
     const r = spawnSync('sqlite3', ['-readonly', '-json', this.db, query], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`sqlite3 failed: ${r.stderr}`);
     return r.stdout.trim() ? JSON.parse(r.stdout) : [];
+  }
+
+  /** The same, awaitable (the name the matrix's tests use). */
+  async storeQuery(query) { return this.sql(query); }
+
+  /** psql on this Broker's database: bare values (-A -t), one row a line. */
+  psqlSync(query, { sep } = {}) {
+    const { PGBIN } = require('./pg.js');
+    const args = ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(this.pg.port),
+      '-U', 'tokenbroker', '-d', this.pgDb, ...(sep ? ['-F', sep] : []), '-c', query];
+    const r = spawnSync(path.join(PGBIN, 'psql'), args, {
+      encoding: 'utf8', timeout: 30000,
+      env: { ...process.env, PGPASSWORD: this.pg.password, PGCONNECT_TIMEOUT: '10' },
+    });
+    if (r.status !== 0) throw new Error(`psql failed (${r.status ?? r.signal}): ${(r.stderr || '').trim()}`);
+    return r.stdout;
   }
 
   async kill(signal = 'SIGKILL') {
@@ -485,5 +590,5 @@ class Broker {
 }
 
 module.exports = {
-  Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, noteRun, tailOf, BUILD, ROOT,
+  STORE, Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, noteRun, tailOf, BUILD, ROOT,
 };

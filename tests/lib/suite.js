@@ -36,11 +36,13 @@ function archiveDir() {
 }
 
 let seq = 0;
-function archive(brokerDir, logPath, db) {
+function archive(brokerDir, logPath, db, events = null) {
   if (!DIR) return;
   const base = path.join(archiveDir(), `${path.basename(brokerDir)}-${process.pid}-${Date.now()}-${++seq}`);
   try { fs.copyFileSync(logPath, `${base}.log`); } catch { /* no log */ }
-  if (fs.existsSync(db)) {
+  if (events !== null) {
+    fs.writeFileSync(`${base}.events`, events);   // read by the caller (PostgreSQL)
+  } else if (fs.existsSync(db)) {
     const r = spawnSync('sqlite3', ['-readonly', db, 'SELECT * FROM events;'], { encoding: 'utf8' });
     if (r.status === 0) fs.writeFileSync(`${base}.events`, r.stdout);
   }

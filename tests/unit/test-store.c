@@ -2,11 +2,21 @@
 
 /* Unit tests for daemon/store.c: each test opens a fresh SQLite file in its
  * own mkdtemp() folder; checks that look beneath the API use sqlite3 on the
- * same file. */
+ * same file.
+ *
+ * The store matrix (issue 10): tests/pg/test-store-matrix.c compiles this
+ * file again with TB_STORE_PG, and the tests of the store's behaviour run
+ * on PostgreSQL: "the file" is a fresh database on the cluster named by
+ * TB_PG_URI and TB_PG_PASSWORD_FILE (tests/pg/pg-env.h), the checks
+ * beneath the API go through libpq. Tests of what only SQLite has (WAL,
+ * its files, its migrations, a file that is not a database) are left out
+ * there (#ifndef TB_STORE_PG). */
 
 #include <ftw.h>
 #include <limits.h>
+#ifndef TB_STORE_PG
 #include <sqlite3.h>
+#endif
 #include <sys/stat.h>
 
 #include "common/intern.h"
@@ -17,6 +27,10 @@
 #define TESTS_MAIN
 #include "tests.h"
 #include "store-fixtures.h"
+#ifdef TB_STORE_PG
+#include "daemon/pg.h"
+#include "tests/pg/pg-env.h"
+#endif
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -48,6 +62,82 @@ static void tmpdir_free(char **d) {
 }
 #define _cleanup_tmpdir_ _cleanup_(tmpdir_free)
 
+#ifdef TB_STORE_PG
+/* A fresh database on the cluster for each test ("the file"): its URI. */
+static char *db_path(const char *dir) {
+        static unsigned n;
+        char name[64];
+
+        (void) dir;
+        snprintf(name, sizeof name, "ut_%u", ++n);
+        return pg_env_recreate(name) < 0 ? NULL : pg_env_uri(name);
+}
+
+/* store_open() of the SQLite tests, on the database of that URI. */
+static int pg_store_open(const char *uri, const CryptKey *key, Store **ret) {
+        StoreOptions o = { .password = pg_env_get_password() };
+        char err[512];
+        int r;
+
+        if (!uri)
+                return -EINVAL;
+        r = store_open_with(uri, &o, key, ret, err, sizeof err);
+        if (r < 0 && r != -EKEYREJECTED)
+                fprintf(stderr, "  open %s: %s\n", uri, err);
+        return r;
+}
+#define store_open pg_store_open
+
+/* Every store here is sealed under this key. */
+static const CryptKey test_key = { .bytes = "0123456789abcdef0123456789abcdef" };
+
+static unsigned last_migration(void) {
+        return store_pg_migrations[store_pg_n_migrations - 1].version;
+}
+
+/* The tests' `sqlite3 *db`: a session of their own on the same database. */
+#define sqlite3 PgDb
+static PgDb *db_open(const char *uri) {
+        char err[512];
+        PgDb *d = NULL;
+
+        if (!uri)
+                return NULL;
+        if (pg_db_connect(uri, pg_env_get_password(), &d, err, sizeof err) < 0)
+                fprintf(stderr, "  connect %s: %s\n", uri, err);
+        return d;
+}
+
+static void db_closep(PgDb **db) {
+        if (*db)
+                pg_db_close(*db);
+}
+#define _cleanup_db_ _cleanup_(db_closep)
+
+static long long db_int(PgDb *db, const char *sql) {
+        PGresult *res = NULL;
+        long long v = LLONG_MIN;
+
+        if (db && pg_db_query(db, sql, NULL, &res) > 0)
+                v = pg_get_int64(res, 0, 0);
+        else
+                fprintf(stderr, "  %s: %s\n", sql, db ? pg_db_error(db) : "no db");
+        PQclear(res);
+        return v;
+}
+
+static char *db_text(PgDb *db, const char *sql) {
+        PGresult *res = NULL;
+        char *v = NULL;
+
+        if (db && pg_db_query(db, sql, NULL, &res) > 0 && !PQgetisnull(res, 0, 0))
+                v = strdup(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return v;
+}
+/* A blob column as upper-case hex, in the SQL of each engine. */
+#define HEX(col) "upper(encode(" col ", 'hex'))"
+#else
 static char *db_path(const char *dir) {
         char *p = NULL;
 
@@ -123,8 +213,12 @@ static sqlite3 *store_db(Store *s, const char *path) {
         return db;
 }
 
+#define HEX(col) "hex(" col ")"
+#endif
+
 /* ---- tests ------------------------------------------------------------ */
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(migrations_table_sane) {
         CHECK(store_n_migrations >= 1);
         for (size_t i = 0; i < store_n_migrations; i++) {
@@ -137,7 +231,9 @@ TEST(migrations_table_sane) {
         CHECK_EQ_INT(store_migrations[0].version, 1);
         CHECK_STREQ(store_migrations[0].name, "0001-initial.sql");
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(open_fresh_applies_migrations) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -163,6 +259,7 @@ TEST(open_fresh_applies_migrations) {
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"), 1);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 0);
 }
+#endif
 
 TEST(reopen_idempotent) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
@@ -198,6 +295,7 @@ TEST(reopen_idempotent) {
         loaded_done(&l);
 }
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(wal_and_synchronous_full) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *mode = NULL, *wal = NULL;
@@ -228,7 +326,9 @@ TEST(wal_and_synchronous_full) {
         CHECK_EQ_INT(db_int(own, "PRAGMA foreign_keys"), 1);
         CHECK_EQ_INT(db_int(own, "PRAGMA secure_delete"), 1);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(changes_committed_on_return) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *tok = NULL;
@@ -259,6 +359,7 @@ TEST(changes_committed_on_return) {
         CHECK_EQ_INT(store_connection_delete(s, c->id), 0);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 0);
 }
+#endif
 
 TEST(round_trip_every_field) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
@@ -516,6 +617,7 @@ TEST(failed_insert_leaves_nothing) {
         loaded_done(&l);
 }
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(events_bounded) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -557,7 +659,9 @@ TEST(events_bounded) {
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE message = 'event 1'"), 0);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM events WHERE connection IS NULL AND id = 10500"), 1);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(events_bounded_autocommit) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -585,7 +689,9 @@ TEST(events_bounded_autocommit) {
         CHECK(db_int(db, "SELECT count(*) FROM events") <= STORE_EVENTS_MAX + 64);
         CHECK_EQ_INT(db_int(db, "SELECT max(id) FROM events"), 10150);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(newer_schema_refused) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *sql = NULL;
@@ -609,7 +715,9 @@ TEST(newer_schema_refused) {
         db = db_open(path);
         CHECK_EQ_INT(db_int(db, "SELECT version FROM schema_version"), last_migration() + 1);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(older_schema_migrated) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -629,7 +737,9 @@ TEST(older_schema_migrated) {
         db = db_open(path);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'unrelated'"), 1);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(not_a_database) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *missing = NULL;
@@ -652,10 +762,12 @@ TEST(not_a_database) {
         CHECK_EQ_INT(store_open(missing, &test_key, &s), -EACCES);
         CHECK(!s);
 }
+#endif
 
 /* ---- sealing ---------------------------------------------------------- */
 
 /* The whole file as bytes (NULL when missing); size in *n. */
+#ifndef TB_STORE_PG   /* SQLite's own */
 static uint8_t *file_bytes(const char *path, size_t *n) {
         _cleanup_fclose_ FILE *f = fopen(path, "re");
         uint8_t *p = NULL;
@@ -671,8 +783,10 @@ static uint8_t *file_bytes(const char *path, size_t *n) {
                 *n = (size_t) l;
         return p;
 }
+#endif
 
 /* Whether s occurs in the database file or its WAL. */
+#ifndef TB_STORE_PG   /* SQLite's own */
 static bool db_files_contain(const char *path, const char *s) {
         static const char *const suffix[] = { "", "-wal", "-journal" };
 
@@ -689,9 +803,11 @@ static bool db_files_contain(const char *path, const char *s) {
         }
         return false;
 }
+#endif
 
 static const CryptKey other_key = { .bytes = "fedcba9876543210fedcba9876543210" };
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(sealed_at_rest) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -728,6 +844,7 @@ TEST(sealed_at_rest) {
         CHECK(!db_files_contain(path, c->refresh_token));
         CHECK(!db_files_contain(path, c->code_verifier));
 }
+#endif
 
 static bool rekey_hook_ran;
 static void rekey_hook(void) {
@@ -791,9 +908,9 @@ TEST(fresh_nonce_per_save) {
                 return;
         CHECK_EQ_INT(store_connection_insert(s, c), 0);
         db = db_open(path);
-        a = db_text(db, "SELECT hex(access_token) FROM connections");
+        a = db_text(db, "SELECT " HEX("access_token") " FROM connections");
         CHECK_EQ_INT(store_connection_save(s, c), 0);
-        b = db_text(db, "SELECT hex(access_token) FROM connections");
+        b = db_text(db, "SELECT " HEX("access_token") " FROM connections");
         CHECK(a && b && !streq(a, b));
 }
 
@@ -803,9 +920,15 @@ TEST(wrong_key_refused_before_any_row) {
         _cleanup_(connection_freep) Connection *c = conn_full();
         _cleanup_db_ sqlite3 *db = NULL;
         Store *s = NULL, *sentinel = (Store *) (uintptr_t) 1;
+#ifdef TB_STORE_PG
+        static const char dump[] =
+                "SELECT string_agg(id || " HEX("access_token") " || " HEX("refresh_token") " || " HEX("code_verifier")
+                " || updated_at, ',') FROM connections";
+#else
         static const char dump[] =
                 "SELECT group_concat(id || hex(access_token) || hex(refresh_token) || hex(code_verifier) || "
                 "updated_at, ',') FROM connections";
+#endif
         Loaded l = {};
 
         CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
@@ -838,6 +961,7 @@ TEST(wrong_key_refused_before_any_row) {
 }
 
 /* Flips one bit of a blob in the connections table. */
+#ifndef TB_STORE_PG   /* SQLite's own */
 static void flip_bit(sqlite3 *db, const char *column, const char *name, size_t bit) {
         _cleanup_free_ char *sel = NULL, *upd = NULL;
         _cleanup_free_ uint8_t *b = NULL;
@@ -865,7 +989,9 @@ static void flip_bit(sqlite3 *db, const char *column, const char *name, size_t b
         CHECK_EQ_INT(sqlite3_step(st), SQLITE_DONE);
         sqlite3_finalize(st);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(value_moved_or_modified_fails_to_load) {
         static const char *const attacks[] = {
                 /* b's token replaced by a's: another row */
@@ -924,9 +1050,11 @@ TEST(value_moved_or_modified_fails_to_load) {
                 loaded_done(&l);
         }
 }
+#endif
 
 /* Writes a file of schema version 1 holding plain secrets, as tokenbroker
  * did before encryption at rest. */
+#ifndef TB_STORE_PG   /* SQLite's own */
 static void write_v1_file(const char *path) {
         _cleanup_db_ sqlite3 *db = NULL;
 
@@ -950,7 +1078,9 @@ static void write_v1_file(const char *path) {
                                   NULL, NULL, NULL),
                      SQLITE_OK);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(plain_file_sealed_on_first_open) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);
@@ -1002,7 +1132,9 @@ TEST(plain_file_sealed_on_first_open) {
         /* and now the key is bound to it */
         CHECK_EQ_INT(store_open(path, &other_key, &s), -EKEYREJECTED);
 }
+#endif
 
+#ifndef TB_STORE_PG   /* SQLite's own */
 TEST(plain_file_untouched_when_sealing_fails) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir), *before = NULL, *after = NULL;
@@ -1036,6 +1168,7 @@ TEST(plain_file_untouched_when_sealing_fails) {
         CHECK(!db_files_contain(path, "plain-access-one"));
         store_close(s);
 }
+#endif
 
 /* ---- the writer (group commit) ----------------------------------------- */
 
