@@ -131,6 +131,7 @@ struct ApiRequest {
         const char *content_type;   /* default application/json */
         ListStream *stream;         /* a listing, written as MHD sends it */
         bool status_created;        /* ROUTE_CREATE: 201, not 200 */
+        bool audit_on_answer;       /* a create on several nodes: audited once on_inserted() answered */
         char *revoke_answer;        /* ROUTE_REVOKE: the 200 body, sent once the delete is durable; a
                                      * create on several nodes: the 201 body, once the insert is */
 
@@ -664,6 +665,8 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
         }
 }
 
+static void audit_record(ApiRequest *r);
+
 /* A create on several nodes: its insert is durable, or failed. */
 static void on_inserted(Connection *c _unused_, int result, void *userdata) {
         ApiRequest *r = userdata;
@@ -681,6 +684,7 @@ static void on_inserted(Connection *c _unused_, int result, void *userdata) {
         else
                 answer_unavailable(r, "cannot store the connection (the store's database is out of reach); retry",
                                    0);
+        audit_record(r);
         if (was_suspended) {
                 resume(r);
                 mhd_loop_kick(&r->api->loop);
@@ -1090,6 +1094,7 @@ static void route_create(ApiRequest *r) {
                         r->revoke_answer = dump(j);
                         r->route = ROUTE_CREATE;
                         r->waiter = (Waiter) { .fn = on_inserted, .userdata = r, .on_insert = true };
+                        r->audit_on_answer = true;
                         refresher_add_waiter(c, &r->waiter);
                         suspend(r, c);
                         return;
@@ -1870,7 +1875,9 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
         case API_ROUTE_CREATE:
                 audit_begin(r, "authorize", NULL);   /* route_create() says which */
                 route_create(r);
-                return audit_record(r);
+                if (!r->audit_on_answer)   /* else on_inserted() records it with its answer */
+                        audit_record(r);
+                return;
         case API_ROUTE_SHOW:
                 return answer(r, 200, dump(connection_json(m, c)));
         case API_ROUTE_REVOKE:

@@ -30,7 +30,7 @@ const path = require('node:path');
 
 const { startOidc } = require('../lib/oidc-server.js');
 const { runFlow, commonStep, authorizeInBrowser } = require('../lib/browser.js');
-const { Broker, waitFor, httpGet, oidcProviderConf, noteRun, BUILD } = require('../lib/broker.js');
+const { Broker, waitFor, httpGet, httpPost, oidcProviderConf, noteRun, BUILD } = require('../lib/broker.js');
 const { recordSecret } = require('../lib/suite.js');
 const { Postgres } = require('../lib/pg.js');
 
@@ -60,23 +60,6 @@ async function startBalancer() {
     lb.server.close(() => resolve());
   });
   return lb;
-}
-
-/** POST with an empty form body, as the page's button does; no redirect followed. */
-function httpPost(url, { timeoutMs = 15000 } = {}) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, {
-      method: 'POST', timeout: timeoutMs,
-      headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': 0 },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-    });
-    req.on('timeout', () => req.destroy(new Error(`POST ${url}: timed out`)));
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 async function mint(node, args) {

@@ -17,33 +17,15 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const http = require('node:http');
 const path = require('node:path');
 
 const { startOidc } = require('../lib/oidc-server.js');
 const { runFlow, commonStep } = require('../lib/browser.js');
-const { Broker, waitFor, sleep, httpGet, oidcProviderConf, ROOT } = require('../lib/broker.js');
+const { Broker, waitFor, sleep, httpGet, httpPost, oidcProviderConf, ROOT } = require('../lib/broker.js');
 const { recordSecret } = require('../lib/suite.js');
 
 const ARTIFACTS = process.env.TB_ARTIFACTS_DIR || path.join(ROOT, 'tests', 'artifacts');
 const LINK_RE = /^http:\/\/127\.0\.0\.1:\d+\/oauth\/start\/[A-Za-z0-9_-]{43}$/;
-
-/** POST with an empty form body, as the page's button does; no redirect followed. */
-function httpPost(url, { timeoutMs = 15000 } = {}) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, {
-      method: 'POST', timeout: timeoutMs,
-      headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': 0 },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-    });
-    req.on('timeout', () => req.destroy(new Error(`POST ${url}: timed out`)));
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 async function show(b, name) {
   const r = await b.ctl(['--json', 'show', name]);

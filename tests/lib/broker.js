@@ -244,18 +244,23 @@ function unixRequest(socketPath, method, urlPath, body, { timeoutMs = 30000 } = 
   });
 }
 
-/** GET over TCP, for the callback listener. */
-function httpGet(url, { timeoutMs = 15000 } = {}) {
+/** GET (or, with method 'POST', an empty form POST as a page's button sends) over TCP, for the callback listener; no redirect followed. */
+function httpGet(url, { timeoutMs = 15000, method = 'GET' } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: timeoutMs }, (res) => {
+    const headers = method === 'POST' ? { 'content-type': 'application/x-www-form-urlencoded', 'content-length': 0 } : {};
+    const req = http.request(url, { method, headers, timeout: timeoutMs }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
     });
-    req.on('timeout', () => req.destroy(new Error(`GET ${url}: timed out`)));
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url}: timed out`)));
     req.on('error', reject);
+    req.end();
   });
 }
+
+/** An empty form POST over TCP, as a page's button sends; no redirect followed. */
+const httpPost = (url, o = {}) => httpGet(url, { ...o, method: 'POST' });
 
 /**
  * Follows an auto-approving provider's authorize URL: GET it (a 302 to the
@@ -590,5 +595,5 @@ class Broker {
 }
 
 module.exports = {
-  STORE, Broker, freePort, waitFor, sleep, unixRequest, httpGet, followAuthorize, iniProvider, oidcProviderConf, noteRun, tailOf, BUILD, ROOT,
+  STORE, Broker, freePort, waitFor, sleep, unixRequest, httpGet, httpPost, followAuthorize, iniProvider, oidcProviderConf, noteRun, tailOf, BUILD, ROOT,
 };
