@@ -87,6 +87,34 @@ static void batch_add(Follower *f, Change *x) {
         f->batch_tail = &x->next;
 }
 
+/* A change naming connection id: its delete (deleted), or a refresh
+ * asked of its lease holder; NULL when out of memory. */
+static Change *change_named(int64_t id, const char *name, bool deleted) {
+        Change *x = new0(Change, 1);
+        char *copy = strdup(name);
+
+        if (!x || !copy) {
+                free(x);
+                free(copy);
+                return NULL;
+        }
+        x->id = id;
+        if (deleted)
+                x->deleted = copy;
+        else
+                x->requested = copy;
+        return x;
+}
+
+static int batch_add_named(Follower *f, int64_t id, const char *name, bool deleted) {
+        Change *x = change_named(id, name, deleted);
+
+        if (!x)
+                return -ENOMEM;
+        batch_add(f, x);
+        return 0;
+}
+
 static bool wait_stop(Follower *f, usec_t usec);
 
 /* Hands the thread's batch to the loop. */
@@ -124,28 +152,8 @@ static int on_change(int64_t id, int64_t version, const char *node, const char *
         f->since = MAX(f->since, version);
         if (streq(node, f->node))
                 return 0;   /* this node's own: already in its memory */
-        if (version == -2) {
-                Change *x = new0(Change, 1);
-
-                if (!x || !(x->requested = strdup(name))) {
-                        free(x);
-                        return -ENOMEM;
-                }
-                x->id = id;
-                batch_add(f, x);
-                return 0;
-        }
-        if (version < 0) {
-                Change *x = new0(Change, 1);
-
-                if (!x || !(x->deleted = strdup(name))) {
-                        free(x);
-                        return -ENOMEM;
-                }
-                x->id = id;
-                batch_add(f, x);
-                return 0;
-        }
+        if (version < 0)   /* -2: a refresh asked of this node; else a delete */
+                return batch_add_named(f, id, name, version != -2);
         for (size_t i = 0; i < f->n_ids; i++)
                 if (f->ids[i] == id)
                         return 0;
@@ -160,16 +168,9 @@ static int on_change(int64_t id, int64_t version, const char *node, const char *
 /* A tombstone (sql/pg/0005): a delete this node may have missed. */
 static int on_deleted(int64_t id, int64_t version, const char *name, void *userdata) {
         Follower *f = userdata;
-        Change *x = new0(Change, 1);
 
         f->since = MAX(f->since, version);
-        if (!x || !(x->deleted = strdup(name))) {
-                free(x);
-                return -ENOMEM;
-        }
-        x->id = id;
-        batch_add(f, x);
-        return 0;
+        return batch_add_named(f, id, name, true);
 }
 
 /* Everything with a version above after: rows, and the tombstones of
@@ -220,17 +221,8 @@ static int on_missing(int64_t id, void *userdata) {
         CheckContext *k = userdata;
 
         for (size_t i = k->from; i < k->from + k->n; i++)
-                if (k->list->check_ids[i] == id) {
-                        Change *x = new0(Change, 1);
-
-                        if (!x || !(x->deleted = strdup(k->list->check_names[i]))) {
-                                free(x);
-                                return -ENOMEM;
-                        }
-                        x->id = id;
-                        batch_add(k->f, x);
-                        break;
-                }
+                if (k->list->check_ids[i] == id)
+                        return batch_add_named(k->f, id, k->list->check_names[i], true);
         return 0;
 }
 
@@ -426,13 +418,10 @@ static void asked_done(Follower *f, Connection *c, int result) {
 
 /* Queues "refresh ID NAME" for the thread to NOTIFY the lease holder. */
 static int asked_send(Follower *f, int64_t id, const char *name) {
-        Change *x = new0(Change, 1);
+        Change *x = change_named(id, name, false);
 
-        if (!x || !(x->requested = strdup(name))) {
-                free(x);
+        if (!x)
                 return -ENOMEM;
-        }
-        x->id = id;
         pthread_mutex_lock(&f->lock);
         x->next = f->out;
         f->out = x;
