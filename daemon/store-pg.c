@@ -147,17 +147,22 @@ static int pgs_key_check_set(StoreDb *d, const uint8_t *p, size_t n, bool replac
         return r < 0 ? r : 0;
 }
 
-static int pgs_max_id(StoreDb *d, int64_t *ret) {
+/* The one bigint a query answers (0 for no row). */
+static int pgs_scalar(StoreDb *d, const char *sql, int64_t *ret) {
         PGresult *res = NULL;
         int r;
 
         d->error[0] = 0;
-        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(id), 0)::bigint FROM connections", NULL, &res);
+        r = pg_db_query(d->pg, sql, NULL, &res);
         if (r < 0)
                 return r;
-        *ret = pg_get_int64(res, 0, 0);
+        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
         PQclear(res);
         return 0;
+}
+
+static int pgs_max_id(StoreDb *d, int64_t *ret) {
+        return pgs_scalar(d, "SELECT COALESCE(MAX(id), 0)::bigint FROM connections", ret);
 }
 
 static void bind_row(PgParams *p, const StoreRow *row) {
@@ -366,21 +371,12 @@ static int pgs_rows_load(StoreDb *d, int (*fn)(const StoreRow *row, void *userda
 }
 
 static int pgs_max_version(StoreDb *d, int64_t *ret) {
-        PGresult *res = NULL;
-        int r;
-
-        d->error[0] = 0;
         /* deletes count: a node that loaded every row has seen them too */
-        r = pg_db_query(d->pg,
-                        "SELECT GREATEST((SELECT COALESCE(MAX(version), 0) FROM connections), "
-                        "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections), "
-                        "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections_pruned))::bigint",
-                        NULL, &res);
-        if (r < 0)
-                return r;
-        *ret = pg_get_int64(res, 0, 0);
-        PQclear(res);
-        return 0;
+        return pgs_scalar(d,
+                          "SELECT GREATEST((SELECT COALESCE(MAX(version), 0) FROM connections), "
+                          "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections), "
+                          "(SELECT COALESCE(MAX(version), 0) FROM deleted_connections_pruned))::bigint",
+                          ret);
 }
 
 static int pgs_changes_listen(StoreDb *d) {
@@ -701,17 +697,7 @@ static int pgs_deleted_since(StoreDb *d, int64_t after,
 }
 
 static int pgs_deleted_horizon(StoreDb *d, int64_t *ret) {
-        PGresult *res = NULL;
-        int r;
-
-        d->error[0] = 0;
-        r = pg_db_query(d->pg, "SELECT COALESCE(MAX(version), 0)::bigint FROM deleted_connections_pruned", NULL,
-                        &res);
-        if (r < 0)
-                return r;
-        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
-        PQclear(res);
-        return 0;
+        return pgs_scalar(d, "SELECT COALESCE(MAX(version), 0)::bigint FROM deleted_connections_pruned", ret);
 }
 
 /* One statement: the tombstones go and the horizon moves together. */
@@ -767,16 +753,7 @@ static int pgs_ids_missing(StoreDb *d, const int64_t *ids, size_t n, int (*fn)(i
 }
 
 static int pgs_count(StoreDb *d, int64_t *ret) {
-        PGresult *res = NULL;
-        int r;
-
-        d->error[0] = 0;
-        r = pg_db_query(d->pg, "SELECT count(*)::bigint FROM connections", NULL, &res);
-        if (r < 0)
-                return r;
-        *ret = r > 0 ? pg_get_int64(res, 0, 0) : 0;
-        PQclear(res);
-        return 0;
+        return pgs_scalar(d, "SELECT count(*)::bigint FROM connections", ret);
 }
 
 const StoreEngine store_engine_pg = {
