@@ -33,6 +33,10 @@ type tokenAnswer struct {
 	ErrorDesc string            `json:"error_description"`
 }
 
+// brokerClient speaks HTTP over the broker's Unix socket: every request
+// goes to the socket whatever the URL's host. Use http://localhost/...: the
+// proxy route refuses a Host header that is not a loopback name (or the
+// API origin's own host), so that no request can name another origin.
 func brokerClient() *http.Client {
 	sock := os.Getenv("TOKENBROKER_SOCKET")
 	if sock == "" {
@@ -49,7 +53,7 @@ func brokerClient() *http.Client {
 }
 
 func brokerToken(c *http.Client, name string) (*tokenAnswer, error) {
-	resp, err := c.Get("http://broker/v1/connections/" + url.PathEscape(name) + "/token?min_ttl=60")
+	resp, err := c.Get("http://localhost/v1/connections/" + url.PathEscape(name) + "/token?min_ttl=60")
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +74,7 @@ func main() {
 		os.Exit(2)
 	}
 	if len(os.Args) == 3 && strings.HasPrefix(os.Args[2], "/") {
-		resp, err := brokerClient().Get("http://broker/v1/connections/" + url.PathEscape(os.Args[1]) + "/proxy" + os.Args[2])
+		resp, err := brokerClient().Get("http://localhost/v1/connections/" + url.PathEscape(os.Args[1]) + "/proxy" + os.Args[2])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

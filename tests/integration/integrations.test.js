@@ -13,8 +13,8 @@
  *  - the msmtp / mbsync / offlineimap command lines of the README, as
  *    written there, print the token;
  *  - examples/ in Python, Go and Node fetch a token over the socket and
- *    call an API with it, and call it through the broker's proxy route
- *    (against a stand-in for that route, built on another branch).
+ *    call an API with it, and call the same API through the daemon's proxy
+ *    route (the provider's api_url is the fake provider's origin).
  *
  * Tokens are compared by SHA-256, never printed.
  */
@@ -77,12 +77,11 @@ test.before(async () => {
     expiresIn: 3600,
     respond: (rec) => (rec.path === '/api/me' ? { status: 200, body: { login: 'octocat' } } : null),
   });
-  b = await Broker.start({ providers: { fake: iniProvider(fp.providerConf()) }, secrets: { 'fake.secret': 'fake-secret-integr-K2' } });
+  b = await Broker.start({ providers: { fake: iniProvider(fp.providerConf({ api_url: fp.base })) }, secrets: { 'fake.secret': 'fake-secret-integr-K2' } });
   for (const n of ['gh', 'gh-acme', 'gitlab', 'mail']) await authorizeActive(n);
 });
 
 test.after(async () => {
-  if (proxyStub) await new Promise((r) => proxyStub.close(r));
   const st = b && await b.stop();
   if (fp) await fp.close();
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
@@ -344,25 +343,27 @@ async function checkExample(cmd, args, label, env = {}) {
 }
 
 /* The examples' second mode, `NAME /PATH`: a GET on the broker's proxy
- * route. The daemon's route is built on another branch: a Unix-socket
- * server stands in for it here and records what arrives. */
-let proxyStub, proxyStubSock, proxySeen = [];
+ * route, through the daemon's real route to the fake provider's API (the
+ * provider's api_url): the API must receive the broker's current token,
+ * the example must get the API's answer and never the token. */
 async function checkExampleProxy(cmd, args, label) {
-  if (!proxyStub) {
-    proxyStubSock = path.join(tmp, 'proxy-stub.sock');
-    proxyStub = http.createServer((req, res) => {
-      proxySeen.push({ url: req.url, authorization: req.headers.authorization });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{"login":"octocat"}');
-    });
-    await new Promise((resolve) => proxyStub.listen(proxyStubSock, resolve));
-  }
-  proxySeen = [];
-  const r = await run(cmd, [...args, 'gh', '/user?x=1'], { env: { TOKENBROKER_SOCKET: proxyStubSock }, timeoutMs: 120000 });
+  const tok = await tokenOf('gh');
+  const n = fp.requests.length;
+  const r = await run(cmd, [...args, 'gh', '/api/me?x=1'], { env: { TOKENBROKER_SOCKET: b.socket }, timeoutMs: 120000 });
   assert.equal(r.code, 0, `${label}: ${r.stderr}`);
-  assert.match(r.stdout, /^GET \/user\?x=1 through the broker -> HTTP 200$/m, label);
+  assert.match(r.stdout, /^GET \/api\/me\?x=1 through the broker -> HTTP 200$/m, label);
   assert.match(r.stdout, /octocat/, label);
-  assert.deepEqual(proxySeen, [{ url: '/v1/connections/gh/proxy/user?x=1', authorization: undefined }], label);
+  assert.ok(!r.stdout.includes(tok) && !r.stderr.includes(tok), `${label} printed the token`);
+  const calls = fp.requests.slice(n).filter((q) => q.path === '/api/me');
+  assert.equal(calls.length, 1, `${label}: one API call through the proxy`);
+  assert.deepEqual(calls[0].query, { x: '1' }, `${label}: the query went through`);
+  assert.equal(sha(calls[0].headers.authorization ?? ''), sha(`Bearer ${tok}`), `${label}: the API got the broker's token`);
+  // a connection the broker does not have: the broker's 404, no API call
+  const m = fp.requests.length;
+  const e = await run(cmd, [...args, 'nosuch', '/api/me'], { env: { TOKENBROKER_SOCKET: b.socket }, timeoutMs: 120000 });
+  assert.equal(e.code, 0, `${label}: ${e.stderr}`);
+  assert.match(e.stdout, /^GET \/api\/me through the broker -> HTTP 404$/m, label);
+  assert.equal(fp.requests.slice(m).filter((q) => q.path === '/api/me').length, 0, `${label}: nothing forwarded for an unknown connection`);
 }
 
 test('examples/python: requests over the Unix socket', { timeout: TIMEOUT }, async () => {
