@@ -156,6 +156,10 @@ $(BUILD)/bench/loadgen: tests/bench/loadgen.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $<
 
+$(BUILD)/bench/relay: tests/bench/relay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+
 # issue 9's scale benchmark: the seeder (through the store code) and a fast
 # local token endpoint. Not installed.
 $(BUILD)/bench/seed: $(BUILD)/tests/bench/seed.o $(BUILD)/libtokenbroker.a
@@ -166,12 +170,12 @@ $(BUILD)/bench/fastprovider: tests/bench/fastprovider.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(shell pkg-config --libs libmicrohttpd) -lpthread
 
-bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
+bench: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen $(BUILD)/bench/relay tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/bench.js
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
 
 # issue 13's proxy row alone (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CLIENTS)
-bench-proxy: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen tests/node_modules/.package-lock.json
+bench-proxy: all $(BUILD)/bench/floor $(BUILD)/bench/loadgen $(BUILD)/bench/relay tests/node_modules/.package-lock.json
 	TOKENBROKER_BUILD=$(CURDIR)/$(BUILD) node tests/bench/proxy-bench.js
 
 # issue 9's table at a million connections (minutes; not part of check).

@@ -22,6 +22,12 @@
  *   medians of the per-round values (only figures taken side by side mean
  *   anything on a shared, noisy machine).
  *
+ * - A third column, relay: the same requests through tests/bench/relay.c,
+ *   a process that only copies bytes between a Unix socket and one loopback
+ *   TCP connection per client (no HTTP work, no token: the client sends the
+ *   header itself). It is the cheapest proxy there can be: one more process
+ *   and two more hops. Its ratio is the bound of any proxy on this machine.
+ *
  * Targets (issue 13): the proxy adds <= 50 us at p50 and keeps >= 70 % of
  * the direct throughput. Reported, never enforced (timing). Errors,
  * mismatches and reconnects fail the run (exit 1).
@@ -29,6 +35,7 @@
  * Variables: BENCH_SECONDS (3), BENCH_ROUNDS (5), BENCH_CLIENTS ("1,16").
  */
 const { spawn } = require('node:child_process');
+const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
@@ -74,6 +81,9 @@ async function main() {
   const port = await freePort();
   const server = spawn(path.join(BUILD, 'bench', 'floor'), [`tcp:127.0.0.1:${port}`, String(BODY), 'echo-auth'],
     { stdio: ['ignore', 'ignore', 'inherit'] });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-proxy-bench-'));
+  const relaySock = path.join(tmp, 'relay.sock');
+  const relay = spawn(path.join(BUILD, 'bench', 'relay'), [relaySock, `tcp:127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'inherit'] });
   const fp = await startFakeProvider({ expiresIn: 86400 });
   let b = null;
   try {
@@ -81,6 +91,7 @@ async function main() {
       const c = net.connect(port, '127.0.0.1', () => { c.destroy(); resolve(true); });
       c.on('error', () => resolve(false));
     }), { timeoutMs: 5000, what: 'the local HTTP server' });
+    await waitFor(() => fs.existsSync(relaySock), { timeoutMs: 5000, what: 'the relay' });
     b = await Broker.start({
       providers: { fake: iniProvider(fp.providerConf({ api_url: `http://127.0.0.1:${port}`, api_max_connections: 64 })) },
       secrets: { 'fake.secret': 'proxy-bench-client-secret' },
@@ -102,6 +113,7 @@ async function main() {
         const pair = {};
         const paths = [
           ['direct', `tcp:127.0.0.1:${port}`, '/x', ['--header', `Authorization: Bearer ${token}`]],
+          ['relay', relaySock, '/x', ['--header', `Authorization: Bearer ${token}`]],
           ['proxy', b.socket, '/v1/connections/px/proxy/x', ['--refuse', token]],
         ];
         if (round % 2) paths.reverse();
@@ -124,28 +136,33 @@ async function main() {
     console.log(`answer may hold the token); keep-alive both sides; ${ROUNDS} rounds of ${SECONDS} s, direct and proxy back`);
     console.log(`to back in each (order alternating); medians over the rounds. ${os.cpus().length} CPUs, load average`);
     console.log(`${loadBefore} before, ${loadAfter} after.\n`);
-    console.log('| clients | path | req/s | p50 µs | p99 µs | errors | proxy/direct req/s (per round) | p50 added by the proxy (per round) |');
+    console.log('relay: the same requests through bench/relay, a process that only copies bytes (no HTTP work, no token):');
+    console.log('the cheapest proxy there can be, so its ratio bounds any proxy on this machine.\n');
+    console.log('| clients | path | req/s | p50 µs | p99 µs | errors | of direct req/s (per round) | p50 added (per round) |');
     console.log('|---:|---|---:|---:|---:|---:|---:|---:|');
     let ok = true;
     const verdict = [];
     for (const conns of CLIENTS) {
       const rs = rows[conns];
       const med = (label, key) => median(rs.map((x) => x[label][key]));
-      const ratios = rs.map((x) => x.proxy.req_s / x.direct.req_s);
-      const added = rs.map((x) => (x.proxy.p50_ms - x.direct.p50_ms) * 1000);
-      for (const label of ['direct', 'proxy']) {
+      const ratiosOf = (l) => rs.map((x) => x[l].req_s / x.direct.req_s);
+      const addedOf = (l) => rs.map((x) => (x[l].p50_ms - x.direct.p50_ms) * 1000);
+      const ratios = ratiosOf('proxy');
+      const added = addedOf('proxy');
+      for (const label of ['direct', 'relay', 'proxy']) {
         const errs = rs.reduce((n, x) => n + x[label].errors + x[label].mismatches + x[label].reconnects + (x[label].exit ? 1 : 0), 0);
         if (errs) ok = false;
         const us = (ms) => Math.round(ms * 1000);
         console.log(`| ${conns} | ${label} | ${Math.round(med(label, 'req_s'))} | ${us(med(label, 'p50_ms'))} | ${us(med(label, 'p99_ms'))} | ${errs} | `
-          + (label === 'proxy'
-            ? `${(100 * median(ratios)).toFixed(0)} % (${ratios.map((x) => Math.round(100 * x)).join(', ')}) | `
-              + `${median(added).toFixed(0)} µs (${added.map((x) => x.toFixed(0)).join(', ')}) |`
+          + (label !== 'direct'
+            ? `${(100 * median(ratiosOf(label))).toFixed(0)} % (${ratiosOf(label).map((x) => Math.round(100 * x)).join(', ')}) | `
+              + `${median(addedOf(label)).toFixed(0)} µs (${addedOf(label).map((x) => x.toFixed(0)).join(', ')}) |`
             : ' |  |'));
       }
       verdict.push(`${conns} client${conns > 1 ? 's' : ''}: ${(100 * median(ratios)).toFixed(0)} % of direct (target >= 70 %: `
         + `${median(ratios) >= 0.7 ? 'met' : 'not met'}), +${median(added).toFixed(0)} µs at p50 (target <= 50 µs: `
-        + `${median(added) <= 50 ? 'met' : 'not met'})`);
+        + `${median(added) <= 50 ? 'met' : 'not met'}); the byte relay alone: `
+        + `${(100 * median(ratiosOf('relay'))).toFixed(0)} % of direct, +${median(addedOf('relay')).toFixed(0)} µs`);
     }
     console.log(`\n${verdict.join('\n')}`);
     if (!ok) {
@@ -154,6 +171,8 @@ async function main() {
     }
   } finally {
     server.kill('SIGTERM');
+    relay.kill('SIGTERM');
+    fs.rmSync(tmp, { recursive: true, force: true });
     if (b) await b.stop();
     await fp.close();
   }
