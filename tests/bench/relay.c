@@ -125,7 +125,8 @@ static int pump(int ep, End *e, char *buf) {
                                 w += k;
                         }
                 if (w < n) {
-                        /* keep the rest; stop reading e until the peer drains */
+                        /* keep the rest for flush_out() when the peer is writable again;
+                         * later reads are appended behind it, in order */
                         char *d = realloc(p->out.data, p->out.len + (size_t) (n - w));
                         if (!d)
                                 return -1;
