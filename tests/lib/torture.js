@@ -246,10 +246,21 @@ class Ledger {
     if (r.json.state !== 'active') { this.lose(name, `${when}: state ${r.json.state} after refresh`); return false; }
     if (g.revoked) { this.lose(name, `${when}: grant revoked at the provider`); return false; }
     if (!g.lastOk || g.lastOk.time < since || (gen !== undefined && g.lastOk.gen !== gen)) {
-      this.lose(name, `${when}: refresh answered 200 but the provider accepted nothing`);
+      const last = g.lastOk ? ` (its last acceptance ${since - g.lastOk.time} ms before, generation ${g.lastOk.gen})` : '';
+      this.lose(name, `${when}: refresh answered 200 but the provider accepted nothing${last}`);
       return false;
     }
     return true;
+  }
+
+  /**
+   * Whether the provider accepted a refresh of name's grant at or after
+   * since (ms): false when a refresh answered 200 joined one that was in
+   * flight, or committed on the lease holder, before since.
+   */
+  acceptedSince(name, since) {
+    const g = this.grant(name);
+    return Boolean(g.lastOk && g.lastOk.time >= since);
   }
 
   /** Anything that stops a torture at once. */
