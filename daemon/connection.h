@@ -38,6 +38,31 @@ typedef struct ConnDevice {
         char *verification_uri_complete;
 } ConnDevice;
 
+/* A pending authorization (and a password grant's credentials), out of
+ * line: allocated only while one of its fields is set, freed (the
+ * secrets wiped) when all are empty again (issue 9: 40 bytes of every
+ * connection before). Only a password-grant connection keeps one for
+ * life (code_verifier = its password, and username). */
+typedef struct ConnPending {
+        char *state_hash;
+        /* secret: the PKCE verifier of a pending code flow, the device_code
+         * of a pending device flow, the password of a password grant */
+        char *code_verifier;
+        char *auth_state;          /* secret: the plain state, for ${state}; memory only */
+        char *username;            /* password grant */
+        usec_t pending_until;      /* realtime; 0 none */
+} ConnPending;
+
+/* Fields most connections never set, out of line like ConnPending. */
+typedef struct ConnRare {
+        char *last_error;
+        char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
+        /* Connection parameters and response metadata (common/params.h):
+         * JSON objects of strings, NULL when empty; never secrets. */
+        json_t *params;
+        json_t *metadata;
+} ConnRare;
+
 #define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
 
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
@@ -100,12 +125,6 @@ typedef struct Connection {
         const char *scope;         /* granted */
         const char *requested_scope;
         char *identity;
-        /* Connection parameters and response metadata (common/params.h):
-         * JSON objects of strings, NULL when empty; never secrets. */
-        json_t *params;
-        json_t *metadata;
-        char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
-        char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
@@ -116,14 +135,11 @@ typedef struct Connection {
          * the end already warned about. */
         usec_t rt_end, rt_warned;
 
-        /* pending authorization */
-        char *state_hash;
-        /* secret: the PKCE verifier of a pending code flow, the device_code
-         * of a pending device flow, the password of a password grant */
-        char *code_verifier;
-        usec_t pending_until;      /* realtime */
-        char *auth_state;          /* secret: the plain state, for ${state}; memory only */
-        char *username;            /* password grant */
+        /* Rarely set fields, out of line (ConnPending, ConnRare): NULL
+         * while all of a part's fields are empty. Read and written only
+         * through the connection_*() accessors below. */
+        ConnPending *pending;
+        ConnRare *rare;
 
         /* A pending device authorization (RFC 8628), NULL when none: out
          * of line, 8 bytes a connection instead of 40. */
@@ -147,6 +163,17 @@ typedef struct Connection {
         Waiter *waiters;           /* suspended API requests */
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;
+
+/* A connection as it is to be written (refresher_image()): a shallow
+ * copy with parts of its own, so that the image's fields can differ from
+ * the connection's without touching them. Its strings are the
+ * connection's: it lives on the loop for one store_row_new() (which
+ * copies every value), never kept, never handed to another thread. */
+typedef struct ConnImage {
+        Connection conn;
+        ConnPending pending;
+        ConnRare rare;
+} ConnImage;
 
 /* A zeroed connection with a copy of name in the same allocation (one
  * malloc chunk instead of two; a name never changes). NULL on -ENOMEM. */
@@ -181,6 +208,60 @@ static inline usec_t connection_device_interval(const Connection *c) {
 static inline bool connection_busy(const Connection *c) {
         return c->inflight || c->staged;
 }
+
+/* The out-of-line fields (ConnPending, ConnRare): NULL or 0 when unset. */
+static inline const char *connection_state_hash(const Connection *c) {
+        return c->pending ? c->pending->state_hash : NULL;
+}
+static inline const char *connection_code_verifier(const Connection *c) {
+        return c->pending ? c->pending->code_verifier : NULL;
+}
+static inline const char *connection_auth_state(const Connection *c) {
+        return c->pending ? c->pending->auth_state : NULL;
+}
+static inline const char *connection_username(const Connection *c) {
+        return c->pending ? c->pending->username : NULL;
+}
+static inline usec_t connection_pending_until(const Connection *c) {
+        return c->pending ? c->pending->pending_until : 0;
+}
+static inline const char *connection_last_error(const Connection *c) {
+        return c->rare ? c->rare->last_error : NULL;
+}
+static inline const char *connection_previous_identity(const Connection *c) {
+        return c->rare ? c->rare->previous_identity : NULL;
+}
+static inline json_t *connection_params(const Connection *c) {
+        return c->rare ? c->rare->params : NULL;
+}
+static inline json_t *connection_metadata(const Connection *c) {
+        return c->rare ? c->rare->metadata : NULL;
+}
+
+/* Each setter takes the value over (NULL or 0 clears the field; the old
+ * value is freed, a secret wiped first). 0, or -ENOMEM when the part had
+ * to be allocated and could not: then the field keeps its old value and
+ * the one given is freed (wiped). Clearing never fails. A part whose
+ * fields are all empty afterwards is freed. */
+int connection_set_state_hash(Connection *c, char *s);
+int connection_set_code_verifier(Connection *c, char *s);    /* secret */
+int connection_set_auth_state(Connection *c, char *s);       /* secret */
+int connection_set_username(Connection *c, char *s);
+int connection_set_pending_until(Connection *c, usec_t t);
+int connection_set_last_error(Connection *c, char *s);
+int connection_set_previous_identity(Connection *c, char *s);
+int connection_set_params(Connection *c, json_t *v);         /* takes the reference */
+int connection_set_metadata(Connection *c, json_t *v);       /* takes the reference */
+/* Takes a field's value out (the caller owns it; NULL when unset). */
+char *connection_take_previous_identity(Connection *c);
+/* Ends a pending authorization: state_hash, code_verifier, auth_state,
+ * pending_until (not username, not the device part). Never fails. */
+void connection_clear_pending_auth(Connection *c);
+/* For a later setter that must not fail (a durable commit's metadata):
+ * an empty ConnRare allocated beforehand (new0()) is installed when c has
+ * none then (*spare is taken, set to NULL); otherwise left to the caller
+ * to free. Afterwards setting a ConnRare field cannot fail. */
+void connection_give_rare(Connection *c, ConnRare **spare);
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);
