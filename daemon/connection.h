@@ -106,8 +106,8 @@ typedef struct Connection {
         int64_t id;
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        ConnState state;
         unsigned failures;         /* refresh failures in a row */
+        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
         bool queued;
