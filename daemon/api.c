@@ -296,12 +296,12 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_ids(b, &first, "allow_groups", (const unsigned *) connection_allow_groups(c), c->n_allow_groups);
         member_time(b, &first, "authorization_pending_until",
                     connection_state_hash(c) || connection_device_pending(c) ? connection_pending_until(c) : 0);
-        if (connection_device_pending(c) && c->device->user_code) {
-                member_str(b, &first, "user_code", c->device->user_code);
-                member_str(b, &first, "verification_uri", c->device->verification_uri);
-                if (c->device->verification_uri_complete)
-                        member_str(b, &first, "verification_uri_complete", c->device->verification_uri_complete);
-                member_int(b, &first, "device_interval", (int64_t) (c->device->interval / USEC_PER_SEC));
+        if (connection_device_pending(c) && connection_device(c)->user_code) {
+                member_str(b, &first, "user_code", connection_device(c)->user_code);
+                member_str(b, &first, "verification_uri", connection_device(c)->verification_uri);
+                if (connection_device(c)->verification_uri_complete)
+                        member_str(b, &first, "verification_uri_complete", connection_device(c)->verification_uri_complete);
+                member_int(b, &first, "device_interval", (int64_t) (connection_device(c)->interval / USEC_PER_SEC));
         }
         if (connection_username(c))
                 member_str(b, &first, "username", connection_username(c));

@@ -77,28 +77,35 @@ void connection_set_refresh_token(Connection *c, char *refresh) {
         c->refresh_token = refresh;
 }
 
+static ConnPending *pending_get(Connection *c, bool want);
+static void device_free(ConnDevice *d);
+
 int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
                           char **verification_uri_complete) {
+        ConnPending *x;
         ConnDevice *d;
 
         assert(interval > 0);
         d = new0(ConnDevice, 1);
         if (!d)
                 return -ENOMEM;
-        connection_clear_device(c);
+        x = pending_get(c, true);
+        if (!x) {
+                free(d);
+                return -ENOMEM;
+        }
         *d = (ConnDevice) {
                 .interval = interval,
                 .user_code = user_code ? TAKE_PTR(*user_code) : NULL,
                 .verification_uri = verification_uri ? TAKE_PTR(*verification_uri) : NULL,
                 .verification_uri_complete = verification_uri_complete ? TAKE_PTR(*verification_uri_complete) : NULL,
         };
-        c->device = d;
+        device_free(x->device);   /* any earlier one */
+        x->device = d;
         return 0;
 }
 
-void connection_clear_device(Connection *c) {
-        ConnDevice *d = TAKE_PTR(c->device);
-
+static void device_free(ConnDevice *d) {
         if (!d)
                 return;
         free(d->user_code);
@@ -107,8 +114,18 @@ void connection_clear_device(Connection *c) {
         free(d);
 }
 
+static void pending_trim(Connection *c);
+
+void connection_clear_device(Connection *c) {
+        if (!c->pending)
+                return;
+        device_free(TAKE_PTR(c->pending->device));
+        pending_trim(c);
+}
+
 static bool pending_empty(const ConnPending *p) {
-        return !p->state_hash && !p->code_verifier && !p->auth_state && !p->username && p->pending_until == 0;
+        return !p->state_hash && !p->code_verifier && !p->auth_state && !p->username && p->pending_until == 0 &&
+               !p->device;
 }
 
 static bool rare_empty(const ConnRare *r) {
@@ -123,6 +140,7 @@ static ConnPending *pending_free(ConnPending *p) {
         secret_free(p->code_verifier);
         secret_free(p->auth_state);
         free(p->username);
+        device_free(p->device);
         free(p);
         return NULL;
 }
@@ -247,9 +265,8 @@ Connection *connection_free(Connection *c) {
         if (!c)
                 return NULL;
         connection_clear_tokens(c);
-        pending_free(c->pending);
+        pending_free(c->pending);   /* and its device part */
         rare_free(c->rare);
-        connection_clear_device(c);
         intern_unref(c->provider);
         intern_unref(c->token_type);
         intern_unref(c->scope);

@@ -51,6 +51,7 @@ typedef struct ConnPending {
         char *auth_state;          /* secret: the plain state, for ${state}; memory only */
         char *username;            /* password grant */
         usec_t pending_until;      /* realtime; 0 none */
+        ConnDevice *device;        /* a pending device authorization (RFC 8628), NULL when none */
 } ConnPending;
 
 /* Fields most connections never set, out of line like ConnPending. */
@@ -137,13 +138,10 @@ typedef struct Connection {
 
         /* Rarely set fields, out of line (ConnPending, ConnRare): NULL
          * while all of a part's fields are empty. Read and written only
-         * through the connection_*() accessors below. */
+         * through the connection_*() accessors below. A pending device
+         * authorization (ConnDevice) hangs off ConnPending. */
         ConnPending *pending;
         ConnRare *rare;
-
-        /* A pending device authorization (RFC 8628), NULL when none: out
-         * of line, 8 bytes a connection instead of 40. */
-        ConnDevice *device;
 
         /* The ACL: one allocation holding both lists (the groups follow
          * the n_allow_users users; connection_allow_groups()), NULL when
@@ -197,11 +195,15 @@ int connection_set_device(Connection *c, usec_t interval, char **user_code, char
                           char **verification_uri_complete);
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);
+/* The pending device authorization, NULL when none. */
+static inline ConnDevice *connection_device(const Connection *c) {
+        return c->pending ? c->pending->device : NULL;
+}
 static inline bool connection_device_pending(const Connection *c) {
-        return c->device != NULL;
+        return connection_device(c) != NULL;
 }
 static inline usec_t connection_device_interval(const Connection *c) {
-        return c->device ? c->device->interval : 0;
+        return connection_device_pending(c) ? connection_device(c)->interval : 0;
 }
 
 /* A provider request in flight, or its answer being committed. */

@@ -127,7 +127,7 @@ void refresher_image(const Connection *c, ConnImage *img) {
                 img->pending.state_hash = NULL;
                 img->pending.code_verifier = NULL;
                 img->pending.pending_until = 0;
-                ret->device = NULL;
+                img->pending.device = NULL;
                 if (st->identity)
                         ret->identity = st->identity;
         }
@@ -301,9 +301,9 @@ void refresher_schedule(Manager *m, Connection *c) {
                 due = MIN(due, deadline_from_realtime(connection_pending_until(c)));
         /* A device authorization: the next poll, and its end. */
         if (connection_device_pending(c)) {
-                if (c->device->next_poll == 0)
-                        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
-                due = MIN(due, c->device->next_poll);
+                if (connection_device(c)->next_poll == 0)
+                        connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
+                due = MIN(due, connection_device(c)->next_poll);
                 if (connection_pending_until(c) > 0)
                         due = MIN(due, deadline_from_realtime(connection_pending_until(c)));
         }
@@ -361,13 +361,13 @@ void refresher_on_timer(Manager *m, Connection *c) {
                         manager_event(m, c, "authorization-expired", "device code expired before the user approved");
                         clear_pending(m, c);
                         (void) save(m, c);
-                } else if (c->device->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
+                } else if (connection_device(c)->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
                         int r = device_poll(m, c);
                         if (r >= 0)
                                 return;
                         log_warning_errno(r, "%s: cannot poll the token endpoint: %m", c->name);
-                        if (c->device)
-                                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                        if (connection_device(c))
+                                connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
                 }
         }
 
@@ -1234,7 +1234,7 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 device_failed(m, c, "authorization-failed", "out of memory", -ENOMEM, true);
                 return;
         }
-        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
+        connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
         (void) connection_set_last_error(c, NULL);
         device_auth_done(&d);
         if (save(m, c) < 0) {
@@ -1242,7 +1242,7 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 return;
         }
         manager_event(m, c, "authorization-started", "device authorization started: user code %s at %s",
-                      c->device->user_code, c->device->verification_uri);
+                      connection_device(c)->user_code, connection_device(c)->verification_uri);
         refresher_schedule(m, c);
         wake_waiters(c, 0);
 }
@@ -1283,21 +1283,21 @@ static void device_poll_done(Manager *m, Connection *c, HttpRequest *req) {
         }
         code = p ? oauth_error_code(p, req) : NULL;
         if (code && streq(code, "slow_down"))
-                c->device->interval = MIN(c->device->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
+                connection_device(c)->interval = MIN(connection_device(c)->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
         if (code && streq(code, "expired_token")) {
                 if (connection_set_pending_until(c, now(CLOCK_REALTIME)) < 0)   /* the timer removes it */
                         log_oom();
-                c->device->next_poll = now(DEADLINE_CLOCK);
+                connection_device(c)->next_poll = now(DEADLINE_CLOCK);
         } else if (o == OAUTH_PERMANENT && !(code && (streq(code, "authorization_pending") || streq(code, "slow_down")))) {
                 device_failed(m, c, "authorization-failed", error, -EKEYREJECTED, false);
                 return;
         } else if (code && (streq(code, "authorization_pending") || streq(code, "slow_down")))
                 log_debug("%s: device authorization %s; next poll in %" PRIu64 " s.", c->name, code,
-                          c->device->interval / USEC_PER_SEC);
+                          connection_device(c)->interval / USEC_PER_SEC);
         else
                 log_warning("%s: device polling failed, trying again: %s", c->name, strempty(error));
         if (!(code && streq(code, "expired_token")))
-                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
         (void) save(m, c);   /* a slowed interval survives a restart */
         refresher_schedule(m, c);
 }
