@@ -129,7 +129,7 @@ static bool pending_empty(const ConnPending *p) {
 }
 
 static bool rare_empty(const ConnRare *r) {
-        return !r->last_error && !r->previous_identity && !r->params && !r->metadata;
+        return !r->last_error && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
 }
 
 /* The secrets are wiped here and in connection_set_*() only. */
@@ -215,6 +215,16 @@ int connection_set_pending_until(Connection *c, usec_t t) {
                 return t != 0 ? -ENOMEM : 0;
         x->pending_until = t;
         pending_trim(c);
+        return 0;
+}
+
+int connection_set_rt_warned(Connection *c, usec_t t) {
+        ConnRare *x = rare_get(c, t != 0);
+
+        if (!x)
+                return t != 0 ? -ENOMEM : 0;
+        x->rt_warned = t;
+        rare_trim(c);
         return 0;
 }
 

@@ -62,6 +62,7 @@ typedef struct ConnRare {
          * JSON objects of strings, NULL when empty; never secrets. */
         json_t *params;
         json_t *metadata;
+        usec_t rt_warned;          /* the refresh token's end already warned about (daemon/rtend.c); 0 none */
 } ConnRare;
 
 #define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
@@ -132,9 +133,9 @@ typedef struct Connection {
         usec_t created_at, updated_at, last_refresh_at;
         uint64_t refreshes;
 
-        /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown;
-         * the end already warned about. */
-        usec_t rt_end, rt_warned;
+        /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown.
+         * The end already warned about is in ConnRare. */
+        usec_t rt_end;
 
         /* Rarely set fields, out of line (ConnPending, ConnRare): NULL
          * while all of a part's fields are empty. Read and written only
@@ -239,6 +240,9 @@ static inline json_t *connection_params(const Connection *c) {
 static inline json_t *connection_metadata(const Connection *c) {
         return c->rare ? c->rare->metadata : NULL;
 }
+static inline usec_t connection_rt_warned(const Connection *c) {
+        return c->rare ? c->rare->rt_warned : 0;
+}
 
 /* Each setter takes the value over (NULL or 0 clears the field; the old
  * value is freed, a secret wiped first). 0, or -ENOMEM when the part had
@@ -254,6 +258,7 @@ int connection_set_last_error(Connection *c, char *s);
 int connection_set_previous_identity(Connection *c, char *s);
 int connection_set_params(Connection *c, json_t *v);         /* takes the reference */
 int connection_set_metadata(Connection *c, json_t *v);       /* takes the reference */
+int connection_set_rt_warned(Connection *c, usec_t t);
 /* Takes a field's value out (the caller owns it; NULL when unset). */
 char *connection_take_previous_identity(Connection *c);
 /* Ends a pending authorization: state_hash, code_verifier, auth_state,

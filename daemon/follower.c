@@ -367,7 +367,8 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
         c->last_refresh_at = x->last_refresh_at;
         c->refreshes = x->refreshes;
         c->rt_end = x->rt_end;
-        c->rt_warned = x->rt_warned;
+        if (connection_set_rt_warned(c, connection_rt_warned(x)) < 0)
+                log_oom();
         c->retry_at = 0;
         c->failures = 0;
         if (c->state != x->state)

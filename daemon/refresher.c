@@ -907,6 +907,10 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                         log_oom();   /* not reached: it has a ConnRare now */
         }
         c->expires_at = st->expires_at;
+        /* A warning was about the old end only (it is compared with the
+         * end): forgotten with it, so the ConnRare it took can go. */
+        if (st->rt_end != c->rt_end)
+                (void) connection_set_rt_warned(c, 0);
         c->rt_end = st->rt_end;
         c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
         c->obtained_at = st->obtained_at;

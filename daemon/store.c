@@ -524,7 +524,7 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 .last_refresh_at = c->last_refresh_at,
                 .device_interval = connection_device_interval(c),
                 .rt_end = c->rt_end,
-                .rt_warned = c->rt_warned,
+                .rt_warned = connection_rt_warned(c),
                 .refreshes = c->refreshes,
         };
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
@@ -772,7 +772,8 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
         if (row->device_interval > 0 && connection_set_device(c, row->device_interval, NULL, NULL, NULL) < 0)
                 return -ENOMEM;
         c->rt_end = row->rt_end;
-        c->rt_warned = row->rt_warned;
+        if (connection_set_rt_warned(c, row->rt_warned) < 0)
+                return -ENOMEM;
         *ret = TAKE_PTR(c);
         return 0;
 }
