@@ -74,28 +74,31 @@ typedef struct ConnRare {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432   408 B struct
- *   provider, scope x2, token type      4 x 32        0             0   interned (common/intern.c)
- *   identity                                32       32            32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559   beyond tokens 718 -> 557 -> 477
- *   hash bucket (load factor <= 1)        8-16     8-16          8-16   presized at start
- *   expiry heap slot                         8        8             8
- *   wheel, ordered map, hash node            0        0             0   intrusive (in the struct)
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   328 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0   interned (common/intern.c)
+ *   identity                                32       32            32            32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   beyond tokens 718 -> 557 -> 477 -> 397
+ *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
+ *   expiry heap slot                         8        8             8             8
+ *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
  *
- * Out of line, allocated only while used: the ACL, a pending device
- * authorization, a pending authorization's node in Manager.pending
- * (manager_pending_link(): 24 B of every connection before). The three
- * heap positions are 32 bits. What is left of the struct: a 24 B hash
- * node, the 16-byte ordered-map node, the 32-byte timer entry, pointers,
- * 8-byte times and counters, one word of small fields. Next: the rest of the
- * pending-authorization fields (state_hash, code_verifier,
- * pending_until, auth_state, username: 40 B) and the refresh bookkeeping
- * (queue links, inflight, staged, retry_at, client_refresh_at,
- * notified_at, waiters: ~72 B) out of line (both are mostly
- * daemon/refresher.c's); the hash node's key pointer (it is the name: 8 B); a slab for the structs (the malloc
- * header and rounding: 8-24 B). */
+ * Out of line, allocated only while used: the ACL; ConnPending (a pending
+ * authorization, a password grant's credentials, the device part: 48 B,
+ * a 64-byte chunk, 40 B of every connection before); ConnRare (last_error,
+ * previous_identity, params, metadata, rt_warned: 40 B, a 48-byte chunk,
+ * 48 B of every connection before); a pending authorization's node in
+ * Manager.pending (manager_pending_link()). The three heap positions are
+ * 32 bits, the state 8 bits: the small fields fill one word and a half
+ * without a hole (check with gdb -batch -ex 'ptype /o struct Connection'
+ * build/tokenbrokerd). What is left of the struct: a 24 B hash node, the
+ * 16-byte ordered-map node, the 32-byte timer entry, pointers, 8-byte
+ * times and counters. Next: the refresh bookkeeping (queue links,
+ * inflight, staged, retry_at, client_refresh_at, notified_at, waiters,
+ * revoke_waiter: ~80 B) out of line (mostly daemon/refresher.c's); the
+ * hash node's key pointer (it is the name: 8 B); a slab for the structs
+ * (the malloc header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
