@@ -77,8 +77,72 @@ void connection_set_refresh_token(Connection *c, char *refresh) {
         c->refresh_token = refresh;
 }
 
-static ConnPending *pending_get(Connection *c, bool want);
-static void device_free(ConnDevice *d);
+static void device_free(ConnDevice *d) {
+        if (!d)
+                return;
+        free(d->user_code);
+        free(d->verification_uri);
+        free(d->verification_uri_complete);
+        free(d);
+}
+
+static bool pending_empty(const ConnPending *p) {
+        return !p->state_hash && !p->code_verifier && !p->auth_state && !p->username && p->pending_until == 0 &&
+               !p->device;
+}
+
+static bool rare_empty(const ConnRare *r) {
+        return !r->last_error && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
+}
+
+/* Wipes the secrets, as the setters and connection_clear_pending_auth() do. */
+static ConnPending *pending_free(ConnPending *p) {
+        if (!p)
+                return NULL;
+        free(p->state_hash);
+        secret_free(p->code_verifier);
+        secret_free(p->auth_state);
+        free(p->username);
+        device_free(p->device);
+        free(p);
+        return NULL;
+}
+
+static ConnRare *rare_free(ConnRare *r) {
+        if (!r)
+                return NULL;
+        free(r->last_error);
+        free(r->previous_identity);
+        json_decref(r->params);
+        json_decref(r->metadata);
+        free(r);
+        return NULL;
+}
+
+/* The part, allocated if there is none and want is set (a value is to
+ * be stored). NULL: there is none and want is unset (nothing to clear),
+ * or want is set and the allocation failed (-ENOMEM). */
+static ConnPending *pending_get(Connection *c, bool want) {
+        if (!c->pending && want)
+                c->pending = new0(ConnPending, 1);
+        return c->pending;
+}
+
+static ConnRare *rare_get(Connection *c, bool want) {
+        if (!c->rare && want)
+                c->rare = new0(ConnRare, 1);
+        return c->rare;
+}
+
+static void pending_trim(Connection *c) {
+        if (c->pending && pending_empty(c->pending))
+                c->pending = pending_free(c->pending);
+}
+
+static void rare_trim(Connection *c) {
+        if (c->rare && rare_empty(c->rare))
+                c->rare = rare_free(c->rare);
+}
 
 int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
                           char **verification_uri_complete) {
@@ -105,80 +169,11 @@ int connection_set_device(Connection *c, usec_t interval, char **user_code, char
         return 0;
 }
 
-static void device_free(ConnDevice *d) {
-        if (!d)
-                return;
-        free(d->user_code);
-        free(d->verification_uri);
-        free(d->verification_uri_complete);
-        free(d);
-}
-
-static void pending_trim(Connection *c);
-
 void connection_clear_device(Connection *c) {
         if (!c->pending)
                 return;
         device_free(TAKE_PTR(c->pending->device));
         pending_trim(c);
-}
-
-static bool pending_empty(const ConnPending *p) {
-        return !p->state_hash && !p->code_verifier && !p->auth_state && !p->username && p->pending_until == 0 &&
-               !p->device;
-}
-
-static bool rare_empty(const ConnRare *r) {
-        return !r->last_error && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
-}
-
-/* The secrets are wiped here and in connection_set_*() only. */
-static ConnPending *pending_free(ConnPending *p) {
-        if (!p)
-                return NULL;
-        free(p->state_hash);
-        secret_free(p->code_verifier);
-        secret_free(p->auth_state);
-        free(p->username);
-        device_free(p->device);
-        free(p);
-        return NULL;
-}
-
-static ConnRare *rare_free(ConnRare *r) {
-        if (!r)
-                return NULL;
-        free(r->last_error);
-        free(r->previous_identity);
-        json_decref(r->params);
-        json_decref(r->metadata);
-        free(r);
-        return NULL;
-}
-
-/* The part, allocated if absent and want is set (a value to store);
- * NULL: none is needed (want unset and none there), or -ENOMEM (want
- * set). */
-static ConnPending *pending_get(Connection *c, bool want) {
-        if (!c->pending && want)
-                c->pending = new0(ConnPending, 1);
-        return c->pending;
-}
-
-static ConnRare *rare_get(Connection *c, bool want) {
-        if (!c->rare && want)
-                c->rare = new0(ConnRare, 1);
-        return c->rare;
-}
-
-static void pending_trim(Connection *c) {
-        if (c->pending && pending_empty(c->pending))
-                c->pending = pending_free(c->pending);
-}
-
-static void rare_trim(Connection *c) {
-        if (c->rare && rare_empty(c->rare))
-                c->rare = rare_free(c->rare);
 }
 
 /* One setter per field: the part as needed, the old value freed with
