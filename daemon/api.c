@@ -291,22 +291,22 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_time(b, &first, "updated_at", c->updated_at);
         member_time(b, &first, "last_refresh_at", c->last_refresh_at);
         member_int(b, &first, "refreshes", (int64_t) c->refreshes);
-        member_str(b, &first, "last_error", c->last_error);
+        member_str(b, &first, "last_error", connection_last_error(c));
         member_ids(b, &first, "allow_users", (const unsigned *) c->allow_users, c->n_allow_users);
         member_ids(b, &first, "allow_groups", (const unsigned *) connection_allow_groups(c), c->n_allow_groups);
         member_time(b, &first, "authorization_pending_until",
-                    c->state_hash || connection_device_pending(c) ? c->pending_until : 0);
-        if (connection_device_pending(c) && c->device->user_code) {
-                member_str(b, &first, "user_code", c->device->user_code);
-                member_str(b, &first, "verification_uri", c->device->verification_uri);
-                if (c->device->verification_uri_complete)
-                        member_str(b, &first, "verification_uri_complete", c->device->verification_uri_complete);
-                member_int(b, &first, "device_interval", (int64_t) (c->device->interval / USEC_PER_SEC));
+                    connection_state_hash(c) || connection_device_pending(c) ? connection_pending_until(c) : 0);
+        if (connection_device_pending(c) && connection_device(c)->user_code) {
+                member_str(b, &first, "user_code", connection_device(c)->user_code);
+                member_str(b, &first, "verification_uri", connection_device(c)->verification_uri);
+                if (connection_device(c)->verification_uri_complete)
+                        member_str(b, &first, "verification_uri_complete", connection_device(c)->verification_uri_complete);
+                member_int(b, &first, "device_interval", (int64_t) (connection_device(c)->interval / USEC_PER_SEC));
         }
-        if (c->username)
-                member_str(b, &first, "username", c->username);
-        member_object(b, &first, "params", c->params);
-        member_object(b, &first, "metadata", c->metadata);
+        if (connection_username(c))
+                member_str(b, &first, "username", connection_username(c));
+        member_object(b, &first, "params", connection_params(c));
+        member_object(b, &first, "metadata", connection_metadata(c));
         if (c->access_token && c->expires_at > 0)
                 member_int(b, &first, "expires_in", (int64_t) (connection_ttl(c) / USEC_PER_SEC));
         if (c->refresh_token && c->rt_end > 0)
@@ -337,7 +337,7 @@ static json_t *connection_json(Manager *m, const Connection *c) {
         if (j && p && p->test_url) {
                 _cleanup_free_ char *url = NULL, *why = NULL;
 
-                if (oauth_url_expand(p->test_url, c->params, c->metadata, &url, &why) >= 0)
+                if (oauth_url_expand(p->test_url, connection_params(c), connection_metadata(c), &url, &why) >= 0)
                         json_object_set_new(j, "test_url", json_string(url));
                 else if (why)
                         json_object_set_new(j, "test_url_error", json_string(why));
@@ -369,7 +369,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
 static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_after) {
         const Provider *p = manager_provider(m, c);
-        UsageVars v = { c->access_token, c->token_type ?: "Bearer", c->params, c->metadata };
+        UsageVars v = { c->access_token, c->token_type ?: "Bearer", connection_params(c), connection_metadata(c) };
         StrBuf b = {};
         char ts[32];
 
@@ -404,10 +404,10 @@ static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_af
                 usage_pair(&b, p->usage_query, '=', &v);
                 strbuf_puts(&b, "}");
         }
-        if (c->metadata && json_object_size(c->metadata) > 0) {
+        if (connection_metadata(c) && json_object_size(connection_metadata(c)) > 0) {
                 /* what the provider returned besides the token (never a secret) */
                 strbuf_puts(&b, ",\"metadata\":");
-                object_write(&b, c->metadata);
+                object_write(&b, connection_metadata(c));
         }
         if (refresh_retry_after > 0) {
                 /* rate limited: the token there is, and when a client-driven refresh is allowed again */
@@ -504,7 +504,7 @@ static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_resul
         char buf[160];
         char *s;
 
-        last_error = error_for_peer(r->peer, c->last_error, buf);
+        last_error = error_for_peer(r->peer, connection_last_error(c), buf);
         if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
                 answer_error(r, 409, API_ERR_NEEDS_REAUTH, last_error ?: "connection needs re-authorization");
                 return;
@@ -596,11 +596,11 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                 if (result == 0)
                         answer(r, 200, dump(connection_json(r->api->manager, c)));
                 else if (result == -EKEYREJECTED)
-                        answer_error(r, 409, API_ERR_NEEDS_REAUTH, c->last_error ?: "refresh refused");
+                        answer_error(r, 409, API_ERR_NEEDS_REAUTH, connection_last_error(c) ?: "refresh refused");
                 else if (result == -ECANCELED)
                         answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
                 else
-                        answer_unavailable(r, c->last_error ?: "refresh failed",
+                        answer_unavailable(r, connection_last_error(c) ?: "refresh failed",
                                            c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0);
                 break;
         case ROUTE_CREATE:
@@ -608,7 +608,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                         answer(r, r->status_created ? 201 : 200, dump(connection_json(r->api->manager, c)));
                 else {
                         /* the description is ours or the provider's, sanitized; never a secret */
-                        answer_error(r, 502, API_ERR_SERVER, c->last_error ?: "device authorization failed");
+                        answer_error(r, 502, API_ERR_SERVER, connection_last_error(c) ?: "device authorization failed");
                 }
                 break;
         case ROUTE_REVOKE: {
@@ -617,7 +617,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                 int k;
 
                 if (result < 0 && result != -EOPNOTSUPP) {
-                        answer_error(r, 502, API_ERR_SERVER, c->last_error ?: "revocation at the provider failed");
+                        answer_error(r, 502, API_ERR_SERVER, connection_last_error(c) ?: "revocation at the provider failed");
                         refresher_schedule(m, c);
                         manager_wheel_rearm(m);
                         break;
@@ -811,7 +811,7 @@ static void route_refresh(ApiRequest *r, Connection *c) {
         }
         if (k < 0) {
                 answer_error(r, 409, k == -EBUSY ? API_ERR_CONFLICT : API_ERR_NEEDS_REAUTH,
-                             c->last_error ?: "cannot refresh this connection");
+                             connection_last_error(c) ?: "cannot refresh this connection");
                 return;
         }
         manager_wheel_rearm(m);
@@ -994,7 +994,7 @@ static void route_create(ApiRequest *r) {
                 _cleanup_free_ char *perr = NULL;
 
                 k = params_resolve(pp, json_object_get(root, "params"),
-                                   old && streq(old->provider, provider) ? old->params : NULL, &params, &perr);
+                                   old && streq(old->provider, provider) ? connection_params(old) : NULL, &params, &perr);
                 if (k < 0) {
                         wipe_json_secrets(root);
                         json_decref(root);

@@ -286,7 +286,7 @@ static void on_exchanged(Connection *c, int result, void *userdata) {
                 answer(r, 200, "Authorized", msg);
         } else {
                 snprintf(msg, sizeof msg, "Connection '%s' was not authorized: %s", c->name,
-                         c->last_error ?: "the provider refused the code");
+                         connection_last_error(c) ?: "the provider refused the code");
                 answer(r, 502, "Authorization failed", msg);
         }
         cb_resume(r);
@@ -338,7 +338,7 @@ static void handle_callback(CbRequest *r, const char *via) {
                         return cb_suspend(r);
         }
         r->wait = store_wait_release(r->wait);
-        if (!c || c->pending_until < now(CLOCK_REALTIME))
+        if (!c || connection_pending_until(c) < now(CLOCK_REALTIME))
                 return answer(r, 400, "Authorization failed",
                               "Unknown or expired authorization request. Start it again with tokenctl authorize.");
 
@@ -393,10 +393,9 @@ static void handle_callback(CbRequest *r, const char *via) {
                 if (!p->metadata[i].query ||
                     callback_query_parse(r->query, r->query_len, p->metadata[i].query, &qm) < 0 || !qm.code)
                         continue;
-                if (metadata_set(c->metadata, p->metadata[i].name, qm.code, &md) > 0) {
-                        json_decref(c->metadata);
-                        c->metadata = md;
-                }
+                if (metadata_set(connection_metadata(c), p->metadata[i].name, qm.code, &md) > 0 &&
+                    connection_set_metadata(c, md) < 0)
+                        return answer(r, 500, "Authorization failed", "Internal error.");
         }
 
         /* The state is spent from here on, whatever the exchange says. */

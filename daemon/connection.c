@@ -77,34 +77,179 @@ void connection_set_refresh_token(Connection *c, char *refresh) {
         c->refresh_token = refresh;
 }
 
-int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
-                          char **verification_uri_complete) {
-        ConnDevice *d;
-
-        assert(interval > 0);
-        d = new0(ConnDevice, 1);
-        if (!d)
-                return -ENOMEM;
-        connection_clear_device(c);
-        *d = (ConnDevice) {
-                .interval = interval,
-                .user_code = user_code ? TAKE_PTR(*user_code) : NULL,
-                .verification_uri = verification_uri ? TAKE_PTR(*verification_uri) : NULL,
-                .verification_uri_complete = verification_uri_complete ? TAKE_PTR(*verification_uri_complete) : NULL,
-        };
-        c->device = d;
-        return 0;
-}
-
-void connection_clear_device(Connection *c) {
-        ConnDevice *d = TAKE_PTR(c->device);
-
+static void device_free(ConnDevice *d) {
         if (!d)
                 return;
         free(d->user_code);
         free(d->verification_uri);
         free(d->verification_uri_complete);
         free(d);
+}
+
+static bool pending_empty(const ConnPending *p) {
+        return !p->state_hash && !p->code_verifier && !p->auth_state && !p->username && p->pending_until == 0 &&
+               !p->device;
+}
+
+static bool rare_empty(const ConnRare *r) {
+        return !r->last_error && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
+}
+
+/* Wipes the secrets, as the setters and connection_clear_pending_auth() do. */
+static ConnPending *pending_free(ConnPending *p) {
+        if (!p)
+                return NULL;
+        free(p->state_hash);
+        secret_free(p->code_verifier);
+        secret_free(p->auth_state);
+        free(p->username);
+        device_free(p->device);
+        free(p);
+        return NULL;
+}
+
+static ConnRare *rare_free(ConnRare *r) {
+        if (!r)
+                return NULL;
+        free(r->last_error);
+        free(r->previous_identity);
+        json_decref(r->params);
+        json_decref(r->metadata);
+        free(r);
+        return NULL;
+}
+
+/* The part, allocated if there is none and want is set (a value is to
+ * be stored). NULL: there is none and want is unset (nothing to clear),
+ * or want is set and the allocation failed (-ENOMEM). */
+static ConnPending *pending_get(Connection *c, bool want) {
+        if (!c->pending && want)
+                c->pending = new0(ConnPending, 1);
+        return c->pending;
+}
+
+static ConnRare *rare_get(Connection *c, bool want) {
+        if (!c->rare && want)
+                c->rare = new0(ConnRare, 1);
+        return c->rare;
+}
+
+static void pending_trim(Connection *c) {
+        if (c->pending && pending_empty(c->pending))
+                c->pending = pending_free(c->pending);
+}
+
+static void rare_trim(Connection *c) {
+        if (c->rare && rare_empty(c->rare))
+                c->rare = rare_free(c->rare);
+}
+
+int connection_set_device(Connection *c, usec_t interval, char **user_code, char **verification_uri,
+                          char **verification_uri_complete) {
+        ConnPending *x;
+        ConnDevice *d;
+
+        assert(interval > 0);
+        d = new0(ConnDevice, 1);
+        if (!d)
+                return -ENOMEM;
+        x = pending_get(c, true);
+        if (!x) {
+                free(d);
+                return -ENOMEM;
+        }
+        *d = (ConnDevice) {
+                .interval = interval,
+                .user_code = user_code ? TAKE_PTR(*user_code) : NULL,
+                .verification_uri = verification_uri ? TAKE_PTR(*verification_uri) : NULL,
+                .verification_uri_complete = verification_uri_complete ? TAKE_PTR(*verification_uri_complete) : NULL,
+        };
+        device_free(x->device);   /* any earlier one */
+        x->device = d;
+        return 0;
+}
+
+void connection_clear_device(Connection *c) {
+        if (!c->pending)
+                return;
+        device_free(TAKE_PTR(c->pending->device));
+        pending_trim(c);
+}
+
+/* One setter per field: the part as needed, the old value freed with
+ * free_fn, the part trimmed once empty. */
+#define DEFINE_PART_SETTER(field, part, type, free_fn)                          \
+        int connection_set_##field(Connection *c, type v) {                     \
+                __typeof__(c->part) x = part##_get(c, v != NULL);               \
+                                                                                \
+                if (!x) {                                                       \
+                        if (!v)                                                 \
+                                return 0;                                       \
+                        free_fn(v);                                             \
+                        return -ENOMEM;                                         \
+                }                                                               \
+                free_fn(x->field);                                              \
+                x->field = v;                                                   \
+                part##_trim(c);                                                 \
+                return 0;                                                       \
+        }
+
+DEFINE_PART_SETTER(state_hash, pending, char *, free)
+DEFINE_PART_SETTER(code_verifier, pending, char *, secret_free)
+DEFINE_PART_SETTER(auth_state, pending, char *, secret_free)
+DEFINE_PART_SETTER(username, pending, char *, free)
+DEFINE_PART_SETTER(last_error, rare, char *, free)
+DEFINE_PART_SETTER(previous_identity, rare, char *, free)
+DEFINE_PART_SETTER(params, rare, json_t *, json_decref)
+DEFINE_PART_SETTER(metadata, rare, json_t *, json_decref)
+
+int connection_set_pending_until(Connection *c, usec_t t) {
+        ConnPending *x = pending_get(c, t != 0);
+
+        if (!x)
+                return t != 0 ? -ENOMEM : 0;
+        x->pending_until = t;
+        pending_trim(c);
+        return 0;
+}
+
+int connection_set_rt_warned(Connection *c, usec_t t) {
+        ConnRare *x = rare_get(c, t != 0);
+
+        if (!x)
+                return t != 0 ? -ENOMEM : 0;
+        x->rt_warned = t;
+        rare_trim(c);
+        return 0;
+}
+
+char *connection_take_previous_identity(Connection *c) {
+        char *s;
+
+        if (!c->rare)
+                return NULL;
+        s = TAKE_PTR(c->rare->previous_identity);
+        rare_trim(c);
+        return s;
+}
+
+void connection_clear_pending_auth(Connection *c) {
+        ConnPending *x = c->pending;
+
+        if (!x)
+                return;
+        x->state_hash = mfree(x->state_hash);
+        x->code_verifier = secret_free(x->code_verifier);
+        x->auth_state = secret_free(x->auth_state);
+        x->pending_until = 0;
+        pending_trim(c);
+}
+
+void connection_give_rare(Connection *c, ConnRare **spare) {
+        if (!c->rare && spare && *spare) {
+                assert(rare_empty(*spare));
+                c->rare = TAKE_PTR(*spare);
+        }
 }
 
 Connection *connection_new(const char *name) {
@@ -125,20 +270,13 @@ Connection *connection_free(Connection *c) {
         if (!c)
                 return NULL;
         connection_clear_tokens(c);
-        c->code_verifier = secret_free(c->code_verifier);
-        c->auth_state = secret_free(c->auth_state);
-        json_decref(c->params);
-        json_decref(c->metadata);
-        free(c->username);
-        connection_clear_device(c);
+        pending_free(c->pending);   /* and its device part */
+        rare_free(c->rare);
         intern_unref(c->provider);
         intern_unref(c->token_type);
         intern_unref(c->scope);
         intern_unref(c->requested_scope);
         free(c->identity);
-        free(c->previous_identity);
-        free(c->last_error);
-        free(c->state_hash);
         free(c->allow_users);
         free(c);
         return NULL;

@@ -38,6 +38,33 @@ typedef struct ConnDevice {
         char *verification_uri_complete;
 } ConnDevice;
 
+/* A pending authorization (and a password grant's credentials), out of
+ * line: allocated only while one of its fields is set, freed (the
+ * secrets wiped) when all are empty again (issue 9: 40 bytes of every
+ * connection before). Only a password-grant connection keeps one for
+ * life (code_verifier = its password, and username). */
+typedef struct ConnPending {
+        char *state_hash;
+        /* secret: the PKCE verifier of a pending code flow, the device_code
+         * of a pending device flow, the password of a password grant */
+        char *code_verifier;
+        char *auth_state;          /* secret: the plain state, for ${state}; memory only */
+        char *username;            /* password grant */
+        usec_t pending_until;      /* realtime; 0 none */
+        ConnDevice *device;        /* a pending device authorization (RFC 8628), NULL when none */
+} ConnPending;
+
+/* Fields most connections never set, out of line like ConnPending. */
+typedef struct ConnRare {
+        char *last_error;
+        char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
+        /* Connection parameters and response metadata (common/params.h):
+         * JSON objects of strings, NULL when empty; never secrets. */
+        json_t *params;
+        json_t *metadata;
+        usec_t rt_warned;          /* the refresh token's end already warned about (daemon/rtend.c); 0 none */
+} ConnRare;
+
 #define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
 
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
@@ -47,28 +74,31 @@ typedef struct ConnDevice {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432   408 B struct
- *   provider, scope x2, token type      4 x 32        0             0   interned (common/intern.c)
- *   identity                                32       32            32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559   beyond tokens 718 -> 557 -> 477
- *   hash bucket (load factor <= 1)        8-16     8-16          8-16   presized at start
- *   expiry heap slot                         8        8             8
- *   wheel, ordered map, hash node            0        0             0   intrusive (in the struct)
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   328 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0   interned (common/intern.c)
+ *   identity                                32       32            32            32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   beyond tokens 718 -> 557 -> 477 -> 397
+ *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
+ *   expiry heap slot                         8        8             8             8
+ *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
  *
- * Out of line, allocated only while used: the ACL, a pending device
- * authorization, a pending authorization's node in Manager.pending
- * (manager_pending_link(): 24 B of every connection before). The three
- * heap positions are 32 bits. What is left of the struct: a 24 B hash
- * node, the 16-byte ordered-map node, the 32-byte timer entry, pointers,
- * 8-byte times and counters, one word of small fields. Next: the rest of the
- * pending-authorization fields (state_hash, code_verifier,
- * pending_until, auth_state, username: 40 B) and the refresh bookkeeping
- * (queue links, inflight, staged, retry_at, client_refresh_at,
- * notified_at, waiters: ~72 B) out of line (both are mostly
- * daemon/refresher.c's); the hash node's key pointer (it is the name: 8 B); a slab for the structs (the malloc
- * header and rounding: 8-24 B). */
+ * Out of line, allocated only while used: the ACL; ConnPending (a pending
+ * authorization, a password grant's credentials, the device part: 48 B,
+ * a 64-byte chunk, 40 B of every connection before); ConnRare (last_error,
+ * previous_identity, params, metadata, rt_warned: 40 B, a 48-byte chunk,
+ * 48 B of every connection before); a pending authorization's node in
+ * Manager.pending (manager_pending_link()). The three heap positions are
+ * 32 bits, the state 8 bits: the small fields fill one word and a half
+ * without a hole (check with gdb -batch -ex 'ptype /o struct Connection'
+ * build/tokenbrokerd). What is left of the struct: a 24 B hash node, the
+ * 16-byte ordered-map node, the 32-byte timer entry, pointers, 8-byte
+ * times and counters. Next: the refresh bookkeeping (queue links,
+ * inflight, staged, retry_at, client_refresh_at, notified_at, waiters,
+ * revoke_waiter: ~80 B) out of line (mostly daemon/refresher.c's); the
+ * hash node's key pointer (it is the name: 8 B); a slab for the structs
+ * (the malloc header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
@@ -81,8 +111,8 @@ typedef struct Connection {
         int64_t id;
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        ConnState state;
         unsigned failures;         /* refresh failures in a row */
+        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
         bool queued;
@@ -100,34 +130,22 @@ typedef struct Connection {
         const char *scope;         /* granted */
         const char *requested_scope;
         char *identity;
-        /* Connection parameters and response metadata (common/params.h):
-         * JSON objects of strings, NULL when empty; never secrets. */
-        json_t *params;
-        json_t *metadata;
-        char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
-        char *last_error;
         usec_t expires_at;         /* realtime; 0 = never */
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
         uint64_t refreshes;
 
-        /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown;
-         * the end already warned about. */
-        usec_t rt_end, rt_warned;
+        /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown.
+         * The end already warned about is in ConnRare. */
+        usec_t rt_end;
 
-        /* pending authorization */
-        char *state_hash;
-        /* secret: the PKCE verifier of a pending code flow, the device_code
-         * of a pending device flow, the password of a password grant */
-        char *code_verifier;
-        usec_t pending_until;      /* realtime */
-        char *auth_state;          /* secret: the plain state, for ${state}; memory only */
-        char *username;            /* password grant */
-
-        /* A pending device authorization (RFC 8628), NULL when none: out
-         * of line, 8 bytes a connection instead of 40. */
-        ConnDevice *device;
+        /* Rarely set fields, out of line (ConnPending, ConnRare): NULL
+         * while all of a part's fields are empty. Read and written only
+         * through the connection_*() accessors below. A pending device
+         * authorization (ConnDevice) hangs off ConnPending. */
+        ConnPending *pending;
+        ConnRare *rare;
 
         /* The ACL: one allocation holding both lists (the groups follow
          * the n_allow_users users; connection_allow_groups()), NULL when
@@ -147,6 +165,17 @@ typedef struct Connection {
         Waiter *waiters;           /* suspended API requests */
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;
+
+/* A connection as it is to be written (refresher_image()): a shallow
+ * copy with parts of its own, so that the image's fields can differ from
+ * the connection's without touching them. Its strings are the
+ * connection's: it lives on the loop for one store_row_new() (which
+ * copies every value), never kept, never handed to another thread. */
+typedef struct ConnImage {
+        Connection conn;
+        ConnPending pending;
+        ConnRare rare;
+} ConnImage;
 
 /* A zeroed connection with a copy of name in the same allocation (one
  * malloc chunk instead of two; a name never changes). NULL on -ENOMEM. */
@@ -170,17 +199,79 @@ int connection_set_device(Connection *c, usec_t interval, char **user_code, char
                           char **verification_uri_complete);
 /* Forgets a pending device authorization (not its device_code). */
 void connection_clear_device(Connection *c);
+/* The pending device authorization, NULL when none. */
+static inline ConnDevice *connection_device(const Connection *c) {
+        return c->pending ? c->pending->device : NULL;
+}
 static inline bool connection_device_pending(const Connection *c) {
-        return c->device != NULL;
+        return connection_device(c) != NULL;
 }
 static inline usec_t connection_device_interval(const Connection *c) {
-        return c->device ? c->device->interval : 0;
+        return connection_device_pending(c) ? connection_device(c)->interval : 0;
 }
 
 /* A provider request in flight, or its answer being committed. */
 static inline bool connection_busy(const Connection *c) {
         return c->inflight || c->staged;
 }
+
+/* The out-of-line fields (ConnPending, ConnRare): NULL or 0 when unset. */
+static inline const char *connection_state_hash(const Connection *c) {
+        return c->pending ? c->pending->state_hash : NULL;
+}
+static inline const char *connection_code_verifier(const Connection *c) {
+        return c->pending ? c->pending->code_verifier : NULL;
+}
+static inline const char *connection_auth_state(const Connection *c) {
+        return c->pending ? c->pending->auth_state : NULL;
+}
+static inline const char *connection_username(const Connection *c) {
+        return c->pending ? c->pending->username : NULL;
+}
+static inline usec_t connection_pending_until(const Connection *c) {
+        return c->pending ? c->pending->pending_until : 0;
+}
+static inline const char *connection_last_error(const Connection *c) {
+        return c->rare ? c->rare->last_error : NULL;
+}
+static inline const char *connection_previous_identity(const Connection *c) {
+        return c->rare ? c->rare->previous_identity : NULL;
+}
+static inline json_t *connection_params(const Connection *c) {
+        return c->rare ? c->rare->params : NULL;
+}
+static inline json_t *connection_metadata(const Connection *c) {
+        return c->rare ? c->rare->metadata : NULL;
+}
+static inline usec_t connection_rt_warned(const Connection *c) {
+        return c->rare ? c->rare->rt_warned : 0;
+}
+
+/* Each setter takes the value over (NULL or 0 clears the field; the old
+ * value is freed, a secret wiped first). 0, or -ENOMEM when the part had
+ * to be allocated and could not: then the field keeps its old value and
+ * the one given is freed (wiped). Clearing never fails. A part whose
+ * fields are all empty afterwards is freed. */
+int connection_set_state_hash(Connection *c, char *s);
+int connection_set_code_verifier(Connection *c, char *s);    /* secret */
+int connection_set_auth_state(Connection *c, char *s);       /* secret */
+int connection_set_username(Connection *c, char *s);
+int connection_set_pending_until(Connection *c, usec_t t);
+int connection_set_last_error(Connection *c, char *s);
+int connection_set_previous_identity(Connection *c, char *s);
+int connection_set_params(Connection *c, json_t *v);         /* takes the reference */
+int connection_set_metadata(Connection *c, json_t *v);       /* takes the reference */
+int connection_set_rt_warned(Connection *c, usec_t t);
+/* Takes a field's value out (the caller owns it; NULL when unset). */
+char *connection_take_previous_identity(Connection *c);
+/* Ends a pending authorization: state_hash, code_verifier, auth_state,
+ * pending_until (not username, not the device part). Never fails. */
+void connection_clear_pending_auth(Connection *c);
+/* For a later setter that must not fail (a durable commit's metadata):
+ * an empty ConnRare allocated beforehand (new0()) is installed when c has
+ * none then (*spare is taken, set to NULL); otherwise left to the caller
+ * to free. Afterwards setting a ConnRare field cannot fail. */
+void connection_give_rare(Connection *c, ConnRare **spare);
 
 /* Drops the tokens from memory (wiped). */
 void connection_clear_tokens(Connection *c);

@@ -358,17 +358,17 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
         c->token_type = TAKE_PTR(x->token_type);
         intern_unref(c->scope);
         c->scope = TAKE_PTR(x->scope);
-        json_decref(c->metadata);
-        c->metadata = TAKE_PTR(x->metadata);
-        free(c->last_error);
-        c->last_error = TAKE_PTR(x->last_error);
+        if (connection_set_metadata(c, x->rare ? TAKE_PTR(x->rare->metadata) : NULL) < 0 ||
+            connection_set_last_error(c, x->rare ? TAKE_PTR(x->rare->last_error) : NULL) < 0)
+                log_oom();
         c->expires_at = x->expires_at;
         c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
         c->obtained_at = x->obtained_at;
         c->last_refresh_at = x->last_refresh_at;
         c->refreshes = x->refreshes;
         c->rt_end = x->rt_end;
-        c->rt_warned = x->rt_warned;
+        if (connection_set_rt_warned(c, connection_rt_warned(x)) < 0)
+                log_oom();
         c->retry_at = 0;
         c->failures = 0;
         if (c->state != x->state)
@@ -380,25 +380,22 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
  * started on another node replaces one started here (the later one is
  * in the database; the callback for either lands on its own node). */
 static void take_others(Manager *m, Connection *c, Connection *x) {
-        if (!connection_busy(c) && !streq_ptr(c->state_hash, x->state_hash)) {
+        if (!connection_busy(c) && !streq_ptr(connection_state_hash(c), connection_state_hash(x))) {
                 manager_pending_unlink(m, c);
-                free(c->state_hash);
-                c->state_hash = TAKE_PTR(x->state_hash);
-                secret_free(c->code_verifier);
-                c->code_verifier = TAKE_PTR(x->code_verifier);
-                c->auth_state = secret_free(c->auth_state);
-                c->pending_until = x->pending_until;
-                if (manager_pending_link(m, c) < 0)
+                connection_clear_pending_auth(c);
+                if (connection_set_state_hash(c, x->pending ? TAKE_PTR(x->pending->state_hash) : NULL) < 0 ||
+                    connection_set_code_verifier(c, x->pending ? TAKE_PTR(x->pending->code_verifier) : NULL) < 0 ||
+                    connection_set_pending_until(c, connection_pending_until(x)) < 0 ||
+                    manager_pending_link(m, c) < 0)
                         log_oom();
         }
         intern_unref(c->requested_scope);
         c->requested_scope = TAKE_PTR(x->requested_scope);
         free(c->identity);
         c->identity = TAKE_PTR(x->identity);
-        json_decref(c->params);
-        c->params = TAKE_PTR(x->params);
-        free(c->username);
-        c->username = TAKE_PTR(x->username);
+        if (connection_set_params(c, x->rare ? TAKE_PTR(x->rare->params) : NULL) < 0 ||
+            connection_set_username(c, x->pending ? TAKE_PTR(x->pending->username) : NULL) < 0)
+                log_oom();
         if (connection_set_acl(c, x->allow_users, x->n_allow_users, connection_allow_groups(x), x->n_allow_groups) < 0)
                 log_oom();
         c->updated_at = MAX(c->updated_at, x->updated_at);

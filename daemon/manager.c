@@ -449,9 +449,10 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         snprintf(e_event, sizeof e_event, "TOKENBROKER_EVENT=%s", event);
         snprintf(e_state, sizeof e_state, "TOKENBROKER_STATE=%s", conn_state_to_string(c->state));
         {
+                const char *e = connection_last_error(c);
                 char reason[301];
 
-                (void) text_escape(reason, sizeof reason, c->last_error, c->last_error ? strlen(c->last_error) : 0);
+                (void) text_escape(reason, sizeof reason, e, e ? strlen(e) : 0);
                 snprintf(e_reason, sizeof e_reason, "TOKENBROKER_REASON=%s", reason);
         }
         env_clean(e_reason);
@@ -545,13 +546,13 @@ int manager_pending_link(Manager *m, Connection *c) {
         PendingNode *p;
         int r;
 
-        if (c->pending_linked || !c->state_hash)
+        if (c->pending_linked || !connection_state_hash(c))
                 return 0;
         p = new(PendingNode, 1);
         if (!p)
                 return -ENOMEM;
         p->conn = c;
-        r = hashmap_put(m->pending, &p->node, c->state_hash);
+        r = hashmap_put(m->pending, &p->node, connection_state_hash(c));
         if (r < 0) {
                 free(p);
                 return r;
@@ -567,7 +568,7 @@ void manager_pending_unlink(Manager *m, Connection *c) {
                 return;
         /* A state hash is linked once (hashmap_put() refuses a second):
          * the node of this key is this connection's. */
-        n = hashmap_remove(m->pending, c->state_hash);
+        n = hashmap_remove(m->pending, connection_state_hash(c));
         assert(n && container_of(n, PendingNode, node)->conn == c);
         free(n ? container_of(n, PendingNode, node) : NULL);
         c->pending_linked = false;
@@ -692,11 +693,11 @@ int manager_insert_clustered(Manager *m, Connection *c, StoreRow *row) {
 
 int manager_save(Manager *m, Connection *c) {
         _cleanup_(store_row_freep) StoreRow *row = NULL;
-        Connection img;
+        ConnImage img;
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img, &row);
+        r = store_row_new(m->store, &img.conn, &row);
         if (r < 0)
                 return r;
         /* On a cluster the tokens are the lease holder's to write. */
@@ -828,7 +829,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                         return r;
                 r = oauth_authorize_url_params(p, p->redirect_uri, state, challenge,
                                                req->scope ?: (c ? c->requested_scope : NULL),
-                                               req->params ?: (c ? c->params : NULL), &url, NULL);
+                                               req->params ?: (c ? connection_params(c) : NULL), &url, NULL);
                 if (r == -EINVAL) {
                         *ret_error = "a parameter value does not fit the provider's authorize URL";
                         return r;
@@ -856,9 +857,10 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 c->requested_scope = s;
         }
         /* NULL: keep what the connection has (a re-authorization link) */
-        if (req->params && req->params != c->params) {
-                json_decref(c->params);
-                c->params = json_incref(req->params);
+        if (req->params && req->params != connection_params(c)) {
+                r = connection_set_params(c, json_incref(req->params));
+                if (r < 0)
+                        return r;
         }
         if (req->n_allow_users > 0 || req->n_allow_groups > 0 || fresh) {
                 r = connection_set_acl(c, req->allow_users, req->n_allow_users, req->allow_groups,
@@ -870,28 +872,37 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         /* A re-authorization replaces any earlier pending one. */
         if (!fresh) {
                 manager_pending_unlink(m, c);
-                c->state_hash = mfree(c->state_hash);
                 connection_clear_device(c);
-                c->pending_until = 0;
         }
-        c->code_verifier = secret_free(c->code_verifier);
-        c->auth_state = secret_free(c->auth_state);
+        /* state_hash, code_verifier, auth_state, pending_until (a fresh
+         * connection has none) */
+        connection_clear_pending_auth(c);
         if (url) {
-                c->state_hash = strdup(hash);
-                if (!c->state_hash)
+                char *h = strdup(hash);
+
+                if (!h)
                         return -ENOMEM;
-                c->code_verifier = TAKE_PTR(verifier);
-                c->auth_state = TAKE_PTR(state);
-                c->pending_until = t + m->config->pending_ttl;
+                /* one part for all four: only the first can fail */
+                r = connection_set_state_hash(c, h);
+                if (r < 0)
+                        return r;
+                (void) connection_set_code_verifier(c, TAKE_PTR(verifier));
+                (void) connection_set_auth_state(c, TAKE_PTR(state));
+                (void) connection_set_pending_until(c, t + m->config->pending_ttl);
         }
         if (p->grant == GRANT_PASSWORD && !req->refresh_token) {
                 char *u = strdup(req->username ?: p->username);
                 if (!u)
                         return -ENOMEM;
-                free(c->username);
-                c->username = u;
-                if (req->password && !(c->code_verifier = strdup(req->password)))
-                        return -ENOMEM;
+                r = connection_set_username(c, u);
+                if (r < 0)
+                        return r;
+                if (req->password) {
+                        char *pw = strdup(req->password);
+                        if (!pw)
+                                return -ENOMEM;
+                        (void) connection_set_code_verifier(c, pw);   /* the part is there: username */
+                }
         }
         if (req->refresh_token) {
                 char *rt = strdup(req->refresh_token);

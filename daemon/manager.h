@@ -216,8 +216,10 @@ void refresher_cancel(Manager *m, Connection *c);
 void refresher_drop_recommits(Manager *m);
 /* The row to write for c: c itself, or c with the tokens it has staged,
  * so a write queued behind a staged commit never takes it back. A shallow
- * copy: valid while c and its staged set are unchanged. */
-void refresher_image(const Connection *c, Connection *ret);
+ * copy with its own ConnPending and ConnRare (the image's fields differ
+ * without touching c's): valid while c and its staged set are unchanged,
+ * on the loop, for store_row_new(). */
+void refresher_image(const Connection *c, ConnImage *ret);
 void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
 /* Waits for whatever the connection does next (exchange, refresh). */

@@ -72,6 +72,7 @@ struct Staged {
         const char *scope;         /* interned; NULL: unchanged */
         char *identity;            /* a grant's, from its ID token; NULL: none */
         json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
+        ConnRare *rare;            /* with metadata, when conn had no ConnRare: its part, set aside */
         usec_t expires_at, obtained_at, last_refresh_at;
         usec_t rt_end;             /* the refresh token's end (daemon/rtend.c) */
         int64_t lease_epoch;       /* > 0: commit only under this lease (daemon/cluster.h) */
@@ -86,15 +87,23 @@ static Staged *staged_free(Staged *st) {
         intern_unref(st->scope);
         free(st->identity);
         json_decref(st->metadata);
+        free(st->rare);   /* empty: never holds a value */
         free(st);
         return NULL;
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Staged *, staged_free);
 
-void refresher_image(const Connection *c, Connection *ret) {
+void refresher_image(const Connection *c, ConnImage *img) {
         const Staged *st = c->staged;
+        Connection *ret = &img->conn;
 
-        *ret = *c;
+        *img = (ConnImage) {
+                .conn = *c,
+                .pending = c->pending ? *c->pending : (ConnPending) {},
+                .rare = c->rare ? *c->rare : (ConnRare) {},
+        };
+        ret->pending = &img->pending;
+        ret->rare = &img->rare;
         if (!st)
                 return;
         ret->access_token = st->access_token;
@@ -104,21 +113,21 @@ void refresher_image(const Connection *c, Connection *ret) {
         if (st->scope)
                 ret->scope = st->scope;
         if (st->metadata)
-                ret->metadata = st->metadata;
+                img->rare.metadata = st->metadata;
         ret->expires_at = st->expires_at;
         ret->rt_end = st->rt_end;
         ret->obtained_at = st->obtained_at;
         ret->last_refresh_at = ret->updated_at = st->last_refresh_at;
-        ret->last_error = NULL;
+        img->rare.last_error = NULL;
         ret->state = CONN_ACTIVE;
         if (!st->grant)
                 ret->refreshes = c->refreshes + 1;
         else {
                 /* the pending authorization ends with the grant */
-                ret->state_hash = NULL;
-                ret->code_verifier = NULL;
-                ret->pending_until = 0;
-                ret->device = NULL;
+                img->pending.state_hash = NULL;
+                img->pending.code_verifier = NULL;
+                img->pending.pending_until = 0;
+                img->pending.device = NULL;
                 if (st->identity)
                         ret->identity = st->identity;
         }
@@ -270,7 +279,7 @@ static usec_t refresh_due(Manager *m, const Connection *c) {
  * client_credentials or password grant) whose first request waits for the
  * connection's lease (lease_wait()); not one that failed already. */
 static bool grant_waits_for_lease(Manager *m, const Connection *c) {
-        return m->cluster && c->state == CONN_PENDING && !c->state_hash && !c->last_error &&
+        return m->cluster && c->state == CONN_PENDING && !connection_state_hash(c) && !connection_last_error(c) &&
                !connection_device_pending(c);
 }
 
@@ -281,22 +290,22 @@ void refresher_schedule(Manager *m, Connection *c) {
                 return;
         if (c->retry_at > 0)
                 due = c->retry_at;   /* already monotonic */
-        else if (c->state_hash && c->pending_until > 0 && c->state == CONN_PENDING)
-                due = deadline_from_realtime(c->pending_until);
+        else if (connection_state_hash(c) && connection_pending_until(c) > 0 && c->state == CONN_PENDING)
+                due = deadline_from_realtime(connection_pending_until(c));
         else if (c->state == CONN_ACTIVE)
                 due = refresh_due(m, c);
         else if (grant_waits_for_lease(m, c))
                 due = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);   /* as lease_wait(): kept, not cancelled */
         /* A re-authorization's state also expires; check it with the refresh. */
-        if (c->state_hash && c->pending_until > 0 && c->state != CONN_PENDING)
-                due = MIN(due, deadline_from_realtime(c->pending_until));
+        if (connection_state_hash(c) && connection_pending_until(c) > 0 && c->state != CONN_PENDING)
+                due = MIN(due, deadline_from_realtime(connection_pending_until(c)));
         /* A device authorization: the next poll, and its end. */
         if (connection_device_pending(c)) {
-                if (c->device->next_poll == 0)
-                        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
-                due = MIN(due, c->device->next_poll);
-                if (c->pending_until > 0)
-                        due = MIN(due, deadline_from_realtime(c->pending_until));
+                if (connection_device(c)->next_poll == 0)
+                        connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
+                due = MIN(due, connection_device(c)->next_poll);
+                if (connection_pending_until(c) > 0)
+                        due = MIN(due, deadline_from_realtime(connection_pending_until(c)));
         }
 
         if (due == USEC_INFINITY)
@@ -307,10 +316,7 @@ void refresher_schedule(Manager *m, Connection *c) {
 
 static void clear_pending(Manager *m, Connection *c) {
         manager_pending_unlink(m, c);
-        c->state_hash = mfree(c->state_hash);
-        c->code_verifier = secret_free(c->code_verifier);
-        c->auth_state = secret_free(c->auth_state);
-        c->pending_until = 0;
+        connection_clear_pending_auth(c);
         connection_clear_device(c);
 }
 
@@ -327,11 +333,12 @@ static int save(Manager *m, Connection *c) {
 /* Provider text among it: escaped and bounded like any text that is shown. */
 #define LAST_ERROR_MAX 1024
 
+/* Out of memory: none (as when the text cannot be escaped). */
 static void set_last_error(Connection *c, const char *e) {
         char *s = e ? text_escape_dup(e, LAST_ERROR_MAX) : NULL;
 
-        free(c->last_error);
-        c->last_error = s;
+        if (connection_set_last_error(c, s) < 0)
+                (void) connection_set_last_error(c, NULL);
 }
 
 static int device_poll(Manager *m, Connection *c);
@@ -341,7 +348,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
         bool retry;
 
         if (connection_device_pending(c) && !c->inflight) {
-                if (c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
+                if (connection_pending_until(c) > 0 && connection_pending_until(c) <= t + WHEEL_TICK) {
                         /* RFC 8628 section 3.5: stop polling at the code's expiry. */
                         if (c->state == CONN_PENDING) {
                                 manager_event(m, c, "authorization-expired",
@@ -354,17 +361,17 @@ void refresher_on_timer(Manager *m, Connection *c) {
                         manager_event(m, c, "authorization-expired", "device code expired before the user approved");
                         clear_pending(m, c);
                         (void) save(m, c);
-                } else if (c->device->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
+                } else if (connection_device(c)->next_poll <= now(DEADLINE_CLOCK) + WHEEL_TICK) {
                         int r = device_poll(m, c);
                         if (r >= 0)
                                 return;
                         log_warning_errno(r, "%s: cannot poll the token endpoint: %m", c->name);
-                        if (c->device)
-                                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                        if (connection_device(c))
+                                connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
                 }
         }
 
-        if (c->state_hash && c->pending_until > 0 && c->pending_until <= t + WHEEL_TICK) {
+        if (connection_state_hash(c) && connection_pending_until(c) > 0 && connection_pending_until(c) <= t + WHEEL_TICK) {
                 if (c->state == CONN_PENDING) {
                         manager_event(m, c, "authorization-expired",
                                       "authorization not completed in time; connection removed");
@@ -384,7 +391,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
          * import, a client_credentials or password grant) waited for its
          * lease (lease_wait()): its first request, now that it may be here. */
         bool starting = !connection_busy(c) && (grant_waits_for_lease(m, c) || (m->cluster && retry &&
-                                                                               c->state == CONN_PENDING && !c->state_hash));
+                                                                               c->state == CONN_PENDING && !connection_state_hash(c)));
         if (starting || (c->state == CONN_ACTIVE && (retry || refresh_due(m, c) <= now(DEADLINE_CLOCK) + WHEEL_TICK)))
                 (void) refresher_refresh(m, c, NULL);
         else
@@ -428,14 +435,14 @@ static RequestVars request_vars(Manager *m _unused_, const Connection *c, const 
         return (RequestVars) {
                 .redirect_uri = p->redirect_uri,
                 .scope = c->requested_scope ?: p->scopes,
-                .username = c->username,
+                .username = connection_username(c),
                 /* a password grant keeps the connection's password there */
-                .password = p->grant == GRANT_PASSWORD ? c->code_verifier : NULL,
+                .password = p->grant == GRANT_PASSWORD ? connection_code_verifier(c) : NULL,
                 .refresh_token = c->refresh_token,
                 .access_token = c->access_token,
-                .state = c->auth_state,
-                .params = c->params,
-                .metadata = c->metadata,
+                .state = connection_auth_state(c),
+                .params = connection_params(c),
+                .metadata = connection_metadata(c),
         };
 }
 
@@ -502,7 +509,7 @@ static int refresh_start(Manager *m, Connection *c) {
                 r = step_client_credentials_request(m->http, p, &v, &req);
         else if (p->grant == GRANT_PASSWORD) {
                 /* RFC 6749 section 4.3.2 */
-                v.password = c->code_verifier;
+                v.password = connection_code_verifier(c);
                 r = step_password_request(m->http, p, &v, &req);
                 if (r == -ENOKEY) {
                         set_last_error(c, "password grant without a username or password");
@@ -644,11 +651,11 @@ static void tokens_committed(int result, const char *error, void *userdata);
 /* Queues the commit of c's staged answer st (c->staged == st). */
 static int queue_commit(Manager *m, Connection *c, Staged *st) {
         _cleanup_(store_row_freep) StoreRow *row = NULL;
-        Connection img;
+        ConnImage img;
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img, &row);
+        r = store_row_new(m->store, &img.conn, &row);
         if (r >= 0) {
                 store_row_fence(row, st->lease_epoch);
                 r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
@@ -691,7 +698,10 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 const Provider *p = manager_provider(m, c);
 
                 /* "metadata NAME = /pointer": updated on every answer that has it */
-                if (p && metadata_from_token_response(p, req->body, req->body_len, c->metadata, &st->metadata) < 0)
+                if (p && metadata_from_token_response(p, req->body, req->body_len, connection_metadata(c), &st->metadata) < 0)
+                        return log_oom();
+                /* the commit sets it and must not fail then */
+                if (st->metadata && !(st->rare = new0(ConnRare, 1)))
                         return log_oom();
                 st->rt_end = rtend_compute(c->rt_end, grant, p ? p->refresh_token_lifetime : 0, t->refresh_expires_at,
                                            req->sent_at);
@@ -891,15 +901,21 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 c->scope = TAKE_PTR(st->scope);
         }
         if (st->metadata) {
-                json_decref(c->metadata);
-                c->metadata = TAKE_PTR(st->metadata);
+                /* the part was set aside when it was staged: cannot fail */
+                connection_give_rare(c, &st->rare);
+                if (connection_set_metadata(c, TAKE_PTR(st->metadata)) < 0)
+                        log_oom();   /* not reached: it has a ConnRare now */
         }
         c->expires_at = st->expires_at;
+        /* A warning was about the old end only (it is compared with the
+         * end): forgotten with it, so the ConnRare it took can go. */
+        if (st->rt_end != c->rt_end)
+                (void) connection_set_rt_warned(c, 0);
         c->rt_end = st->rt_end;
         c->expires_deadline = st->expires_at ? deadline_from_realtime(st->expires_at) : 0;
         c->obtained_at = st->obtained_at;
         c->last_refresh_at = c->updated_at = st->last_refresh_at;
-        c->last_error = mfree(c->last_error);
+        (void) connection_set_last_error(c, NULL);
         if (!st->grant)
                 c->refreshes++;
         failures = c->failures;
@@ -1028,8 +1044,8 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
 
 static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
-        const UsageVars uv = { .access_token = c->access_token, .token_type = c->token_type, .params = c->params,
-                               .metadata = c->metadata };
+        const UsageVars uv = { .access_token = c->access_token, .token_type = c->token_type, .params = connection_params(c),
+                               .metadata = connection_metadata(c) };
         int r;
 
         r = step_usage_request(m->http, p, p->userinfo_url, &uv, &req);
@@ -1043,7 +1059,7 @@ static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
 }
 
 static void authorized_finish(Manager *m, Connection *c) {
-        _cleanup_free_ char *before = TAKE_PTR(c->previous_identity);
+        _cleanup_free_ char *before = connection_take_previous_identity(c);
 
         /* Re-authorized as another account: the tokens now act for
          * someone else. Identities (an email, a subject) are no secret. */
@@ -1106,16 +1122,13 @@ static void grant_committed(Manager *m, Connection *c, Staged *st) {
         /* The committed row has all this already. */
         manager_set_state(m, c, CONN_ACTIVE);
         manager_pending_unlink(m, c);
-        c->state_hash = mfree(c->state_hash);
-        c->code_verifier = secret_free(c->code_verifier);
-        c->pending_until = 0;
-        c->auth_state = secret_free(c->auth_state);
+        connection_clear_pending_auth(c);
         connection_clear_device(c);
         /* The new grant says who authorized it (its ID token, else the
          * userinfo answer below); the old identity is kept aside so that
          * authorized_finish() can tell a change of account. */
-        free(c->previous_identity);
-        c->previous_identity = TAKE_PTR(c->identity);
+        if (connection_set_previous_identity(c, TAKE_PTR(c->identity)) < 0)
+                log_warning("%s: out of memory: a change of account will not be noticed", c->name);
         c->identity = TAKE_PTR(st->identity);
         if (p && p->userinfo_url) {
                 r = userinfo_start(m, c, p);
@@ -1219,17 +1232,21 @@ static void device_auth_finished(Manager *m, Connection *c, HttpRequest *req) {
                 device_failed(m, c, "authorization-failed", "out of memory", -ENOMEM, true);
                 return;
         }
-        c->code_verifier = TAKE_PTR(d.device_code);
-        c->device->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
-        c->pending_until = now(CLOCK_REALTIME) + d.expires_in;
-        c->last_error = mfree(c->last_error);
+        if (connection_set_code_verifier(c, TAKE_PTR(d.device_code)) < 0 ||
+            connection_set_pending_until(c, now(CLOCK_REALTIME) + d.expires_in) < 0) {
+                device_auth_done(&d);
+                device_failed(m, c, "authorization-failed", "out of memory", -ENOMEM, true);
+                return;
+        }
+        connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), d.interval);
+        (void) connection_set_last_error(c, NULL);
         device_auth_done(&d);
         if (save(m, c) < 0) {
                 device_failed(m, c, "authorization-failed", "cannot store the device authorization", -EIO, true);
                 return;
         }
         manager_event(m, c, "authorization-started", "device authorization started: user code %s at %s",
-                      c->device->user_code, c->device->verification_uri);
+                      connection_device(c)->user_code, connection_device(c)->verification_uri);
         refresher_schedule(m, c);
         wake_waiters(c, 0);
 }
@@ -1243,7 +1260,7 @@ static int device_poll(Manager *m, Connection *c) {
         if (!p)
                 return -ENOENT;
         v = request_vars(m, c, p);
-        v.device_code = c->code_verifier;
+        v.device_code = connection_code_verifier(c);
         r = step_device_poll_request(m->http, p, &v, &req);
         if (r < 0)
                 return r;
@@ -1270,20 +1287,21 @@ static void device_poll_done(Manager *m, Connection *c, HttpRequest *req) {
         }
         code = p ? oauth_error_code(p, req) : NULL;
         if (code && streq(code, "slow_down"))
-                c->device->interval = MIN(c->device->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
+                connection_device(c)->interval = MIN(connection_device(c)->interval + DEVICE_SLOW_DOWN, DEVICE_INTERVAL_MAX);
         if (code && streq(code, "expired_token")) {
-                c->pending_until = now(CLOCK_REALTIME);   /* the timer removes it */
-                c->device->next_poll = now(DEADLINE_CLOCK);
+                if (connection_set_pending_until(c, now(CLOCK_REALTIME)) < 0)   /* the timer removes it */
+                        log_oom();
+                connection_device(c)->next_poll = now(DEADLINE_CLOCK);
         } else if (o == OAUTH_PERMANENT && !(code && (streq(code, "authorization_pending") || streq(code, "slow_down")))) {
                 device_failed(m, c, "authorization-failed", error, -EKEYREJECTED, false);
                 return;
         } else if (code && (streq(code, "authorization_pending") || streq(code, "slow_down")))
                 log_debug("%s: device authorization %s; next poll in %" PRIu64 " s.", c->name, code,
-                          c->device->interval / USEC_PER_SEC);
+                          connection_device(c)->interval / USEC_PER_SEC);
         else
                 log_warning("%s: device polling failed, trying again: %s", c->name, strempty(error));
         if (!(code && streq(code, "expired_token")))
-                c->device->next_poll = usec_add(now(DEADLINE_CLOCK), c->device->interval);
+                connection_device(c)->next_poll = usec_add(now(DEADLINE_CLOCK), connection_device(c)->interval);
         (void) save(m, c);   /* a slowed interval survives a restart */
         refresher_schedule(m, c);
 }
@@ -1390,7 +1408,7 @@ static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w
                 RequestVars v = request_vars(m, c, p);
 
                 v.code = code;
-                v.code_verifier = c->code_verifier;
+                v.code_verifier = connection_code_verifier(c);
                 r = step_exchange_request(m->http, p, &v, &req);
         }
         if (r < 0)

@@ -141,7 +141,8 @@ static int on_warn_timer(sd_event_source *s _unused_, uint64_t usec _unused_, vo
                 if (usec_sub(c->rt_end, m->config->refresh_token_warn) > t)
                         break;
                 heap_del(rt, RT_HEAP_WARN, c);
-                c->rt_warned = c->rt_end;
+                if (connection_set_rt_warned(c, c->rt_end) < 0)
+                        log_warning("%s: out of memory: the refresh-token warning may come again", c->name);
                 left = usec_sub(c->rt_end, t);
                 manager_event(m, c, "refresh-token-expiring",
                               "the refresh token ends at %s (in %" PRIu64 " s): re-authorize before then",
@@ -171,7 +172,7 @@ void rtend_update(Manager *m, Connection *c) {
         }
         if (!known || heap_put(rt, RT_HEAP_ALL, c) < 0)
                 heap_del(rt, RT_HEAP_ALL, c);
-        if (!known || c->rt_warned == c->rt_end || heap_put(rt, RT_HEAP_WARN, c) < 0)
+        if (!known || connection_rt_warned(c) == c->rt_end || heap_put(rt, RT_HEAP_WARN, c) < 0)
                 heap_del(rt, RT_HEAP_WARN, c);
         rearm(m);
 }

@@ -492,20 +492,20 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 [ROW_SCOPE] = c->scope,
                 [ROW_IDENTITY] = c->identity,
                 [ROW_TOKEN_TYPE] = c->token_type,
-                [ROW_STATE_HASH] = c->state_hash,
-                [ROW_LAST_ERROR] = c->last_error,
-                [ROW_USERNAME] = c->username,
+                [ROW_STATE_HASH] = connection_state_hash(c),
+                [ROW_LAST_ERROR] = connection_last_error(c),
+                [ROW_USERNAME] = connection_username(c),
         };
-        const char *secret[STORE_SEALED_MAX] = { c->access_token, c->refresh_token, c->code_verifier };
+        const char *secret[STORE_SEALED_MAX] = { c->access_token, c->refresh_token, connection_code_verifier(c) };
         _cleanup_free_ char *params = NULL, *metadata = NULL;
         int r;
 
         /* compact, keys sorted: the same object gives the same text */
-        if (c->params && json_object_size(c->params) > 0 &&
-            !(params = json_dumps(c->params, JSON_COMPACT | JSON_SORT_KEYS)))
+        if (connection_params(c) && json_object_size(connection_params(c)) > 0 &&
+            !(params = json_dumps(connection_params(c), JSON_COMPACT | JSON_SORT_KEYS)))
                 return -ENOMEM;
-        if (c->metadata && json_object_size(c->metadata) > 0 &&
-            !(metadata = json_dumps(c->metadata, JSON_COMPACT | JSON_SORT_KEYS)))
+        if (connection_metadata(c) && json_object_size(connection_metadata(c)) > 0 &&
+            !(metadata = json_dumps(connection_metadata(c), JSON_COMPACT | JSON_SORT_KEYS)))
                 return -ENOMEM;
         text[ROW_PARAMS] = params;
         text[ROW_METADATA] = metadata;
@@ -518,13 +518,13 @@ int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
                 .state = c->state,
                 .expires_at = c->expires_at,
                 .obtained_at = c->obtained_at,
-                .pending_until = c->pending_until,
+                .pending_until = connection_pending_until(c),
                 .created_at = c->created_at,
                 .updated_at = c->updated_at,
                 .last_refresh_at = c->last_refresh_at,
                 .device_interval = connection_device_interval(c),
                 .rt_end = c->rt_end,
-                .rt_warned = c->rt_warned,
+                .rt_warned = connection_rt_warned(c),
                 .refreshes = c->refreshes,
         };
         r = id_list_format((const unsigned *) c->allow_users, c->n_allow_users, row->users, sizeof row->users);
@@ -735,19 +735,32 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
             (r = text_intern(row->text[ROW_REQUESTED_SCOPE], &c->requested_scope)) < 0 ||
             (r = text_intern(row->text[ROW_SCOPE], &c->scope)) < 0 ||
             (r = text_dup(row->text[ROW_IDENTITY], &c->identity)) < 0 ||
-            (r = text_intern(row->text[ROW_TOKEN_TYPE], &c->token_type)) < 0 ||
-            (r = text_dup(row->text[ROW_STATE_HASH], &c->state_hash)) < 0 ||
-            (r = text_dup(row->text[ROW_LAST_ERROR], &c->last_error)) < 0 ||
-            (r = text_dup(row->text[ROW_USERNAME], &c->username)) < 0 ||
-            (r = json_column(s, row, ROW_PARAMS, "params", &c->params)) < 0 ||
-            (r = json_column(s, row, ROW_METADATA, "metadata", &c->metadata)) < 0)
+            (r = text_intern(row->text[ROW_TOKEN_TYPE], &c->token_type)) < 0)
                 return r;
-        if ((r = unseal_tokens(s, row, c)) < 0 ||
-            (r = unseal(s, row, 2, c->name, &c->code_verifier)) < 0)
-                return r;
+        /* the out-of-line parts, allocated only when a field is set */
+        {
+                char *state_hash = NULL, *last_error = NULL, *username = NULL, *verifier = NULL;
+                json_t *params = NULL, *metadata = NULL;
+
+                if ((r = text_dup(row->text[ROW_STATE_HASH], &state_hash)) < 0 ||
+                    (r = connection_set_state_hash(c, state_hash)) < 0 ||
+                    (r = text_dup(row->text[ROW_LAST_ERROR], &last_error)) < 0 ||
+                    (r = connection_set_last_error(c, last_error)) < 0 ||
+                    (r = text_dup(row->text[ROW_USERNAME], &username)) < 0 ||
+                    (r = connection_set_username(c, username)) < 0 ||
+                    (r = json_column(s, row, ROW_PARAMS, "params", &params)) < 0 ||
+                    (r = connection_set_params(c, params)) < 0 ||
+                    (r = json_column(s, row, ROW_METADATA, "metadata", &metadata)) < 0 ||
+                    (r = connection_set_metadata(c, metadata)) < 0)
+                        return r;
+                if ((r = unseal_tokens(s, row, c)) < 0 ||
+                    (r = unseal(s, row, 2, c->name, &verifier)) < 0 ||
+                    (r = connection_set_code_verifier(c, verifier)) < 0 ||
+                    (r = connection_set_pending_until(c, row->pending_until)) < 0)
+                        return r;
+        }
         c->expires_at = row->expires_at;
         c->obtained_at = row->obtained_at;
-        c->pending_until = row->pending_until;
         id_list_parse(row->users, users, &nu);
         id_list_parse(row->groups, groups, &ng);
         if (connection_set_acl(c, users, nu, groups, ng) < 0)
@@ -759,7 +772,8 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
         if (row->device_interval > 0 && connection_set_device(c, row->device_interval, NULL, NULL, NULL) < 0)
                 return -ENOMEM;
         c->rt_end = row->rt_end;
-        c->rt_warned = row->rt_warned;
+        if (connection_set_rt_warned(c, row->rt_warned) < 0)
+                return -ENOMEM;
         *ret = TAKE_PTR(c);
         return 0;
 }

@@ -103,8 +103,8 @@ static void redactor_for(Redactor *red, const Connection *c, const Provider *p, 
         redactor_add(red, "refresh_token", c->refresh_token);
         redactor_add(red, "access_token", c->access_token);
         /* a device code or a password grant's password lives there too */
-        redactor_add(red, "code_verifier", c->code_verifier);
-        redactor_add(red, "state", c->auth_state);
+        redactor_add(red, "code_verifier", connection_code_verifier(c));
+        redactor_add(red, "state", connection_auth_state(c));
         for (const struct curl_slist *h = req->headers; h && n < ELEMENTSOF(headers); h = h->next)
                 headers[n++] = h->data;
         redactor_learn_request(red, req->url, headers, n, req->post_data, req->post_len);

@@ -152,8 +152,8 @@ TEST(names_and_states_unique_delete) {
 
         if (!uri || !a || !b || !c || open_store(uri, &test_key, &s) < 0)
                 return;
-        a->state_hash = strdup("same-hash");
-        c->state_hash = strdup("same-hash");
+        CHECK_EQ_INT(connection_set_state_hash(a, strdup("same-hash")), 0);
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("same-hash")), 0);
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
         CHECK_EQ_INT(store_connection_insert(s, b), -EEXIST);
         CHECK_EQ_INT(b->id, 0);   /* given back as it was */

@@ -64,24 +64,24 @@ static inline Connection *conn_full(void) {
         c->scope = intern("repo read:org");
         c->requested_scope = intern("repo read:org user");
         c->identity = strdup("alice@example.com");
-        c->last_error = strdup("HTTP 503: temporarily_unavailable");
+        (void) connection_set_last_error(c, strdup("HTTP 503: temporarily_unavailable"));
         c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
         c->obtained_at = UINT64_C(1893452400) * USEC_PER_SEC + 1;
         c->created_at = UINT64_C(1700000000) * USEC_PER_SEC + 7;
         c->updated_at = UINT64_C(1893452400) * USEC_PER_SEC + 2;
         c->last_refresh_at = UINT64_C(1893452400) * USEC_PER_SEC + 3;
         c->refreshes = UINT64_C(123456789012);
-        c->state_hash = strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        c->code_verifier = strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        c->pending_until = UINT64_C(1893453000) * USEC_PER_SEC;
-        c->params = json_pack("{s:s, s:s}", "tenant", "contoso'; --", "region", "eu west\xc3\xa9");
-        c->metadata = json_pack("{s:s, s:s}", "instance_url", "https://na1.salesforce.com", "realm", "9130 355");
-        if (!c->params || !c->metadata)
+        (void) connection_set_state_hash(c, strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+        (void) connection_set_code_verifier(c, strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"));
+        (void) connection_set_pending_until(c, UINT64_C(1893453000) * USEC_PER_SEC);
+        (void) connection_set_params(c, json_pack("{s:s, s:s}", "tenant", "contoso'; --", "region", "eu west\xc3\xa9"));
+        (void) connection_set_metadata(c, json_pack("{s:s, s:s}", "instance_url", "https://na1.salesforce.com", "realm", "9130 355"));
+        if (!connection_params(c) || !connection_metadata(c))
                 return connection_free(c);
         if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
                 return connection_free(c);
         if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
-            !c->identity || !c->last_error || !c->state_hash || !c->code_verifier)
+            !c->identity || !connection_last_error(c) || !connection_state_hash(c) || !connection_code_verifier(c))
                 return connection_free(c);
         return c;
 }
@@ -100,16 +100,16 @@ static inline void check_same(const Connection *a, const Connection *b) {
         CHECK(streq_ptr(a->scope, b->scope));
         CHECK(streq_ptr(a->requested_scope, b->requested_scope));
         CHECK(streq_ptr(a->identity, b->identity));
-        CHECK(streq_ptr(a->last_error, b->last_error));
-        CHECK(streq_ptr(a->state_hash, b->state_hash));
-        CHECK(streq_ptr(a->code_verifier, b->code_verifier));
+        CHECK(streq_ptr(connection_last_error(a), connection_last_error(b)));
+        CHECK(streq_ptr(connection_state_hash(a), connection_state_hash(b)));
+        CHECK(streq_ptr(connection_code_verifier(a), connection_code_verifier(b)));
         CHECK(a->expires_at == b->expires_at);
         CHECK(a->obtained_at == b->obtained_at);
         CHECK(a->created_at == b->created_at);
         CHECK(a->updated_at == b->updated_at);
         CHECK(a->last_refresh_at == b->last_refresh_at);
         CHECK(a->refreshes == b->refreshes);
-        CHECK(a->pending_until == b->pending_until);
+        CHECK(connection_pending_until(a) == connection_pending_until(b));
         CHECK_EQ_INT(a->n_allow_users, b->n_allow_users);
         for (unsigned i = 0; i < a->n_allow_users && i < b->n_allow_users; i++)
                 CHECK_EQ_INT(a->allow_users[i], b->allow_users[i]);
@@ -117,10 +117,10 @@ static inline void check_same(const Connection *a, const Connection *b) {
         for (unsigned i = 0; i < a->n_allow_groups && i < b->n_allow_groups; i++)
                 CHECK_EQ_INT(connection_allow_groups(a)[i], connection_allow_groups(b)[i]);
         /* params and metadata: the same objects (NULL and {} alike) */
-        CHECK(json_object_size(a->params) == json_object_size(b->params));
-        CHECK(json_object_size(a->metadata) == json_object_size(b->metadata));
-        CHECK(!a->params || !b->params || json_equal(a->params, b->params));
-        CHECK(!a->metadata || !b->metadata || json_equal(a->metadata, b->metadata));
+        CHECK(json_object_size(connection_params(a)) == json_object_size(connection_params(b)));
+        CHECK(json_object_size(connection_metadata(a)) == json_object_size(connection_metadata(b)));
+        CHECK(!connection_params(a) || !connection_params(b) || json_equal(connection_params(a), connection_params(b)));
+        CHECK(!connection_metadata(a) || !connection_metadata(b) || json_equal(connection_metadata(a), connection_metadata(b)));
 }
 
 /* The store writer's completions, in the order they ran: userdata is the

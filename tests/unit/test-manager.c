@@ -99,14 +99,14 @@ TEST(state_is_random_hashed_and_indexed) {
         state = query_param(url, "state");
         CHECK(state && strlen(state) == 43);   /* 32 random bytes */
         CHECK(sha256_hex(state, strlen(state), hash) == 0);
-        CHECK_STREQ(c->state_hash, hash);
+        CHECK_STREQ(connection_state_hash(c), hash);
         CHECK(manager_get_pending(m, hash) == c);
         /* the state itself is kept nowhere */
-        CHECK(!strstr(c->state_hash, state));
+        CHECK(!strstr(connection_state_hash(c), state));
         challenge = query_param(url, "code_challenge");
-        CHECK(pkce_challenge(PKCE_S256, c->code_verifier, &expect) == 0);
+        CHECK(pkce_challenge(PKCE_S256, connection_code_verifier(c), &expect) == 0);
         CHECK_STREQ(challenge, expect);
-        CHECK(c->pending_until > now(CLOCK_REALTIME) + 9 * USEC_PER_MINUTE);
+        CHECK(connection_pending_until(c) > now(CLOCK_REALTIME) + 9 * USEC_PER_MINUTE);
         CHECK(timerwheel_entry_armed(&c->timer));
         manager_teardown(m);
 }
@@ -118,15 +118,15 @@ TEST(states_differ_and_reauthorize_replaces) {
         Connection *a = authorize(m, "a", &u1), *b = authorize(m, "b", &u2), *a2;
 
         CHECK(a != b);
-        CHECK(!streq(a->state_hash, b->state_hash));
-        old_hash = strdup(a->state_hash);
+        CHECK(!streq(connection_state_hash(a), connection_state_hash(b)));
+        old_hash = strdup(connection_state_hash(a));
         a2 = authorize(m, "a", &u3);
         CHECK(a2 == a);   /* in place */
         s1 = query_param(u1, "state");
         s3 = query_param(u3, "state");
         CHECK(!streq(s1, s3));
         CHECK(hashmap_get(m->pending, old_hash) == NULL);
-        CHECK(manager_get_pending(m, a->state_hash) == a);
+        CHECK(manager_get_pending(m, connection_state_hash(a)) == a);
         CHECK_EQ_INT(hashmap_size(m->pending), 2);
         CHECK_EQ_INT(hashmap_size(m->connections), 2);
         manager_teardown(m);
@@ -137,7 +137,7 @@ TEST(state_is_single_use) {
         _cleanup_free_ char *url = NULL, *hash = NULL;
         Connection *c = authorize(m, "alice", &url);
 
-        hash = strdup(c->state_hash);
+        hash = strdup(connection_state_hash(c));
         /* the callback unlinks the state before the exchange runs */
         manager_pending_unlink(m, c);
         CHECK(hashmap_get(m->pending, hash) == NULL);
@@ -151,8 +151,8 @@ TEST(expired_pending_authorization_is_removed) {
         _cleanup_free_ char *url = NULL, *hash = NULL;
         Connection *c = authorize(m, "alice", &url);
 
-        hash = strdup(c->state_hash);
-        c->pending_until = now(CLOCK_REALTIME) - USEC_PER_SEC;
+        hash = strdup(connection_state_hash(c));
+        (void) connection_set_pending_until(c, now(CLOCK_REALTIME) - USEC_PER_SEC);
         refresher_on_timer(m, c);   /* c is freed */
         CHECK(manager_get(m, "alice") == NULL);
         CHECK(hashmap_get(m->pending, hash) == NULL);
@@ -167,7 +167,7 @@ TEST(refresh_is_scheduled_ahead_of_expiry) {
         usec_t rt = now(CLOCK_REALTIME), mono = now(DEADLINE_CLOCK), expected;
 
         manager_pending_unlink(m, c);
-        c->state_hash = mfree(c->state_hash);
+        (void) connection_set_state_hash(c, NULL);
         manager_set_state(m, c, CONN_ACTIVE);
         c->access_token = strdup("at");
         c->refresh_token = strdup("rt");

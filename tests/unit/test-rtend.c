@@ -49,7 +49,7 @@ TEST(heaps_and_unknown_count) {
                 CHECK(rtend_earliest(&m) == min);
         }
         /* warned: out of the warning heap, still in the metric's */
-        c[1].rt_warned = c[1].rt_end;
+        CHECK_EQ_INT(connection_set_rt_warned(&c[1], c[1].rt_end), 0);
         rtend_update(&m, &c[1]);
         CHECK(m.rt.n[RT_HEAP_WARN] == 47);
         CHECK(m.rt.n[RT_HEAP_ALL] == 48);
@@ -70,6 +70,8 @@ TEST(heaps_and_unknown_count) {
         CHECK(m.rt.n[RT_HEAP_ALL] == 0 && m.rt.n[RT_HEAP_WARN] == 0 && m.rt.n_unknown == 0);
         CHECK(rtend_earliest(&m) == 0);
         rtend_done(&m);
+        CHECK_EQ_INT(connection_set_rt_warned(&c[1], 0), 0);   /* frees its ConnRare */
+        CHECK(!c[1].rare);
 }
 
 TEST(heap_order_under_removal) {

@@ -414,15 +414,15 @@ TEST(save_changes_every_field) {
                 check_same(c, l.c[0]);
                 CHECK(!l.c[0]->access_token);
                 CHECK(!l.c[0]->refresh_token);
-                CHECK(!l.c[0]->state_hash);
+                CHECK(!connection_state_hash(l.c[0]));
                 CHECK_EQ_INT(l.c[0]->n_allow_users, 0);
                 CHECK(l.c[0]->expires_at == 0);
         }
 
         /* pending with a state */
-        c->state_hash = strdup("aaaa");
-        c->code_verifier = strdup("verifier");
-        c->pending_until = 42;
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("aaaa")), 0);
+        CHECK_EQ_INT(connection_set_code_verifier(c, strdup("verifier")), 0);
+        CHECK_EQ_INT(connection_set_pending_until(c, 42), 0);
         c->requested_scope = intern("openid email");
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
@@ -431,9 +431,9 @@ TEST(save_changes_every_field) {
 
         /* authorized: tokens in, pending state out; every ACL slot used */
         c->state = CONN_ACTIVE;
-        c->state_hash = mfree(c->state_hash);
-        c->code_verifier = secret_free(c->code_verifier);
-        c->pending_until = 0;
+        (void) connection_set_state_hash(c, NULL);
+        (void) connection_set_code_verifier(c, NULL);
+        CHECK_EQ_INT(connection_set_pending_until(c, 0), 0);
         c->provider = intern_unref(c->provider);
         c->provider = intern("google2");
         c->access_token = strdup("ya29.token");
@@ -468,7 +468,7 @@ TEST(save_changes_every_field) {
         /* needs re-authorization: tokens dropped, an error kept */
         c->state = CONN_NEEDS_REAUTH;
         connection_clear_tokens(c);
-        c->last_error = strdup("HTTP 400: invalid_grant");
+        CHECK_EQ_INT(connection_set_last_error(c, strdup("HTTP 400: invalid_grant")), 0);
         CHECK_EQ_INT(connection_set_acl(c, c->allow_users, c->n_allow_users, NULL, 0), 0);
         CHECK_EQ_INT(c->n_allow_groups, 0);
         CHECK(!connection_allow_groups(c));
@@ -579,12 +579,12 @@ TEST(state_hash_unique) {
         CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
-        a->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(connection_set_state_hash(a, strdup("0123abcd")), 0);
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
         CHECK_EQ_INT(store_connection_insert(s, b), 0);
-        b->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(connection_set_state_hash(b, strdup("0123abcd")), 0);
         CHECK_EQ_INT(store_connection_save(s, b), -EEXIST);
-        b->state_hash = mfree(b->state_hash);
+        (void) connection_set_state_hash(b, NULL);
         CHECK_EQ_INT(store_connection_save(s, b), 0);   /* NULLs do not collide */
 }
 
@@ -599,8 +599,8 @@ TEST(failed_insert_leaves_nothing) {
         CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
         if (!s)
                 return;
-        a->state_hash = strdup("0123abcd");
-        b->state_hash = strdup("0123abcd");
+        CHECK_EQ_INT(connection_set_state_hash(a, strdup("0123abcd")), 0);
+        CHECK_EQ_INT(connection_set_state_hash(b, strdup("0123abcd")), 0);
         CHECK_EQ_INT(store_connection_insert(s, a), 0);
         /* The insert of b fails at its second step (the state's hash is
          * taken): no half-written row may stay behind under b's name. */
@@ -610,7 +610,7 @@ TEST(failed_insert_leaves_nothing) {
         if (l.n == 1)
                 CHECK_STREQ(l.c[0]->name, "a");
         /* and the name is still free */
-        b->state_hash = mfree(b->state_hash);
+        (void) connection_set_state_hash(b, NULL);
         CHECK_EQ_INT(store_connection_insert(s, b), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         CHECK_EQ_INT(l.n, 2);
@@ -832,17 +832,17 @@ TEST(sealed_at_rest) {
         CHECK_EQ_INT(db_int(db, "SELECT length(refresh_token) FROM connections"),
                      CRYPT_OVERHEAD + strlen(c->refresh_token));
         CHECK_EQ_INT(db_int(db, "SELECT length(code_verifier) FROM connections"),
-                     CRYPT_OVERHEAD + strlen(c->code_verifier));
+                     CRYPT_OVERHEAD + strlen(connection_code_verifier(c)));
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM key_check"), 1);
         /* not a byte of them in the file or the WAL, before or after a checkpoint */
         CHECK(!db_files_contain(path, c->access_token));
         CHECK(!db_files_contain(path, c->refresh_token));
-        CHECK(!db_files_contain(path, c->code_verifier));
+        CHECK(!db_files_contain(path, connection_code_verifier(c)));
         CHECK(db_files_contain(path, c->identity));   /* the search works */
         CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL), SQLITE_OK);
         CHECK(!db_files_contain(path, c->access_token));
         CHECK(!db_files_contain(path, c->refresh_token));
-        CHECK(!db_files_contain(path, c->code_verifier));
+        CHECK(!db_files_contain(path, connection_code_verifier(c)));
 }
 #endif
 
@@ -1027,7 +1027,7 @@ TEST(value_moved_or_modified_fails_to_load) {
                 a->access_token = strdup("at-aaaaaaaaaaaaaaaaaaaa");
                 a->refresh_token = strdup("rt-aaaaaaaaaaaaaaaaaaaa");
                 b->access_token = strdup("at-bbbbbbbbbbbbbbbbbbbb");
-                b->code_verifier = strdup("verifier-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+                CHECK_EQ_INT(connection_set_code_verifier(b, strdup("verifier-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")), 0);
                 CHECK_EQ_INT(store_connection_insert(s, a), 0);
                 CHECK_EQ_INT(store_connection_insert(s, b), 0);
                 CHECK_EQ_INT(load_all(s, &l), 0);
@@ -1101,10 +1101,10 @@ TEST(plain_file_sealed_on_first_open) {
         if (l.n == 4) {
                 CHECK_STREQ(l.c[0]->access_token, "plain-access-one");
                 CHECK_STREQ(l.c[0]->refresh_token, "plain-refresh-one");
-                CHECK(!l.c[0]->code_verifier);
-                CHECK_STREQ(l.c[1]->code_verifier, "plain-verifier-two");
+                CHECK(!connection_code_verifier(l.c[0]));
+                CHECK_STREQ(connection_code_verifier(l.c[1]), "plain-verifier-two");
                 CHECK(!l.c[1]->access_token);
-                CHECK(!l.c[2]->access_token && !l.c[2]->refresh_token && !l.c[2]->code_verifier);
+                CHECK(!l.c[2]->access_token && !l.c[2]->refresh_token && !connection_code_verifier(l.c[2]));
                 CHECK_STREQ(l.c[3]->access_token, "");
         }
         loaded_done(&l);

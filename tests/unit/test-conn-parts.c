@@ -1,0 +1,307 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A connection's out-of-line parts (issue 9): ConnPending (the pending
+ * authorization, a password grant's credentials, the device part) and
+ * ConnRare (last_error, previous_identity, params, metadata, rt_warned)
+ * exist only while one of their fields is set, are freed when all are
+ * empty again, and wipe their secrets. Linked with -Wl,--wrap=calloc
+ * and --wrap=free (see the Makefile): calloc() can be made to fail (the
+ * parts come from new0()), and free() checks that a watched secret is
+ * all zeros when it is freed.
+ */
+
+#include <jansson.h>
+
+#include "common/macro.h"
+#include "daemon/connection.h"
+#include "daemon/manager.h"
+
+#define TESTS_MAIN
+#include "tests.h"
+
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+void __real_free(void *p);
+void __wrap_free(void *p);
+
+static unsigned fail_callocs;      /* the next this many calloc() calls fail */
+static const char *watched;        /* a secret expected wiped when freed */
+static size_t watched_len;
+static int watched_freed;          /* 0 not yet, 1 freed wiped, -1 freed with bytes left */
+
+void *__wrap_calloc(size_t n, size_t size) {
+        if (fail_callocs > 0) {
+                fail_callocs--;
+                return NULL;
+        }
+        return __real_calloc(n, size);
+}
+
+void __wrap_free(void *p) {
+        if (p && p == watched) {
+                bool zero = true;
+
+                for (size_t i = 0; i < watched_len; i++)
+                        zero = zero && ((const char *) p)[i] == 0;
+                watched_freed = zero ? 1 : -1;
+                watched = NULL;
+        }
+        __real_free(p);
+}
+
+static char *watch(const char *s) {
+        char *copy = strdup(s);
+
+        watched = copy;
+        watched_len = copy ? strlen(copy) : 0;
+        watched_freed = 0;
+        return copy;
+}
+
+TEST(struct_stays_small) {
+        /* 408 B before the parts (issue 9); a guard, as test-conn-memory */
+        printf("sizeof(Connection) %zu B, ConnPending %zu B, ConnRare %zu B\n", sizeof(Connection),
+               sizeof(ConnPending), sizeof(ConnRare));
+        CHECK(sizeof(Connection) <= 328);
+}
+
+TEST(pending_part_only_while_a_field_is_set) {
+        Connection *c = connection_new("c1");
+
+        CHECK(c);
+        if (!c)
+                return;
+        CHECK(!c->pending && !c->rare);
+        CHECK(!connection_state_hash(c) && !connection_code_verifier(c) && !connection_auth_state(c));
+        CHECK(!connection_username(c) && connection_pending_until(c) == 0 && !connection_device_pending(c));
+        /* clearing what is not there allocates nothing */
+        CHECK_EQ_INT(connection_set_state_hash(c, NULL), 0);
+        CHECK_EQ_INT(connection_set_pending_until(c, 0), 0);
+        connection_clear_pending_auth(c);
+        connection_clear_device(c);
+        CHECK(!c->pending);
+
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), 0);
+        CHECK(c->pending);
+        CHECK_STREQ(connection_state_hash(c), "hash");
+        CHECK_EQ_INT(connection_set_pending_until(c, 42), 0);
+        CHECK_EQ_INT(connection_set_code_verifier(c, strdup("verifier")), 0);
+        CHECK_EQ_INT(connection_set_auth_state(c, strdup("state")), 0);
+        CHECK_EQ_INT(connection_set_username(c, strdup("bob")), 0);
+        CHECK(connection_pending_until(c) == 42);
+        CHECK_STREQ(connection_code_verifier(c), "verifier");
+        CHECK_STREQ(connection_auth_state(c), "state");
+        CHECK_STREQ(connection_username(c), "bob");
+        CHECK(!c->rare);
+
+        /* the end of the authorization keeps a password grant's username */
+        connection_clear_pending_auth(c);
+        CHECK(c->pending);
+        CHECK(!connection_state_hash(c) && !connection_code_verifier(c) && !connection_auth_state(c));
+        CHECK(connection_pending_until(c) == 0);
+        CHECK_STREQ(connection_username(c), "bob");
+        /* the last field gone: the part goes */
+        CHECK_EQ_INT(connection_set_username(c, NULL), 0);
+        CHECK(!c->pending);
+
+        /* each field alone keeps it */
+        CHECK_EQ_INT(connection_set_pending_until(c, 7), 0);
+        CHECK(c->pending);
+        CHECK_EQ_INT(connection_set_pending_until(c, 0), 0);
+        CHECK(!c->pending);
+        CHECK_EQ_INT(connection_set_auth_state(c, strdup("s")), 0);
+        CHECK(c->pending);
+        CHECK_EQ_INT(connection_set_auth_state(c, NULL), 0);
+        CHECK(!c->pending);
+        connection_free(c);
+}
+
+TEST(device_part_hangs_off_pending) {
+        Connection *c = connection_new("c1");
+        char *code = strdup("ABCD-EFGH"), *uri = strdup("https://example.com/device");
+
+        CHECK(c && code && uri);
+        if (!c || !code || !uri)
+                goto out;
+        CHECK_EQ_INT(connection_set_device(c, 5 * USEC_PER_SEC, &code, &uri, NULL), 0);
+        CHECK(!code && !uri);   /* taken */
+        CHECK(c->pending);
+        CHECK(connection_device_pending(c));
+        CHECK(connection_device_interval(c) == 5 * USEC_PER_SEC);
+        CHECK_STREQ(connection_device(c)->user_code, "ABCD-EFGH");
+        /* the device_code is the code_verifier: both go at the end */
+        CHECK_EQ_INT(connection_set_code_verifier(c, strdup("device-code")), 0);
+        connection_clear_pending_auth(c);
+        CHECK(c->pending && connection_device_pending(c));
+        connection_clear_device(c);
+        CHECK(!c->pending);
+        CHECK(connection_device_interval(c) == 0);
+        /* a device part alone (a loaded row) is freed with the connection */
+        CHECK_EQ_INT(connection_set_device(c, USEC_PER_SEC, NULL, NULL, NULL), 0);
+        CHECK(c->pending && connection_device_pending(c));
+out:
+        free(code);
+        free(uri);
+        connection_free(c);
+}
+
+TEST(rare_part_only_while_a_field_is_set) {
+        Connection *c = connection_new("c1");
+        json_t *params = json_pack("{s:s}", "tenant", "contoso"), *md = json_pack("{s:s}", "realm", "1");
+        char *prev;
+
+        CHECK(c && params && md);
+        if (!c || !params || !md)
+                goto out;
+        CHECK(!connection_last_error(c) && !connection_previous_identity(c) && !connection_params(c));
+        CHECK(!connection_metadata(c) && connection_rt_warned(c) == 0);
+        CHECK_EQ_INT(connection_set_last_error(c, strdup("HTTP 400")), 0);
+        CHECK(c->rare && !c->pending);
+        CHECK_STREQ(connection_last_error(c), "HTTP 400");
+        CHECK_EQ_INT(connection_set_params(c, json_incref(params)), 0);
+        CHECK_EQ_INT(connection_set_metadata(c, json_incref(md)), 0);
+        CHECK_EQ_INT(connection_set_previous_identity(c, strdup("alice")), 0);
+        CHECK_EQ_INT(connection_set_rt_warned(c, 99), 0);
+        CHECK(connection_params(c) == params && connection_metadata(c) == md);
+        CHECK(params->refcount == 2 && md->refcount == 2);
+        CHECK(connection_rt_warned(c) == 99);
+        CHECK_EQ_INT(connection_set_last_error(c, NULL), 0);
+        CHECK_EQ_INT(connection_set_params(c, NULL), 0);
+        CHECK(params->refcount == 1);
+        CHECK_EQ_INT(connection_set_metadata(c, NULL), 0);
+        CHECK(md->refcount == 1);
+        CHECK_EQ_INT(connection_set_rt_warned(c, 0), 0);
+        CHECK(c->rare);
+        prev = connection_take_previous_identity(c);
+        CHECK_STREQ(prev, "alice");
+        free(prev);
+        CHECK(!c->rare);
+        CHECK(!connection_take_previous_identity(c));
+        /* freed with the connection, references dropped */
+        CHECK_EQ_INT(connection_set_params(c, json_incref(params)), 0);
+        CHECK(params->refcount == 2);
+        c = connection_free(c);
+        CHECK(params->refcount == 1);
+out:
+        json_decref(params);
+        json_decref(md);
+        connection_free(c);
+}
+
+TEST(secrets_wiped_when_freed) {
+        Connection *c = connection_new("c1");
+
+        CHECK(c);
+        if (!c)
+                return;
+        /* replaced */
+        CHECK_EQ_INT(connection_set_code_verifier(c, watch("verifier-one")), 0);
+        CHECK_EQ_INT(connection_set_code_verifier(c, strdup("verifier-two")), 0);
+        CHECK_EQ_INT(watched_freed, 1);
+        /* cleared, the part freed with it */
+        CHECK_EQ_INT(connection_set_auth_state(c, watch("plain-state")), 0);
+        CHECK_EQ_INT(connection_set_auth_state(c, NULL), 0);
+        CHECK_EQ_INT(watched_freed, 1);
+        /* the end of the authorization */
+        CHECK_EQ_INT(connection_set_auth_state(c, watch("plain-state-2")), 0);
+        connection_clear_pending_auth(c);
+        CHECK_EQ_INT(watched_freed, 1);
+        CHECK(!c->pending);
+        /* the connection freed */
+        CHECK_EQ_INT(connection_set_code_verifier(c, watch("password")), 0);
+        connection_free(c);
+        CHECK_EQ_INT(watched_freed, 1);
+}
+
+TEST(out_of_memory_changes_nothing) {
+        Connection *c = connection_new("c1");
+        json_t *params = json_pack("{s:s}", "tenant", "contoso");
+        char *user_code;
+
+        CHECK(c && params);
+        if (!c || !params)
+                goto out;
+        /* no part yet: the value given is freed (a secret wiped), nothing set */
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), -ENOMEM);
+        CHECK(!c->pending && !connection_state_hash(c));
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_code_verifier(c, watch("secret-verifier")), -ENOMEM);
+        CHECK_EQ_INT(watched_freed, 1);
+        CHECK(!c->pending);
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_pending_until(c, 42), -ENOMEM);
+        CHECK(connection_pending_until(c) == 0);
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_params(c, json_incref(params)), -ENOMEM);
+        CHECK(params->refcount == 1 && !c->rare);
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_rt_warned(c, 5), -ENOMEM);
+        CHECK(!c->rare);
+        /* clearing needs no memory */
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_last_error(c, NULL), 0);
+        fail_callocs = 0;
+        /* the device part: nothing taken */
+        user_code = strdup("WXYZ");
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_device(c, USEC_PER_SEC, &user_code, NULL, NULL), -ENOMEM);
+        CHECK(user_code && !c->pending);
+        fail_callocs = 0;
+        free(user_code);
+        /* a part that is there: setting cannot fail */
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), 0);
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_code_verifier(c, strdup("v")), 0);
+        CHECK_EQ_INT(connection_set_pending_until(c, 1), 0);
+        fail_callocs = 0;
+        CHECK_STREQ(connection_code_verifier(c), "v");
+        /* a part set aside beforehand (a staged commit's metadata) */
+        {
+                ConnRare *spare = calloc(1, sizeof(ConnRare));
+
+                CHECK(spare);
+                connection_give_rare(c, &spare);
+                CHECK(!spare && c->rare);
+                fail_callocs = 1;
+                CHECK_EQ_INT(connection_set_metadata(c, json_incref(params)), 0);
+                fail_callocs = 0;
+                CHECK(connection_metadata(c) == params);
+                /* one there already: the spare stays the caller's */
+                spare = calloc(1, sizeof(ConnRare));
+                connection_give_rare(c, &spare);
+                CHECK(spare);
+                free(spare);
+        }
+out:
+        fail_callocs = 0;
+        json_decref(params);
+        connection_free(c);
+}
+
+TEST(image_has_parts_of_its_own) {
+        Connection *c = connection_new("c1");
+        ConnImage img;
+
+        CHECK(c);
+        if (!c)
+                return;
+        CHECK_EQ_INT(connection_set_last_error(c, strdup("HTTP 503")), 0);
+        CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), 0);
+        refresher_image(c, &img);
+        CHECK(img.conn.pending == &img.pending && img.conn.rare == &img.rare);
+        CHECK_STREQ(connection_last_error(&img.conn), "HTTP 503");
+        CHECK_STREQ(connection_state_hash(&img.conn), "hash");
+        /* a field changed in the image stays there */
+        img.rare.last_error = NULL;
+        img.pending.state_hash = NULL;
+        CHECK_STREQ(connection_last_error(c), "HTTP 503");
+        CHECK_STREQ(connection_state_hash(c), "hash");
+        /* no parts: empty ones in the image */
+        CHECK_EQ_INT(connection_set_last_error(c, NULL), 0);
+        CHECK_EQ_INT(connection_set_state_hash(c, NULL), 0);
+        CHECK(!c->pending && !c->rare);
+        refresher_image(c, &img);
+        CHECK(!connection_last_error(&img.conn) && !connection_state_hash(&img.conn));
+        connection_free(c);
+}
