@@ -6,8 +6,9 @@
 # expiries 10-60 min ahead, so nothing falls due), then starts the daemon
 # ROUNDS times on that store and prints, each time, the ms from exec to the
 # first 200 from /v1/status (it answers only once every connection is
-# loaded and every listener accepts), the daemon's own "Loaded ..." line
-# and its VmRSS then. Several builds may be given: they take turns on the
+# loaded and every listener accepts), how long its start thread waited for
+# a core meanwhile (other jobs: /proc/PID/schedstat), the daemon's own
+# "Loaded ..." line (with each load thread's CPU) and its VmRSS then. Several builds may be given: they take turns on the
 # same store, so a before/after comparison runs side by side.
 #
 #   bash tests/bench/ready.sh [-n N] [-r ROUNDS] [-d DIR] BUILD_DIR...
@@ -69,9 +70,13 @@ for round in $(seq "$ROUNDS"); do
                         sleep 0.005
                 done
                 rss=$(sed -n 's/^VmRSS:[[:space:]]*//p' "/proc/$D/status" 2>/dev/null)
+                # the start thread's time waiting for a core: the share of
+                # the wall time other jobs on the machine took
+                waited=$(awk '{ printf "%d", $2 / 1000000 }' "/proc/$D/schedstat" 2>/dev/null)
                 kill "$D" 2>/dev/null; wait "$D" 2>/dev/null; D=
                 [ -n "$ms" ] || { echo "ready: $b did not answer" >&2; tail daemon.log >&2; exit 1; }
-                printf 'round %d  %-28s READY %5d ms  RSS %s  %s\n' "$round" "$b" "$ms" "$rss" \
+                printf 'round %d  %-28s READY %5d ms (%s ms waiting for a core)  RSS %s  %s\n' "$round" "$b" "$ms" \
+                        "${waited:-?}" "$rss" \
                         "$(grep -o 'Loaded [0-9]* connections.*' daemon.log | head -1)"
         done
 done
