@@ -313,6 +313,8 @@ int loader_finish(Loader *l, int r, usec_t *ret_link_cpu) {
                 *ret_link_cpu = 0;
         if (!l)
                 return r;
+        if (r >= 0 && l->failed < 0)
+                r = l->failed;   /* a caller that went on after loader_push() failed */
         if (!l->threaded) {
                 if (r >= 0 && l->ring[0].n > l->ring[0].done)
                         r = link_batch(l, &l->ring[0]);

@@ -171,6 +171,29 @@ TEST(a_link_error_ends_the_load) {
         }
 }
 
+TEST(a_push_error_is_not_lost) {
+        for (int threaded = 0; threaded < 2; threaded++) {
+                Fake *f = fake_new();
+                Loader *l = NULL;
+                unsigned i = 0;
+                int r = 0;
+
+                f->fail_at = 300;
+                CHECK_EQ_INT(loader_new(&fake_ops, f, NULL, threaded, &l), 0);
+                while (i < 20000 && r >= 0)
+                        r = loader_push(l, &items[i++]);
+                CHECK_EQ_INT(r, -ENOTRECOVERABLE);
+                /* pushing on anyway: taken and freed, the error again */
+                CHECK_EQ_INT(loader_push(l, &items[i++]), -ENOTRECOVERABLE);
+                /* and a caller that ignores it still gets it at the end */
+                CHECK_EQ_INT(loader_finish(l, 0, NULL), -ENOTRECOVERABLE);
+                CHECK_EQ_INT(f->n_linked, 299);
+                for (unsigned k = 0; k < i; k++)
+                        CHECK_EQ_INT(f->freed[k], k < 299 ? 0 : 1);
+                fake_free_all(f);
+        }
+}
+
 TEST(a_link_error_in_the_last_batch) {
         for (int threaded = 0; threaded < 2; threaded++) {
                 Fake *f = fake_new();
