@@ -52,7 +52,7 @@ DAEMON_SRC := daemon/connection.c daemon/store.c daemon/http.c daemon/oauth.c da
 	daemon/links.c daemon/links-db.c daemon/link-token.c daemon/heap.c daemon/store-wait.c daemon/pending.c \
 	daemon/proxy.c daemon/proxy-path.c \
 	daemon/redact.c daemon/steps.c daemon/preview.c daemon/trace.c \
-	daemon/rtend.c
+	daemon/rtend.c daemon/loader.c
 MIGRATIONS := $(sort $(wildcard sql/[0-9]*.sql))
 PG_MIGRATIONS := $(sort $(wildcard sql/pg/[0-9]*.sql))
 

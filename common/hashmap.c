@@ -231,6 +231,21 @@ int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key) {
         return put_hashed(h, n, key, hash_key(h, key));
 }
 
+uint64_t hashmap_hash(const Hashmap *h, const char *key) {
+        return h && key ? hash_key(h, key) : 0;
+}
+
+void hashmap_prefetch(const Hashmap *h, uint64_t hash) {
+        if (h && h->n_buckets > 0)
+                __builtin_prefetch(&h->buckets[(size_t) hash & (h->n_buckets - 1)], 1);
+}
+
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
+        if (!h || !n || !key)
+                return -EINVAL;
+        return put_hashed(h, n, key, hash);
+}
+
 static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
         size_t i;
 

@@ -57,6 +57,14 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key);
  * (a cache miss a node at a million); a duplicate would be a second entry
  * that hashmap_get() never returns. 0, -EINVAL or -ENOMEM as above. */
 int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key);
+/* A bulk load's pipeline (daemon/loader.c): the hash of key in h, a hint
+ * to the CPU to fetch the bucket it goes to (some puts ahead: at a
+ * million entries every bucket is a cache miss), then the put with that
+ * hash. hashmap_put_unique_hashed() with another hash than
+ * hashmap_hash()'s puts an entry no lookup finds. */
+uint64_t hashmap_hash(const Hashmap *h, const char *key);
+void hashmap_prefetch(const Hashmap *h, uint64_t hash);
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash);
 /* Makes room for n entries at load factor 1 now (one bucket array, no
  * resize while they are put) and keeps the array from shrinking below
  * that until hashmap_reserve(h, 0). For a bulk load whose size is known.

@@ -18,11 +18,12 @@
 /* below glibc's smallest mmap threshold (128 KiB) */
 #define PROBE_SIZE ((size_t) 64 << 10)
 
-void heap_prepare(size_t bytes) {
+void heap_prepare(size_t bytes, HeapRegion *ret) {
         uintptr_t lo, hi;
         void *probe[64];
         size_t n;
 
+        *ret = (HeapRegion) {};
         if (bytes < PREPARE_MIN)
                 return;
         bytes = bytes > PREPARE_MAX ? PREPARE_MAX : bytes;
@@ -45,9 +46,15 @@ void heap_prepare(size_t bytes) {
                 free(probe[--n]);
         if (hi == (uintptr_t) -1 || hi <= lo + HUGE_PAGE)
                 return;   /* not glibc's heap (or it did not grow) */
+        /* From the first huge-page boundary to the break, not a byte
+         * beyond: past it nothing is mapped and madvise() fails with
+         * ENOMEM (the length was once taken before rounding lo up). */
         lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+        if (hi <= lo)
+                return;
         if (madvise((void *) lo, hi - lo, MADV_HUGEPAGE) < 0)
                 log_debug_errno(errno, "madvise(MADV_HUGEPAGE) of the heap failed, ignoring: %m");
+        *ret = (HeapRegion) { .start = lo, .end = hi };
 }
 
 void heap_prepare_done(void) {

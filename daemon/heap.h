@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Readies malloc's heap for a bulk load of about `bytes` (the connections
  * at start): the heap is grown once by that much, and the new part is
@@ -11,5 +12,10 @@
  * start). Best effort: it does nothing where malloc is not glibc's heap
  * (sanitizers) or huge pages are off, and a wrong estimate costs at most
  * untouched address space. Call heap_prepare_done() after the load. */
-void heap_prepare(size_t bytes);
+typedef struct HeapRegion {
+        uintptr_t start, end;      /* the part of the heap made ready; start == end: none */
+} HeapRegion;
+/* *ret: the heap's new part, where the load's allocations go next (the
+ * loader's linking thread faults it in just ahead of them). */
+void heap_prepare(size_t bytes, HeapRegion *ret);
 void heap_prepare_done(void);

@@ -104,6 +104,10 @@ struct Manager {
         uint64_t tokens_served;
         uint64_t refresh_ok, refresh_failed;
         bool check_only;
+        /* The start's load runs (daemon/loader.c): its linking thread
+         * fills the maps, heaps and counters, so nothing may touch
+         * sd-event from them (status and timers are armed after). */
+        bool loading;
 };
 
 int manager_new(BrokerConfig *config, const char *config_path, Manager **ret);

@@ -101,6 +101,8 @@ static void rearm(Manager *m) {
         usec_t when;
         int r;
 
+        if (m->loading)
+                return;   /* not the loop's thread: rtend_rearm() after the load */
         if (rt->n[RT_HEAP_WARN] == 0) {
                 if (rt->timer)
                         (void) sd_event_source_set_enabled(rt->timer, SD_EVENT_OFF);
@@ -186,6 +188,10 @@ void rtend_remove(Manager *m, Connection *c) {
         }
         heap_del(rt, RT_HEAP_ALL, c);
         heap_del(rt, RT_HEAP_WARN, c);
+        rearm(m);
+}
+
+void rtend_rearm(Manager *m) {
         rearm(m);
 }
 

@@ -28,6 +28,9 @@ typedef struct RtEnds {
 /* After c->rt_end, c->rt_warned or c->refresh_token changed (or c was
  * linked): heaps, counter and timer. */
 void rtend_update(Manager *m, Connection *c);
+/* Arms the warning timer for the heaps as they stand (after the start's
+ * load, during which rtend_update() leaves it alone). */
+void rtend_rearm(Manager *m);
 /* c goes away. */
 void rtend_remove(Manager *m, Connection *c);
 /* Realtime end of the earliest refresh token, 0 when none is known. */

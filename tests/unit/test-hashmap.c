@@ -462,3 +462,37 @@ TEST(put_unique_skips_the_lookup) {
         CHECK_EQ_INT(hashmap_put(h, &items[0].node, items[1].name), -EEXIST);
         free(items);
 }
+
+TEST(put_unique_hashed_as_a_pipeline) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Item *items = new0(Item, 3000);
+
+        CHECK(items);
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!items || !h) {
+                free(items);
+                return;
+        }
+        CHECK_EQ_INT(hashmap_put_unique_hashed(h, NULL, "x", 1), -EINVAL);
+        hashmap_prefetch(h, 42);   /* no bucket array yet: a no-op */
+        hashmap_prefetch(NULL, 42);
+        CHECK_EQ_INT(hashmap_reserve(h, 1000), 0);
+        /* hashed 8 ahead of the put, as the loader does; the map also
+         * grows past its reservation */
+        for (unsigned i = 0; i < 3000; i++)
+                snprintf(items[i].name, sizeof items[i].name, "c%07u", i);
+        for (unsigned i = 0; i < 8; i++)
+                items[i].node.hash = hashmap_hash(h, items[i].name);
+        for (unsigned i = 0; i < 3000; i++) {
+                if (i + 8 < 3000) {
+                        items[i + 8].node.hash = hashmap_hash(h, items[i + 8].name);
+                        hashmap_prefetch(h, items[i + 8].node.hash);
+                }
+                CHECK_EQ_INT(hashmap_put_unique_hashed(h, &items[i].node, items[i].name, items[i].node.hash), 0);
+        }
+        CHECK_EQ_INT((int) hashmap_size(h), 3000);
+        for (unsigned i = 0; i < 3000; i++)
+                CHECK(hashmap_get(h, items[i].name) == &items[i].node);
+        CHECK_EQ_INT(hashmap_put(h, &items[0].node, items[2999].name), -EEXIST);
+        free(items);
+}
