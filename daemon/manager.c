@@ -43,6 +43,20 @@ static void manager_unlink_api_socket(Manager *m) {
         m->api_bound_path = mfree(m->api_bound_path);
 }
 
+static int on_trace_sweep(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        if (!trace_sweep(m->trace, TRACE_SWEEP_PER_TURN))
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        return 0;
+}
+
+void manager_trace_record(Manager *m, const Connection *c, const char *what, const HttpRequest *req) {
+        trace_record(&m->trace, m->config, c, manager_provider(m, c), what, req);
+        if (trace_pending(m->trace))
+                (void) sd_event_source_set_enabled(m->trace_sweep, SD_EVENT_ON);
+}
+
 int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
@@ -91,6 +105,15 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
                 return r;
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_OFF);
 
+        /* idle priority: in a refresh storm entries mostly leave their ring
+         * before the sweep gets to them, and are never redacted at all */
+        r = sd_event_add_defer(m->event, &m->trace_sweep, on_trace_sweep, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->trace_sweep, SD_EVENT_OFF);
+        (void) sd_event_source_set_priority(m->trace_sweep, SD_EVENT_PRIORITY_IDLE);
+        (void) sd_event_source_set_description(m->trace_sweep, "trace-sweep");
+
         m->started_at = now(CLOCK_REALTIME);
         *ret = TAKE_PTR(m);
         return 0;
@@ -133,6 +156,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->stop_timer);
         http_free(m->http);
+        sd_event_source_disable_unref(m->trace_sweep);
         trace_store_free(m->trace);
         timerwheel_free(m->wheel);
         sd_event_source_disable_unref(m->wheel_timer);

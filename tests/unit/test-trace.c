@@ -87,3 +87,57 @@ TEST(entries_are_redacted) {
         json_decref(j);
         trace_store_free(t);
 }
+
+/* Recorded raw, redacted later: by the sweep (a few at a time, oldest
+ * first) or by a reader; entries pushed out before either never are. */
+TEST(redacted_later_by_sweep_or_reader) {
+        BrokerConfig cfg = { .trace_entries = 4, .trace_connections = 8 };
+        TraceStore *t = NULL;
+        char name[16];
+        uint64_t last;
+        json_t *j;
+        char *s;
+
+        CHECK(!trace_pending(t));
+        CHECK(!trace_sweep(t, 16));
+        for (int i = 0; i < 10; i++) {
+                snprintf(name, sizeof name, "n%d", i);
+                record(&t, &cfg, name, 200);
+        }
+        /* 10 connections, 8 kept: 8 raw entries wait */
+        CHECK(trace_pending(t));
+        CHECK(trace_sweep(t, 3));
+        CHECK(trace_sweep(t, 4));
+        CHECK(!trace_sweep(t, 1));           /* the 8th */
+        CHECK(!trace_pending(t));
+        CHECK_EQ_INT(entries_of(t, "n9", 0), 1);
+        CHECK_EQ_INT(entries_of(t, "n1", 0), 0);
+
+        /* the ring overwrites raw entries: they leave the queue with it */
+        for (int i = 0; i < 6; i++)
+                record(&t, &cfg, "n9", 200);
+        CHECK(trace_pending(t));
+        /* a reader redacts what it shows, and the sweep has nothing left */
+        j = trace_json(t, "n9", 0);
+        CHECK(!trace_pending(t));
+        CHECK_EQ_INT(json_array_size(json_object_get(j, "entries")), 4);
+        s = json_dumps(j, JSON_COMPACT);
+        CHECK(s && !strstr(s, "rt-unit-test-123456") && !strstr(s, "unit-client-secret") &&
+              strstr(s, "refresh_token=<refresh_token>"));
+        free(s);
+        json_decref(j);
+
+        /* a reader asking only for the newest leaves older ones raw */
+        record(&t, &cfg, "n8", 200);
+        record(&t, &cfg, "n8", 200);
+        j = trace_json(t, "none", 0);
+        last = (uint64_t) json_integer_value(json_object_get(j, "last_seq"));
+        json_decref(j);
+        j = trace_json(t, "n8", last - 1);
+        CHECK_EQ_INT(json_array_size(json_object_get(j, "entries")), 1);
+        json_decref(j);
+        CHECK(trace_pending(t));
+        trace_forget(t, "n8");
+        CHECK(!trace_pending(t));
+        trace_store_free(t);
+}
