@@ -541,11 +541,17 @@ void manager_wheel_rearm(Manager *m) {
         (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_ONESHOT);
 }
 
+/* Deadlines fired a turn of the loop at most: a storm of due connections
+ * (after an outage, or seeded together) is fired a slice at a time with
+ * token handouts in between. The rest is due at once: the wheel's next
+ * time is now or earlier, so the timer is re-armed to fire on a later turn. */
+#define WHEEL_FIRE_MAX 1024
+
 static int on_wheel(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
         Manager *m = userdata;
 
         m->wheel_armed = USEC_INFINITY;
-        (void) timerwheel_advance(m->wheel, now(DEADLINE_CLOCK), on_wheel_entry, m);
+        (void) timerwheel_advance_max(m->wheel, now(DEADLINE_CLOCK), WHEEL_FIRE_MAX, on_wheel_entry, m);
         manager_wheel_rearm(m);
         return 0;
 }
