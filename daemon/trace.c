@@ -407,6 +407,12 @@ void trace_record(TraceStore **tp, const BrokerConfig *cfg, const Connection *c,
                 t->raw_first = e;
         t->raw_last = e;
         t->n_raw++;
+        /* A large exchange (a provider's error page, up to HTTP_BODY_MAX)
+         * is redacted and cut now: raw entries stay small, and a body
+         * cannot be cut before it is redacted. Token answers are far
+         * below this. */
+        if (e->raw->size > TRACE_RAW_MAX)
+                redact_entry(t, e);
 
         if (tr->count == tr->cap) {
                 entry_free(t, tr->ring[tr->head]);

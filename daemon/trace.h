@@ -19,10 +19,15 @@
  * An exchange is recorded raw (copied, secrets and all, in memory only,
  * wiped when freed) and redacted later: by trace_json() before it shows
  * an entry, or by trace_sweep(), a few a turn of the loop when it has
- * nothing better to do. No entry leaves this module unredacted. */
+ * nothing better to do (one larger than TRACE_RAW_MAX at once). No entry
+ * leaves this module unredacted. */
 
 #define TRACE_BODY_MAX 2048
 #define TRACE_URL_MAX 2048
+/* An exchange larger than this (request and answer, headers and bodies)
+ * is redacted as it is recorded, not kept raw: bounds what waits for
+ * redaction (with the defaults, 64 x 20 x 8 KiB at most). */
+#define TRACE_RAW_MAX (8 * 1024)
 
 typedef struct TraceStore TraceStore;
 

@@ -141,3 +141,40 @@ TEST(redacted_later_by_sweep_or_reader) {
         CHECK(!trace_pending(t));
         trace_store_free(t);
 }
+
+/* A large answer (an error page) is redacted and cut as it is recorded:
+ * nothing that large waits raw. */
+TEST(large_exchange_redacted_at_once) {
+        BrokerConfig cfg = { .trace_entries = 4, .trace_connections = 4 };
+        Connection c = { .name = (char *) "big", .refresh_token = (char *) "rt-unit-test-123456" };
+        char body[] = "grant_type=refresh_token&refresh_token=rt-unit-test-123456";
+        _cleanup_free_ char *page = malloc(64 * 1024 + 1);
+        TraceStore *t = NULL;
+        HttpRequest req = {
+                .url = (char *) "https://p.example/token",
+                .post_data = body,
+                .post_len = strlen(body),
+                .status = 502,
+        };
+        json_t *j;
+        char *s;
+
+        CHECK(page != NULL);
+        if (!page)
+                return;
+        memset(page, 'x', 64 * 1024);
+        memcpy(page + 100, "rt-unit-test-123456", 19);
+        page[64 * 1024] = 0;
+        req.body = page;
+        req.body_len = 64 * 1024;
+        snprintf(req.method, sizeof req.method, "POST");
+        trace_record(&t, &cfg, &c, NULL, "refresh", &req);
+        CHECK(!trace_pending(t));
+        j = trace_json(t, "big", 0);
+        s = json_dumps(j, JSON_COMPACT);
+        CHECK(s && !strstr(s, "rt-unit-test-123456") && strstr(s, "bytes cut"));
+        CHECK(s && strlen(s) < 8 * 1024);
+        free(s);
+        json_decref(j);
+        trace_store_free(t);
+}
