@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <strings.h>
+#include <sys/epoll.h>
 
 #include "common/egress.h"
 #include "common/util.h"
@@ -7,13 +8,19 @@
 
 /* Per-socket context that curl hands back to us via curl_multi_assign. */
 typedef struct HttpSocket {
-        sd_event_source *io;
+        uint32_t events;           /* in the Http's epoll set (0: not in it) */
         curl_socket_t fd;
         bool owned;                /* opened by open_socket(): closed through close_socket() */
         bool idle;                 /* curl no longer watches it (a kept-alive connection) */
 } HttpSocket;
 
 #define HTTP_POOL_MAX 64
+/* Work a turn of the loop does for curl, so token handouts interleave with
+ * a refresh storm: ready sockets served, finished transfers handled. What
+ * is left is for the next turns (the epoll set stays readable; a defer
+ * source takes the finished transfers left). */
+#define HTTP_SOCKETS_PER_TURN 16
+#define HTTP_DONE_PER_TURN 16
 
 struct Http {
         sd_event *event;
@@ -21,10 +28,15 @@ struct Http {
         sd_event_source *timer;
         usec_t armed;              /* when the timer fires; USEC_INFINITY: off */
         sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
+        sd_event_source *more_done;   /* finished transfers left by a turn */
         unsigned in_flight;
-        /* every socket with an io source, by descriptor: an idle kept-alive
-         * connection keeps its source (no epoll_ctl() pair per request)
-         * until curl closes the socket (close_socket()) */
+        /* curl's sockets in an epoll set of their own, one io source for
+         * the loop (on_epoll() serves HTTP_SOCKETS_PER_TURN at most) */
+        int epfd;
+        sd_event_source *epoll_source;
+        /* every socket in the set, by descriptor: an idle kept-alive
+         * connection stays in it (no epoll_ctl() pair per request) until
+         * curl closes the socket (close_socket()) */
         HttpSocket **sockets;
         size_t n_sockets;
         void (*after)(void *userdata);
@@ -69,15 +81,19 @@ int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_
         return 0;
 }
 
+/* Handles HTTP_DONE_PER_TURN finished transfers at most; the more_done
+ * defer source takes the rest on the next turns. */
 static void http_check_done(Http *h) {
         CURLMsg *msg;
-        int left;
+        int left = 0;
+        unsigned n = 0;
 
-        while ((msg = curl_multi_info_read(h->multi, &left))) {
+        while (n < HTTP_DONE_PER_TURN && (msg = curl_multi_info_read(h->multi, &left))) {
                 HttpRequest *r = NULL;
 
                 if (msg->msg != CURLMSG_DONE)
                         continue;
+                n++;
                 if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &r) != CURLE_OK || !r)
                         continue;
                 r->result = msg->data.result;
@@ -89,6 +105,10 @@ static void http_check_done(Http *h) {
                 /* done may free r: it must be the last thing we touch */
                 r->done(r, r->userdata);
         }
+        /* left counts the messages after the last one read; done() may
+         * have started or freed transfers since: look again next turn */
+        if (n >= HTTP_DONE_PER_TURN && left > 0 && h->more_done)
+                (void) sd_event_source_set_enabled(h->more_done, SD_EVENT_ONESHOT);
 }
 
 static void after(Http *h) {
@@ -96,19 +116,39 @@ static void after(Http *h) {
                 h->after(h->after_userdata);
 }
 
-static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Http *h = userdata;
-        HttpSocket *hs = (size_t) fd < h->n_sockets ? h->sockets[fd] : NULL;
+/* Takes fd out of the epoll set (while it is open); its entry stays. */
+static void socket_unwatch(Http *h, HttpSocket *hs) {
+        if (hs->events != 0) {
+                (void) epoll_ctl(h->epfd, EPOLL_CTL_DEL, hs->fd, NULL);
+                hs->events = 0;
+        }
+}
+
+static int socket_watch(Http *h, HttpSocket *hs, uint32_t events) {
+        struct epoll_event ev = { .events = events, .data.fd = hs->fd };
+
+        if (hs->events == events)
+                return 0;
+        if (epoll_ctl(h->epfd, hs->events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, hs->fd, &ev) < 0)
+                return -errno;
+        hs->events = events;
+        return 0;
+}
+
+static void socket_ready(Http *h, int fd, uint32_t revents) {
+        HttpSocket *hs = fd >= 0 && (size_t) fd < h->n_sockets ? h->sockets[fd] : NULL;
         int action = 0, running;
 
         if (hs && hs->idle) {
                 /* a kept-alive connection curl does not watch: the server
                  * closed it (or sent what nobody asked for). Out of the
-                 * loop until curl reuses it (its check finds it dead) or
+                 * set until curl reuses it (its check finds it dead) or
                  * closes it. */
-                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                return 0;
+                socket_unwatch(h, hs);
+                return;
         }
+        if (!hs)
+                return;   /* closed by what an earlier one in this turn ran */
 
         if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 action |= CURL_CSELECT_IN;
@@ -117,6 +157,26 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         if (revents & EPOLLERR)
                 action |= CURL_CSELECT_ERR;
         (void) curl_multi_socket_action(h->multi, fd, action, &running);
+}
+
+/* The epoll set is readable: serve HTTP_SOCKETS_PER_TURN ready sockets at
+ * most; it stays readable (level-triggered) for the rest. */
+static int on_epoll(sd_event_source *s _unused_, int fd _unused_, uint32_t revents _unused_, void *userdata) {
+        struct epoll_event ev[HTTP_SOCKETS_PER_TURN];
+        Http *h = userdata;
+        int n;
+
+        n = epoll_wait(h->epfd, ev, ELEMENTSOF(ev), 0);
+        for (int i = 0; i < n; i++)
+                socket_ready(h, ev[i].data.fd, ev[i].events);
+        http_check_done(h);
+        after(h);
+        return 0;
+}
+
+static int on_more_done(sd_event_source *s _unused_, void *userdata) {
+        Http *h = userdata;
+
         http_check_done(h);
         after(h);
         return 0;
@@ -173,7 +233,7 @@ static HttpSocket *socket_free(Http *h, HttpSocket *hs) {
                 return NULL;
         if ((size_t) hs->fd < h->n_sockets && h->sockets[hs->fd] == hs)
                 h->sockets[hs->fd] = NULL;
-        sd_event_source_disable_unref(hs->io);
+        socket_unwatch(h, hs);
         free(hs);
         return NULL;
 }
@@ -224,7 +284,7 @@ static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *user
                 if (!hs)
                         return 0;
                 (void) curl_multi_assign(h->multi, fd, NULL);
-                if (!hs->owned || !hs->io) {
+                if (!hs->owned || hs->events == 0) {
                         /* not a connection of ours (the threaded resolver's
                          * socket pair, closed without close_socket()): out
                          * of epoll now, while the descriptor is open */
@@ -234,8 +294,7 @@ static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *user
                 /* a kept-alive connection: stays in epoll, reading, until
                  * curl uses or closes it */
                 hs->idle = true;
-                if (sd_event_source_get_io_events(hs->io, &events) >= 0 && events != EPOLLIN)
-                        (void) sd_event_source_set_io_events(hs->io, EPOLLIN);
+                (void) socket_watch(h, hs, EPOLLIN);
                 return 0;
         }
         if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
@@ -248,26 +307,14 @@ static int socket_cb(CURL *easy _unused_, curl_socket_t fd, int what, void *user
         if (!socketp && curl_multi_assign(h->multi, fd, hs) != CURLM_OK)
                 return -1;
         hs->idle = false;
-        if (!hs->io) {
-                if (sd_event_add_io(h->event, &hs->io, fd, events, on_io, h) < 0) {
+        if (socket_watch(h, hs, events) < 0) {
+                if (hs->events == 0) {
                         (void) curl_multi_assign(h->multi, fd, NULL);
                         socket_free(h, hs);
-                        return -1;
                 }
-                (void) sd_event_source_set_description(hs->io, "curl-io");
-                return 0;
+                return -1;
         }
-        {
-                uint32_t old = 0;
-                int enabled = SD_EVENT_OFF;
-
-                if ((sd_event_source_get_io_events(hs->io, &old) < 0 || old != events) &&
-                    sd_event_source_set_io_events(hs->io, events) < 0)
-                        return -1;
-                if (sd_event_source_get_enabled(hs->io, &enabled) >= 0 && enabled == SD_EVENT_ON)
-                        return 0;
-                return sd_event_source_set_enabled(hs->io, SD_EVENT_ON) < 0 ? -1 : 0;
-        }
+        return 0;
 }
 
 /* Every socket curl opens for a connection of the multi: ours until
@@ -326,7 +373,19 @@ int http_new(sd_event *event, Http **ret) {
         h = new0(Http, 1);
         if (!h)
                 return -ENOMEM;
+        h->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (h->epfd < 0)
+                return -errno;
         h->event = sd_event_ref(event);
+        r = sd_event_add_io(event, &h->epoll_source, h->epfd, EPOLLIN, on_epoll, h);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(h->epoll_source, "curl-io");
+        r = sd_event_add_defer(event, &h->more_done, on_more_done, h);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(h->more_done, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(h->more_done, "curl-done");
         h->multi = curl_multi_init();
         if (!h->multi)
                 return -ENOMEM;
@@ -366,6 +425,9 @@ Http *http_free(Http *h) {
                 curl_easy_cleanup(h->pool[--h->n_pool]);
         sd_event_source_disable_unref(h->timer);
         sd_event_source_disable_unref(h->asap);
+        sd_event_source_disable_unref(h->more_done);
+        sd_event_source_disable_unref(h->epoll_source);
+        safe_close(h->epfd);
         sd_event_unref(h->event);
         egress_clear(h);
         free(h);

@@ -44,6 +44,20 @@ static void manager_unlink_api_socket(Manager *m) {
         m->api_bound_path = mfree(m->api_bound_path);
 }
 
+static int on_trace_sweep(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        if (!trace_sweep(m->trace, TRACE_SWEEP_PER_TURN))
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        return 0;
+}
+
+void manager_trace_record(Manager *m, const Connection *c, const char *what, const HttpRequest *req) {
+        trace_record(&m->trace, m->config, c, manager_provider(m, c), what, req);
+        if (trace_pending(m->trace))
+                (void) sd_event_source_set_enabled(m->trace_sweep, SD_EVENT_ON);
+}
+
 int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
@@ -92,6 +106,15 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
                 return r;
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_OFF);
 
+        /* idle priority: in a refresh storm entries mostly leave their ring
+         * before the sweep gets to them, and are never redacted at all */
+        r = sd_event_add_defer(m->event, &m->trace_sweep, on_trace_sweep, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->trace_sweep, SD_EVENT_OFF);
+        (void) sd_event_source_set_priority(m->trace_sweep, SD_EVENT_PRIORITY_IDLE);
+        (void) sd_event_source_set_description(m->trace_sweep, "trace-sweep");
+
         m->started_at = now(CLOCK_REALTIME);
         *ret = TAKE_PTR(m);
         return 0;
@@ -134,6 +157,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->stop_timer);
         http_free(m->http);
+        sd_event_source_disable_unref(m->trace_sweep);
         trace_store_free(m->trace);
         timerwheel_free(m->wheel);
         sd_event_source_disable_unref(m->wheel_timer);
@@ -535,11 +559,17 @@ void manager_wheel_rearm(Manager *m) {
         (void) sd_event_source_set_enabled(m->wheel_timer, SD_EVENT_ONESHOT);
 }
 
+/* Deadlines fired a turn of the loop at most: a storm of due connections
+ * (after an outage, or seeded together) is fired a slice at a time with
+ * token handouts in between. The rest is due at once: the wheel's next
+ * time is now or earlier, so the timer is re-armed to fire on a later turn. */
+#define WHEEL_FIRE_MAX 1024
+
 static int on_wheel(sd_event_source *s _unused_, uint64_t usec _unused_, void *userdata) {
         Manager *m = userdata;
 
         m->wheel_armed = USEC_INFINITY;
-        (void) timerwheel_advance(m->wheel, now(DEADLINE_CLOCK), on_wheel_entry, m);
+        (void) timerwheel_advance_max(m->wheel, now(DEADLINE_CLOCK), WHEEL_FIRE_MAX, on_wheel_entry, m);
         manager_wheel_rearm(m);
         return 0;
 }

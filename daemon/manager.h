@@ -52,6 +52,7 @@ struct Manager {
         sd_event_source *recommit_timer;
         Http *http;
         TraceStore *trace;         /* `tokenctl trace`; NULL until the first exchange */
+        sd_event_source *trace_sweep;   /* redacts recorded exchanges when the loop is idle */
 
         TimerWheel *wheel;
         sd_event_source *wheel_timer;
@@ -243,4 +244,7 @@ int refresher_device_start(Manager *m, Connection *c, Waiter *w);
 int refresher_revoke(Manager *m, Connection *c, Waiter *w);
 
 void manager_wheel_rearm(Manager *m);
+/* Records a finished exchange for `tokenctl trace` (raw: redacted later,
+ * when the loop has nothing more pressing, or when read). */
+void manager_trace_record(Manager *m, const Connection *c, const char *what, const HttpRequest *req);
 usec_t manager_next_refresh(Manager *m);

@@ -1437,7 +1437,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         char *code = TAKE_PTR(op->code);
 
         /* `tokenctl trace`, before the answer is parsed (and wiped) */
-        trace_record(&m->trace, m->config, c, manager_provider(m, c), op_name[kind], req);
+        manager_trace_record(m, c, op_name[kind], req);
         /* The request is ours to free once its result is read. */
         c->inflight = NULL;
         m->refreshing--;

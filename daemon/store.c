@@ -1246,8 +1246,11 @@ static size_t writer_dispatch(StoreWriter *w, size_t max) {
 }
 
 /* A batch is STORE_BATCH_MAX changes at most, but several may be done
- * when the loop looks: run a bounded number of completions a wake-up. */
-#define DISPATCH_MAX 1024
+ * when the loop looks: run a bounded number of completions a wake-up (a
+ * completion publishes a token, schedules, answers waiters: 64 keep a turn
+ * of the loop short in a refresh storm); the eventfd is written again for
+ * the rest, so they run on the next turns. */
+#define DISPATCH_MAX 64
 
 static int on_writer_done(sd_event_source *src _unused_, int fd, uint32_t revents _unused_, void *userdata) {
         StoreWriter *w = userdata;

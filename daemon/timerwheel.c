@@ -316,34 +316,50 @@ static void timerwheel_cascade(TimerWheel *w, uint64_t t) {
 }
 
 /* Pop entries off *head one at a time, so that a handler cancelling or
- * moving another entry on the same list is safe. */
-static size_t timerwheel_fire_list(TimerWheel *w, TimerEntry **head, usec_t now,
+ * moving another entry on the same list is safe; at most max of them. */
+static size_t timerwheel_fire_list(TimerWheel *w, TimerEntry **head, usec_t now, size_t max,
                                    timerwheel_handler_t fn, void *userdata) {
         size_t n = 0;
 
-        while (*head) {
+        while (*head && n < max) {
                 TimerEntry *e = *head;
 
                 timerwheel_unlink(w, e);
                 w->n_entries--;
                 n++;
-
                 /* Last touch of e: the handler may free it. */
                 fn(e, now, userdata);
         }
-
         return n;
 }
 
 size_t timerwheel_advance(TimerWheel *w, usec_t now, timerwheel_handler_t fn, void *userdata) {
+        return timerwheel_advance_max(w, now, SIZE_MAX, fn, userdata);
+}
+
+size_t timerwheel_advance_max(TimerWheel *w, usec_t now, size_t max, timerwheel_handler_t fn, void *userdata) {
         uint64_t target, t;
         size_t n = 0;
 
         assert(w);
         assert(fn);
+        assert(max > 0);
         assert(!w->in_advance);
 
         w->in_advance = true;
+        target = now / w->tick;
+
+        if (w->expired || w->slots[0][w->cur & TW_MASK]) {
+                /* What an earlier call left when it ran out of budget: the
+                 * rest of the pending entries it was firing, then the rest
+                 * of cur's own level-0 slot (nothing new lands there: an
+                 * entry due at cur is pending). That is all this call
+                 * does, so what handlers arm as due waits for the next. */
+                n += timerwheel_fire_list(w, &w->expired, now, max, fn, userdata);
+                if (!w->expired)
+                        n += timerwheel_fire_list(w, &w->slots[0][w->cur & TW_MASK], now, max - n, fn, userdata);
+                goto finish;
+        }
 
         /* What was already due fires first. Move it aside so that entries
          * that handlers arm as already due wait for the next advance. */
@@ -355,14 +371,13 @@ size_t timerwheel_advance(TimerWheel *w, usec_t now, timerwheel_handler_t fn, vo
                         e->where = TW_EXPIRED;
                 w->expired = list;
 
-                n += timerwheel_fire_list(w, &w->expired, now, fn, userdata);
+                n += timerwheel_fire_list(w, &w->expired, now, max, fn, userdata);
         }
 
         /* One event (fire and/or cascade) at a time, firing before looking
          * for the next one, so entries handlers add at later ticks are seen
          * and ticks stay in order. */
-        target = now / w->tick;
-        while (timerwheel_next_tick(w, &t) && t <= target) {
+        while (n < max && timerwheel_next_tick(w, &t) && t <= target) {
                 assert(t > w->cur); /* progress, or this would spin */
                 w->cur = t;
                 /* t * tick <= now, so this cannot overflow. */
@@ -372,13 +387,18 @@ size_t timerwheel_advance(TimerWheel *w, usec_t now, timerwheel_handler_t fn, vo
 
                 /* Handlers only add entries after cur, so this slot does
                  * not refill while it is being drained. */
-                n += timerwheel_fire_list(w, &w->slots[0][t & TW_MASK], now, fn, userdata);
+                n += timerwheel_fire_list(w, &w->slots[0][t & TW_MASK], now, max - n, fn, userdata);
         }
 
+finish:
         /* Nothing is due up to target, so skipping there keeps every
-         * occupied slot after cur. */
-        w->cur = MAX(w->cur, target);
-        w->now = MAX(w->now, now);
+         * occupied slot after cur. Out of budget, cur stays where firing
+         * stopped and timerwheel_next() says the rest is due (w->now, or
+         * a tick <= now). */
+        if (!w->expired && !w->slots[0][w->cur & TW_MASK] && !(timerwheel_next_tick(w, &t) && t <= target)) {
+                w->cur = MAX(w->cur, target);
+                w->now = MAX(w->now, now);
+        }
 
         w->in_advance = false;
         return n;

@@ -99,5 +99,13 @@ usec_t timerwheel_next(TimerWheel *w);
  * Returns the number of handler calls. */
 size_t timerwheel_advance(TimerWheel *w, usec_t now, timerwheel_handler_t fn, void *userdata);
 
+/* The same, firing at most max entries (max > 0): the loop's way to fire
+ * a storm of deadlines a slice at a time with other work in between. What
+ * is left is fired first by the next call, in the order this one would
+ * have fired it, and timerwheel_next() returns a time <= now until it is
+ * done, so a timer armed to it fires again at once. Entries handlers add
+ * meanwhile keep the rules above (due ones wait for a later call). */
+size_t timerwheel_advance_max(TimerWheel *w, usec_t now, size_t max, timerwheel_handler_t fn, void *userdata);
+
 /* Number of armed entries. O(1). */
 size_t timerwheel_size(const TimerWheel *w);

@@ -14,10 +14,20 @@
  * talked to a provider last (least recently used goes first), each a ring
  * of trace_entries exchanges; bodies and header blocks are cut to
  * TRACE_BODY_MAX bytes. Lookups walk the list: O(trace_connections) per
- * finished request, on the loop, far below a request's own cost. */
+ * finished request, on the loop, far below a request's own cost.
+ *
+ * An exchange is recorded raw (copied, secrets and all, in memory only,
+ * wiped when freed) and redacted later: by trace_json() before it shows
+ * an entry, or by trace_sweep(), a few a turn of the loop when it has
+ * nothing better to do (one larger than TRACE_RAW_MAX at once). No entry
+ * leaves this module unredacted. */
 
 #define TRACE_BODY_MAX 2048
 #define TRACE_URL_MAX 2048
+/* An exchange larger than this (request and answer, headers and bodies)
+ * is redacted as it is recorded, not kept raw: bounds what waits for
+ * redaction (with the defaults, 64 x 20 x 8 KiB at most). */
+#define TRACE_RAW_MAX (8 * 1024)
 
 typedef struct TraceStore TraceStore;
 
@@ -32,8 +42,14 @@ bool trace_enabled(const BrokerConfig *cfg);
  * lowers them trims at the next record). Failures drop the entry. */
 void trace_record(TraceStore **t, const BrokerConfig *cfg, const Connection *c, const Provider *p, const char *what,
                   const HttpRequest *req);
+/* Redacts up to max raw entries, oldest first; true if some are left. */
+bool trace_sweep(TraceStore *t, unsigned max);
+/* Whether an entry waits to be redacted. */
+bool trace_pending(const TraceStore *t);
+#define TRACE_SWEEP_PER_TURN 16
 /* Drops the trace of a connection that is gone. */
 void trace_forget(TraceStore *t, const char *name);
 /* {"connection", "entries": [...] (oldest first, seq > after), "last_seq"};
- * a connection without a trace has none. */
+ * a connection without a trace has none. Redacts what it shows first
+ * (at most trace_entries entries). */
 json_t *trace_json(TraceStore *t, const char *name, uint64_t after);

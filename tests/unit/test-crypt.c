@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "common/macro.h"
 #include "daemon/crypt.h"
@@ -111,6 +112,54 @@ TEST(fresh_nonce_each_time) {
                 return;
         CHECK(memcmp(a + 1, b + 1, CRYPT_NONCE_SIZE) != 0);     /* the nonces */
         CHECK(memcmp(a, b, na) != 0);                           /* and so everything */
+}
+
+/* Nonces come from a per-thread pool: never the same twice, also across
+ * refills (4 KiB is 341 nonces), and a forked child does not hand out the
+ * parent's next ones. */
+TEST(nonces_unique_across_pool_refills_and_fork) {
+        static uint8_t seen[1000][CRYPT_NONCE_SIZE];
+        uint8_t child[CRYPT_NONCE_SIZE] = {};
+        int fds[2];
+        pid_t pid;
+
+        for (size_t i = 0; i < ELEMENTSOF(seen); i++) {
+                _cleanup_free_ uint8_t *s = NULL;
+                size_t n = 0;
+
+                CHECK_EQ_INT(crypt_seal(&key_a, AAD("x"), "v", 1, &s, &n), 0);
+                if (!s)
+                        return;
+                memcpy(seen[i], s + 1, CRYPT_NONCE_SIZE);
+                for (size_t j = 0; j < i; j++)
+                        if (memcmp(seen[i], seen[j], CRYPT_NONCE_SIZE) == 0) {
+                                CHECK(!"nonce repeated");
+                                return;
+                        }
+        }
+
+        CHECK_EQ_INT(pipe(fds), 0);
+        pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+                _cleanup_free_ uint8_t *s = NULL;
+                size_t n = 0;
+
+                if (crypt_seal(&key_a, AAD("x"), "v", 1, &s, &n) == 0)
+                        (void) !write(fds[1], s + 1, CRYPT_NONCE_SIZE);
+                _exit(0);
+        }
+        close(fds[1]);
+        CHECK_EQ_INT(read(fds[0], child, sizeof child), (int) sizeof child);
+        close(fds[0]);
+        (void) waitpid(pid, NULL, 0);
+        {
+                _cleanup_free_ uint8_t *s = NULL;
+                size_t n = 0;
+
+                CHECK_EQ_INT(crypt_seal(&key_a, AAD("x"), "v", 1, &s, &n), 0);
+                CHECK(s && memcmp(s + 1, child, CRYPT_NONCE_SIZE) != 0);
+        }
 }
 
 TEST(wrong_aad_fails) {

@@ -5,7 +5,9 @@
  * their io source left in epoll, a connection the server closes while idle
  * leaves epoll (no busy loop) and the next request opens a new one, and a
  * host name resolved by curl's threaded resolver (its socket pair is not a
- * connection: it must leave epoll at once) works before and after. */
+ * connection: it must leave epoll at once) works before and after. A
+ * turn of the loop serves 16 ready sockets and 16 finished transfers at
+ * most, and the rest complete on the next turns. */
 
 #include <errno.h>
 #include <netdb.h>
@@ -21,7 +23,7 @@
 #define TESTS_MAIN
 #include "tests.h"
 
-#define CLIENTS_MAX 16
+#define CLIENTS_MAX 80
 
 typedef struct Server {
         sd_event *event;
@@ -31,6 +33,13 @@ typedef struct Server {
         sd_event_source *srcs[CLIENTS_MAX];
         unsigned accepted, answered;
 } Server;
+
+/* Across servers: answer nothing until this many requests wait, then
+ * all of them at once. */
+static struct {
+        unsigned hold, n_held;
+        int held[4 * CLIENTS_MAX];
+} holding;
 
 static int on_client(sd_event_source *s _unused_, int fd, uint32_t revents _unused_, void *userdata) {
         static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
@@ -48,7 +57,14 @@ static int on_client(sd_event_source *s _unused_, int fd, uint32_t revents _unus
                 return 0;
         }
         /* one request per read is all this test sends */
-        if (memmem(buf, (size_t) n, "\r\n\r\n", 4)) {
+        if (memmem(buf, (size_t) n, "\r\n\r\n", 4) && holding.hold > 0) {
+                holding.held[holding.n_held++] = fd;
+                if (holding.n_held < holding.hold)
+                        return 0;
+                for (unsigned i = 0; i < holding.n_held; i++)
+                        CHECK_EQ_INT(write(holding.held[i], answer, sizeof answer - 1), (ssize_t) sizeof answer - 1);
+                holding.n_held = holding.hold = 0;
+        } else if (memmem(buf, (size_t) n, "\r\n\r\n", 4)) {
                 CHECK_EQ_INT(write(fd, answer, sizeof answer - 1), (ssize_t) sizeof answer - 1);
                 srv->answered++;
         }
@@ -91,7 +107,7 @@ static int server_start(Server *srv, sd_event *e) {
                 srv->fds[i] = -1;
         srv->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (srv->listen_fd < 0 || bind(srv->listen_fd, (struct sockaddr *) &sa, sizeof sa) < 0 ||
-            listen(srv->listen_fd, 16) < 0 || getsockname(srv->listen_fd, (struct sockaddr *) &sa, &len) < 0 ||
+            listen(srv->listen_fd, CLIENTS_MAX) < 0 || getsockname(srv->listen_fd, (struct sockaddr *) &sa, &len) < 0 ||
             sd_event_add_io(e, &srv->listen_src, srv->listen_fd, EPOLLIN, on_accept, srv) < 0)
                 return -1;
         return ntohs(sa.sin_port);
@@ -213,3 +229,95 @@ TEST(keepalive_idle_close_and_resolver) {
 }
 
 
+
+/* 64 transfers finish in the same turn (4 servers, 16 connections each,
+ * answer them all at once): the loop handles 16 ready sockets and 16
+ * finished transfers a turn at most, and the rest on the next turns,
+ * every one of them. */
+TEST(bounded_work_a_turn_and_all_complete) {
+        enum { N = 64 };
+        HttpRequest *req[N] = {};
+        Result res[N] = {};
+        sd_event *e = NULL;
+        Http *h = NULL;
+        Server srv[4];
+        int port[4];
+        char url[128];
+        unsigned most = 0, turns = 0, done = 0;
+
+        CHECK(curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK);
+        CHECK(sd_event_new(&e) >= 0);
+        CHECK(http_new(e, &h) >= 0);
+        if (!e || !h)
+                return;
+        for (unsigned k = 0; k < 4; k++) {
+                port[k] = server_start(&srv[k], e);
+                CHECK(port[k] > 0);
+                if (port[k] <= 0)
+                        return;
+        }
+        holding.hold = N;
+        for (unsigned i = 0; i < N; i++) {
+                snprintf(url, sizeof url, "http://127.0.0.1:%d/z", port[i % 4]);
+                CHECK(http_request_new(h, "GET", url, &req[i]) >= 0);
+                if (req[i])
+                        CHECK(http_request_start(req[i], 10 * USEC_PER_SEC, on_done, &res[i]) >= 0);
+        }
+        while (done < N && turns < 5000) {
+                unsigned before = done;
+
+                (void) sd_event_run(e, 10 * USEC_PER_MSEC);
+                turns++;
+                done = 0;
+                for (unsigned i = 0; i < N; i++)
+                        done += res[i].done;
+                most = MAX(most, done - before);
+        }
+        CHECK_EQ_INT(done, N);
+        CHECK_EQ_INT(holding.hold, 0);   /* all 64 were held, then answered */
+        CHECK(most <= 16);
+        CHECK(most >= 8);                /* many ready at once, or this shows nothing */
+        for (unsigned i = 0; i < N; i++) {
+                if (res[i].status != 200 || !streq(res[i].body, "ok")) {
+                        fprintf(stderr, "  request %u: curl %d, status %ld\n", i, (int) res[i].result, res[i].status);
+                        CHECK(false);
+                        break;
+                }
+        }
+        for (unsigned i = 0; i < N; i++)
+                req[i] = http_request_free(req[i]);
+
+        /* 48 time out together (the servers hold them): curl finishes them
+         * in one timeout run, 16 a turn reach their callers, and all do */
+        holding.hold = 1000;
+        memset(res, 0, sizeof res);
+        for (unsigned i = 0; i < 48; i++) {
+                snprintf(url, sizeof url, "http://127.0.0.1:%d/t", port[i % 4]);
+                CHECK(http_request_new(h, "GET", url, &req[i]) >= 0);
+                if (req[i])
+                        CHECK(http_request_start(req[i], 300 * USEC_PER_MSEC, on_done, &res[i]) >= 0);
+        }
+        most = turns = done = 0;
+        while (done < 48 && turns < 5000) {
+                unsigned before = done;
+
+                (void) sd_event_run(e, 10 * USEC_PER_MSEC);
+                turns++;
+                done = 0;
+                for (unsigned i = 0; i < 48; i++)
+                        done += res[i].done;
+                most = MAX(most, done - before);
+        }
+        CHECK_EQ_INT(done, 48);
+        CHECK(most <= 16);
+        for (unsigned i = 0; i < 48; i++) {
+                CHECK_EQ_INT(res[i].result, CURLE_OPERATION_TIMEDOUT);
+                http_request_free(req[i]);
+        }
+        holding = (typeof(holding)) {};
+        http_free(h);
+        for (unsigned k = 0; k < 4; k++)
+                server_stop(&srv[k]);
+        sd_event_unref(e);
+        curl_global_cleanup();
+}

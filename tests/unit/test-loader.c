@@ -334,21 +334,26 @@ static void setup_store(void) {
                         c->expires_at = t + (usec_t) (k % 97) * USEC_PER_MINUTE + 10 * USEC_PER_MINUTE;
                         if (i % 8 == 1) {
                                 c->rt_end = t + (usec_t) (k % 13 + 1) * USEC_PER_DAY;
-                                c->rt_warned = i % 16 == 1 ? c->rt_end : 0;
+                                if (connection_set_rt_warned(c, i % 16 == 1 ? c->rt_end : 0) < 0)
+                                        abort();
                         }
                         break;
                 case 2:
                         c->state = CONN_PENDING;
                         snprintf(hash, sizeof hash, "%064u", k);
-                        c->state_hash = strdup(hash);
-                        c->code_verifier = strdup("verifier");
-                        c->pending_until = t + (usec_t) (k % 9 + 1) * USEC_PER_MINUTE;
+                        if (connection_set_state_hash(c, strdup(hash)) < 0)
+                                abort();
+                        if (connection_set_code_verifier(c, strdup("verifier")) < 0)
+                                abort();
+                        if (connection_set_pending_until(c, t + (usec_t) (k % 9 + 1) * USEC_PER_MINUTE) < 0)
+                                abort();
                         if (i % 8 == 6 && connection_set_device(c, USEC_PER_HOUR, NULL, NULL, NULL) < 0)
                                 abort();
                         break;
                 default:
                         c->state = CONN_NEEDS_REAUTH;
-                        c->last_error = strdup("invalid_grant");
+                        if (connection_set_last_error(c, strdup("invalid_grant")) < 0)
+                                abort();
                         break;
                 }
                 CHECK_EQ_INT(store_connection_insert(m->store, c), 0);
@@ -402,7 +407,7 @@ static void snapshot(Manager *m, Snapshot *s) {
                 x->state = c->state;
                 x->armed = timerwheel_entry_armed(&c->timer);
                 x->deadline = x->armed ? c->timer.deadline : 0;
-                x->pending = c->state_hash && manager_get_pending(m, c->state_hash) == c;
+                x->pending = connection_state_hash(c) && manager_get_pending(m, connection_state_hash(c)) == c;
                 x->expiry_idx = c->expiry_idx;
                 x->rt_idx[0] = c->rt_idx[0];
                 x->rt_idx[1] = c->rt_idx[1];

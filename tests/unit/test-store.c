@@ -1250,6 +1250,52 @@ TEST(writer_commits_in_order_and_only_then_completes) {
         loaded_done(&l);
 }
 
+/* Completions reach the loop at most 64 a wake-up (a turn of the loop),
+ * the rest on the next turns: a burst of 1,000 all complete, in order. */
+static unsigned burst_n, burst_bad_order;
+
+static void on_burst(int result, const char *error _unused_, void *userdata) {
+        if (result != 0 || (uintptr_t) userdata != burst_n)
+                burst_bad_order++;
+        burst_n++;
+}
+
+TEST(writer_completions_64_a_turn_and_all_of_them) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(store_writer_freep) StoreWriter *w = NULL;
+        sd_event *e = NULL;
+        unsigned turns = 0, most = 0;
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        CHECK(sd_event_new(&e) >= 0);
+        if (!s || !e)
+                return;
+        CHECK_EQ_INT(store_writer_new(s, e, &w), 0);
+        if (!w) {
+                sd_event_unref(e);
+                return;
+        }
+        burst_n = burst_bad_order = 0;
+        for (uintptr_t i = 0; i < 1000; i++)
+                CHECK_EQ_INT(store_writer_barrier(w, on_burst, (void *) i), 0);
+        while (burst_n < 1000 && turns < 10000) {
+                unsigned before = burst_n;
+
+                (void) sd_event_run(e, 100 * USEC_PER_MSEC);
+                most = MAX(most, burst_n - before);
+                turns++;
+        }
+        CHECK_EQ_INT(burst_n, 1000);
+        CHECK_EQ_INT(burst_bad_order, 0);
+        CHECK(most <= 64);
+        CHECK(turns >= 1000 / 64);
+        CHECK_EQ_INT((int) store_writer_pending(w), 0);
+        w = store_writer_free(w);
+        sd_event_unref(e);
+}
+
 TEST(writer_a_bad_change_fails_alone) {
         _cleanup_tmpdir_ char *dir = tmpdir_new();
         _cleanup_free_ char *path = db_path(dir);

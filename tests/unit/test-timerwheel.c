@@ -927,3 +927,133 @@ TEST(free_does_not_touch_entries) {
                 free(it[i]);
         CHECK(!timerwheel_free(w));
 }
+
+/* ---- timerwheel_advance_max(): a storm a slice at a time ---- */
+
+typedef struct SeqCtx {
+        unsigned *ids;
+        unsigned n, cap;
+        TimerWheel *w;
+        unsigned rearm_due;     /* handlers re-arm their entry as due this many times */
+        unsigned *calls_of;     /* per id: the call it last fired in */
+        unsigned call;
+        unsigned twice_in_call;
+} SeqCtx;
+
+static void seq_handler(TimerEntry *e, usec_t now, void *userdata) {
+        Item *it = container_of(e, Item, timer);
+        SeqCtx *ctx = userdata;
+
+        if (ctx->n < ctx->cap)
+                ctx->ids[ctx->n] = it->id;
+        ctx->n++;
+        it->fired++;
+        if (now < it->deadline)
+                it->fired_at = 1;   /* early: flagged, checked below */
+        if (ctx->calls_of) {
+                if (it->fired > 1 && ctx->calls_of[it->id] == ctx->call)
+                        ctx->twice_in_call++;
+                ctx->calls_of[it->id] = ctx->call;
+        }
+        if (it->rearm > 0) {
+                it->rearm--;
+                /* long due: pending, it waits for the next call */
+                it->deadline = 1;
+                timerwheel_add(ctx->w, e, it->deadline);
+        }
+}
+
+/* The same entries fired in one advance and in slices of 7, 64 and 1,024:
+ * the same order, each slice within its budget, and while anything due is
+ * left timerwheel_next() says "now". */
+TEST(advance_max_slices_fire_what_advance_fires_in_the_same_order) {
+        const unsigned n = 5000;
+        const usec_t tick = USEC_PER_MSEC, start = 7 * USEC_PER_SEC + 3;
+        const size_t budgets[] = { 7, 64, 1024 };
+        _cleanup_free_ unsigned *ref = new0(unsigned, n), *got = new0(unsigned, n);
+        _cleanup_free_ Item *items = new0(Item, n);
+        usec_t at = start + 10 * USEC_PER_SEC;
+        SeqCtx rc = { .ids = ref, .cap = n };
+
+        assert(ref && got && items);
+        for (size_t b = 0; b <= ELEMENTSOF(budgets); b++) {
+                _cleanup_(timerwheel_freep) TimerWheel *w = wheel(tick, start);
+                SeqCtx c = { .ids = b == 0 ? ref : got, .cap = n, .w = w };
+                unsigned calls = 0;
+
+                memset(items, 0, n * sizeof *items);
+                rng_seed(0x5707);
+                for (unsigned i = 0; i < n; i++) {
+                        items[i].id = i;
+                        /* a third due at once (one tick), a third already
+                         * due when armed, the rest over 20 s */
+                        items[i].deadline = i % 3 == 0 ? start + 5 * USEC_PER_SEC
+                                          : i % 3 == 1 ? start - rng_below(USEC_PER_SEC)
+                                                       : start + 1 + rng_below(20 * USEC_PER_SEC);
+                        timerwheel_add(w, &items[i].timer, items[i].deadline);
+                }
+                if (b == 0) {
+                        (void) timerwheel_advance(w, at, seq_handler, &c);
+                        rc = c;
+                } else {
+                        while (timerwheel_next(w) <= at && calls < 10 * n) {
+                                size_t k = timerwheel_advance_max(w, at, budgets[b - 1], seq_handler, &c);
+
+                                CHECK(k <= budgets[b - 1]);
+                                calls++;
+                        }
+                        CHECK(calls >= rc.n / budgets[b - 1]);
+                        CHECK_EQ_INT(c.n, rc.n);
+                        CHECK(memcmp(ref, got, MIN(c.n, n) * sizeof *got) == 0);
+                }
+                /* everything due by then fired once, never early; the rest waits */
+                for (unsigned i = 0; i < n; i++)
+                        if (items[i].fired != (items[i].deadline <= at) || items[i].fired_at) {
+                                CHECK(false);
+                                break;
+                        }
+                CHECK(timerwheel_next(w) > at);
+        }
+}
+
+/* Out of budget mid-slot and mid-pending, with handlers re-arming as due:
+ * no entry fires twice in one call, nothing is starved, and an advance
+ * later in time picks the rest up first. */
+TEST(advance_max_rearm_as_due_and_nothing_starves) {
+        const unsigned n = 3000;
+        const usec_t tick = USEC_PER_MSEC, start = USEC_PER_SEC;
+        _cleanup_(timerwheel_freep) TimerWheel *w = wheel(tick, start);
+        _cleanup_free_ Item *items = new0(Item, n);
+        _cleanup_free_ unsigned *calls_of = new0(unsigned, n);
+        SeqCtx c = { .w = w, .calls_of = calls_of };
+        unsigned total = 0;
+        usec_t t = start;
+
+        assert(items && calls_of);
+        for (unsigned i = 0; i < n; i++) {
+                items[i].id = i;
+                items[i].rearm = i % 2;   /* half fire twice */
+                items[i].deadline = i < n / 2 ? start : start + 2 * tick;
+                timerwheel_add(w, &items[i].timer, items[i].deadline);
+        }
+        /* time moves on while the storm is worked off */
+        for (unsigned k = 0; k < 100 && timerwheel_next(w) != USEC_INFINITY; k++) {
+                size_t f;
+
+                t += tick / 4;
+                c.call = k + 1;
+                f = timerwheel_advance_max(w, t, 256, seq_handler, &c);
+                CHECK(f <= 256);
+                total += (unsigned) f;
+                if (timerwheel_next(w) != USEC_INFINITY)
+                        CHECK(timerwheel_next(w) <= t + tick);
+        }
+        CHECK_EQ_INT(c.twice_in_call, 0);
+        CHECK_EQ_INT(total, n + n / 2);
+        CHECK_EQ_INT(timerwheel_size(w), 0);
+        for (unsigned i = 0; i < n; i++)
+                if (items[i].fired != 1 + i % 2 || items[i].fired_at) {
+                        CHECK(false);
+                        break;
+                }
+}

@@ -87,3 +87,94 @@ TEST(entries_are_redacted) {
         json_decref(j);
         trace_store_free(t);
 }
+
+/* Recorded raw, redacted later: by the sweep (a few at a time, oldest
+ * first) or by a reader; entries pushed out before either never are. */
+TEST(redacted_later_by_sweep_or_reader) {
+        BrokerConfig cfg = { .trace_entries = 4, .trace_connections = 8 };
+        TraceStore *t = NULL;
+        char name[16];
+        uint64_t last;
+        json_t *j;
+        char *s;
+
+        CHECK(!trace_pending(t));
+        CHECK(!trace_sweep(t, 16));
+        for (int i = 0; i < 10; i++) {
+                snprintf(name, sizeof name, "n%d", i);
+                record(&t, &cfg, name, 200);
+        }
+        /* 10 connections, 8 kept: 8 raw entries wait */
+        CHECK(trace_pending(t));
+        CHECK(trace_sweep(t, 3));
+        CHECK(trace_sweep(t, 4));
+        CHECK(!trace_sweep(t, 1));           /* the 8th */
+        CHECK(!trace_pending(t));
+        CHECK_EQ_INT(entries_of(t, "n9", 0), 1);
+        CHECK_EQ_INT(entries_of(t, "n1", 0), 0);
+
+        /* the ring overwrites raw entries: they leave the queue with it */
+        for (int i = 0; i < 6; i++)
+                record(&t, &cfg, "n9", 200);
+        CHECK(trace_pending(t));
+        /* a reader redacts what it shows, and the sweep has nothing left */
+        j = trace_json(t, "n9", 0);
+        CHECK(!trace_pending(t));
+        CHECK_EQ_INT(json_array_size(json_object_get(j, "entries")), 4);
+        s = json_dumps(j, JSON_COMPACT);
+        CHECK(s && !strstr(s, "rt-unit-test-123456") && !strstr(s, "unit-client-secret") &&
+              strstr(s, "refresh_token=<refresh_token>"));
+        free(s);
+        json_decref(j);
+
+        /* a reader asking only for the newest leaves older ones raw */
+        record(&t, &cfg, "n8", 200);
+        record(&t, &cfg, "n8", 200);
+        j = trace_json(t, "none", 0);
+        last = (uint64_t) json_integer_value(json_object_get(j, "last_seq"));
+        json_decref(j);
+        j = trace_json(t, "n8", last - 1);
+        CHECK_EQ_INT(json_array_size(json_object_get(j, "entries")), 1);
+        json_decref(j);
+        CHECK(trace_pending(t));
+        trace_forget(t, "n8");
+        CHECK(!trace_pending(t));
+        trace_store_free(t);
+}
+
+/* A large answer (an error page) is redacted and cut as it is recorded:
+ * nothing that large waits raw. */
+TEST(large_exchange_redacted_at_once) {
+        BrokerConfig cfg = { .trace_entries = 4, .trace_connections = 4 };
+        Connection c = { .name = (char *) "big", .refresh_token = (char *) "rt-unit-test-123456" };
+        char body[] = "grant_type=refresh_token&refresh_token=rt-unit-test-123456";
+        _cleanup_free_ char *page = malloc(64 * 1024 + 1);
+        TraceStore *t = NULL;
+        HttpRequest req = {
+                .url = (char *) "https://p.example/token",
+                .post_data = body,
+                .post_len = strlen(body),
+                .status = 502,
+        };
+        json_t *j;
+        char *s;
+
+        CHECK(page != NULL);
+        if (!page)
+                return;
+        memset(page, 'x', 64 * 1024);
+        memcpy(page + 100, "rt-unit-test-123456", 19);
+        page[64 * 1024] = 0;
+        req.body = page;
+        req.body_len = 64 * 1024;
+        snprintf(req.method, sizeof req.method, "POST");
+        trace_record(&t, &cfg, &c, NULL, "refresh", &req);
+        CHECK(!trace_pending(t));
+        j = trace_json(t, "big", 0);
+        s = json_dumps(j, JSON_COMPACT);
+        CHECK(s && !strstr(s, "rt-unit-test-123456") && strstr(s, "bytes cut"));
+        CHECK(s && strlen(s) < 8 * 1024);
+        free(s);
+        json_decref(j);
+        trace_store_free(t);
+}
