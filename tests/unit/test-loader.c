@@ -249,15 +249,7 @@ static char dir[] = "/tmp/test-loader-XXXXXX";
 static char conf_path[256];
 
 static void write_file(const char *name, const char *text) {
-        char p[256];
-        FILE *f;
-
-        snprintf(p, sizeof p, "%s/%s", dir, name);
-        f = fopen(p, "w");
-        if (!f)
-                abort();
-        fputs(text, f);
-        fclose(f);
+        tests_write_file(dir, name, text);
 }
 
 static int start(bool threaded, Manager **ret) {

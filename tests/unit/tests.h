@@ -60,6 +60,19 @@ extern unsigned tests_failed_checks;
                 }                                                          \
         } while (0)
 
+/* Writes text to dir/name (a fixture file); aborts the test binary on failure. */
+static inline void tests_write_file(const char *dir, const char *name, const char *text) {
+        char p[256];
+        FILE *f;
+
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        f = fopen(p, "w");
+        if (!f)
+                abort();
+        fputs(text, f);
+        fclose(f);
+}
+
 /* Defined once per binary by including tests.h with TESTS_MAIN defined. */
 #ifdef TESTS_MAIN
 struct test_entry tests_registry[TESTS_MAX];
