@@ -89,6 +89,7 @@ struct Loader {
         bool exited;               /* the linking thread is done */
         int error;                 /* the linking thread's error */
         int failed;                /* the caller's side: the error loader_push() returned */
+        unsigned backlog;          /* the caller's: batches not linked yet, at its last hand-over */
         usec_t link_cpu;           /* the linking thread's CPU time, at its end */
 
         unsigned count;            /* items given to link(), for loader_test_fail_at */
@@ -248,6 +249,10 @@ bool loader_threaded(const Loader *l) {
         return l->threaded;
 }
 
+bool loader_busy(const Loader *l) {
+        return l->backlog > RING / 4;
+}
+
 /* The caller: room for a batch (or the load's error). */
 static int wait_room(Loader *l) {
         usec_t since = now(CLOCK_MONOTONIC);
@@ -290,6 +295,7 @@ static int hand_over(Loader *l) {
         else {
                 l->tail++;
                 l->open = false;
+                l->backlog = (unsigned) (l->tail - l->head);
                 pthread_cond_signal(&l->wake_linker);
         }
         pthread_mutex_unlock(&l->lock);

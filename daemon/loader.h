@@ -50,6 +50,11 @@ int loader_finish(Loader *l, int r, usec_t *ret_link_cpu);
 
 /* Whether l got its linking thread (for tests and the log). */
 bool loader_threaded(const Loader *l);
+/* The caller: whether the linking thread was behind at the last batch
+ * handed over (more than a quarter of the ring waiting), so that work the
+ * caller could leave to it is better done by the caller. Never without
+ * the thread. */
+bool loader_busy(const Loader *l);
 /* Tests: link() is not called for the Nth item of a load (from 1), which
  * fails with -EIO instead; 0 never. */
 extern unsigned loader_test_fail_at;

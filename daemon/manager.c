@@ -806,8 +806,9 @@ int manager_adopt(Manager *m, Connection *c) {
 
 /* The start's load (daemon/loader.c): rows are read and connections
  * built on the loop's thread (load_one()); the loader's linking thread
- * opens their tokens (with its own copy of the key: the reader was the
- * load's critical path, the linking thread had time to spare) and puts
+ * opens their tokens while it keeps up (with its own copy of the key:
+ * the reader was the load's critical path, the linking thread had time
+ * to spare) and puts
  * them into the maps, heaps and wheel (link_loaded()), with m->loading
  * set. A token that does not open ends the load: the linking thread
  * leaves the message in x->unseal_error, logged by the loop's thread. */
@@ -861,6 +862,15 @@ static const LoaderOps load_ops = {
         .free = free_loaded,
         .side_size = sizeof(StoreSealedTokens),
 };
+
+/* The tokens are left to the linking thread while it keeps up; when it
+ * falls behind (a busy machine, a slow link), the reader opens them: the
+ * two threads' shares even out whatever the machine does. */
+static bool load_defer(void *userdata) {
+        LoadContext *x = userdata;
+
+        return !loader_busy(x->loader);
+}
 
 static int load_one(Connection *c, const StoreSealedTokens *t, void *userdata) {
         LoadContext *x = userdata;
@@ -1719,7 +1729,7 @@ int manager_startup(Manager *m) {
                 if (r >= 0)
                         r = loader_new(&load_ops, &x, &heap, true, &x.loader);
                 if (r >= 0) {
-                        r = store_load_connections_deferred(m->store, load_one, &x);
+                        r = store_load_connections_deferred(m->store, load_one, load_defer, &x);
                         store_failed = r < 0 && x.link_error == 0;
                         read_cpu = now(CLOCK_THREAD_CPUTIME_ID);
                         r = loader_finish(TAKE_PTR(x.loader), r, &link_cpu);

@@ -751,6 +751,7 @@ typedef struct LoadContext {
         Store *store;
         int (*fn)(Connection *c, void *userdata);
         int (*fn_deferred)(Connection *c, const StoreSealedTokens *t, void *userdata);
+        bool (*want_deferred)(void *userdata);
         void *userdata;
 } LoadContext;
 
@@ -848,7 +849,8 @@ static int load_row(const StoreRow *row, void *userdata) {
         Connection *c = NULL;
         int r;
 
-        r = row_to_connection(l->store, row, l->fn_deferred ? &t : NULL, &c);
+        r = row_to_connection(l->store, row, l->fn_deferred && (!l->want_deferred || l->want_deferred(l->userdata)) ? &t : NULL,
+                              &c);
         if (r < 0)
                 return r;
         return l->fn_deferred ? l->fn_deferred(c, &t, l->userdata) : l->fn(c, l->userdata);
@@ -949,8 +951,8 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
 }
 
 int store_load_connections_deferred(Store *s, int (*fn)(Connection *c, const StoreSealedTokens *t, void *userdata),
-                                    void *userdata) {
-        LoadContext l = { .store = s, .fn_deferred = fn, .userdata = userdata };
+                                    bool (*want_deferred)(void *userdata), void *userdata) {
+        LoadContext l = { .store = s, .fn_deferred = fn, .want_deferred = want_deferred, .userdata = userdata };
 
         s->error[0] = 0;
         return s->engine->rows_load(s->db, load_row, &l);

@@ -118,11 +118,12 @@ typedef struct StoreSealedTokens {
 
 /* store_load_connections() that leaves opening the two tokens to
  * store_tokens_open() (issue 9: the start opens them on its linking
- * thread). fn takes ownership of c; t is only valid during the call. Until
- * opened, c's tokens are ciphertext: c is only for store_tokens_open() or
- * connection_free(). */
+ * thread) for each row want_deferred() (NULL: every row) says so, before
+ * the row is read. fn takes ownership of c; t is only valid during the
+ * call. Until opened, c's tokens are ciphertext: c is only for
+ * store_tokens_open() or connection_free(). */
 int store_load_connections_deferred(Store *s, int (*fn)(Connection *c, const StoreSealedTokens *t, void *userdata),
-                                    void *userdata);
+                                    bool (*want_deferred)(void *userdata), void *userdata);
 /* Opens c's tokens in place under k (any thread: touches c, t and k only,
  * never the store; k is that thread's, see store_key_dup()). 0, or -EBADMSG
  * with the message the store would give in error (the chunk wiped: c keeps
