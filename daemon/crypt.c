@@ -334,12 +334,42 @@ int crypt_seal(CryptKey *k, const void *aad, size_t aad_size, const void *p, siz
         return 0;
 }
 
+int crypt_open_parts(CryptKey *k, const void *aad, size_t aad_size, const uint8_t nonce[static CRYPT_NONCE_SIZE],
+                     const void *ct, size_t m, const uint8_t tag[static CRYPT_TAG_SIZE], char *out) {
+        static const uint8_t version = CRYPT_VERSION;
+        EVP_CIPHER_CTX *ctx;
+        int len, ok, r;
+
+        assert(k);
+        if (m > CRYPT_PLAINTEXT_MAX || aad_size > INT_MAX)
+                return -EFBIG;
+        r = key_ctx(k, false, &ctx);
+        if (r < 0)
+                return r;
+
+        ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 &&
+             EVP_DecryptUpdate(ctx, NULL, &len, &version, 1) == 1 &&
+             (aad_size == 0 || EVP_DecryptUpdate(ctx, NULL, &len, aad, (int) aad_size) == 1);
+        len = 0;
+        /* in place (out == ct) or into disjoint memory: both are fine
+         * for EVP_DecryptUpdate() */
+        ok = ok && (m == 0 || EVP_DecryptUpdate(ctx, (uint8_t *) out, &len, ct, (int) m) == 1) &&
+             (size_t) len == m &&
+             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, CRYPT_TAG_SIZE, (void *) tag) == 1;
+        /* The tag is checked here; until then out is unauthenticated. */
+        ok = ok && EVP_DecryptFinal_ex(ctx, (uint8_t *) out + len, &len) == 1 && len == 0;
+        if (!ok) {
+                explicit_wipe(out, m + 1);
+                return -EBADMSG;
+        }
+        out[m] = 0;
+        return (int) m;
+}
+
 int crypt_open_into(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char *out,
                     size_t cap) {
-        const uint8_t *in = sealed, *nonce, *ct, *tag;
-        EVP_CIPHER_CTX *ctx;
+        const uint8_t *in = sealed, *nonce, *ct;
         size_t m;
-        int len, ok, r;
 
         assert(k);
         if (n < 1)
@@ -355,27 +385,13 @@ int crypt_open_into(CryptKey *k, const void *aad, size_t aad_size, const void *s
                 return -ENOBUFS;
         nonce = in + 1;
         ct = nonce + CRYPT_NONCE_SIZE;
-        tag = ct + m;
+        return crypt_open_parts(k, aad, aad_size, nonce, ct, m, ct + m, out);
+}
 
-        r = key_ctx(k, false, &ctx);
-        if (r < 0)
-                return r;
+int crypt_key_prepare_open(CryptKey *k) {
+        EVP_CIPHER_CTX *ctx;
 
-        ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 &&
-             EVP_DecryptUpdate(ctx, NULL, &len, in, 1) == 1 &&
-             (aad_size == 0 || EVP_DecryptUpdate(ctx, NULL, &len, aad, (int) aad_size) == 1);
-        len = 0;
-        ok = ok && (m == 0 || EVP_DecryptUpdate(ctx, (uint8_t *) out, &len, ct, (int) m) == 1) &&
-             (size_t) len == m &&
-             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, CRYPT_TAG_SIZE, (void *) tag) == 1;
-        /* The tag is checked here; until then out is unauthenticated. */
-        ok = ok && EVP_DecryptFinal_ex(ctx, (uint8_t *) out + len, &len) == 1 && len == 0;
-        if (!ok) {
-                explicit_wipe(out, m + 1);
-                return -EBADMSG;
-        }
-        out[m] = 0;
-        return (int) m;
+        return key_ctx(k, false, &ctx);
 }
 
 int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char **ret,

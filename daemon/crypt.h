@@ -77,3 +77,14 @@ int crypt_open(CryptKey *k, const void *aad, size_t aad_size, const void *sealed
  * For a load that puts two values in one allocation. */
 int crypt_open_into(CryptKey *k, const void *aad, size_t aad_size, const void *sealed, size_t n, char *out,
                     size_t cap);
+/* The same from a value's parts (its version byte is CRYPT_VERSION, checked
+ * by the caller): the m bytes of ciphertext at ct into out (m + 1 bytes;
+ * out may be ct itself: decrypted in place). Its length, or -EBADMSG (out's
+ * first m + 1 bytes wiped), -EFBIG. For a load that splits reading a value
+ * from opening it. */
+int crypt_open_parts(CryptKey *k, const void *aad, size_t aad_size, const uint8_t nonce[static CRYPT_NONCE_SIZE],
+                     const void *ct, size_t m, const uint8_t tag[static CRYPT_TAG_SIZE], char *out);
+/* Makes k's opening context now (0, -ENOMEM, -EIO), so that opening
+ * allocates nothing: for a key another thread opens with. A CryptKey is
+ * one thread's at a time; give each thread its own (crypt_key_dup()). */
+int crypt_key_prepare_open(CryptKey *k);

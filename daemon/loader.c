@@ -3,19 +3,27 @@
  *
  * The rule: every item belongs to exactly one side at a time, and each
  * side touches only what it owns.
- *   - The calling thread (the start code) reads the store, unseals, builds
- *     items and allocates them; it alone touches the store, OpenSSL, the
- *     intern table (common/intern.c) and malloc's main heap growth. It
+ *   - The calling thread (the start code) reads the store, builds items
+ *     and allocates them; it alone touches the store, the intern table
+ *     (common/intern.c), the log and malloc's main heap growth. It
  *     frees every item that was never linked, at the end: the linking
  *     thread frees nothing (freeing a connection gives back interned
  *     strings).
  *   - The linking thread runs ops->link() on each item handed over, in
  *     order; from loader_new() to loader_finish() it alone touches what
- *     link() fills (for the manager: its maps, heaps, wheel and counters).
+ *     link() fills (for the manager: its maps, heaps, wheel and counters),
+ *     and whatever the caller gave it for its own use (the manager: a copy
+ *     of the key, its cipher context made ahead, to open the tokens with;
+ *     a buffer for the message of a token that does not open, which the
+ *     caller logs).
  *     The caller reads those only after loader_finish() (which joins the
  *     thread: everything it wrote is then visible).
  *   - Items go over in batches of BATCH through a ring of RING batches
- *     under one mutex, taken once a batch, not once an item.
+ *     under one mutex, taken once a batch, not once an item. Each item
+ *     may carry ops->side_size bytes beside it (copied into its batch's
+ *     slot at the push, given to link()): what the caller leaves for the
+ *     linking thread to finish (the manager: the nonces and tags of the
+ *     tokens it is to open), with no allocation.
  *   - Every wait is bounded: the linking thread waits in slices and ends
  *     when told to stop, when the caller closes the load, or on its first
  *     error (which it posts, waking the caller); the caller waiting for
@@ -32,6 +40,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +67,7 @@ typedef struct Batch {
         unsigned n;                /* items in it */
         unsigned done;             /* linked: items[0..done) */
         void *items[BATCH];
+        uint8_t *sides;            /* BATCH slots of ops->side_size bytes, or NULL */
 } Batch;
 
 struct Loader {
@@ -79,9 +89,11 @@ struct Loader {
         bool exited;               /* the linking thread is done */
         int error;                 /* the linking thread's error */
         int failed;                /* the caller's side: the error loader_push() returned */
+        unsigned backlog;          /* the caller's: batches not linked yet, at its last hand-over */
         usec_t link_cpu;           /* the linking thread's CPU time, at its end */
 
         unsigned count;            /* items given to link(), for loader_test_fail_at */
+        uint8_t *sides;            /* every batch's side slots, one allocation */
 
         /* The heap to fault in: the caller's newest item, and (the linking
          * thread's) how far it is populated. */
@@ -114,7 +126,8 @@ static int link_batch(Loader *l, Batch *b) {
                 if (loader_test_fail_at > 0 && ++l->count == loader_test_fail_at)
                         r = -EIO;
                 else
-                        r = l->ops->link(b->items[i], l->userdata);
+                        r = l->ops->link(b->items[i], b->sides ? b->sides + (size_t) i * l->ops->side_size : NULL,
+                                         l->userdata);
                 if (r < 0) {
                         b->done = i;
                         return r;
@@ -198,6 +211,15 @@ int loader_new(const LoaderOps *ops, void *userdata, const HeapRegion *heap, boo
         l->ops = ops;
         l->userdata = userdata;
         l->open = true;
+        if (ops->side_size > 0) {
+                l->sides = malloc((size_t) RING * BATCH * ops->side_size);
+                if (!l->sides) {
+                        free(l);
+                        return -ENOMEM;
+                }
+                for (unsigned k = 0; k < RING; k++)
+                        l->ring[k].sides = l->sides + (size_t) k * BATCH * ops->side_size;
+        }
         if (heap && heap->end > heap->start) {
                 l->pop_next = heap->start;
                 l->pop_end = heap->end;
@@ -225,6 +247,10 @@ int loader_new(const LoaderOps *ops, void *userdata, const HeapRegion *heap, boo
 
 bool loader_threaded(const Loader *l) {
         return l->threaded;
+}
+
+bool loader_busy(const Loader *l) {
+        return l->backlog > RING / 4;
 }
 
 /* The caller: room for a batch (or the load's error). */
@@ -269,6 +295,7 @@ static int hand_over(Loader *l) {
         else {
                 l->tail++;
                 l->open = false;
+                l->backlog = (unsigned) (l->tail - l->head);
                 pthread_cond_signal(&l->wake_linker);
         }
         pthread_mutex_unlock(&l->lock);
@@ -276,6 +303,10 @@ static int hand_over(Loader *l) {
 }
 
 int loader_push(Loader *l, void *item) {
+        return loader_push_side(l, item, NULL);
+}
+
+int loader_push_side(Loader *l, void *item, const void *side) {
         Batch *b;
         int r;
 
@@ -294,6 +325,14 @@ int loader_push(Loader *l, void *item) {
                 l->open = true;
         }
         b = &l->ring[l->threaded ? l->tail % RING : 0];
+        if (b->sides) {
+                uint8_t *slot = b->sides + (size_t) b->n * l->ops->side_size;
+
+                if (side)
+                        memcpy(slot, side, l->ops->side_size);
+                else
+                        memset(slot, 0, l->ops->side_size);
+        }
         b->items[b->n++] = item;
         atomic_store_explicit(&l->frontier, (uintptr_t) item, memory_order_relaxed);
         if (b->n < BATCH)
@@ -319,6 +358,7 @@ int loader_finish(Loader *l, int r, usec_t *ret_link_cpu) {
                 if (r >= 0 && l->ring[0].n > l->ring[0].done)
                         r = link_batch(l, &l->ring[0]);
                 free_rest(l, &l->ring[0]);
+                free(l->sides);
                 free(l);
                 return r;
         }
@@ -361,6 +401,7 @@ int loader_finish(Loader *l, int r, usec_t *ret_link_cpu) {
         pthread_cond_destroy(&l->wake_linker);
         pthread_cond_destroy(&l->wake_caller);
         pthread_mutex_destroy(&l->lock);
+        free(l->sides);
         free(l);
         return r;
 }

@@ -806,11 +806,24 @@ int manager_adopt(Manager *m, Connection *c) {
 
 /* The start's load (daemon/loader.c): rows are read and connections
  * built on the loop's thread (load_one()); the loader's linking thread
- * puts them into the maps, heaps and wheel (link_loaded()), with
- * m->loading set. */
+ * opens their tokens while it keeps up (with its own copy of the key:
+ * the reader was the load's critical path, the linking thread had time
+ * to spare) and puts
+ * them into the maps, heaps and wheel (link_loaded()), with m->loading
+ * set. A token that does not open ends the load: the linking thread
+ * leaves the message in x->unseal_error, logged by the loop's thread. */
+typedef struct LoadContext {
+        Manager *m;
+        Loader *loader;
+        int link_error;            /* the linking side's, not the store's */
+        CryptKey *key;             /* the linking thread's */
+        char unseal_error[256];    /* the linking thread's, read after loader_finish() */
+} LoadContext;
+
 static void prefetch_loaded(void *item, void *userdata) {
         Connection *c = item;
-        Manager *m = userdata;
+        LoadContext *x = userdata;
+        Manager *m = x->m;
 
         /* the struct's first lines (hash and ordered-map nodes, timer),
          * its name, and the bucket it goes to */
@@ -820,11 +833,16 @@ static void prefetch_loaded(void *item, void *userdata) {
         hashmap_prefetch(m->connections, c->by_name.hash);
 }
 
-static int link_loaded(void *item, void *userdata) {
+static int link_loaded(void *item, void *side, void *userdata) {
         Connection *c = item;
-        Manager *m = userdata;
+        LoadContext *x = userdata;
+        Manager *m = x->m;
         uint64_t hash = c->by_name.hash;
         int r;
+
+        r = store_tokens_open(x->key, c, side, x->unseal_error, sizeof x->unseal_error);
+        if (r < 0)
+                return r;
 
         c->expires_deadline = c->expires_at ? deadline_from_realtime(c->expires_at) : 0;
         r = manager_link_as(m, c, &hash);
@@ -842,16 +860,21 @@ static const LoaderOps load_ops = {
         .prefetch = prefetch_loaded,
         .link = link_loaded,
         .free = free_loaded,
+        .side_size = sizeof(StoreSealedTokens),
 };
 
-typedef struct LoadContext {
-        Loader *loader;
-        int link_error;            /* the linking side's, not the store's */
-} LoadContext;
-
-static int load_one(Connection *c, void *userdata) {
+/* The tokens are left to the linking thread while it keeps up; when it
+ * falls behind (a busy machine, a slow link), the reader opens them: the
+ * two threads' shares even out whatever the machine does. */
+static bool load_defer(void *userdata) {
         LoadContext *x = userdata;
-        int r = loader_push(x->loader, c);
+
+        return !loader_busy(x->loader);
+}
+
+static int load_one(Connection *c, const StoreSealedTokens *t, void *userdata) {
+        LoadContext *x = userdata;
+        int r = loader_push_side(x->loader, c, t);
 
         if (r < 0)
                 x->link_error = r;
@@ -1701,20 +1724,26 @@ int manager_startup(Manager *m) {
                 /* Two threads for a store of any size: one way to load,
                  * always tested. */
                 m->loading = true;
-                r = loader_new(&load_ops, m, &heap, true, &x.loader);
+                x.m = m;
+                r = store_key_dup(m->store, &x.key);
+                if (r >= 0)
+                        r = loader_new(&load_ops, &x, &heap, true, &x.loader);
                 if (r >= 0) {
-                        r = store_load_connections(m->store, load_one, &x);
+                        r = store_load_connections_deferred(m->store, load_one, load_defer, &x);
                         store_failed = r < 0 && x.link_error == 0;
                         read_cpu = now(CLOCK_THREAD_CPUTIME_ID);
                         r = loader_finish(TAKE_PTR(x.loader), r, &link_cpu);
                 }
                 m->loading = false;
+                x.key = crypt_key_free(x.key);
         }
         heap_prepare_done();
         (void) hashmap_reserve(m->connections, 0);
         if (r < 0 && store_failed)
                 return log_error_errno(r, "Failed to load connections from '%s': %s", db,
                                        store_last_error(m->store));
+        if (r < 0 && x.unseal_error[0])
+                return log_error_errno(r, "Failed to load connections from '%s': %s", db, x.unseal_error);
         if (r < 0)
                 return log_error_errno(r, "Failed to load connections from '%s': %m", db);
         manager_status_changed(m);

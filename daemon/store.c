@@ -634,10 +634,17 @@ static int unseal(Store *s, const StoreRow *row, size_t j, const char *name, cha
         return 0;
 }
 
+static void set_unseal_error(char *error, size_t error_size, int64_t id, const char *name, size_t j) {
+        (void) snprintf(error, error_size, "connection %" PRId64 " ('%.64s'): %s does not open under this key "
+                        "(modified, or copied from elsewhere)", id, name, store_sealed_columns[j]);
+}
+
 /* Both tokens into one allocation, opened in place (issue 9: one malloc a
  * connection instead of three, see connection_join_tokens()); a row with
- * one token or none goes through unseal(). */
-static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
+ * one token or none goes through unseal(). With defer (the start's load):
+ * the chunk gets the two ciphertexts, *defer the rest, and
+ * store_tokens_open() opens them later, on another thread. */
+static int unseal_tokens(Store *s, const StoreRow *row, Connection *c, StoreSealedTokens *defer) {
         size_t m0, m1;
         char *chunk;
         int r;
@@ -655,6 +662,34 @@ static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
         chunk = malloc(m0 + 1 + m1 + 1);
         if (!chunk)
                 return -ENOMEM;
+        if (defer && m0 <= UINT32_MAX && m1 <= UINT32_MAX) {
+                for (size_t j = 0; j < 2; j++)
+                        if (row->sealed[j][0] != CRYPT_VERSION) {
+                                free(chunk);
+                                store_set_error(s, "connection %" PRId64 " ('%.64s'): %s does not open under this "
+                                                "key (modified, or copied from elsewhere)", row->id, c->name,
+                                                store_sealed_columns[j]);
+                                return -EBADMSG;
+                        }
+                /* ciphertext only: nothing secret in memory until opened */
+                memcpy(chunk, row->sealed[0] + 1 + CRYPT_NONCE_SIZE, m0);
+                chunk[m0] = 0;
+                memcpy(chunk + m0 + 1, row->sealed[1] + 1 + CRYPT_NONCE_SIZE, m1);
+                chunk[m0 + 1 + m1] = 0;
+                defer->id = row->id;
+                defer->sealed = true;
+                for (size_t j = 0; j < 2; j++) {
+                        size_t m = j == 0 ? m0 : m1;
+
+                        defer->size[j] = (uint32_t) m;
+                        memcpy(defer->nonce[j], row->sealed[j] + 1, CRYPT_NONCE_SIZE);
+                        memcpy(defer->tag[j], row->sealed[j] + 1 + CRYPT_NONCE_SIZE + m, CRYPT_TAG_SIZE);
+                }
+                c->access_token = chunk;
+                c->refresh_token = chunk + m0 + 1;
+                c->tokens_joined = true;
+                return 0;
+        }
         for (size_t j = 0; j < 2; j++) {
                 r = open_value_into(s, row->id, store_sealed_columns[j], row->sealed[j], row->sealed_size[j],
                                     j == 0 ? chunk : chunk + m0 + 1, j == 0 ? m0 + 1 : m1 + 1);
@@ -663,15 +698,39 @@ static int unseal_tokens(Store *s, const StoreRow *row, Connection *c) {
                         free(chunk);
                         if (r == -ENOMEM)
                                 return r;
-                        store_set_error(s, "connection %" PRId64 " ('%.64s'): %s does not open under this key "
-                                        "(modified, or copied from elsewhere)", row->id, c->name,
-                                        store_sealed_columns[j]);
+                        set_unseal_error(s->error, sizeof s->error, row->id, c->name, j);
                         return -EBADMSG;
                 }
         }
         c->access_token = chunk;
         c->refresh_token = chunk + m0 + 1;
         c->tokens_joined = true;
+        return 0;
+}
+
+int store_tokens_open(CryptKey *k, Connection *c, const StoreSealedTokens *t, char *error, size_t error_size) {
+        char *chunk = c->access_token;
+        size_t total;
+        int r;
+
+        if (!t->sealed)
+                return 0;
+        assert(c->tokens_joined && chunk);
+        total = (size_t) t->size[0] + 1 + t->size[1] + 1;
+        for (size_t j = 0; j < 2; j++) {
+                char aad[SEAL_AAD_MAX], *out = j == 0 ? chunk : chunk + t->size[0] + 1;
+
+                r = crypt_open_parts(k, aad, seal_aad(aad, t->id, store_sealed_columns[j]), t->nonce[j], out,
+                                     t->size[j], t->tag[j], out);
+                if (r < 0) {
+                        /* the access token, when the refresh token failed */
+                        explicit_wipe(chunk, total);
+                        if (r == -ENOMEM)
+                                return r;
+                        set_unseal_error(error, error_size, t->id, c->name, j);
+                        return -EBADMSG;
+                }
+        }
         return 0;
 }
 
@@ -691,6 +750,8 @@ size_t store_connection_count_hint(Store *s) {
 typedef struct LoadContext {
         Store *store;
         int (*fn)(Connection *c, void *userdata);
+        int (*fn_deferred)(Connection *c, const StoreSealedTokens *t, void *userdata);
+        bool (*want_deferred)(void *userdata);
         void *userdata;
 } LoadContext;
 
@@ -717,7 +778,7 @@ bad:
         return -EBADMSG;
 }
 
-int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
+static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *defer, Connection **ret) {
         _cleanup_(connection_freep) Connection *c = NULL;
         unsigned users[ACL_MAX], groups[ACL_MAX], nu, ng;
         int r;
@@ -753,7 +814,7 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
                     (r = json_column(s, row, ROW_METADATA, "metadata", &metadata)) < 0 ||
                     (r = connection_set_metadata(c, metadata)) < 0)
                         return r;
-                if ((r = unseal_tokens(s, row, c)) < 0 ||
+                if ((r = unseal_tokens(s, row, c, defer)) < 0 ||
                     (r = unseal(s, row, 2, c->name, &verifier)) < 0 ||
                     (r = connection_set_code_verifier(c, verifier)) < 0 ||
                     (r = connection_set_pending_until(c, row->pending_until)) < 0)
@@ -778,15 +839,21 @@ int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
         return 0;
 }
 
+int store_row_to_connection(Store *s, const StoreRow *row, Connection **ret) {
+        return row_to_connection(s, row, NULL, ret);
+}
+
 static int load_row(const StoreRow *row, void *userdata) {
         LoadContext *l = userdata;
+        StoreSealedTokens t = {};
         Connection *c = NULL;
         int r;
 
-        r = store_row_to_connection(l->store, row, &c);
+        r = row_to_connection(l->store, row, l->fn_deferred && (!l->want_deferred || l->want_deferred(l->userdata)) ? &t : NULL,
+                              &c);
         if (r < 0)
                 return r;
-        return l->fn(c, l->userdata);
+        return l->fn_deferred ? l->fn_deferred(c, &t, l->userdata) : l->fn(c, l->userdata);
 }
 
 /* ---- followers ----------------------------------------------------------- */
@@ -881,6 +948,28 @@ int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), v
 
         s->error[0] = 0;
         return s->engine->rows_load(s->db, load_row, &l);
+}
+
+int store_load_connections_deferred(Store *s, int (*fn)(Connection *c, const StoreSealedTokens *t, void *userdata),
+                                    bool (*want_deferred)(void *userdata), void *userdata) {
+        LoadContext l = { .store = s, .fn_deferred = fn, .want_deferred = want_deferred, .userdata = userdata };
+
+        s->error[0] = 0;
+        return s->engine->rows_load(s->db, load_row, &l);
+}
+
+int store_key_dup(Store *s, CryptKey **ret) {
+        _cleanup_(crypt_key_freep) CryptKey *k = NULL;
+        int r;
+
+        r = crypt_key_dup(s->key, &k);
+        if (r < 0)
+                return r;
+        r = crypt_key_prepare_open(k);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(k);
+        return 0;
 }
 
 /* ---- copying between stores -------------------------------------------- */

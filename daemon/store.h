@@ -104,6 +104,35 @@ unsigned store_schema_version(Store *s);
 size_t store_connection_count_hint(Store *s);
 int store_load_connections(Store *s, int (*fn)(Connection *c, void *userdata), void *userdata);
 
+/* A connection's two tokens read but not opened yet: its access_token
+ * chunk (tokens_joined) holds their ciphertexts, this the rest. sealed
+ * false: nothing to open (the tokens were opened as they were read, or
+ * there are not two). */
+typedef struct StoreSealedTokens {
+        int64_t id;
+        uint32_t size[2];          /* of each token, ciphertext and plaintext */
+        uint8_t nonce[2][CRYPT_NONCE_SIZE];
+        uint8_t tag[2][CRYPT_TAG_SIZE];
+        bool sealed;
+} StoreSealedTokens;
+
+/* store_load_connections() that leaves opening the two tokens to
+ * store_tokens_open() (issue 9: the start opens them on its linking
+ * thread) for each row want_deferred() (NULL: every row) says so, before
+ * the row is read. fn takes ownership of c; t is only valid during the
+ * call. Until opened, c's tokens are ciphertext: c is only for
+ * store_tokens_open() or connection_free(). */
+int store_load_connections_deferred(Store *s, int (*fn)(Connection *c, const StoreSealedTokens *t, void *userdata),
+                                    bool (*want_deferred)(void *userdata), void *userdata);
+/* Opens c's tokens in place under k (any thread: touches c, t and k only,
+ * never the store; k is that thread's, see store_key_dup()). 0, or -EBADMSG
+ * with the message the store would give in error (the chunk wiped: c keeps
+ * no token, and is to be freed). */
+int store_tokens_open(CryptKey *k, Connection *c, const StoreSealedTokens *t, char *error, size_t error_size);
+/* A copy of the store's key for another thread, its opening context made
+ * already (opening allocates nothing). */
+int store_key_dup(Store *s, CryptKey **ret);
+
 /* Synchronous: commits before returning. Sets c->id: c->id when it is > 0
  * already (one from store_connection_id_new()), else the next free one. */
 int store_connection_insert(Store *s, Connection *c);

@@ -5,6 +5,7 @@
  * varied connections twice, with and without the linking thread: the same
  * maps, heaps, wheel and counters. An error on either side fails the start
  * cleanly (no hang, no leak: run under ASan too). */
+#include <fcntl.h>
 #include <ftw.h>
 #include <sqlite3.h>
 #include <sys/mman.h>
@@ -40,7 +41,7 @@ static void fake_prefetch(void *item, void *userdata) {
         f->prefetched[*(unsigned *) item]++;
 }
 
-static int fake_link(void *item, void *userdata) {
+static int fake_link(void *item, void *side _unused_, void *userdata) {
         Fake *f = userdata;
         unsigned i = *(unsigned *) item;
 
@@ -530,4 +531,72 @@ TEST(a_bad_row_fails_the_start_cleanly) {
         for (int threaded = 0; threaded < 2; threaded++)
                 CHECK_EQ_INT(start(threaded, &m), -EBADMSG);
         teardown_store();
+}
+
+/* Runs start() with stderr (the log) into a file; what it wrote, in buf. */
+static int start_logged(bool threaded, Manager **ret, char *buf, size_t size) {
+        char path[300];
+        int fd, saved, r;
+        ssize_t n;
+
+        snprintf(path, sizeof path, "%s/stderr", dir);
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        CHECK(fd >= 0);
+        fflush(stderr);
+        saved = dup(STDERR_FILENO);
+        CHECK(saved >= 0 && dup2(fd, STDERR_FILENO) >= 0);
+        r = start(threaded, ret);
+        fflush(stderr);
+        CHECK(dup2(saved, STDERR_FILENO) >= 0);
+        close(saved);
+        n = pread(fd, buf, size - 1, 0);
+        buf[n > 0 ? (size_t) n : 0] = 0;
+        close(fd);
+        unlink(path);
+        return r;
+}
+
+/* A sealed token that is well formed but does not open (copied from
+ * another row: bound to that row's id): read on the main thread, opened
+ * on the linking side, and the start fails the same way it did when the
+ * reader opened it, message included. The first row, one half-way, one
+ * of the last; the access token and the refresh token (the access token,
+ * opened already, is wiped and freed: ASan sees no leak). */
+TEST(a_token_that_does_not_open_on_the_linking_side_fails_the_start) {
+        static const struct {
+                int64_t id, from;
+                const char *column;
+        } bad[] = {
+                { 1, 2, "access_token" },
+                { 801, 5, "access_token" },
+                { 802, 1, "refresh_token" },
+                { 1498, 801, "refresh_token" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                Manager *m = NULL;
+                char db[300], sql[300], want[200], log[4096];
+                sqlite3 *h = NULL;
+
+                setup_store();
+                snprintf(db, sizeof db, "%s/state/tokenbroker.db", dir);
+                CHECK(sqlite3_open(db, &h) == SQLITE_OK);
+                snprintf(sql, sizeof sql,
+                         "UPDATE connections SET %s = (SELECT %s FROM connections WHERE id = %" PRId64 ") "
+                         "WHERE id = %" PRId64, bad[i].column, bad[i].column, bad[i].from, bad[i].id);
+                CHECK(sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK);
+                CHECK_EQ_INT(sqlite3_changes(h), 1);
+                sqlite3_close(h);
+                snprintf(want, sizeof want, "connection %" PRId64 " ('", bad[i].id);
+                for (int threaded = 0; threaded < 2; threaded++) {
+                        CHECK_EQ_INT(start_logged(threaded, &m, log, sizeof log), -EBADMSG);
+                        CHECK(strstr(log, "Failed to load connections from") != NULL);
+                        CHECK(strstr(log, want) != NULL);
+                        CHECK(strstr(log, bad[i].column) != NULL);
+                        CHECK(strstr(log, "does not open under this key (modified, or copied from elsewhere)") != NULL);
+                        /* no token in the log */
+                        CHECK(strstr(log, "at-xxxxxxxx") == NULL && strstr(log, "rt-yyyyyyyy") == NULL);
+                }
+                teardown_store();
+        }
 }

@@ -1331,3 +1331,94 @@ TEST(writer_a_bad_change_fails_alone) {
         db = db_open(path);
         CHECK_EQ_INT(db_int(db, "SELECT count(*) FROM connections"), 2);
 }
+
+/* ---- the start's load: tokens read on one thread, opened on another ---- */
+
+typedef struct Deferred {
+        Connection *c[8];
+        StoreSealedTokens t[8];
+        size_t n;
+} Deferred;
+
+static int collect_deferred(Connection *c, const StoreSealedTokens *t, void *userdata) {
+        Deferred *d = userdata;
+
+        if (d->n >= ELEMENTSOF(d->c)) {
+                connection_free(c);
+                return -E2BIG;
+        }
+        d->t[d->n] = *t;
+        d->c[d->n++] = c;
+        return 0;
+}
+
+static bool defer_odd(void *userdata) {
+        Deferred *d = userdata;
+
+        return d->n % 2 == 1;
+}
+
+TEST(deferred_load_opens_the_same_tokens) {
+        _cleanup_tmpdir_ char *dir = tmpdir_new();
+        _cleanup_free_ char *path = db_path(dir);
+        _cleanup_(store_closep) Store *s = NULL;
+        _cleanup_(crypt_key_freep) CryptKey *k = NULL;
+        Connection *c[4] = {};
+        Deferred d = {};
+        char error[256] = "";
+
+        CHECK_EQ_INT(store_open(path, &test_key, &s), 0);
+        if (!s)
+                return;
+        /* every row: a full one, one with an access token only, one with none */
+        c[0] = conn_full();
+        c[1] = conn_new("only-at", "p", CONN_ACTIVE);
+        c[2] = conn_new("none", "p", CONN_NEEDS_REAUTH);
+        c[3] = conn_new("both", "p", CONN_ACTIVE);
+        CHECK(c[0] && c[1] && c[2] && c[3]);
+        c[1]->access_token = strdup("at-only");
+        c[3]->access_token = strdup("at-3");
+        c[3]->refresh_token = strdup("rt-\x01\x02-3");
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                CHECK_EQ_INT(store_connection_insert(s, c[i]), 0);
+
+        /* every row deferred */
+        CHECK_EQ_INT(store_load_connections_deferred(s, collect_deferred, NULL, &d), 0);
+        CHECK_EQ_INT(d.n, ELEMENTSOF(c));
+        CHECK(d.t[0].sealed && !d.t[1].sealed && !d.t[2].sealed && d.t[3].sealed);
+        /* not opened yet: ciphertext, not the token */
+        CHECK(memcmp(d.c[3]->access_token, "at-3", 4) != 0);
+        CHECK_EQ_INT(store_key_dup(s, &k), 0);
+        for (size_t i = 0; i < d.n; i++) {
+                CHECK_EQ_INT(store_tokens_open(k, d.c[i], &d.t[i], error, sizeof error), 0);
+                check_same(c[i], d.c[i]);
+        }
+        for (size_t i = 0; i < d.n; i++)
+                connection_free(d.c[i]);
+        d.n = 0;
+
+        /* only some: the others are open already, the same */
+        CHECK_EQ_INT(store_load_connections_deferred(s, collect_deferred, defer_odd, &d), 0);
+        CHECK_EQ_INT(d.n, ELEMENTSOF(c));
+        CHECK(!d.t[0].sealed && d.t[3].sealed);
+        for (size_t i = 0; i < d.n; i++) {
+                CHECK_EQ_INT(store_tokens_open(k, d.c[i], &d.t[i], error, sizeof error), 0);
+                check_same(c[i], d.c[i]);
+        }
+
+        /* a refresh token that does not open: the access token, opened
+         * first, is wiped too; the store's message */
+        for (size_t i = 0; i < d.n; i++)
+                connection_free(d.c[i]);
+        d.n = 0;
+        CHECK_EQ_INT(store_load_connections_deferred(s, collect_deferred, NULL, &d), 0);
+        CHECK_EQ_INT(d.n, ELEMENTSOF(c));
+        d.t[3].tag[1][0] ^= 1;
+        CHECK_EQ_INT(store_tokens_open(k, d.c[3], &d.t[3], error, sizeof error), -EBADMSG);
+        CHECK(strstr(error, "('both'): refresh_token does not open under this key") != NULL);
+        CHECK(d.c[3]->access_token[0] == 0 && d.c[3]->refresh_token[0] == 0);
+        for (size_t i = 0; i < d.n; i++)
+                connection_free(d.c[i]);
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                connection_free(c[i]);
+}
