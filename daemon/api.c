@@ -788,6 +788,10 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         bool starts = client_driven && !awaited;
         k = refresher_refresh(m, c, &r->waiter);
+        if (k == -ENOMEM) {   /* cannot wait (no ConnRefresh for the waiter, or for the refresh) */
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                return;
+        }
         if (k < 0) {
                 answer_token(r, c, k);
                 return;
@@ -809,6 +813,10 @@ static void route_refresh(ApiRequest *r, Connection *c) {
         r->route = ROUTE_REFRESH;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         k = refresher_refresh(m, c, &r->waiter);
+        if (k == -ENOMEM) {   /* cannot wait (no ConnRefresh for the waiter, or for the refresh) */
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                return;
+        }
         if (k == -ENOLINK) {   /* the store's database is away: nothing is sent */
                 answer_unavailable(r, "the store's database is unreachable", CLUSTER_HEARTBEAT);
                 return;

@@ -73,10 +73,14 @@ typedef struct ConnRare {
  * it is empty again. Trimmed at points where a flow settles
  * (refresher_schedule(), the waiters woken, a cancel), not when a field
  * is cleared: a failed refresh's inflight is cleared before its retry_at
- * is set, and setting that must not need an allocation then. Not here,
- * long-lived limits, kept in the struct: notified_at (notify_interval,
- * hours) and client_refresh_at (5 s, but set on a client's refresh whose
- * part goes right after its commit). */
+ * is set, and setting that must not need an allocation then. Kept in
+ * the struct, not here: notified_at, which besides notify_interval's
+ * limit marks an outstanding needs-reauth notification (a "recovered"
+ * one follows only then) for as long as the connection stays broken, so
+ * a part kept alive by it would not be short-lived; and
+ * client_refresh_at (a 5 s limit, set when a client's refresh starts:
+ * its part goes after the commit, the limit outlives it, and 8 bytes
+ * alone do not cross a malloc size). */
 typedef struct ConnRefresh {
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue (Connection.queued) */
         struct HttpRequest *inflight;
