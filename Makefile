@@ -115,6 +115,8 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a
 
 # calloc() made to fail, free() checking a wiped secret (its header comment)
 $(BUILD)/tests/test-conn-parts: LDFLAGS += -Wl,--wrap=calloc,--wrap=free
+# calloc() made to fail (its header comment)
+$(BUILD)/tests/test-conn-refresh: LDFLAGS += -Wl,--wrap=calloc
 
 
 $(BUILD)/pg-tests/%: $(BUILD)/pg-tests/%.o $(BUILD)/libtokenbroker.a

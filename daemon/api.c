@@ -516,7 +516,7 @@ static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_resul
         /* A still-valid token is served even when a refresh for min_ttl
          * failed: the client asked for more life, not for an outage. */
         if (ttl == 0) {
-                usec_t retry = c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0;
+                usec_t retry = connection_retry_at(c) ? usec_sub(connection_retry_at(c), now(DEADLINE_CLOCK)) : 0;
                 answer_unavailable(r, last_error ?: "no valid token; provider unreachable", retry);
                 return;
         }
@@ -601,7 +601,7 @@ static void on_refreshed(Connection *c, int result, void *userdata) {
                         answer_error(r, 404, API_ERR_NOT_FOUND, "connection was removed");
                 else
                         answer_unavailable(r, connection_last_error(c) ?: "refresh failed",
-                                           c->retry_at ? usec_sub(c->retry_at, now(DEADLINE_CLOCK)) : 0);
+                                           connection_retry_at(c) ? usec_sub(connection_retry_at(c), now(DEADLINE_CLOCK)) : 0);
                 break;
         case ROUTE_CREATE:
                 if (result == 0)
@@ -739,7 +739,11 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                         answer_error(r, 500, API_ERR_SERVER, "out of resources");
                         return;
                 }
-                refresher_add_waiter(c, &r->waiter);
+                if (refresher_add_waiter(c, &r->waiter) < 0) {
+                        r->wait_timer = sd_event_source_disable_unref(r->wait_timer);
+                        answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                        return;
+                }
                 suspend(r, c);
                 return;
         }
@@ -759,9 +763,9 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
          * queued for a refresh slot) is refreshed, as a GET would. Joining
          * a refresh in flight or queued costs the provider nothing. */
         bool client_driven = c->access_token && ttl > 0;
-        /* c->waiters: on a cluster, a refresh asked of the lease holder
+        /* connection_waiters(c): on a cluster, a refresh asked of the lease holder
          * (daemon/follower.c) is one in flight too: joined, not limited */
-        bool awaited = connection_busy(c) || c->queued || c->waiters;
+        bool awaited = connection_busy(c) || c->queued || connection_waiters(c);
         if (client_driven && !awaited) {
                 usec_t w = client_refresh_wait(c, route);
 
@@ -772,11 +776,11 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         }
         /* During a transient outage, don't pile more requests onto the
          * provider: serve what is still valid until the retry is due. */
-        if (route == ROUTE_TOKEN && c->retry_at > now(DEADLINE_CLOCK) && c->access_token && ttl > 0) {
+        if (route == ROUTE_TOKEN && connection_retry_at(c) > now(DEADLINE_CLOCK) && c->access_token && ttl > 0) {
                 answer_token(r, c, 0);
                 return;
         }
-        if (route == ROUTE_TOKEN && c->retry_at > now(DEADLINE_CLOCK)) {
+        if (route == ROUTE_TOKEN && connection_retry_at(c) > now(DEADLINE_CLOCK)) {
                 answer_token(r, c, 0);   /* expired: 503 with Retry-After */
                 return;
         }
@@ -784,6 +788,10 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         bool starts = client_driven && !awaited;
         k = refresher_refresh(m, c, &r->waiter);
+        if (k == -ENOMEM) {   /* cannot wait (no ConnRefresh for the waiter, or for the refresh) */
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                return;
+        }
         if (k < 0) {
                 answer_token(r, c, k);
                 return;
@@ -805,6 +813,10 @@ static void route_refresh(ApiRequest *r, Connection *c) {
         r->route = ROUTE_REFRESH;
         r->waiter = (Waiter) { .fn = on_refreshed, .userdata = r };
         k = refresher_refresh(m, c, &r->waiter);
+        if (k == -ENOMEM) {   /* cannot wait (no ConnRefresh for the waiter, or for the refresh) */
+                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                return;
+        }
         if (k == -ENOLINK) {   /* the store's database is away: nothing is sent */
                 answer_unavailable(r, "the store's database is unreachable", CLUSTER_HEARTBEAT);
                 return;
@@ -1095,7 +1107,10 @@ static void route_create(ApiRequest *r) {
                         r->route = ROUTE_CREATE;
                         r->waiter = (Waiter) { .fn = on_inserted, .userdata = r, .on_insert = true };
                         r->audit_on_answer = true;
-                        refresher_add_waiter(c, &r->waiter);
+                        if (refresher_add_waiter(c, &r->waiter) < 0) {
+                                answer_error(r, 500, API_ERR_SERVER, "out of memory");
+                                return;
+                        }
                         suspend(r, c);
                         return;
                 }
@@ -2301,9 +2316,10 @@ Api *api_free(Api *a) {
         while (a->suspended) {
                 ApiRequest *r = a->suspended;
                 if (r->target) {
-                        if (r->target->revoke_waiter == &r->waiter)
-                                r->target->revoke_waiter = NULL;
+                        if (connection_revoke_waiter(r->target) == &r->waiter)
+                                r->target->refresh->revoke_waiter = NULL;
                         refresher_detach_waiter(r->target, &r->waiter);
+                        connection_refresh_trim(r->target);
                 }
                 r->wait_timer = sd_event_source_disable_unref(r->wait_timer);
                 answer_error(r, 503, API_ERR_UNAVAILABLE, "shutting down");

@@ -252,6 +252,29 @@ void connection_give_rare(Connection *c, ConnRare **spare) {
         }
 }
 
+ConnRefresh *connection_refresh(Connection *c) {
+        if (!c->refresh)
+                c->refresh = new0(ConnRefresh, 1);
+        return c->refresh;
+}
+
+void connection_refresh_trim(Connection *c) {
+        const ConnRefresh *x = c->refresh;
+
+        if (x && !x->queue_next && !x->queue_prev && !c->queued && !x->inflight && !x->staged && x->retry_at == 0 &&
+            !x->waiters && !x->revoke_waiter)
+                c->refresh = mfree(c->refresh);
+}
+
+int connection_set_retry_at(Connection *c, usec_t t) {
+        ConnRefresh *x = t != 0 ? connection_refresh(c) : c->refresh;
+
+        if (!x)
+                return t != 0 ? -ENOMEM : 0;
+        x->retry_at = t;
+        return 0;
+}
+
 Connection *connection_new(const char *name) {
         size_t n = strlen(name);
         Connection *c = malloc(sizeof(Connection) + n + 1);
@@ -272,6 +295,7 @@ Connection *connection_free(Connection *c) {
         connection_clear_tokens(c);
         pending_free(c->pending);   /* and its device part */
         rare_free(c->rare);
+        free(c->refresh);   /* its request, staged answer and waiters are the refresher's, gone before */
         intern_unref(c->provider);
         intern_unref(c->token_type);
         intern_unref(c->scope);

@@ -28,6 +28,7 @@ ConnState conn_state_from_string(const char *s);
 typedef struct Waiter Waiter;
 typedef struct Manager Manager;
 typedef struct Staged Staged;
+typedef struct ConnRefresh ConnRefresh;
 
 /* A pending device authorization (RFC 8628). */
 typedef struct ConnDevice {
@@ -65,6 +66,33 @@ typedef struct ConnRare {
         usec_t rt_warned;          /* the refresh token's end already warned about (daemon/rtend.c); 0 none */
 } ConnRare;
 
+/* The refresh bookkeeping, out of line like ConnPending (issue 9: 56
+ * bytes of every connection before): allocated when a refresh is queued
+ * or started, a retry is due, an API request waits or a revocation runs
+ * (connection_refresh()), freed by connection_refresh_trim() once all of
+ * it is empty again. Trimmed at points where a flow settles
+ * (refresher_schedule(), the waiters woken, a cancel), not when a field
+ * is cleared: a failed refresh's inflight is cleared before its retry_at
+ * is set, and setting that must not need an allocation then. Kept in
+ * the struct, not here: notified_at, which besides notify_interval's
+ * limit marks an outstanding needs-reauth notification (a "recovered"
+ * one follows only then) for as long as the connection stays broken, so
+ * a part kept alive by it would not be short-lived; and
+ * client_refresh_at (a 5 s limit, set when a client's refresh starts:
+ * its part goes after the commit, the limit outlives it, and 8 bytes
+ * alone do not cross a malloc size). */
+typedef struct ConnRefresh {
+        struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue (Connection.queued) */
+        struct HttpRequest *inflight;
+        /* New tokens from the provider whose commit is not durable yet
+         * (daemon/refresher.c): until it is, the connection's fields keep
+         * what clients get. */
+        Staged *staged;
+        usec_t retry_at;           /* DEADLINE_CLOCK; 0 none */
+        Waiter *waiters;           /* suspended API requests */
+        Waiter *revoke_waiter;     /* the DELETE that revokes it */
+} ConnRefresh;
+
 #define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
 
 #define ACL_MAX 32   /* fits Connection's uint8_t counts */
@@ -74,12 +102,12 @@ typedef struct ConnRare {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432           352   328 B struct
- *   provider, scope x2, token type      4 x 32        0             0             0   interned (common/intern.c)
- *   identity                                32       32            32            32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96            96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559           479   beyond tokens 718 -> 557 -> 477 -> 397
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   304   280 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0     0   interned (common/intern.c)
+ *   identity                                32       32            32            32    32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   431   beyond tokens 718 -> 557 -> 477 -> 397 -> 349
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8             8
  *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
@@ -88,24 +116,25 @@ typedef struct ConnRare {
  * authorization, a password grant's credentials, the device part: 48 B,
  * a 64-byte chunk, 40 B of every connection before); ConnRare (last_error,
  * previous_identity, params, metadata, rt_warned: 40 B, a 48-byte chunk,
- * 48 B of every connection before); a pending authorization's node in
+ * 48 B of every connection before); ConnRefresh (queue links, inflight,
+ * staged, retry_at, waiters, revoke_waiter: 56 B, a 64-byte chunk, only
+ * while a refresh is queued, in flight or committing, a retry is due or
+ * a request waits); a pending authorization's node in
  * Manager.pending (manager_pending_link()). The three heap positions are
  * 32 bits, the state 8 bits: the small fields fill one word and a half
  * without a hole (check with gdb -batch -ex 'ptype /o struct Connection'
  * build/tokenbrokerd). What is left of the struct: a 24 B hash node, the
  * 16-byte ordered-map node, the 32-byte timer entry, pointers, 8-byte
- * times and counters. Next: the refresh bookkeeping (queue links,
- * inflight, staged, retry_at, client_refresh_at, notified_at, waiters,
- * revoke_waiter: ~80 B) out of line (mostly daemon/refresher.c's); the
- * hash node's key pointer (it is the name: 8 B); a slab for the structs
- * (the malloc header and rounding: 8-24 B). */
+ * times and counters. Next: notified_at and client_refresh_at (16 B,
+ * rate limits kept in the struct: see ConnRefresh); the hash node's key
+ * pointer (it is the name: 8 B); a slab for the structs (the malloc
+ * header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
         HashmapNode by_name;       /* Manager.connections, key = name */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         TimerEntry timer;          /* next refresh, or pending expiry */
-        struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue */
         usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
         int64_t id;
@@ -154,16 +183,9 @@ typedef struct Connection {
          * 256 bytes of each. */
         uid_t *allow_users;        /* NULL when both lists are empty */
 
-        /* refresh bookkeeping */
-        struct HttpRequest *inflight;
-        /* New tokens from the provider whose commit is not durable yet
-         * (daemon/refresher.c): until it is, the fields above keep what
-         * clients get. */
-        Staged *staged;
-        usec_t retry_at;           /* monotonic; 0 none */
+        /* The refresh bookkeeping (ConnRefresh), NULL while idle. */
+        ConnRefresh *refresh;
         usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
-        Waiter *waiters;           /* suspended API requests */
-        Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } Connection;
 
 /* A connection as it is to be written (refresher_image()): a shallow
@@ -210,9 +232,35 @@ static inline usec_t connection_device_interval(const Connection *c) {
         return connection_device_pending(c) ? connection_device(c)->interval : 0;
 }
 
+/* The refresh bookkeeping's fields: NULL or 0 while there is no part. */
+static inline struct HttpRequest *connection_inflight(const Connection *c) {
+        return c->refresh ? c->refresh->inflight : NULL;
+}
+static inline Staged *connection_staged(const Connection *c) {
+        return c->refresh ? c->refresh->staged : NULL;
+}
+static inline usec_t connection_retry_at(const Connection *c) {
+        return c->refresh ? c->refresh->retry_at : 0;
+}
+static inline Waiter *connection_waiters(const Connection *c) {
+        return c->refresh ? c->refresh->waiters : NULL;
+}
+static inline Waiter *connection_revoke_waiter(const Connection *c) {
+        return c->refresh ? c->refresh->revoke_waiter : NULL;
+}
+
+/* The part, allocated when there is none; NULL on -ENOMEM. A caller
+ * must not keep the pointer across anything that may trim it. */
+ConnRefresh *connection_refresh(Connection *c);
+/* Frees the part when all of its fields are empty. */
+void connection_refresh_trim(Connection *c);
+/* Sets retry_at (0 clears it, never fails). 0, or -ENOMEM when the part
+ * had to be allocated and could not (retry_at unchanged). */
+int connection_set_retry_at(Connection *c, usec_t t);
+
 /* A provider request in flight, or its answer being committed. */
 static inline bool connection_busy(const Connection *c) {
-        return c->inflight || c->staged;
+        return connection_inflight(c) || connection_staged(c);
 }
 
 /* The out-of-line fields (ConnPending, ConnRare): NULL or 0 when unset. */

@@ -369,7 +369,8 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
         c->rt_end = x->rt_end;
         if (connection_set_rt_warned(c, connection_rt_warned(x)) < 0)
                 log_oom();
-        c->retry_at = 0;
+        (void) connection_set_retry_at(c, 0);
+        connection_refresh_trim(c);
         c->failures = 0;
         if (c->state != x->state)
                 manager_set_state(m, c, x->state);
@@ -542,6 +543,9 @@ int follower_request_refresh(Follower *f, Connection *c, Waiter *w) {
         bool known = false;
         int r;
 
+        /* the part for w first: a request that cannot wait is not asked */
+        if (w && !connection_refresh(c))
+                return -ENOMEM;
         for (size_t i = 0; i < f->n_asked; i++)
                 known = known || streq(f->asked[i].name, c->name);
         if (!known) {
@@ -553,13 +557,13 @@ int follower_request_refresh(Follower *f, Connection *c, Waiter *w) {
                 if (r < 0) {
                         if (f->n_asked > 0 && streq(f->asked[f->n_asked - 1].name, c->name))
                                 free(f->asked[--f->n_asked].name);
+                        connection_refresh_trim(c);
                         return r;
                 }
                 asked_arm(f);
                 log_debug("%s: refresh asked of the node holding its lease.", c->name);
         }
-        refresher_add_waiter(c, w);
-        return 0;
+        return refresher_add_waiter(c, w);   /* cannot fail: it has its part */
 }
 
 /* Another node asks this one, the holder, to refresh. */
@@ -637,7 +641,7 @@ static void apply_row(Follower *f, const StoreRow *row) {
                 take_tokens(m, c, x);
                 refresher_schedule(m, c);
                 manager_wheel_rearm(m);
-                if (c->waiters && fresh)
+                if (connection_waiters(c) && fresh)
                         asked_done(f, c, 0);   /* a refresh asked of the holder: here it is */
         }
         f->applied++;

@@ -695,7 +695,7 @@ static void insert_done(int result, const char *error, void *userdata) {
         else if (result < 0)
                 log_error_errno(result, "Failed to insert a connection in the store: %s", strempty(error));
         if (c && c->id == x->id) {
-                for (Waiter **p = &c->waiters; *p;) {
+                for (Waiter **p = c->refresh ? &c->refresh->waiters : NULL; p && *p;) {
                         Waiter *w = *p;
 
                         if (!w->on_insert) {
@@ -706,6 +706,7 @@ static void insert_done(int result, const char *error, void *userdata) {
                         w->next = wake;
                         wake = w;
                 }
+                connection_refresh_trim(c);
                 while (wake) {
                         Waiter *w = wake;
 
@@ -923,7 +924,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 *ret_error = "the password grant needs a password (on stdin, or the provider's password_file)";
                 return -EINVAL;
         }
-        if (c && (connection_busy(c) || c->revoke_waiter)) {
+        if (c && (connection_busy(c) || connection_revoke_waiter(c))) {
                 *ret_error = "a request for this connection is in flight; try again";
                 return -EBUSY;
         }

@@ -228,7 +228,7 @@ void refresher_image(const Connection *c, ConnImage *ret);
 void refresher_on_timer(Manager *m, Connection *c);
 void refresher_detach_waiter(Connection *c, Waiter *w);
 /* Waits for whatever the connection does next (exchange, refresh). */
-void refresher_add_waiter(Connection *c, Waiter *w);
+int refresher_add_waiter(Connection *c, Waiter *w);
 /* Wakes every waiter of c with result (daemon/follower.c: a refresh asked
  * of another node arrived, or did not in time). */
 void refresher_wake(Connection *c, int result);

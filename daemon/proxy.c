@@ -773,7 +773,7 @@ enum MHD_Result proxy_begin(ProxyCtx *x, struct MHD_Connection *conn, const Peer
         *ret = p;
         if (connection_ttl(c) == 0) {
                 /* expired: a refresh first, as GET .../token would */
-                if (c->retry_at > now(DEADLINE_CLOCK) || wait_refresh(p, c, false) < 0)
+                if (connection_retry_at(c) > now(DEADLINE_CLOCK) || wait_refresh(p, c, false) < 0)
                         fail(p, 503, API_ERR_UNAVAILABLE, "no valid token; provider unreachable");
                 return MHD_YES;
         }

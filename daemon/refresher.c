@@ -94,7 +94,7 @@ static Staged *staged_free(Staged *st) {
 DEFINE_TRIVIAL_CLEANUP_FUNC(Staged *, staged_free);
 
 void refresher_image(const Connection *c, ConnImage *img) {
-        const Staged *st = c->staged;
+        const Staged *st = connection_staged(c);
         Connection *ret = &img->conn;
 
         *img = (ConnImage) {
@@ -104,6 +104,7 @@ void refresher_image(const Connection *c, ConnImage *img) {
         };
         ret->pending = &img->pending;
         ret->rare = &img->rare;
+        ret->refresh = NULL;   /* never written */
         if (!st)
                 return;
         ret->access_token = st->access_token;
@@ -137,7 +138,7 @@ static void wake_waiters(Connection *c, int result) {
         /* Waiters may add new waiters or free themselves: detach first.
          * A waiter for the insert (Waiter.on_insert) stays, unless the
          * connection goes. */
-        Waiter *w = c->waiters, *wake = NULL, **wake_tail = &wake, *keep = NULL, **keep_tail = &keep;
+        Waiter *w = connection_waiters(c), *wake = NULL, **wake_tail = &wake, *keep = NULL, **keep_tail = &keep;
 
         while (w) {
                 Waiter *next = w->next;
@@ -152,7 +153,10 @@ static void wake_waiters(Connection *c, int result) {
                 }
                 w = next;
         }
-        c->waiters = keep;
+        if (c->refresh) {
+                c->refresh->waiters = keep;
+                connection_refresh_trim(c);
+        }
         while (wake) {
                 Waiter *next = wake->next;
 
@@ -167,54 +171,74 @@ void refresher_wake(Connection *c, int result) {
 }
 
 void refresher_detach_waiter(Connection *c, Waiter *w) {
-        for (Waiter **p = &c->waiters; *p; p = &(*p)->next)
+        if (!c->refresh)
+                return;
+        for (Waiter **p = &c->refresh->waiters; *p; p = &(*p)->next)
                 if (*p == w) {
                         *p = w->next;
                         w->next = NULL;
+                        connection_refresh_trim(c);
                         return;
                 }
 }
 
-void refresher_add_waiter(Connection *c, Waiter *w) {
+int refresher_add_waiter(Connection *c, Waiter *w) {
+        ConnRefresh *x;
+
         if (!w)
-                return;
-        w->next = c->waiters;
-        c->waiters = w;
+                return 0;
+        x = connection_refresh(c);
+        if (!x)
+                return -ENOMEM;
+        w->next = x->waiters;
+        x->waiters = w;
+        return 0;
 }
 
 /* Refreshes waiting for a slot queue per provider, so that one slow
  * provider at its max_in_flight cannot hold up the others. O(1) in and out. */
 static void queue_remove(Manager *m, Connection *c) {
         ProviderStats *ps;
+        ConnRefresh *x;
 
         if (!c->queued)
                 return;
         ps = manager_stats(m, c->provider);
-        if (c->queue_prev)
-                c->queue_prev->queue_next = c->queue_next;
+        x = c->refresh;   /* queued: it has one (queue_append()) */
+        assert(x);
+        if (x->queue_prev)
+                x->queue_prev->refresh->queue_next = x->queue_next;
         else if (ps)
-                ps->queue_head = c->queue_next;
-        if (c->queue_next)
-                c->queue_next->queue_prev = c->queue_prev;
+                ps->queue_head = x->queue_next;
+        if (x->queue_next)
+                x->queue_next->refresh->queue_prev = x->queue_prev;
         else if (ps)
-                ps->queue_tail = c->queue_prev;
-        c->queue_next = c->queue_prev = NULL;
+                ps->queue_tail = x->queue_prev;
+        x->queue_next = x->queue_prev = NULL;
         c->queued = false;
+        /* not trimmed: a start usually follows (refresher_schedule() trims) */
 }
 
-static void queue_append(Manager *m, Connection *c) {
+/* 0 (queued, or not queueable: no provider stats), or -ENOMEM: no part,
+ * not queued. */
+static int queue_append(Manager *m, Connection *c) {
         ProviderStats *ps = manager_stats(m, c->provider);
+        ConnRefresh *x;
 
         if (!ps || c->queued)
-                return;
-        c->queue_prev = ps->queue_tail;
-        c->queue_next = NULL;
+                return 0;
+        x = connection_refresh(c);
+        if (!x)
+                return -ENOMEM;
+        x->queue_prev = ps->queue_tail;
+        x->queue_next = NULL;
         if (ps->queue_tail)
-                ps->queue_tail->queue_next = c;
+                ps->queue_tail->refresh->queue_next = c;
         else
                 ps->queue_head = c;
         ps->queue_tail = c;
         c->queued = true;
+        return 0;
 }
 
 static bool provider_has_slot(Manager *m, const Connection *c) {
@@ -225,20 +249,22 @@ static bool provider_has_slot(Manager *m, const Connection *c) {
 }
 
 static void op_free(Connection *c) {
-        if (!c->inflight)
+        HttpRequest *req = connection_inflight(c);
+
+        if (!req)
                 return;
-        secret_free(((Op *) c->inflight->userdata)->code);
-        free(c->inflight->userdata);
-        c->inflight = http_request_free(c->inflight);
+        secret_free(((Op *) req->userdata)->code);
+        free(req->userdata);
+        c->refresh->inflight = http_request_free(req);
 }
 
 void refresher_cancel(Manager *m, Connection *c) {
-        if (c->staged) {
+        if (connection_staged(c)) {
                 /* its completion finds no connection and drops the tokens */
-                c->staged->conn = NULL;
-                c->staged = NULL;
+                c->refresh->staged->conn = NULL;
+                c->refresh->staged = NULL;
         }
-        if (c->inflight) {
+        if (connection_inflight(c)) {
                 ProviderStats *ps = manager_stats(m, c->provider);
                 op_free(c);
                 m->refreshing--;
@@ -247,7 +273,7 @@ void refresher_cancel(Manager *m, Connection *c) {
         }
         queue_remove(m, c);
         timerwheel_cancel(m->wheel, &c->timer);
-        wake_waiters(c, -ECANCELED);
+        wake_waiters(c, -ECANCELED);   /* trims */
 }
 
 /* When the next refresh is due, on DEADLINE_CLOCK; USEC_INFINITY for never. */
@@ -286,10 +312,12 @@ static bool grant_waits_for_lease(Manager *m, const Connection *c) {
 void refresher_schedule(Manager *m, Connection *c) {
         usec_t due = USEC_INFINITY;
 
-        if (connection_busy(c) || c->queued)
+        if (connection_busy(c) || c->queued) {
+                connection_refresh_trim(c);   /* not while busy or queued: only a part with nothing in it goes */
                 return;
-        if (c->retry_at > 0)
-                due = c->retry_at;   /* already monotonic */
+        }
+        if (connection_retry_at(c) > 0)
+                due = connection_retry_at(c);   /* already monotonic */
         else if (connection_state_hash(c) && connection_pending_until(c) > 0 && c->state == CONN_PENDING)
                 due = deadline_from_realtime(connection_pending_until(c));
         else if (c->state == CONN_ACTIVE)
@@ -312,6 +340,7 @@ void refresher_schedule(Manager *m, Connection *c) {
                 timerwheel_cancel(m->wheel, &c->timer);
         else
                 timerwheel_add(m->wheel, &c->timer, due);
+        connection_refresh_trim(c);
 }
 
 static void clear_pending(Manager *m, Connection *c) {
@@ -347,7 +376,7 @@ void refresher_on_timer(Manager *m, Connection *c) {
         usec_t t = now(CLOCK_REALTIME);
         bool retry;
 
-        if (connection_device_pending(c) && !c->inflight) {
+        if (connection_device_pending(c) && !connection_inflight(c)) {
                 if (connection_pending_until(c) > 0 && connection_pending_until(c) <= t + WHEEL_TICK) {
                         /* RFC 8628 section 3.5: stop polling at the code's expiry. */
                         if (c->state == CONN_PENDING) {
@@ -384,9 +413,9 @@ void refresher_on_timer(Manager *m, Connection *c) {
         }
         /* A retry after a transient failure is due even when the token
          * itself is not: the failed refresh was wanted. */
-        retry = c->retry_at > 0 && c->retry_at <= now(DEADLINE_CLOCK) + WHEEL_TICK;
+        retry = connection_retry_at(c) > 0 && connection_retry_at(c) <= now(DEADLINE_CLOCK) + WHEEL_TICK;
         if (retry)
-                c->retry_at = 0;
+                (void) connection_set_retry_at(c, 0);   /* trimmed by what follows (refresher_schedule()) */
         /* On a cluster a pending connection with a grant to prove (an
          * import, a client_credentials or password grant) waited for its
          * lease (lease_wait()): its first request, now that it may be here. */
@@ -403,9 +432,15 @@ static void on_request_done(HttpRequest *req, void *userdata);
 /* timeout 0: the provider's. */
 static int start_request_leased(Manager *m, Connection *c, OpKind kind, HttpRequest *req, usec_t timeout,
                                 int64_t lease_epoch) {
+        ConnRefresh *x;
         Op *op;
         int r;
 
+        /* the bookkeeping's part first: a refresh that cannot have it does
+         * not start (the caller retries it like any failed start) */
+        x = connection_refresh(c);
+        if (!x)
+                return -ENOMEM;
         op = new0(Op, 1);
         if (!op)
                 return -ENOMEM;
@@ -417,7 +452,7 @@ static int start_request_leased(Manager *m, Connection *c, OpKind kind, HttpRequ
                 free(op);
                 return r;
         }
-        c->inflight = req;
+        x->inflight = req;
         m->refreshing++;
         {
                 ProviderStats *ps = manager_stats(m, c->provider);
@@ -460,7 +495,7 @@ static int start_now(Manager *m, Connection *c, OpKind kind, HttpRequest *req, W
                 refresher_schedule(m, c);
                 return r;
         }
-        refresher_add_waiter(c, w);
+        (void) refresher_add_waiter(c, w);   /* cannot fail: it has its part (inflight) */
         return 0;
 }
 
@@ -497,8 +532,8 @@ static int refresh_start(Manager *m, Connection *c) {
          * the next heartbeat; the current token is served meanwhile. */
         if (c->refresh_token && m->cluster && !cluster_reachable(m->cluster)) {
                 set_last_error(c, "the store's database is unreachable");
-                c->retry_at = usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT);
-                return -ENOLINK;
+                r = connection_set_retry_at(c, usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT));
+                return r < 0 ? r : -ENOLINK;
         }
         v = request_vars(m, c, p);
         /* ${access_token} in the refresh templates: the current access token
@@ -533,6 +568,7 @@ static int refresh_start(Manager *m, Connection *c) {
  * failed refresh to the API, and nothing failed. */
 static void lease_wait(Manager *m, Connection *c) {
         timerwheel_add(m->wheel, &c->timer, usec_add(now(DEADLINE_CLOCK), CLUSTER_HEARTBEAT));
+        connection_refresh_trim(c);
 }
 
 static void drain_queue(Manager *m) {
@@ -574,7 +610,7 @@ static void drain_queue(Manager *m) {
 int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
         int r;
 
-        if (c->revoke_waiter)
+        if (connection_revoke_waiter(c))
                 return -EBUSY;
         if (m->stopping)
                 return -ESHUTDOWN;
@@ -586,10 +622,8 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 set_last_error(c, "the store's database is unreachable");
                 return -ENOLINK;
         }
-        if (connection_busy(c) || c->queued) {
-                refresher_add_waiter(c, w);   /* single-flight: join the one running (or committing) */
-                return 0;
-        }
+        if (connection_busy(c) || c->queued)
+                return refresher_add_waiter(c, w);   /* single-flight: join the one running (or committing) */
         if (c->state == CONN_PENDING && c->refresh_token == NULL && manager_provider(m, c) &&
             (manager_provider(m, c)->grant == GRANT_AUTHORIZATION_CODE ||
              manager_provider(m, c)->grant == GRANT_DEVICE_CODE || connection_device_pending(c)))
@@ -613,9 +647,12 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
         }
         timerwheel_cancel(m->wheel, &c->timer);
         if (m->refreshing >= m->config->max_parallel_refreshes || !provider_has_slot(m, c)) {
-                queue_append(m, c);
-                refresher_add_waiter(c, w);
-                return 0;
+                r = queue_append(m, c);
+                if (r < 0) {
+                        refresher_schedule(m, c);   /* looked at again when due, like a failed start */
+                        return r;
+                }
+                return refresher_add_waiter(c, w);
         }
         r = refresh_start(m, c);
         if (r == -EREMOTE) {
@@ -626,8 +663,7 @@ int refresher_refresh(Manager *m, Connection *c, Waiter *w) {
                 refresher_schedule(m, c);
                 return r;
         }
-        refresher_add_waiter(c, w);
-        return 0;
+        return refresher_add_waiter(c, w);   /* cannot fail: it has its part (inflight) */
 }
 
 static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
@@ -648,7 +684,7 @@ static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req) {
 
 static void tokens_committed(int result, const char *error, void *userdata);
 
-/* Queues the commit of c's staged answer st (c->staged == st). */
+/* Queues the commit of c's staged answer st (connection_staged(c) == st). */
 static int queue_commit(Manager *m, Connection *c, Staged *st) {
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         ConnImage img;
@@ -670,9 +706,10 @@ static int queue_commit(Manager *m, Connection *c, Staged *st) {
 static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpRequest *req, bool grant, char *identity,
                         int64_t lease_epoch) {
         _cleanup_(staged_freep) Staged *st = NULL;
+        ConnRefresh *x;
         int r;
 
-        assert(!c->staged);
+        assert(!connection_staged(c));
         st = new0(Staged, 1);
         if (!st) {
                 free(identity);
@@ -706,11 +743,14 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 st->rt_end = rtend_compute(c->rt_end, grant, p ? p->refresh_token_lifetime : 0, t->refresh_expires_at,
                                            req->sent_at);
         }
-        c->staged = st;
+        x = connection_refresh(c);
+        if (!x)
+                return log_oom();   /* lost like an answer that cannot be queued */
+        x->staged = st;
         r = queue_commit(m, c, st);
         if (r < 0) {
                 /* the answer is lost; the old refresh token may be dead if it rotated */
-                c->staged = NULL;
+                x->staged = NULL;
                 return log_error_errno(r, "%s: failed to store new tokens: %m", c->name);
         }
         TAKE_PTR(st);
@@ -740,6 +780,25 @@ static void refresh_committed(Manager *m, Connection *c, unsigned failures) {
 }
 
 static usec_t backoff_delay(Manager *m, Connection *c, const HttpRequest *req);
+
+/* After a failed refresh: retry_at set. It has its part still (from the
+ * request or the commit: trimmed only where a flow settles), so this does
+ * not allocate unless something trimmed it meanwhile; out of memory then,
+ * the retry is armed all the same by schedule_retry(), only the API does
+ * not show it. Returns the retry's time. */
+static usec_t set_retry(Connection *c, usec_t delay) {
+        usec_t at = usec_add(now(DEADLINE_CLOCK), delay);
+
+        if (connection_set_retry_at(c, at) < 0)
+                log_oom();
+        return at;
+}
+
+static void schedule_retry(Manager *m, Connection *c, usec_t at) {
+        refresher_schedule(m, c);
+        if (connection_retry_at(c) != at && !connection_busy(c) && !c->queued)
+                timerwheel_add(m->wheel, &c->timer, at);   /* no part for retry_at */
+}
 
 /* ---- answers whose refresh token rotated, committed again -------------
  *
@@ -800,7 +859,8 @@ void refresher_drop_recommits(Manager *m) {
 
                 m->recommit = st->next;
                 if (st->conn) {
-                        st->conn->staged = NULL;
+                        st->conn->refresh->staged = NULL;
+                        connection_refresh_trim(st->conn);
                         n++;
                 }
                 staged_free(st);
@@ -816,6 +876,7 @@ void refresher_drop_recommits(Manager *m) {
  * refresh had failed for a moment; the old token stays, retry with backoff. */
 static void refresh_store_failed(Manager *m, Connection *c) {
         ProviderStats *ps = manager_stats(m, c->provider);
+        usec_t retry;
 
         log_warning("%s: refresh failed: cannot store the new tokens", c->name);
         m->refresh_failed++;
@@ -823,11 +884,11 @@ static void refresh_store_failed(Manager *m, Connection *c) {
                 ps->refresh_transient++;
         set_last_error(c, "cannot store the new tokens");
         c->failures++;
-        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(m, c, NULL));
+        retry = set_retry(c, backoff_delay(m, c, NULL));
         manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): cannot store the new tokens",
                       c->failures);
         (void) save(m, c);
-        refresher_schedule(m, c);
+        schedule_retry(m, c, retry);
         wake_waiters(c, -EAGAIN);
 }
 
@@ -849,8 +910,8 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                 manager_maybe_exit(m);
                 return;   /* removed meanwhile: its delete came after, nothing to hand out */
         }
-        assert(c->staged == st);
-        c->staged = NULL;
+        assert(connection_staged(c) == st);
+        c->refresh->staged = NULL;   /* not trimmed before what follows settles (refresher_schedule()) */
         if (result == -ESTALE) {
                 /* Fenced (daemon/cluster.h): another node took the lease
                  * over meanwhile and refreshes from what it committed;
@@ -869,7 +930,8 @@ static void tokens_committed(int result, const char *error, void *userdata) {
                                   "meanwhile.", c->name, strempty(error),
                                   (unsigned) (RECOMMIT_INTERVAL / USEC_PER_SEC));
                 set_last_error(c, "cannot store the new tokens yet");
-                c->staged = st;
+                assert(c->refresh);   /* not trimmed since */
+                c->refresh->staged = st;
                 st->next = m->recommit;
                 m->recommit = TAKE_PTR(st);   /* c->staged stays: busy, no refresh with the spent token */
                 recommit_arm(m);
@@ -937,6 +999,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         TokenSet t = {};
         OAuthOutcome o;
         bool importing = c->importing;
+        usec_t retry;
         int r;
 
         ProviderStats *ps = manager_stats(m, c->provider);
@@ -954,7 +1017,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                         log_warning("%s: the client secret in use was refused (invalid_client); trying the next "
                                     "client_secret_file of provider %s.", c->name, p->name);
                         if (refresh_start(m, c) >= 0) {
-                                ((Op *) c->inflight->userdata)->secret_tries = secret_tries + 1;
+                                ((Op *) connection_inflight(c)->userdata)->secret_tries = secret_tries + 1;
                                 return;
                         }
                 }
@@ -1034,11 +1097,11 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
                 return;
         }
         c->failures++;
-        c->retry_at = usec_add(now(DEADLINE_CLOCK), backoff_delay(m, c, req));
+        retry = set_retry(c, backoff_delay(m, c, req));
         manager_event(m, c, "refresh-failed", "refresh failed (attempt %u): %s", c->failures,
                       strempty(error));
         (void) save(m, c);
-        refresher_schedule(m, c);
+        schedule_retry(m, c, retry);
         wake_waiters(c, -EAGAIN);
 }
 
@@ -1187,7 +1250,7 @@ int refresher_device_start(Manager *m, Connection *c, Waiter *w) {
                 return -ENOENT;
         if (!p->device_authorization_url)
                 return -EOPNOTSUPP;
-        if (connection_busy(c) || c->revoke_waiter)
+        if (connection_busy(c) || connection_revoke_waiter(c))
                 return -EBUSY;
         v = request_vars(m, c, p);
         r = step_device_request(m->http, p, &v, &req);
@@ -1206,7 +1269,7 @@ static void device_failed(Manager *m, Connection *c, const char *kind, const cha
         log_warning("%s: device authorization failed: %s", c->name, strempty(error));
         refresher_schedule(m, c);
         wake_waiters(c, result);
-        if (remove && c->state == CONN_PENDING && !c->access_token && !c->refresh_token && !c->waiters &&
+        if (remove && c->state == CONN_PENDING && !c->access_token && !c->refresh_token && !connection_waiters(c) &&
             manager_remove(m, c) < 0)
                 log_error("%s: failed to remove the connection: out of memory", c->name);
 }
@@ -1310,10 +1373,11 @@ static int revoke_next(Manager *m, Connection *c, unsigned step);
 
 /* The revoke waiter runs last and alone: it may free the connection. */
 static void revoke_finish(Connection *c, int result) {
-        Waiter *w = c->revoke_waiter;
+        Waiter *w = connection_revoke_waiter(c);
 
-        c->revoke_waiter = NULL;
-        wake_waiters(c, -ECANCELED);
+        if (c->refresh)
+                c->refresh->revoke_waiter = NULL;
+        wake_waiters(c, -ECANCELED);   /* trims */
         if (w)
                 w->fn(c, result, w->userdata);
 }
@@ -1380,14 +1444,19 @@ static int revoke_next(Manager *m, Connection *c, unsigned step) {
 int refresher_revoke(Manager *m, Connection *c, Waiter *w) {
         int r;
 
-        if (connection_busy(c) || c->revoke_waiter)
+        if (connection_busy(c) || connection_revoke_waiter(c))
                 return -EBUSY;
+        /* the part first: a revocation that cannot wait does not start */
+        if (!connection_refresh(c))
+                return -ENOMEM;
         queue_remove(m, c);
         timerwheel_cancel(m->wheel, &c->timer);
         r = revoke_next(m, c, 0);
-        if (r <= 0)
+        if (r <= 0) {
+                connection_refresh_trim(c);
                 return r;
-        c->revoke_waiter = w;
+        }
+        c->refresh->revoke_waiter = w;   /* it has its part (inflight) */
         return 1;
 }
 
@@ -1414,8 +1483,8 @@ static int exchange_start(Manager *m, Connection *c, const char *code, Waiter *w
         if (r < 0)
                 return r;
         r = start_now(m, c, OP_EXCHANGE, TAKE_PTR(req), w);
-        if (r >= 0 && c->inflight) {
-                Op *op = c->inflight->userdata;
+        if (r >= 0 && connection_inflight(c)) {
+                Op *op = connection_inflight(c)->userdata;
 
                 op->secret_tries = secret_tries;
                 /* kept only when another secret may be tried with it */
@@ -1438,8 +1507,10 @@ static void on_request_done(HttpRequest *req, void *userdata) {
 
         /* `tokenctl trace`, before the answer is parsed (and wiped) */
         manager_trace_record(m, c, op_name[kind], req);
-        /* The request is ours to free once its result is read. */
-        c->inflight = NULL;
+        /* The request is ours to free once its result is read. Its part
+         * stays until what follows settles (refresher_schedule(), the
+         * waiters woken): a retry_at set then needs no allocation. */
+        c->refresh->inflight = NULL;
         m->refreshing--;
         free(op);
         {

@@ -36,11 +36,16 @@
  * 397 B with the pending-authorization fields (and the device part), the
  * rare ones (last_error, previous_identity, params, metadata, rt_warned)
  * out of line and no holes left (a 328-byte struct, 352 with its name and
- * malloc header; tests/unit/test-conn-parts.c). A guard against
- * regressions, not the target (300 B: issue 9): 8 bytes more in the
- * struct cross the next 16-byte malloc size and fail it (413 B), and so
- * do the tokens apart again, or a part allocated for every connection. */
-#define BUDGET_BEYOND_TOKENS 400
+ * malloc header; tests/unit/test-conn-parts.c); 349 B with the refresh
+ * bookkeeping (queue links, inflight, staged, retry_at, waiters,
+ * revoke_waiter) out of line in ConnRefresh, allocated only while a
+ * refresh is queued, in flight or committing (a 280-byte struct, 304
+ * with its name and malloc header; tests/unit/test-conn-refresh.c). A
+ * guard against regressions, not the target (300 B: issue 9): 8 bytes
+ * more in the struct cross the next 16-byte malloc size and fail it
+ * (365 B), and so do the tokens apart again, or a part allocated for
+ * every connection. */
+#define BUDGET_BEYOND_TOKENS 352
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
