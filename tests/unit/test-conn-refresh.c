@@ -107,15 +107,7 @@ static void server_start(void) {
 static char dir[] = "/tmp/test-conn-refresh-XXXXXX";
 
 static void write_file(const char *name, const char *text) {
-        char path[512];
-        FILE *f;
-
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        f = fopen(path, "we");
-        if (!f)
-                abort();
-        fputs(text, f);
-        fclose(f);
+        tests_write_file(dir, name, text);
 }
 
 static Manager *manager_setup(void) {
