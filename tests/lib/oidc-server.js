@@ -149,8 +149,15 @@ async function startOidc(opts = {}) {
   const clients = Object.fromEntries(clientMap);
 
   // Keys made here, no network: cookie signing keys and one RS256 JWK.
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = { ...privateKey.export({ format: 'jwk' }), alg: 'RS256', use: 'sig', kid: `test-${crypto.randomBytes(6).toString('hex')}` };
+  // The key comes out as PEM and is exported to a JWK through a KeyObject
+  // of its own: exporting the generated KeyObject straight to a JWK hung
+  // Node 20 once for good (a garbage collection during the export ran the
+  // key generation job's destructor, which waited for the mutex the export
+  // held: gdb showed ~KeyGenJob under ExportJWKRsaKey).
+  const { privateKey: pem } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048, privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const jwk = { ...crypto.createPrivateKey(pem).export({ format: 'jwk' }), alg: 'RS256', use: 'sig', kid: `test-${crypto.randomBytes(6).toString('hex')}` };
   const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
 
   // ---- records -----------------------------------------------------------
