@@ -141,13 +141,9 @@ static Manager *manager_setup(void) {
         return m;
 }
 
-static int rm_cb(const char *p, const struct stat *st _unused_, int flag _unused_, struct FTW *f _unused_) {
-        return remove(p);
-}
-
 static void manager_teardown(Manager *m) {
         manager_free(m);
-        (void) nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        tests_rm_tree(dir);
         strcpy(dir, "/tmp/test-conn-refresh-XXXXXX");
 }
 

@@ -355,12 +355,8 @@ static void setup_store(void) {
         manager_free(m);
 }
 
-static int rm_cb(const char *p, const struct stat *st _unused_, int flag _unused_, struct FTW *f _unused_) {
-        return remove(p);
-}
-
 static void teardown_store(void) {
-        (void) nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        tests_rm_tree(dir);
         strcpy(dir, "/tmp/test-loader-XXXXXX");
 }
 

@@ -5,6 +5,7 @@
  * constructor, run in order by tests_main(). Each test binary prints one
  * line per test and closes with "N passed, N failed". */
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,18 @@ static inline void tests_write_file(const char *dir, const char *name, const cha
                 abort();
         fputs(text, f);
         fclose(f);
+}
+
+static inline int tests_rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f) {
+        (void) st;
+        (void) flag;
+        (void) f;
+        return remove(p);
+}
+
+/* Removes a test's scratch directory and everything in it. */
+static inline void tests_rm_tree(const char *dir) {
+        (void) nftw(dir, tests_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Defined once per binary by including tests.h with TESTS_MAIN defined. */
