@@ -18,6 +18,10 @@
  * a time) and the durable refreshes/s of each engine are reported, from
  * /v1/status's refreshes_ok (it moves only once a refresh is committed).
  * BENCH_PG=0 leaves PostgreSQL out.
+ *
+ * BENCH_BASELINE_BUILD=DIR adds a third broker, DIR/tokenbrokerd (another
+ * build, e.g. main's), on SQLite with the same connections, in the same
+ * rounds: a change's effect measured side by side with what it changes.
  */
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -34,6 +38,7 @@ const N = Number(process.env.BENCH_CONNECTIONS || 5000);
 const SECONDS = Number(process.env.BENCH_SECONDS || 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5);
 const WITH_PG = process.env.BENCH_PG !== '0';
+const BASELINE = process.env.BENCH_BASELINE_BUILD || null;
 
 function run(cmd, args) {
   return new Promise((resolve) => {
@@ -70,6 +75,12 @@ async function main() {
   });
   const b = await start();
   const bp = pg ? await start({ store: pg.uri(), store_password_file: pg.passwordFile, node_name: 'bench' }) : null;
+  const bb = BASELINE ? await Broker.start({
+    providers: { fake: iniProvider(fp.providerConf()) },
+    secrets: { 'fake.secret': 'bench-client-secret' },
+    broker: { refresh_margin: '60s', refresh_ratio: '0.1', max_parallel_refreshes: '64' },
+    logLevel: 'warning', build: BASELINE,
+  }) : null;
   let floor = null;
   const rss0 = rssKiB(b.proc.pid);
   const names = Array.from({ length: N }, (_, i) => `bench-${String(i).padStart(5, '0')}`);
@@ -90,6 +101,7 @@ async function main() {
     const setupS = await setup(b);
     const rss1 = rssKiB(b.proc.pid);
     const setupPgS = bp ? await setup(bp) : 0;
+    if (bb) await setup(bb);
 
     // 2. The expected token of each connection, as each broker answers it.
     let bodyBytes = 0;
@@ -106,6 +118,7 @@ async function main() {
     };
     const pathFile = await expected(b, path.join(tmp, 'paths.txt'));
     const pathFilePg = bp ? await expected(bp, path.join(tmp, 'paths-pg.txt')) : null;
+    const pathFileBase = bb ? await expected(bb, path.join(tmp, 'paths-base.txt')) : null;
 
     // 3. The floor: same body size, same MHD mode.
     const floorSock = path.join(tmp, 'floor.sock');
@@ -122,6 +135,7 @@ async function main() {
         const servers = [['floor', floorSock, ['--path', '/v1/connections/x/token', '--expect', '"access_token"']],
           ['broker', b.socket, ['--expect-file', pathFile, '--random']]];
         if (bp) servers.push(['broker-pg', bp.socket, ['--expect-file', pathFilePg, '--random']]);
+        if (bb) servers.push(['broker-base', bb.socket, ['--expect-file', pathFileBase, '--random']]);
         for (const [label, sock, extra] of servers) {
           const r = await run(path.join(BUILD, 'bench', 'loadgen'), ['--socket', sock, '--connections', String(conns),
             '--duration', String(SECONDS), '--warmup', '1', '--max-reconnects', '0', '--json', '--label', label, ...extra]);
@@ -143,8 +157,9 @@ async function main() {
     for (const conns of [1, 16]) {
       const rs = rounds[conns];
       const med = (label, key) => median(rs.map((p) => p[label][key]));
-      const shown = { floor: 'floor', broker: 'tokenbroker (SQLite)', 'broker-pg': 'tokenbroker (PostgreSQL)' };
-      for (const label of bp ? ['floor', 'broker', 'broker-pg'] : ['floor', 'broker']) {
+      const shown = { floor: 'floor', broker: 'tokenbroker (SQLite)', 'broker-pg': 'tokenbroker (PostgreSQL)',
+        'broker-base': `baseline ${BASELINE} (SQLite)` };
+      for (const label of ['floor', 'broker', ...(bp ? ['broker-pg'] : []), ...(bb ? ['broker-base'] : [])]) {
         const errs = rs.reduce((n, p) => n + p[label].errors, 0), mm = rs.reduce((n, p) => n + p[label].mismatches, 0),
           rc = rs.reduce((n, p) => n + p[label].reconnects, 0);
         const r = label === 'floor' ? '' : `${(100 * median(rs.map((p) => p[label].req_s / p.floor.req_s))).toFixed(0)} % (rounds: ${rs.map((p) => Math.round(100 * p[label].req_s / p.floor.req_s)).join(', ')})`;
@@ -176,6 +191,7 @@ async function main() {
     if (floor) { floor.kill('SIGTERM'); }
     await b.stop();
     if (bp) await bp.stop();
+    if (bb) await bb.stop();
     if (pg) await pg.destroy();
     await fp.close();
     fs.rmSync(tmp, { recursive: true, force: true });

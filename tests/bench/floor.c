@@ -43,6 +43,11 @@
 #define LISTEN_BACKLOG 4096
 #define CONNECTION_LIMIT 4096
 #define CONNECTION_TIMEOUT_SEC 60
+/* The broker's MHD_OPTION_CONNECTION_MEMORY_LIMIT (daemon/api.c): MHD
+ * clears a connection's pool on every request, so its size is part of
+ * each request's cost and must be the same on both sides (with MHD's
+ * default, 32 KiB, the floor paid four times the broker's memset). */
+#define CONNECTION_MEMORY (8U * 1024U)
 /* Far above anything the load generator reads (64 KiB); only a sanity cap. */
 #define BODY_MAX (16U * 1024U * 1024U)
 
@@ -322,6 +327,7 @@ int main(int argc, char *argv[]) {
                         MHD_OPTION_LISTEN_SOCKET, (MHD_socket) lfd,
                         MHD_OPTION_CONNECTION_LIMIT, (unsigned) CONNECTION_LIMIT,
                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) CONNECTION_TIMEOUT_SEC,
+                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) CONNECTION_MEMORY,
                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
                         MHD_OPTION_END);
         if (!daemon) {

@@ -447,7 +447,7 @@ class Broker {
     delete env.LISTEN_PID;
     delete env.WATCHDOG_USEC;
     Object.assign(env, this.opts.env ?? {});
-    const p = spawn(path.join(BUILD, 'tokenbrokerd'), ['-c', this.confPath], { stdio: ['ignore', log, log], env });
+    const p = spawn(path.join(this.opts.build ?? BUILD, 'tokenbrokerd'), ['-c', this.confPath], { stdio: ['ignore', log, log], env });
     fs.closeSync(log);
     this.proc = p;
     this.launching = p.pid;
