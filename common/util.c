@@ -347,19 +347,44 @@ void strbuf_printf(StrBuf *b, const char *fmt, ...) {
         }
 }
 
+/* Whether any of the 8 bytes of w must be escaped in a JSON string:
+ * below 0x20, '"' or '\\'. The "has a zero byte" and "has a byte less
+ * than n" word tricks (Hacker's Delight 6-1): each term is nonzero in a
+ * byte's top bit only if some byte matches; a borrow can mark a byte above
+ * a match, never a word without one. */
+static inline bool word_needs_escape(uint64_t w) {
+        const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+        uint64_t q = w ^ (ones * (uint8_t) '"'), bs = w ^ (ones * (uint8_t) '\\');
+
+        return ((((q - ones) & ~q) | ((bs - ones) & ~bs) | ((w - ones * 0x20) & ~w)) & high) != 0;
+}
+
 void strbuf_json_escape(StrBuf *b, const char *s, size_t n) {
         static const char hex[] = "0123456789abcdef";
         const char *run = s, *end = s + n;
 
-        for (; s < end; s++) {
-                unsigned char ch = (unsigned char) *s;
+        while (s < end) {
+                unsigned char ch;
                 const char *esc = NULL;
                 char u[7];
 
-                if (ch >= 0x20 && ch != '"' && ch != '\\')
+                /* tokens are long runs that need nothing: 8 bytes a step */
+                if (end - s >= 8) {
+                        uint64_t w;
+
+                        memcpy(&w, s, sizeof w);
+                        if (!word_needs_escape(w)) {
+                                s += 8;
+                                continue;
+                        }
+                }
+                ch = (unsigned char) *s;
+                if (ch >= 0x20 && ch != '"' && ch != '\\') {
+                        s++;
                         continue;
+                }
                 strbuf_append(b, run, (size_t) (s - run));
-                run = s + 1;
+                run = ++s;
                 switch (ch) {
                 case '"': esc = "\\\""; break;
                 case '\\': esc = "\\\\"; break;

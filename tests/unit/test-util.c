@@ -358,6 +358,56 @@ TEST(strbuf_u64_and_json_escape) {
         free(s);
 }
 
+/* The escape that skips 8 clean bytes a step against a byte-at-a-time
+ * reference: every byte value at every offset of a clean run of every
+ * length, so each of the word test's three terms is hit in each lane. */
+static void json_escape_ref(StrBuf *b, const unsigned char *s, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                unsigned char ch = s[i];
+                char u[8];
+
+                if (ch == '"')
+                        strbuf_puts(b, "\\\"");
+                else if (ch == '\\')
+                        strbuf_puts(b, "\\\\");
+                else if (ch == '\n')
+                        strbuf_puts(b, "\\n");
+                else if (ch == '\r')
+                        strbuf_puts(b, "\\r");
+                else if (ch == '\t')
+                        strbuf_puts(b, "\\t");
+                else if (ch < 0x20) {
+                        snprintf(u, sizeof u, "\\u%04x", ch);
+                        strbuf_puts(b, u);
+                } else
+                        strbuf_append(b, (const char *) &ch, 1);
+        }
+}
+
+TEST(json_escape_word_at_a_time_matches_bytes) {
+        unsigned char in[40];
+        unsigned bad = 0;
+
+        for (unsigned len = 1; len <= sizeof in; len++)
+                for (unsigned at = 0; at < len; at++)
+                        for (unsigned v = 0; v < 256; v++) {
+                                StrBuf got = {}, want = {};
+
+                                /* a clean run with bytes near the edges: 0x21, 0x7f, 0x80, 0xff */
+                                for (unsigned i = 0; i < len; i++)
+                                        in[i] = (unsigned char[]) { 'a', 0x21, 0x7f, 0x80, 0xff, '~', '0', 0x5b }[i % 8];
+                                in[at] = (unsigned char) v;
+                                strbuf_json_escape(&got, (const char *) in, len);
+                                json_escape_ref(&want, in, len);
+                                if ((got.len != want.len || memcmp(got.s, want.s, got.len) != 0) && bad++ < 5)
+                                        fprintf(stderr, "  len %u, byte 0x%02x at %u: %s != %s\n", len, v, at, got.s,
+                                                want.s);
+                                free(got.s);
+                                free(want.s);
+                        }
+        CHECK_EQ_INT(bad, 0);
+}
+
 TEST(parse_timestamp_forms) {
         static const struct {
                 const char *s;
