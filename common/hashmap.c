@@ -192,21 +192,39 @@ static int resize(Hashmap *h, size_t n_buckets) {
         return 0;
 }
 
-/* The link pointing at the node with this key, in whichever table holds it. */
-static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
+/* Prefetches the span bytes from n on, a line at a time past the first
+ * (the node's own, loaded already), and the line of the span's last byte. */
+static inline void prefetch_span(const HashmapNode *n, size_t span) {
+        if (span == 0)
+                return;
+        for (size_t off = 64; off < span; off += 64)
+                __builtin_prefetch((const char *) n + off);
+        __builtin_prefetch((const char *) n + span - 1);
+}
+
+/* The link pointing at the node with this key, in whichever table holds
+ * it. With span > 0, a node whose hash matches has its entry's span bytes
+ * prefetched before its key is compared (hashmap_get_prefetch()). */
+static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash, size_t span) {
         HashmapNode **p;
 
         if (h->old)
                 for (p = &h->old[(size_t) hash & (h->n_old - 1)]; *p; p = &(*p)->next)
-                        if ((*p)->hash == hash && streq((*p)->key, key))
-                                return p;
+                        if ((*p)->hash == hash) {
+                                prefetch_span(*p, span);
+                                if (streq((*p)->key, key))
+                                        return p;
+                        }
 
         if (h->n_buckets == 0)
                 return NULL;
 
         for (p = &h->buckets[(size_t) hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
-                if ((*p)->hash == hash && streq((*p)->key, key))
-                        return p;
+                if ((*p)->hash == hash) {
+                        prefetch_span(*p, span);
+                        if (streq((*p)->key, key))
+                                return p;
+                }
 
         return NULL;
 }
@@ -220,7 +238,7 @@ int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
                 return -EINVAL;
 
         hash = hash_key(h, key);
-        if (find_slot(h, key, hash))
+        if (find_slot(h, key, hash, 0))
                 return -EEXIST;
         return put_hashed(h, n, key, hash);
 }
@@ -238,6 +256,18 @@ uint64_t hashmap_hash(const Hashmap *h, const char *key) {
 void hashmap_prefetch(const Hashmap *h, uint64_t hash) {
         if (h && h->n_buckets > 0)
                 __builtin_prefetch(&h->buckets[(size_t) hash & (h->n_buckets - 1)], 1);
+}
+
+void hashmap_prefetch_entry(const Hashmap *h, const char *key, size_t len, size_t span) {
+        const HashmapNode *n;
+
+        if (!h || !key || h->n_buckets == 0 || h->old)
+                return;
+        n = h->buckets[(size_t) siphash13(key, len, h->k0, h->k1) & (h->n_buckets - 1)];
+        if (!n)
+                return;
+        __builtin_prefetch(n);
+        prefetch_span(n, span);
 }
 
 int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
@@ -302,7 +332,17 @@ HashmapNode *hashmap_get(Hashmap *h, const char *key) {
         if (!h || !key)
                 return NULL;
 
-        p = find_slot(h, key, hash_key(h, key));
+        p = find_slot(h, key, hash_key(h, key), 0);
+        return p ? *p : NULL;
+}
+
+HashmapNode *hashmap_get_prefetch(Hashmap *h, const char *key, size_t span) {
+        HashmapNode **p;
+
+        if (!h || !key)
+                return NULL;
+
+        p = find_slot(h, key, hash_key(h, key), span);
         return p ? *p : NULL;
 }
 
@@ -312,7 +352,7 @@ HashmapNode *hashmap_remove(Hashmap *h, const char *key) {
         if (!h || !key)
                 return NULL;
 
-        p = find_slot(h, key, hash_key(h, key));
+        p = find_slot(h, key, hash_key(h, key), 0);
         if (!p)
                 return NULL;
 

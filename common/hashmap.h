@@ -64,6 +64,12 @@ int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key);
  * hashmap_hash()'s puts an entry no lookup finds. */
 uint64_t hashmap_hash(const Hashmap *h, const char *key);
 void hashmap_prefetch(const Hashmap *h, uint64_t hash);
+/* Asks for the cache lines of the entry key (len bytes, no NUL needed)
+ * most likely names, without waiting for them: the first node of its
+ * bucket and the span bytes from it. Reads the bucket only, compares no
+ * key: a lookup that follows finds the lines there (the API asks when a
+ * request's line is in, the lookup comes once its headers are). */
+void hashmap_prefetch_entry(const Hashmap *h, const char *key, size_t len, size_t span);
 int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash);
 /* Makes room for n entries at load factor 1 now (one bucket array, no
  * resize while they are put) and keeps the array from shrinking below
@@ -72,6 +78,12 @@ int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint6
 int hashmap_reserve(Hashmap *h, size_t n);
 /* NULL if absent (or h/key NULL). */
 HashmapNode *hashmap_get(Hashmap *h, const char *key);
+/* The same, for a node at the start of an entry of span bytes that the
+ * caller reads next: once a node's hash matches, the entry's other cache
+ * lines are prefetched before the key is compared, so their misses
+ * overlap the key's instead of following one another (the token
+ * handout: daemon/manager.c's manager_get()). */
+HashmapNode *hashmap_get_prefetch(Hashmap *h, const char *key, size_t span);
 /* Unlink and return the node with this key, NULL if absent. */
 HashmapNode *hashmap_remove(Hashmap *h, const char *key);
 /* Unlink n if it is in h; no-op otherwise (or if h or n is NULL). */

@@ -119,6 +119,9 @@ int manager_startup(Manager *m);
 int manager_run(Manager *m);
 
 Connection *manager_get(Manager *m, const char *name);
+/* Asks for the cache lines of the connection name (len bytes) most
+ * likely is, without waiting: manager_get() of it soon after finds them. */
+void manager_prefetch(Manager *m, const char *name, size_t len);
 ProviderStats *manager_stats(Manager *m, const char *provider);
 /* Keeps the expiry heap in step with c->expires_at / c->access_token. */
 void manager_expiry_update(Manager *m, Connection *c);

@@ -65,6 +65,40 @@ TEST(put_get_remove) {
         CHECK(item_of(hashmap_get(h, "alpha")) == &a);
 }
 
+/* The prefetching lookups find what hashmap_get() finds, during an
+ * incremental resize too, and prefetch_entry() of a missing key, of a key
+ * with no NUL within len, or on an empty map only asks (ASan sees any
+ * read out of bounds: a prefetch never faults, the bucket read would). */
+TEST(prefetching_lookups_agree) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        static Item items[3000];
+        char key[24];
+
+        CHECK_EQ_INT(hashmap_new(&h), 0);
+        if (!h)
+                return;
+        hashmap_prefetch_entry(h, "nothing", 7, 4096);
+        CHECK(!hashmap_get_prefetch(h, "nothing", 4096));
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
+                items[i].id = i;
+                snprintf(items[i].name, sizeof items[i].name, "item-%u", i);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                /* probe while resizes are under way */
+                snprintf(key, sizeof key, "item-%u", i / 2);
+                hashmap_prefetch_entry(h, key, strlen(key), sizeof(Item));
+                CHECK(item_of(hashmap_get_prefetch(h, key, sizeof(Item))) == &items[i / 2]);
+        }
+        for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
+                snprintf(key, sizeof key, "item-%u", i);
+                hashmap_prefetch_entry(h, key, strlen(key), 0);
+                CHECK(hashmap_get_prefetch(h, key, 1000) == hashmap_get(h, key));
+        }
+        /* a name cut from a longer string: only len bytes count */
+        hashmap_prefetch_entry(h, "item-7/token", 6, sizeof(Item));
+        CHECK(!hashmap_get_prefetch(h, "item-3000", sizeof(Item)));
+        CHECK(!hashmap_get_prefetch(h, NULL, 64));
+}
+
 TEST(empty_key) {
         _cleanup_hashmap_free_ Hashmap *h = NULL;
         Item a = { .name = "" };
