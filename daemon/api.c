@@ -42,6 +42,8 @@
  * or of the previous answer on a kept-alive one, else the connection is
  * shut down. Waiting for the provider and sending the answer do not count. */
 #define API_REQUEST_TIMEOUT_SEC 30
+/* Finished ApiRequests kept for reuse (Api.spare). */
+#define API_SPARE_REQUESTS 32
 /* MHD clears a connection's memory pool on every request: keep it small
  * (headers only; bodies are copied out as they arrive). */
 #define API_CONNECTION_MEMORY (8 * 1024)
@@ -71,6 +73,11 @@ struct Api {
          * so appending keeps the order */
         ApiConn *waiting_head, *waiting_tail;
         sd_event_source *reaper;
+        usec_t reaper_at;          /* when it fires; USEC_INFINITY: off */
+        /* finished requests kept for the next ones (request_new()): calloc
+         * has no per-thread cache, and this is every request */
+        ApiRequest *spare[API_SPARE_REQUESTS];
+        unsigned n_spare;
         unsigned conn_limit;       /* MHD's limit */
         unsigned n_unprivileged;   /* connections of non-admin peers */
         Hashmap *uids;             /* UidCount by uid, non-admin peers */
@@ -109,6 +116,7 @@ struct ApiRequest {
         Api *api;
         struct MHD_Connection *conn;
         const Peer *peer;
+        ApiConn *aconn;            /* its socket connection (MHD's socket context), NULL if none */
         char *body;
         size_t body_len;
         bool too_large;
@@ -1872,6 +1880,8 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                         return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
                 /* Unknown and forbidden look the same to a peer that may not
                  * know which connections exist. */
+                if (c && c->access_token)
+                        __builtin_prefetch(c->access_token);   /* read last, asked for now */
                 if (!c)
                         return answer_error(r, r->peer->admin ? 404 : 403,
                                             r->peer->admin ? API_ERR_NOT_FOUND : API_ERR_FORBIDDEN,
@@ -1941,14 +1951,21 @@ static void waiting_unlink(ApiConn *c) {
         c->deadline = USEC_INFINITY;
 }
 
+/* The reaper's timer only ever moves earlier between firings. Every new
+ * deadline is later than the head's, and under load nearly every request
+ * arrives on the connection that has waited longest, the head: following
+ * the head each time moved the timer on every request. A timer that
+ * fires before the head is due costs one look at the head. */
 static void reaper_rearm(Api *a) {
-        if (!a->reaper)
+        usec_t when;
+
+        if (!a->reaper || !a->waiting_head)
                 return;
-        if (!a->waiting_head) {
-                (void) sd_event_source_set_enabled(a->reaper, SD_EVENT_OFF);
+        when = a->waiting_head->deadline;
+        if (a->reaper_at != USEC_INFINITY && a->reaper_at <= when)
                 return;
-        }
-        (void) sd_event_source_set_time(a->reaper, a->waiting_head->deadline);
+        a->reaper_at = when;
+        (void) sd_event_source_set_time(a->reaper, when);
         (void) sd_event_source_set_enabled(a->reaper, SD_EVENT_ONESHOT);
 }
 
@@ -1988,6 +2005,8 @@ static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *us
         Api *a = userdata;
         usec_t t = now(CLOCK_MONOTONIC);
         unsigned n = 0;
+
+        a->reaper_at = USEC_INFINITY;
 
         while (a->waiting_head && a->waiting_head->deadline <= t) {
                 ApiConn *c = a->waiting_head;
@@ -2099,12 +2118,29 @@ static void on_notify_connection(void *cls, struct MHD_Connection *conn, void **
         }
 }
 
-static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void **req_cls,
+static ApiRequest *request_new(Api *a) {
+        ApiRequest *r = a->n_spare > 0 ? a->spare[--a->n_spare] : NULL;
+
+        if (r) {
+                *r = (ApiRequest) {};
+                return r;
+        }
+        return new0(ApiRequest, 1);
+}
+
+static void request_free(Api *a, ApiRequest *r) {
+        if (a->n_spare < API_SPARE_REQUESTS)
+                a->spare[a->n_spare++] = r;
+        else
+                free(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe _unused_) {
         ApiRequest *r = *req_cls;
 
         /* A kept-alive connection has as long again for its next request. */
-        conn_deadline(request_conn(conn), true);
+        conn_deadline(r && r->aconn ? r->aconn : request_conn(conn), true);
         if (!r)
                 return;
         proxy_free(r->proxy);
@@ -2116,7 +2152,7 @@ static void on_completed(void *cls _unused_, struct MHD_Connection *conn, void *
         free(r->body);
         free(r->response);
         free(r->revoke_answer);
-        free(r);
+        request_free(cls, r);
         *req_cls = NULL;
 }
 
@@ -2136,6 +2172,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 ApiConn *c = request_conn(conn);
                 r->api = a;
                 r->conn = conn;
+                r->aconn = c;
                 r->peer = c && c->have_peer ? &c->peer : NULL;
                 /* the headers are in; the body may take its time (MHD's
                  * inactivity timeout still holds) */
@@ -2147,11 +2184,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
                 /* Answer on the second call, not the first: MHD 0.9.75
                  * closes the connection otherwise (keep-alive lost). */
-                r = new0(ApiRequest, 1);
+                r = request_new(a);
                 if (!r)
                         return MHD_NO;
                 r->api = a;
                 r->conn = conn;
+                r->aconn = c;
                 r->peer = c && c->have_peer ? &c->peer : NULL;
                 *req_cls = r;
                 /* Only admin routes read a body: whether this peer may use
@@ -2192,7 +2230,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_YES;
         }
         /* The whole request is in: from here on the time is ours. */
-        conn_deadline(request_conn(conn), false);
+        conn_deadline(r->aconn ?: request_conn(conn), false);
         if (!r->answered && !r->suspended) {
                 if (!r->peer)
                         answer_error(r, 403, API_ERR_FORBIDDEN, "cannot identify the peer");
@@ -2219,15 +2257,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn _unused_) {
         ApiRequest *r;
 
-        if (!proxy_target_is_proxy(uri))
+        if (!proxy_target_is_proxy(uri)) {
+                /* A token's route names its connection: ask for its cache
+                 * lines now, while MHD reads the headers, rather than
+                 * wait for each of them at the lookup (make bench). */
+                const char *name = startswith(uri, PROXY_PREFIX);
+
+                if (name) {
+                        size_t n = strcspn(name, "/?%");
+
+                        if (n > 0 && n <= CONNECTION_NAME_MAX && name[n] == '/')
+                                manager_prefetch(((Api *) cls)->manager, name, n);
+                }
                 return NULL;
-        r = new0(ApiRequest, 1);
+        }
+        r = request_new(cls);
         if (!r)
                 return NULL;
         r->api = cls;
         r->proxy_raw = strdup(uri);
-        if (!r->proxy_raw)
-                r = mfree(r);
+        if (!r->proxy_raw) {
+                request_free(cls, r);
+                r = NULL;
+        }
         return r;
 }
 
@@ -2253,6 +2305,7 @@ int api_new(Manager *m, int fd, Api **ret) {
         if (!a)
                 return log_oom();
         a->manager = m;
+        a->reaper_at = USEC_INFINITY;
         if (m->config->admin_group) {
                 r = acl_parse_group(m->config->admin_group, &a->admin_gid);
                 if (r < 0) {
@@ -2330,6 +2383,8 @@ Api *api_free(Api *a) {
          * and their counts). */
         mhd_loop_detach(&a->loop);
         a->reaper = sd_event_source_disable_unref(a->reaper);
+        while (a->n_spare > 0)
+                free(a->spare[--a->n_spare]);
         hashmap_free(a->uids);
         safe_close(a->fd);
         free(a);
