@@ -23,6 +23,7 @@ struct Hashmap {
         size_t old_pos;
         size_t size;
         size_t min_buckets;   /* hashmap_reserve(): no shrinking below it */
+        hashmap_key_fn key;
         uint64_t k0, k1;      /* SipHash key */
 };
 
@@ -93,12 +94,12 @@ static int random_key(uint8_t *buf, size_t n) {
         return 0;
 }
 
-int hashmap_new(Hashmap **ret) {
+int hashmap_new(Hashmap **ret, hashmap_key_fn key_fn) {
         uint8_t key[16];
         Hashmap *h;
         int r;
 
-        if (!ret)
+        if (!ret || !key_fn)
                 return -EINVAL;
 
         r = random_key(key, sizeof(key));
@@ -109,6 +110,7 @@ int hashmap_new(Hashmap **ret) {
         if (!h)
                 return -ENOMEM;
 
+        h->key = key_fn;
         h->k0 = load_le64(key);
         h->k1 = load_le64(key + 8);
         explicit_wipe(key, sizeof(key));
@@ -198,37 +200,40 @@ static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
 
         if (h->old)
                 for (p = &h->old[(size_t) hash & (h->n_old - 1)]; *p; p = &(*p)->next)
-                        if ((*p)->hash == hash && streq((*p)->key, key))
+                        if ((*p)->hash == hash && streq(h->key(*p), key))
                                 return p;
 
         if (h->n_buckets == 0)
                 return NULL;
 
         for (p = &h->buckets[(size_t) hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
-                if ((*p)->hash == hash && streq((*p)->key, key))
+                if ((*p)->hash == hash && streq(h->key(*p), key))
                         return p;
 
         return NULL;
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash);
+static int put_hashed(Hashmap *h, HashmapNode *n, uint64_t hash);
 
-int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
+int hashmap_put(Hashmap *h, HashmapNode *n) {
+        const char *key;
         uint64_t hash;
 
-        if (!h || !n || !key)
+        if (!h || !n || !(key = h->key(n)))
                 return -EINVAL;
 
         hash = hash_key(h, key);
         if (find_slot(h, key, hash))
                 return -EEXIST;
-        return put_hashed(h, n, key, hash);
+        return put_hashed(h, n, hash);
 }
 
-int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key) {
-        if (!h || !n || !key)
+int hashmap_put_unique(Hashmap *h, HashmapNode *n) {
+        const char *key;
+
+        if (!h || !n || !(key = h->key(n)))
                 return -EINVAL;
-        return put_hashed(h, n, key, hash_key(h, key));
+        return put_hashed(h, n, hash_key(h, key));
 }
 
 uint64_t hashmap_hash(const Hashmap *h, const char *key) {
@@ -240,13 +245,13 @@ void hashmap_prefetch(const Hashmap *h, uint64_t hash) {
                 __builtin_prefetch(&h->buckets[(size_t) hash & (h->n_buckets - 1)], 1);
 }
 
-int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
-        if (!h || !n || !key)
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint64_t hash) {
+        if (!h || !n)
                 return -EINVAL;
-        return put_hashed(h, n, key, hash);
+        return put_hashed(h, n, hash);
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
+static int put_hashed(Hashmap *h, HashmapNode *n, uint64_t hash) {
         size_t i;
 
         if (h->n_buckets == 0) {
@@ -266,7 +271,6 @@ static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash
                 (void) resize(h, m);
         }
 
-        n->key = key;
         n->hash = hash;
         i = (size_t) hash & (h->n_buckets - 1);
         n->next = h->buckets[i];

@@ -2005,6 +2005,10 @@ static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *us
         return 0;
 }
 
+static const char *uid_count_key(const HashmapNode *n) {
+        return container_of(n, const UidCount, node)->key;
+}
+
 /* Counts a new non-admin connection against the caps; false if over one. */
 static bool conn_admit(Api *a, ApiConn *c) {
         const char *why = NULL;
@@ -2024,7 +2028,7 @@ static bool conn_admit(Api *a, ApiConn *c) {
                         why = "its uid holds the most connections one user may";
                 else if (!u) {
                         u = new0(UidCount, 1);
-                        if (!u || hashmap_put(a->uids, &u->node, strcpy(u->key, key)) < 0) {
+                        if (!u || (strcpy(u->key, key), hashmap_put(a->uids, &u->node)) < 0) {
                                 u = mfree(u);
                                 why = "out of memory";
                         }
@@ -2264,7 +2268,7 @@ int api_new(Manager *m, int fd, Api **ret) {
         assert(fd >= 0);   /* bound by manager_bind_api() or passed by systemd */
         a->fd = fd;
         a->conn_limit = api_connection_limit();
-        r = hashmap_new(&a->uids);
+        r = hashmap_new(&a->uids, uid_count_key);
         if (r >= 0 && !(a->proxy = proxy_ctx_new(m, &a->loop)))
                 r = -ENOMEM;
         if (r < 0) {

@@ -29,6 +29,10 @@ static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
 static const char *order_key(const OrdNode *n) {
         return container_of(n, Connection, by_order)->name;
 }
+static const char *connection_key(const HashmapNode *n) {
+        return container_of(n, const Connection, by_name)->name;
+}
+static const char *pending_key(const HashmapNode *n);
 static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
 /* Removes the API socket we bound, if the path still names that socket
@@ -77,10 +81,10 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
                 return r;
         (void) sd_event_set_watchdog(m->event, true);
 
-        r = hashmap_new(&m->connections);
+        r = hashmap_new(&m->connections, connection_key);
         if (r < 0)
                 return r;
-        r = hashmap_new(&m->pending);
+        r = hashmap_new(&m->pending, pending_key);
         if (r < 0)
                 return r;
         ordmap_init(&m->ordered, order_key);
@@ -589,6 +593,10 @@ typedef struct PendingNode {
         Connection *conn;
 } PendingNode;
 
+static const char *pending_key(const HashmapNode *n) {
+        return connection_state_hash(container_of(n, const PendingNode, node)->conn);
+}
+
 int manager_pending_link(Manager *m, Connection *c) {
         PendingNode *p;
         int r;
@@ -599,7 +607,7 @@ int manager_pending_link(Manager *m, Connection *c) {
         if (!p)
                 return -ENOMEM;
         p->conn = c;
-        r = hashmap_put(m->pending, &p->node, connection_state_hash(c));
+        r = hashmap_put(m->pending, &p->node);
         if (r < 0) {
                 free(p);
                 return r;
@@ -633,8 +641,8 @@ Connection *manager_get_pending(Manager *m, const char *state_hash) {
 static int manager_link_as(Manager *m, Connection *c, const uint64_t *loaded_hash) {
         int r;
 
-        r = loaded_hash ? hashmap_put_unique_hashed(m->connections, &c->by_name, c->name, *loaded_hash)
-                        : hashmap_put(m->connections, &c->by_name, c->name);
+        r = loaded_hash ? hashmap_put_unique_hashed(m->connections, &c->by_name, *loaded_hash)
+                        : hashmap_put(m->connections, &c->by_name);
         if (r < 0)
                 return r;
         r = manager_pending_link(m, c);
