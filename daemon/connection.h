@@ -74,13 +74,12 @@ typedef struct ConnRare {
  * (refresher_schedule(), the waiters woken, a cancel), not when a field
  * is cleared: a failed refresh's inflight is cleared before its retry_at
  * is set, and setting that must not need an allocation then. Kept in
- * the struct, not here: notified_at, which besides notify_interval's
- * limit marks an outstanding needs-reauth notification (a "recovered"
- * one follows only then) for as long as the connection stays broken, so
- * a part kept alive by it would not be short-lived; and
- * client_refresh_at (a 5 s limit, set when a client's refresh starts:
- * its part goes after the commit, the limit outlives it, and 8 bytes
- * alone do not cross a malloc size). */
+ * the struct, not here, as 32-bit seconds: notified_s, which besides
+ * notify_interval's limit marks an outstanding needs-reauth notification
+ * (a "recovered" one follows only then) for as long as the connection
+ * stays broken, so a part kept alive by it would not be short-lived; and
+ * client_refresh_s (a 5 s limit, set when a client's refresh starts: its
+ * part goes after the commit, and the limit outlives it). */
 typedef struct ConnRefresh {
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue (Connection.queued) */
         struct HttpRequest *inflight;
@@ -135,7 +134,6 @@ typedef struct Connection {
         HashmapNode by_name;       /* Manager.connections, key = name */
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         TimerEntry timer;          /* next refresh, or pending expiry */
-        usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
         int64_t id;
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
@@ -152,6 +150,12 @@ typedef struct Connection {
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
         uint32_t expiry_idx;
         uint32_t rt_idx[2];
+        /* Rate limits in whole seconds on DEADLINE_CLOCK, rounded up
+         * (deadline_seconds()): 32 bits last 136 years of uptime, and
+         * the limits hold at least as long as asked (issue 9: 16 bytes
+         * as two usec_t). 0: never. */
+        uint32_t notified_s;       /* last notify_command run */
+        uint32_t client_refresh_s; /* the last refresh a client's min_ttl or invalidate started; memory only */
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
@@ -185,7 +189,6 @@ typedef struct Connection {
 
         /* The refresh bookkeeping (ConnRefresh), NULL while idle. */
         ConnRefresh *refresh;
-        usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
 } Connection;
 
 /* A connection as it is to be written (refresher_image()): a shallow
@@ -338,6 +341,18 @@ void connection_set_refresh_token(Connection *c, char *refresh);
  * jumps with the wall clock nor stops during a suspend, so neither can make
  * the broker hand out an expired token or stampede the provider. */
 #define DEADLINE_CLOCK CLOCK_BOOTTIME
+
+/* An instant on DEADLINE_CLOCK in whole seconds, rounded up (so a limit
+ * measured from it is never shorter), saturated at UINT32_MAX; 0 only for
+ * t == 0. And back: the start of that second. */
+static inline uint32_t deadline_seconds(usec_t t) {
+        usec_t s = t / USEC_PER_SEC + (t % USEC_PER_SEC != 0);
+
+        return s > UINT32_MAX ? UINT32_MAX : (uint32_t) s;
+}
+static inline usec_t deadline_seconds_usec(uint32_t s) {
+        return (usec_t) s * USEC_PER_SEC;
+}
 
 /* A realtime instant as seen on DEADLINE_CLOCK now. */
 usec_t deadline_from_realtime(usec_t rt);

@@ -480,9 +480,10 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         if (!m->config->notify_command)
                 return;
         /* A recovery is told only to whoever heard of the trouble. */
-        if (recovery && c->notified_at == 0)
+        if (recovery && c->notified_s == 0)
                 return;
-        if (!recovery && c->notified_at > 0 && t < c->notified_at + m->config->notify_interval)
+        if (!recovery && c->notified_s > 0 &&
+            t < usec_add(deadline_seconds_usec(c->notified_s), m->config->notify_interval))
                 return;
         if (m->notify_running >= NOTIFY_RUNNING_MAX) {
                 log_warning("%s: %u notify commands still running, not starting another.", c->name,
@@ -537,7 +538,7 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         }
         (void) sd_event_source_set_description(src, "notify-command");
         m->notify_running++;
-        c->notified_at = recovery ? 0 : t;
+        c->notified_s = recovery ? 0 : deadline_seconds(t);
 }
 
 /* ---- the timer wheel as one sd-event source ------------------------- */

@@ -1134,7 +1134,7 @@ static void authorized_finish(Manager *m, Connection *c) {
                 c->identity = TAKE_PTR(before);
                 (void) save(m, c);
         }
-        if (c->notified_at > 0)
+        if (c->notified_s > 0)
                 manager_notify(m, c, "recovered");
         manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
         refresher_schedule(m, c);

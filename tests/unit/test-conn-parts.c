@@ -65,6 +65,24 @@ TEST(struct_stays_small) {
         CHECK(sizeof(Connection) <= 328);
 }
 
+/* notified_s and client_refresh_s: whole seconds rounded up, so that a
+ * rate limit measured from them is never shorter than asked. */
+TEST(deadline_seconds_round_up_and_saturate) {
+        CHECK_EQ_INT(deadline_seconds(0), 0);
+        CHECK_EQ_INT(deadline_seconds(1), 1);
+        CHECK_EQ_INT(deadline_seconds(USEC_PER_SEC), 1);
+        CHECK_EQ_INT(deadline_seconds(USEC_PER_SEC + 1), 2);
+        CHECK_EQ_INT(deadline_seconds(3 * USEC_PER_SEC - 1), 3);
+        CHECK(deadline_seconds((usec_t) UINT32_MAX * USEC_PER_SEC) == UINT32_MAX);
+        CHECK(deadline_seconds((usec_t) UINT32_MAX * USEC_PER_SEC + 1) == UINT32_MAX);
+        CHECK(deadline_seconds(USEC_INFINITY) == UINT32_MAX);
+        for (usec_t t = 1; t < 10 * USEC_PER_SEC; t += 123457) {
+                usec_t back = deadline_seconds_usec(deadline_seconds(t));
+
+                CHECK(back >= t && back < t + USEC_PER_SEC);
+        }
+}
+
 TEST(pending_part_only_while_a_field_is_set) {
         Connection *c = connection_new("c1");
 
