@@ -5,8 +5,9 @@
 #include "common/hashmap.h"
 
 #define BUCKETS_MIN ((size_t) 16)
-/* Keep n_buckets * sizeof(pointer) far from overflow. */
-#define BUCKETS_MAX ((size_t) 1 << (sizeof(size_t) * 8 - 5))
+/* Keep n_buckets * sizeof(pointer) far from overflow; and a 32-bit hash
+ * indexes no more buckets. */
+#define BUCKETS_MAX ((size_t) 1 << MIN(32, sizeof(size_t) * 8 - 5))
 
 /* Buckets of the old table moved to the new one per hashmap_put() while the
  * table is being resized: a resize costs every put a little, never one put
@@ -74,8 +75,8 @@ static uint64_t siphash13(const void *data, size_t len, uint64_t k0, uint64_t k1
         return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static uint64_t hash_key(const Hashmap *h, const char *key) {
-        return siphash13(key, strlen(key), h->k0, h->k1);
+static uint32_t hash_key(const Hashmap *h, const char *key) {
+        return (uint32_t) siphash13(key, strlen(key), h->k0, h->k1);
 }
 
 static int random_key(uint8_t *buf, size_t n) {
@@ -195,7 +196,7 @@ static int resize(Hashmap *h, size_t n_buckets) {
 }
 
 /* The link pointing at the node with this key, in whichever table holds it. */
-static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
+static HashmapNode **find_slot(Hashmap *h, const char *key, uint32_t hash) {
         HashmapNode **p;
 
         if (h->old)
@@ -213,11 +214,11 @@ static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash) {
         return NULL;
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, uint64_t hash);
+static int put_hashed(Hashmap *h, HashmapNode *n, uint32_t hash);
 
 int hashmap_put(Hashmap *h, HashmapNode *n) {
         const char *key;
-        uint64_t hash;
+        uint32_t hash;
 
         if (!h || !n || !(key = h->key(n)))
                 return -EINVAL;
@@ -236,22 +237,22 @@ int hashmap_put_unique(Hashmap *h, HashmapNode *n) {
         return put_hashed(h, n, hash_key(h, key));
 }
 
-uint64_t hashmap_hash(const Hashmap *h, const char *key) {
+uint32_t hashmap_hash(const Hashmap *h, const char *key) {
         return h && key ? hash_key(h, key) : 0;
 }
 
-void hashmap_prefetch(const Hashmap *h, uint64_t hash) {
+void hashmap_prefetch(const Hashmap *h, uint32_t hash) {
         if (h && h->n_buckets > 0)
                 __builtin_prefetch(&h->buckets[(size_t) hash & (h->n_buckets - 1)], 1);
 }
 
-int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint64_t hash) {
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint32_t hash) {
         if (!h || !n)
                 return -EINVAL;
         return put_hashed(h, n, hash);
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, uint64_t hash) {
+static int put_hashed(Hashmap *h, HashmapNode *n, uint32_t hash) {
         size_t i;
 
         if (h->n_buckets == 0) {

@@ -35,7 +35,11 @@
 
 typedef struct HashmapNode {
         struct HashmapNode *next;
-        uint64_t hash;
+        uint32_t hash;             /* the key's, 32 bits of it: buckets enough for 4 billion entries */
+        /* Not the map's: 32 bits the owner may keep a field of its own in
+         * (they would be padding otherwise). The map never reads or writes
+         * them. */
+        uint32_t spare;
 } HashmapNode;
 
 typedef struct Hashmap Hashmap;
@@ -67,9 +71,9 @@ int hashmap_put_unique(Hashmap *h, HashmapNode *n);
  * million entries every bucket is a cache miss), then the put with that
  * hash. hashmap_put_unique_hashed() with another hash than
  * hashmap_hash()'s of n's key puts an entry no lookup finds. */
-uint64_t hashmap_hash(const Hashmap *h, const char *key);
-void hashmap_prefetch(const Hashmap *h, uint64_t hash);
-int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint64_t hash);
+uint32_t hashmap_hash(const Hashmap *h, const char *key);
+void hashmap_prefetch(const Hashmap *h, uint32_t hash);
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint32_t hash);
 /* Makes room for n entries at load factor 1 now (one bucket array, no
  * resize while they are put) and keeps the array from shrinking below
  * that until hashmap_reserve(h, 0). For a bulk load whose size is known.

@@ -131,14 +131,19 @@ typedef struct ConnRefresh {
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
-        HashmapNode by_name;       /* Manager.connections, key = name */
+        union {
+                HashmapNode by_name;       /* Manager.connections, key = name */
+                struct {
+                        uint8_t by_name_own_[offsetof(HashmapNode, spare)];
+                        unsigned failures; /* refresh failures in a row; in by_name's spare bits */
+                };
+        };
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         TimerEntry timer;          /* next refresh, or pending expiry */
 
         int64_t id;
         const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        unsigned failures;         /* refresh failures in a row */
         ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
@@ -156,6 +161,7 @@ typedef struct Connection {
          * as two usec_t). 0: never. */
         uint32_t notified_s;       /* last notify_command run */
         uint32_t client_refresh_s; /* the last refresh a client's min_ttl or invalidate started; memory only */
+        uint32_t refreshes;        /* saturates at UINT32_MAX (connection_count_refresh()) */
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
@@ -167,7 +173,6 @@ typedef struct Connection {
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
-        uint64_t refreshes;
 
         /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown.
          * The end already warned about is in ConnRare. */
@@ -190,6 +195,20 @@ typedef struct Connection {
         /* The refresh bookkeeping (ConnRefresh), NULL while idle. */
         ConnRefresh *refresh;
 } Connection;
+
+_Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) + offsetof(HashmapNode, spare) &&
+                       sizeof(HashmapNode) == offsetof(HashmapNode, spare) + sizeof(unsigned),
+               "failures is in by_name's spare bits");
+
+/* A refresh counted: refreshes + 1, saturated (32 bits: years of a refresh
+ * a minute would not fill them; the store keeps 64). */
+static inline uint32_t connection_count_refresh(uint32_t refreshes) {
+        return refreshes < UINT32_MAX ? refreshes + 1 : UINT32_MAX;
+}
+/* A stored count, saturated to the struct's 32 bits. */
+static inline uint32_t connection_refreshes_from_store(uint64_t refreshes) {
+        return refreshes < UINT32_MAX ? (uint32_t) refreshes : UINT32_MAX;
+}
 
 /* A connection as it is to be written (refresher_image()): a shallow
  * copy with parts of its own, so that the image's fields can differ from

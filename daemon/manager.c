@@ -639,7 +639,7 @@ Connection *manager_get_pending(Manager *m, const char *state_hash) {
 /* loaded_hash: from the store at start, whose names are unique (the
  * schema says so): put without looking for the name first, with the hash
  * the loader computed ahead (prefetch_loaded()). */
-static int manager_link_as(Manager *m, Connection *c, const uint64_t *loaded_hash) {
+static int manager_link_as(Manager *m, Connection *c, const uint32_t *loaded_hash) {
         int r;
 
         r = loaded_hash ? hashmap_put_unique_hashed(m->connections, &c->by_name, *loaded_hash)
@@ -847,7 +847,7 @@ static int link_loaded(void *item, void *side, void *userdata) {
         Connection *c = item;
         LoadContext *x = userdata;
         Manager *m = x->m;
-        uint64_t hash = c->by_name.hash;
+        uint32_t hash = c->by_name.hash;
         int r;
 
         r = store_tokens_open(x->key, c, side, x->unseal_error, sizeof x->unseal_error);

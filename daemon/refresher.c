@@ -122,7 +122,7 @@ void refresher_image(const Connection *c, ConnImage *img) {
         img->rare.last_error = NULL;
         ret->state = CONN_ACTIVE;
         if (!st->grant)
-                ret->refreshes = c->refreshes + 1;
+                ret->refreshes = connection_count_refresh(c->refreshes);
         else {
                 /* the pending authorization ends with the grant */
                 img->pending.state_hash = NULL;
@@ -979,7 +979,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         c->last_refresh_at = c->updated_at = st->last_refresh_at;
         (void) connection_set_last_error(c, NULL);
         if (!st->grant)
-                c->refreshes++;
+                c->refreshes = connection_count_refresh(c->refreshes);
         failures = c->failures;
         c->failures = 0;
         manager_expiry_update(m, c);

@@ -826,7 +826,7 @@ static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *d
         id_list_parse(row->groups, groups, &ng);
         if (connection_set_acl(c, users, nu, groups, ng) < 0)
                 return -ENOMEM;
-        c->refreshes = row->refreshes;
+        c->refreshes = connection_refreshes_from_store(row->refreshes);
         c->created_at = row->created_at;
         c->updated_at = row->updated_at;
         c->last_refresh_at = row->last_refresh_at;

@@ -49,6 +49,10 @@ void __wrap_free(void *p) {
         __real_free(p);
 }
 
+static const char *conn_key(const HashmapNode *n) {
+        return container_of(n, const Connection, by_name)->name;
+}
+
 static char *watch(const char *s) {
         char *copy = strdup(s);
 
@@ -81,6 +85,42 @@ TEST(deadline_seconds_round_up_and_saturate) {
 
                 CHECK(back >= t && back < t + USEC_PER_SEC);
         }
+}
+
+/* refreshes is 32 bits in the struct (64 in the store): it saturates. */
+TEST(refresh_count_saturates) {
+        CHECK_EQ_INT(connection_count_refresh(0), 1);
+        CHECK(connection_count_refresh(UINT32_MAX - 1) == UINT32_MAX);
+        CHECK(connection_count_refresh(UINT32_MAX) == UINT32_MAX);
+        CHECK(connection_refreshes_from_store(7) == 7);
+        CHECK(connection_refreshes_from_store(UINT32_MAX) == UINT32_MAX);
+        CHECK(connection_refreshes_from_store(UINT64_C(123456789012)) == UINT32_MAX);
+}
+
+/* failures lives in the hash node's spare bits: the map must leave it be. */
+TEST(failures_survive_the_hash_map) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Connection *c = connection_new("c-failures");
+
+        CHECK(c);
+        CHECK_EQ_INT(hashmap_new(&h, conn_key), 0);
+        if (!c || !h) {
+                connection_free(c);
+                return;
+        }
+        c->failures = 0xdeadbeef;
+        CHECK_EQ_INT(hashmap_put(h, &c->by_name), 0);
+        CHECK(c->failures == 0xdeadbeef);
+        CHECK(hashmap_get(h, "c-failures") == &c->by_name);
+        c->failures = 3;
+        CHECK(hashmap_get(h, "c-failures") == &c->by_name);
+        hashmap_remove_node(h, &c->by_name);
+        CHECK_EQ_INT(c->failures, 3);
+        CHECK_EQ_INT(hashmap_put_unique_hashed(h, &c->by_name, hashmap_hash(h, c->name)), 0);
+        CHECK_EQ_INT(c->failures, 3);
+        CHECK(hashmap_remove(h, "c-failures") == &c->by_name);
+        CHECK_EQ_INT(c->failures, 3);
+        connection_free(c);
 }
 
 TEST(pending_part_only_while_a_field_is_set) {
