@@ -142,7 +142,6 @@ typedef struct Connection {
         TimerEntry timer;          /* next refresh, or pending expiry */
 
         int64_t id;
-        const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
         ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
@@ -194,6 +193,11 @@ typedef struct Connection {
 
         /* The refresh bookkeeping (ConnRefresh), NULL while idle. */
         ConnRefresh *refresh;
+
+        /* Immutable; in the struct's own allocation (connection_new()), so
+         * no pointer to it (issue 9). Only a connection_new() connection
+         * has one: a copy of the struct (ConnImage) does not. */
+        char name[];
 } Connection;
 
 _Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) + offsetof(HashmapNode, spare) &&
@@ -213,12 +217,15 @@ static inline uint32_t connection_refreshes_from_store(uint64_t refreshes) {
 /* A connection as it is to be written (refresher_image()): a shallow
  * copy with parts of its own, so that the image's fields can differ from
  * the connection's without touching them. Its strings are the
- * connection's: it lives on the loop for one store_row_new() (which
- * copies every value), never kept, never handed to another thread. */
+ * connection's: it lives on the loop for one store_image_row_new() (which
+ * copies every value), never kept, never handed to another thread. The
+ * name is not in the copy (conn.name is empty): name points at the
+ * connection's. */
 typedef struct ConnImage {
-        Connection conn;
         ConnPending pending;
         ConnRare rare;
+        const char *name;
+        Connection conn;           /* last: its name[] is empty */
 } ConnImage;
 
 /* A zeroed connection with a copy of name in the same allocation (one

@@ -755,7 +755,7 @@ int manager_save(Manager *m, Connection *c) {
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img.conn, &row);
+        r = store_image_row_new(m->store, &img, &row);
         if (r < 0)
                 return r;
         /* On a cluster the tokens are the lease holder's to write. */

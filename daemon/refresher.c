@@ -98,9 +98,10 @@ void refresher_image(const Connection *c, ConnImage *img) {
         Connection *ret = &img->conn;
 
         *img = (ConnImage) {
-                .conn = *c,
                 .pending = c->pending ? *c->pending : (ConnPending) {},
                 .rare = c->rare ? *c->rare : (ConnRare) {},
+                .name = c->name,
+                .conn = *c,
         };
         ret->pending = &img->pending;
         ret->rare = &img->rare;
@@ -691,7 +692,7 @@ static int queue_commit(Manager *m, Connection *c, Staged *st) {
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img.conn, &row);
+        r = store_image_row_new(m->store, &img, &row);
         if (r >= 0) {
                 store_row_fence(row, st->lease_epoch);
                 r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);

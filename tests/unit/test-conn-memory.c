@@ -108,20 +108,30 @@ TEST(loaded_connection_fits_the_budget) {
         access[TOKEN_LENGTH] = refresh[TOKEN_LENGTH] = 0;
         for (unsigned i = 1; i <= N; i++) {
                 char name[16], identity[32];
-                Connection c = {};
+                Connection *c;
+                int r;
 
                 snprintf(name, sizeof name, "c%07u", i);
                 snprintf(identity, sizeof identity, "%s@bench.example", name);
-                c.name = name;
-                c.provider = "fast";
-                c.state = CONN_ACTIVE;
-                c.access_token = access;
-                c.refresh_token = refresh;
-                c.token_type = "Bearer";
-                c.scope = c.requested_scope = "openid offline_access";
-                c.identity = identity;
-                c.expires_at = c.obtained_at = c.created_at = c.updated_at = UINT64_C(1893456000) * USEC_PER_SEC;
-                if (store_connection_insert(s, &c) < 0) {
+                c = connection_new(name);   /* the name lives in the struct */
+                if (!c) {
+                        CHECK(false);
+                        goto out;
+                }
+                /* borrowed, not interned nor owned: taken back before the free */
+                c->provider = "fast";
+                c->state = CONN_ACTIVE;
+                c->access_token = access;
+                c->refresh_token = refresh;
+                c->token_type = "Bearer";
+                c->scope = c->requested_scope = "openid offline_access";
+                c->identity = identity;
+                c->expires_at = c->obtained_at = c->created_at = c->updated_at = UINT64_C(1893456000) * USEC_PER_SEC;
+                r = store_connection_insert(s, c);
+                c->provider = c->token_type = c->scope = c->requested_scope = NULL;
+                c->access_token = c->refresh_token = c->identity = NULL;
+                connection_free(c);
+                if (r < 0) {
                         CHECK(false);
                         goto out;
                 }

@@ -348,6 +348,9 @@ TEST(image_has_parts_of_its_own) {
         CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), 0);
         refresher_image(c, &img);
         CHECK(img.conn.pending == &img.pending && img.conn.rare == &img.rare);
+        /* the name is not in the struct's copy: the image points at it */
+        CHECK(img.name == c->name);
+        CHECK_STREQ(img.name, "c1");
         CHECK_STREQ(connection_last_error(&img.conn), "HTTP 503");
         CHECK_STREQ(connection_state_hash(&img.conn), "hash");
         /* a field changed in the image stays there */
