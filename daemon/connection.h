@@ -101,12 +101,12 @@ typedef struct ConnRefresh {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432           352   304   280 B struct
- *   provider, scope x2, token type      4 x 32        0             0             0     0   interned (common/intern.c)
- *   identity                                32       32            32            32    32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559           479   431   beyond tokens 718 -> 557 -> 477 -> 397 -> 349
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   304      272   248 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0     0        0   interned (common/intern.c)
+ *   identity                                32       32            32            32    32       32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   431      399   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8             8
  *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
@@ -119,15 +119,23 @@ typedef struct ConnRefresh {
  * staged, retry_at, waiters, revoke_waiter: 56 B, a 64-byte chunk, only
  * while a refresh is queued, in flight or committing, a retry is due or
  * a request waits); a pending authorization's node in
- * Manager.pending (manager_pending_link()). The three heap positions are
- * 32 bits, the state 8 bits: the small fields fill one word and a half
- * without a hole (check with gdb -batch -ex 'ptype /o struct Connection'
- * build/tokenbrokerd). What is left of the struct: a 24 B hash node, the
- * 16-byte ordered-map node, the 32-byte timer entry, pointers, 8-byte
- * times and counters. Next: notified_at and client_refresh_at (16 B,
- * rate limits kept in the struct: see ConnRefresh); the hash node's key
- * pointer (it is the name: 8 B); a slab for the structs (the malloc
- * header and rounding: 8-24 B). */
+ * Manager.pending (manager_pending_link()). The three heap positions,
+ * refreshes and the two rate limits (in seconds) are 32 bits, the state 8
+ * bits, failures sits in the hash node's spare 32 bits (HashmapNode.spare):
+ * the small fields fill four words without a hole (check with gdb -batch
+ * -ex 'ptype /o struct Connection' build/tokenbrokerd). What is left of
+ * the struct: the 16-byte hash node (no key pointer: the map's key
+ * function finds the name), the 16-byte ordered-map node, the 32-byte
+ * timer entry (6 bytes of it padding), pointers, 8-byte times, and the
+ * name (a flexible array member, no pointer). 248 B is a 272-byte chunk
+ * for names of up to 15 characters; 240 B would be 256 up to 7, and 232 B
+ * 256 up to 15 (the 8 of the figures above). Next: the timer
+ * entry's padding (a spare 32 bits as in HashmapNode, or the deadline
+ * and list in 24 bytes) with the bools as bit-fields; rt_end (8 B) into
+ * ConnRare only if the providers that report a refresh token's end are
+ * rare (they set it for every connection of theirs); the four interned
+ * strings as one interned tuple (24 B); a slab for the structs (the
+ * malloc header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
