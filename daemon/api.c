@@ -544,12 +544,13 @@ static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
  * it would replace is that new. */
 static usec_t client_refresh_wait(const Connection *c, Route route) {
         usec_t n = now(DEADLINE_CLOCK), w = 0;
-        usec_t at = deadline_seconds_usec(c->client_refresh_s);
+        usec_t at = deadline_units_usec(c->client_refresh_8, CLIENT_REFRESH_UNIT);
 
-        /* at is the start time rounded up to a second: the limit holds 5 to
-         * 6 s; the wait told is at most the 5 s a client is promised (it may
-         * find the limit still on for less than a second after it). */
-        if (c->client_refresh_s > 0 && usec_add(at, CLIENT_REFRESH_MIN_INTERVAL) > n)
+        /* at is the start time rounded up to an eighth of a second: the
+         * limit holds 5 to 5.125 s; the wait told is at most the 5 s a
+         * client is promised (it may find the limit still on for less than
+         * 125 ms after it). */
+        if (c->client_refresh_8 > 0 && usec_add(at, CLIENT_REFRESH_MIN_INTERVAL) > n)
                 w = MIN(usec_add(at, CLIENT_REFRESH_MIN_INTERVAL) - n, CLIENT_REFRESH_MIN_INTERVAL);
         if (route == ROUTE_INVALIDATE) {
                 usec_t rt = now(CLOCK_REALTIME), last = usec_add(c->last_refresh_at, CLIENT_REFRESH_MIN_INTERVAL);
@@ -801,7 +802,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 return;
         }
         if (starts)
-                c->client_refresh_s = deadline_seconds(now(DEADLINE_CLOCK));
+                c->client_refresh_8 = deadline_units(now(DEADLINE_CLOCK), CLIENT_REFRESH_UNIT);
         manager_wheel_rearm(m);
         suspend(r, c);
 }

@@ -74,11 +74,11 @@ typedef struct ConnRare {
  * (refresher_schedule(), the waiters woken, a cancel), not when a field
  * is cleared: a failed refresh's inflight is cleared before its retry_at
  * is set, and setting that must not need an allocation then. Kept in
- * the struct, not here, as 32-bit seconds: notified_s, which besides
+ * the struct, not here, in 32 bits: notified_s, which besides
  * notify_interval's limit marks an outstanding needs-reauth notification
  * (a "recovered" one follows only then) for as long as the connection
  * stays broken, so a part kept alive by it would not be short-lived; and
- * client_refresh_s (a 5 s limit, set when a client's refresh starts: its
+ * client_refresh_8 (a 5 s limit, set when a client's refresh starts: its
  * part goes after the commit, and the limit outlives it). */
 typedef struct ConnRefresh {
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue (Connection.queued) */
@@ -120,9 +120,10 @@ typedef struct ConnRefresh {
  * while a refresh is queued, in flight or committing, a retry is due or
  * a request waits); a pending authorization's node in
  * Manager.pending (manager_pending_link()). The three heap positions,
- * refreshes and the two rate limits (in seconds) are 32 bits, the state 8
- * bits, failures sits in the hash node's spare 32 bits (HashmapNode.spare):
- * the small fields fill four words without a hole (check with gdb -batch
+ * refreshes and the two rate limits (seconds, eighths of a second) are
+ * 32 bits, the state 8 bits, failures sits in the hash node's spare 32
+ * bits (HashmapNode.spare): the small fields fill four words without a
+ * hole (check with gdb -batch
  * -ex 'ptype /o struct Connection' build/tokenbrokerd). What is left of
  * the struct: the 16-byte hash node (no key pointer: the map's key
  * function finds the name), the 16-byte ordered-map node, the 32-byte
@@ -162,12 +163,16 @@ typedef struct Connection {
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
         uint32_t expiry_idx;
         uint32_t rt_idx[2];
-        /* Rate limits in whole seconds on DEADLINE_CLOCK, rounded up
-         * (deadline_seconds()): 32 bits last 136 years of uptime, and
-         * the limits hold at least as long as asked (issue 9: 16 bytes
-         * as two usec_t). 0: never. */
-        uint32_t notified_s;       /* last notify_command run */
-        uint32_t client_refresh_s; /* the last refresh a client's min_ttl or invalidate started; memory only */
+        /* Rate limits in 32 bits on DEADLINE_CLOCK, rounded up
+         * (deadline_units()), so that they hold at least as long as
+         * asked (issue 9: 16 bytes as two usec_t). 0: never.
+         * notify_interval's in whole seconds (136 years of uptime; up
+         * to a second longer); the 5 s client-refresh limit's in eighths
+         * of a second (17 years of uptime, after which the limit lapses;
+         * up to 125 ms longer: a client that waits 5.2 s after a refresh
+         * it made may make another). */
+        uint32_t notified_s;       /* last notify_command run, NOTIFIED_UNIT */
+        uint32_t client_refresh_8; /* the last refresh a client's min_ttl or invalidate started, CLIENT_REFRESH_UNIT; memory only */
         uint32_t refreshes;        /* saturates at UINT32_MAX (connection_count_refresh()) */
 
         char *access_token;        /* secret */
@@ -376,17 +381,19 @@ void connection_set_refresh_token(Connection *c, char *refresh);
  * the broker hand out an expired token or stampede the provider. */
 #define DEADLINE_CLOCK CLOCK_BOOTTIME
 
-/* An instant on DEADLINE_CLOCK in whole seconds, rounded up (so a limit
- * measured from it is never shorter), saturated at UINT32_MAX; 0 only for
- * t == 0. And back: the start of that second. */
-static inline uint32_t deadline_seconds(usec_t t) {
-        usec_t s = t / USEC_PER_SEC + (t % USEC_PER_SEC != 0);
+/* An instant on DEADLINE_CLOCK in units (> 0) of unit usec, rounded up
+ * (so a limit measured from it is never shorter), saturated at
+ * UINT32_MAX; 0 only for t == 0. And back: the start of that unit. */
+static inline uint32_t deadline_units(usec_t t, usec_t unit) {
+        usec_t u = t / unit + (t % unit != 0);
 
-        return s > UINT32_MAX ? UINT32_MAX : (uint32_t) s;
+        return u > UINT32_MAX ? UINT32_MAX : (uint32_t) u;
 }
-static inline usec_t deadline_seconds_usec(uint32_t s) {
-        return (usec_t) s * USEC_PER_SEC;
+static inline usec_t deadline_units_usec(uint32_t u, usec_t unit) {
+        return (usec_t) u * unit;
 }
+#define NOTIFIED_UNIT USEC_PER_SEC                  /* Connection.notified_s */
+#define CLIENT_REFRESH_UNIT (USEC_PER_SEC / 8)      /* Connection.client_refresh_8 */
 
 /* A realtime instant as seen on DEADLINE_CLOCK now. */
 usec_t deadline_from_realtime(usec_t rt);

@@ -483,7 +483,7 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         if (recovery && c->notified_s == 0)
                 return;
         if (!recovery && c->notified_s > 0 &&
-            t < usec_add(deadline_seconds_usec(c->notified_s), m->config->notify_interval))
+            t < usec_add(deadline_units_usec(c->notified_s, NOTIFIED_UNIT), m->config->notify_interval))
                 return;
         if (m->notify_running >= NOTIFY_RUNNING_MAX) {
                 log_warning("%s: %u notify commands still running, not starting another.", c->name,
@@ -538,7 +538,7 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         }
         (void) sd_event_source_set_description(src, "notify-command");
         m->notify_running++;
-        c->notified_s = recovery ? 0 : deadline_seconds(t);
+        c->notified_s = recovery ? 0 : deadline_units(t, NOTIFIED_UNIT);
 }
 
 /* ---- the timer wheel as one sd-event source ------------------------- */

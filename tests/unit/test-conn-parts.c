@@ -70,21 +70,27 @@ TEST(struct_stays_small) {
         CHECK(sizeof(Connection) <= 248);
 }
 
-/* notified_s and client_refresh_s: whole seconds rounded up, so that a
- * rate limit measured from them is never shorter than asked. */
-TEST(deadline_seconds_round_up_and_saturate) {
-        CHECK_EQ_INT(deadline_seconds(0), 0);
-        CHECK_EQ_INT(deadline_seconds(1), 1);
-        CHECK_EQ_INT(deadline_seconds(USEC_PER_SEC), 1);
-        CHECK_EQ_INT(deadline_seconds(USEC_PER_SEC + 1), 2);
-        CHECK_EQ_INT(deadline_seconds(3 * USEC_PER_SEC - 1), 3);
-        CHECK(deadline_seconds((usec_t) UINT32_MAX * USEC_PER_SEC) == UINT32_MAX);
-        CHECK(deadline_seconds((usec_t) UINT32_MAX * USEC_PER_SEC + 1) == UINT32_MAX);
-        CHECK(deadline_seconds(USEC_INFINITY) == UINT32_MAX);
+/* notified_s and client_refresh_8: units rounded up, so that a rate
+ * limit measured from them is never shorter than asked, and longer by
+ * less than a unit. */
+TEST(deadline_units_round_up_and_saturate) {
+        CHECK_EQ_INT(deadline_units(0, NOTIFIED_UNIT), 0);
+        CHECK_EQ_INT(deadline_units(1, NOTIFIED_UNIT), 1);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC, NOTIFIED_UNIT), 1);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC + 1, NOTIFIED_UNIT), 2);
+        CHECK_EQ_INT(deadline_units(3 * USEC_PER_SEC - 1, NOTIFIED_UNIT), 3);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC, CLIENT_REFRESH_UNIT), 8);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC + 1, CLIENT_REFRESH_UNIT), 9);
+        CHECK(deadline_units((usec_t) UINT32_MAX * USEC_PER_SEC, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units((usec_t) UINT32_MAX * USEC_PER_SEC + 1, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units(USEC_INFINITY, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units(USEC_INFINITY, CLIENT_REFRESH_UNIT) == UINT32_MAX);
         for (usec_t t = 1; t < 10 * USEC_PER_SEC; t += 123457) {
-                usec_t back = deadline_seconds_usec(deadline_seconds(t));
+                usec_t back = deadline_units_usec(deadline_units(t, NOTIFIED_UNIT), NOTIFIED_UNIT);
+                usec_t back8 = deadline_units_usec(deadline_units(t, CLIENT_REFRESH_UNIT), CLIENT_REFRESH_UNIT);
 
                 CHECK(back >= t && back < t + USEC_PER_SEC);
+                CHECK(back8 >= t && back8 < t + CLIENT_REFRESH_UNIT);
         }
 }
 
