@@ -7,8 +7,9 @@
  * alive (and unchanged) for as long as the node is in the map; the map
  * allocates nothing per entry. The node does not point at its key: the
  * map's key function finds it from the node (the key is usually in the
- * same struct: a pointer to it would be 8 bytes of every entry; issue 9). Separate chaining over a power-of-two bucket
- * array; the hash is SipHash-1-3 keyed with 128 random bits per map
+ * same struct: a pointer to it would be 8 bytes of every entry; issue 9).
+ * Separate chaining over a power-of-two bucket array; the hash is
+ * SipHash-1-3, 32 bits of it, keyed with 128 random bits per map
  * (getrandom()), so peers who choose keys cannot force collisions.
  *
  * The bucket array grows (doubles) when the load factor exceeds 1, and

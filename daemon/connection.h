@@ -123,9 +123,8 @@ typedef struct ConnRefresh {
  * refreshes and the two rate limits (seconds, eighths of a second) are
  * 32 bits, the state 8 bits, failures sits in the hash node's spare 32
  * bits (HashmapNode.spare): the small fields fill four words without a
- * hole (check with gdb -batch
- * -ex 'ptype /o struct Connection' build/tokenbrokerd). What is left of
- * the struct: the 16-byte hash node (no key pointer: the map's key
+ * hole (check with gdb -batch -ex 'ptype /o struct Connection'
+ * build/tokenbrokerd). What is left of the struct: the 16-byte hash node (no key pointer: the map's key
  * function finds the name), the 16-byte ordered-map node, the 32-byte
  * timer entry (6 bytes of it padding), pointers, 8-byte times, and the
  * name (a flexible array member, no pointer). 248 B is a 272-byte chunk
@@ -152,7 +151,7 @@ typedef struct Connection {
 
         int64_t id;
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
+        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
         bool queued;
