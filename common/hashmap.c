@@ -5,8 +5,9 @@
 #include "common/hashmap.h"
 
 #define BUCKETS_MIN ((size_t) 16)
-/* Keep n_buckets * sizeof(pointer) far from overflow. */
-#define BUCKETS_MAX ((size_t) 1 << (sizeof(size_t) * 8 - 5))
+/* Keep n_buckets * sizeof(pointer) far from overflow; and a 32-bit hash
+ * indexes no more buckets. */
+#define BUCKETS_MAX ((size_t) 1 << MIN(32, sizeof(size_t) * 8 - 5))
 
 /* Buckets of the old table moved to the new one per hashmap_put() while the
  * table is being resized: a resize costs every put a little, never one put
@@ -23,6 +24,7 @@ struct Hashmap {
         size_t old_pos;
         size_t size;
         size_t min_buckets;   /* hashmap_reserve(): no shrinking below it */
+        hashmap_key_fn key;
         uint64_t k0, k1;      /* SipHash key */
 };
 
@@ -73,8 +75,8 @@ static uint64_t siphash13(const void *data, size_t len, uint64_t k0, uint64_t k1
         return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static uint64_t hash_key(const Hashmap *h, const char *key) {
-        return siphash13(key, strlen(key), h->k0, h->k1);
+static uint32_t hash_key(const Hashmap *h, const char *key) {
+        return (uint32_t) siphash13(key, strlen(key), h->k0, h->k1);
 }
 
 static int random_key(uint8_t *buf, size_t n) {
@@ -93,12 +95,12 @@ static int random_key(uint8_t *buf, size_t n) {
         return 0;
 }
 
-int hashmap_new(Hashmap **ret) {
+int hashmap_new(Hashmap **ret, hashmap_key_fn key_fn) {
         uint8_t key[16];
         Hashmap *h;
         int r;
 
-        if (!ret)
+        if (!ret || !key_fn)
                 return -EINVAL;
 
         r = random_key(key, sizeof(key));
@@ -109,6 +111,7 @@ int hashmap_new(Hashmap **ret) {
         if (!h)
                 return -ENOMEM;
 
+        h->key = key_fn;
         h->k0 = load_le64(key);
         h->k1 = load_le64(key + 8);
         explicit_wipe(key, sizeof(key));
@@ -205,14 +208,14 @@ static inline void prefetch_span(const HashmapNode *n, size_t span) {
 /* The link pointing at the node with this key, in whichever table holds
  * it. With span > 0, a node whose hash matches has its entry's span bytes
  * prefetched before its key is compared (hashmap_get_prefetch()). */
-static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash, size_t span) {
+static HashmapNode **find_slot(Hashmap *h, const char *key, uint32_t hash, size_t span) {
         HashmapNode **p;
 
         if (h->old)
                 for (p = &h->old[(size_t) hash & (h->n_old - 1)]; *p; p = &(*p)->next)
                         if ((*p)->hash == hash) {
                                 prefetch_span(*p, span);
-                                if (streq((*p)->key, key))
+                                if (streq(h->key(*p), key))
                                         return p;
                         }
 
@@ -222,38 +225,41 @@ static HashmapNode **find_slot(Hashmap *h, const char *key, uint64_t hash, size_
         for (p = &h->buckets[(size_t) hash & (h->n_buckets - 1)]; *p; p = &(*p)->next)
                 if ((*p)->hash == hash) {
                         prefetch_span(*p, span);
-                        if (streq((*p)->key, key))
+                        if (streq(h->key(*p), key))
                                 return p;
                 }
 
         return NULL;
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash);
+static int put_hashed(Hashmap *h, HashmapNode *n, uint32_t hash);
 
-int hashmap_put(Hashmap *h, HashmapNode *n, const char *key) {
-        uint64_t hash;
+int hashmap_put(Hashmap *h, HashmapNode *n) {
+        const char *key;
+        uint32_t hash;
 
-        if (!h || !n || !key)
+        if (!h || !n || !(key = h->key(n)))
                 return -EINVAL;
 
         hash = hash_key(h, key);
         if (find_slot(h, key, hash, 0))
                 return -EEXIST;
-        return put_hashed(h, n, key, hash);
+        return put_hashed(h, n, hash);
 }
 
-int hashmap_put_unique(Hashmap *h, HashmapNode *n, const char *key) {
-        if (!h || !n || !key)
+int hashmap_put_unique(Hashmap *h, HashmapNode *n) {
+        const char *key;
+
+        if (!h || !n || !(key = h->key(n)))
                 return -EINVAL;
-        return put_hashed(h, n, key, hash_key(h, key));
+        return put_hashed(h, n, hash_key(h, key));
 }
 
-uint64_t hashmap_hash(const Hashmap *h, const char *key) {
+uint32_t hashmap_hash(const Hashmap *h, const char *key) {
         return h && key ? hash_key(h, key) : 0;
 }
 
-void hashmap_prefetch(const Hashmap *h, uint64_t hash) {
+void hashmap_prefetch(const Hashmap *h, uint32_t hash) {
         if (h && h->n_buckets > 0)
                 __builtin_prefetch(&h->buckets[(size_t) hash & (h->n_buckets - 1)], 1);
 }
@@ -263,20 +269,20 @@ void hashmap_prefetch_entry(const Hashmap *h, const char *key, size_t len, size_
 
         if (!h || !key || h->n_buckets == 0 || h->old)
                 return;
-        n = h->buckets[(size_t) siphash13(key, len, h->k0, h->k1) & (h->n_buckets - 1)];
+        n = h->buckets[(size_t) (uint32_t) siphash13(key, len, h->k0, h->k1) & (h->n_buckets - 1)];
         if (!n)
                 return;
         __builtin_prefetch(n);
         prefetch_span(n, span);
 }
 
-int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
-        if (!h || !n || !key)
+int hashmap_put_unique_hashed(Hashmap *h, HashmapNode *n, uint32_t hash) {
+        if (!h || !n)
                 return -EINVAL;
-        return put_hashed(h, n, key, hash);
+        return put_hashed(h, n, hash);
 }
 
-static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash) {
+static int put_hashed(Hashmap *h, HashmapNode *n, uint32_t hash) {
         size_t i;
 
         if (h->n_buckets == 0) {
@@ -296,7 +302,6 @@ static int put_hashed(Hashmap *h, HashmapNode *n, const char *key, uint64_t hash
                 (void) resize(h, m);
         }
 
-        n->key = key;
         n->hash = hash;
         i = (size_t) hash & (h->n_buckets - 1);
         n->next = h->buckets[i];

@@ -20,6 +20,10 @@ typedef struct Interned {
 static Hashmap *table = NULL;
 static size_t table_bytes = 0;
 
+static const char *interned_key(const HashmapNode *n) {
+        return container_of(n, const Interned, node)->s;
+}
+
 static Interned *interned_of(const char *s) {
         Interned *i = (Interned *) (void *) ((char *) s - offsetof(Interned, s));
 
@@ -50,7 +54,7 @@ const char *intern_n(const char *s, size_t n) {
                         key = heap;
                 }
         }
-        if (!table && hashmap_new(&table) < 0) {
+        if (!table && hashmap_new(&table, interned_key) < 0) {
                 free(heap);
                 return NULL;
         }
@@ -70,7 +74,7 @@ const char *intern_n(const char *s, size_t n) {
         memcpy(i->s, key, n);
         i->s[n] = 0;
         free(heap);
-        if (hashmap_put(table, &i->node, i->s) < 0) {
+        if (hashmap_put(table, &i->node) < 0) {
                 free(i);
                 return NULL;
         }

@@ -552,9 +552,14 @@ static void answer_token(ApiRequest *r, Connection *c, int refresh_result) {
  * it would replace is that new. */
 static usec_t client_refresh_wait(const Connection *c, Route route) {
         usec_t n = now(DEADLINE_CLOCK), w = 0;
+        usec_t at = deadline_units_usec(c->client_refresh_8, CLIENT_REFRESH_UNIT);
 
-        if (c->client_refresh_at > 0 && usec_add(c->client_refresh_at, CLIENT_REFRESH_MIN_INTERVAL) > n)
-                w = usec_add(c->client_refresh_at, CLIENT_REFRESH_MIN_INTERVAL) - n;
+        /* at is the start time rounded up to an eighth of a second: the
+         * limit holds 5 to 5.125 s; the wait told is at most the 5 s a
+         * client is promised (it may find the limit still on for less than
+         * 125 ms after it). */
+        if (c->client_refresh_8 > 0 && usec_add(at, CLIENT_REFRESH_MIN_INTERVAL) > n)
+                w = MIN(usec_add(at, CLIENT_REFRESH_MIN_INTERVAL) - n, CLIENT_REFRESH_MIN_INTERVAL);
         if (route == ROUTE_INVALIDATE) {
                 usec_t rt = now(CLOCK_REALTIME), last = usec_add(c->last_refresh_at, CLIENT_REFRESH_MIN_INTERVAL);
 
@@ -805,7 +810,7 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 return;
         }
         if (starts)
-                c->client_refresh_at = now(DEADLINE_CLOCK);
+                c->client_refresh_8 = deadline_units(now(DEADLINE_CLOCK), CLIENT_REFRESH_UNIT);
         manager_wheel_rearm(m);
         suspend(r, c);
 }
@@ -2024,6 +2029,10 @@ static int on_reap(sd_event_source *s _unused_, uint64_t usec _unused_, void *us
         return 0;
 }
 
+static const char *uid_count_key(const HashmapNode *n) {
+        return container_of(n, const UidCount, node)->key;
+}
+
 /* Counts a new non-admin connection against the caps; false if over one. */
 static bool conn_admit(Api *a, ApiConn *c) {
         const char *why = NULL;
@@ -2043,7 +2052,7 @@ static bool conn_admit(Api *a, ApiConn *c) {
                         why = "its uid holds the most connections one user may";
                 else if (!u) {
                         u = new0(UidCount, 1);
-                        if (!u || hashmap_put(a->uids, &u->node, strcpy(u->key, key)) < 0) {
+                        if (!u || (strcpy(u->key, key), hashmap_put(a->uids, &u->node)) < 0) {
                                 u = mfree(u);
                                 why = "out of memory";
                         }
@@ -2317,7 +2326,7 @@ int api_new(Manager *m, int fd, Api **ret) {
         assert(fd >= 0);   /* bound by manager_bind_api() or passed by systemd */
         a->fd = fd;
         a->conn_limit = api_connection_limit();
-        r = hashmap_new(&a->uids);
+        r = hashmap_new(&a->uids, uid_count_key);
         if (r >= 0 && !(a->proxy = proxy_ctx_new(m, &a->loop)))
                 r = -ENOMEM;
         if (r < 0) {

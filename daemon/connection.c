@@ -277,15 +277,12 @@ int connection_set_retry_at(Connection *c, usec_t t) {
 
 Connection *connection_new(const char *name) {
         size_t n = strlen(name);
-        Connection *c = malloc(sizeof(Connection) + n + 1);
-        char *copy;
+        Connection *c = malloc(MAX(sizeof(Connection), offsetof(Connection, name) + n + 1));
 
         if (!c)
                 return NULL;
         *c = (Connection) {};
-        copy = (char *) (c + 1);
-        memcpy(copy, name, n + 1);
-        c->name = copy;
+        memcpy(c->name, name, n + 1);
         return c;
 }
 

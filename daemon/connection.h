@@ -74,13 +74,12 @@ typedef struct ConnRare {
  * (refresher_schedule(), the waiters woken, a cancel), not when a field
  * is cleared: a failed refresh's inflight is cleared before its retry_at
  * is set, and setting that must not need an allocation then. Kept in
- * the struct, not here: notified_at, which besides notify_interval's
- * limit marks an outstanding needs-reauth notification (a "recovered"
- * one follows only then) for as long as the connection stays broken, so
- * a part kept alive by it would not be short-lived; and
- * client_refresh_at (a 5 s limit, set when a client's refresh starts:
- * its part goes after the commit, the limit outlives it, and 8 bytes
- * alone do not cross a malloc size). */
+ * the struct, not here, in 32 bits: notified_s, which besides
+ * notify_interval's limit marks an outstanding needs-reauth notification
+ * (a "recovered" one follows only then) for as long as the connection
+ * stays broken, so a part kept alive by it would not be short-lived; and
+ * client_refresh_8 (a 5 s limit, set when a client's refresh starts: its
+ * part goes after the commit, and the limit outlives it). */
 typedef struct ConnRefresh {
         struct Connection *queue_next, *queue_prev;  /* its provider's refresh queue (Connection.queued) */
         struct HttpRequest *inflight;
@@ -102,12 +101,12 @@ typedef struct ConnRefresh {
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432           352   304   280 B struct
- *   provider, scope x2, token type      4 x 32        0             0             0     0   interned (common/intern.c)
- *   identity                                32       32            32            32    32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559           479   431   beyond tokens 718 -> 557 -> 477 -> 397 -> 349
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   304      272   248 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0     0        0   interned (common/intern.c)
+ *   identity                                32       32            32            32    32       32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   431      399   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8             8
  *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
@@ -120,28 +119,39 @@ typedef struct ConnRefresh {
  * staged, retry_at, waiters, revoke_waiter: 56 B, a 64-byte chunk, only
  * while a refresh is queued, in flight or committing, a retry is due or
  * a request waits); a pending authorization's node in
- * Manager.pending (manager_pending_link()). The three heap positions are
- * 32 bits, the state 8 bits: the small fields fill one word and a half
- * without a hole (check with gdb -batch -ex 'ptype /o struct Connection'
- * build/tokenbrokerd). What is left of the struct: a 24 B hash node, the
- * 16-byte ordered-map node, the 32-byte timer entry, pointers, 8-byte
- * times and counters. Next: notified_at and client_refresh_at (16 B,
- * rate limits kept in the struct: see ConnRefresh); the hash node's key
- * pointer (it is the name: 8 B); a slab for the structs (the malloc
- * header and rounding: 8-24 B). */
+ * Manager.pending (manager_pending_link()). The three heap positions,
+ * refreshes and the two rate limits (seconds, eighths of a second) are
+ * 32 bits, the state 8 bits, failures sits in the hash node's spare 32
+ * bits (HashmapNode.spare): the small fields fill four words without a
+ * hole (check with gdb -batch -ex 'ptype /o struct Connection'
+ * build/tokenbrokerd). What is left of the struct: the 16-byte hash node (no key pointer: the map's key
+ * function finds the name), the 16-byte ordered-map node, the 32-byte
+ * timer entry (6 bytes of it padding), pointers, 8-byte times, and the
+ * name (a flexible array member, no pointer). 248 B is a 272-byte chunk
+ * for names of up to 15 characters; 240 B would be 256 up to 7, and 232 B
+ * 256 up to 15 (the 8 of the figures above). Next: the timer
+ * entry's padding (a spare 32 bits as in HashmapNode, or the deadline
+ * and list in 24 bytes) with the bools as bit-fields; rt_end (8 B) into
+ * ConnRare only if the providers that report a refresh token's end are
+ * rare (they set it for every connection of theirs); the four interned
+ * strings as one interned tuple (24 B); a slab for the structs (the
+ * malloc header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
          * padding one. */
-        HashmapNode by_name;       /* Manager.connections, key = name */
+        union {
+                HashmapNode by_name;       /* Manager.connections, key = name */
+                struct {
+                        uint8_t by_name_own_[offsetof(HashmapNode, spare)];
+                        unsigned failures; /* refresh failures in a row; in by_name's spare bits */
+                };
+        };
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         TimerEntry timer;          /* next refresh, or pending expiry */
-        usec_t notified_at;        /* last notify_command run, DEADLINE_CLOCK; 0 never */
 
         int64_t id;
-        const char *name;          /* immutable; in the struct's own allocation (connection_new()) */
         const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        unsigned failures;         /* refresh failures in a row */
-        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with failures and the flags */
+        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with the flags */
         uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
         bool pending_linked;
         bool queued;
@@ -152,6 +162,17 @@ typedef struct Connection {
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
         uint32_t expiry_idx;
         uint32_t rt_idx[2];
+        /* Rate limits in 32 bits on DEADLINE_CLOCK, rounded up
+         * (deadline_units()), so that they hold at least as long as
+         * asked (issue 9: 16 bytes as two usec_t). 0: never.
+         * notify_interval's in whole seconds (136 years of uptime; up
+         * to a second longer); the 5 s client-refresh limit's in eighths
+         * of a second (17 years of uptime, after which the limit lapses;
+         * up to 125 ms longer: a client that waits 5.2 s after a refresh
+         * it made may make another). */
+        uint32_t notified_s;       /* last notify_command run, NOTIFIED_UNIT */
+        uint32_t client_refresh_8; /* the last refresh a client's min_ttl or invalidate started, CLIENT_REFRESH_UNIT; memory only */
+        uint32_t refreshes;        /* saturates at UINT32_MAX (connection_count_refresh()) */
 
         char *access_token;        /* secret */
         char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
@@ -163,7 +184,6 @@ typedef struct Connection {
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
-        uint64_t refreshes;
 
         /* The refresh token's end (daemon/rtend.c): realtime, 0 unknown.
          * The end already warned about is in ConnRare. */
@@ -185,18 +205,39 @@ typedef struct Connection {
 
         /* The refresh bookkeeping (ConnRefresh), NULL while idle. */
         ConnRefresh *refresh;
-        usec_t client_refresh_at;  /* DEADLINE_CLOCK: the last refresh a client's min_ttl or invalidate started; memory only */
+
+        /* Immutable; in the struct's own allocation (connection_new()), so
+         * no pointer to it (issue 9). Only a connection_new() connection
+         * has one: a copy of the struct (ConnImage) does not. */
+        char name[];
 } Connection;
+
+_Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) + offsetof(HashmapNode, spare) &&
+                       sizeof(HashmapNode) == offsetof(HashmapNode, spare) + sizeof(unsigned),
+               "failures is in by_name's spare bits");
+
+/* A refresh counted: refreshes + 1, saturated (32 bits: years of a refresh
+ * a minute would not fill them; the store keeps 64). */
+static inline uint32_t connection_count_refresh(uint32_t refreshes) {
+        return refreshes < UINT32_MAX ? refreshes + 1 : UINT32_MAX;
+}
+/* A stored count, saturated to the struct's 32 bits. */
+static inline uint32_t connection_refreshes_from_store(uint64_t refreshes) {
+        return refreshes < UINT32_MAX ? (uint32_t) refreshes : UINT32_MAX;
+}
 
 /* A connection as it is to be written (refresher_image()): a shallow
  * copy with parts of its own, so that the image's fields can differ from
  * the connection's without touching them. Its strings are the
- * connection's: it lives on the loop for one store_row_new() (which
- * copies every value), never kept, never handed to another thread. */
+ * connection's: it lives on the loop for one store_image_row_new() (which
+ * copies every value), never kept, never handed to another thread. The
+ * name is not in the copy (conn.name is empty): name points at the
+ * connection's. */
 typedef struct ConnImage {
-        Connection conn;
         ConnPending pending;
         ConnRare rare;
+        const char *name;
+        Connection conn;           /* last: its name[] is empty */
 } ConnImage;
 
 /* A zeroed connection with a copy of name in the same allocation (one
@@ -338,6 +379,20 @@ void connection_set_refresh_token(Connection *c, char *refresh);
  * jumps with the wall clock nor stops during a suspend, so neither can make
  * the broker hand out an expired token or stampede the provider. */
 #define DEADLINE_CLOCK CLOCK_BOOTTIME
+
+/* An instant on DEADLINE_CLOCK in units (> 0) of unit usec, rounded up
+ * (so a limit measured from it is never shorter), saturated at
+ * UINT32_MAX; 0 only for t == 0. And back: the start of that unit. */
+static inline uint32_t deadline_units(usec_t t, usec_t unit) {
+        usec_t u = t / unit + (t % unit != 0);
+
+        return u > UINT32_MAX ? UINT32_MAX : (uint32_t) u;
+}
+static inline usec_t deadline_units_usec(uint32_t u, usec_t unit) {
+        return (usec_t) u * unit;
+}
+#define NOTIFIED_UNIT USEC_PER_SEC                  /* Connection.notified_s */
+#define CLIENT_REFRESH_UNIT (USEC_PER_SEC / 8)      /* Connection.client_refresh_8 */
 
 /* A realtime instant as seen on DEADLINE_CLOCK now. */
 usec_t deadline_from_realtime(usec_t rt);

@@ -29,6 +29,10 @@ static int on_wheel(sd_event_source *s, uint64_t usec, void *userdata);
 static const char *order_key(const OrdNode *n) {
         return container_of(n, Connection, by_order)->name;
 }
+static const char *connection_key(const HashmapNode *n) {
+        return container_of(n, const Connection, by_name)->name;
+}
+static const char *pending_key(const HashmapNode *n);
 static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
 /* Removes the API socket we bound, if the path still names that socket
@@ -77,10 +81,10 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
                 return r;
         (void) sd_event_set_watchdog(m->event, true);
 
-        r = hashmap_new(&m->connections);
+        r = hashmap_new(&m->connections, connection_key);
         if (r < 0)
                 return r;
-        r = hashmap_new(&m->pending);
+        r = hashmap_new(&m->pending, pending_key);
         if (r < 0)
                 return r;
         ordmap_init(&m->ordered, order_key);
@@ -487,9 +491,10 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         if (!m->config->notify_command)
                 return;
         /* A recovery is told only to whoever heard of the trouble. */
-        if (recovery && c->notified_at == 0)
+        if (recovery && c->notified_s == 0)
                 return;
-        if (!recovery && c->notified_at > 0 && t < c->notified_at + m->config->notify_interval)
+        if (!recovery && c->notified_s > 0 &&
+            t < usec_add(deadline_units_usec(c->notified_s, NOTIFIED_UNIT), m->config->notify_interval))
                 return;
         if (m->notify_running >= NOTIFY_RUNNING_MAX) {
                 log_warning("%s: %u notify commands still running, not starting another.", c->name,
@@ -544,7 +549,7 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
         }
         (void) sd_event_source_set_description(src, "notify-command");
         m->notify_running++;
-        c->notified_at = recovery ? 0 : t;
+        c->notified_s = recovery ? 0 : deadline_units(t, NOTIFIED_UNIT);
 }
 
 /* ---- the timer wheel as one sd-event source ------------------------- */
@@ -600,6 +605,10 @@ typedef struct PendingNode {
         Connection *conn;
 } PendingNode;
 
+static const char *pending_key(const HashmapNode *n) {
+        return connection_state_hash(container_of(n, const PendingNode, node)->conn);
+}
+
 int manager_pending_link(Manager *m, Connection *c) {
         PendingNode *p;
         int r;
@@ -610,7 +619,7 @@ int manager_pending_link(Manager *m, Connection *c) {
         if (!p)
                 return -ENOMEM;
         p->conn = c;
-        r = hashmap_put(m->pending, &p->node, connection_state_hash(c));
+        r = hashmap_put(m->pending, &p->node);
         if (r < 0) {
                 free(p);
                 return r;
@@ -641,11 +650,11 @@ Connection *manager_get_pending(Manager *m, const char *state_hash) {
 /* loaded_hash: from the store at start, whose names are unique (the
  * schema says so): put without looking for the name first, with the hash
  * the loader computed ahead (prefetch_loaded()). */
-static int manager_link_as(Manager *m, Connection *c, const uint64_t *loaded_hash) {
+static int manager_link_as(Manager *m, Connection *c, const uint32_t *loaded_hash) {
         int r;
 
-        r = loaded_hash ? hashmap_put_unique_hashed(m->connections, &c->by_name, c->name, *loaded_hash)
-                        : hashmap_put(m->connections, &c->by_name, c->name);
+        r = loaded_hash ? hashmap_put_unique_hashed(m->connections, &c->by_name, *loaded_hash)
+                        : hashmap_put(m->connections, &c->by_name);
         if (r < 0)
                 return r;
         r = manager_pending_link(m, c);
@@ -757,7 +766,7 @@ int manager_save(Manager *m, Connection *c) {
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img.conn, &row);
+        r = store_image_row_new(m->store, &img, &row);
         if (r < 0)
                 return r;
         /* On a cluster the tokens are the lease holder's to write. */
@@ -849,7 +858,7 @@ static int link_loaded(void *item, void *side, void *userdata) {
         Connection *c = item;
         LoadContext *x = userdata;
         Manager *m = x->m;
-        uint64_t hash = c->by_name.hash;
+        uint32_t hash = c->by_name.hash;
         int r;
 
         r = store_tokens_open(x->key, c, side, x->unseal_error, sizeof x->unseal_error);

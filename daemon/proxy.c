@@ -392,7 +392,7 @@ static int wait_refresh(Proxy *p, Connection *c, bool client_driven) {
         if (r < 0)
                 return r;
         if (starts)
-                c->client_refresh_at = now(DEADLINE_CLOCK);
+                c->client_refresh_8 = deadline_units(now(DEADLINE_CLOCK), CLIENT_REFRESH_UNIT);
         manager_wheel_rearm(m);
         p->waiting = c;
         return 0;

@@ -98,9 +98,10 @@ void refresher_image(const Connection *c, ConnImage *img) {
         Connection *ret = &img->conn;
 
         *img = (ConnImage) {
-                .conn = *c,
                 .pending = c->pending ? *c->pending : (ConnPending) {},
                 .rare = c->rare ? *c->rare : (ConnRare) {},
+                .name = c->name,
+                .conn = *c,
         };
         ret->pending = &img->pending;
         ret->rare = &img->rare;
@@ -122,7 +123,7 @@ void refresher_image(const Connection *c, ConnImage *img) {
         img->rare.last_error = NULL;
         ret->state = CONN_ACTIVE;
         if (!st->grant)
-                ret->refreshes = c->refreshes + 1;
+                ret->refreshes = connection_count_refresh(c->refreshes);
         else {
                 /* the pending authorization ends with the grant */
                 img->pending.state_hash = NULL;
@@ -691,7 +692,7 @@ static int queue_commit(Manager *m, Connection *c, Staged *st) {
         int r;
 
         refresher_image(c, &img);
-        r = store_row_new(m->store, &img.conn, &row);
+        r = store_image_row_new(m->store, &img, &row);
         if (r >= 0) {
                 store_row_fence(row, st->lease_epoch);
                 r = store_writer_save(m->writer, TAKE_PTR(row), tokens_committed, st);
@@ -979,7 +980,7 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         c->last_refresh_at = c->updated_at = st->last_refresh_at;
         (void) connection_set_last_error(c, NULL);
         if (!st->grant)
-                c->refreshes++;
+                c->refreshes = connection_count_refresh(c->refreshes);
         failures = c->failures;
         c->failures = 0;
         manager_expiry_update(m, c);
@@ -1134,7 +1135,7 @@ static void authorized_finish(Manager *m, Connection *c) {
                 c->identity = TAKE_PTR(before);
                 (void) save(m, c);
         }
-        if (c->notified_at > 0)
+        if (c->notified_s > 0)
                 manager_notify(m, c, "recovered");
         manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
         refresher_schedule(m, c);

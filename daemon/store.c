@@ -483,10 +483,20 @@ void store_row_keep_tokens(StoreRow *row) {
 
 /* Seals every secret again, each with a fresh nonce: this runs on writes
  * only (a grant, a refresh, a new authorization), never on a handout. */
+static int row_new(Store *s, const Connection *c, const char *name, StoreRow **ret);
+
 int store_row_new(Store *s, const Connection *c, StoreRow **ret) {
+        return row_new(s, c, c->name, ret);
+}
+
+int store_image_row_new(Store *s, const ConnImage *img, StoreRow **ret) {
+        return row_new(s, &img->conn, img->name, ret);
+}
+
+static int row_new(Store *s, const Connection *c, const char *name, StoreRow **ret) {
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         const char *text[_ROW_TEXT_MAX] = {
-                [ROW_NAME] = c->name,
+                [ROW_NAME] = name,
                 [ROW_PROVIDER] = c->provider,
                 [ROW_REQUESTED_SCOPE] = c->requested_scope,
                 [ROW_SCOPE] = c->scope,
@@ -826,7 +836,7 @@ static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *d
         id_list_parse(row->groups, groups, &ng);
         if (connection_set_acl(c, users, nu, groups, ng) < 0)
                 return -ENOMEM;
-        c->refreshes = row->refreshes;
+        c->refreshes = connection_refreshes_from_store(row->refreshes);
         c->created_at = row->created_at;
         c->updated_at = row->updated_at;
         c->last_refresh_at = row->last_refresh_at;

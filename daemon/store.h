@@ -184,6 +184,8 @@ void store_connection_id_seen(Store *s, int64_t id);
  * key (bound to c->id), everything copied: c may change or go at once. */
 typedef struct StoreRow StoreRow;
 int store_row_new(Store *s, const Connection *c, StoreRow **ret);
+/* The same of an image (refresher_image()), under the connection's name. */
+int store_image_row_new(Store *s, const ConnImage *img, StoreRow **ret);
 StoreRow *store_row_free(StoreRow *row);
 /* Several nodes on PostgreSQL (issue 10; no effect on SQLite): a
  * refresh's answer, committed only while this node holds the

@@ -410,10 +410,10 @@ typedef struct Seeder {
         char *access, *refresh;    /* token buffers, wiped at the end */
 } Seeder;
 
-static int seed_one(Seeder *sd, unsigned number) {
+static int seed_one_as(Seeder *sd, unsigned number, Connection **ret) {
         _cleanup_free_ char *identity = NULL;
         char name[CONNECTION_NAME_MAX + 1];
-        Connection c = {};
+        Connection *c = NULL;
         usec_t expires_at, lifetime;
         uint64_t spread;
         int k, rc, r;
@@ -447,21 +447,23 @@ static int seed_one(Seeder *sd, unsigned number) {
         if (r < 0)
                 return r;
 
-        c = (Connection) {
-                .name = name,
-                .provider = (char *) sd->provider,
-                .state = CONN_ACTIVE,
-                .access_token = sd->access,
-                .refresh_token = sd->refresh,
-                .token_type = (char *) "Bearer",
-                .scope = (char *) arg_scope,
-                .requested_scope = (char *) arg_scope,
-                .identity = identity,
-                .expires_at = expires_at,
-                .obtained_at = MIN(usec_sub(expires_at, lifetime), sd->now),
-                .created_at = sd->now,
-                .updated_at = sd->now,
-        };
+        /* The name lives in the struct's allocation; the rest is
+         * borrowed, taken back before the free (seed_one()'s caller). */
+        c = *ret = connection_new(name);
+        if (!c)
+                return -ENOMEM;
+        c->provider = (char *) sd->provider;
+        c->state = CONN_ACTIVE;
+        c->access_token = sd->access;
+        c->refresh_token = sd->refresh;
+        c->token_type = (char *) "Bearer";
+        c->scope = (char *) arg_scope;
+        c->requested_scope = (char *) arg_scope;
+        c->identity = identity;
+        c->expires_at = expires_at;
+        c->obtained_at = MIN(usec_sub(expires_at, lifetime), sd->now);
+        c->created_at = sd->now;
+        c->updated_at = sd->now;
         uid_t user = (uid_t) arg_allow_user;
         gid_t group = (gid_t) arg_allow_group;
         uint32_t acl[2];
@@ -470,23 +472,23 @@ static int seed_one(Seeder *sd, unsigned number) {
          * only needs to read it. */
         if (arg_allow_user >= 0) {
                 acl[0] = user;
-                c.allow_users = acl;
-                c.n_allow_users = 1;
+                c->allow_users = acl;
+                c->n_allow_users = 1;
         }
         if (arg_allow_group >= 0) {
                 /* the groups follow the users in the same block */
                 acl[1] = group;
-                if (!c.allow_users)
-                        c.allow_users = acl + 1;
-                c.n_allow_groups = 1;
+                if (!c->allow_users)
+                        c->allow_users = acl + 1;
+                c->n_allow_groups = 1;
         }
 
         /* The bare row (as store_connection_insert() makes it), then the
          * store's own save fills it in and seals the tokens to its id. */
-        (void) sqlite3_bind_text(sd->insert, 1, c.name, -1, SQLITE_STATIC);
-        (void) sqlite3_bind_text(sd->insert, 2, c.provider, -1, SQLITE_STATIC);
-        (void) sqlite3_bind_text(sd->insert, 3, conn_state_to_string(c.state), -1, SQLITE_STATIC);
-        (void) sqlite3_bind_int64(sd->insert, 4, (sqlite3_int64) c.created_at);
+        (void) sqlite3_bind_text(sd->insert, 1, c->name, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(sd->insert, 2, c->provider, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(sd->insert, 3, conn_state_to_string(c->state), -1, SQLITE_STATIC);
+        (void) sqlite3_bind_int64(sd->insert, 4, (sqlite3_int64) c->created_at);
         rc = sqlite3_step(sd->insert);
         (void) sqlite3_reset(sd->insert);
         if (rc != SQLITE_DONE) {
@@ -498,13 +500,27 @@ static int seed_one(Seeder *sd, unsigned number) {
                                 sqlite3_errmsg(store_db(sd->store)));
                 return -EIO;
         }
-        c.id = sqlite3_last_insert_rowid(store_db(sd->store));
-        r = store_connection_save(sd->store, &c);
+        c->id = sqlite3_last_insert_rowid(store_db(sd->store));
+        r = store_connection_save(sd->store, c);
         if (r < 0) {
                 fprintf(stderr, "seed: save of '%s' failed: %s\n", name, store_last_error(sd->store));
                 return r;
         }
         return 0;
+}
+
+static int seed_one(Seeder *sd, unsigned number) {
+        Connection *c = NULL;
+        int r = seed_one_as(sd, number, &c);
+
+        if (c) {
+                c->provider = c->token_type = c->scope = c->requested_scope = NULL;
+                c->access_token = c->refresh_token = c->identity = NULL;
+                c->allow_users = NULL;
+                c->n_allow_users = c->n_allow_groups = 0;
+                connection_free(c);
+        }
+        return r;
 }
 
 static int exec_sql(Store *s, const char *sql) {

@@ -70,7 +70,7 @@ static inline Connection *conn_full(void) {
         c->created_at = UINT64_C(1700000000) * USEC_PER_SEC + 7;
         c->updated_at = UINT64_C(1893452400) * USEC_PER_SEC + 2;
         c->last_refresh_at = UINT64_C(1893452400) * USEC_PER_SEC + 3;
-        c->refreshes = UINT64_C(123456789012);
+        c->refreshes = UINT32_C(3456789012);   /* above INT32_MAX: unsigned through the store's int64 */
         (void) connection_set_state_hash(c, strdup("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
         (void) connection_set_code_verifier(c, strdup("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"));
         (void) connection_set_pending_until(c, UINT64_C(1893453000) * USEC_PER_SEC);

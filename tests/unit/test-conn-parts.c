@@ -49,6 +49,10 @@ void __wrap_free(void *p) {
         __real_free(p);
 }
 
+static const char *conn_key(const HashmapNode *n) {
+        return container_of(n, const Connection, by_name)->name;
+}
+
 static char *watch(const char *s) {
         char *copy = strdup(s);
 
@@ -59,10 +63,71 @@ static char *watch(const char *s) {
 }
 
 TEST(struct_stays_small) {
-        /* 408 B before the parts (issue 9); a guard, as test-conn-memory */
+        /* 408 B before the parts (issue 9), 328 with them, 248 now; a
+         * guard, as test-conn-memory */
         printf("sizeof(Connection) %zu B, ConnPending %zu B, ConnRare %zu B\n", sizeof(Connection),
                sizeof(ConnPending), sizeof(ConnRare));
-        CHECK(sizeof(Connection) <= 328);
+        CHECK(sizeof(Connection) <= 248);
+}
+
+/* notified_s and client_refresh_8: units rounded up, so that a rate
+ * limit measured from them is never shorter than asked, and longer by
+ * less than a unit. */
+TEST(deadline_units_round_up_and_saturate) {
+        CHECK_EQ_INT(deadline_units(0, NOTIFIED_UNIT), 0);
+        CHECK_EQ_INT(deadline_units(1, NOTIFIED_UNIT), 1);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC, NOTIFIED_UNIT), 1);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC + 1, NOTIFIED_UNIT), 2);
+        CHECK_EQ_INT(deadline_units(3 * USEC_PER_SEC - 1, NOTIFIED_UNIT), 3);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC, CLIENT_REFRESH_UNIT), 8);
+        CHECK_EQ_INT(deadline_units(USEC_PER_SEC + 1, CLIENT_REFRESH_UNIT), 9);
+        CHECK(deadline_units((usec_t) UINT32_MAX * USEC_PER_SEC, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units((usec_t) UINT32_MAX * USEC_PER_SEC + 1, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units(USEC_INFINITY, NOTIFIED_UNIT) == UINT32_MAX);
+        CHECK(deadline_units(USEC_INFINITY, CLIENT_REFRESH_UNIT) == UINT32_MAX);
+        for (usec_t t = 1; t < 10 * USEC_PER_SEC; t += 123457) {
+                usec_t back = deadline_units_usec(deadline_units(t, NOTIFIED_UNIT), NOTIFIED_UNIT);
+                usec_t back8 = deadline_units_usec(deadline_units(t, CLIENT_REFRESH_UNIT), CLIENT_REFRESH_UNIT);
+
+                CHECK(back >= t && back < t + USEC_PER_SEC);
+                CHECK(back8 >= t && back8 < t + CLIENT_REFRESH_UNIT);
+        }
+}
+
+/* refreshes is 32 bits in the struct (64 in the store): it saturates. */
+TEST(refresh_count_saturates) {
+        CHECK_EQ_INT(connection_count_refresh(0), 1);
+        CHECK(connection_count_refresh(UINT32_MAX - 1) == UINT32_MAX);
+        CHECK(connection_count_refresh(UINT32_MAX) == UINT32_MAX);
+        CHECK(connection_refreshes_from_store(7) == 7);
+        CHECK(connection_refreshes_from_store(UINT32_MAX) == UINT32_MAX);
+        CHECK(connection_refreshes_from_store(UINT64_C(123456789012)) == UINT32_MAX);
+}
+
+/* failures lives in the hash node's spare bits: the map must leave it be. */
+TEST(failures_survive_the_hash_map) {
+        _cleanup_hashmap_free_ Hashmap *h = NULL;
+        Connection *c = connection_new("c-failures");
+
+        CHECK(c);
+        CHECK_EQ_INT(hashmap_new(&h, conn_key), 0);
+        if (!c || !h) {
+                connection_free(c);
+                return;
+        }
+        c->failures = 0xdeadbeef;
+        CHECK_EQ_INT(hashmap_put(h, &c->by_name), 0);
+        CHECK(c->failures == 0xdeadbeef);
+        CHECK(hashmap_get(h, "c-failures") == &c->by_name);
+        c->failures = 3;
+        CHECK(hashmap_get(h, "c-failures") == &c->by_name);
+        hashmap_remove_node(h, &c->by_name);
+        CHECK_EQ_INT(c->failures, 3);
+        CHECK_EQ_INT(hashmap_put_unique_hashed(h, &c->by_name, hashmap_hash(h, c->name)), 0);
+        CHECK_EQ_INT(c->failures, 3);
+        CHECK(hashmap_remove(h, "c-failures") == &c->by_name);
+        CHECK_EQ_INT(c->failures, 3);
+        connection_free(c);
 }
 
 TEST(pending_part_only_while_a_field_is_set) {
@@ -290,6 +355,9 @@ TEST(image_has_parts_of_its_own) {
         CHECK_EQ_INT(connection_set_state_hash(c, strdup("hash")), 0);
         refresher_image(c, &img);
         CHECK(img.conn.pending == &img.pending && img.conn.rare == &img.rare);
+        /* the name is not in the struct's copy: the image points at it */
+        CHECK(img.name == c->name);
+        CHECK_STREQ(img.name, "c1");
         CHECK_STREQ(connection_last_error(&img.conn), "HTTP 503");
         CHECK_STREQ(connection_state_hash(&img.conn), "hash");
         /* a field changed in the image stays there */

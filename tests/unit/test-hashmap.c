@@ -13,6 +13,15 @@ typedef struct Item {
         char name[24];
 } Item;
 
+static const char *item_key(const HashmapNode *n) {
+        return container_of(n, const Item, node)->name;
+}
+
+static const char *null_key(const HashmapNode *n) {
+        (void) n;
+        return NULL;
+}
+
 static Item *item_of(HashmapNode *n) {
         return n ? container_of(n, Item, node) : NULL;
 }
@@ -29,17 +38,16 @@ TEST(put_get_remove) {
         Item a = { .id = 1, .name = "alpha" }, b = { .id = 2, .name = "beta" };
         char key[] = "alpha";
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!h)
                 return;
         CHECK_EQ_INT(hashmap_size(h), 0);
         CHECK(!hashmap_get(h, "alpha"));
         CHECK(!hashmap_remove(h, "alpha"));
 
-        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
-        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node), 0);
+        CHECK_EQ_INT(hashmap_put(h, &b.node), 0);
         CHECK_EQ_INT(hashmap_size(h), 2);
-        CHECK(a.node.key == a.name);
 
         /* lookup by content, not pointer */
         CHECK(item_of(hashmap_get(h, key)) == &a);
@@ -61,7 +69,7 @@ TEST(put_get_remove) {
         CHECK_EQ_INT(hashmap_size(h), 0);
 
         /* re-insert after removal */
-        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node), 0);
         CHECK(item_of(hashmap_get(h, "alpha")) == &a);
 }
 
@@ -74,7 +82,7 @@ TEST(prefetching_lookups_agree) {
         static Item items[3000];
         char key[24];
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!h)
                 return;
         hashmap_prefetch_entry(h, "nothing", 7, 4096);
@@ -82,7 +90,7 @@ TEST(prefetching_lookups_agree) {
         for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
                 items[i].id = i;
                 snprintf(items[i].name, sizeof items[i].name, "item-%u", i);
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
                 /* probe while resizes are under way */
                 snprintf(key, sizeof key, "item-%u", i / 2);
                 hashmap_prefetch_entry(h, key, strlen(key), sizeof(Item));
@@ -103,8 +111,8 @@ TEST(empty_key) {
         _cleanup_hashmap_free_ Hashmap *h = NULL;
         Item a = { .name = "" };
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
-        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node), 0);
         CHECK(item_of(hashmap_get(h, "")) == &a);
 }
 
@@ -112,17 +120,17 @@ TEST(duplicates) {
         _cleanup_hashmap_free_ Hashmap *h = NULL;
         Item a = { .id = 1, .name = "dup" }, b = { .id = 2, .name = "dup" };
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
-        CHECK_EQ_INT(hashmap_put(h, &a.node, a.name), 0);
-        b.node.key = "sentinel";
-        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), -EEXIST);
-        CHECK_STREQ(b.node.key, "sentinel"); /* untouched */
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
+        CHECK_EQ_INT(hashmap_put(h, &a.node), 0);
+        b.node.hash = 42;
+        CHECK_EQ_INT(hashmap_put(h, &b.node), -EEXIST);
+        CHECK_EQ_INT(b.node.hash, 42); /* untouched */
         CHECK_EQ_INT(hashmap_size(h), 1);
         CHECK(item_of(hashmap_get(h, "dup")) == &a);
 
         /* after removal the other one can go in */
         CHECK(hashmap_remove(h, "dup") == &a.node);
-        CHECK_EQ_INT(hashmap_put(h, &b.node, b.name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &b.node), 0);
         CHECK(item_of(hashmap_get(h, "dup")) == &b);
 }
 
@@ -131,11 +139,21 @@ TEST(null_args) {
         HashmapIter it = {};
         Item a = { .name = "x" };
 
-        CHECK_EQ_INT(hashmap_new(NULL), -EINVAL);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
-        CHECK_EQ_INT(hashmap_put(NULL, &a.node, "x"), -EINVAL);
-        CHECK_EQ_INT(hashmap_put(h, NULL, "x"), -EINVAL);
-        CHECK_EQ_INT(hashmap_put(h, &a.node, NULL), -EINVAL);
+        CHECK_EQ_INT(hashmap_new(NULL, item_key), -EINVAL);
+        CHECK_EQ_INT(hashmap_new(&h, NULL), -EINVAL);
+        CHECK(!h);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
+        CHECK_EQ_INT(hashmap_put(NULL, &a.node), -EINVAL);
+        CHECK_EQ_INT(hashmap_put(h, NULL), -EINVAL);
+        {
+                _cleanup_hashmap_free_ Hashmap *hn = NULL;
+
+                /* a node whose key function says NULL */
+                CHECK_EQ_INT(hashmap_new(&hn, null_key), 0);
+                CHECK_EQ_INT(hashmap_put(hn, &a.node), -EINVAL);
+                CHECK_EQ_INT(hashmap_put_unique(hn, &a.node), -EINVAL);
+                CHECK_EQ_INT(hashmap_size(hn), 0);
+        }
         CHECK(!hashmap_get(NULL, "x"));
         CHECK(!hashmap_get(h, NULL));
         CHECK(!hashmap_remove(NULL, "x"));
@@ -154,11 +172,11 @@ TEST(remove_node_every_other) {
         _cleanup_hashmap_free_ Hashmap *h = NULL;
         Item items[200];
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
                 items[i] = (Item) { .id = i };
                 snprintf(items[i].name, sizeof(items[i].name), "k%u", i);
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         }
         /* remove every other one via remove_node, then check the rest */
         for (unsigned i = 0; i < ELEMENTSOF(items); i += 2)
@@ -179,14 +197,14 @@ TEST(one_million) {
         size_t max_buckets = 0;
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h)
                 return;
 
         for (unsigned i = 0; i < N_BIG; i++) {
                 items[i].id = i;
                 snprintf(items[i].name, sizeof(items[i].name), "conn-%u", i);
-                if (hashmap_put(h, &items[i].node, items[i].name) != 0) {
+                if (hashmap_put(h, &items[i].node) != 0) {
                         CHECK(false);
                         break;
                 }
@@ -210,7 +228,11 @@ TEST(one_million) {
         }
         CHECK_EQ_INT(bad, 0);
         CHECK(!hashmap_get(h, "conn-1000000"));
-        CHECK_EQ_INT(hashmap_put(h, &items[0].node, "conn-999999"), -EEXIST);
+        {
+                Item dup = { .name = "conn-999999" };
+
+                CHECK_EQ_INT(hashmap_put(h, &dup.node), -EEXIST);
+        }
 
         /* remove 99%, by key; then a put shrinks the table */
         for (unsigned i = 0; i < N_BIG; i++)
@@ -222,7 +244,7 @@ TEST(one_million) {
         CHECK_EQ_INT(bad, 0);
         CHECK_EQ_INT(hashmap_size(h), N_BIG / 100);
         CHECK_EQ_INT(hashmap_buckets(h), max_buckets); /* removal never rehashes */
-        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node), 0);
         CHECK(hashmap_buckets(h) < max_buckets);
         CHECK(hashmap_buckets(h) >= hashmap_size(h));
         for (unsigned i = 0; i < N_BIG; i++) {
@@ -245,7 +267,7 @@ TEST(incremental_resize) {
         size_t before;
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h)
                 return;
         for (unsigned k = 0; k < N_RESIZE; k++)
@@ -253,17 +275,17 @@ TEST(incremental_resize) {
 
         /* fill to exactly the load that makes the next put grow 65536 -> 131072 */
         for (; i < 65536; i++)
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         CHECK_EQ_INT(hashmap_buckets(h), 65536);
         CHECK_EQ_INT(hashmap_resizing(h), 0);
-        CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         i++;
         CHECK_EQ_INT(hashmap_buckets(h), 131072);
         CHECK_EQ_INT(hashmap_resizing(h), 65536); /* nothing moved by the put that grew it */
 
         /* a few puts later: still under way, moved a bounded amount per put */
         before = hashmap_resizing(h);
-        CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         i++;
         CHECK(hashmap_resizing(h) < before);
         CHECK(before - hashmap_resizing(h) <= 128);
@@ -293,12 +315,12 @@ TEST(incremental_resize) {
         CHECK(!hashmap_get(h, items[0].name));
         CHECK(!hashmap_get(h, items[i - 1].name));
         CHECK_EQ_INT(hashmap_size(h), i - 2);
-        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), -EEXIST); /* duplicate across arrays */
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node), -EEXIST); /* duplicate across arrays */
 
         /* the resize ends by itself after about n_old / step puts */
         CHECK(hashmap_resizing(h) > 0);
         for (; i < N_RESIZE && hashmap_resizing(h) > 0; i++, puts_during++)
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         CHECK_EQ_INT(hashmap_resizing(h), 0);
         CHECK(puts_during > 100);
         for (unsigned k = 1; k < i; k++)
@@ -314,7 +336,7 @@ TEST(iteration_visits_each_once) {
         HashmapNode *n;
         unsigned count = 0;
 
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
 
         /* empty map */
         CHECK(!hashmap_iter_next(h, &it));
@@ -322,7 +344,7 @@ TEST(iteration_visits_each_once) {
         for (unsigned i = 0; i < ELEMENTSOF(items); i++) {
                 items[i] = (Item) { .id = i };
                 snprintf(items[i].name, sizeof(items[i].name), "i%u", i);
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         }
 
         it = (HashmapIter) {};
@@ -348,7 +370,7 @@ TEST(remove_during_iteration) {
         unsigned visited = 0, removed = 0;
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h) {
                 free(items);
                 return;
@@ -356,7 +378,7 @@ TEST(remove_during_iteration) {
         for (unsigned i = 0; i < N; i++) {
                 items[i].id = i;
                 snprintf(items[i].name, sizeof(items[i].name), "r%u", i);
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
         }
 
         /* remove the odd ones while iterating, both ways */
@@ -387,14 +409,14 @@ TEST(remove_during_iteration) {
         /* drain completely while iterating (the "free everything" idiom),
          * freeing each owner as we go */
         Hashmap *h2 = NULL;
-        CHECK_EQ_INT(hashmap_new(&h2), 0);
+        CHECK_EQ_INT(hashmap_new(&h2, item_key), 0);
         for (unsigned i = 0; i < 1000 && h2; i++) {
                 Item *x = new0(Item, 1);
                 CHECK(x);
                 if (!x)
                         break;
                 snprintf(x->name, sizeof(x->name), "heap%u", i);
-                CHECK_EQ_INT(hashmap_put(h2, &x->node, x->name), 0);
+                CHECK_EQ_INT(hashmap_put(h2, &x->node), 0);
         }
         it = (HashmapIter) {};
         unsigned freed = 0;
@@ -418,17 +440,17 @@ TEST(seeded_per_map) {
         HashmapIter ita = {}, itb = {};
         unsigned same = 0;
 
-        CHECK_EQ_INT(hashmap_new(&a), 0);
-        CHECK_EQ_INT(hashmap_new(&b), 0);
+        CHECK_EQ_INT(hashmap_new(&a, item_key), 0);
+        CHECK_EQ_INT(hashmap_new(&b, item_key), 0);
         for (unsigned i = 0; i < 64; i++) {
                 snprintf(ia[i].name, sizeof(ia[i].name), "s%u", i);
                 snprintf(ib[i].name, sizeof(ib[i].name), "s%u", i);
-                CHECK_EQ_INT(hashmap_put(a, &ia[i].node, ia[i].name), 0);
-                CHECK_EQ_INT(hashmap_put(b, &ib[i].node, ib[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(a, &ia[i].node), 0);
+                CHECK_EQ_INT(hashmap_put(b, &ib[i].node), 0);
         }
         for (unsigned i = 0; i < 64; i++) {
                 HashmapNode *x = hashmap_iter_next(a, &ita), *y = hashmap_iter_next(b, &itb);
-                if (x && y && streq(x->key, y->key))
+                if (x && y && streq(item_key(x), item_key(y)))
                         same++;
         }
         CHECK(same < 64);
@@ -440,7 +462,7 @@ TEST(reserve_presizes) {
         Item *items = new0(Item, 1000);
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h) {
                 free(items);
                 return;
@@ -450,7 +472,7 @@ TEST(reserve_presizes) {
         CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
         for (unsigned i = 0; i < 1000; i++) {
                 snprintf(items[i].name, sizeof items[i].name, "k%u", i);
-                CHECK_EQ_INT(hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(hashmap_put(h, &items[i].node), 0);
                 /* never a resize while the reserved room lasts */
                 CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
                 CHECK_EQ_INT((int) hashmap_resizing(h), 0);
@@ -458,12 +480,12 @@ TEST(reserve_presizes) {
         /* no shrinking below the reservation */
         for (unsigned i = 1; i < 1000; i++)
                 hashmap_remove_node(h, &items[i].node);
-        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node), 0);
         CHECK_EQ_INT((int) hashmap_buckets(h), 1024);
         /* released: the next put shrinks it */
         hashmap_remove_node(h, &items[1].node);
         CHECK_EQ_INT(hashmap_reserve(h, 0), 0);
-        CHECK_EQ_INT(hashmap_put(h, &items[1].node, items[1].name), 0);
+        CHECK_EQ_INT(hashmap_put(h, &items[1].node), 0);
         CHECK((int) hashmap_buckets(h) < 1024);
         CHECK(hashmap_get(h, "k0") == &items[0].node);
         CHECK(hashmap_get(h, "k1") == &items[1].node);
@@ -475,25 +497,29 @@ TEST(put_unique_skips_the_lookup) {
         Item *items = new0(Item, 5000);
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h) {
                 free(items);
                 return;
         }
-        CHECK_EQ_INT(hashmap_put_unique(NULL, &items[0].node, "x"), -EINVAL);
-        CHECK_EQ_INT(hashmap_put_unique(h, NULL, "x"), -EINVAL);
-        CHECK_EQ_INT(hashmap_put_unique(h, &items[0].node, NULL), -EINVAL);
+        CHECK_EQ_INT(hashmap_put_unique(NULL, &items[0].node), -EINVAL);
+        CHECK_EQ_INT(hashmap_put_unique(h, NULL), -EINVAL);
         /* grows like hashmap_put() (no reservation), mixed with it */
         for (unsigned i = 0; i < 5000; i++) {
                 snprintf(items[i].name, sizeof items[i].name, "c%07u", i);
-                CHECK_EQ_INT(i % 3 ? hashmap_put_unique(h, &items[i].node, items[i].name)
-                                   : hashmap_put(h, &items[i].node, items[i].name), 0);
+                CHECK_EQ_INT(i % 3 ? hashmap_put_unique(h, &items[i].node)
+                                   : hashmap_put(h, &items[i].node), 0);
         }
         CHECK_EQ_INT((int) hashmap_size(h), 5000);
         for (unsigned i = 0; i < 5000; i++)
                 CHECK(hashmap_get(h, items[i].name) == &items[i].node);
         /* hashmap_put() still refuses a name put without the lookup */
-        CHECK_EQ_INT(hashmap_put(h, &items[0].node, items[1].name), -EEXIST);
+        {
+                Item dup = {};
+
+                strcpy(dup.name, items[1].name);
+                CHECK_EQ_INT(hashmap_put(h, &dup.node), -EEXIST);
+        }
         free(items);
 }
 
@@ -502,12 +528,12 @@ TEST(put_unique_hashed_as_a_pipeline) {
         Item *items = new0(Item, 3000);
 
         CHECK(items);
-        CHECK_EQ_INT(hashmap_new(&h), 0);
+        CHECK_EQ_INT(hashmap_new(&h, item_key), 0);
         if (!items || !h) {
                 free(items);
                 return;
         }
-        CHECK_EQ_INT(hashmap_put_unique_hashed(h, NULL, "x", 1), -EINVAL);
+        CHECK_EQ_INT(hashmap_put_unique_hashed(h, NULL, 1), -EINVAL);
         hashmap_prefetch(h, 42);   /* no bucket array yet: a no-op */
         hashmap_prefetch(NULL, 42);
         CHECK_EQ_INT(hashmap_reserve(h, 1000), 0);
@@ -522,11 +548,16 @@ TEST(put_unique_hashed_as_a_pipeline) {
                         items[i + 8].node.hash = hashmap_hash(h, items[i + 8].name);
                         hashmap_prefetch(h, items[i + 8].node.hash);
                 }
-                CHECK_EQ_INT(hashmap_put_unique_hashed(h, &items[i].node, items[i].name, items[i].node.hash), 0);
+                CHECK_EQ_INT(hashmap_put_unique_hashed(h, &items[i].node, items[i].node.hash), 0);
         }
         CHECK_EQ_INT((int) hashmap_size(h), 3000);
         for (unsigned i = 0; i < 3000; i++)
                 CHECK(hashmap_get(h, items[i].name) == &items[i].node);
-        CHECK_EQ_INT(hashmap_put(h, &items[0].node, items[2999].name), -EEXIST);
+        {
+                Item dup = {};
+
+                strcpy(dup.name, items[2999].name);
+                CHECK_EQ_INT(hashmap_put(h, &dup.node), -EEXIST);
+        }
         free(items);
 }
