@@ -75,8 +75,12 @@ static uint64_t siphash13(const void *data, size_t len, uint64_t k0, uint64_t k1
         return v0 ^ v1 ^ v2 ^ v3;
 }
 
+static uint32_t hash_key_n(const Hashmap *h, const char *key, size_t len) {
+        return (uint32_t) siphash13(key, len, h->k0, h->k1);
+}
+
 static uint32_t hash_key(const Hashmap *h, const char *key) {
-        return (uint32_t) siphash13(key, strlen(key), h->k0, h->k1);
+        return hash_key_n(h, key, strlen(key));
 }
 
 static int random_key(uint8_t *buf, size_t n) {
@@ -269,7 +273,7 @@ void hashmap_prefetch_entry(const Hashmap *h, const char *key, size_t len, size_
 
         if (!h || !key || h->n_buckets == 0 || h->old)
                 return;
-        n = h->buckets[(size_t) (uint32_t) siphash13(key, len, h->k0, h->k1) & (h->n_buckets - 1)];
+        n = h->buckets[(size_t) hash_key_n(h, key, len) & (h->n_buckets - 1)];
         if (!n)
                 return;
         __builtin_prefetch(n);
@@ -332,13 +336,7 @@ int hashmap_reserve(Hashmap *h, size_t n) {
 }
 
 HashmapNode *hashmap_get(Hashmap *h, const char *key) {
-        HashmapNode **p;
-
-        if (!h || !key)
-                return NULL;
-
-        p = find_slot(h, key, hash_key(h, key), 0);
-        return p ? *p : NULL;
+        return hashmap_get_prefetch(h, key, 0);
 }
 
 HashmapNode *hashmap_get_prefetch(Hashmap *h, const char *key, size_t span) {

@@ -1885,12 +1885,12 @@ static void dispatch(ApiRequest *r, const char *method, const char *url) {
                         return answer_error(r, 405, API_ERR_METHOD, "method not allowed");
                 /* Unknown and forbidden look the same to a peer that may not
                  * know which connections exist. */
-                if (c && c->access_token)
-                        __builtin_prefetch(c->access_token);   /* read last, asked for now */
                 if (!c)
                         return answer_error(r, r->peer->admin ? 404 : 403,
                                             r->peer->admin ? API_ERR_NOT_FOUND : API_ERR_FORBIDDEN,
                                             r->peer->admin ? "unknown connection" : "peer not allowed");
+                if (c->access_token)
+                        __builtin_prefetch(c->access_token);   /* read last, asked for now */
                 return route_token(r, c, rt.id == API_ROUTE_TOKEN ? ROUTE_TOKEN : ROUTE_INVALIDATE);
         }
         if (!r->peer->admin)
