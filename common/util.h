@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/macro.h"
+#include <string.h>
 
 /* Cryptographic randomness from the kernel (getrandom). */
 int random_bytes(void *p, size_t n);
@@ -58,14 +59,38 @@ char *text_escape_dup(const char *s, size_t max);
 /* mkdir -p: every missing folder of path, each with mode (before umask). */
 int mkdir_p(const char *path, mode_t mode);
 
-/* A small growable string buffer. */
+/* A small growable string buffer. Zeroed ({}), it starts empty on the
+ * heap; strbuf_on() starts it on storage of the caller's instead. */
 typedef struct StrBuf {
         char *s;
         size_t len, cap;
         bool oom;
+        bool borrowed;             /* s is the caller's storage (strbuf_on()), not ours to free */
 } StrBuf;
-void strbuf_append(StrBuf *b, const char *s, size_t n);
-void strbuf_puts(StrBuf *b, const char *s);
+/* An empty buffer writing into buf (cap > 0 bytes, the caller's, kept
+ * alive while b is used): no allocation until it would overflow, when
+ * what it holds moves to the heap (strbuf_borrowed() false from then). */
+static inline void strbuf_on(StrBuf *b, char *buf, size_t cap) {
+        *b = (StrBuf) { .s = buf, .cap = cap, .borrowed = true };
+        buf[0] = 0;
+}
+/* Whether b still writes into the storage strbuf_on() gave it. */
+static inline bool strbuf_borrowed(const StrBuf *b) {
+        return b->borrowed && !b->oom;
+}
+void strbuf_append_grow(StrBuf *b, const char *s, size_t n);
+/* Inline: the hot path (the token answer) appends a dozen short pieces. */
+static inline void strbuf_append(StrBuf *b, const char *s, size_t n) {
+        if (__builtin_expect(!b->oom && b->len + n < b->cap, 1)) {
+                memcpy(b->s + b->len, s, n);
+                b->len += n;
+                b->s[b->len] = 0;
+        } else
+                strbuf_append_grow(b, s, n);
+}
+static inline void strbuf_puts(StrBuf *b, const char *s) {
+        strbuf_append(b, s, strlen(s));
+}
 void strbuf_printf(StrBuf *b, const char *fmt, ...) _printf_(2, 3);
 /* Appends s as a JSON string literal, quotes included (RFC 8259 escapes). */
 void strbuf_json_string(StrBuf *b, const char *s);

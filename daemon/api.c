@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <strings.h>
 
 #include "common/api.h"
 #include "common/hashmap.h"
@@ -44,6 +45,9 @@
 #define API_REQUEST_TIMEOUT_SEC 30
 /* Finished ApiRequests kept for reuse (Api.spare). */
 #define API_SPARE_REQUESTS 32
+/* A token answer is written into its request's own bytes (ApiRequest.slot)
+ * when it fits: most are a few hundred bytes. */
+#define API_SLOT_SIZE 1536
 /* MHD clears a connection's memory pool on every request: keep it small
  * (headers only; bodies are copied out as they arrive). */
 #define API_CONNECTION_MEMORY (8 * 1024)
@@ -152,6 +156,20 @@ struct ApiRequest {
         /* .../proxy/...: the raw target (kept by on_uri()) and the proxy's state */
         char *proxy_raw;
         Proxy *proxy;
+
+        /* The answer is slot_len bytes of slot[] (answer_slot()), not
+         * response; 0: it is not. */
+        size_t slot_len;
+
+        /* Kept when the request is reused (request_new() clears only the
+         * fields above): the hot path's answer, written into slot[], and
+         * an MHD response over it, queued again while the length stays the
+         * same (a connection's answers mostly do), created anew when it
+         * changes. slot[] holds a token between dispatch and completion
+         * only: on_completed() wipes it. */
+        struct MHD_Response *slot_resp;
+        size_t slot_resp_len;
+        char slot[API_SLOT_SIZE];
 };
 
 /* ---- JSON helpers ---------------------------------------------------- */
@@ -171,6 +189,19 @@ static void answer(ApiRequest *r, unsigned status, char *body) {
         r->status = status;
         free(r->response);
         r->response = body;
+        r->slot_len = 0;
+}
+
+/* Answers with what b holds: in place when it is still r->slot's
+ * (strbuf_on()), else as a heap string. */
+static void answer_buf(ApiRequest *r, unsigned status, StrBuf *b) {
+        if (strbuf_borrowed(b) && b->len > 0 && b->s == r->slot) {
+                answer(r, status, NULL);
+                r->slot_len = b->len;
+                *b = (StrBuf) {};
+                return;
+        }
+        answer(r, status, strbuf_steal(b));
 }
 
 static void answer_error(ApiRequest *r, unsigned status, const char *error, const char *desc) {
@@ -375,21 +406,21 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
 /* The token answer, shaped like an RFC 6749 section 5.1 response plus the
  * usage rule. This is the hot path: rendered straight into one buffer from
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
-static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_after) {
+static int token_json(StrBuf *_b, Manager *m, const Connection *c, usec_t ttl, usec_t refresh_retry_after) {
         const Provider *p = manager_provider(m, c);
         UsageVars v = { c->access_token, c->token_type ?: "Bearer", connection_params(c), connection_metadata(c) };
-        StrBuf b = {};
+        StrBuf b = *_b;
         char ts[32];
 
         if (!p)
-                return NULL;
+                return -ENOENT;
         strbuf_puts(&b, "{\"access_token\":");
         strbuf_json_string(&b, c->access_token);
         strbuf_puts(&b, ",\"token_type\":");
         strbuf_json_string(&b, c->token_type ?: "Bearer");
         if (c->expires_at > 0) {
                 strbuf_puts(&b, ",\"expires_in\":");
-                strbuf_u64(&b, connection_ttl(c) / USEC_PER_SEC);
+                strbuf_u64(&b, ttl / USEC_PER_SEC);
                 strbuf_puts(&b, ",\"expires_at\":\"");
                 strbuf_puts(&b, format_timestamp(ts, sizeof ts, c->expires_at));
                 strbuf_puts(&b, "\"");
@@ -423,14 +454,12 @@ static char *token_json(Manager *m, const Connection *c, usec_t refresh_retry_af
                 strbuf_u64(&b, (refresh_retry_after + USEC_PER_SEC - 1) / USEC_PER_SEC);
         }
         strbuf_puts(&b, "}");
-        return strbuf_steal(&b);
+        /* a local copy while writing: the compiler keeps it in registers */
+        *_b = b;
+        return b.oom ? -ENOMEM : 0;
 }
 
 /* ---- routes ---------------------------------------------------------- */
-
-static const char *arg(ApiRequest *r, const char *key) {
-        return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
-}
 
 static int parse_seconds_arg(const char *s, usec_t *ret) {
         char *end;
@@ -510,7 +539,7 @@ static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_resul
         usec_t ttl = connection_ttl(c);
         const char *last_error;
         char buf[160];
-        char *s;
+        StrBuf b;
 
         last_error = error_for_peer(r->peer, connection_last_error(c), buf);
         if (c->state == CONN_NEEDS_REAUTH || refresh_result == -EKEYREJECTED) {
@@ -528,13 +557,14 @@ static void answer_token_limited(ApiRequest *r, Connection *c, int refresh_resul
                 answer_unavailable(r, last_error ?: "no valid token; provider unreachable", retry);
                 return;
         }
-        s = token_json(m, c, refresh_retry_after);
-        if (!s) {
+        strbuf_on(&b, r->slot, sizeof r->slot);
+        if (token_json(&b, m, c, ttl, refresh_retry_after) < 0) {
+                strbuf_free(&b);
                 answer_error(r, 500, API_ERR_SERVER, "out of memory");
                 return;
         }
         m->tokens_served++;
-        answer(r, 200, s);
+        answer_buf(r, 200, &b);
         if (refresh_retry_after > 0) {
                 r->extra_header = "Retry-After";
                 snprintf(r->extra_value, sizeof r->extra_value, "%" PRIu64,
@@ -719,10 +749,33 @@ static int on_wait_timeout(sd_event_source *s _unused_, uint64_t usec _unused_, 
         return 0;
 }
 
+/* A token route's arguments, found in one walk of the query (most
+ * requests have none: two lookups were two walks for nothing). */
+typedef struct TokenArgs {
+        const char *min_ttl, *wait;
+        bool have_min_ttl, have_wait;
+} TokenArgs;
+
+static enum MHD_Result token_arg(void *cls, enum MHD_ValueKind kind _unused_, const char *key, const char *value) {
+        TokenArgs *t = cls;
+
+        /* What MHD_lookup_connection_value() would find: the first of
+         * each key, any case; a key without "=" has a NULL value. */
+        if (!t->have_min_ttl && strcasecmp(key, "min_ttl") == 0) {
+                t->min_ttl = value;
+                t->have_min_ttl = true;
+        } else if (!t->have_wait && strcasecmp(key, "wait") == 0) {
+                t->wait = value;
+                t->have_wait = true;
+        }
+        return MHD_YES;
+}
+
 static void route_token(ApiRequest *r, Connection *c, Route route) {
         Manager *m = r->api->manager;
         usec_t min_ttl = 0, wait = 0, ttl;
         const char *min_ttl_arg, *wait_arg;
+        TokenArgs ta = {};
         int k;
 
         if (!peer_may_read(r->peer, c)) {
@@ -730,8 +783,9 @@ static void route_token(ApiRequest *r, Connection *c, Route route) {
                 answer_error(r, 403, API_ERR_FORBIDDEN, "peer not allowed");
                 return;
         }
-        min_ttl_arg = arg(r, "min_ttl");
-        wait_arg = arg(r, "wait");
+        (void) MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, token_arg, &ta);
+        min_ttl_arg = ta.min_ttl;
+        wait_arg = ta.wait;
         if (min_ttl_arg && parse_seconds_arg(min_ttl_arg, &min_ttl) < 0) {
                 answer_error(r, 400, API_ERR_INVALID_REQUEST,
                              "min_ttl must be whole seconds from 0 to 31536000 (365 days)");
@@ -1986,7 +2040,14 @@ static void conn_deadline(ApiConn *c, bool wait) {
         head = a->waiting_head;
         waiting_unlink(c);
         if (wait) {
-                c->deadline = usec_add(now(CLOCK_MONOTONIC), API_REQUEST_TIMEOUT_SEC * USEC_PER_SEC);
+                usec_t t;
+
+                /* The loop's time (this turn's start, a clock read saved
+                 * per request): never later than now, never earlier than
+                 * a deadline set before, so appending keeps the order. */
+                if (sd_event_now(a->manager->event, CLOCK_MONOTONIC, &t) < 0)
+                        t = now(CLOCK_MONOTONIC);
+                c->deadline = usec_add(t, API_REQUEST_TIMEOUT_SEC * USEC_PER_SEC);
                 c->wprev = a->waiting_tail;
                 if (a->waiting_tail)
                         a->waiting_tail->wnext = c;
@@ -2131,17 +2192,41 @@ static ApiRequest *request_new(Api *a) {
         ApiRequest *r = a->n_spare > 0 ? a->spare[--a->n_spare] : NULL;
 
         if (r) {
-                *r = (ApiRequest) {};
+                memset(r, 0, offsetof(ApiRequest, slot_resp));   /* the slot stays */
                 return r;
         }
-        return new0(ApiRequest, 1);
+        /* slot[] needs no zeroing: strbuf_on() starts it */
+        r = malloc(sizeof *r);
+        if (r)
+                memset(r, 0, offsetof(ApiRequest, slot));
+        return r;
+}
+
+static void request_destroy(ApiRequest *r) {
+        if (r->slot_resp)
+                MHD_destroy_response(r->slot_resp);
+        free(r);
 }
 
 static void request_free(Api *a, ApiRequest *r) {
         if (a->n_spare < API_SPARE_REQUESTS)
                 a->spare[a->n_spare++] = r;
         else
-                free(r);
+                request_destroy(r);
+}
+
+/* Queues r's answer in slot[]: its kept response again when the length
+ * is the same, else a new one over it. */
+static enum MHD_Result respond_slot(struct MHD_Connection *conn, ApiRequest *r) {
+        if (!r->slot_resp || r->slot_resp_len != r->slot_len) {
+                if (r->slot_resp)
+                        MHD_destroy_response(r->slot_resp);
+                r->slot_resp = mhd_response_json(r->slot, r->slot_len);
+                r->slot_resp_len = r->slot_resp ? r->slot_len : 0;
+                if (!r->slot_resp)
+                        return MHD_NO;
+        }
+        return MHD_queue_response(conn, r->status, r->slot_resp);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -2161,6 +2246,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         free(r->body);
         free(r->response);
         free(r->revoke_answer);
+        if (r->slot_len > 0)   /* sent: the token goes from our memory */
+                explicit_wipe(r->slot, r->slot_len);
         request_free(cls, r);
         *req_cls = NULL;
 }
@@ -2252,6 +2339,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 answer_error(r, 500, API_ERR_SERVER, "no answer");
         if (r->stream)
                 return list_respond(conn, TAKE_PTR(r->stream));
+        if (r->slot_len > 0 && !r->extra_header && r->status == 200 && !r->content_type)
+                return respond_slot(conn, r);
+        if (r->slot_len > 0) {   /* a rarer answer: its own copy, with its headers */
+                r->response = strndup(r->slot, r->slot_len);
+                explicit_wipe(r->slot, r->slot_len);
+                r->slot_len = 0;
+        }
         if (!r->response)
                 return MHD_NO;
         {
@@ -2393,7 +2487,7 @@ Api *api_free(Api *a) {
         mhd_loop_detach(&a->loop);
         a->reaper = sd_event_source_disable_unref(a->reaper);
         while (a->n_spare > 0)
-                free(a->spare[--a->n_spare]);
+                request_destroy(a->spare[--a->n_spare]);
         hashmap_free(a->uids);
         safe_close(a->fd);
         free(a);

@@ -106,6 +106,20 @@ static void wipe_free(void *p) {
         secret_free(p);
 }
 
+struct MHD_Response *mhd_response_json(const char *buf, size_t len) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *) buf, MHD_RESPMEM_PERSISTENT);
+
+        if (!resp)
+                return NULL;
+        /* kept and queued again: never without its no-store */
+        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") != MHD_YES ||
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES) {
+                MHD_destroy_response(resp);
+                return NULL;
+        }
+        return resp;
+}
+
 enum MHD_Result mhd_respond(struct MHD_Connection *c, unsigned status, const char *content_type,
                             char *body, const char *extra_header, const char *extra_value) {
         struct MHD_Response *resp;

@@ -26,6 +26,14 @@ void mhd_loop_detach(MhdLoop *l);   /* stops the daemon too */
 /* Runs MHD once and re-arms the timer: after resuming a connection. */
 void mhd_loop_kick(MhdLoop *l);
 
+/* A response over len bytes of buf, the caller's (not copied, not
+ * freed: buf must outlive every use of the response), with the headers
+ * mhd_respond() gives a JSON answer. The caller keeps the reference: it
+ * may queue the response again (buf rewritten, the same length) once the
+ * connections it was queued on are done with it (their request
+ * completed), and drops it with MHD_destroy_response(). NULL on ENOMEM. */
+struct MHD_Response *mhd_response_json(const char *buf, size_t len);
+
 /* Queue a response and drop our reference. */
 enum MHD_Result mhd_respond(struct MHD_Connection *c, unsigned status, const char *content_type,
                             char *body /* freed, wiped */, const char *extra_header,

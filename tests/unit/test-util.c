@@ -385,7 +385,7 @@ static void json_escape_ref(StrBuf *b, const unsigned char *s, size_t n) {
 }
 
 TEST(json_escape_word_at_a_time_matches_bytes) {
-        unsigned char in[40];
+        unsigned char in[48];
         unsigned bad = 0;
 
         for (unsigned len = 1; len <= sizeof in; len++)
@@ -396,6 +396,9 @@ TEST(json_escape_word_at_a_time_matches_bytes) {
                                 /* a clean run with bytes near the edges: 0x21, 0x7f, 0x80, 0xff */
                                 for (unsigned i = 0; i < len; i++)
                                         in[i] = (unsigned char[]) { 'a', 0x21, 0x7f, 0x80, 0xff, '~', '0', 0x5b }[i % 8];
+                                /* a second one further on, past a 16-byte block: the scan resumes */
+                                if (len > 24 && v % 3 == 0)
+                                        in[(at + 17) % len] = (unsigned char[]) { '"', '\\', 0x1f }[v % 9 / 3];
                                 in[at] = (unsigned char) v;
                                 strbuf_json_escape(&got, (const char *) in, len);
                                 json_escape_ref(&want, in, len);
@@ -502,4 +505,38 @@ TEST(text_escape_controls_and_utf8) {
                 d = text_escape_dup(in, 511);
                 CHECK_EQ_INT(strlen(d), 510);
         }
+}
+
+/* The per-thread date cache: runs of times within a day (its hits),
+ * day boundaries either way, and a time past 9999 between them (which
+ * must neither be cached nor spoil the cached day). */
+TEST(format_timestamp_day_cache) {
+        static const time_t base[] = { 0, 951782400 - 1, 1700000000, 4107542399, 253402300799 - 5 };
+        unsigned bad = 0;
+
+        for (size_t b = 0; b < ELEMENTSOF(base); b++)
+                for (int step = -3; step <= 6; step++) {
+                        time_t s = base[b] + (time_t) step * 1;
+                        char mine[32], ref[32], big[32];
+                        struct tm tm;
+
+                        if (s < 0 || s > 253402300799)
+                                continue;
+                        format_timestamp(mine, sizeof mine, (usec_t) s * USEC_PER_SEC);
+                        gmtime_r(&s, &tm);
+                        strftime(ref, sizeof ref, "%Y-%m-%dT%H:%M:%SZ", &tm);
+                        if (strcmp(mine, ref) != 0 && bad++ < 5)
+                                fprintf(stderr, "  %lld: %s != %s\n", (long long) s, mine, ref);
+                        /* a day later and back: the cache follows */
+                        s += 86400 * (step & 1);
+                        if (s <= 253402300799) {
+                                format_timestamp(mine, sizeof mine, (usec_t) s * USEC_PER_SEC);
+                                gmtime_r(&s, &tm);
+                                strftime(ref, sizeof ref, "%Y-%m-%dT%H:%M:%SZ", &tm);
+                                if (strcmp(mine, ref) != 0 && bad++ < 5)
+                                        fprintf(stderr, "  %lld: %s != %s\n", (long long) s, mine, ref);
+                        }
+                        CHECK_STREQ(format_timestamp(big, sizeof big, UINT64_C(253402300800) * USEC_PER_SEC), "");
+                }
+        CHECK_EQ_INT(bad, 0);
 }
