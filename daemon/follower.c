@@ -65,6 +65,7 @@ struct Follower {
         bool overflow;
         Change *batch, **batch_tail;
         usec_t test_delay;            /* TOKENBROKER_TEST_FOLLOWER_DELAY_MS: a test hook */
+        usec_t scan;                  /* FOLLOWER_SCAN, or TOKENBROKER_TEST_FOLLOWER_SCAN_MS (a test hook) */
         bool full_asked;              /* a full comparison is on its way */
         bool full_redo;               /* one failed: ask again */
         usec_t last_prune;            /* CLOCK_MONOTONIC */
@@ -328,7 +329,7 @@ static void *follower_thread(void *userdata) {
                         r = catch_up(f, s, before);
                 else if (r >= 0 && f->n_ids > 0)
                         r = store_rows_changed(s, f->ids, f->n_ids, 0, on_row, f);
-                if (r >= 0 && usec_sub(now(CLOCK_MONOTONIC), last_scan) >= FOLLOWER_SCAN) {
+                if (r >= 0 && usec_sub(now(CLOCK_MONOTONIC), last_scan) >= f->scan) {
                         /* the safety net: anything a notification missed */
                         r = catch_up(f, s, before);
                         last_scan = now(CLOCK_MONOTONIC);
@@ -595,6 +596,15 @@ static void apply_row(Follower *f, const StoreRow *row) {
                                   store_last_error(m->store));
                 return;
         }
+        if (manager_deleting(m, x->id)) {
+                /* Deleted here, the delete still in the writer (held up
+                 * behind a slow commit): the row was read before it went.
+                 * Taking it would bring the connection back (or, made
+                 * again here under the same name, put the old one in the
+                 * new one's place). */
+                log_debug("%s: being deleted on this node; the row read back is not taken.", x->name);
+                return;
+        }
         c = manager_get(m, x->name);
         if (c && c->id != x->id) {
                 /* deleted and made again elsewhere under the same name */
@@ -782,6 +792,16 @@ int follower_new(Manager *m, int64_t since, Follower **ret) {
                         f->test_delay = MIN((usec_t) atoi(d), (usec_t) 30000) * USEC_PER_MSEC;
                         log_warning("TOKENBROKER_TEST_FOLLOWER_DELAY_MS is set: other nodes' changes reach this node "
                                     "%u ms late (a test hook).", (unsigned) (f->test_delay / USEC_PER_MSEC));
+                }
+        }
+        f->scan = FOLLOWER_SCAN;
+        {
+                const char *d = getenv("TOKENBROKER_TEST_FOLLOWER_SCAN_MS");
+
+                if (d && atoi(d) > 0) {
+                        f->scan = MIN((usec_t) atoi(d) * USEC_PER_MSEC, FOLLOWER_SCAN);
+                        log_warning("TOKENBROKER_TEST_FOLLOWER_SCAN_MS is set: the safety-net scan runs every %u ms "
+                                    "(a test hook).", (unsigned) (f->scan / USEC_PER_MSEC));
                 }
         }
         pthread_mutex_init(&f->lock, NULL);

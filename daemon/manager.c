@@ -35,6 +35,22 @@ static const char *connection_key(const HashmapNode *n) {
 static const char *pending_key(const HashmapNode *n);
 static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 
+#define DELETING_ID_MAX 21   /* "-9223372036854775808" and its NUL */
+
+/* A delete of this node's in the writer's queue (manager_remove_then()),
+ * in m->deleting until its completion runs. */
+typedef struct Deleting {
+        HashmapNode by_id;
+        Manager *m;
+        store_done_fn fn;          /* the caller's completion */
+        void *userdata;
+        char id[DELETING_ID_MAX];
+} Deleting;
+
+static const char *deleting_key(const HashmapNode *n) {
+        return container_of(n, const Deleting, by_id)->id;
+}
+
 /* Removes the API socket we bound, if the path still names that socket
  * (not one passed by systemd: its socket unit owns that). */
 static void manager_unlink_api_socket(Manager *m) {
@@ -85,6 +101,9 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         if (r < 0)
                 return r;
         r = hashmap_new(&m->pending, pending_key);
+        if (r < 0)
+                return r;
+        r = hashmap_new(&m->deleting, deleting_key);
         if (r < 0)
                 return r;
         ordmap_init(&m->ordered, order_key);
@@ -169,7 +188,16 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->sigint);
         sd_event_source_disable_unref(m->sighup);
         cluster_free(m->cluster);
-        store_writer_free(m->writer);
+        store_writer_free(m->writer);   /* may run delete completions: m->deleting still there */
+        if (m->deleting) {
+                /* deletes never done (the writer stopped first): no completion comes */
+                it = (HashmapIter) {};
+                while ((n = hashmap_iter_next(m->deleting, &it))) {
+                        hashmap_remove_node(m->deleting, n);
+                        free(container_of(n, Deleting, by_id));
+                }
+                hashmap_free(m->deleting);
+        }
         store_close(m->store);
         safe_close(m->api_fd);
         safe_close(m->callback_fd);
@@ -784,14 +812,57 @@ int manager_remove(Manager *m, Connection *c) {
         return manager_remove_then(m, c, write_done, (void *) "delete");
 }
 
+static void deleting_id(int64_t id, char buf[static DELETING_ID_MAX]) {
+        snprintf(buf, DELETING_ID_MAX, "%" PRIi64, id);
+}
+
+/* The delete is done (committed or failed): the follower may take a row
+ * of the id again (one that failed: it is still there), then the
+ * caller's completion. */
+static void on_deleted(int result, const char *error, void *userdata) {
+        Deleting *d = userdata;
+        store_done_fn fn = d->fn;
+        void *u = d->userdata;
+
+        hashmap_remove_node(d->m->deleting, &d->by_id);
+        free(d);
+        if (fn)
+                fn(result, error, u);
+}
+
+bool manager_deleting(Manager *m, int64_t id) {
+        char buf[DELETING_ID_MAX];
+
+        deleting_id(id, buf);
+        return hashmap_get(m->deleting, buf) != NULL;
+}
+
 int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata) {
+        Deleting *d;
         int r;
 
-        /* Gone from memory now; a row whose delete then fails comes back
-         * at the next start (fn logs it). */
-        r = store_writer_delete(m->writer, c->id, fn, userdata);
-        if (r < 0)
+        d = new0(Deleting, 1);
+        if (!d)
+                return -ENOMEM;
+        *d = (Deleting) { .m = m, .fn = fn, .userdata = userdata };
+        deleting_id(c->id, d->id);
+        /* -EEXIST cannot be (an id's delete is queued once: the connection
+         * leaves memory with it, and the follower does not take it back
+         * while it is in the map); the first entry stands for both */
+        r = hashmap_put(m->deleting, &d->by_id);
+        if (r < 0 && r != -EEXIST) {
+                free(d);
                 return r;
+        }
+        /* Gone from memory now; a row whose delete then fails comes back
+         * at the next start, or with the follower's next read of it (fn
+         * logs it). */
+        r = store_writer_delete(m->writer, c->id, on_deleted, d);
+        if (r < 0) {
+                hashmap_remove_node(m->deleting, &d->by_id);
+                free(d);
+                return r;
+        }
         manager_forget(m, c);
         return 0;
 }

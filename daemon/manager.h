@@ -61,6 +61,7 @@ struct Manager {
         Hashmap *connections;      /* by name */
         Ordmap ordered;            /* the same, in byte order of name: paged listing */
         Hashmap *pending;          /* by state hash */
+        Hashmap *deleting;         /* this node's deletes not done yet, by connection id (decimal) */
         unsigned n_state[_CONN_STATE_MAX];
 
         unsigned refreshing;
@@ -193,6 +194,10 @@ int manager_remove(Manager *m, Connection *c);
 /* The same; fn runs on the loop once the deletion is durable (0) or
  * failed (-errno), for a caller that must not answer before (a revoke). */
 int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata);
+/* Whether this node's delete of connection id is queued and not done
+ * yet (committed or failed): the row may still be in the store, and a
+ * follower that reads it back must not take the connection in again. */
+bool manager_deleting(Manager *m, int64_t id);
 
 /* Queues a write of the connection's row as it stands (with any staged
  * tokens: see refresher_image()); durable some milliseconds later, in

@@ -15,6 +15,10 @@
  *     by a client (stats.graceAfterSeen = 0).
  *  3. A revoke (DELETE) is answered only once the row's delete is
  *     committed: while held, no answer and the row is still there.
+ *  4. PostgreSQL: the follower reads the row back while its delete is
+ *     held (a safety-net scan every turn, its batch handed over late:
+ *     TOKENBROKER_TEST_FOLLOWER_SCAN_MS, TOKENBROKER_TEST_FOLLOWER_DELAY_MS);
+ *     the connection deleted from memory must not come back from it.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -22,20 +26,20 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const { Broker, followAuthorize, sleep, waitFor, iniProvider } = require('../lib/broker.js');
+const { STORE, Broker, followAuthorize, sleep, waitFor, iniProvider } = require('../lib/broker.js');
 const { startFakeProvider } = require('../lib/fake-provider.js');
 
 /* A broker on the fake provider whose store writer holds while the file
  * `stall` exists (TOKENBROKER_TEST_WRITER_STALL); stopped after the test,
  * the file removed first so the writer is never left held. */
-async function startHeldable(t) {
+async function startHeldable(t, env = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-gc-'));
   const stall = path.join(dir, 'stall');
   const fp = await startFakeProvider({ graceReuse: true, expiresIn: 600 });
   const b = await Broker.start({
     providers: { fake: iniProvider(fp.providerConf()) },
     secrets: { 'fake.secret': 'group-commit-secret' },
-    env: { TOKENBROKER_TEST_WRITER_STALL: stall },
+    env: { TOKENBROKER_TEST_WRITER_STALL: stall, ...env },
   });
   t.after(async () => {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -163,4 +167,46 @@ test('group commit: SIGTERM while the writer is held commits the staged tokens a
   assert.equal(rf.status, 200, rf.text);
   assert.equal(fp.stats.invalidGrant, 0, `invalid_grant: ${JSON.stringify(fp.rejections)}`);
   assert.equal(fp.stats.graceAccepted, 0, 'the restart went back to the refresh token before the stop');
+});
+
+test('group commit: a row the follower reads back while its delete is held does not bring the connection back', { timeout: 120000, skip: STORE !== 'postgresql' && 'the follower is PostgreSQL\'s' }, async (t) => {
+  const DELAY = 2000;   // ms the follower holds what it read before the loop applies it
+  const { b, fp, stall } = await startHeldable(t, {
+    TOKENBROKER_TEST_FOLLOWER_SCAN_MS: '1',
+    TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(DELAY),
+  });
+  const c = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
+  assert.equal(c.status, 201, c.text);
+  assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
+  assert.equal((await b.api('GET', '/v1/connections/gc/token')).status, 200);
+  await sleep(2 * DELAY + 500);   // the follower done with the authorization's rows
+
+  // A commit of the row: the follower reads it back (its scan), and hands
+  // it to the loop DELAY ms later, while the delete below is held.
+  const rf = await b.api('POST', '/v1/connections/gc/refresh');
+  assert.equal(rf.status, 200, rf.text);
+  fs.writeFileSync(stall, '');
+  let revoked = null;
+  const rv = b.api('DELETE', '/v1/connections/gc').then((r) => { revoked = r; return r; });
+  await waitFor(() => fp.requests.some((x) => x.path === '/revoke'), { timeoutMs: 10000, what: 'the revocation at the provider' });
+  const until = Date.now() + 2 * DELAY + 1000;
+  while (Date.now() < until) {
+    const g = await b.api('GET', '/v1/connections/gc');
+    assert.equal(g.status, 404, `the connection came back while its delete was held: ${g.text}`);
+    await sleep(100);
+  }
+  assert.equal(revoked, null, 'the revoke was answered before its delete was committed');
+  fs.rmSync(stall);
+  const rvr = await rv;
+  assert.equal(rvr.status, 200, rvr.text);
+  assert.doesNotMatch(b.dumpStore(), /\|gc\|/, 'the row is still there after the revoke');
+  assert.equal((await b.api('GET', '/v1/connections/gc')).status, 404);
+
+  // Made again under the same name once the delete is done: nothing held
+  // back from it.
+  const c2 = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
+  assert.equal(c2.status, 201, c2.text);
+  assert.equal((await followAuthorize(c2.json.authorize_url)).status, 200);
+  await sleep(DELAY + 500);
+  assert.equal((await b.api('GET', '/v1/connections/gc/token')).status, 200);
 });
