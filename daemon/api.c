@@ -157,7 +157,7 @@ struct ApiRequest {
         char *proxy_raw;
         Proxy *proxy;
 
-        /* The answer is slot_len bytes of slot[] (answer_slot()), not
+        /* The answer is slot_len bytes of slot[] (answer_buf()), not
          * response; 0: it is not. */
         size_t slot_len;
 
@@ -454,7 +454,7 @@ static int token_json(StrBuf *_b, Manager *m, const Connection *c, usec_t ttl, u
                 strbuf_u64(&b, (refresh_retry_after + USEC_PER_SEC - 1) / USEC_PER_SEC);
         }
         strbuf_puts(&b, "}");
-        /* a local copy while writing: the compiler keeps it in registers */
+        /* written into a copy of the caller's buffer: hand back where it ended */
         *_b = b;
         return b.oom ? -ENOMEM : 0;
 }
