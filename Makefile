@@ -117,6 +117,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libtokenbroker.a
 $(BUILD)/tests/test-conn-parts: LDFLAGS += -Wl,--wrap=calloc,--wrap=free
 # calloc() made to fail (its header comment)
 $(BUILD)/tests/test-conn-refresh: LDFLAGS += -Wl,--wrap=calloc
+$(BUILD)/tests/test-conn-names: LDFLAGS += -Wl,--wrap=malloc
 
 
 $(BUILD)/pg-tests/%: $(BUILD)/pg-tests/%.o $(BUILD)/libtokenbroker.a

@@ -316,12 +316,12 @@ static void connection_write(StrBuf *b, const Connection *c) {
         bool first = true;
 
         member_str(b, &first, "name", c->name);
-        member_str(b, &first, "provider", c->provider);
+        member_str(b, &first, "provider", c->names->provider);
         member_str(b, &first, "state", conn_state_to_string(c->state));
         member_str(b, &first, "identity", c->identity);
-        member_str(b, &first, "scope", c->scope);
-        member_str(b, &first, "requested_scope", c->requested_scope);
-        member_str(b, &first, "token_type", c->access_token ? c->token_type : NULL);
+        member_str(b, &first, "scope", c->names->scope);
+        member_str(b, &first, "requested_scope", c->names->requested_scope);
+        member_str(b, &first, "token_type", c->access_token ? c->names->token_type : NULL);
         member(b, &first, "has_refresh_token");
         strbuf_puts(b, c->refresh_token ? "true" : "false");
         member_time(b, &first, "expires_at", c->access_token ? c->expires_at : 0);
@@ -408,7 +408,7 @@ static void usage_pair(StrBuf *b, const char *tmpl, char sep, UsageVars *v) {
  * memory; no disk, no network, no JSON tree, no per-field allocation. */
 static int token_json(StrBuf *_b, Manager *m, const Connection *c, usec_t ttl, usec_t refresh_retry_after) {
         const Provider *p = manager_provider(m, c);
-        UsageVars v = { c->access_token, c->token_type ?: "Bearer", connection_params(c), connection_metadata(c) };
+        UsageVars v = { c->access_token, c->names->token_type ?: "Bearer", connection_params(c), connection_metadata(c) };
         StrBuf b = *_b;
         char ts[32];
 
@@ -417,7 +417,7 @@ static int token_json(StrBuf *_b, Manager *m, const Connection *c, usec_t ttl, u
         strbuf_puts(&b, "{\"access_token\":");
         strbuf_json_string(&b, c->access_token);
         strbuf_puts(&b, ",\"token_type\":");
-        strbuf_json_string(&b, c->token_type ?: "Bearer");
+        strbuf_json_string(&b, c->names->token_type ?: "Bearer");
         if (c->expires_at > 0) {
                 strbuf_puts(&b, ",\"expires_in\":");
                 strbuf_u64(&b, ttl / USEC_PER_SEC);
@@ -425,9 +425,9 @@ static int token_json(StrBuf *_b, Manager *m, const Connection *c, usec_t ttl, u
                 strbuf_puts(&b, format_timestamp(ts, sizeof ts, c->expires_at));
                 strbuf_puts(&b, "\"");
         }
-        if (c->scope) {
+        if (c->names->scope) {
                 strbuf_puts(&b, ",\"scope\":");
-                strbuf_json_string(&b, c->scope);
+                strbuf_json_string(&b, c->names->scope);
         }
         if (p->n_usage_header > 0) {
                 strbuf_puts(&b, ",\"headers\":{");
@@ -1073,7 +1073,7 @@ static void route_create(ApiRequest *r) {
                 _cleanup_free_ char *perr = NULL;
 
                 k = params_resolve(pp, json_object_get(root, "params"),
-                                   old && streq(old->provider, provider) ? connection_params(old) : NULL, &params, &perr);
+                                   old && streq(old->names->provider, provider) ? connection_params(old) : NULL, &params, &perr);
                 if (k < 0) {
                         wipe_json_secrets(root);
                         json_decref(root);
@@ -1297,7 +1297,7 @@ static int list_fill(ListStream *s) {
                 copy_str(s->cursor, sizeof s->cursor, c->name);
                 if (s->state >= 0 && c->state != s->state)
                         continue;
-                if (s->provider[0] && !streq(c->provider, s->provider))
+                if (s->provider[0] && !streq(c->names->provider, s->provider))
                         continue;
                 if (s->emitted++ > 0)
                         strbuf_puts(&s->out, ",");

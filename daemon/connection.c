@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-#include "common/intern.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "daemon/connection.h"
 
 static const char *const conn_state_table[_CONN_STATE_MAX] = {
@@ -275,13 +278,187 @@ int connection_set_retry_at(Connection *c, usec_t t) {
         return 0;
 }
 
+/* ---- names: interned tuples ---------------------------------------- */
+
+#define NAMES_MAGIC UINT32_C(0x4e414d45)
+
+typedef struct NamesEntry {
+        HashmapNode node;          /* key = key[] */
+        size_t refs;
+        uint32_t magic;
+        ConnNames names;           /* pointing into key[], after the key */
+        /* The key (each field "-" when NULL, else its length, ':' and its
+         * bytes: no two tuples share one), its NUL, then the four values,
+         * each with its NUL. */
+        char key[];
+} NamesEntry;
+
+const ConnNames conn_names_none = {};
+
+static Hashmap *names_table = NULL;
+
+static const char *names_key(const HashmapNode *n) {
+        return container_of(n, const NamesEntry, node)->key;
+}
+
+static NamesEntry *names_entry_of(const ConnNames *n) {
+        NamesEntry *e = container_of(n, NamesEntry, names);
+
+        assert(e->magic == NAMES_MAGIC && e->refs > 0);
+        return e;
+}
+
+/* The key of n into buf (size bytes): its length without the NUL; a
+ * length >= size means it did not fit. */
+static size_t names_key_format(const ConnNames *n, char *buf, size_t size) {
+        const char *f[4] = { n->provider, n->token_type, n->scope, n->requested_scope };
+        size_t len = 0;
+
+        for (size_t i = 0; i < 4; i++) {
+                char num[24];
+                size_t l, k;
+
+                if (!f[i]) {
+                        if (len + 1 < size)
+                                buf[len] = '-';
+                        len++;
+                        continue;
+                }
+                l = strlen(f[i]);
+                k = (size_t) snprintf(num, sizeof num, "%zu:", l);
+                if (len + k + l < size) {
+                        memcpy(buf + len, num, k);
+                        memcpy(buf + len + k, f[i], l);
+                }
+                len += k + l;
+        }
+        if (len < size)
+                buf[len] = 0;
+        else if (size > 0)
+                buf[0] = 0;
+        return len;
+}
+
+const ConnNames *conn_names_intern(const ConnNames *n) {
+        const char *f[4] = { n->provider, n->token_type, n->scope, n->requested_scope };
+        const char **out[4];
+        _cleanup_free_ char *heap = NULL;
+        char buf[256], *key = buf, *p;
+        HashmapNode *node;
+        NamesEntry *e;
+        size_t len, bytes;
+
+        if (!n->provider && !n->token_type && !n->scope && !n->requested_scope)
+                return &conn_names_none;
+        len = names_key_format(n, buf, sizeof buf);
+        if (len >= sizeof buf) {
+                heap = malloc(len + 1);
+                if (!heap)
+                        return NULL;
+                (void) names_key_format(n, heap, len + 1);
+                key = heap;
+        }
+        if (!names_table && hashmap_new(&names_table, names_key) < 0)
+                return NULL;
+        node = hashmap_get(names_table, key);
+        if (node) {
+                e = container_of(node, NamesEntry, node);
+                e->refs++;
+                return &e->names;
+        }
+        bytes = sizeof(NamesEntry) + len + 1;
+        for (size_t i = 0; i < 4; i++)
+                bytes += f[i] ? strlen(f[i]) + 1 : 0;
+        e = malloc(bytes);
+        if (!e)
+                return NULL;
+        *e = (NamesEntry) { .refs = 1, .magic = NAMES_MAGIC };
+        memcpy(e->key, key, len + 1);
+        p = e->key + len + 1;
+        out[0] = &e->names.provider;
+        out[1] = &e->names.token_type;
+        out[2] = &e->names.scope;
+        out[3] = &e->names.requested_scope;
+        for (size_t i = 0; i < 4; i++) {
+                size_t l;
+
+                if (!f[i])
+                        continue;
+                l = strlen(f[i]);
+                memcpy(p, f[i], l + 1);
+                *out[i] = p;
+                p += l + 1;
+        }
+        if (hashmap_put(names_table, &e->node) < 0) {
+                free(e);
+                return NULL;
+        }
+        return &e->names;
+}
+
+const ConnNames *conn_names_ref(const ConnNames *n) {
+        if (n && n != &conn_names_none)
+                names_entry_of(n)->refs++;
+        return n;
+}
+
+const ConnNames *conn_names_unref(const ConnNames *n) {
+        NamesEntry *e;
+
+        if (!n || n == &conn_names_none)
+                return NULL;
+        e = names_entry_of(n);
+        if (--e->refs > 0)
+                return NULL;
+        hashmap_remove_node(names_table, &e->node);
+        e->magic = 0;
+        free(e);
+        return NULL;
+}
+
+size_t conn_names_count(void) {
+        return names_table ? hashmap_size(names_table) : 0;
+}
+
+bool conn_names_equal(const ConnNames *a, const ConnNames *b) {
+        return a == b || (streq_ptr(a->provider, b->provider) && streq_ptr(a->token_type, b->token_type) &&
+                          streq_ptr(a->scope, b->scope) && streq_ptr(a->requested_scope, b->requested_scope));
+}
+
+int connection_set_names(Connection *c, const ConnNames *n) {
+        const ConnNames *t;
+
+        if (conn_names_equal(c->names, n))
+                return 0;
+        t = conn_names_intern(n);
+        if (!t)
+                return -ENOMEM;
+        conn_names_unref(c->names);
+        c->names = t;
+        return 0;
+}
+
+int connection_set_provider(Connection *c, const char *provider) {
+        ConnNames n = *c->names;
+
+        n.provider = provider;
+        return connection_set_names(c, &n);
+}
+
+int connection_set_requested_scope(Connection *c, const char *requested_scope) {
+        ConnNames n = *c->names;
+
+        n.requested_scope = requested_scope;
+        return connection_set_names(c, &n);
+}
+
 Connection *connection_new(const char *name) {
         size_t n = strlen(name);
         Connection *c = malloc(MAX(sizeof(Connection), offsetof(Connection, name) + n + 1));
 
         if (!c)
                 return NULL;
-        *c = (Connection) {};
+        *c = (Connection) { .names = &conn_names_none };
         memcpy(c->name, name, n + 1);
         return c;
 }
@@ -293,10 +470,7 @@ Connection *connection_free(Connection *c) {
         pending_free(c->pending);   /* and its device part */
         rare_free(c->rare);
         free(c->refresh);   /* its request, staged answer and waiters are the refresher's, gone before */
-        intern_unref(c->provider);
-        intern_unref(c->token_type);
-        intern_unref(c->scope);
-        intern_unref(c->requested_scope);
+        conn_names_unref(c->names);
         free(c->identity);
         free(c->allow_users);
         free(c);

@@ -92,21 +92,49 @@ typedef struct ConnRefresh {
         Waiter *revoke_waiter;     /* the DELETE that revokes it */
 } ConnRefresh;
 
+/* The four names of a connection, interned as one tuple (issue 9: one
+ * pointer in the struct instead of four): every connection of the same
+ * provider, token type, scope and requested scope shares one read-only,
+ * reference-counted ConnNames. Any field may be NULL. Never written
+ * through: a change interns another tuple (connection_set_names()).
+ * Like common/intern.h, one table per process, the event loop's thread
+ * only. */
+typedef struct ConnNames {
+        const char *provider;      /* resolved per use (manager_provider()) */
+        const char *token_type;
+        const char *scope;         /* granted */
+        const char *requested_scope;
+} ConnNames;
+
+/* All four NULL: a new connection's (never counted, never freed). */
+extern const ConnNames conn_names_none;
+
+/* A reference to the tuple with these values (made on first use). NULL
+ * on -ENOMEM. */
+const ConnNames *conn_names_intern(const ConnNames *n);
+/* Another reference; gives one back (the last frees it). NULL passes. */
+const ConnNames *conn_names_ref(const ConnNames *n);
+const ConnNames *conn_names_unref(const ConnNames *n);
+/* Distinct tuples now (tests). */
+size_t conn_names_count(void);
+/* The same four values (NULL equal only to NULL). */
+bool conn_names_equal(const ConnNames *a, const ConnNames *b);
+
 #define CONN_NO_IDX UINT32_MAX   /* not in a heap (Connection.expiry_idx, rt_idx) */
 
-#define ACL_MAX 32   /* fits Connection's uint8_t counts */
+#define ACL_MAX 32   /* fits Connection's 8-bit counts */
 
 /* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
  * 9-byte name, a 23-byte identity, one provider, scope and token type for
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432           352   304      272   248 B struct
- *   provider, scope x2, token type      4 x 32        0             0             0     0        0   interned (common/intern.c)
- *   identity                                32       32            32            32    32       32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559           479   431      399   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  (317 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   304      272      240   216 B struct
+ *   provider, scope x2, token type      4 x 32        0             0             0     0        0        0   one interned tuple (ConnNames), 1 pointer not 4
+ *   identity                                32       32            32            32    32       32       32
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96       96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   431      399      367   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317 -> 285
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8             8
  *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
@@ -121,24 +149,29 @@ typedef struct ConnRefresh {
  * a request waits); a pending authorization's node in
  * Manager.pending (manager_pending_link()). The three heap positions,
  * refreshes and the two rate limits (seconds, eighths of a second) are
- * 32 bits, the state 8 bits, failures sits in the hash node's spare 32
- * bits (HashmapNode.spare): the small fields fill four words without a
- * hole (check with gdb -batch -ex 'ptype /o struct Connection'
- * build/tokenbrokerd). What is left of the struct: the 16-byte hash node (no key pointer: the map's key
- * function finds the name), the 16-byte ordered-map node, the 32-byte
- * timer entry (6 bytes of it padding), pointers, 8-byte times, and the
- * name (a flexible array member, no pointer). 248 B is a 272-byte chunk
- * for names of up to 15 characters; 240 B would be 256 up to 7, and 232 B
- * 256 up to 15 (the 8 of the figures above). Next: the timer
- * entry's padding (a spare 32 bits as in HashmapNode, or the deadline
- * and list in 24 bytes) with the bools as bit-fields; rt_end (8 B) into
- * ConnRare only if the providers that report a refresh token's end are
- * rare (they set it for every connection of theirs); the four interned
- * strings as one interned tuple (24 B); a slab for the structs (the
- * malloc header and rounding: 8-24 B). */
+ * 32 bits; failures sits in the hash node's spare 32 bits
+ * (HashmapNode.spare), the state, the two ACL counts and the five flags
+ * (bit-fields) in the timer entry's 6 spare bytes (TimerEntry.spare):
+ * no hole left (check with gdb -batch -ex 'ptype /o struct Connection'
+ * build/tokenbrokerd). What a token handout reads (the hash node, the
+ * state, access_token, names, expires_at, expires_deadline) is in the
+ * first 80 bytes. What is left of the struct: the 16-byte hash node (no
+ * key pointer: the map's key function finds the name), the 16-byte
+ * ordered-map node, the 32-byte timer entry, pointers, 8-byte times, and
+ * the name (a flexible array member, no pointer). 216 B is a 240-byte
+ * chunk for names of up to 15 characters; 208 B (the identity's pointer
+ * gone, the identity inline after the name) would be 224 up to 7, and
+ * with a 23-byte identity inline 256 instead of 240 + 32. Next: the
+ * identity inline (it changes on a re-authorization, when the struct
+ * cannot move: inline only while it fits, else out of line); rt_end
+ * (8 B) into ConnRare only if the providers that report a refresh
+ * token's end are rare (they set it for every connection of theirs); a
+ * slab for the structs (the malloc header and rounding: 8-24 B). */
 typedef struct Connection {
         /* Ordered so that the small fields share words instead of each
-         * padding one. */
+         * padding one, and so that what a token handout reads (the hash
+         * node, the state, the access token, the names, the expiry) is in
+         * the struct's first 80 bytes. */
         union {
                 HashmapNode by_name;       /* Manager.connections, key = name */
                 struct {
@@ -146,18 +179,33 @@ typedef struct Connection {
                         unsigned failures; /* refresh failures in a row; in by_name's spare bits */
                 };
         };
-        OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
-        TimerEntry timer;          /* next refresh, or pending expiry */
+        union {
+                TimerEntry timer;          /* next refresh, or pending expiry */
+                /* the state and the flags, in the timer entry's spare
+                 * bytes (TimerEntry.spare) */
+                struct {
+                        uint8_t timer_own_[offsetof(TimerEntry, spare)];
+                        ConnState state : 8;       /* -EINVAL..3 in 8 bits */
+                        unsigned n_allow_users : 8, n_allow_groups : 8;   /* each at most ACL_MAX */
+                        bool pending_linked : 1;
+                        bool queued : 1;
+                        bool importing : 1;        /* memory only: the next refresh proves an imported refresh token */
+                        bool rt_unknown : 1;       /* counted in Manager.rt.n_unknown (daemon/rtend.c) */
+                        bool tokens_joined : 1;    /* refresh_token is in access_token's chunk (connection_join_tokens()) */
+                };
+        };
+        char *access_token;        /* secret */
+        /* provider, token_type, scope, requested_scope: an interned tuple,
+         * never NULL (conn_names_none); set with connection_set_names() */
+        const ConnNames *names;
+        usec_t expires_at;         /* realtime; 0 = never */
+        usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
 
+        OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         int64_t id;
-        const char *provider;      /* provider name, interned (common/intern.h); resolved per use */
-        ConnState state : 8;       /* -EINVAL..3 in 8 bits: it shares a word with the flags */
-        uint8_t n_allow_users, n_allow_groups;   /* each at most ACL_MAX */
-        bool pending_linked;
-        bool queued;
-        bool importing;            /* memory only: the next refresh proves an imported refresh token */
-        bool rt_unknown;           /* counted in Manager.rt.n_unknown (daemon/rtend.c) */
-        bool tokens_joined;        /* refresh_token is in access_token's chunk (connection_join_tokens()) */
+        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
+        char *identity;
+
         /* Positions in Manager.expiry and Manager.rt's two heaps, or
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
         uint32_t expiry_idx;
@@ -174,14 +222,6 @@ typedef struct Connection {
         uint32_t client_refresh_8; /* the last refresh a client's min_ttl or invalidate started, CLIENT_REFRESH_UNIT; memory only */
         uint32_t refreshes;        /* saturates at UINT32_MAX (connection_count_refresh()) */
 
-        char *access_token;        /* secret */
-        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
-        const char *token_type;    /* interned, like scope and requested_scope */
-        const char *scope;         /* granted */
-        const char *requested_scope;
-        char *identity;
-        usec_t expires_at;         /* realtime; 0 = never */
-        usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
 
@@ -215,6 +255,10 @@ typedef struct Connection {
 _Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) + offsetof(HashmapNode, spare) &&
                        sizeof(HashmapNode) == offsetof(HashmapNode, spare) + sizeof(unsigned),
                "failures is in by_name's spare bits");
+_Static_assert(offsetof(TimerEntry, spare) + sizeof(((TimerEntry *) 0)->spare) == sizeof(TimerEntry) &&
+                       offsetof(Connection, access_token) == offsetof(Connection, timer) + sizeof(TimerEntry),
+               "the state and the flags are in the timer entry's spare bytes, not past them");
+_Static_assert(ACL_MAX <= 255 && _CONN_STATE_MAX <= 127, "the counts and the state fit their 8 bits");
 
 /* A refresh counted: refreshes + 1, saturated (32 bits: years of a refresh
  * a minute would not fill them; the store keeps 64). */
@@ -236,6 +280,7 @@ static inline uint32_t connection_refreshes_from_store(uint64_t refreshes) {
 typedef struct ConnImage {
         ConnPending pending;
         ConnRare rare;
+        ConnNames names;           /* not interned: conn.names points here when they differ */
         const char *name;
         Connection conn;           /* last: its name[] is empty */
 } ConnImage;
@@ -245,6 +290,13 @@ typedef struct ConnImage {
 Connection *connection_new(const char *name);
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
+
+/* Replaces c's names with the tuple of these values (any NULL). 0, or
+ * -ENOMEM (the old tuple is kept). */
+int connection_set_names(Connection *c, const ConnNames *n);
+/* The same for one of them; the other three are kept. */
+int connection_set_provider(Connection *c, const char *provider);
+int connection_set_requested_scope(Connection *c, const char *requested_scope);
 
 /* Replaces the ACL with copies of these lists (each at most ACL_MAX; the
  * rest is dropped). 0, or -ENOMEM (the old ACL is kept). */

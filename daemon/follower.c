@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 
-#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/follower.h"
@@ -355,10 +354,13 @@ static void take_tokens(Manager *m, Connection *c, Connection *x) {
         c->refresh_token = TAKE_PTR(x->refresh_token);
         c->tokens_joined = x->tokens_joined;
         x->tokens_joined = false;
-        intern_unref(c->token_type);
-        c->token_type = TAKE_PTR(x->token_type);
-        intern_unref(c->scope);
-        c->scope = TAKE_PTR(x->scope);
+        if (connection_set_names(c, &(const ConnNames) {
+                                            .provider = c->names->provider,
+                                            .token_type = x->names->token_type,
+                                            .scope = x->names->scope,
+                                            .requested_scope = c->names->requested_scope,
+                                    }) < 0)
+                log_oom();   /* the old token type and scope are kept */
         if (connection_set_metadata(c, x->rare ? TAKE_PTR(x->rare->metadata) : NULL) < 0 ||
             connection_set_last_error(c, x->rare ? TAKE_PTR(x->rare->last_error) : NULL) < 0)
                 log_oom();
@@ -391,8 +393,8 @@ static void take_others(Manager *m, Connection *c, Connection *x) {
                     manager_pending_link(m, c) < 0)
                         log_oom();
         }
-        intern_unref(c->requested_scope);
-        c->requested_scope = TAKE_PTR(x->requested_scope);
+        if (connection_set_requested_scope(c, x->names->requested_scope) < 0)
+                log_oom();   /* the old one is kept */
         free(c->identity);
         c->identity = TAKE_PTR(x->identity);
         if (connection_set_params(c, x->rare ? TAKE_PTR(x->rare->params) : NULL) < 0 ||

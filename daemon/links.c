@@ -329,11 +329,11 @@ int links_mint(Manager *m, const char *name, const char *provider, const char *s
                 *ret_error = "no such connection: give --provider to make a link that creates it";
                 return -ENOENT;
         }
-        if (c && provider && !streq(c->provider, provider)) {
+        if (c && provider && !streq(c->names->provider, provider)) {
                 *ret_error = "the connection exists with another provider";
                 return -EEXIST;
         }
-        req.provider = provider ?: c->provider;
+        req.provider = provider ?: c->names->provider;
         p = broker_config_find_provider(m->config, req.provider);
         if (!p) {
                 *ret_error = "unknown provider";
@@ -441,7 +441,7 @@ void links_mint_automatic(Manager *m, Connection *c, char **ret_url) {
                 return;
         {
                 const Provider *p = manager_provider(m, c);
-                AuthorizeRequest req = { .name = c->name, .provider = c->provider };
+                AuthorizeRequest req = { .name = c->name, .provider = c->names->provider };
 
                 if (!p || p->grant != GRANT_AUTHORIZATION_CODE || manager_wants_device(p, &req))
                         return;
@@ -841,7 +841,7 @@ static const char *state_for_people(const Connection *c) {
 
 static char *link_page(Manager *m, const Link *l, const Connection *c, const Provider *p) {
         char host[256] = "", until[64], who[LINK_BY_NAME_MAX + 48], broker[600];
-        const char *scope = l->scope ?: (c && c->requested_scope) ? c->requested_scope : p->scopes;
+        const char *scope = l->scope ?: (c && c->names->requested_scope) ? c->names->requested_scope : p->scopes;
         _cleanup_free_ char *title = NULL;
         StrBuf b = {};
 

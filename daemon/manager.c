@@ -11,7 +11,6 @@
 #include <systemd/sd-daemon.h>
 
 #include "common/api.h"
-#include "common/intern.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "daemon/acl.h"
@@ -229,7 +228,7 @@ Connection *manager_get(Manager *m, const char *name) {
 }
 
 const Provider *manager_provider(Manager *m, const Connection *c) {
-        return broker_config_find_provider(m->config, c->provider);
+        return broker_config_find_provider(m->config, c->names->provider);
 }
 
 ProviderStats *manager_stats(Manager *m, const char *provider) {
@@ -252,7 +251,7 @@ ProviderStats *manager_stats(Manager *m, const char *provider) {
 }
 
 static void count_state(Manager *m, const Connection *c, int delta) {
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
 
         m->n_state[c->state] += (unsigned) delta;
         if (ps)
@@ -428,7 +427,7 @@ void manager_event(Manager *m, const Connection *c, const char *kind, const char
         va_list ap;
 
         va_start(ap, fmt);
-        manager_event_va(m, c ? c->name : NULL, c ? c->provider : NULL, kind, fmt, ap);
+        manager_event_va(m, c ? c->name : NULL, c ? c->names->provider : NULL, kind, fmt, ap);
         va_end(ap);
 }
 
@@ -437,7 +436,7 @@ void manager_event_named(Manager *m, const char *name, const char *kind, const c
         va_list ap;
 
         va_start(ap, fmt);
-        manager_event_va(m, name, c ? c->provider : NULL, kind, fmt, ap);
+        manager_event_va(m, name, c ? c->names->provider : NULL, kind, fmt, ap);
         va_end(ap);
 }
 
@@ -530,7 +529,7 @@ void manager_notify(Manager *m, Connection *c, const char *event) {
                 return;
         }
         snprintf(e_conn, sizeof e_conn, "TOKENBROKER_CONNECTION=%s", c->name);
-        snprintf(e_prov, sizeof e_prov, "TOKENBROKER_PROVIDER=%s", c->provider);
+        snprintf(e_prov, sizeof e_prov, "TOKENBROKER_PROVIDER=%s", c->names->provider);
         snprintf(e_event, sizeof e_event, "TOKENBROKER_EVENT=%s", event);
         snprintf(e_state, sizeof e_state, "TOKENBROKER_STATE=%s", conn_state_to_string(c->state));
         {
@@ -995,7 +994,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 return -ENOENT;
         }
         c = manager_get(m, req->name);
-        if (c && !streq(c->provider, p->name)) {
+        if (c && !streq(c->names->provider, p->name)) {
                 *ret_error = "connection exists with another provider";
                 return -EEXIST;
         }
@@ -1031,7 +1030,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 if (r < 0)
                         return r;
                 r = oauth_authorize_url_params(p, p->redirect_uri, state, challenge,
-                                               req->scope ?: (c ? c->requested_scope : NULL),
+                                               req->scope ?: (c ? c->names->requested_scope : NULL),
                                                req->params ?: (c ? connection_params(c) : NULL), &url, NULL);
                 if (r == -EINVAL) {
                         *ret_error = "a parameter value does not fit the provider's authorize URL";
@@ -1045,20 +1044,14 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
                 fresh = connection_new(req->name);
                 if (!fresh)
                         return -ENOMEM;
-                fresh->provider = intern(p->name);
-                if (!fresh->provider)
+                if (connection_set_provider(fresh, p->name) < 0)
                         return -ENOMEM;
                 fresh->state = CONN_PENDING;
                 fresh->created_at = fresh->updated_at = t;
                 c = fresh;
         }
-        if (req->scope) {
-                const char *s = intern(req->scope);
-                if (!s)
-                        return -ENOMEM;
-                intern_unref(c->requested_scope);
-                c->requested_scope = s;
-        }
+        if (req->scope && connection_set_requested_scope(c, req->scope) < 0)
+                return -ENOMEM;
         /* NULL: keep what the connection has (a re-authorization link) */
         if (req->params && req->params != connection_params(c)) {
                 r = connection_set_params(c, json_incref(req->params));

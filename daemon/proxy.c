@@ -453,7 +453,7 @@ static int start_attempt(Proxy *p) {
         prov = c ? manager_provider(m, c) : NULL;
         if (!c || !prov || !c->access_token)
                 return -ENOENT;
-        r = oauth_usage_headers(prov, c->access_token, c->token_type, &lines, &n, &query);
+        r = oauth_usage_headers(prov, c->access_token, c->names->token_type, &lines, &n, &query);
         if (r < 0)
                 return r;
         if (query) {

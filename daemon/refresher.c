@@ -18,7 +18,6 @@
  * (connection_busy()): no other refresh may present the refresh token the
  * staged answer rotated. */
 
-#include "common/intern.h"
 #include "common/log.h"
 #include "common/params.h"
 #include "common/util.h"
@@ -68,8 +67,11 @@ struct Staged {
         bool grant;                /* a grant (code exchange, device approval), not a refresh */
         char *access_token;        /* secret */
         char *refresh_token;       /* secret; NULL: the answer kept the old one */
-        const char *token_type;    /* interned */
-        const char *scope;         /* interned; NULL: unchanged */
+        /* c's names with the answer's token type and scope (interned:
+         * the commit, which must not fail, installs them without an
+         * allocation unless c's other names changed meanwhile) */
+        const ConnNames *names;
+        bool scope_set;            /* the answer had a scope; otherwise c's is kept */
         char *identity;            /* a grant's, from its ID token; NULL: none */
         json_t *metadata;          /* the answer's metadata merged in; NULL: unchanged */
         ConnRare *rare;            /* with metadata, when conn had no ConnRare: its part, set aside */
@@ -78,13 +80,23 @@ struct Staged {
         int64_t lease_epoch;       /* > 0: commit only under this lease (daemon/cluster.h) */
 };
 
+/* The names a commit of st gives c: c's own, with the answer's token
+ * type and (when it had one) scope. */
+static ConnNames staged_names(const Connection *c, const Staged *st) {
+        return (ConnNames) {
+                .provider = c->names->provider,
+                .token_type = st->names->token_type,
+                .scope = st->scope_set ? st->names->scope : c->names->scope,
+                .requested_scope = c->names->requested_scope,
+        };
+}
+
 static Staged *staged_free(Staged *st) {
         if (!st)
                 return NULL;
         secret_free(st->access_token);
         secret_free(st->refresh_token);
-        intern_unref(st->token_type);
-        intern_unref(st->scope);
+        conn_names_unref(st->names);
         free(st->identity);
         json_decref(st->metadata);
         free(st->rare);   /* empty: never holds a value */
@@ -111,9 +123,8 @@ void refresher_image(const Connection *c, ConnImage *img) {
         ret->access_token = st->access_token;
         if (st->refresh_token)
                 ret->refresh_token = st->refresh_token;
-        ret->token_type = st->token_type;
-        if (st->scope)
-                ret->scope = st->scope;
+        img->names = staged_names(c, st);
+        ret->names = &img->names;
         if (st->metadata)
                 img->rare.metadata = st->metadata;
         ret->expires_at = st->expires_at;
@@ -204,7 +215,7 @@ static void queue_remove(Manager *m, Connection *c) {
 
         if (!c->queued)
                 return;
-        ps = manager_stats(m, c->provider);
+        ps = manager_stats(m, c->names->provider);
         x = c->refresh;   /* queued: it has one (queue_append()) */
         assert(x);
         if (x->queue_prev)
@@ -223,7 +234,7 @@ static void queue_remove(Manager *m, Connection *c) {
 /* 0 (queued, or not queueable: no provider stats), or -ENOMEM: no part,
  * not queued. */
 static int queue_append(Manager *m, Connection *c) {
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
         ConnRefresh *x;
 
         if (!ps || c->queued)
@@ -244,7 +255,7 @@ static int queue_append(Manager *m, Connection *c) {
 
 static bool provider_has_slot(Manager *m, const Connection *c) {
         const Provider *p = manager_provider(m, c);
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
 
         return !p || p->max_in_flight == 0 || !ps || ps->in_flight < p->max_in_flight;
 }
@@ -266,7 +277,7 @@ void refresher_cancel(Manager *m, Connection *c) {
                 c->refresh->staged = NULL;
         }
         if (connection_inflight(c)) {
-                ProviderStats *ps = manager_stats(m, c->provider);
+                ProviderStats *ps = manager_stats(m, c->names->provider);
                 op_free(c);
                 m->refreshing--;
                 if (ps)
@@ -456,7 +467,7 @@ static int start_request_leased(Manager *m, Connection *c, OpKind kind, HttpRequ
         x->inflight = req;
         m->refreshing++;
         {
-                ProviderStats *ps = manager_stats(m, c->provider);
+                ProviderStats *ps = manager_stats(m, c->names->provider);
                 if (ps)
                         ps->in_flight++;
         }
@@ -470,7 +481,7 @@ static int start_request(Manager *m, Connection *c, OpKind kind, HttpRequest *re
 static RequestVars request_vars(Manager *m _unused_, const Connection *c, const Provider *p) {
         return (RequestVars) {
                 .redirect_uri = p->redirect_uri,
-                .scope = c->requested_scope ?: p->scopes,
+                .scope = c->names->requested_scope ?: p->scopes,
                 .username = connection_username(c),
                 /* a password grant keeps the connection's password there */
                 .password = p->grant == GRANT_PASSWORD ? connection_code_verifier(c) : NULL,
@@ -722,15 +733,20 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 .grant = grant,
                 .access_token = TAKE_PTR(t->access_token),
                 .refresh_token = TAKE_PTR(t->refresh_token),
-                .token_type = intern(t->token_type),
-                .scope = intern(t->scope),
+                .names = conn_names_intern(&(const ConnNames) {
+                        .provider = c->names->provider,
+                        .token_type = t->token_type,
+                        .scope = t->scope ?: c->names->scope,
+                        .requested_scope = c->names->requested_scope,
+                }),
+                .scope_set = t->scope != NULL,
                 .identity = identity,
                 .expires_at = t->expires_at,
                 .obtained_at = req->sent_at,
                 .last_refresh_at = now(CLOCK_REALTIME),
                 .lease_epoch = lease_epoch,
         };
-        if ((t->token_type && !st->token_type) || (t->scope && !st->scope))
+        if (!st->names)
                 return log_oom();
         {
                 const Provider *p = manager_provider(m, c);
@@ -759,7 +775,7 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
 }
 
 static void refresh_committed(Manager *m, Connection *c, unsigned failures) {
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
         ConnState before = c->state;
 
         m->refresh_ok++;
@@ -876,7 +892,7 @@ void refresher_drop_recommits(Manager *m) {
 /* The provider's answer could not be stored: it is dropped, as if the
  * refresh had failed for a moment; the old token stays, retry with backoff. */
 static void refresh_store_failed(Manager *m, Connection *c) {
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
         usec_t retry;
 
         log_warning("%s: refresh failed: cannot store the new tokens", c->name);
@@ -957,11 +973,16 @@ static void tokens_committed(int result, const char *error, void *userdata) {
         if (st->refresh_token)
                 connection_set_refresh_token(c, TAKE_PTR(st->refresh_token));
         (void) connection_join_tokens(c);   /* on ENOMEM they stay apart */
-        intern_unref(c->token_type);
-        c->token_type = TAKE_PTR(st->token_type);
-        if (st->scope) {
-                intern_unref(c->scope);
-                c->scope = TAKE_PTR(st->scope);
+        {
+                ConnNames n = staged_names(c, st);
+
+                /* st->names unless c's other names changed since: then
+                 * no allocation (a lookup's key may need one) */
+                if (conn_names_equal(&n, st->names)) {
+                        conn_names_unref(c->names);
+                        c->names = conn_names_ref(st->names);
+                } else if (connection_set_names(c, &n) < 0)
+                        log_oom();   /* the old token type and scope are kept */
         }
         if (st->metadata) {
                 /* the part was set aside when it was staged: cannot fail */
@@ -1003,7 +1024,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         usec_t retry;
         int r;
 
-        ProviderStats *ps = manager_stats(m, c->provider);
+        ProviderStats *ps = manager_stats(m, c->names->provider);
 
         o = p ? oauth_token_response(p, req, &t, &error) : OAUTH_TRANSIENT;
         if (!p)
@@ -1108,7 +1129,7 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
 
 static int userinfo_start(Manager *m, Connection *c, const Provider *p) {
         _cleanup_(http_request_freep) HttpRequest *req = NULL;
-        const UsageVars uv = { .access_token = c->access_token, .token_type = c->token_type, .params = connection_params(c),
+        const UsageVars uv = { .access_token = c->access_token, .token_type = c->names->token_type, .params = connection_params(c),
                                .metadata = connection_metadata(c) };
         int r;
 
@@ -1516,7 +1537,7 @@ static void on_request_done(HttpRequest *req, void *userdata) {
         free(op);
         {
                 static const double bounds[] = LATENCY_BOUNDS;
-                ProviderStats *ps = manager_stats(m, c->provider);
+                ProviderStats *ps = manager_stats(m, c->names->provider);
                 double secs = (double) req->duration / (double) USEC_PER_SEC;
                 size_t b = 0;
 

@@ -11,7 +11,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "common/intern.h"
 #include "common/util.h"
 #include "daemon/crypt.h"
 #include "daemon/store-engine.h"
@@ -497,11 +496,11 @@ static int row_new(Store *s, const Connection *c, const char *name, StoreRow **r
         _cleanup_(store_row_freep) StoreRow *row = NULL;
         const char *text[_ROW_TEXT_MAX] = {
                 [ROW_NAME] = name,
-                [ROW_PROVIDER] = c->provider,
-                [ROW_REQUESTED_SCOPE] = c->requested_scope,
-                [ROW_SCOPE] = c->scope,
+                [ROW_PROVIDER] = c->names->provider,
+                [ROW_REQUESTED_SCOPE] = c->names->requested_scope,
+                [ROW_SCOPE] = c->names->scope,
                 [ROW_IDENTITY] = c->identity,
-                [ROW_TOKEN_TYPE] = c->token_type,
+                [ROW_TOKEN_TYPE] = c->names->token_type,
                 [ROW_STATE_HASH] = connection_state_hash(c),
                 [ROW_LAST_ERROR] = connection_last_error(c),
                 [ROW_USERNAME] = connection_username(c),
@@ -609,17 +608,6 @@ static int text_dup(const char *t, char **ret) {
                 return 0;
         }
         *ret = strdup(t);
-        return *ret ? 0 : -ENOMEM;
-}
-
-/* A value of few distinct values (provider, scopes, token type): a
- * reference to its interned copy, not a copy of its own. */
-static int text_intern(const char *t, const char **ret) {
-        if (!t) {
-                *ret = NULL;
-                return 0;
-        }
-        *ret = intern(t);
         return *ret ? 0 : -ENOMEM;
 }
 
@@ -802,11 +790,15 @@ static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *d
                 return -ENOMEM;
         c->id = row->id;
         c->state = row->state;
-        if ((r = text_intern(row->text[ROW_PROVIDER], &c->provider)) < 0 ||
-            (r = text_intern(row->text[ROW_REQUESTED_SCOPE], &c->requested_scope)) < 0 ||
-            (r = text_intern(row->text[ROW_SCOPE], &c->scope)) < 0 ||
-            (r = text_dup(row->text[ROW_IDENTITY], &c->identity)) < 0 ||
-            (r = text_intern(row->text[ROW_TOKEN_TYPE], &c->token_type)) < 0)
+        /* one interned tuple (the lookup of the previous row's when the
+         * same: most rows share it) */
+        if ((r = connection_set_names(c, &(const ConnNames) {
+                                                 .provider = row->text[ROW_PROVIDER],
+                                                 .token_type = row->text[ROW_TOKEN_TYPE],
+                                                 .scope = row->text[ROW_SCOPE],
+                                                 .requested_scope = row->text[ROW_REQUESTED_SCOPE],
+                                         })) < 0 ||
+            (r = text_dup(row->text[ROW_IDENTITY], &c->identity)) < 0)
                 return r;
         /* the out-of-line parts, allocated only when a field is set */
         {

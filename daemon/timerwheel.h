@@ -40,6 +40,10 @@ struct TimerEntry {
         usec_t deadline;
         uint8_t where; /* which list: 0 = not armed */
         uint8_t slot;  /* slot index, for lists in the wheel proper */
+        /* Not the wheel's: 6 bytes the owner may keep fields of its own in
+         * (they would be padding otherwise; like HashmapNode.spare). The
+         * wheel never reads or writes them. */
+        uint8_t spare[6];
 };
 
 /* Called once per expired entry from timerwheel_advance(). The entry is

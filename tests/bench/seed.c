@@ -406,6 +406,7 @@ typedef struct Seeder {
         sqlite3_stmt *insert;
         const BrokerConfig *cfg;
         const char *provider;
+        ConnNames names;           /* borrowed by each connection seeded (not interned) */
         usec_t now;
         char *access, *refresh;    /* token buffers, wiped at the end */
 } Seeder;
@@ -452,13 +453,12 @@ static int seed_one_as(Seeder *sd, unsigned number, Connection **ret) {
         c = *ret = connection_new(name);
         if (!c)
                 return -ENOMEM;
-        c->provider = (char *) sd->provider;
+        sd->names = (ConnNames) { .provider = sd->provider, .token_type = "Bearer", .scope = arg_scope,
+                                  .requested_scope = arg_scope };
+        c->names = &sd->names;
         c->state = CONN_ACTIVE;
         c->access_token = sd->access;
         c->refresh_token = sd->refresh;
-        c->token_type = (char *) "Bearer";
-        c->scope = (char *) arg_scope;
-        c->requested_scope = (char *) arg_scope;
         c->identity = identity;
         c->expires_at = expires_at;
         c->obtained_at = MIN(usec_sub(expires_at, lifetime), sd->now);
@@ -486,7 +486,7 @@ static int seed_one_as(Seeder *sd, unsigned number, Connection **ret) {
         /* The bare row (as store_connection_insert() makes it), then the
          * store's own save fills it in and seals the tokens to its id. */
         (void) sqlite3_bind_text(sd->insert, 1, c->name, -1, SQLITE_STATIC);
-        (void) sqlite3_bind_text(sd->insert, 2, c->provider, -1, SQLITE_STATIC);
+        (void) sqlite3_bind_text(sd->insert, 2, c->names->provider, -1, SQLITE_STATIC);
         (void) sqlite3_bind_text(sd->insert, 3, conn_state_to_string(c->state), -1, SQLITE_STATIC);
         (void) sqlite3_bind_int64(sd->insert, 4, (sqlite3_int64) c->created_at);
         rc = sqlite3_step(sd->insert);
@@ -514,7 +514,7 @@ static int seed_one(Seeder *sd, unsigned number) {
         int r = seed_one_as(sd, number, &c);
 
         if (c) {
-                c->provider = c->token_type = c->scope = c->requested_scope = NULL;
+                c->names = &conn_names_none;
                 c->access_token = c->refresh_token = c->identity = NULL;
                 c->allow_users = NULL;
                 c->n_allow_users = c->n_allow_groups = 0;

@@ -44,10 +44,9 @@ static inline Connection *conn_new(const char *name, const char *provider, ConnS
 
         if (!c)
                 return NULL;
-        c->provider = intern(provider);
         c->state = state;
         c->created_at = c->updated_at = UINT64_C(1700000000) * USEC_PER_SEC;
-        if (!c->provider)
+        if (connection_set_provider(c, provider) < 0)
                 return connection_free(c);
         return c;
 }
@@ -60,9 +59,11 @@ static inline Connection *conn_full(void) {
                 return NULL;
         c->access_token = strdup("gho_AccessToken'\"; DROP TABLE connections;--");
         c->refresh_token = strdup("ghr_Refresh\xc3\xa9token");
-        c->token_type = intern("Bearer");
-        c->scope = intern("repo read:org");
-        c->requested_scope = intern("repo read:org user");
+        if (connection_set_names(c, &(const ConnNames) { .provider = c->names->provider,
+                                                         .token_type = "Bearer",
+                                                         .scope = "repo read:org",
+                                                         .requested_scope = "repo read:org user" }) < 0)
+                return connection_free(c);
         c->identity = strdup("alice@example.com");
         (void) connection_set_last_error(c, strdup("HTTP 503: temporarily_unavailable"));
         c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
@@ -80,7 +81,7 @@ static inline Connection *conn_full(void) {
                 return connection_free(c);
         if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
                 return connection_free(c);
-        if (!c->access_token || !c->refresh_token || !c->token_type || !c->scope || !c->requested_scope ||
+        if (!c->access_token || !c->refresh_token || !c->names->token_type || !c->names->scope || !c->names->requested_scope ||
             !c->identity || !connection_last_error(c) || !connection_state_hash(c) || !connection_code_verifier(c))
                 return connection_free(c);
         return c;
@@ -92,13 +93,13 @@ static inline void check_same(const Connection *a, const Connection *b) {
                 return;
         CHECK_EQ_INT(a->id, b->id);
         CHECK_STREQ(a->name, b->name);
-        CHECK_STREQ(a->provider, b->provider);
+        CHECK_STREQ(a->names->provider, b->names->provider);
         CHECK_EQ_INT(a->state, b->state);
         CHECK(streq_ptr(a->access_token, b->access_token));
         CHECK(streq_ptr(a->refresh_token, b->refresh_token));
-        CHECK(streq_ptr(a->token_type, b->token_type));
-        CHECK(streq_ptr(a->scope, b->scope));
-        CHECK(streq_ptr(a->requested_scope, b->requested_scope));
+        CHECK(streq_ptr(a->names->token_type, b->names->token_type));
+        CHECK(streq_ptr(a->names->scope, b->names->scope));
+        CHECK(streq_ptr(a->names->requested_scope, b->names->requested_scope));
         CHECK(streq_ptr(a->identity, b->identity));
         CHECK(streq_ptr(connection_last_error(a), connection_last_error(b)));
         CHECK(streq_ptr(connection_state_hash(a), connection_state_hash(b)));

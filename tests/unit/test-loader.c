@@ -314,8 +314,9 @@ static void setup_store(void) {
                 c = connection_new(name);
                 if (!c)
                         abort();
-                c->provider = intern(i % 5 == 0 ? "q" : "p");
-                c->token_type = intern("Bearer");
+                if (connection_set_names(c, &(const ConnNames) { .provider = i % 5 == 0 ? "q" : "p",
+                                                                 .token_type = "Bearer" }) < 0)
+                        abort();
                 c->created_at = c->updated_at = t - USEC_PER_HOUR;
                 switch (i % 4) {
                 case 0: case 1:

@@ -423,7 +423,7 @@ TEST(save_changes_every_field) {
         CHECK_EQ_INT(connection_set_state_hash(c, strdup("aaaa")), 0);
         CHECK_EQ_INT(connection_set_code_verifier(c, strdup("verifier")), 0);
         CHECK_EQ_INT(connection_set_pending_until(c, 42), 0);
-        c->requested_scope = intern("openid email");
+        CHECK_EQ_INT(connection_set_requested_scope(c, "openid email"), 0);
         CHECK_EQ_INT(store_connection_save(s, c), 0);
         CHECK_EQ_INT(load_all(s, &l), 0);
         if (l.n == 1)
@@ -434,12 +434,12 @@ TEST(save_changes_every_field) {
         (void) connection_set_state_hash(c, NULL);
         (void) connection_set_code_verifier(c, NULL);
         CHECK_EQ_INT(connection_set_pending_until(c, 0), 0);
-        c->provider = intern_unref(c->provider);
-        c->provider = intern("google2");
+        CHECK_EQ_INT(connection_set_names(c, &(const ConnNames) { .provider = "google2", .token_type = "Bearer",
+                                                                  .scope = "openid email",
+                                                                  .requested_scope = c->names->requested_scope }),
+                     0);
         c->access_token = strdup("ya29.token");
         c->refresh_token = strdup("1//refresh");
-        c->token_type = intern("Bearer");
-        c->scope = intern("openid email");
         c->identity = strdup("bob@example.com");
         c->expires_at = UINT64_C(2000000000) * USEC_PER_SEC;
         c->obtained_at = UINT64_C(1999996400) * USEC_PER_SEC;
@@ -563,7 +563,7 @@ TEST(name_unique) {
         CHECK_EQ_INT(l.n, 2);
         if (l.n == 2) {
                 CHECK_STREQ(l.c[0]->name, "same");
-                CHECK_STREQ(l.c[0]->provider, "p");
+                CHECK_STREQ(l.c[0]->names->provider, "p");
                 CHECK_STREQ(l.c[1]->name, "other");
         }
         loaded_done(&l);
