@@ -318,7 +318,7 @@ static void connection_write(StrBuf *b, const Connection *c) {
         member_str(b, &first, "name", c->name);
         member_str(b, &first, "provider", c->names->provider);
         member_str(b, &first, "state", conn_state_to_string(c->state));
-        member_str(b, &first, "identity", c->identity);
+        member_str(b, &first, "identity", connection_identity(c));
         member_str(b, &first, "scope", c->names->scope);
         member_str(b, &first, "requested_scope", c->names->requested_scope);
         member_str(b, &first, "token_type", c->access_token ? c->names->token_type : NULL);

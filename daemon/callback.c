@@ -282,7 +282,8 @@ static void on_exchanged(Connection *c, int result, void *userdata) {
         r->target = NULL;
         if (result == 0) {
                 snprintf(msg, sizeof msg, "Connection '%s' is active%s%s.", c->name,
-                         c->identity ? ", authorized by " : "", c->identity ?: "");
+                         connection_identity(c) ? ", authorized by " : "",
+                         connection_identity(c) ?: "");
                 answer(r, 200, "Authorized", msg);
         } else {
                 snprintf(msg, sizeof msg, "Connection '%s' was not authorized: %s", c->name,

@@ -95,7 +95,7 @@ static bool pending_empty(const ConnPending *p) {
 }
 
 static bool rare_empty(const ConnRare *r) {
-        return !r->last_error && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
+        return !r->last_error && !r->identity && !r->previous_identity && !r->params && !r->metadata && r->rt_warned == 0;
 }
 
 /* Wipes the secrets, as the setters and connection_clear_pending_auth() do. */
@@ -115,6 +115,7 @@ static ConnRare *rare_free(ConnRare *r) {
         if (!r)
                 return NULL;
         free(r->last_error);
+        free(r->identity);
         free(r->previous_identity);
         json_decref(r->params);
         json_decref(r->metadata);
@@ -223,6 +224,40 @@ int connection_set_rt_warned(Connection *c, usec_t t) {
                 return t != 0 ? -ENOMEM : 0;
         x->rt_warned = t;
         rare_trim(c);
+        return 0;
+}
+
+const char *connection_identity(const Connection *c) {
+        if (c->identity_inline)
+                return c->name + strlen(c->name) + 1;
+        return c->rare ? c->rare->identity : NULL;
+}
+
+int connection_set_identity(Connection *c, char *s) {
+        ConnRare *x;
+
+        if (connection_identity_fits(c, s)) {
+                if (c->rare && c->rare->identity) {
+                        c->rare->identity = mfree(c->rare->identity);
+                        rare_trim(c);
+                }
+                c->identity_inline = s != NULL;
+                if (s) {
+                        char *room = c->name + strlen(c->name) + 1;
+
+                        memcpy(room, s, strlen(s) + 1);
+                        free(s);
+                }
+                return 0;
+        }
+        x = rare_get(c, true);
+        if (!x) {
+                free(s);
+                return -ENOMEM;
+        }
+        free(x->identity);
+        x->identity = s;
+        c->identity_inline = false;
         return 0;
 }
 
@@ -452,14 +487,27 @@ int connection_set_requested_scope(Connection *c, const char *requested_scope) {
         return connection_set_names(c, &n);
 }
 
-Connection *connection_new(const char *name) {
-        size_t n = strlen(name);
-        Connection *c = malloc(MAX(sizeof(Connection), offsetof(Connection, name) + n + 1));
+Connection *connection_new_with(const char *name, const char *identity, size_t room) {
+        size_t n = strlen(name), k = identity ? strlen(identity) + 1 : 0;
+        Connection *c;
 
+        if (k > room && k <= CONN_IDENTITY_ROOM_MAX)
+                room = k;
+        room = MIN(room, (size_t) CONN_IDENTITY_ROOM_MAX);
+        c = malloc(MAX(sizeof(Connection), offsetof(Connection, name) + n + 1 + room));
         if (!c)
                 return NULL;
-        *c = (Connection) { .names = &conn_names_none };
+        *c = (Connection) { .names = &conn_names_none, .identity_room = room };
         memcpy(c->name, name, n + 1);
+        if (identity && k <= room) {
+                memcpy(c->name + n + 1, identity, k);
+                c->identity_inline = true;
+        } else if (identity) {
+                char *s = strdup(identity);
+
+                if (!s || connection_set_identity(c, s) < 0)
+                        return connection_free(c);
+        }
         return c;
 }
 
@@ -471,7 +519,6 @@ Connection *connection_free(Connection *c) {
         rare_free(c->rare);
         free(c->refresh);   /* its request, staged answer and waiters are the refresher's, gone before */
         conn_names_unref(c->names);
-        free(c->identity);
         free(c->allow_users);
         free(c);
         return NULL;

@@ -58,6 +58,9 @@ typedef struct ConnPending {
 /* Fields most connections never set, out of line like ConnPending. */
 typedef struct ConnRare {
         char *last_error;
+        /* The identity when it does not fit the room after the name
+         * (Connection.identity_room): read connection_identity(). */
+        char *identity;
         char *previous_identity;   /* memory only: who had authorized it before a re-authorization */
         /* Connection parameters and response metadata (common/params.h):
          * JSON objects of strings, NULL when empty; never secrets. */
@@ -124,17 +127,24 @@ bool conn_names_equal(const ConnNames *a, const ConnNames *b);
 
 #define ACL_MAX 32   /* fits Connection's 8-bit counts */
 
+/* The most bytes kept after a connection's name for its identity (NUL
+ * included; Connection.identity_room): a longer one is out of line. */
+#define CONN_IDENTITY_ROOM_MAX 255
+/* What a new connection of the API keeps for the identity its grant
+ * will bring (an identity of up to 47 characters stays inline). */
+#define CONN_IDENTITY_ROOM 48
+
 /* Where a loaded connection's bytes go (issue 9), 40-byte tokens, a
  * 9-byte name, a 23-byte identity, one provider, scope and token type for
  * all; malloc chunks with their headers, measured by
  * tests/unit/test-conn-memory.c (heap) and make bench-scale (RSS):
  *
- *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  (317 B)  now
- *   struct (+ the name, same chunk)     480+32      480           432           352   304      272      240   216 B struct
- *   provider, scope x2, token type      4 x 32        0             0             0     0        0        0   one interned tuple (ConnNames), 1 pointer not 4
- *   identity                                32       32            32            32    32       32       32
- *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96       96   one chunk (connection_join_tokens())
- *   heap, per connection                   800      639           559           479   431      399      367   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317 -> 285
+ *                                     main 12-02  12-03 (557 B)  12-03 (477 B)  (397 B)  (349 B)  (317 B)  (285 B)  now
+ *   struct (+ the name, same chunk)     480+32      480           432           352   304      272      240      256   208 B struct, + name + identity
+ *   provider, scope x2, token type      4 x 32        0             0             0     0        0        0        0   one interned tuple (ConnNames), 1 pointer not 4
+ *   identity                                32       32            32            32    32       32       32        0   inline after the name (no pointer)
+ *   access + refresh token (82 B)       2 x 64   2 x 64            96            96    96       96       96       96   one chunk (connection_join_tokens())
+ *   heap, per connection                   800      639           559           479   431      399      367      351   beyond tokens 718 -> 557 -> 477 -> 397 -> 349 -> 317 -> 285 -> 269
  *   hash bucket (load factor <= 1)        8-16     8-16          8-16          8-16   presized at start
  *   expiry heap slot                         8        8             8             8
  *   wheel, ordered map, hash node            0        0             0             0   intrusive (in the struct)
@@ -142,8 +152,9 @@ bool conn_names_equal(const ConnNames *a, const ConnNames *b);
  * Out of line, allocated only while used: the ACL; ConnPending (a pending
  * authorization, a password grant's credentials, the device part: 48 B,
  * a 64-byte chunk, 40 B of every connection before); ConnRare (last_error,
- * previous_identity, params, metadata, rt_warned: 40 B, a 48-byte chunk,
- * 48 B of every connection before); ConnRefresh (queue links, inflight,
+ * an identity too long for its room after the name, previous_identity,
+ * params, metadata, rt_warned: 48 B, a 64-byte chunk, 48 B of every
+ * connection before); ConnRefresh (queue links, inflight,
  * staged, retry_at, waiters, revoke_waiter: 56 B, a 64-byte chunk, only
  * while a refresh is queued, in flight or committing, a retry is due or
  * a request waits); a pending authorization's node in
@@ -158,12 +169,13 @@ bool conn_names_equal(const ConnNames *a, const ConnNames *b);
  * first 80 bytes. What is left of the struct: the 16-byte hash node (no
  * key pointer: the map's key function finds the name), the 16-byte
  * ordered-map node, the 32-byte timer entry, pointers, 8-byte times, and
- * the name (a flexible array member, no pointer). 216 B is a 240-byte
- * chunk for names of up to 15 characters; 208 B (the identity's pointer
- * gone, the identity inline after the name) would be 224 up to 7, and
- * with a 23-byte identity inline 256 instead of 240 + 32. Next: the
- * identity inline (it changes on a re-authorization, when the struct
- * cannot move: inline only while it fits, else out of line); rt_end
+ * the name and the identity (a flexible array member, no pointers).
+ * The identity changes on a re-authorization, when the struct cannot
+ * move (pointers to it are held): identity_room bytes are kept after
+ * the name (exactly the loaded identity's; CONN_IDENTITY_ROOM for a
+ * connection the API makes), and an identity that does not fit goes out
+ * of line into ConnRare. 208 B with a 9-byte name and a 23-byte identity
+ * is a 256-byte chunk. Next: rt_end
  * (8 B) into ConnRare only if the providers that report a refresh
  * token's end are rare (they set it for every connection of theirs); a
  * slab for the structs (the malloc header and rounding: 8-24 B). */
@@ -192,6 +204,12 @@ typedef struct Connection {
                         bool importing : 1;        /* memory only: the next refresh proves an imported refresh token */
                         bool rt_unknown : 1;       /* counted in Manager.rt.n_unknown (daemon/rtend.c) */
                         bool tokens_joined : 1;    /* refresh_token is in access_token's chunk (connection_join_tokens()) */
+                        /* The identity is inline, after the name's NUL in
+                         * name[], where identity_room bytes are kept for
+                         * it (its NUL included); else it is in ConnRare
+                         * (or NULL). Read connection_identity(). */
+                        bool identity_inline : 1;
+                        unsigned identity_room : 8;
                 };
         };
         char *access_token;        /* secret */
@@ -204,7 +222,6 @@ typedef struct Connection {
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
         int64_t id;
         char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
-        char *identity;
 
         /* Positions in Manager.expiry and Manager.rt's two heaps, or
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
@@ -248,7 +265,8 @@ typedef struct Connection {
 
         /* Immutable; in the struct's own allocation (connection_new()), so
          * no pointer to it (issue 9). Only a connection_new() connection
-         * has one: a copy of the struct (ConnImage) does not. */
+         * has one: a copy of the struct (ConnImage) does not. After its
+         * NUL: identity_room bytes for the identity (identity_inline). */
         char name[];
 } Connection;
 
@@ -258,7 +276,7 @@ _Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) +
 _Static_assert(offsetof(TimerEntry, spare) + sizeof(((TimerEntry *) 0)->spare) == sizeof(TimerEntry) &&
                        offsetof(Connection, access_token) == offsetof(Connection, timer) + sizeof(TimerEntry),
                "the state and the flags are in the timer entry's spare bytes, not past them");
-_Static_assert(ACL_MAX <= 255 && _CONN_STATE_MAX <= 127, "the counts and the state fit their 8 bits");
+_Static_assert(CONN_IDENTITY_ROOM_MAX <= 255 && ACL_MAX <= 255 && _CONN_STATE_MAX <= 127, "the counts and the state fit their 8 bits");
 
 /* A refresh counted: refreshes + 1, saturated (32 bits: years of a refresh
  * a minute would not fill them; the store keeps 64). */
@@ -276,7 +294,8 @@ static inline uint32_t connection_refreshes_from_store(uint64_t refreshes) {
  * connection's: it lives on the loop for one store_image_row_new() (which
  * copies every value), never kept, never handed to another thread. The
  * name is not in the copy (conn.name is empty): name points at the
- * connection's. */
+ * connection's; nor is an inline identity: the image's ConnRare holds
+ * it (conn.identity_inline is false). */
 typedef struct ConnImage {
         ConnPending pending;
         ConnRare rare;
@@ -286,8 +305,14 @@ typedef struct ConnImage {
 } ConnImage;
 
 /* A zeroed connection with a copy of name in the same allocation (one
- * malloc chunk instead of two; a name never changes). NULL on -ENOMEM. */
-Connection *connection_new(const char *name);
+ * malloc chunk instead of two; a name never changes), and room bytes
+ * after it for an identity (at most CONN_IDENTITY_ROOM_MAX). With an
+ * identity (NULL: none), the room is made to fit it: it is copied there
+ * (out of line when longer than the maximum). NULL on -ENOMEM. */
+Connection *connection_new_with(const char *name, const char *identity, size_t room);
+static inline Connection *connection_new(const char *name) {
+        return connection_new_with(name, NULL, 0);
+}
 Connection *connection_free(Connection *c);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Connection *, connection_free);
 
@@ -375,6 +400,10 @@ static inline usec_t connection_pending_until(const Connection *c) {
 static inline const char *connection_last_error(const Connection *c) {
         return c->rare ? c->rare->last_error : NULL;
 }
+/* Who authorized it (an email, a subject; no secret), NULL when unknown.
+ * Not for a ConnImage's conn unless refresher_image() made it (it has no
+ * name[]). */
+const char *connection_identity(const Connection *c);
 static inline const char *connection_previous_identity(const Connection *c) {
         return c->rare ? c->rare->previous_identity : NULL;
 }
@@ -400,6 +429,15 @@ int connection_set_username(Connection *c, char *s);
 int connection_set_pending_until(Connection *c, usec_t t);
 int connection_set_last_error(Connection *c, char *s);
 int connection_set_previous_identity(Connection *c, char *s);
+/* Takes s over like the setters: inline when it fits identity_room (s
+ * is then freed), else out of line in ConnRare (-ENOMEM possible only
+ * then, and only when c has no ConnRare: connection_give_rare() makes it
+ * not fail). */
+int connection_set_identity(Connection *c, char *s);
+/* Whether s would be inline (connection_set_identity() cannot fail then). */
+static inline bool connection_identity_fits(const Connection *c, const char *s) {
+        return !s || strlen(s) < c->identity_room;
+}
 int connection_set_params(Connection *c, json_t *v);         /* takes the reference */
 int connection_set_metadata(Connection *c, json_t *v);       /* takes the reference */
 int connection_set_rt_warned(Connection *c, usec_t t);

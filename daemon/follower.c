@@ -395,8 +395,12 @@ static void take_others(Manager *m, Connection *c, Connection *x) {
         }
         if (connection_set_requested_scope(c, x->names->requested_scope) < 0)
                 log_oom();   /* the old one is kept */
-        free(c->identity);
-        c->identity = TAKE_PTR(x->identity);
+        if (!streq_ptr(connection_identity(c), connection_identity(x))) {
+                char *id = connection_identity(x) ? strdup(connection_identity(x)) : NULL;
+
+                if ((connection_identity(x) && !id) || connection_set_identity(c, id) < 0)
+                        log_oom();   /* the old one is kept */
+        }
         if (connection_set_params(c, x->rare ? TAKE_PTR(x->rare->params) : NULL) < 0 ||
             connection_set_username(c, x->pending ? TAKE_PTR(x->pending->username) : NULL) < 0)
                 log_oom();

@@ -1041,7 +1041,7 @@ int manager_authorize(Manager *m, const AuthorizeRequest *req, Connection **ret_
         }
 
         if (!c) {
-                fresh = connection_new(req->name);
+                fresh = connection_new_with(req->name, NULL, CONN_IDENTITY_ROOM);
                 if (!fresh)
                         return -ENOMEM;
                 if (connection_set_provider(fresh, p->name) < 0)

@@ -118,6 +118,11 @@ void refresher_image(const Connection *c, ConnImage *img) {
         ret->pending = &img->pending;
         ret->rare = &img->rare;
         ret->refresh = NULL;   /* never written */
+        /* the copy has no name[], so no room after it: the identity is
+         * the image's ConnRare's (connection_identity() reads it there) */
+        img->rare.identity = (char *) connection_identity(c);
+        ret->identity_inline = false;
+        ret->identity_room = 0;
         if (!st)
                 return;
         ret->access_token = st->access_token;
@@ -142,7 +147,7 @@ void refresher_image(const Connection *c, ConnImage *img) {
                 img->pending.pending_until = 0;
                 img->pending.device = NULL;
                 if (st->identity)
-                        ret->identity = st->identity;
+                        img->rare.identity = st->identity;
         }
 }
 
@@ -754,8 +759,9 @@ static int apply_tokens(Manager *m, Connection *c, TokenSet *t, const HttpReques
                 /* "metadata NAME = /pointer": updated on every answer that has it */
                 if (p && metadata_from_token_response(p, req->body, req->body_len, connection_metadata(c), &st->metadata) < 0)
                         return log_oom();
-                /* the commit sets it and must not fail then */
-                if (st->metadata && !(st->rare = new0(ConnRare, 1)))
+                /* the commit sets it (and an identity that will not be
+                 * inline) and must not fail then */
+                if ((st->metadata || !connection_identity_fits(c, st->identity)) && !(st->rare = new0(ConnRare, 1)))
                         return log_oom();
                 st->rt_end = rtend_compute(c->rt_end, grant, p ? p->refresh_token_lifetime : 0, t->refresh_expires_at,
                                            req->sent_at);
@@ -1060,12 +1066,10 @@ static void refresh_done(Manager *m, Connection *c, HttpRequest *req, bool used_
         if (o == OAUTH_OK || o == OAUTH_PERMANENT)
                 c->importing = false;   /* the imported token is proven, or refused */
         if (o == OAUTH_OK) {
-                if (!c->identity && t.id_token) {
+                if (!connection_identity(c) && t.id_token) {
                         char *id = NULL;
-                        if (oauth_identity_from_claims(p, t.id_token, &id) >= 0) {
-                                free(c->identity);
-                                c->identity = id;
-                        }
+                        if (oauth_identity_from_claims(p, t.id_token, &id) >= 0 && connection_set_identity(c, id) < 0)
+                                log_oom();   /* still unknown */
                 }
 
                 r = apply_tokens(m, c, &t, req, false, NULL, lease_epoch);
@@ -1148,17 +1152,20 @@ static void authorized_finish(Manager *m, Connection *c) {
 
         /* Re-authorized as another account: the tokens now act for
          * someone else. Identities (an email, a subject) are no secret. */
-        if (before && c->identity && !streq(before, c->identity)) {
-                manager_event(m, c, "identity-changed", "identity changed from %s to %s", before, c->identity);
-                log_warning("%s: re-authorized as %s, no longer as %s.", c->name, c->identity, before);
-        } else if (before && !c->identity) {
+        if (before && connection_identity(c) && !streq(before, connection_identity(c))) {
+                manager_event(m, c, "identity-changed", "identity changed from %s to %s", before,
+                              connection_identity(c));
+                log_warning("%s: re-authorized as %s, no longer as %s.", c->name, connection_identity(c), before);
+        } else if (before && !connection_identity(c)) {
                 /* no word on who it is now: keep the last known one */
-                c->identity = TAKE_PTR(before);
-                (void) save(m, c);
+                if (connection_set_identity(c, TAKE_PTR(before)) < 0)
+                        log_oom();   /* still unknown */
+                else
+                        (void) save(m, c);
         }
         if (c->notified_s > 0)
                 manager_notify(m, c, "recovered");
-        manager_event(m, c, "authorized", "authorized by %s", c->identity ?: "(unknown identity)");
+        manager_event(m, c, "authorized", "authorized by %s", connection_identity(c) ?: "(unknown identity)");
         refresher_schedule(m, c);
         wake_waiters(c, 0);
 }
@@ -1171,8 +1178,8 @@ static void userinfo_done(Manager *m, Connection *c, HttpRequest *req) {
         if (p && req->result == CURLE_OK && req->status == 200)
                 r = oauth_identity_from_userinfo(p, req->body, req->body_len, &identity);
         if (r >= 0) {
-                free(c->identity);
-                c->identity = identity;
+                if (connection_set_identity(c, identity) < 0)
+                        log_oom();   /* the one before is kept */
                 (void) save(m, c);
         } else
                 log_warning("%s: no identity from the userinfo endpoint (%s, HTTP %ld)", c->name,
@@ -1212,9 +1219,20 @@ static void grant_committed(Manager *m, Connection *c, Staged *st) {
         /* The new grant says who authorized it (its ID token, else the
          * userinfo answer below); the old identity is kept aside so that
          * authorized_finish() can tell a change of account. */
-        if (connection_set_previous_identity(c, TAKE_PTR(c->identity)) < 0)
-                log_warning("%s: out of memory: a change of account will not be noticed", c->name);
-        c->identity = TAKE_PTR(st->identity);
+        {
+                const char *old = connection_identity(c);
+                char *copy = old ? strdup(old) : NULL;
+
+                if ((old && !copy) || connection_set_previous_identity(c, copy) < 0)
+                        log_warning("%s: out of memory: a change of account will not be noticed", c->name);
+        }
+        /* a ConnRare set aside at staging when it does not fit inline */
+        connection_give_rare(c, &st->rare);
+        if (connection_set_identity(c, TAKE_PTR(st->identity)) < 0) {
+                /* not reached: it fits, or c has a ConnRare now */
+                log_oom();
+                (void) connection_set_identity(c, NULL);   /* never fails; not the old account's */
+        }
         if (p && p->userinfo_url) {
                 r = userinfo_start(m, c, p);
                 if (r >= 0)

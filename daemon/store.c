@@ -499,7 +499,7 @@ static int row_new(Store *s, const Connection *c, const char *name, StoreRow **r
                 [ROW_PROVIDER] = c->names->provider,
                 [ROW_REQUESTED_SCOPE] = c->names->requested_scope,
                 [ROW_SCOPE] = c->names->scope,
-                [ROW_IDENTITY] = c->identity,
+                [ROW_IDENTITY] = connection_identity(c),
                 [ROW_TOKEN_TYPE] = c->names->token_type,
                 [ROW_STATE_HASH] = connection_state_hash(c),
                 [ROW_LAST_ERROR] = connection_last_error(c),
@@ -785,7 +785,8 @@ static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *d
                 store_set_error(s, "connection %" PRId64 ": no name or provider", row->id);
                 return -EBADMSG;
         }
-        c = connection_new(row->text[ROW_NAME]);
+        /* the identity inline after the name, room for it exactly */
+        c = connection_new_with(row->text[ROW_NAME], row->text[ROW_IDENTITY], 0);
         if (!c)
                 return -ENOMEM;
         c->id = row->id;
@@ -797,8 +798,7 @@ static int row_to_connection(Store *s, const StoreRow *row, StoreSealedTokens *d
                                                  .token_type = row->text[ROW_TOKEN_TYPE],
                                                  .scope = row->text[ROW_SCOPE],
                                                  .requested_scope = row->text[ROW_REQUESTED_SCOPE],
-                                         })) < 0 ||
-            (r = text_dup(row->text[ROW_IDENTITY], &c->identity)) < 0)
+                                         })) < 0)
                 return r;
         /* the out-of-line parts, allocated only when a field is set */
         {

@@ -450,7 +450,7 @@ static int seed_one_as(Seeder *sd, unsigned number, Connection **ret) {
 
         /* The name lives in the struct's allocation; the rest is
          * borrowed, taken back before the free (seed_one()'s caller). */
-        c = *ret = connection_new(name);
+        c = *ret = connection_new_with(name, identity, 0);
         if (!c)
                 return -ENOMEM;
         sd->names = (ConnNames) { .provider = sd->provider, .token_type = "Bearer", .scope = arg_scope,
@@ -459,7 +459,6 @@ static int seed_one_as(Seeder *sd, unsigned number, Connection **ret) {
         c->state = CONN_ACTIVE;
         c->access_token = sd->access;
         c->refresh_token = sd->refresh;
-        c->identity = identity;
         c->expires_at = expires_at;
         c->obtained_at = MIN(usec_sub(expires_at, lifetime), sd->now);
         c->created_at = sd->now;
@@ -515,7 +514,7 @@ static int seed_one(Seeder *sd, unsigned number) {
 
         if (c) {
                 c->names = &conn_names_none;
-                c->access_token = c->refresh_token = c->identity = NULL;
+                c->access_token = c->refresh_token = NULL;
                 c->allow_users = NULL;
                 c->n_allow_users = c->n_allow_groups = 0;
                 connection_free(c);

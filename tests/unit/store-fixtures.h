@@ -64,7 +64,7 @@ static inline Connection *conn_full(void) {
                                                          .scope = "repo read:org",
                                                          .requested_scope = "repo read:org user" }) < 0)
                 return connection_free(c);
-        c->identity = strdup("alice@example.com");
+        (void) connection_set_identity(c, strdup("alice@example.com"));
         (void) connection_set_last_error(c, strdup("HTTP 503: temporarily_unavailable"));
         c->expires_at = UINT64_C(1893456000) * USEC_PER_SEC + 123456;
         c->obtained_at = UINT64_C(1893452400) * USEC_PER_SEC + 1;
@@ -82,7 +82,7 @@ static inline Connection *conn_full(void) {
         if (connection_set_acl(c, (const uid_t[]) { 0, 1000, 4294967294U }, 3, (const gid_t[]) { 27 }, 1) < 0)
                 return connection_free(c);
         if (!c->access_token || !c->refresh_token || !c->names->token_type || !c->names->scope || !c->names->requested_scope ||
-            !c->identity || !connection_last_error(c) || !connection_state_hash(c) || !connection_code_verifier(c))
+            !connection_identity(c) || !connection_last_error(c) || !connection_state_hash(c) || !connection_code_verifier(c))
                 return connection_free(c);
         return c;
 }
@@ -100,7 +100,7 @@ static inline void check_same(const Connection *a, const Connection *b) {
         CHECK(streq_ptr(a->names->token_type, b->names->token_type));
         CHECK(streq_ptr(a->names->scope, b->names->scope));
         CHECK(streq_ptr(a->names->requested_scope, b->names->requested_scope));
-        CHECK(streq_ptr(a->identity, b->identity));
+        CHECK(streq_ptr(connection_identity(a), connection_identity(b)));
         CHECK(streq_ptr(connection_last_error(a), connection_last_error(b)));
         CHECK(streq_ptr(connection_state_hash(a), connection_state_hash(b)));
         CHECK(streq_ptr(connection_code_verifier(a), connection_code_verifier(b)));

@@ -63,11 +63,12 @@ static char *watch(const char *s) {
 }
 
 TEST(struct_stays_small) {
-        /* 408 B before the parts (issue 9), 328 with them, 248 now; a
-         * guard, as test-conn-memory */
+        /* 408 B before the parts (issue 9), 328 with them, 248 before the
+         * names tuple, the flags in the timer entry and the identity
+         * inline, 208 now; a guard, as test-conn-memory */
         printf("sizeof(Connection) %zu B, ConnPending %zu B, ConnRare %zu B\n", sizeof(Connection),
                sizeof(ConnPending), sizeof(ConnRare));
-        CHECK(sizeof(Connection) <= 248);
+        CHECK(sizeof(Connection) <= 208);
 }
 
 /* notified_s and client_refresh_8: units rounded up, so that a rate
@@ -372,4 +373,95 @@ TEST(image_has_parts_of_its_own) {
         refresher_image(c, &img);
         CHECK(!connection_last_error(&img.conn) && !connection_state_hash(&img.conn));
         connection_free(c);
+}
+
+/* The identity: inline after the name while it fits the room kept
+ * there, else out of line in ConnRare; an image reads it from its own
+ * ConnRare (the copy has no name[]). */
+TEST(identity_inline_while_it_fits) {
+        Connection *c = connection_new_with("c1", "alice@example.com", 0), *d = NULL;
+        char *s;
+        ConnImage img;
+
+        CHECK(c);
+        if (!c)
+                return;
+        CHECK(c->identity_inline && c->identity_room == sizeof "alice@example.com");
+        CHECK_STREQ(connection_identity(c), "alice@example.com");
+        CHECK_STREQ(c->name, "c1");
+        CHECK(!c->rare);
+        /* shorter: stays inline */
+        CHECK_EQ_INT(connection_set_identity(c, strdup("bob@example.com")), 0);
+        CHECK(c->identity_inline && !c->rare);
+        CHECK_STREQ(connection_identity(c), "bob@example.com");
+        CHECK_STREQ(c->name, "c1");
+        /* longer: out of line, in ConnRare */
+        CHECK_EQ_INT(connection_set_identity(c, strdup("someone.else@example.com")), 0);
+        CHECK(!c->identity_inline && c->rare);
+        CHECK_STREQ(connection_identity(c), "someone.else@example.com");
+        /* the image has it in its own ConnRare */
+        refresher_image(c, &img);
+        CHECK(!img.conn.identity_inline);
+        CHECK_STREQ(connection_identity(&img.conn), "someone.else@example.com");
+        /* back inline: the ConnRare goes */
+        CHECK_EQ_INT(connection_set_identity(c, strdup("carol@example.com")), 0);
+        CHECK(c->identity_inline && !c->rare);
+        refresher_image(c, &img);
+        CHECK(!img.conn.identity_inline);
+        CHECK_STREQ(connection_identity(&img.conn), "carol@example.com");
+        /* out of memory for the ConnRare: the old one is kept */
+        fail_callocs = 1;
+        CHECK_EQ_INT(connection_set_identity(c, strdup("a.much.longer.identity@example.com")), -ENOMEM);
+        fail_callocs = 0;
+        CHECK_STREQ(connection_identity(c), "carol@example.com");
+        /* not with a ConnRare set aside */
+        {
+                ConnRare *spare = calloc(1, sizeof(ConnRare));
+
+                CHECK(spare && connection_identity_fits(c, "x") &&
+                      !connection_identity_fits(c, "a.much.longer.identity@example.com"));
+                connection_give_rare(c, &spare);
+                CHECK(!spare && c->rare);
+                fail_callocs = 1;
+                CHECK_EQ_INT(connection_set_identity(c, strdup("a.much.longer.identity@example.com")), 0);
+                fail_callocs = 0;
+                CHECK_STREQ(connection_identity(c), "a.much.longer.identity@example.com");
+        }
+        /* cleared: neither */
+        CHECK_EQ_INT(connection_set_identity(c, NULL), 0);
+        CHECK(!connection_identity(c) && !c->identity_inline && !c->rare);
+
+        /* no room kept: out of line from the start; a new API connection
+         * keeps CONN_IDENTITY_ROOM */
+        d = connection_new("d");
+        CHECK(d && d->identity_room == 0);
+        if (d) {
+                s = strdup("x");
+                CHECK_EQ_INT(connection_set_identity(d, s), 0);
+                CHECK(!d->identity_inline && d->rare);
+                CHECK_STREQ(connection_identity(d), "x");
+        }
+        connection_free(d);
+        d = connection_new_with("d", NULL, CONN_IDENTITY_ROOM);
+        CHECK(d && d->identity_room == CONN_IDENTITY_ROOM && !connection_identity(d));
+        if (d) {
+                CHECK_EQ_INT(connection_set_identity(d, strdup("dave@example.com")), 0);
+                CHECK(d->identity_inline && !d->rare);
+                CHECK_STREQ(connection_identity(d), "dave@example.com");
+                CHECK_STREQ(d->name, "d");
+        }
+        connection_free(d);
+        connection_free(c);
+        /* longer than the most room there is: out of line */
+        {
+                char big[400];
+
+                memset(big, 'i', sizeof big - 1);
+                big[sizeof big - 1] = 0;
+                c = connection_new_with("c2", big, 0);
+                CHECK(c && !c->identity_inline && c->rare);
+                if (c)
+                        CHECK_STREQ(connection_identity(c), big);
+                connection_free(c);
+        }
 }

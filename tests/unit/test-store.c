@@ -440,7 +440,7 @@ TEST(save_changes_every_field) {
                      0);
         c->access_token = strdup("ya29.token");
         c->refresh_token = strdup("1//refresh");
-        c->identity = strdup("bob@example.com");
+        CHECK_EQ_INT(connection_set_identity(c, strdup("bob@example.com")), 0);
         c->expires_at = UINT64_C(2000000000) * USEC_PER_SEC;
         c->obtained_at = UINT64_C(1999996400) * USEC_PER_SEC;
         c->updated_at = UINT64_C(1999996400) * USEC_PER_SEC;
@@ -838,7 +838,7 @@ TEST(sealed_at_rest) {
         CHECK(!db_files_contain(path, c->access_token));
         CHECK(!db_files_contain(path, c->refresh_token));
         CHECK(!db_files_contain(path, connection_code_verifier(c)));
-        CHECK(db_files_contain(path, c->identity));   /* the search works */
+        CHECK(db_files_contain(path, connection_identity(c)));   /* the search works */
         CHECK_EQ_INT(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL), SQLITE_OK);
         CHECK(!db_files_contain(path, c->access_token));
         CHECK(!db_files_contain(path, c->refresh_token));
