@@ -331,6 +331,9 @@ typedef struct NamesEntry {
 const ConnNames conn_names_none = {};
 
 static Hashmap *names_table = NULL;
+/* The tuple interned last: a load's rows mostly repeat it, and a match
+ * needs neither the key nor the hash (forgotten when it is freed). */
+static NamesEntry *names_last = NULL;
 
 static const char *names_key(const HashmapNode *n) {
         return container_of(n, const NamesEntry, node)->key;
@@ -385,6 +388,10 @@ const ConnNames *conn_names_intern(const ConnNames *n) {
 
         if (!n->provider && !n->token_type && !n->scope && !n->requested_scope)
                 return &conn_names_none;
+        if (names_last && conn_names_equal(&names_last->names, n)) {
+                names_last->refs++;
+                return &names_last->names;
+        }
         len = names_key_format(n, buf, sizeof buf);
         if (len >= sizeof buf) {
                 heap = malloc(len + 1);
@@ -399,6 +406,7 @@ const ConnNames *conn_names_intern(const ConnNames *n) {
         if (node) {
                 e = container_of(node, NamesEntry, node);
                 e->refs++;
+                names_last = e;
                 return &e->names;
         }
         bytes = sizeof(NamesEntry) + len + 1;
@@ -428,6 +436,7 @@ const ConnNames *conn_names_intern(const ConnNames *n) {
                 free(e);
                 return NULL;
         }
+        names_last = e;
         return &e->names;
 }
 
@@ -446,6 +455,8 @@ const ConnNames *conn_names_unref(const ConnNames *n) {
         if (--e->refs > 0)
                 return NULL;
         hashmap_remove_node(names_table, &e->node);
+        if (names_last == e)
+                names_last = NULL;
         e->magic = 0;
         free(e);
         return NULL;

@@ -4,11 +4,11 @@
  * The rule: every item belongs to exactly one side at a time, and each
  * side touches only what it owns.
  *   - The calling thread (the start code) reads the store, builds items
- *     and allocates them; it alone touches the store, the intern table
- *     (common/intern.c), the log and malloc's main heap growth. It
- *     frees every item that was never linked, at the end: the linking
- *     thread frees nothing (freeing a connection gives back interned
- *     strings).
+ *     and allocates them; it alone touches the store, the names table
+ *     (conn_names_intern(), daemon/connection.c), the log and malloc's
+ *     main heap growth. It frees every item that was never linked, at
+ *     the end: the linking thread frees nothing (freeing a connection
+ *     gives back its interned names).
  *   - The linking thread runs ops->link() on each item handed over, in
  *     order; from loader_new() to loader_finish() it alone touches what
  *     link() fills (for the manager: its maps, heaps, wheel and counters),

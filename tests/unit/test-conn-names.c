@@ -156,3 +156,30 @@ out:
         connection_free(d);
         CHECK_EQ_INT((int) conn_names_count(), 0);
 }
+
+/* The tuple interned last is found without a lookup; once freed it is
+ * not handed out again. */
+TEST(last_tuple_forgotten_when_freed) {
+        const ConnNames v = { .provider = "p", .scope = "s" }, w = { .provider = "p", .scope = "t" };
+        const ConnNames *x, *y, *z;
+
+        x = conn_names_intern(&v);
+        y = conn_names_intern(&v);
+        CHECK(x && x == y);
+        conn_names_unref(x);
+        conn_names_unref(y);
+        CHECK_EQ_INT((int) conn_names_count(), 0);
+        /* a new one for the same values, and a different one after it */
+        x = conn_names_intern(&v);
+        z = conn_names_intern(&w);
+        y = conn_names_intern(&v);
+        CHECK(x && y && z && x == y && x != z);
+        if (x && z) {
+                CHECK_STREQ(x->scope, "s");
+                CHECK_STREQ(z->scope, "t");
+        }
+        conn_names_unref(x);
+        conn_names_unref(y);
+        conn_names_unref(z);
+        CHECK_EQ_INT((int) conn_names_count(), 0);
+}
