@@ -220,8 +220,6 @@ typedef struct Connection {
         usec_t expires_deadline;   /* the same on DEADLINE_CLOCK, for decisions */
 
         OrdNode by_order;          /* Manager.ordered, key = name (16 bytes) */
-        int64_t id;
-        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
 
         /* Positions in Manager.expiry and Manager.rt's two heaps, or
          * CONN_NO_IDX (max_connections is at most 10^7: 32 bits do). */
@@ -238,6 +236,12 @@ typedef struct Connection {
         uint32_t notified_s;       /* last notify_command run, NOTIFIED_UNIT */
         uint32_t client_refresh_8; /* the last refresh a client's min_ttl or invalidate started, CLIENT_REFRESH_UNIT; memory only */
         uint32_t refreshes;        /* saturates at UINT32_MAX (connection_count_refresh()) */
+        /* The first 128 bytes end here: all that the start's linking
+         * thread writes but rt_end and the timer's neighbours
+         * (prefetch_loaded()) */
+        char *refresh_token;       /* secret, never leaves the daemon; set with connection_set_refresh_token() */
+
+        int64_t id;
 
         usec_t obtained_at;        /* realtime */
         usec_t created_at, updated_at, last_refresh_at;
@@ -276,6 +280,9 @@ _Static_assert(offsetof(Connection, failures) == offsetof(Connection, by_name) +
 _Static_assert(offsetof(TimerEntry, spare) + sizeof(((TimerEntry *) 0)->spare) == sizeof(TimerEntry) &&
                        offsetof(Connection, access_token) == offsetof(Connection, timer) + sizeof(TimerEntry),
                "the state and the flags are in the timer entry's spare bytes, not past them");
+_Static_assert(offsetof(Connection, refresh_token) + sizeof(char *) == 128 &&
+                       offsetof(Connection, expires_deadline) < 80,
+               "the handout's and the load's fields in the first 128 bytes (prefetch_loaded())");
 _Static_assert(CONN_IDENTITY_ROOM_MAX <= 255 && ACL_MAX <= 255 && _CONN_STATE_MAX <= 127, "the counts and the state fit their 8 bits");
 
 /* A refresh counted: refreshes + 1, saturated (32 bits: years of a refresh

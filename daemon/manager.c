@@ -916,8 +916,9 @@ static void prefetch_loaded(void *item, void *userdata) {
         LoadContext *x = userdata;
         Manager *m = x->m;
 
-        /* the struct's first lines (hash and ordered-map nodes, timer),
-         * its name, and the bucket it goes to */
+        /* the struct's first 128 bytes (hash node, timer and state,
+         * tokens, expiry, ordered-map node, heap positions), its name,
+         * and the bucket it goes to */
         __builtin_prefetch(c, 1);
         __builtin_prefetch((char *) c + 64, 1);
         c->by_name.hash = hashmap_hash(m->connections, c->name);
