@@ -4,6 +4,7 @@
 
 #include "common/egress.h"
 #include "common/util.h"
+#include "daemon/event-round.h"
 #include "daemon/http.h"
 
 /* Per-socket context that curl hands back to us via curl_multi_assign. */
@@ -29,6 +30,7 @@ struct Http {
         usec_t armed;              /* when the timer fires; USEC_INFINITY: off */
         sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
         sd_event_source *more_done;   /* finished transfers left by a turn */
+        EventRound round;          /* asap and more_done taken since the loop last polled */
         unsigned in_flight;
         /* curl's sockets in an epoll set of their own, one io source for
          * the loop (on_epoll() serves HTTP_SOCKETS_PER_TURN at most) */
@@ -81,6 +83,8 @@ int http_set_egress(Http *h, const char *ca_file, char *const *connect_to, size_
         return 0;
 }
 
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp);
+
 /* Handles HTTP_DONE_PER_TURN finished transfers at most; the more_done
  * defer source takes the rest on the next turns. */
 static void http_check_done(Http *h) {
@@ -107,8 +111,12 @@ static void http_check_done(Http *h) {
         }
         /* left counts the messages after the last one read; done() may
          * have started or freed transfers since: look again next turn */
-        if (n >= HTTP_DONE_PER_TURN && left > 0 && h->more_done)
-                (void) sd_event_source_set_enabled(h->more_done, SD_EVENT_ONESHOT);
+        if (n >= HTTP_DONE_PER_TURN && left > 0 && h->more_done) {
+                if (event_round_defer(h->event, &h->round))
+                        (void) sd_event_source_set_enabled(h->more_done, SD_EVENT_ONESHOT);
+                else
+                        (void) timer_cb(h->multi, 0, h);   /* the loop polls first (event-round.h) */
+        }
 }
 
 static void after(Http *h) {
@@ -181,8 +189,6 @@ static int on_more_done(sd_event_source *s _unused_, void *userdata) {
         after(h);
         return 0;
 }
-
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp);
 
 static void run_timeouts(Http *h) {
         long ms = -1;
@@ -353,8 +359,10 @@ static int timer_cb(CURLM *multi _unused_, long timeout_ms, void *userp) {
 
         if (timeout_ms < 0)
                 return 0;
-        if (timeout_ms == 0 && h->asap)
-                /* every new request asks for this: on the loop's next turn */
+        if (timeout_ms == 0 && h->asap && event_round_defer(h->event, &h->round))
+                /* every new request asks for this: on the loop's next
+                 * turn; after EVENT_ROUND_DEFERS of them without a poll,
+                 * the timer below at now (the loop polls first) */
                 return sd_event_source_set_enabled(h->asap, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
         when = usec_add(now(CLOCK_MONOTONIC), (usec_t) timeout_ms * USEC_PER_MSEC);
         if (h->armed != USEC_INFINITY && h->armed <= when)

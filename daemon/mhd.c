@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include "daemon/event-round.h"
 #include "daemon/mhd.h"
 
 /* MHD's timeout moves with every request (idle connections time out
@@ -8,10 +9,11 @@
 static void mhd_rearm(MhdLoop *l, MHD_UNSIGNED_LONG_LONG ms) {
         usec_t when;
 
-        if (ms == 0 && l->asap) {
+        if (ms == 0 && l->asap && event_round_defer(sd_event_source_get_event(l->asap), &l->round)) {
                 /* MHD has work now (a connection with data read ahead, one
                  * resumed): a defer, not a timerfd moved to now and back,
-                 * which costs a hypervisor exit each time on a VM */
+                 * which costs a hypervisor exit each time on a VM; after
+                 * EVENT_ROUND_DEFERS without a poll, the timer at now */
                 (void) sd_event_source_set_enabled(l->asap, SD_EVENT_ONESHOT);
                 return;
         }

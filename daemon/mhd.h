@@ -5,6 +5,7 @@
 #include <systemd/sd-event.h>
 
 #include "common/macro.h"
+#include "daemon/event-round.h"
 
 /* A libmicrohttpd daemon run from the sd-event loop: MHD_USE_EPOLL
  * without an internal thread gives one epoll fd to watch, and
@@ -16,6 +17,7 @@ typedef struct MhdLoop {
         sd_event_source *timer;
         sd_event_source *asap;    /* MHD_get_timeout() said 0: run on the loop's next turn */
         usec_t armed;             /* when the timer fires; USEC_INFINITY: off */
+        EventRound round;         /* asap taken since the loop last polled */
         /* runs after each MHD_run() from the loop, outside MHD's callbacks */
         void (*after)(void *userdata);
         void *after_userdata;
