@@ -18,6 +18,7 @@ typedef struct Change {
         char *requested;
         int64_t id;
         bool full;                 /* to the loop: compare everything held with the table */
+        uint64_t read;             /* a row's: the thread's read it came from (Follower.reads) */
         int64_t *check_ids;        /* to the thread: what the loop held (ids, names) */
         char **check_names;
         size_t n_check;
@@ -48,6 +49,16 @@ struct Follower {
         bool full_retry;              /* under lock: the loop could not start the comparison */
         Change *head, **tail;         /* under lock: for the loop, in order */
         Change *out;                  /* under lock: requests for the thread to send */
+
+        /* Reads of rows the thread has begun, counted (atomic): a delete
+         * of this node done when the count was N may be undone only by a
+         * row of a read up to N (begun before its commit); see
+         * manager_deleting(). flushed: under lock, the count when the
+         * last batch was handed over (every row of a read up to it is in
+         * the loop's list). */
+        uint64_t reads;
+        uint64_t flushed;
+        uint64_t read;                /* the thread's: the read under way */
 
         int efd;                      /* the thread -> the loop: changes queued */
         int wake_efd;                 /* the loop -> the thread: requests queued */
@@ -126,6 +137,7 @@ static void batch_flush(Follower *f) {
         pthread_mutex_lock(&f->lock);
         *f->tail = f->batch;
         f->tail = f->batch_tail;
+        f->flushed = f->read;
         pthread_mutex_unlock(&f->lock);
         f->batch = NULL;
         f->batch_tail = &f->batch;
@@ -141,9 +153,17 @@ static int on_row(StoreRow *row, void *userdata) {
                 return -ENOMEM;
         }
         x->row = row;
+        x->read = f->read;
         f->since = MAX(f->since, store_row_version(row));
         batch_add(f, x);
         return 0;
+}
+
+/* The rows of these ids (or, ids NULL, every row above version after),
+ * counted as a read begun now (Follower.reads). */
+static int read_rows(Follower *f, Store *s, const int64_t *ids, size_t n, int64_t after) {
+        f->read = __atomic_add_fetch(&f->reads, 1, __ATOMIC_SEQ_CST);
+        return store_rows_changed(s, ids, n, after, on_row, f);
 }
 
 static int on_change(int64_t id, int64_t version, const char *node, const char *name, void *userdata) {
@@ -188,7 +208,7 @@ static int catch_up(Follower *f, Store *s, int64_t after) {
                 f->full_redo = true;
         }
         pthread_mutex_unlock(&f->lock);
-        r = store_rows_changed(s, NULL, 0, after, on_row, f);
+        r = read_rows(f, s, NULL, 0, after);
         if (r >= 0)
                 r = store_deleted_since(s, after, on_deleted, f);
         if (r >= 0)
@@ -327,7 +347,7 @@ static void *follower_thread(void *userdata) {
                 if (r >= 0 && f->overflow)
                         r = catch_up(f, s, before);
                 else if (r >= 0 && f->n_ids > 0)
-                        r = store_rows_changed(s, f->ids, f->n_ids, 0, on_row, f);
+                        r = read_rows(f, s, f->ids, f->n_ids, 0);
                 if (r >= 0 && usec_sub(now(CLOCK_MONOTONIC), last_scan) >= f->scan) {
                         /* the safety net: anything a notification missed */
                         r = catch_up(f, s, before);
@@ -587,7 +607,7 @@ static void apply_request(Follower *f, int64_t id, const char *name) {
                 manager_wheel_rearm(m);
 }
 
-static void apply_row(Follower *f, const StoreRow *row) {
+static void apply_row(Follower *f, const StoreRow *row, uint64_t read) {
         Manager *m = f->manager;
         _cleanup_(connection_freep) Connection *x = NULL;
         Connection *c;
@@ -602,12 +622,12 @@ static void apply_row(Follower *f, const StoreRow *row) {
                                   store_last_error(m->store));
                 return;
         }
-        if (manager_deleting(m, x->id)) {
+        if (manager_deleting(m, x->id, read)) {
                 /* Deleted here, the delete still in the writer (held up
-                 * behind a slow commit): the row was read before it went.
-                 * Taking it would bring the connection back (or, made
-                 * again here under the same name, put the old one in the
-                 * new one's place). */
+                 * behind a slow commit), or done after this row's read
+                 * began: the row was read before it went. Taking it would
+                 * bring the connection back (or, made again here under
+                 * the same name, put the old one in the new one's place). */
                 log_debug("%s: being deleted on this node; the row read back is not taken.", x->name);
                 return;
         }
@@ -737,19 +757,21 @@ static int on_follower_event(sd_event_source *s _unused_, int fd, uint32_t reven
         Change *list;
         eventfd_t v;
         size_t n = 0;
+        uint64_t flushed;
 
         (void) eventfd_read(fd, &v);
         pthread_mutex_lock(&f->lock);
         list = f->head;
         f->head = NULL;
         f->tail = &f->head;
+        flushed = f->flushed;
         pthread_mutex_unlock(&f->lock);
         while (list && n < APPLY_MAX) {
                 Change *x = list;
 
                 list = x->next;
                 if (x->row)
-                        apply_row(f, x->row);
+                        apply_row(f, x->row, x->read);
                 else if (x->requested)
                         apply_request(f, x->id, x->requested);
                 else if (x->full)
@@ -759,7 +781,11 @@ static int on_follower_event(sd_event_source *s _unused_, int fd, uint32_t reven
                 change_free(x);
                 n++;
         }
-        if (list) {
+        if (!list)
+                /* every row of a read up to flushed is applied: deletes
+                 * done before need not be remembered */
+                manager_deleted_prune(f->manager, flushed);
+        else {
                 /* put the rest back in front */
                 Change **end = &list;
 
@@ -880,5 +906,9 @@ uint64_t follower_applied(Follower *f) {
 }
 
 void follower_apply(Follower *f, const StoreRow *row) {
-        apply_row(f, row);
+        apply_row(f, row, 0);   /* when it was read is not known: as the oldest */
+}
+
+uint64_t follower_reads(Follower *f) {
+        return f ? __atomic_load_n(&f->reads, __ATOMIC_SEQ_CST) : 0;
 }

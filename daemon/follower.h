@@ -57,6 +57,9 @@ typedef struct Connection Connection;
 typedef struct Waiter Waiter;
 int follower_request_refresh(Follower *f, Connection *c, Waiter *w);
 
+/* Reads of rows the thread has begun (manager_deleting()). */
+uint64_t follower_reads(Follower *f);
+
 /* Changes applied since the start (for tests and metrics). */
 uint64_t follower_applied(Follower *f);
 

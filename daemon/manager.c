@@ -41,6 +41,9 @@ static int on_status(sd_event_source *s, uint64_t usec, void *userdata);
 typedef struct Deleting {
         HashmapNode by_id;
         Manager *m;
+        struct Deleting *next_done;   /* Manager.deleted_head's list */
+        bool done;                 /* committed; kept while the follower may bring back an older row */
+        uint64_t done_read;        /* follower_reads() when it was */
         store_done_fn fn;          /* the caller's completion */
         void *userdata;
         char id[DELETING_ID_MAX];
@@ -105,6 +108,7 @@ int manager_new(BrokerConfig *config, const char *config_path, Manager **ret) {
         r = hashmap_new(&m->deleting, deleting_key);
         if (r < 0)
                 return r;
+        m->deleted_tail = &m->deleted_head;
         ordmap_init(&m->ordered, order_key);
         r = timerwheel_new(&m->wheel, WHEEL_TICK, now(DEADLINE_CLOCK));
         if (r < 0)
@@ -196,6 +200,9 @@ Manager *manager_free(Manager *m) {
                         free(container_of(n, Deleting, by_id));
                 }
                 hashmap_free(m->deleting);
+                m->deleted_head = NULL;
+                m->deleted_tail = &m->deleted_head;
+                m->n_deleted = 0;
         }
         store_close(m->store);
         safe_close(m->api_fd);
@@ -815,25 +822,63 @@ static void deleting_id(int64_t id, char buf[static DELETING_ID_MAX]) {
         snprintf(buf, DELETING_ID_MAX, "%" PRIi64, id);
 }
 
-/* The delete is done (committed or failed): the follower may take a row
- * of the id again (one that failed: it is still there), then the
- * caller's completion. */
+/* Committed deletes remembered at most (the oldest forgotten first):
+ * each is forgotten anyway once the follower hands over a later read. */
+#define DELETED_MAX 4096
+
+static void deleted_pop(Manager *m) {
+        Deleting *d = m->deleted_head;
+
+        m->deleted_head = d->next_done;
+        if (!m->deleted_head)
+                m->deleted_tail = &m->deleted_head;
+        m->n_deleted--;
+        hashmap_remove_node(m->deleting, &d->by_id);
+        free(d);
+}
+
+/* The delete is done, then the caller's completion. Failed: the follower
+ * may take a row of the id again (it is still there). Committed, with a
+ * follower: a row of a read begun before now is older than the delete,
+ * and is not taken (manager_deleting()) until the follower has handed
+ * over a later read (manager_deleted_prune()). */
 static void on_deleted(int result, const char *error, void *userdata) {
         Deleting *d = userdata;
+        Manager *m = d->m;
         store_done_fn fn = d->fn;
         void *u = d->userdata;
 
-        hashmap_remove_node(d->m->deleting, &d->by_id);
-        free(d);
+        if (result >= 0 && m->follower) {
+                d->done = true;
+                d->done_read = follower_reads(m->follower);
+                *m->deleted_tail = d;
+                m->deleted_tail = &d->next_done;
+                if (++m->n_deleted > DELETED_MAX)
+                        deleted_pop(m);
+        } else {
+                hashmap_remove_node(m->deleting, &d->by_id);
+                free(d);
+        }
         if (fn)
                 fn(result, error, u);
 }
 
-bool manager_deleting(Manager *m, int64_t id) {
+void manager_deleted_prune(Manager *m, uint64_t flushed) {
+        while (m->deleted_head && m->deleted_head->done_read <= flushed)
+                deleted_pop(m);
+}
+
+bool manager_deleting(Manager *m, int64_t id, uint64_t read) {
         char buf[DELETING_ID_MAX];
+        HashmapNode *n;
+        Deleting *d;
 
         deleting_id(id, buf);
-        return hashmap_get(m->deleting, buf) != NULL;
+        n = hashmap_get(m->deleting, buf);
+        if (!n)
+                return false;
+        d = container_of(n, Deleting, by_id);
+        return !d->done || read <= d->done_read;
 }
 
 int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata) {

@@ -61,7 +61,9 @@ struct Manager {
         Hashmap *connections;      /* by name */
         Ordmap ordered;            /* the same, in byte order of name: paged listing */
         Hashmap *pending;          /* by state hash */
-        Hashmap *deleting;         /* this node's deletes not done yet, by connection id (decimal) */
+        Hashmap *deleting;         /* this node's deletes not done yet, or done but maybe read back, by connection id (decimal) */
+        struct Deleting *deleted_head, **deleted_tail;   /* the done ones, oldest first */
+        size_t n_deleted;
         unsigned n_state[_CONN_STATE_MAX];
 
         unsigned refreshing;
@@ -194,10 +196,15 @@ int manager_remove(Manager *m, Connection *c);
 /* The same; fn runs on the loop once the deletion is durable (0) or
  * failed (-errno), for a caller that must not answer before (a revoke). */
 int manager_remove_then(Manager *m, Connection *c, store_done_fn fn, void *userdata);
-/* Whether this node's delete of connection id is queued and not done
- * yet (committed or failed): the row may still be in the store, and a
- * follower that reads it back must not take the connection in again. */
-bool manager_deleting(Manager *m, int64_t id);
+/* Whether a row of connection id that the follower's read number read
+ * (follower_reads(); 0: not known) must not be taken: this node's delete
+ * of it is queued and not done yet (the row may still be in the store),
+ * or was committed after that read began (the row is older than the
+ * delete). */
+bool manager_deleting(Manager *m, int64_t id, uint64_t read);
+/* Every row of a read up to flushed is applied: committed deletes
+ * remembered from before are forgotten. */
+void manager_deleted_prune(Manager *m, uint64_t flushed);
 
 /* Queues a write of the connection's row as it stands (with any staged
  * tokens: see refresher_image()); durable some milliseconds later, in

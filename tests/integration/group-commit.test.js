@@ -19,6 +19,10 @@
  *     held (a safety-net scan every turn, its batch handed over late:
  *     TOKENBROKER_TEST_FOLLOWER_SCAN_MS, TOKENBROKER_TEST_FOLLOWER_DELAY_MS);
  *     the connection deleted from memory must not come back from it.
+ *  5. PostgreSQL: the same row, read before the delete commits, handed
+ *     over only after the delete is done: it must not bring the
+ *     connection back either (the follower's reads are counted, and a
+ *     done delete is remembered until a later read is handed over).
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -209,4 +213,41 @@ test('group commit: a row the follower reads back while its delete is held does 
   assert.equal((await followAuthorize(c2.json.authorize_url)).status, 200);
   await sleep(DELAY + 500);
   assert.equal((await b.api('GET', '/v1/connections/gc/token')).status, 200);
+});
+
+test('group commit: a row the follower read before a delete committed, handed over after it, does not bring the connection back', { timeout: 120000, skip: STORE !== 'postgresql' && 'the follower is PostgreSQL\'s' }, async (t) => {
+  const DELAY = 2000;   // ms the follower holds what it read before the loop applies it
+  const { b, fp, stall } = await startHeldable(t, {
+    TOKENBROKER_TEST_FOLLOWER_SCAN_MS: '1',
+    TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(DELAY),
+  });
+  const c = await b.api('POST', '/v1/connections', { name: 'gd', provider: 'fake' });
+  assert.equal(c.status, 201, c.text);
+  assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
+  assert.equal((await b.api('GET', '/v1/connections/gd/token')).status, 200);
+  await sleep(2 * DELAY + 500);   // the follower done with the authorization's rows
+
+  // A commit of the row; the follower reads it back at once (its scan)
+  // and holds it DELAY ms. The delete is held 500 ms, long enough for
+  // that read to begin before it commits, then let go: it is done (and
+  // answered) well before the follower hands the old row over.
+  const rf = await b.api('POST', '/v1/connections/gd/refresh');
+  assert.equal(rf.status, 200, rf.text);
+  fs.writeFileSync(stall, '');
+  const rv = b.api('DELETE', '/v1/connections/gd');
+  await waitFor(() => fp.requests.some((x) => x.path === '/revoke'), { timeoutMs: 10000, what: 'the revocation at the provider' });
+  await sleep(500);
+  fs.rmSync(stall);
+  const rvr = await rv;
+  assert.equal(rvr.status, 200, rvr.text);
+  const until = Date.now() + 2 * DELAY + 1000;
+  let looks = 0;
+  while (Date.now() < until) {
+    const g = await b.api('GET', '/v1/connections/gd');
+    assert.equal(g.status, 404, `the connection came back after its delete: ${g.text}`);
+    looks++;
+    await sleep(50);
+  }
+  assert.ok(looks > 10, `looked ${looks} times`);
+  assert.doesNotMatch(b.dumpStore(), /\|gd\|/, 'the row is still there after the revoke');
 });
