@@ -20,7 +20,12 @@ typedef struct HttpSocket {
  * a refresh storm: ready sockets served, finished transfers handled. What
  * is left is for the next turns (the epoll set stays readable; a defer
  * source takes the finished transfers left). */
-#define HTTP_SOCKETS_PER_TURN 16
+/* 4, not 16: in a storm a ready socket costs curl 100-300 us (transfers
+ * waiting for one of its 16 connections a host), so 16 a turn held the
+ * API socket 1.3-5 ms each turn; with 4 a handout's p99 in the 20,000
+ * storm went from 2.1-6.5 ms to 1.2-3.4 ms at the same refreshes/s
+ * (tests/bench/storm.sh, 2026-12-04). */
+#define HTTP_SOCKETS_PER_TURN 4
 #define HTTP_DONE_PER_TURN 16
 
 struct Http {

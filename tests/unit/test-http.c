@@ -231,9 +231,10 @@ TEST(keepalive_idle_close_and_resolver) {
 
 
 /* 64 transfers finish in the same turn (4 servers, 16 connections each,
- * answer them all at once): the loop handles 16 ready sockets and 16
- * finished transfers a turn at most, and the rest on the next turns,
- * every one of them. */
+ * answer them all at once): the loop handles 4 ready sockets and 16
+ * finished transfers a turn at most (HTTP_SOCKETS_PER_TURN,
+ * HTTP_DONE_PER_TURN), and the rest on the next turns, every one of
+ * them. */
 TEST(bounded_work_a_turn_and_all_complete) {
         enum { N = 64 };
         HttpRequest *req[N] = {};
@@ -275,8 +276,8 @@ TEST(bounded_work_a_turn_and_all_complete) {
         }
         CHECK_EQ_INT(done, N);
         CHECK_EQ_INT(holding.hold, 0);   /* all 64 were held, then answered */
-        CHECK(most <= 16);
-        CHECK(most >= 8);                /* many ready at once, or this shows nothing */
+        CHECK(most <= 4);                /* 4 sockets a turn, one transfer each */
+        CHECK(most >= 2);                /* many ready at once, or this shows nothing */
         for (unsigned i = 0; i < N; i++) {
                 if (res[i].status != 200 || !streq(res[i].body, "ok")) {
                         fprintf(stderr, "  request %u: curl %d, status %ld\n", i, (int) res[i].result, res[i].status);
