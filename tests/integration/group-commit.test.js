@@ -173,35 +173,50 @@ test('group commit: SIGTERM while the writer is held commits the staged tokens a
   assert.equal(fp.stats.graceAccepted, 0, 'the restart went back to the refresh token before the stop');
 });
 
-test('group commit: a row the follower reads back while its delete is held does not bring the connection back', { timeout: 120000, skip: STORE !== 'postgresql' && 'the follower is PostgreSQL\'s' }, async (t) => {
-  const DELAY = 2000;   // ms the follower holds what it read before the loop applies it
-  const { b, fp, stall } = await startHeldable(t, {
+const FOLLOWER_DELAY = 2000;   // ms the follower holds what it read before the loop applies it
+
+/* PostgreSQL's follower scanning every turn and handing its batches over
+ * FOLLOWER_DELAY ms late; connection NAME authorized, served, and the
+ * follower done with the authorization's rows; then a refresh commits
+ * the row, which the follower reads back at once and holds. Then the
+ * writer is held (stall) and the connection revoked: the DELETE's answer
+ * comes once its delete is committed. */
+async function revokeWhileFollowerHoldsRow(t, name) {
+  const held = await startHeldable(t, {
     TOKENBROKER_TEST_FOLLOWER_SCAN_MS: '1',
-    TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(DELAY),
+    TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(FOLLOWER_DELAY),
   });
-  const c = await b.api('POST', '/v1/connections', { name: 'gc', provider: 'fake' });
+  const { b, fp, stall } = held;
+  const c = await b.api('POST', '/v1/connections', { name, provider: 'fake' });
   assert.equal(c.status, 201, c.text);
   assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
-  assert.equal((await b.api('GET', '/v1/connections/gc/token')).status, 200);
-  await sleep(2 * DELAY + 500);   // the follower done with the authorization's rows
+  assert.equal((await b.api('GET', `/v1/connections/${name}/token`)).status, 200);
+  await sleep(2 * FOLLOWER_DELAY + 500);
 
-  // A commit of the row: the follower reads it back (its scan), and hands
-  // it to the loop DELAY ms later, while the delete below is held.
-  const rf = await b.api('POST', '/v1/connections/gc/refresh');
+  const rf = await b.api('POST', `/v1/connections/${name}/refresh`);
   assert.equal(rf.status, 200, rf.text);
   fs.writeFileSync(stall, '');
-  let revoked = null;
-  const rv = b.api('DELETE', '/v1/connections/gc').then((r) => { revoked = r; return r; });
+  held.revoked = null;
+  held.revoke = b.api('DELETE', `/v1/connections/${name}`).then((r) => { held.revoked = r; return r; });
   await waitFor(() => fp.requests.some((x) => x.path === '/revoke'), { timeoutMs: 10000, what: 'the revocation at the provider' });
+  return held;
+}
+
+test('group commit: a row the follower reads back while its delete is held does not bring the connection back', { timeout: 120000, skip: STORE !== 'postgresql' && 'the follower is PostgreSQL\'s' }, async (t) => {
+  // The row, read back, reaches the loop FOLLOWER_DELAY ms after its
+  // read, while the delete is held.
+  const DELAY = FOLLOWER_DELAY;
+  const held = await revokeWhileFollowerHoldsRow(t, 'gc');
+  const { b, stall } = held;
   const until = Date.now() + 2 * DELAY + 1000;
   while (Date.now() < until) {
     const g = await b.api('GET', '/v1/connections/gc');
     assert.equal(g.status, 404, `the connection came back while its delete was held: ${g.text}`);
     await sleep(100);
   }
-  assert.equal(revoked, null, 'the revoke was answered before its delete was committed');
+  assert.equal(held.revoked, null, 'the revoke was answered before its delete was committed');
   fs.rmSync(stall);
-  const rvr = await rv;
+  const rvr = await held.revoke;
   assert.equal(rvr.status, 200, rvr.text);
   assert.doesNotMatch(b.dumpStore(), /\|gc\|/, 'the row is still there after the revoke');
   assert.equal((await b.api('GET', '/v1/connections/gc')).status, 404);
@@ -216,29 +231,14 @@ test('group commit: a row the follower reads back while its delete is held does 
 });
 
 test('group commit: a row the follower read before a delete committed, handed over after it, does not bring the connection back', { timeout: 120000, skip: STORE !== 'postgresql' && 'the follower is PostgreSQL\'s' }, async (t) => {
-  const DELAY = 2000;   // ms the follower holds what it read before the loop applies it
-  const { b, fp, stall } = await startHeldable(t, {
-    TOKENBROKER_TEST_FOLLOWER_SCAN_MS: '1',
-    TOKENBROKER_TEST_FOLLOWER_DELAY_MS: String(DELAY),
-  });
-  const c = await b.api('POST', '/v1/connections', { name: 'gd', provider: 'fake' });
-  assert.equal(c.status, 201, c.text);
-  assert.equal((await followAuthorize(c.json.authorize_url)).status, 200);
-  assert.equal((await b.api('GET', '/v1/connections/gd/token')).status, 200);
-  await sleep(2 * DELAY + 500);   // the follower done with the authorization's rows
-
-  // A commit of the row; the follower reads it back at once (its scan)
-  // and holds it DELAY ms. The delete is held 500 ms, long enough for
-  // that read to begin before it commits, then let go: it is done (and
-  // answered) well before the follower hands the old row over.
-  const rf = await b.api('POST', '/v1/connections/gd/refresh');
-  assert.equal(rf.status, 200, rf.text);
-  fs.writeFileSync(stall, '');
-  const rv = b.api('DELETE', '/v1/connections/gd');
-  await waitFor(() => fp.requests.some((x) => x.path === '/revoke'), { timeoutMs: 10000, what: 'the revocation at the provider' });
+  // The delete is held 500 ms, long enough for the follower's read of the
+  // refreshed row to begin before it commits, then let go: it is done
+  // (and answered) well before the follower hands the old row over.
+  const DELAY = FOLLOWER_DELAY;
+  const { b, stall, revoke } = await revokeWhileFollowerHoldsRow(t, 'gd');
   await sleep(500);
   fs.rmSync(stall);
-  const rvr = await rv;
+  const rvr = await revoke;
   assert.equal(rvr.status, 200, rvr.text);
   const until = Date.now() + 2 * DELAY + 1000;
   let looks = 0;
