@@ -35,7 +35,7 @@ struct Http {
         usec_t armed;              /* when the timer fires; USEC_INFINITY: off */
         sd_event_source *asap;     /* curl's "time out now": a defer, no timerfd to set */
         sd_event_source *more_done;   /* finished transfers left by a turn */
-        EventRound round;          /* asap and more_done taken since the loop last polled */
+        EventRound round;          /* turns in a row that took asap or more_done (event-round.h) */
         unsigned in_flight;
         /* curl's sockets in an epoll set of their own, one io source for
          * the loop (on_epoll() serves HTTP_SOCKETS_PER_TURN at most) */
@@ -366,7 +366,7 @@ static int timer_cb(CURLM *multi _unused_, long timeout_ms, void *userp) {
                 return 0;
         if (timeout_ms == 0 && h->asap && event_round_defer(h->event, &h->round))
                 /* every new request asks for this: on the loop's next
-                 * turn; after EVENT_ROUND_DEFERS of them without a poll,
+                 * turn; after EVENT_ROUND_DEFERS turns of it in a row,
                  * the timer below at now (the loop polls first) */
                 return sd_event_source_set_enabled(h->asap, SD_EVENT_ONESHOT) < 0 ? -1 : 0;
         when = usec_add(now(CLOCK_MONOTONIC), (usec_t) timeout_ms * USEC_PER_MSEC);

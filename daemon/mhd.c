@@ -13,7 +13,7 @@ static void mhd_rearm(MhdLoop *l, MHD_UNSIGNED_LONG_LONG ms) {
                 /* MHD has work now (a connection with data read ahead, one
                  * resumed): a defer, not a timerfd moved to now and back,
                  * which costs a hypervisor exit each time on a VM; after
-                 * EVENT_ROUND_DEFERS without a poll, the timer at now */
+                 * EVENT_ROUND_DEFERS turns of it in a row, the timer at now */
                 (void) sd_event_source_set_enabled(l->asap, SD_EVENT_ONESHOT);
                 return;
         }

@@ -17,7 +17,7 @@ typedef struct MhdLoop {
         sd_event_source *timer;
         sd_event_source *asap;    /* MHD_get_timeout() said 0: run on the loop's next turn */
         usec_t armed;             /* when the timer fires; USEC_INFINITY: off */
-        EventRound round;         /* asap taken since the loop last polled */
+        EventRound round;         /* turns in a row that took asap (event-round.h) */
         /* runs after each MHD_run() from the loop, outside MHD's callbacks */
         void (*after)(void *userdata);
         void *after_userdata;
